@@ -1,0 +1,45 @@
+"""Domain errors. Services raise these; one interceptor maps them to gRPC codes."""
+
+from __future__ import annotations
+
+
+class SlmopsError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+
+class InvalidSpec(SlmopsError):
+    """A request field is missing or wrong. Maps to INVALID_ARGUMENT."""
+
+    def __init__(self, field: str, problem: str, *more: tuple[str, str]):
+        self.problems = [(field, problem), *more]
+        super().__init__("; ".join(f"{f}: {p}" for f, p in self.problems))
+
+    @property
+    def field(self) -> str:
+        return self.problems[0][0]
+
+
+class NotFound(SlmopsError):
+    """An unknown job, deployment or artifact. Maps to NOT_FOUND."""
+
+    def __init__(self, what: str, key: str):
+        self.what, self.key = what, key
+        super().__init__(f"{what} {key!r} not found")
+
+
+class Conflict(SlmopsError):
+    """The request contradicts current state (e.g. cancel a finished job). FAILED_PRECONDITION."""
+
+
+class AlreadyExists(SlmopsError):
+    """A resource with that name exists. Maps to ALREADY_EXISTS."""
+
+
+class Unavailable(SlmopsError):
+    """A dependency (Ray, a teacher, a predictor) cannot be reached. Maps to UNAVAILABLE."""
+
+
+def collect(problems: list[tuple[str, str]]) -> None:
+    """Raise one InvalidSpec reporting every problem at once, if there are any."""
+    if problems:
+        raise InvalidSpec(*problems[0], *problems[1:])

@@ -1,0 +1,110 @@
+"""Every setting the platform reads, declared once.
+
+Precedence: an explicit argument, then the environment variable, then the
+default. Each entry says what it does; `slmops status --settings` prints them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Var:
+    env: str
+    default: str
+    help: str
+
+
+VARS: dict[str, Var] = {
+    "data_dir": Var("SLMOPS_DATA_DIR", "~/.slmops", "Root of all local state: job databases, artifacts, logs, traces."),
+    "artifact_root": Var("SLMOPS_ARTIFACT_ROOT", "", "Where new artifacts are written (fsspec URI); empty means <data_dir>/artifacts."),
+    "allowed_roots": Var("SLMOPS_ALLOWED_ROOTS", "", "Extra local folders (os.pathsep-separated) that requests may read models and datasets from."),
+    "database_url": Var("SLMOPS_DATABASE_URL", "", "SQLAlchemy URL of the job store; empty means a SQLite file per service under <data_dir>/db."),
+    "ray_address": Var("RAY_ADDRESS", "", "Ray cluster for jobs: http://host:8265 (Jobs API); empty means the local head at http://127.0.0.1:8265."),
+    "job_python": Var("SLMOPS_JOB_PYTHON", "", "Python interpreter Ray job entrypoints run with; empty means this interpreter."),
+    "host": Var("SLMOPS_HOST", "127.0.0.1", "Address gRPC services bind to."),
+    "serving_backend": Var("SLMOPS_SERVING_BACKEND", "local", "Default serving backend: local or kserve."),
+    "serving_host": Var("SLMOPS_SERVING_HOST", "127.0.0.1", "Address local predictors bind to."),
+    "synthesis_addr": Var("SLMOPS_SYNTHESIS_ADDR", "127.0.0.1:50051", "Where the synthesis service listens."),
+    "training_addr": Var("SLMOPS_TRAINING_ADDR", "127.0.0.1:50052", "Where the training service listens."),
+    "conversion_addr": Var("SLMOPS_CONVERSION_ADDR", "127.0.0.1:50053", "Where the conversion service listens."),
+    "serving_addr": Var("SLMOPS_SERVING_ADDR", "127.0.0.1:50054", "Where the serving service listens."),
+    "evaluation_addr": Var("SLMOPS_EVALUATION_ADDR", "127.0.0.1:50055", "Where the evaluation service listens."),
+    "pipeline_addr": Var("SLMOPS_PIPELINE_ADDR", "127.0.0.1:50056", "Where the pipeline service listens."),
+    "otlp_endpoint": Var("OTEL_EXPORTER_OTLP_ENDPOINT", "", "OTLP collector; empty means spans go to <data_dir>/traces/spans.jsonl."),
+    "service_name": Var("OTEL_SERVICE_NAME", "slmops", "Service name on spans."),
+    "job_poll_s": Var("SLMOPS_JOB_POLL_S", "1.0", "How often a service polls Ray for a job's state and logs."),
+}
+
+SERVICES = ("synthesis", "training", "conversion", "serving", "evaluation", "pipeline")
+
+
+def get(name: str, override: str | None = None) -> str:
+    """A setting's value: override, then environment, then default."""
+    if override not in (None, ""):
+        return str(override)
+    var = VARS[name]
+    return os.environ.get(var.env, var.default)
+
+
+def data_dir(override: str | None = None) -> Path:
+    path = Path(get("data_dir", override)).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def artifact_root(override: str | None = None) -> str:
+    value = get("artifact_root", override)
+    if value:
+        return value if "://" in value else "file://" + str(Path(value).expanduser().resolve())
+    root = data_dir() / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return "file://" + str(root)
+
+
+def allowed_roots() -> list[str]:
+    """Local folders requests may name: the data dir, the artifact root, and extras."""
+    roots = [str(data_dir())]
+    art = artifact_root()
+    if art.startswith("file://"):
+        roots.append(art[len("file://") :])
+    extra = get("allowed_roots")
+    roots.extend(p for p in extra.split(os.pathsep) if p)
+    return roots
+
+
+def database_url(service: str, override: str | None = None) -> str:
+    value = get("database_url", override)
+    if value:
+        return value
+    db_dir = data_dir() / "db"
+    db_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db_dir / service}.db"
+
+
+def ray_address(override: str | None = None) -> str:
+    value = get("ray_address", override)
+    if not value:
+        return "http://127.0.0.1:8265"
+    if value.startswith("ray://") or "://" not in value:
+        # A GCS address (host:6379) is not the Jobs API; the dashboard is on 8265.
+        host = value.split("://")[-1].split(":")[0]
+        return f"http://{host}:8265"
+    return value
+
+
+def job_python() -> str:
+    return get("job_python") or sys.executable
+
+
+def service_addr(service: str, override: str | None = None) -> str:
+    return get(f"{service}_addr", override)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, current value, help) for every setting."""
+    return [(v.env, os.environ.get(v.env, v.default), v.help) for v in VARS.values()]

@@ -1,0 +1,1 @@
+"""Model folders: building tiny models from configs, counting parameters."""
