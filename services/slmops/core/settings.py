@@ -25,6 +25,8 @@ VARS: dict[str, Var] = {
     "allowed_roots": Var("SLMOPS_ALLOWED_ROOTS", "", "Extra local folders (os.pathsep-separated) that requests may read models and datasets from."),
     "database_url": Var("SLMOPS_DATABASE_URL", "", "SQLAlchemy URL of the job store; empty means a SQLite file per service under <data_dir>/db."),
     "ray_address": Var("RAY_ADDRESS", "", "Ray cluster for jobs: http://host:8265 (Jobs API); empty means the local head at http://127.0.0.1:8265."),
+    "ray_auth_mode": Var("RAY_AUTH_MODE", "", "Ray's token authentication (token or disabled); `slmops up` sets token."),
+    "ray_auth_token_path": Var("RAY_AUTH_TOKEN_PATH", "", "File holding the Ray auth token; `slmops up` makes one under <data_dir>/ray."),
     "job_python": Var("SLMOPS_JOB_PYTHON", "", "Python interpreter Ray job entrypoints run with; empty means this interpreter."),
     "host": Var("SLMOPS_HOST", "127.0.0.1", "Address gRPC services bind to."),
     "serving_backend": Var("SLMOPS_SERVING_BACKEND", "local", "Default serving backend: local or kserve."),

@@ -1,0 +1,182 @@
+{{/*
+One slmops gRPC service: Deployment, Service and (with more than one replica)
+a PodDisruptionBudget. Called by each <service>.yaml:
+  {{ include "slmops.grpcService" (dict "root" $ "service" "synthesis") }}
+*/}}
+{{- define "slmops.grpcService" -}}
+{{- $root := .root }}
+{{- $name := .service }}
+{{- $svc := index $root.Values.services $name }}
+{{- if $svc.enabled }}
+{{- include "slmops.validate" $root }}
+{{- $ctx := dict "root" $root "component" $name }}
+{{- $defaults := $root.Values.serviceDefaults }}
+{{- $fullname := printf "%s-%s" (include "slmops.fullname" $root) $name }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $fullname }}
+  labels:
+    {{- include "slmops.labels" $ctx | nindent 4 }}
+spec:
+  type: {{ $defaults.serviceType }}
+  selector:
+    {{- include "slmops.selectorLabels" $ctx | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ $svc.port }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: grpc
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $fullname }}
+  labels:
+    {{- include "slmops.labels" $ctx | nindent 4 }}
+spec:
+  replicas: {{ $svc.replicas }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "slmops.selectorLabels" $ctx | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "slmops.labels" $ctx | nindent 8 }}
+        {{- with $defaults.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- with $defaults.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    spec:
+      {{- if eq $name "serving" }}
+      serviceAccountName: {{ include "slmops.servingServiceAccountName" $root }}
+      automountServiceAccountToken: true
+      {{- else }}
+      serviceAccountName: {{ include "slmops.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      {{- end }}
+      {{- include "slmops.imagePullSecrets" $root | nindent 6 }}
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      containers:
+        - name: {{ $name }}
+          image: {{ include "slmops.image" (dict "root" $root "component" $name "override" $svc.image) }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: ["python", "-m", "slmops.{{ $name }}"]
+          args: ["--host", "0.0.0.0", "--port", "{{ $svc.port }}"]
+          ports:
+            - name: grpc
+              containerPort: {{ $svc.port }}
+              protocol: TCP
+          env:
+            - name: SLMOPS_HOST
+              value: 0.0.0.0
+            - name: SLMOPS_JOB_PYTHON
+              value: python
+            - name: HOME
+              value: /tmp
+            - name: XDG_CACHE_HOME
+              value: /tmp/.cache
+            - name: OTEL_SERVICE_NAME
+              value: slmops-{{ $name }}
+            - name: OTEL_RESOURCE_ATTRIBUTES
+              value: {{ printf "service.namespace=slmops,service.version=%s,k8s.namespace.name=%s" $root.Chart.AppVersion $root.Release.Namespace | quote }}
+            - name: RAY_ADDRESS
+              value: {{ include "slmops.rayAddress" $root | quote }}
+            - name: SLMOPS_SERVING_BACKEND
+              value: {{ $root.Values.serving.backend | quote }}
+            - name: SLMOPS_KSERVE_NAMESPACE
+              value: {{ include "slmops.kserveNamespace" $root | quote }}
+            - name: SLMOPS_KSERVE_RUNTIME
+              value: {{ $root.Values.serving.kserve.runtime.name | quote }}
+            {{- range $other, $o := $root.Values.services }}
+            {{- if $o.enabled }}
+            - name: SLMOPS_{{ upper $other }}_ADDR
+              value: {{ printf "%s:%v" (include "slmops.serviceHost" (dict "root" $root "service" $other)) $o.port | quote }}
+            {{- end }}
+            {{- end }}
+            {{- include "slmops.databaseEnv" $root | nindent 12 }}
+            {{- include "slmops.sharedEnv" $root | nindent 12 }}
+            {{- range $key, $value := $svc.env }}
+            - name: {{ $key }}
+              value: {{ $value | quote }}
+            {{- end }}
+          {{- include "slmops.artifactEnvFrom" $root | nindent 10 }}
+          startupProbe:
+            grpc:
+              port: {{ $svc.port }}
+            periodSeconds: 5
+            failureThreshold: {{ div $defaults.startupTimeoutSeconds 5 }}
+          readinessProbe:
+            grpc:
+              port: {{ $svc.port }}
+            periodSeconds: 10
+            timeoutSeconds: 2
+          livenessProbe:
+            grpc:
+              port: {{ $svc.port }}
+            periodSeconds: 20
+            timeoutSeconds: 5
+            failureThreshold: 3
+          resources:
+            {{- toYaml ($svc.resources | default $defaults.resources) | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            - name: data
+              mountPath: /var/lib/slmops
+            {{- if $root.Values.artifacts.sharedClaim }}
+            - name: artifacts
+              mountPath: {{ $root.Values.artifacts.sharedMountPath }}
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir: {}
+        - name: data
+          {{- if $root.Values.dataVolume.existingClaim }}
+          persistentVolumeClaim:
+            claimName: {{ $root.Values.dataVolume.existingClaim }}
+          {{- else }}
+          emptyDir:
+            sizeLimit: {{ $root.Values.dataVolume.sizeLimit }}
+          {{- end }}
+        {{- if $root.Values.artifacts.sharedClaim }}
+        - name: artifacts
+          persistentVolumeClaim:
+            claimName: {{ $root.Values.artifacts.sharedClaim }}
+        {{- end }}
+      {{- with $defaults.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $defaults.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $defaults.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- if gt (int $svc.replicas) 1 }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ $fullname }}
+  labels:
+    {{- include "slmops.labels" $ctx | nindent 4 }}
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      {{- include "slmops.selectorLabels" $ctx | nindent 6 }}
+{{- end }}
+{{- end }}
+{{- end }}

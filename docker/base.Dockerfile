@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# slmops base image: Python 3.11, the slmops package and its pinned dependencies
+# in /opt/slmops, a non-root user (uid 10001). Every service image and the
+# predictor build FROM it. Build from the repository root:
+#   docker build -f docker/base.Dockerfile -t ghcr.io/slmops/slmops-base:0.1.0 .
+# CUDA variant (PyPI's torch wheel is the CUDA build; the driver comes from the node):
+#   docker build -f docker/base.Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
+#     -t ghcr.io/slmops/slmops-base-cuda:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+# Where torch comes from: the CPU wheel index by default (a plain torch is a multi-GB CUDA build).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/slmops
+WORKDIR /src
+COPY pyproject.toml constraints.txt ./
+COPY services ./services
+# The `cluster` extra (PostgreSQL driver, object-store filesystems) is installed when the project declares it.
+RUN /opt/slmops/bin/pip install -c constraints.txt --extra-index-url "${TORCH_INDEX_URL}" ".[cluster]"
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="slmops-base" \
+      org.opencontainers.image.description="slmops: small language model operations platform" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 slmops \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/slmops --create-home \
+      --shell /usr/sbin/nologin slmops \
+ && mkdir -p /var/lib/slmops \
+ && chown 10001:10001 /var/lib/slmops
+COPY --from=build /opt/slmops /opt/slmops
+# SLMOPS_DATA_DIR is a volume in Kubernetes (the root filesystem is read-only there).
+ENV PATH=/opt/slmops/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/slmops \
+    HF_HOME=/tmp/huggingface \
+    SLMOPS_DATA_DIR=/var/lib/slmops \
+    SLMOPS_HOST=0.0.0.0 \
+    SLMOPS_JOB_PYTHON=python
+WORKDIR /home/slmops
+USER 10001:10001
+CMD ["slmops", "--help"]

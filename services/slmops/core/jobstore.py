@@ -1,0 +1,226 @@
+"""Job records and their progress events, kept through SQLAlchemy.
+
+SQLite file by default, any SQLAlchemy URL (PostgreSQL in a cluster). Every
+state change is committed before it is reported, so a service that dies and
+restarts finds each job where it was and resumes watching it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Float, Integer, String, Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from slmops.core.errors import InvalidSpec, NotFound
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Job(_Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    spec_json: Mapped[str] = mapped_column(Text, default="{}")
+    config_json: Mapped[str] = mapped_column(Text, default="{}")
+    result_json: Mapped[str] = mapped_column(Text, default="{}")
+    labels_json: Mapped[str] = mapped_column(Text, default="{}")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    output_uri: Mapped[str] = mapped_column(Text, default="")
+    trace_id: Mapped[str] = mapped_column(String(32), default="")
+    traceparent: Mapped[str] = mapped_column(String(64), default="")
+    ray_job_id: Mapped[str] = mapped_column(String(128), default="")
+    log_offset: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[float] = mapped_column(Float, index=True)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class _Event(_Base):
+    __tablename__ = "job_events"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
+    time: Mapped[float] = mapped_column(Float)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    kind: str
+    state: str = "PENDING"
+    spec: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    message: str = ""
+    fraction: float = 0.0
+    output_uri: str = ""
+    trace_id: str = ""
+    traceparent: str = ""
+    ray_job_id: str = ""
+    log_offset: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass
+class Event:
+    job_id: str
+    sequence: int
+    state: str
+    fraction: float
+    message: str
+    metrics: dict[str, float]
+    time: float
+
+
+_JSON_FIELDS = {"spec": "spec_json", "config": "config_json", "result": "result_json", "labels": "labels_json"}
+
+
+def _to_record(row: _Job) -> JobRecord:
+    values: dict[str, Any] = {}
+    for name in JobRecord.__dataclass_fields__:
+        column = _JSON_FIELDS.get(name)
+        values[name] = json.loads(getattr(row, column) or "{}") if column else getattr(row, name)
+    return JobRecord(**values)
+
+
+class JobStore:
+    """Jobs of one service. Thread-safe; every method is one short transaction."""
+
+    def __init__(self, url: str):
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = create_engine(url, **kwargs)
+        _Base.metadata.create_all(self.engine)
+        self._lock = threading.Lock()
+
+    def create(self, record: JobRecord) -> JobRecord:
+        now = time.time()
+        record.created = record.created or now
+        record.updated = now
+        row = _Job(
+            **{
+                name: (json.dumps(getattr(record, name)) if name in _JSON_FIELDS else getattr(record, name))
+                for name in JobRecord.__dataclass_fields__
+                if name not in _JSON_FIELDS
+            },
+            **{column: json.dumps(getattr(record, name)) for name, column in _JSON_FIELDS.items()},
+        )
+        with self._lock, Session(self.engine) as session:
+            session.add(row)
+            session.commit()
+        return record
+
+    def get(self, job_id: str) -> JobRecord:
+        with Session(self.engine) as session:
+            row = session.get(_Job, job_id)
+            if row is None:
+                raise NotFound("job", job_id)
+            return _to_record(row)
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord:
+        with self._lock, Session(self.engine) as session:
+            row = session.get(_Job, job_id)
+            if row is None:
+                raise NotFound("job", job_id)
+            for name, value in changes.items():
+                column = _JSON_FIELDS.get(name)
+                setattr(row, column or name, json.dumps(value) if column else value)
+            row.updated = time.time()
+            session.commit()
+            return _to_record(row)
+
+    def list(
+        self,
+        kind: str | None = None,
+        state: str | None = None,
+        labels: dict[str, str] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[JobRecord], str]:
+        """Newest first. The page token is the offset of the next page."""
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidSpec("page_size", f"must be between 0 and {MAX_PAGE}")
+        try:
+            offset = int(page_token) if page_token else 0
+            if offset < 0:
+                raise ValueError
+        except ValueError:
+            raise InvalidSpec("page_token", "is not a token returned by a previous List call") from None
+        size = page_size or DEFAULT_PAGE
+        query = select(_Job).order_by(_Job.created.desc(), _Job.id)
+        if kind:
+            query = query.where(_Job.kind == kind)
+        if state:
+            query = query.where(_Job.state == state)
+        with Session(self.engine) as session:
+            rows = [_to_record(r) for r in session.scalars(query)]
+        if labels:
+            rows = [r for r in rows if all(r.labels.get(k) == v for k, v in labels.items())]
+        page = rows[offset : offset + size]
+        next_token = str(offset + size) if offset + size < len(rows) else ""
+        return page, next_token
+
+    def unfinished(self, kind: str | None = None) -> list[JobRecord]:
+        query = select(_Job).where(_Job.state.in_(["PENDING", "RUNNING"]))
+        if kind:
+            query = query.where(_Job.kind == kind)
+        with Session(self.engine) as session:
+            return [_to_record(r) for r in session.scalars(query)]
+
+    def add_event(
+        self, job_id: str, state: str, fraction: float, message: str, metrics: dict[str, float] | None = None
+    ) -> Event:
+        with self._lock, Session(self.engine) as session:
+            last = session.scalars(
+                select(_Event.sequence).where(_Event.job_id == job_id).order_by(_Event.sequence.desc()).limit(1)
+            ).first()
+            event = _Event(
+                job_id=job_id,
+                sequence=(last or 0) + 1,
+                state=state,
+                fraction=fraction,
+                message=message,
+                metrics_json=json.dumps(metrics or {}),
+                time=time.time(),
+            )
+            session.add(event)
+            session.commit()
+            return Event(job_id, event.sequence, state, fraction, message, metrics or {}, event.time)
+
+    def events(self, job_id: str, after_sequence: int = 0) -> list[Event]:
+        query = (
+            select(_Event)
+            .where(_Event.job_id == job_id, _Event.sequence > after_sequence)
+            .order_by(_Event.sequence)
+        )
+        with Session(self.engine) as session:
+            return [
+                Event(e.job_id, e.sequence, e.state, e.fraction, e.message, json.loads(e.metrics_json), e.time)
+                for e in session.scalars(query)
+            ]

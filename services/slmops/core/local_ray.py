@@ -1,0 +1,155 @@
+"""A Ray head on this machine, owned by one process group so it stops exactly.
+
+`ray start --head --block` stays in the foreground and takes its raylet, GCS
+and dashboard down with it on SIGTERM; it runs in its own session, so stopping
+the group stops this head and nothing else on the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmops.core.errors import Unavailable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalRay:
+    process: subprocess.Popen[bytes]
+    gcs_port: int
+    dashboard_port: int
+    temp_dir: str
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        """The Jobs API address (RAY_ADDRESS for job clients)."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def stop(self, timeout: float = 8.0) -> None:
+        stop_group(self.process.pid, timeout, self.process)
+
+
+def stop_group(pid: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM a process group and wait for its leader; SIGKILL whatever is left after that."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                break
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # stragglers that outlived the leader
+    except ProcessLookupError:
+        pass
+    if process is not None:
+        process.wait()
+
+
+def auth_env(data_dir: Path) -> dict[str, str]:
+    """Token authentication for the local head: one secret per data dir, readable by its owner only.
+
+    The head, the services and the jobs all get these variables, so every Ray
+    call carries the token and nothing else on the machine can submit work.
+    """
+    token_path = data_dir / "ray" / "auth_token"
+    if not token_path.exists():
+        token_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+def temp_dir_for(data_dir: Path) -> str:
+    """A short temp dir per data dir (Ray's socket paths must stay under ~100 chars)."""
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
+    return f"/tmp/slmops-ray-{digest}"
+
+
+def start_head(
+    data_dir: Path,
+    *,
+    gcs_port: int = 0,
+    dashboard_port: int = 0,
+    num_cpus: int | None = None,
+    object_store_bytes: int = 1 << 30,
+    timeout: float = 90.0,
+) -> LocalRay:
+    """Start a Ray head (GCS, raylet, dashboard with the Jobs API) and wait until jobs can be sent."""
+    gcs_port = gcs_port or free_port()
+    dashboard_port = dashboard_port or free_port()
+    temp_dir = temp_dir_for(data_dir)
+    log_path = data_dir / "logs" / "ray-head.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    args = [
+        ray_bin, "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs_port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        "--include-dashboard=true",
+        f"--temp-dir={temp_dir}",
+        f"--object-store-memory={object_store_bytes}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus:
+        args.append(f"--num-cpus={num_cpus}")
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(auth_env(data_dir))
+    # The job entrypoints run `python`; make it this environment's interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    head = LocalRay(process, gcs_port, dashboard_port, temp_dir, log_path)
+    try:
+        wait_for_jobs_api(head.address, timeout, process)
+    except Exception:
+        head.stop()
+        raise
+    return head
+
+
+def wait_for_jobs_api(address: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            raise Unavailable(f"the Ray head exited with code {process.returncode}")
+        try:
+            # 401 means up with token authentication on; the Jobs client sends the token.
+            if httpx.get(f"{address}/api/version", timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise Unavailable(f"the Ray Jobs API at {address} did not come up within {timeout:.0f}s")

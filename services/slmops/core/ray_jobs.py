@@ -1,0 +1,127 @@
+"""Submitting work to Ray through the Jobs API, the same way locally and on KubeRay.
+
+A job's entrypoint is `python -m slmops.core.job_entry <stage>`; its config,
+output URI and the caller's W3C trace context travel as environment variables
+of the job's runtime environment, so the job continues the caller's trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from slmops.core import settings
+from slmops.core.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+RUNNING_STATES = {"PENDING", "RUNNING"}
+# Variables a job inherits from the service so it writes where the service reads.
+_FORWARDED = (
+    "SLMOPS_DATA_DIR",
+    "SLMOPS_ARTIFACT_ROOT",
+    "SLMOPS_ALLOWED_ROOTS",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "HF_HUB_OFFLINE",
+)
+
+
+@dataclass
+class RayJobStatus:
+    state: str  # PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED
+    message: str
+
+
+class RayJobs:
+    """A thin client of the Ray Jobs API at one address."""
+
+    def __init__(self, address: str | None = None):
+        self.address = settings.ray_address(address)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _jobs(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from ray.job_submission import JobSubmissionClient
+
+                try:
+                    self._client = JobSubmissionClient(self.address)
+                except Exception as exc:  # connection refused, bad address
+                    raise Unavailable(f"Ray Jobs API at {self.address} is not reachable: {exc}") from exc
+            return self._client
+
+    def submit(
+        self,
+        stage: str,
+        job_id: str,
+        config: dict[str, Any],
+        output_uri: str,
+        traceparent: str = "",
+        resources: dict[str, float] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> str:
+        """Start the stage's job; returns the Ray submission id."""
+        import os
+
+        env = {name: os.environ[name] for name in _FORWARDED if name in os.environ}
+        env.update(
+            {
+                "SLMOPS_JOB_ID": job_id,
+                "SLMOPS_JOB_CONFIG": json.dumps(config),
+                "SLMOPS_JOB_OUTPUT": output_uri,
+                "TRACEPARENT": traceparent,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra_env or {})
+        entrypoint = f"{shlex.quote(settings.job_python())} -m slmops.core.job_entry {shlex.quote(stage)}"
+        submission_id = f"slmops-{job_id}"
+        kwargs: dict[str, Any] = {}
+        if resources:
+            if resources.get("cpus"):
+                kwargs["entrypoint_num_cpus"] = resources["cpus"]
+            if resources.get("gpus"):
+                kwargs["entrypoint_num_gpus"] = resources["gpus"]
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return self._jobs().submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=submission_id,
+                    runtime_env={"env_vars": env},
+                    metadata={"slmops_stage": stage, "slmops_job_id": job_id},
+                    **kwargs,
+                )
+            except Unavailable:
+                raise
+            except Exception as exc:
+                # A head that has just started has no job agent yet: that one is worth a wait.
+                if "No available agent" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                raise Unavailable(f"could not submit the {stage} job to Ray at {self.address}: {exc}") from exc
+
+    def status(self, submission_id: str) -> RayJobStatus:
+        try:
+            info = self._jobs().get_job_info(submission_id)
+        except Exception as exc:
+            raise Unavailable(f"Ray job {submission_id} status unavailable: {exc}") from exc
+        return RayJobStatus(str(info.status).split(".")[-1], info.message or "")
+
+    def logs(self, submission_id: str) -> str:
+        try:
+            return self._jobs().get_job_logs(submission_id)
+        except Exception as exc:
+            raise Unavailable(f"Ray job {submission_id} logs unavailable: {exc}") from exc
+
+    def stop(self, submission_id: str) -> None:
+        try:
+            self._jobs().stop_job(submission_id)
+        except Exception as exc:
+            log.warning("could not stop Ray job %s: %s", submission_id, exc)

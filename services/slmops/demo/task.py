@@ -1,0 +1,141 @@
+"""The demo's task: two-digit addition, small enough to learn from scratch on a laptop.
+
+A prompt is `"23+45="`, its answer `"68"`. With a byte-level tokenizer that
+keeps every byte as one token, each digit is one token, so a transformer of a
+few hundred thousand parameters learns the task on two CPU cores in minutes,
+and every answer can be checked exactly.
+
+The pairs of operands are drawn without repetition and split into disjoint
+sets: ground truth for training the teacher, prompts the teacher answers for
+the student (synthesis), and held-out prompts for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+LOW, HIGH = 10, 99  # operands are two-digit numbers
+TOKENIZER_VOCAB_SIZE = 258  # 256 bytes + 2 specials: no merges, one token per digit
+
+# Sizes of the demo's sets (disjoint: 8,100 operand pairs exist).
+TEACHER_TRAIN_EXAMPLES = 4000
+TEACHER_VALIDATION_EXAMPLES = 200
+SYNTHESIS_PROMPTS = 2000
+EVAL_PROMPTS = 300
+SEED = 0
+
+# The teacher: `build_model(out_dir, tokenizer_dir, **TEACHER_SHAPE)`, then a
+# FULL fine-tune on the ground truth with TEACHER_HPARAMS.
+TEACHER_SHAPE: dict[str, Any] = {
+    "architecture": "qwen2",
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 512,
+    "max_position_embeddings": 32,
+}
+TEACHER_HPARAMS: dict[str, Any] = {
+    "learning_rate": 3e-3,
+    "epochs": 12,
+    "batch_size": 64,
+    "warmup_ratio": 0.05,
+    "weight_decay": 0.01,
+    "max_seq_length": 16,
+    "seed": SEED,
+}
+# The student: SFT_DISTILL with base.model = the teacher, from_config, these overrides.
+STUDENT_OVERRIDES: dict[str, str] = {
+    "hidden_size": "48",
+    "num_hidden_layers": "2",
+    "num_attention_heads": "4",
+    "num_key_value_heads": "2",
+    "intermediate_size": "192",
+}
+STUDENT_HPARAMS: dict[str, Any] = {
+    "learning_rate": 5e-3,
+    "epochs": 12,
+    "batch_size": 64,
+    "warmup_ratio": 0.05,
+    "weight_decay": 0.01,
+    "max_seq_length": 16,
+    "seed": SEED,
+}
+# Ray Train resources for both runs on a 2-core machine: one worker using both cores.
+RESOURCES: dict[str, Any] = {"num_workers": 1, "cpus_per_worker": 2}
+
+
+def prompt_of(a: int, b: int) -> str:
+    return f"{a}+{b}="
+
+
+def make_examples(n: int, seed: int = SEED, offset: int = 0) -> list[dict[str, str]]:
+    """n distinct examples {"prompt", "answer"}: positions offset..offset+n of a seeded shuffle.
+
+    Ranges of one seed never overlap, which is how the demo's sets stay disjoint.
+    """
+    pairs = [(a, b) for a in range(LOW, HIGH + 1) for b in range(LOW, HIGH + 1)]
+    if offset + n > len(pairs):
+        raise ValueError(f"only {len(pairs)} distinct examples exist; asked for {offset + n}")
+    random.Random(seed).shuffle(pairs)
+    return [{"prompt": prompt_of(a, b), "answer": str(a + b)} for a, b in pairs[offset : offset + n]]
+
+
+def demo_sets(seed: int = SEED) -> dict[str, list[dict[str, str]]]:
+    """The demo's disjoint sets: teacher_train, teacher_validation, synthesis, eval."""
+    sizes = {
+        "teacher_train": TEACHER_TRAIN_EXAMPLES,
+        "teacher_validation": TEACHER_VALIDATION_EXAMPLES,
+        "synthesis": SYNTHESIS_PROMPTS,
+        "eval": EVAL_PROMPTS,
+    }
+    sets, offset = {}, 0
+    for name, size in sizes.items():
+        sets[name] = make_examples(size, seed, offset)
+        offset += size
+    return sets
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_prompts(examples: list[dict[str, str]], path: str | Path) -> Path:
+    """A prompts JSONL file ({"prompt", "answer"} per line) for synthesis or evaluation."""
+    return _write_jsonl(Path(path), [{"prompt": e["prompt"], "answer": e["answer"]} for e in examples])
+
+
+def write_dataset(
+    train: list[dict[str, str]], validation: list[dict[str, str]], folder: str | Path
+) -> Path:
+    """A ground-truth dataset folder (train.jsonl, validation.jsonl) with completion = answer."""
+    out = Path(folder)
+    for name, rows in (("train.jsonl", train), ("validation.jsonl", validation)):
+        _write_jsonl(out / name, [{"prompt": e["prompt"], "completion": e["answer"]} for e in rows])
+    return out
+
+
+def extract_answer(completion: str) -> str:
+    """The leading run of digits of a completion, after leading whitespace."""
+    text = completion.lstrip()
+    end = 0
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    return text[:end]
+
+
+def is_correct(answer: str, completion: str) -> bool:
+    """True when the completion starts with exactly the answer's digits."""
+    return extract_answer(completion) == answer.strip()
+
+
+def tokenizer_corpus() -> list[str]:
+    """Texts to train the demo's tokenizer on: every digit and symbol the task uses."""
+    return [f"{e['prompt']}{e['answer']}" for e in make_examples(200, seed=1)] + ["0123456789+=\n"]

@@ -1,0 +1,186 @@
+"""A deterministic OpenAI-compatible HTTP server that stands in for a remote teacher.
+
+For tests and offline runs, where a real (paid, remote) teacher cannot be
+reached. It answers `/v1/completions` and `/v1/chat/completions` (also under
+`/openai/v1/`), `/v1/models` and a Prometheus `/metrics` with
+`process_resident_memory_bytes`. Answers come from `answer(model, prompt)`;
+by default it solves "a+b", "a-b" and "a*b" found in the prompt. One token is
+one character. `fail_next(n, status)` makes the next n completion requests fail
+with that HTTP status, to exercise clients' retries. Every request is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Answer = Callable[[str, str], str]
+_EXPR = re.compile(r"(-?\d+)\s*([+*-])\s*(-?\d+)")
+
+
+def arithmetic_answer(model: str, prompt: str) -> str:
+    """The value of the first a+b, a-b or a*b in the prompt; "unknown" when there is none."""
+    match = _EXPR.search(prompt)
+    if not match:
+        return "unknown"
+    a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
+    return str({"+": a + b, "-": a - b, "*": a * b}[op])
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+class StandinServer:
+    """Start with `with StandinServer() as server:`; point clients at server.base_url."""
+
+    def __init__(self, answer: Answer = arithmetic_answer, *, host: str = "127.0.0.1", delay_s: float = 0.0):
+        self.answer = answer
+        self.delay_s = delay_s
+        self.requests: list[dict[str, Any]] = []
+        self._failures: list[int] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.origin + "/v1"
+
+    def start(self) -> StandinServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> StandinServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def fail_next(self, count: int, status: int = 503) -> None:
+        with self._lock:
+            self._failures.extend([status] * count)
+
+    def _take_failure(self) -> int | None:
+        with self._lock:
+            return self._failures.pop(0) if self._failures else None
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(entry)
+
+    # -- answers ----------------------------------------------------------
+
+    def complete(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        model = str(body.get("model", ""))
+        if chat:
+            prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+        else:
+            prompt = str(body.get("prompt", ""))
+        text = self.answer(model, prompt)
+        finish = "stop"
+        for stop in body.get("stop") or []:
+            if stop in text:
+                text = text[: text.index(stop)]
+        max_tokens = int(body.get("max_tokens") or 16)
+        if len(text) > max_tokens:
+            text, finish = text[:max_tokens], "length"
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": len(text),
+                 "total_tokens": len(prompt) + len(text)}
+        base = {"id": "cmpl-" + uuid.uuid4().hex[:12], "created": int(time.time()), "model": model, "usage": usage}
+        if chat:
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish,
+                                      "message": {"role": "assistant", "content": text}}
+            if body.get("logprobs"):
+                k = int(body.get("top_logprobs") or 1)
+                choice["logprobs"] = {"content": [
+                    {"token": c, "logprob": -0.01, "bytes": None,
+                     "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in _top(c, k).items()]}
+                    for c in text]}
+            return {**base, "object": "chat.completion", "choices": [choice]}
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        if body.get("logprobs"):
+            k = int(body["logprobs"])
+            choice["logprobs"] = {"tokens": list(text), "token_logprobs": [-0.01] * len(text),
+                                  "top_logprobs": [_top(c, k) for c in text],
+                                  "text_offset": list(range(len(text)))}
+        return {**base, "object": "text_completion", "choices": [choice]}
+
+
+def _top(token: str, k: int) -> dict[str, float]:
+    """Deterministic top-k log-probabilities: the answer's token first."""
+    alternatives = [c for c in "0123456789?" if c != token]
+    return {token: -0.01, **{c: -4.0 - i for i, c in enumerate(alternatives[: max(0, k - 1)])}}
+
+
+def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            return None
+
+        def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0].removeprefix("/openai")
+            if path == "/metrics":
+                text = (
+                    "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                    "# TYPE process_resident_memory_bytes gauge\n"
+                    f"process_resident_memory_bytes {float(_rss_bytes())}\n"
+                )
+                self._send(200, text.encode(), "text/plain; version=0.0.4")
+            elif path == "/v1/models":
+                self._send(200, {"object": "list", "data": [{"id": "standin", "object": "model", "owned_by": "slmops"}]})
+            else:
+                self._send(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+
+        def do_POST(self) -> None:
+            path = self.path.split("?")[0].removeprefix("/openai")
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except json.JSONDecodeError:
+                self._send(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
+                return
+            chat = path == "/v1/chat/completions"
+            if path not in ("/v1/completions", "/v1/chat/completions"):
+                self._send(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+                return
+            failure = server._take_failure()
+            server._record({"path": path, "model": body.get("model"), "body": body,
+                            "traceparent": self.headers.get("traceparent"),
+                            "authorization": self.headers.get("authorization"), "status": failure or 200})
+            if failure:
+                self._send(failure, {"error": {"message": "stand-in failure on request", "type": "server_error"}})
+                return
+            if server.delay_s:
+                time.sleep(server.delay_s)
+            self._send(200, server.complete(body, chat))
+
+    return Handler

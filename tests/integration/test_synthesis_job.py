@@ -1,0 +1,115 @@
+"""The synthesis job end to end through real Ray Data.
+
+The teacher is `slmops.synthesis.standin.StandinServer`, a local
+OpenAI-compatible HTTP server in this test process that stands in for a remote
+paid teacher (none can be reached from here). It answers arithmetic prompts
+deterministically and can be told to fail requests, which proves the retry path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slmops.core import artifacts
+from slmops.core.errors import Unavailable
+from slmops.synthesis.standin import StandinServer
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "id": f"q{a}-{b}"} for a in range(3) for b in range(4)]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    with StandinServer() as server:
+        yield server
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path / "data"))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    return tmp_path
+
+
+def _config(teacher: StandinServer, prompts: Path, **teacher_overrides) -> dict:
+    return {
+        "prompts_uri": artifacts.to_uri(prompts),
+        "teacher": {"kind": "endpoint", "base_url": teacher.base_url, "model": "teacher-x",
+                    "max_concurrency": 3, "backoff_s": 0.05, **teacher_overrides},
+        "sampling": {"max_tokens": 8, "top_logprobs": 2},
+        "validation_fraction": 0.25,
+        "seed": 7,
+        "num_shards": 3,
+    }
+
+
+def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, workdir):
+    from slmops.synthesis.job import run
+
+    teacher.requests.clear()
+    teacher.fail_next(1, status=503)
+    events = []
+    out = workdir / "dataset"
+    result = run(_config(teacher, workdir / "prompts.jsonl"), str(out),
+                 lambda f, m, **kw: events.append((f, m, kw)), trace_id="ab" * 16)
+
+    metrics = result["metrics"]
+    assert result["output_uri"] == artifacts.to_uri(out)
+    assert metrics["num_prompts"] == 12 and metrics["failed"] == 0
+    assert metrics["num_train"] == 9 and metrics["num_validation"] == 3
+    # One 503, then every prompt answered once: 13 requests, all carrying a traceparent.
+    statuses = [r["status"] for r in teacher.requests]
+    assert statuses.count(503) == 1 and statuses.count(200) == 12
+    assert all(r["traceparent"] for r in teacher.requests)
+
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    records = train + validation
+    assert sorted(r["id"] for r in records) == sorted(p["id"] for p in PROMPTS)
+    for record in records:
+        assert record["completion"] == record["answer"]  # the stand-in answers correctly
+        assert record["teacher"]["model"] == "teacher-x"
+        assert record["teacher"]["completion_tokens"] == len(record["answer"])
+        assert len(record["top_logprobs"]) == len(record["answer"])
+        assert list(record["top_logprobs"][0])[0] == record["answer"][0]
+
+    manifest = artifacts.read_manifest(artifacts.to_uri(out))
+    assert manifest.kind == "dataset"
+    assert manifest.parents == [artifacts.to_uri(workdir / "prompts.jsonl")]
+    assert manifest.trace_id == "ab" * 16
+    assert set(manifest.hashes) == {"train.jsonl", "validation.jsonl", "stats.json"}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["num_prompts"] == 12 and stats["teacher"]["base_url"] == teacher.base_url
+
+    # Progress: once per shard, ending at 1.0.
+    shard_events = [e for e in events if e[1].startswith("shard ")]
+    assert len(shard_events) >= 1 and shard_events[-1][2]["answered"] == 12
+    assert events[-1][0] == 1.0
+
+
+def test_synthesis_job_fails_when_most_prompts_fail(ray_local, teacher, workdir):
+    from slmops.synthesis.job import run
+
+    teacher.fail_next(1000, status=429)
+    try:
+        with pytest.raises(Unavailable, match=r"failed on \d+ of 12 prompts .*line \d+"):
+            run(_config(teacher, workdir / "prompts.jsonl", max_retries=1, backoff_s=0.01),
+                str(workdir / "dataset"), lambda *a, **k: None)
+    finally:
+        teacher.fail_next(0)
+        teacher._failures.clear()
+    assert not (workdir / "dataset" / "manifest.json").exists()
