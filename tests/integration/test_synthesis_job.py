@@ -9,16 +9,19 @@ deterministically and can be told to fail requests, which proves the retry path.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from slmops.core import artifacts
+from slmops.core import artifacts, tracing
 from slmops.core.errors import Unavailable
 from slmops.synthesis.standin import StandinServer
 
 pytestmark = pytest.mark.integration
 
+TRACE_ID = "ab" * 16
+TRACEPARENT = f"00-{TRACE_ID}-{'e' * 16}-01"
 PROMPTS = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "id": f"q{a}-{b}"} for a in range(3) for b in range(4)]
 
 
@@ -64,17 +67,20 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     teacher.fail_next(1, status=503)
     events = []
     out = workdir / "dataset"
-    result = run(_config(teacher, workdir / "prompts.jsonl"), str(out),
-                 lambda f, m, **kw: events.append((f, m, kw)), trace_id="ab" * 16)
+    # As the job runner does: the job runs inside a span continuing the caller's trace.
+    with tracing.span_from("test.synthesis", TRACEPARENT):
+        result = run(_config(teacher, workdir / "prompts.jsonl"), str(out),
+                     lambda f, m, **kw: events.append((f, m, kw)), trace_id=TRACE_ID)
 
     metrics = result["metrics"]
     assert result["output_uri"] == artifacts.to_uri(out)
     assert metrics["num_prompts"] == 12 and metrics["failed"] == 0
     assert metrics["num_train"] == 9 and metrics["num_validation"] == 3
-    # One 503, then every prompt answered once: 13 requests, all carrying a traceparent.
+    # One 503, then every prompt answered once: 13 requests, each carrying the job's trace.
     statuses = [r["status"] for r in teacher.requests]
     assert statuses.count(503) == 1 and statuses.count(200) == 12
-    assert all(r["traceparent"] for r in teacher.requests)
+    assert all(re.match(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-[0-9a-f]{{2}}$", r["traceparent"] or "")
+               for r in teacher.requests)
 
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
@@ -90,7 +96,7 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     manifest = artifacts.read_manifest(artifacts.to_uri(out))
     assert manifest.kind == "dataset"
     assert manifest.parents == [artifacts.to_uri(workdir / "prompts.jsonl")]
-    assert manifest.trace_id == "ab" * 16
+    assert manifest.trace_id == TRACE_ID
     assert set(manifest.hashes) == {"train.jsonl", "validation.jsonl", "stats.json"}
     stats = json.loads((out / "stats.json").read_text())
     assert stats["num_prompts"] == 12 and stats["teacher"]["base_url"] == teacher.base_url

@@ -60,7 +60,9 @@ spec:
       serviceAccountName: {{ include "slmops.serviceAccountName" $root }}
       automountServiceAccountToken: false
       {{- end }}
-      {{- include "slmops.imagePullSecrets" $root | nindent 6 }}
+      {{- with include "slmops.imagePullSecrets" $root }}
+      {{- . | trim | nindent 6 }}
+      {{- end }}
       securityContext:
         {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
       containers:
@@ -100,13 +102,17 @@ spec:
               value: {{ printf "%s:%v" (include "slmops.serviceHost" (dict "root" $root "service" $other)) $o.port | quote }}
             {{- end }}
             {{- end }}
-            {{- include "slmops.databaseEnv" $root | nindent 12 }}
+            {{- with include "slmops.databaseEnv" $root }}
+            {{- . | trim | nindent 12 }}
+            {{- end }}
             {{- include "slmops.sharedEnv" $root | nindent 12 }}
             {{- range $key, $value := $svc.env }}
             - name: {{ $key }}
               value: {{ $value | quote }}
             {{- end }}
-          {{- include "slmops.artifactEnvFrom" $root | nindent 10 }}
+          {{- with include "slmops.artifactEnvFrom" $root }}
+          {{- . | trim | nindent 10 }}
+          {{- end }}
           startupProbe:
             grpc:
               port: {{ $svc.port }}

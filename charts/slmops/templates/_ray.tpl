@@ -5,8 +5,11 @@ The Ray image runs as user ray (uid 1000, gid 100); Ray writes under /tmp/ray.
 */}}
 {{- define "slmops.rayPodSpec" -}}
 {{- $root := .root }}
-{{- include "slmops.imagePullSecrets" $root }}
-automountServiceAccountToken: false
+{{- with include "slmops.imagePullSecrets" $root }}
+{{ . | trim }}
+{{- end }}
+{{- /* The autoscaler sidecar on the head talks to the API server with KubeRay's service account. */}}
+automountServiceAccountToken: {{ and .head $root.Values.ray.autoscaling.enabled }}
 securityContext:
   runAsNonRoot: true
   runAsUser: 1000
@@ -32,7 +35,9 @@ containers:
       - name: OTEL_SERVICE_NAME
         value: slmops-ray
       {{- include "slmops.sharedEnv" $root | nindent 6 }}
-    {{- include "slmops.artifactEnvFrom" $root | nindent 4 }}
+    {{- with include "slmops.artifactEnvFrom" $root }}
+    {{- . | trim | nindent 4 }}
+    {{- end }}
     resources:
       {{- $resources := deepCopy (.resources | default dict) }}
       {{- if gt (int .gpus) 0 }}
@@ -46,7 +51,7 @@ containers:
       runAsUser: 1000
       capabilities: {drop: [ALL]}
     volumeMounts:
-      - name: ray-tmp
+      - name: ray-logs
         mountPath: /tmp/ray
       - name: data
         mountPath: /var/lib/slmops
@@ -55,7 +60,7 @@ containers:
         mountPath: {{ $root.Values.artifacts.sharedMountPath }}
       {{- end }}
 volumes:
-  - name: ray-tmp
+  - name: ray-logs
     emptyDir: {}
   - name: data
     emptyDir: {}
@@ -71,5 +76,16 @@ nodeSelector:
 {{- with .tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A map with every value quoted (KubeRay's rayStartParams are strings); {} when empty. */}}
+{{- define "slmops.stringMap" -}}
+{{- if . }}
+{{- range $key, $value := . }}
+{{ $key }}: {{ $value | toString | quote }}
+{{- end }}
+{{- else -}}
+{}
 {{- end }}
 {{- end }}

@@ -8,8 +8,8 @@ the group stops this head and nothing else on the machine.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import os
+import secrets
 import signal
 import socket
 import subprocess

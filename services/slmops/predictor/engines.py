@@ -127,6 +127,9 @@ class DecodingEngine:
     def apply_chat_template(self, messages: list[dict]) -> str:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release the model (the engine is unusable afterwards)."""
+
     def generate(self, prompt: str, **kwargs) -> Generation:
         """Run to completion and return the text with token counts."""
         stream = self.stream(prompt, **kwargs)

@@ -45,7 +45,7 @@ class TransformersEngine(DecodingEngine):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
                 return ""
-            piece = text[len(done[0]) :] if text.startswith(done[0]) else text
+            piece = text.removeprefix(done[0])
             done[0] = text
             return piece
 

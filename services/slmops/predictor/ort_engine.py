@@ -75,6 +75,12 @@ class OrtGenaiEngine(DecodingEngine):
         finally:
             del generator
 
+    def close(self) -> None:
+        with self._lock:
+            # og objects must be released before the interpreter exits, or ORT GenAI reports leaks.
+            self.__dict__.pop("tokenizer", None)
+            self.__dict__.pop("model", None)
+
     def apply_chat_template(self, messages: list[dict]) -> str:
         clean = chat_template.check_messages(messages)
         if self._template:

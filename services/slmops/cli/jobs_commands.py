@@ -1,0 +1,211 @@
+"""CLI commands that create jobs and deployments: synth, train, convert, deploy, bench, pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from slmops.api.v1 import (
+    common_pb2,
+    conversion_pb2,
+    evaluation_pb2,
+    pipeline_pb2,
+    serving_pb2,
+    synthesis_pb2,
+    training_pb2,
+)
+from slmops.cli import client
+from slmops.cli.progress import watch_job
+from slmops.core.artifacts import to_uri
+
+
+def _uri(value: str) -> str:
+    """Local paths become file:// URIs; hub ids and URIs are left alone."""
+    return to_uri(value) if Path(value).exists() else value
+
+
+def _run_job(service: str, noun: str, request: Any, args: argparse.Namespace) -> int:
+    from slmops.cli.main import _print_job
+
+    stub = client.stub(service)
+    job = client.call(getattr(stub, f"Create{noun}"), request)
+    print(f"created {job.id}", file=sys.stderr)
+    if args.no_wait:
+        return _print_job(job, args.json)
+    job = watch_job(service, getattr(stub, f"Watch{noun}"), getattr(stub, f"Get{noun}"), job.id)
+    return _print_job(job, args.json)
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --override expects KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    spec = synthesis_pb2.SynthesisSpec(
+        prompts_uri=_uri(args.prompts),
+        endpoint=synthesis_pb2.TeacherEndpoint(
+            base_url=args.teacher_url, model=args.teacher_model, api_key_env=args.api_key_env or "", chat=args.chat
+        ),
+        sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                           top_logprobs=args.top_logprobs),
+        validation_fraction=args.validation_fraction,
+        output_uri=args.output or "",
+    )
+    return _run_job("synthesis", "SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest(spec=spec), args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    spec = training_pb2.TrainingSpec(
+        method=training_pb2.TrainingMethod.Value(args.method.upper()),
+        base=training_pb2.ModelInit(model=_uri(args.base), from_config=args.from_config,
+                                    config_overrides=_overrides(args.override)),
+        dataset_uri=_uri(args.dataset),
+        hyperparameters=training_pb2.Hyperparameters(
+            learning_rate=args.lr, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+            seed=args.seed,
+        ),
+        output_uri=args.output or "",
+    )
+    return _run_job("training", "TrainingJob", training_pb2.CreateTrainingJobRequest(spec=spec), args)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    spec = conversion_pb2.ConversionSpec(
+        model_uri=_uri(args.model),
+        precision=conversion_pb2.Precision.Value(args.precision.upper()),
+        execution_provider=conversion_pb2.ExecutionProvider.Value(args.execution_provider.upper()),
+        output_uri=args.output or "",
+    )
+    return _run_job("conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), args)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    stub = client.stub("serving")
+    if args.delete:
+        deployment = client.call(stub.DeleteDeployment, serving_pb2.DeleteDeploymentRequest(name=args.name))
+        print(f"{deployment.name}: deleted")
+        return 0
+    if not args.model:
+        raise SystemExit("error: --model is required to deploy")
+    spec = serving_pb2.DeploymentSpec(name=args.name, model_uri=_uri(args.model), port=args.port)
+    deployment = client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
+    for event in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=args.name)):
+        print(f"  {args.name}: {event.message}", file=sys.stderr)
+    deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=args.name))
+    state = serving_pb2.DeploymentState.Name(deployment.state)
+    print(f"{deployment.name}: {state}" + (f" - {deployment.reason}" if deployment.reason else ""))
+    if deployment.url:
+        print(f"OpenAI base URL: {deployment.url}/openai/v1")
+    return 0 if deployment.state == serving_pb2.DEPLOYMENT_READY else 1
+
+
+def _target(text: str) -> evaluation_pb2.EvalTarget:
+    """NAME=URL_OR_DEPLOYMENT[,model_uri=PATH]"""
+    name, _, rest = text.partition("=")
+    where, *options = rest.split(",")
+    target = evaluation_pb2.EvalTarget(name=name)
+    if where.startswith(("http://", "https://")):
+        target.base_url = where
+    else:
+        target.deployment = where
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "model_uri":
+            target.model_uri = _uri(value)
+        elif key == "model":
+            target.model = value
+    return target
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    spec = evaluation_pb2.EvaluationSpec(
+        targets=[_target(t) for t in args.target], dataset_uri=_uri(args.dataset), reference=args.reference or "",
+        max_prompts=args.max_prompts, output_uri=args.output or "",
+        sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens),
+    )
+    if args.gate_candidate:
+        spec.gate.CopyFrom(evaluation_pb2.QualityGate(candidate=args.gate_candidate,
+                                                      min_retention=args.min_retention))
+    return _run_job("evaluation", "EvaluationJob", evaluation_pb2.CreateEvaluationJobRequest(spec=spec), args)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    text = Path(args.file).read_text()
+    spec = pipeline_pb2.PipelineSpec(name=Path(args.file).stem, definition_yaml=text)
+    return _run_job("pipeline", "PipelineRun", pipeline_pb2.CreatePipelineRunRequest(spec=spec), args)
+
+
+def _job_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default=None, help="artifact URI to write (default: under the artifact root)")
+    parser.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    parser.add_argument("--json", action="store_true", help="print the final job as JSON")
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("synth", help="a teacher answers a prompts file into a dataset")
+    p.add_argument("--prompts", required=True, help="JSONL file of {\"prompt\": ...}")
+    p.add_argument("--teacher-url", required=True, help="OpenAI-compatible base URL, e.g. http://host/v1")
+    p.add_argument("--teacher-model", required=True)
+    p.add_argument("--api-key-env", default=None, help="name of the env var holding the teacher's API key")
+    p.add_argument("--chat", action="store_true", help="use chat completions")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-logprobs", type=int, default=0)
+    p.add_argument("--validation-fraction", type=float, default=0.0)
+    _job_flags(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="distill or fine-tune a model on a dataset (Ray Train)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--base", required=True, help="model folder, artifact URI or hub id")
+    p.add_argument("--method", default="sft_distill", choices=["sft_distill", "full", "logit_distill", "lora", "qlora"])
+    p.add_argument("--from-config", action="store_true", help="random weights from the base model's config")
+    p.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    p.add_argument("--epochs", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--lr", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    _job_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("convert", help="export to ONNX Runtime GenAI and quantize (Olive)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--precision", default="int4", choices=["int4", "int8", "fp16", "fp32", "bf16"])
+    p.add_argument("--execution-provider", default="cpu", choices=["cpu", "cuda", "dml"])
+    _job_flags(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("deploy", help="serve a model behind the OpenAI API (or --delete)")
+    p.add_argument("name")
+    p.add_argument("--model", default=None)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--delete", action="store_true")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("bench", help="evaluate served models: accuracy, latency, tokens/s, size, memory")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--target", action="append", required=True,
+                   help="NAME=URL_OR_DEPLOYMENT[,model_uri=PATH] (repeatable)")
+    p.add_argument("--reference", default=None, help="target whose accuracy is 100%% retention")
+    p.add_argument("--max-prompts", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument("--gate-candidate", default=None)
+    p.add_argument("--min-retention", type=float, default=0.0)
+    _job_flags(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("pipeline", help="run a pipeline file")
+    psub = p.add_subparsers(dest="pipeline_command", required=True)
+    run = psub.add_parser("run")
+    run.add_argument("file")
+    _job_flags(run)
+    run.set_defaults(func=cmd_pipeline)

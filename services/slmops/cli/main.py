@@ -1,0 +1,141 @@
+"""The `slmops` command: a gRPC client of the services, as kubectl is of an API server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from slmops.core import settings, tracing
+
+
+def _print_job(job: Any, as_json: bool) -> int:
+    from slmops.api.v1 import common_pb2
+
+    if as_json:
+        print(json_format.MessageToJson(job, preserving_proto_field_name=True))
+    status = job.status
+    state = common_pb2.JobState.Name(status.state)
+    if not as_json:
+        print(f"{job.id}: {state}" + (f" - {status.reason}" if status.reason else ""))
+        if status.output.uri:
+            print(f"output: {status.output.uri}")
+        for key, value in sorted(status.metrics.items()):
+            print(f"  {key} = {value:.6g}")
+    return 0 if status.state == common_pb2.SUCCEEDED else 1
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from slmops.cli import stack
+
+    stack.up(settings.data_dir(args.data_dir), free_ports=args.free_ports, num_cpus=args.num_cpus)
+    print("stack is up; `slmops status` shows its health, `slmops down` stops it")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from slmops.cli import stack
+
+    count = stack.down(settings.data_dir(args.data_dir))
+    print(f"stopped {count} process group(s)" if count else "nothing was running")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from slmops.cli import stack
+
+    rows = stack.status(settings.data_dir(args.data_dir))
+    width = max(len(r[1]) for r in rows)
+    for name, addr, health in rows:
+        print(f"{name:<11} {addr:<{width}}  {health}")
+    if args.settings:
+        print()
+        for env, value, help_text in settings.describe():
+            print(f"{env}={value!s:<30} # {help_text}")
+    return 0 if all(r[2] == "SERVING" for r in rows) else 1
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from slmops.core import artifacts
+
+    chain = artifacts.lineage(args.uri)
+    for depth, manifest in enumerate(chain):
+        arrow = "  " * depth + ("└─ " if depth else "")
+        if manifest.kind == "file":
+            print(f"{arrow}{manifest.uri}  (source file)")
+            continue
+        extra = f" trace={manifest.trace_id}" if manifest.trace_id else ""
+        print(f"{arrow}{manifest.kind:<11} {manifest.id}  {manifest.uri}{extra}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    command = [sys.executable, "-m", "slmops.predictor", "--model-dir", args.model_dir, "--host", args.host,
+               "--http-port", str(args.port)]
+    if args.name:
+        command += ["--name", args.name]
+    os.execv(sys.executable, command)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from slmops.cli import jobs_commands
+
+    parser = argparse.ArgumentParser(prog="slmops", description="Operate small language models.")
+    parser.add_argument("--data-dir", default=None, help=f"state folder (default ${settings.VARS['data_dir'].env} or ~/.slmops)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start a local Ray head and every service in the background")
+    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 50051-50056")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs the Ray head offers")
+    p.set_defaults(func=_cmd_up)
+    sub.add_parser("down", help="stop what `up` started").set_defaults(func=_cmd_down)
+    p = sub.add_parser("status", help="health of every service and of Ray")
+    p.add_argument("--settings", action="store_true", help="also print every setting")
+    p.set_defaults(func=_cmd_status)
+    p = sub.add_parser("lineage", help="print the chain from an artifact back to its source")
+    p.add_argument("uri")
+    p.set_defaults(func=_cmd_lineage)
+    p = sub.add_parser("serve", help="serve a model folder with the predictor (OpenAI API + OIP v2)")
+    p.add_argument("model_dir")
+    p.add_argument("--name", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_cmd_serve)
+    jobs_commands.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data_dir:
+        import os
+
+        os.environ[settings.VARS["data_dir"].env] = str(Path(args.data_dir).resolve())
+    tracing.setup_tracing("cli")
+    try:
+        with tracing.tracer().start_as_current_span(f"cli.{args.command}"):
+            return int(args.func(args) or 0)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
+    except Exception as exc:  # errors a user can act on, without a stack trace
+        from slmops.core.errors import SlmopsError
+
+        if isinstance(exc, SlmopsError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        tracing.shutdown_tracing()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The conversion job's configuration: a validated, JSON-serialisable domain object.
+
+`from_proto` turns a `ConversionSpec` into a `ConversionConfig`, applying the
+proto's defaults (INT4, CPU) and reporting every problem at once as one
+`InvalidSpec` whose field names are proto paths (`spec.precision`).
+
+What the ONNX Runtime GenAI model builder 0.13.2 (through Olive 0.13's
+ModelBuilder pass) can make, by execution provider:
+CPU: INT4, FP32; CUDA: INT4, FP16, BF16, FP32; DML: INT4, FP16, FP32.
+INT8 is not one of its precisions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from slmops.api.v1 import conversion_pb2
+from slmops.core import artifacts
+from slmops.core.errors import collect
+
+PRECISIONS = {
+    conversion_pb2.PRECISION_UNSPECIFIED: "int4",
+    conversion_pb2.INT4: "int4",
+    conversion_pb2.FP16: "fp16",
+    conversion_pb2.FP32: "fp32",
+    conversion_pb2.BF16: "bf16",
+}
+PROVIDERS = {
+    conversion_pb2.EXECUTION_PROVIDER_UNSPECIFIED: "cpu",
+    conversion_pb2.CPU: "cpu",
+    conversion_pb2.CUDA: "cuda",
+    conversion_pb2.DML: "dml",
+}
+SUPPORTED = {
+    "cpu": ("int4", "fp32"),
+    "cuda": ("int4", "fp16", "bf16", "fp32"),
+    "dml": ("int4", "fp16", "fp32"),
+}
+# Builder options a user may set (values as on the builder's command line).
+EXTRA_OPTIONS = frozenset(
+    {
+        "int4_accuracy_level", "int4_algo_config", "int4_block_size", "int4_is_symmetric",
+        "int4_nodes_to_exclude", "int4_op_types_to_quantize", "qmoe_block_size",
+        "num_hidden_layers", "exclude_embeds", "exclude_lm_head", "include_hidden_states",
+        "enable_cuda_graph", "use_8bits_moe", "use_qdq", "use_cuda_bf16", "shared_embeddings",
+        "prune_lm_head", "disable_qkv_fusion",
+    }
+)  # fmt: skip
+# Options this stage sets itself.
+RESERVED_OPTIONS = {
+    "hf_remote": "is always false: models run without trust_remote_code",
+    "hf_token": "does not apply: the input is a local model folder",
+    "filename": "is fixed: the model is written as model.onnx",
+    "config_only": "does not apply: conversion always writes the model",
+    "adapter_path": "adapters are not available yet",
+}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?\s*$", re.IGNORECASE)
+
+
+class Resources(BaseModel):
+    """What the conversion's Ray task reserves."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_bytes: int = 0
+
+
+class ConversionConfig(BaseModel):
+    """Everything a conversion job needs, after validation and defaults."""
+
+    model_uri: str
+    precision: Literal["int4", "fp16", "fp32", "bf16"] = "int4"
+    execution_provider: Literal["cpu", "cuda", "dml"] = "cpu"
+    extra_options: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    output_uri: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+def parse_memory(text: str) -> int | None:
+    """Bytes in a quantity like "4Gi", "512Mi", "2G" or "1000000"; None if malformed."""
+    match = _MEMORY.match(text)
+    if not match:
+        return None
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    if not unit:
+        return int(number)
+    power = "kmgtp".index(unit[0]) + 1
+    return int(number * (1024**power if unit.endswith("i") else 1000**power))
+
+
+def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
+    uri = spec.model_uri.strip()
+    if not uri:
+        problems.append(("spec.model_uri", "is required: a checkpoint artifact or model folder"))
+        return ""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri  # remote: read by the job through fsspec
+    folder = artifacts.local_path(artifacts.to_uri(uri))
+    if not folder.is_dir():
+        problems.append(("spec.model_uri", f"{uri!r} is not a folder"))
+    elif not (folder / "config.json").is_file():
+        problems.append(
+            ("spec.model_uri", f"{uri!r} has no config.json: not a Hugging Face checkpoint")
+        )
+    return artifacts.to_uri(uri)
+
+
+def _precision(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
+    if spec.precision == conversion_pb2.INT8:
+        problems.append(
+            ("spec.precision", "INT8 is not a precision of the ONNX Runtime GenAI model builder; "
+             "use INT4 (or FP32 on CPU, FP16 on CUDA/DML)")
+        )  # fmt: skip
+    elif spec.precision not in PRECISIONS:
+        problems.append(("spec.precision", f"unknown precision {spec.precision}"))
+    return PRECISIONS.get(spec.precision, "int4")
+
+
+def _provider(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
+    if spec.execution_provider not in PROVIDERS:
+        problems.append(
+            ("spec.execution_provider", f"unknown execution provider {spec.execution_provider}")
+        )
+    return PROVIDERS.get(spec.execution_provider, "cpu")
+
+
+def _extra_options(
+    spec: conversion_pb2.ConversionSpec, provider: str, problems: list[tuple[str, str]]
+) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for key in sorted(spec.extra_options):
+        value = spec.extra_options[key].strip()
+        field = f"spec.extra_options[{key}]"
+        if key in RESERVED_OPTIONS:
+            problems.append((field, RESERVED_OPTIONS[key]))
+        elif key not in EXTRA_OPTIONS:
+            problems.append((field, f"is not a model builder option; known: {', '.join(sorted(EXTRA_OPTIONS))}"))
+        elif not value:
+            problems.append((field, "has an empty value"))
+        else:
+            options[key] = value
+    if options:
+        from onnxruntime_genai.models.builder import check_extra_options
+
+        try:
+            check_extra_options(dict(options), provider)
+        except ValueError as exc:
+            problems.append(("spec.extra_options", str(exc)))
+    return options
+
+
+def _resources(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> Resources:
+    res = spec.resources
+    if res.num_workers not in (0, 1):
+        problems.append(("spec.resources.num_workers", "must be 0 or 1: a conversion is one task"))
+    if not 0 <= res.cpus_per_worker <= 1024:
+        problems.append(("spec.resources.cpus_per_worker", "must be between 0 and 1024"))
+    if not 0 <= res.gpus_per_worker <= 64:
+        problems.append(("spec.resources.gpus_per_worker", "must be between 0 and 64"))
+    memory = 0
+    if res.memory.strip():
+        parsed = parse_memory(res.memory)
+        if not parsed:
+            problems.append(("spec.resources.memory", f"{res.memory!r} is not a quantity like 4Gi"))
+        else:
+            memory = parsed
+    return Resources(
+        num_cpus=res.cpus_per_worker if res.cpus_per_worker > 0 else 1.0,
+        num_gpus=max(res.gpus_per_worker, 0.0),
+        memory_bytes=memory,
+    )
+
+
+def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
+    """Validate a ConversionSpec and apply its defaults; one InvalidSpec lists every problem."""
+    problems: list[tuple[str, str]] = []
+    model_uri = _model_uri(spec, problems)
+    precision = _precision(spec, problems)
+    provider = _provider(spec, problems)
+    if precision not in SUPPORTED[provider]:
+        problems.append(
+            ("spec.precision", f"{precision.upper()} is not available for the {provider.upper()} "
+             f"execution provider; use one of {', '.join(p.upper() for p in SUPPORTED[provider])}")
+        )  # fmt: skip
+    extra_options = _extra_options(spec, provider, problems)
+    if spec.adapter_uris:
+        problems.append(("spec.adapter_uris", "adapters are not available yet"))
+    if spec.merge_adapters:
+        problems.append(("spec.merge_adapters", "merging adapters is not available yet"))
+    if spec.foundry_local_package:
+        problems.append(("spec.foundry_local_package", "Foundry Local packages are not available yet"))
+    resources = _resources(spec, problems)
+    output_uri = spec.output_uri.strip()
+    if output_uri and model_uri and artifacts.to_uri(output_uri) == model_uri:
+        problems.append(("spec.output_uri", "must differ from spec.model_uri"))
+    collect(problems)
+    return ConversionConfig(
+        model_uri=model_uri,
+        precision=precision,
+        execution_provider=provider,
+        extra_options=extra_options,
+        resources=resources,
+        output_uri=output_uri,
+        labels=dict(spec.labels),
+    )
+

@@ -1,0 +1,102 @@
+"""The demo's calls to the services, one function per stage, each printing its progress."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from slmops.api.v1 import (
+    common_pb2,
+    conversion_pb2,
+    evaluation_pb2,
+    serving_pb2,
+    synthesis_pb2,
+    training_pb2,
+)
+from slmops.cli import client
+from slmops.cli.progress import watch_job
+
+
+class DemoFailed(RuntimeError):
+    pass
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _job(service: str, noun: str, request: Any, label: str) -> Any:
+    stub = client.stub(service)
+    job = client.call(getattr(stub, f"Create{noun}"), request)
+    started = time.time()
+    job = watch_job(label, getattr(stub, f"Watch{noun}"), getattr(stub, f"Get{noun}"), job.id, out=say)
+    if job.status.state != common_pb2.SUCCEEDED:
+        raise DemoFailed(f"{label} job {job.id} {common_pb2.JobState.Name(job.status.state)}: {job.status.reason}")
+    say(f"  {label}: done in {time.time() - started:.0f}s -> {job.status.output.uri}")
+    return job
+
+
+def _hparams(values: dict[str, Any]) -> training_pb2.Hyperparameters:
+    return training_pb2.Hyperparameters(**values)
+
+
+def _resources(values: dict[str, Any]) -> common_pb2.ResourceRequest:
+    return common_pb2.ResourceRequest(**values)
+
+
+def train(label: str, method: str, base: str, dataset_uri: str, hparams: dict[str, Any],
+          resources: dict[str, Any], *, from_config: bool = False,
+          overrides: dict[str, str] | None = None) -> Any:
+    spec = training_pb2.TrainingSpec(
+        method=training_pb2.TrainingMethod.Value(method),
+        base=training_pb2.ModelInit(model=base, from_config=from_config, config_overrides=overrides or {}),
+        dataset_uri=dataset_uri,
+        hyperparameters=_hparams(hparams),
+        resources=_resources(resources),
+        labels={"app": "slmops-demo", "model": label},
+    )
+    return _job("training", "TrainingJob", training_pb2.CreateTrainingJobRequest(spec=spec), label)
+
+
+def synthesize(prompts_uri: str, teacher_url: str, teacher_model: str, max_tokens: int) -> Any:
+    spec = synthesis_pb2.SynthesisSpec(
+        prompts_uri=prompts_uri,
+        endpoint=synthesis_pb2.TeacherEndpoint(base_url=teacher_url, model=teacher_model, max_concurrency=4),
+        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        validation_fraction=0.1,
+        labels={"app": "slmops-demo"},
+    )
+    return _job("synthesis", "SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest(spec=spec), "synthesis")
+
+
+def convert(model_uri: str) -> Any:
+    spec = conversion_pb2.ConversionSpec(model_uri=model_uri, precision=conversion_pb2.INT4,
+                                         execution_provider=conversion_pb2.CPU, labels={"app": "slmops-demo"})
+    return _job("conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), "conversion")
+
+
+def deploy(name: str, model_uri: str) -> serving_pb2.Deployment:
+    stub = client.stub("serving")
+    spec = serving_pb2.DeploymentSpec(name=name, model_uri=model_uri, labels={"app": "slmops-demo"})
+    client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
+    for event in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=name)):
+        say(f"  deploy      {name}: {event.message}")
+    deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=name))
+    if deployment.state != serving_pb2.DEPLOYMENT_READY:
+        raise DemoFailed(f"deployment {name} failed: {deployment.reason}")
+    return deployment
+
+
+def evaluate(dataset_uri: str, targets: list[tuple[str, str]], reference: str, candidate: str,
+             max_tokens: int, min_retention: float) -> Any:
+    spec = evaluation_pb2.EvaluationSpec(
+        targets=[evaluation_pb2.EvalTarget(name=name, deployment=deployment) for name, deployment in targets],
+        dataset_uri=dataset_uri,
+        reference=reference,
+        metric="exact_match",
+        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        gate=evaluation_pb2.QualityGate(candidate=candidate, min_retention=min_retention),
+        labels={"app": "slmops-demo"},
+    )
+    return _job("evaluation", "EvaluationJob", evaluation_pb2.CreateEvaluationJobRequest(spec=spec), "evaluation")

@@ -1,0 +1,107 @@
+"""The KServe model: one engine on the Open Inference Protocol v2.
+
+`POST /v2/models/{name}/infer` takes a BYTES input `text` (one prompt per
+element) and an optional INT32 input `max_tokens` (one value, or one per
+prompt), and answers a BYTES output `text` of the same shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from slmops.core import tracing
+from slmops.core.errors import InvalidSpec
+from slmops.predictor import metrics
+from slmops.predictor.engines import Engine
+
+DEFAULT_MAX_TOKENS = 64
+
+
+class GenerationModel(Model):
+    """Serves `engine` under `name`; the engine is loaded before the server starts."""
+
+    def __init__(self, name: str, engine: Engine):
+        super().__init__(name)
+        # Not `self.engine`: KServe reserves that flag for models with an async engine to start.
+        self.text_engine = engine
+        self.ready = False
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    def get_input_types(self) -> list[dict]:
+        return [
+            {"name": "text", "datatype": "BYTES", "shape": [-1]},
+            {"name": "max_tokens", "datatype": "INT32", "shape": [-1]},
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+
+    async def predict(
+        self,
+        payload: InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse:
+        started = time.perf_counter()
+        traceparent = (headers or {}).get("traceparent")
+        with tracing.span_from("predictor.infer", traceparent, {"model": self.name}) as span:
+            try:
+                prompts, budgets = _parse(payload)
+            except InvalidInput:
+                metrics.record(self.name, "infer", 400, time.perf_counter() - started)
+                raise
+            texts, prompt_tokens, completion_tokens = [], 0, 0
+            for prompt, budget in zip(prompts, budgets, strict=True):
+                try:
+                    result = await asyncio.to_thread(self.text_engine.generate, prompt, max_tokens=budget)
+                except InvalidSpec as exc:
+                    metrics.record(self.name, "infer", 400, time.perf_counter() - started)
+                    raise InvalidInput(str(exc)) from exc
+                texts.append(result.text)
+                prompt_tokens += result.prompt_tokens
+                completion_tokens += result.completion_tokens
+            span.set_attribute("prompt_tokens", prompt_tokens)
+            span.set_attribute("completion_tokens", completion_tokens)
+        metrics.record(
+            self.name, "infer", 200, time.perf_counter() - started, prompt_tokens, completion_tokens
+        )
+        output = InferOutput("text", [len(texts)], "BYTES", data=texts)
+        return InferResponse(payload.id or uuid.uuid4().hex, self.name, [output])
+
+
+def _parse(payload: InferRequest) -> tuple[list[str], list[int]]:
+    """Prompts and per-prompt token budgets from an OIP request; InvalidInput when malformed."""
+    text_input = payload.get_input_by_name("text")
+    if text_input is None:
+        raise InvalidInput("input 'text' (BYTES) is required")
+    if text_input.datatype != "BYTES":
+        raise InvalidInput(f"input 'text' must be BYTES, not {text_input.datatype}")
+    prompts = [_as_str(v) for v in np.asarray(text_input.as_numpy(), dtype=object).reshape(-1)]
+    if not prompts:
+        raise InvalidInput("input 'text' is empty")
+    budgets = [DEFAULT_MAX_TOKENS] * len(prompts)
+    budget_input = payload.get_input_by_name("max_tokens")
+    if budget_input is not None:
+        if budget_input.datatype not in ("INT32", "INT64"):
+            raise InvalidInput(f"input 'max_tokens' must be INT32, not {budget_input.datatype}")
+        values = [int(v) for v in np.asarray(budget_input.as_numpy()).reshape(-1)]
+        if len(values) == 1:
+            values = values * len(prompts)
+        if len(values) != len(prompts) or any(v < 1 for v in values):
+            raise InvalidInput("input 'max_tokens' must hold one positive value or one per prompt")
+        budgets = values
+    return prompts, budgets
+
+
+def _as_str(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

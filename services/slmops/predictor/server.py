@@ -1,0 +1,188 @@
+"""Start-up of the predictor: one engine behind KServe's ModelServer plus our routes.
+
+The HTTP socket is bound here, before anything else starts, so a port in use
+is reported at once and port 0 picks a free one. When the server answers
+`/v2/health/ready`, one line `SLMOPS_PREDICTOR_READY http://HOST:PORT` goes to
+stdout. SIGTERM and SIGINT stop the server gracefully (exit status 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+
+from slmops.core import tracing
+from slmops.predictor import metrics
+from slmops.predictor.engines import Engine
+
+READY_PREFIX = "SLMOPS_PREDICTOR_READY "
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one); OSError when it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def model_parameters(model_dir: str | Path) -> int | None:
+    """Parameter count: the artifact manifest's metric, else the safetensors headers, else None."""
+    folder = Path(model_dir)
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        value = json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {}).get("parameters")
+        if value:
+            return int(value)
+    if any(folder.glob("*.safetensors")):
+        from slmops.models.tiny import count_parameters
+
+        return count_parameters(folder)
+    return None
+
+
+def info_router(name: str, engine: Engine) -> APIRouter:
+    """GET /slmops/v1/info: what this predictor serves and how much memory it holds."""
+    parameters = model_parameters(engine.model_dir)
+    router = APIRouter()
+
+    async def info() -> dict[str, Any]:
+        return {
+            "model": name,
+            "engine": engine.name,
+            "model_dir": engine.model_dir,
+            "rss_bytes": metrics.rss_bytes(),
+            "parameters": parameters,
+        }
+
+    router.add_api_route("/slmops/v1/info", info, methods=["GET"])
+    return router
+
+
+def url_of(host: str, port: int) -> str:
+    """The URL a local client uses: a wildcard bind address is reached on loopback."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _announce_when_ready(url: str, stop: threading.Event, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    print(READY_PREFIX + url, flush=True)
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    if not stop.is_set():
+        log.error("the predictor did not answer %s/v2/health/ready within %.0f s", url, timeout_s)
+
+
+def serve(
+    engine: Engine,
+    name: str,
+    sock: socket.socket,
+    host: str,
+    grpc_port: int = 0,
+) -> None:
+    """Serve engine as model `name` on the bound socket until SIGTERM/SIGINT."""
+    from kserve import ModelServer
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.model_server import app
+    from kserve.protocol.rest.server import RESTServer
+
+    from slmops.predictor.model import GenerationModel
+    from slmops.predictor.openai_api import make_router
+
+    tracing.setup_tracing("predictor")
+    metrics.ensure_process_collector()
+    model = GenerationModel(name, engine)
+    model.load()
+    # Our routes first: for GET /v1/models the OpenAI list wins over KServe's v1 protocol.
+    app.include_router(make_router({name: engine}))
+    app.include_router(info_router(name, engine))
+
+    port = sock.getsockname()[1]
+    server = ModelServer(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=grpc_port > 0)
+    server.register_model(model)
+    model.start()
+    rest = RESTServer(
+        FASTAPI_APP_IMPORT_STRING,
+        server.dataplane,
+        server.model_repository_extension,
+        port,
+        grace_period=10,
+    )
+    rest.config.host = host
+    stop = threading.Event()
+
+    async def run_rest() -> None:
+        rest.create_application()
+        try:
+            # RESTServer.start() binds its own socket; serve ours (kserve 0.21 internals).
+            await rest._server.serve(sockets=[sock])
+        finally:
+            stop.set()
+            if server._grpc_server is not None:
+                await server._grpc_server.stop(signal.SIGTERM)
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        rest._server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    servers = [run_rest()]
+    if grpc_port > 0:
+        from kserve.model_server import args as kserve_args
+        from kserve.protocol.grpc.server import GRPCServer
+
+        server._grpc_server = GRPCServer(
+            grpc_port,
+            server.dataplane,
+            server.model_repository_extension,
+            kwargs=vars(kserve_args),
+            grace_period=5,
+        )
+        servers.append(server._grpc_server.start(server.max_threads))
+    threading.Thread(
+        target=_announce_when_ready, args=(url_of(host, port), stop), daemon=True
+    ).start()
+
+    async def main() -> None:
+        server.setup_event_loop()
+        await asyncio.gather(*servers)
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop.set()
+        model.stop()
+        close = getattr(engine, "close", None)
+        if close:
+            close()
+        tracing.shutdown_tracing()
+        sys.stdout.flush()

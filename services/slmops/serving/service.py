@@ -1,0 +1,90 @@
+"""gRPC servicer of the serving stage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import json_format
+
+from slmops.api.v1 import common_pb2, serving_pb2, serving_pb2_grpc
+from slmops.core.errors import InvalidSpec
+from slmops.core.job_servicer import message_to_dict, timestamp
+from slmops.core.jobstore import Event, JobRecord
+from slmops.core.server import Registration
+from slmops.serving.deployments import Deployments
+
+SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name
+# Deployment states as job states, for the shared ProgressEvent message.
+_EVENT_STATE = {"DEPLOYING": "RUNNING", "READY": "SUCCEEDED", "FAILED": "FAILED", "DELETED": "CANCELLED"}
+
+
+def _name(value: str) -> str:
+    if not value.strip():
+        raise InvalidSpec("name", "must name a deployment (got an empty string)")
+    return value.strip()
+
+
+def deployment_proto(record: JobRecord) -> serving_pb2.Deployment:
+    spec = json_format.ParseDict(record.spec, serving_pb2.DeploymentSpec(), ignore_unknown_fields=True)
+    state = serving_pb2.DeploymentState.Value(f"DEPLOYMENT_{record.state}")
+    url = record.result.get("url", "") if record.state == "READY" else ""
+    proto = serving_pb2.Deployment(
+        name=record.id, spec=spec, state=state, reason=record.reason, url=url, trace_id=record.trace_id,
+        create_time=timestamp(record.created), update_time=timestamp(record.updated),
+    )
+    if record.result.get("revision"):
+        proto.revisions.append(
+            serving_pb2.Revision(
+                name=f"{record.id}-{record.result['revision']}", model_uri=record.config.get("model_uri", ""),
+                traffic_percent=100, state=state, url=url, create_time=timestamp(record.created),
+            )
+        )
+    if record.output_uri:
+        proto.artifact.CopyFrom(common_pb2.ArtifactRef(uri=record.output_uri, kind="deployment"))
+    return proto
+
+
+def _event_proto(event: Event) -> common_pb2.ProgressEvent:
+    return common_pb2.ProgressEvent(
+        job_id=event.job_id, sequence=event.sequence, fraction=event.fraction, message=event.message,
+        state=common_pb2.JobState.Value(_EVENT_STATE.get(event.state, "RUNNING")), time=timestamp(event.time),
+    )
+
+
+class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
+    def __init__(self, deployments: Deployments):
+        self.deployments = deployments
+
+    async def CreateDeployment(self, request: serving_pb2.CreateDeploymentRequest, context: Any):
+        if not request.HasField("spec"):
+            raise InvalidSpec("spec", "is required")
+        spec = message_to_dict(request.spec)
+        spec.setdefault("name", "")
+        return deployment_proto(await self.deployments.create(spec))
+
+    async def GetDeployment(self, request: serving_pb2.GetDeploymentRequest, context: Any):
+        return deployment_proto(self.deployments.get(_name(request.name)))
+
+    async def ListDeployments(self, request: serving_pb2.ListDeploymentsRequest, context: Any):
+        records, token = self.deployments.list(dict(request.labels), request.page_size, request.page_token)
+        return serving_pb2.ListDeploymentsResponse(
+            deployments=[deployment_proto(r) for r in records], next_page_token=token
+        )
+
+    async def DeleteDeployment(self, request: serving_pb2.DeleteDeploymentRequest, context: Any):
+        return deployment_proto(await self.deployments.delete(_name(request.name)))
+
+    async def WatchDeployment(
+        self, request: serving_pb2.WatchDeploymentRequest, context: Any
+    ) -> AsyncIterator[common_pb2.ProgressEvent]:
+        if request.after_sequence < 0:
+            raise InvalidSpec("after_sequence", "must not be negative")
+        async for event in self.deployments.watch(_name(request.name), request.after_sequence):
+            yield _event_proto(event)
+
+
+def registration(deployments: Deployments) -> Registration:
+    return Registration(
+        serving_pb2_grpc.add_ServingServiceServicer_to_server, ServingServicer(deployments), SERVICE_NAME
+    )

@@ -1,0 +1,94 @@
+"""Validation of EvaluationSpec: defaults, and every problem reported at once by proto path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slmops.api.v1 import common_pb2, evaluation_pb2
+from slmops.core.errors import InvalidSpec
+from slmops.evaluation.spec import EvaluationConfig, from_proto
+
+
+@pytest.fixture
+def dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SLMOPS_ALLOWED_ROOTS", raising=False)
+    monkeypatch.delenv("SLMOPS_ARTIFACT_ROOT", raising=False)
+    path = tmp_path / "eval.jsonl"
+    path.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    return path
+
+
+def _problems(spec) -> dict[str, str]:
+    with pytest.raises(InvalidSpec) as info:
+        from_proto(spec)
+    return {field: problem for field, problem in info.value.problems}
+
+
+def test_defaults(dataset):
+    spec = evaluation_pb2.EvaluationSpec(
+        targets=[evaluation_pb2.EvalTarget(name="teacher", base_url="http://127.0.0.1:8000/v1/"),
+                 evaluation_pb2.EvalTarget(name="student", deployment="student-int4")],
+        dataset_uri=str(dataset),
+    )
+    config = from_proto(spec)
+    assert config.reference == "teacher"  # empty means the first target
+    assert config.metric == "exact_match" and config.concurrency == 1 and config.warmup_requests == 2
+    assert config.sampling.max_tokens == 64 and config.gate is None
+    assert config.targets[0].base_url == "http://127.0.0.1:8000/v1"
+    # A deployment target: its base URL is filled in by the service; model defaults to the deployment.
+    assert config.target("student").base_url == "" and config.target("student").model == "student-int4"
+    assert EvaluationConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json")))) == config
+
+
+def test_every_problem_is_reported_at_once(dataset, tmp_path):
+    spec = evaluation_pb2.EvaluationSpec(
+        targets=[
+            evaluation_pb2.EvalTarget(name="a", base_url="localhost:8000"),
+            evaluation_pb2.EvalTarget(name="a", deployment="Not_A_Name"),
+            evaluation_pb2.EvalTarget(name="", api_key_env="sk-abc"),
+            evaluation_pb2.EvalTarget(name="b", base_url="http://x/v1", model_uri="/etc"),
+        ],
+        dataset_uri=str(tmp_path / "missing.jsonl"),
+        reference="teacher",
+        metric="bleu",
+        max_prompts=-1,
+        sampling=common_pb2.SamplingParams(temperature=0.7, top_logprobs=3),
+        concurrency=100,
+        gate=evaluation_pb2.QualityGate(candidate="nobody", min_accuracy=1.5),
+    )
+    problems = _problems(spec)
+    assert "http(s) URL" in problems["spec.targets[0].base_url"]
+    assert "not a deployment name" in problems["spec.targets[1].deployment"]
+    assert "is required" in problems["spec.targets[2].name"]
+    assert "set base_url" in problems["spec.targets[2]"]
+    assert "looks like an API key" in problems["spec.targets[2].api_key_env"]
+    assert "outside the allowed roots" in problems["spec.targets[3].model_uri"]
+    assert "'a' is used more than once" in problems["spec.targets"]
+    assert "does not exist" in problems["spec.dataset_uri"]
+    assert "names no target" in problems["spec.reference"]
+    assert "exact_match" in problems["spec.metric"]
+    assert "spec.max_prompts" in problems and "spec.concurrency" in problems
+    assert "greedily" in problems["spec.sampling.temperature"]
+    assert "spec.sampling.top_logprobs" in problems
+    assert "names no target" in problems["spec.gate.candidate"]
+    assert "[0, 1]" in problems["spec.gate.min_accuracy"]
+
+
+def test_targets_dataset_folder_and_gate(dataset, tmp_path):
+    assert "at least one target" in _problems(evaluation_pb2.EvaluationSpec(dataset_uri=str(dataset)))["spec.targets"]
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    spec = evaluation_pb2.EvaluationSpec(
+        targets=[evaluation_pb2.EvalTarget(name="t", base_url="http://x/v1")], dataset_uri=str(folder),
+        gate=evaluation_pb2.QualityGate())
+    problems = _problems(spec)
+    assert "without validation.jsonl" in problems["spec.dataset_uri"]
+    assert "is required" in problems["spec.gate.candidate"]
+    (folder / "validation.jsonl").write_text(dataset.read_text())
+    spec.gate.candidate = "t"
+    spec.gate.min_retention = 0.9
+    config = from_proto(spec)
+    assert config.gate.candidate == "t" and config.gate.min_retention == 0.9
