@@ -338,6 +338,8 @@ def test_an_external_ray_cluster_replaces_the_raycluster(helm):
         (["postgresql.enabled=true", "database.url=sqlite:///x.db"], "are exclusive"),
         (["image.tag=latest"], 'is "latest": pin a version'),
         (["otelCollector.pipelineExporters={otlp}"], "does not define"),
+        (["services.synthesys.port=1"], "additional properties 'synthesys' not allowed"),
+        (["ray.address=ray:8265", "ray.create=false"], "does not match pattern"),
     ],
 )
 def test_contradictory_values_fail_with_a_message(helm, set_values, message):
