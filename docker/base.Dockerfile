@@ -16,7 +16,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/slmops
 WORKDIR /src
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY services ./services
 # The `cluster` extra (PostgreSQL driver, object-store filesystems) is installed when the project declares it.
 RUN /opt/slmops/bin/pip install -c constraints.txt --extra-index-url "${TORCH_INDEX_URL}" ".[cluster]"

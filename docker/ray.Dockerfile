@@ -14,7 +14,7 @@ ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu
 FROM ${PYTHON_IMAGE} AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY services ./services
 RUN pip wheel --no-deps --wheel-dir /wheels .
 

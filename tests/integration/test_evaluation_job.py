@@ -33,7 +33,10 @@ def student_answer(model: str, prompt: str) -> str:
 
 @pytest.fixture(scope="module")
 def servers():
-    with StandinServer(delay_s=0.03) as teacher, StandinServer(student_answer, delay_s=0.005) as student:
+    with (
+        StandinServer(delay_s=0.03) as teacher,
+        StandinServer(student_answer, delay_s=0.005) as student,
+    ):
         yield teacher, student
 
 
@@ -43,13 +46,17 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from slmops.models.tiny import build_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("models")
-    tok = train_tokenizer([e["prompt"] + e["answer"] for e in EXAMPLES], root / "tok", vocab_size=260)
+    tok = train_tokenizer(
+        [e["prompt"] + e["answer"] for e in EXAMPLES], root / "tok", vocab_size=260
+    )
     teacher = build_model(root / "teacher", tok, hidden_size=64, num_hidden_layers=2)
     student_ckpt = build_model(root / "student-ckpt", tok, hidden_size=32, num_hidden_layers=1)
     onnx = root / "student-onnx"
     onnx.mkdir()
     (onnx / "model.onnx.data").write_bytes(b"\0" * 50_000)
-    artifacts.finalize(artifacts.to_uri(onnx), "onnx-model", parents=[artifacts.to_uri(student_ckpt)])
+    artifacts.finalize(
+        artifacts.to_uri(onnx), "onnx-model", parents=[artifacts.to_uri(student_ckpt)]
+    )
     return {"teacher": teacher, "student-ckpt": student_ckpt, "student": onnx}
 
 
@@ -63,10 +70,18 @@ def test_evaluation_job_reports_two_targets(servers, models, tmp_path, monkeypat
     dataset.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
     config = {
         "targets": [
-            {"name": "teacher", "base_url": teacher.base_url, "model": "teacher",
-             "model_uri": artifacts.to_uri(models["teacher"])},
-            {"name": "student", "base_url": student.base_url, "chat": True,
-             "model_uri": artifacts.to_uri(models["student"])},
+            {
+                "name": "teacher",
+                "base_url": teacher.base_url,
+                "model": "teacher",
+                "model_uri": artifacts.to_uri(models["teacher"]),
+            },
+            {
+                "name": "student",
+                "base_url": student.base_url,
+                "chat": True,
+                "model_uri": artifacts.to_uri(models["student"]),
+            },
         ],
         "dataset_uri": artifacts.to_uri(dataset),
         "reference": "teacher",
@@ -105,18 +120,27 @@ def test_evaluation_job_reports_two_targets(servers, models, tmp_path, monkeypat
 
     # 2 warm-ups + one request per example, each with a W3C traceparent of the job's trace.
     assert len(teacher.requests) == 2 + len(EXAMPLES)
-    assert all(re.match(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-[0-9a-f]{{2}}$", r["traceparent"] or "")
-               for r in teacher.requests)
+    assert all(
+        re.match(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-[0-9a-f]{{2}}$", r["traceparent"] or "")
+        for r in teacher.requests
+    )
     assert student.requests[-1]["path"] == "/v1/chat/completions"
     assert teacher.requests[-1]["body"]["temperature"] == 0.0
 
     report = json.loads((out / "report.json").read_text())
     assert report["headlines"]["student"]["retention"] == pytest.approx(expected_student)
     markdown = (out / "report.md").read_text()
-    assert "| teacher | 100.0% |" in markdown and "**FAILED**" in markdown and "](report.png)" in markdown
+    assert (
+        "| teacher | 100.0% |" in markdown
+        and "**FAILED**" in markdown
+        and "](report.png)" in markdown
+    )
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = artifacts.read_manifest(artifacts.to_uri(out))
     assert manifest.kind == "report" and manifest.trace_id == TRACE_ID
-    assert manifest.parents == [artifacts.to_uri(models["student"]), artifacts.to_uri(models["teacher"]),
-                                artifacts.to_uri(dataset)]
+    assert manifest.parents == [
+        artifacts.to_uri(models["student"]),
+        artifacts.to_uri(models["teacher"]),
+        artifacts.to_uri(dataset),
+    ]
     assert events[-1][0] == 1.0

@@ -22,7 +22,11 @@ pytestmark = pytest.mark.integration
 
 TRACE_ID = "ab" * 16
 TRACEPARENT = f"00-{TRACE_ID}-{'e' * 16}-01"
-PROMPTS = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "id": f"q{a}-{b}"} for a in range(3) for b in range(4)]
+PROMPTS = [
+    {"prompt": f"{a}+{b}=", "answer": str(a + b), "id": f"q{a}-{b}"}
+    for a in range(3)
+    for b in range(4)
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +55,14 @@ def workdir(tmp_path, monkeypatch) -> Path:
 def _config(teacher: StandinServer, prompts: Path, **teacher_overrides) -> dict:
     return {
         "prompts_uri": artifacts.to_uri(prompts),
-        "teacher": {"kind": "endpoint", "base_url": teacher.base_url, "model": "teacher-x",
-                    "max_concurrency": 3, "backoff_s": 0.05, **teacher_overrides},
+        "teacher": {
+            "kind": "endpoint",
+            "base_url": teacher.base_url,
+            "model": "teacher-x",
+            "max_concurrency": 3,
+            "backoff_s": 0.05,
+            **teacher_overrides,
+        },
         "sampling": {"max_tokens": 8, "top_logprobs": 2},
         "validation_fraction": 0.25,
         "seed": 7,
@@ -69,8 +79,12 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     out = workdir / "dataset"
     # As the job runner does: the job runs inside a span continuing the caller's trace.
     with tracing.span_from("test.synthesis", TRACEPARENT):
-        result = run(_config(teacher, workdir / "prompts.jsonl"), str(out),
-                     lambda f, m, **kw: events.append((f, m, kw)), trace_id=TRACE_ID)
+        result = run(
+            _config(teacher, workdir / "prompts.jsonl"),
+            str(out),
+            lambda f, m, **kw: events.append((f, m, kw)),
+            trace_id=TRACE_ID,
+        )
 
     metrics = result["metrics"]
     assert result["output_uri"] == artifacts.to_uri(out)
@@ -79,8 +93,10 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     # One 503, then every prompt answered once: 13 requests, each carrying the job's trace.
     statuses = [r["status"] for r in teacher.requests]
     assert statuses.count(503) == 1 and statuses.count(200) == 12
-    assert all(re.match(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-[0-9a-f]{{2}}$", r["traceparent"] or "")
-               for r in teacher.requests)
+    assert all(
+        re.match(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-[0-9a-f]{{2}}$", r["traceparent"] or "")
+        for r in teacher.requests
+    )
 
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
@@ -91,7 +107,7 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
         assert record["teacher"]["model"] == "teacher-x"
         assert record["teacher"]["completion_tokens"] == len(record["answer"])
         assert len(record["top_logprobs"]) == len(record["answer"])
-        assert list(record["top_logprobs"][0])[0] == record["answer"][0]
+        assert next(iter(record["top_logprobs"][0])) == record["answer"][0]
 
     manifest = artifacts.read_manifest(artifacts.to_uri(out))
     assert manifest.kind == "dataset"
@@ -113,8 +129,11 @@ def test_synthesis_job_fails_when_most_prompts_fail(ray_local, teacher, workdir)
     teacher.fail_next(1000, status=429)
     try:
         with pytest.raises(Unavailable, match=r"failed on \d+ of 12 prompts .*line \d+"):
-            run(_config(teacher, workdir / "prompts.jsonl", max_retries=1, backoff_s=0.01),
-                str(workdir / "dataset"), lambda *a, **k: None)
+            run(
+                _config(teacher, workdir / "prompts.jsonl", max_retries=1, backoff_s=0.01),
+                str(workdir / "dataset"),
+                lambda *a, **k: None,
+            )
     finally:
         teacher.fail_next(0)
         teacher._failures.clear()

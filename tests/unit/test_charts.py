@@ -318,6 +318,32 @@ def test_all_on_values_turn_everything_on(all_on_docs):
         "slmops-pipeline",
     }
     assert one(all_on_docs, "ClusterServingRuntime", "slmops-predictor-prod")
+    serving = one(all_on_docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]
+    assert container_env(serving["containers"][0])["SLMOPS_KSERVE_SERVICE_ACCOUNT"] == "kserve-s3"
+
+
+def test_notes_warn_when_there_is_no_database_or_artifact_store(helm):
+    def notes(*values: str) -> str:
+        cmd = [
+            str(helm),
+            "install",
+            "slmops",
+            str(check.CHART),
+            "-n",
+            "slmops",
+            "--dry-run=client",
+            *values,
+        ]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return out.split("NOTES:", 1)[1]
+
+    default = notes()
+    assert "slmops-pipeline.slmops.svc:50056" in default
+    assert "WARNING: no database is configured" in default
+    assert "WARNING: artifacts.root is empty" in default
+    all_on = notes("-f", str(check.ALL_ON_VALUES))
+    assert "WARNING" not in all_on
+    assert 'ClusterServingRuntime "slmops-predictor-prod"' in all_on
 
 
 def test_an_external_ray_cluster_replaces_the_raycluster(helm):

@@ -8,7 +8,14 @@ import pytest
 
 from slmops.core import artifacts
 from slmops.core.errors import InvalidSpec
-from slmops.evaluation.client import Measurement, is_correct, load_examples, model_footprint, origin, scrape_memory
+from slmops.evaluation.client import (
+    Measurement,
+    is_correct,
+    load_examples,
+    model_footprint,
+    origin,
+    scrape_memory,
+)
 from slmops.evaluation.report import (
     headlines,
     judge,
@@ -47,14 +54,34 @@ def test_percentiles_interpolate_linearly():
 
 
 def _measurement(name, correct, latencies, tokens, **kw) -> Measurement:
-    return Measurement(name=name, correct=correct, latencies_ms=latencies, completion_tokens=tokens, **kw)
+    return Measurement(
+        name=name, correct=correct, latencies_ms=latencies, completion_tokens=tokens, **kw
+    )
 
 
 def _results():
-    teacher = summarize(_measurement("teacher", [True] * 8 + [False] * 2, [100.0] * 10, [5] * 10,
-                                     size_bytes=1_000_000, memory_bytes=4_000_000, parameters=1000))
-    student = summarize(_measurement("student", [True] * 6 + [False] * 4, [20.0] * 9 + [40.0], [5] * 10,
-                                     size_bytes=250_000, memory_bytes=1_000_000, parameters=100))
+    teacher = summarize(
+        _measurement(
+            "teacher",
+            [True] * 8 + [False] * 2,
+            [100.0] * 10,
+            [5] * 10,
+            size_bytes=1_000_000,
+            memory_bytes=4_000_000,
+            parameters=1000,
+        )
+    )
+    student = summarize(
+        _measurement(
+            "student",
+            [True] * 6 + [False] * 4,
+            [20.0] * 9 + [40.0],
+            [5] * 10,
+            size_bytes=250_000,
+            memory_bytes=1_000_000,
+            parameters=100,
+        )
+    )
     results = [teacher, student]
     set_retention(results, "teacher")
     return results
@@ -68,27 +95,41 @@ def test_summary_retention_and_headlines():
     assert student.tokens_per_second == pytest.approx(50 / 0.22)
     assert student.latency_p50_ms == 20.0 and student.latency_p95_ms == pytest.approx(31.0)
     h = headlines(student, teacher)
-    assert h == pytest.approx({"latency_reduction": 5.0, "memory_reduction": 4.0, "size_reduction": 4.0,
-                               "retention": 0.75})
+    assert h == pytest.approx(
+        {
+            "latency_reduction": 5.0,
+            "memory_reduction": 4.0,
+            "size_reduction": 4.0,
+            "retention": 0.75,
+        }
+    )
     assert headlines(summarize(Measurement(name="x")), teacher)["memory_reduction"] is None
 
 
 def test_retention_when_the_reference_scores_zero():
-    results = [summarize(_measurement("ref", [False], [1.0], [1])), summarize(_measurement("s", [True], [1.0], [1]))]
+    results = [
+        summarize(_measurement("ref", [False], [1.0], [1])),
+        summarize(_measurement("s", [True], [1.0], [1])),
+    ]
     set_retention(results, "ref")
     assert [r.retention for r in results] == [0.0, 0.0] and "undefined" in results[0].notes[0]
 
 
 def test_gate_verdicts():
     results = _results()
-    verdict = judge(GateConfig(candidate="student", min_retention=0.7, min_accuracy=0.5, max_latency_p95_ms=30), results)
+    verdict = judge(
+        GateConfig(candidate="student", min_retention=0.7, min_accuracy=0.5, max_latency_p95_ms=30),
+        results,
+    )
     assert verdict.evaluated and not verdict.passed
     assert verdict.reasons == [
         "student: ok: retention 0.750 >= min 0.700",
         "student: ok: accuracy 0.600 >= min 0.500",
         "student: FAILED: latency p95 31.0 ms > max 30.0 ms",
     ]
-    assert judge(GateConfig(candidate="student", min_retention=0.75), results).passed  # 0.6 / 0.8 meets 0.75
+    assert judge(
+        GateConfig(candidate="student", min_retention=0.75), results
+    ).passed  # 0.6 / 0.8 meets 0.75
     assert judge(GateConfig(candidate="student"), results).passed
     assert not judge(None, results).evaluated
 
@@ -97,7 +138,9 @@ def test_report_files(tmp_path):
     results = _results()
     verdict = judge(GateConfig(candidate="student", min_retention=0.9), results)
     uri = f"file://{tmp_path}/report"
-    write_report(uri, results, verdict, reference="teacher", metric="exact_match", dataset_uri="file:///d")
+    write_report(
+        uri, results, verdict, reference="teacher", metric="exact_match", dataset_uri="file:///d"
+    )
     document = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [r["name"] for r in document["results"]] == ["teacher", "student"]
     assert document["verdict"]["passed"] is False
@@ -107,21 +150,26 @@ def test_report_files(tmp_path):
     assert "latency p50 5.00x lower (80% less)" in text and "size 4.00x lower (75% less)" in text
     assert "**FAILED**" in text and "![accuracy and p50 latency per target](report.png)" in text
     assert (tmp_path / "report" / "report.png").read_bytes().startswith(b"\x89PNG")
-    assert "only the reference" in markdown(results[:1], verdict, reference="teacher", metric="m", dataset_uri="d")
+    assert "only the reference" in markdown(
+        results[:1], verdict, reference="teacher", metric="m", dataset_uri="d"
+    )
 
 
 def test_examples_from_a_dataset_folder_or_jsonl(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     (folder / "validation.jsonl").write_text(
-        json.dumps({"prompt": "1+1=", "answer": "2", "completion": "3"}) + "\n"
-        + json.dumps({"prompt": "2+2=", "completion": "4"}) + "\n")
+        json.dumps({"prompt": "1+1=", "answer": "2", "completion": "3"})
+        + "\n"
+        + json.dumps({"prompt": "2+2=", "completion": "4"})
+        + "\n"
+    )
     examples = load_examples(f"file://{folder}")
     assert [(e.prompt, e.expected) for e in examples] == [("1+1=", "2"), ("2+2=", "4")]
     assert len(load_examples(f"file://{folder}", max_prompts=1)) == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x"}) + "\n")
-    with pytest.raises(InvalidSpec, match="line 1: needs \"answer\" or \"completion\""):
+    with pytest.raises(InvalidSpec, match='line 1: needs "answer" or "completion"'):
         load_examples(str(bad))
 
 

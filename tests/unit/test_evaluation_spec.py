@@ -29,18 +29,27 @@ def _problems(spec) -> dict[str, str]:
 
 def test_defaults(dataset):
     spec = evaluation_pb2.EvaluationSpec(
-        targets=[evaluation_pb2.EvalTarget(name="teacher", base_url="http://127.0.0.1:8000/v1/"),
-                 evaluation_pb2.EvalTarget(name="student", deployment="student-int4")],
+        targets=[
+            evaluation_pb2.EvalTarget(name="teacher", base_url="http://127.0.0.1:8000/v1/"),
+            evaluation_pb2.EvalTarget(name="student", deployment="student-int4"),
+        ],
         dataset_uri=str(dataset),
     )
     config = from_proto(spec)
     assert config.reference == "teacher"  # empty means the first target
-    assert config.metric == "exact_match" and config.concurrency == 1 and config.warmup_requests == 2
+    assert (
+        config.metric == "exact_match" and config.concurrency == 1 and config.warmup_requests == 2
+    )
     assert config.sampling.max_tokens == 64 and config.gate is None
     assert config.targets[0].base_url == "http://127.0.0.1:8000/v1"
     # A deployment target: its base URL is filled in by the service; model defaults to the deployment.
-    assert config.target("student").base_url == "" and config.target("student").model == "student-int4"
-    assert EvaluationConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json")))) == config
+    assert (
+        config.target("student").base_url == "" and config.target("student").model == "student-int4"
+    )
+    assert (
+        EvaluationConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json"))))
+        == config
+    )
 
 
 def test_every_problem_is_reported_at_once(dataset, tmp_path):
@@ -78,12 +87,17 @@ def test_every_problem_is_reported_at_once(dataset, tmp_path):
 
 
 def test_targets_dataset_folder_and_gate(dataset, tmp_path):
-    assert "at least one target" in _problems(evaluation_pb2.EvaluationSpec(dataset_uri=str(dataset)))["spec.targets"]
+    assert (
+        "at least one target"
+        in _problems(evaluation_pb2.EvaluationSpec(dataset_uri=str(dataset)))["spec.targets"]
+    )
     folder = tmp_path / "ds"
     folder.mkdir()
     spec = evaluation_pb2.EvaluationSpec(
-        targets=[evaluation_pb2.EvalTarget(name="t", base_url="http://x/v1")], dataset_uri=str(folder),
-        gate=evaluation_pb2.QualityGate())
+        targets=[evaluation_pb2.EvalTarget(name="t", base_url="http://x/v1")],
+        dataset_uri=str(folder),
+        gate=evaluation_pb2.QualityGate(),
+    )
     problems = _problems(spec)
     assert "without validation.jsonl" in problems["spec.dataset_uri"]
     assert "is required" in problems["spec.gate.candidate"]

@@ -178,7 +178,7 @@ async def test_oip_model_generates_one_text_per_prompt(engine):
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (InferRequest(NAME, [InferInput("prompt", [1], "BYTES", data=["x"])]), "'text' (BYTES) is required"),
+        (InferRequest(NAME, [InferInput("prompt", [1], "BYTES", data=["x"])]), "'text' .BYTES. is required"),
         (InferRequest(NAME, [InferInput("text", [1], "INT32", data=[1])]), "must be BYTES"),
         (_infer_request(["a", "b", "c"], [1, 2]), "one positive value or one per prompt"),
         (_infer_request(["a"], [0]), "one positive value"),

@@ -28,7 +28,13 @@ def test_prompts_keep_extra_fields_and_line_numbers(tmp_path):
 
 
 def test_every_bad_line_is_named():
-    lines = ['{"prompt": "fine"}', "{broken", '"just a string"', '{"text": "no prompt"}', '{"prompt": 3}']
+    lines = [
+        '{"prompt": "fine"}',
+        "{broken",
+        '"just a string"',
+        '{"text": "no prompt"}',
+        '{"prompt": 3}',
+    ]
     with pytest.raises(InvalidSpec) as info:
         parse_prompts(lines, "spec.prompts_uri")
     problems = [p for _, p in info.value.problems]
@@ -59,12 +65,24 @@ def test_split_is_deterministic_and_complete():
 def test_dataset_folder(tmp_path):
     fields = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(10)]
     records = [
-        dataset_record(f, {"completion": f["answer"], "finish_reason": "stop", "completion_tokens": 1,
-                           "top_logprobs": [{f["answer"]: -0.1}] if i % 2 else None}, "big-teacher")
+        dataset_record(
+            f,
+            {
+                "completion": f["answer"],
+                "finish_reason": "stop",
+                "completion_tokens": 1,
+                "top_logprobs": [{f["answer"]: -0.1}] if i % 2 else None,
+            },
+            "big-teacher",
+        )
         for i, f in enumerate(fields)
     ]
     assert records[1]["top_logprobs"] == [{"2": -0.1}] and "top_logprobs" not in records[0]
-    assert records[0]["teacher"] == {"model": "big-teacher", "finish_reason": "stop", "completion_tokens": 1}
+    assert records[0]["teacher"] == {
+        "model": "big-teacher",
+        "finish_reason": "stop",
+        "completion_tokens": 1,
+    }
 
     uri = f"file://{tmp_path}/ds"
     stats = write_dataset(uri, records, validation_fraction=0.3, seed=1, extra_stats={"failed": 0})

@@ -8,7 +8,12 @@ import pytest
 
 from slmops.api.v1 import common_pb2, synthesis_pb2
 from slmops.core.errors import InvalidSpec
-from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig, SynthesisConfig, from_proto
+from slmops.synthesis.spec import (
+    EndpointTeacherConfig,
+    LocalTeacherConfig,
+    SynthesisConfig,
+    from_proto,
+)
 
 
 @pytest.fixture
@@ -38,16 +43,27 @@ def test_defaults_are_applied(prompts):
     assert config.teacher.base_url == "https://api.example.com/v1"
     assert (config.teacher.max_concurrency, config.teacher.timeout_s) == (4, 60.0)
     assert config.validation_fraction == 0.1 and config.num_shards == 2
-    assert config.sampling.max_tokens == 64 and config.sampling.top_p == 1.0 and config.sampling.seed is None
+    assert (
+        config.sampling.max_tokens == 64
+        and config.sampling.top_p == 1.0
+        and config.sampling.seed is None
+    )
     # The config survives the JSON round trip the job runner makes.
-    assert SynthesisConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json")))) == config
+    assert (
+        SynthesisConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json"))))
+        == config
+    )
 
 
 def test_every_problem_is_reported_at_once(prompts, tmp_path):
     spec = synthesis_pb2.SynthesisSpec(
         prompts_uri="/etc/passwd",
-        endpoint=synthesis_pb2.TeacherEndpoint(base_url="ftp://x", api_key_env="not a name", max_concurrency=-1),
-        sampling=common_pb2.SamplingParams(temperature=3, top_p=1.5, max_tokens=9000, top_logprobs=21),
+        endpoint=synthesis_pb2.TeacherEndpoint(
+            base_url="ftp://x", api_key_env="not a name", max_concurrency=-1
+        ),
+        sampling=common_pb2.SamplingParams(
+            temperature=3, top_p=1.5, max_tokens=9000, top_logprobs=21
+        ),
         validation_fraction=0.95,
         num_shards=-2,
         system_prompt="be brief",
@@ -69,7 +85,9 @@ def test_an_api_key_is_rejected_without_being_echoed(prompts):
     secret = "sk-proj-abcdef0123456789abcdef0123456789"
     spec = synthesis_pb2.SynthesisSpec(
         prompts_uri=str(prompts),
-        endpoint=synthesis_pb2.TeacherEndpoint(base_url="https://api.example.com/v1", model="m", api_key_env=secret),
+        endpoint=synthesis_pb2.TeacherEndpoint(
+            base_url="https://api.example.com/v1", model="m", api_key_env=secret
+        ),
     )
     with pytest.raises(InvalidSpec) as info:
         from_proto(spec)
@@ -84,20 +102,28 @@ def test_a_teacher_is_required_and_local_teachers_are_checked(prompts, tmp_path)
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
     spec = synthesis_pb2.SynthesisSpec(
-        prompts_uri=str(prompts), local=synthesis_pb2.LocalTeacher(model=str(not_a_model), device="tpu"))
+        prompts_uri=str(prompts),
+        local=synthesis_pb2.LocalTeacher(model=str(not_a_model), device="tpu"),
+    )
     problems = _problems(spec)
     assert "no config.json" in problems["spec.teacher.local.model"]
     assert "cpu or cuda" in problems["spec.teacher.local.device"]
 
-    hub = from_proto(synthesis_pb2.SynthesisSpec(prompts_uri=str(prompts),
-                                                 local=synthesis_pb2.LocalTeacher(model="Qwen/Qwen2.5-7B-Instruct")))
+    hub = from_proto(
+        synthesis_pb2.SynthesisSpec(
+            prompts_uri=str(prompts),
+            local=synthesis_pb2.LocalTeacher(model="Qwen/Qwen2.5-7B-Instruct"),
+        )
+    )
     assert isinstance(hub.teacher, LocalTeacherConfig) and hub.teacher.device == "cpu"
 
 
 def test_bad_prompt_lines_are_reported_by_number_before_any_work(prompts):
     prompts.write_text('{"prompt": "ok"}\nnot json\n\n["a list"]\n{"prompt": ""}\n')
     spec = synthesis_pb2.SynthesisSpec(
-        prompts_uri=str(prompts), endpoint=synthesis_pb2.TeacherEndpoint(base_url="http://t:8000/v1", model="m"))
+        prompts_uri=str(prompts),
+        endpoint=synthesis_pb2.TeacherEndpoint(base_url="http://t:8000/v1", model="m"),
+    )
     with pytest.raises(InvalidSpec) as info:
         from_proto(spec)
     messages = [p for f, p in info.value.problems if f == "spec.prompts_uri"]

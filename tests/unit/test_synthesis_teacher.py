@@ -28,12 +28,16 @@ def standin(server):
 
 
 def _teacher(server, sampling=None, **overrides) -> EndpointTeacher:
-    config = EndpointTeacherConfig(base_url=server.base_url, model="t", backoff_s=0.001, max_retries=2, **overrides)
+    config = EndpointTeacherConfig(
+        base_url=server.base_url, model="t", backoff_s=0.001, max_retries=2, **overrides
+    )
     return EndpointTeacher(config, sampling or SamplingConfig(max_tokens=8), threads=2)
 
 
 def test_completions_and_top_logprobs(standin):
-    results = _teacher(standin, SamplingConfig(max_tokens=8, top_logprobs=3)).generate(["12+30=", "3*4="])
+    results = _teacher(standin, SamplingConfig(max_tokens=8, top_logprobs=3)).generate(
+        ["12+30=", "3*4="]
+    )
     assert [r["completion"] for r in results] == ["42", "12"]
     assert results[0]["finish_reason"] == "stop" and results[0]["completion_tokens"] == 2
     assert results[0]["top_logprobs"][0] == {"4": -0.01, "0": -4.0, "1": -5.0}
@@ -43,7 +47,9 @@ def test_completions_and_top_logprobs(standin):
 def test_chat_with_system_prompt_and_top_logprobs(standin):
     teacher = EndpointTeacher(
         EndpointTeacherConfig(base_url=standin.base_url, model="t", chat=True),
-        SamplingConfig(max_tokens=1, top_logprobs=2, stop=["\n"]), system_prompt="Answer with a number.")
+        SamplingConfig(max_tokens=1, top_logprobs=2, stop=["\n"]),
+        system_prompt="Answer with a number.",
+    )
     [result] = teacher.generate(["20+22="])
     assert result["completion"] == "4" and result["finish_reason"] == "length"
     assert result["top_logprobs"] == [{"4": -0.01, "0": -4.0}]
@@ -74,7 +80,9 @@ def test_retries_are_bounded_and_other_errors_fail_fast(standin):
 
 
 def test_connection_errors_are_retried_then_reported():
-    config = EndpointTeacherConfig(base_url="http://127.0.0.1:9/v1", model="t", backoff_s=0.001, max_retries=1)
+    config = EndpointTeacherConfig(
+        base_url="http://127.0.0.1:9/v1", model="t", backoff_s=0.001, max_retries=1
+    )
     [result] = EndpointTeacher(config, SamplingConfig()).generate(["x"])
     assert result["error"].startswith("APIConnectionError") and "127.0.0.1:9" in result["error"]
 
@@ -100,7 +108,9 @@ def tiny_model(tmp_path_factory):
     from slmops.models.tiny import build_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
-    tok = train_tokenizer([f"{a}+{b}={a + b}" for a in range(20) for b in range(20)], root / "tok", vocab_size=270)
+    tok = train_tokenizer(
+        [f"{a}+{b}={a + b}" for a in range(20) for b in range(20)], root / "tok", vocab_size=270
+    )
     return build_model(root / "model", tok, hidden_size=32, num_hidden_layers=1, seed=0)
 
 

@@ -96,6 +96,10 @@ spec:
               value: {{ include "slmops.kserveNamespace" $root | quote }}
             - name: SLMOPS_KSERVE_RUNTIME
               value: {{ $root.Values.serving.kserve.runtime.name | quote }}
+            {{- with $root.Values.serving.kserve.serviceAccountName }}
+            - name: SLMOPS_KSERVE_SERVICE_ACCOUNT
+              value: {{ . | quote }}
+            {{- end }}
             {{- range $other, $o := $root.Values.services }}
             {{- if $o.enabled }}
             - name: SLMOPS_{{ upper $other }}_ADDR

@@ -7,6 +7,7 @@ warm-up. The int4 model comes from the conversion stage's Olive workflow.
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -31,7 +32,18 @@ PROMPTS = ["12+34=", "The answer is", "def add(a, b):", "Hello, world", "7*8=", 
 
 
 def _corpus() -> list[str]:
-    words = ["model", "token", "answer", "small", "language", "teacher", "student", "distill", "serve", "eval"]
+    words = [
+        "model",
+        "token",
+        "answer",
+        "small",
+        "language",
+        "teacher",
+        "student",
+        "distill",
+        "serve",
+        "eval",
+    ]
     lines = [f"{a}+{b}={a + b}" for a in range(50) for b in range(20)]
     lines += [" ".join(words[(i + j) % len(words)] for j in range(8)) for i in range(200)]
     return lines + PROMPTS
@@ -52,47 +64,69 @@ def build_models(work: Path) -> tuple[Path, Path, int]:
 def pick_prompt(engine: Any) -> str:
     """A prompt the random-weight model decodes for NEW_TOKENS tokens without meeting EOS."""
     for prompt in PROMPTS:
-        if engine.generate(prompt, max_tokens=NEW_TOKENS, temperature=0.0).completion_tokens == NEW_TOKENS:
+        if (
+            engine.generate(prompt, max_tokens=NEW_TOKENS, temperature=0.0).completion_tokens
+            == NEW_TOKENS
+        ):
             return prompt
-    raise RuntimeError(f"every benchmark prompt meets EOS before {NEW_TOKENS} tokens; change PROMPTS or the seed")
+    raise RuntimeError(
+        f"every benchmark prompt meets EOS before {NEW_TOKENS} tokens; change PROMPTS or the seed"
+    )
 
 
-def ort_tokens_per_second(onnx_dir: Path) -> tuple[float, str]:
+class TransformersDecoder:
+    """The baseline: transformers fp32 `generate`, forced to exactly NEW_TOKENS new tokens."""
+
+    def __init__(self, hf_dir: Path):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+        self.model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+
+    def tokens_per_second(self, prompt: str, new_tokens: int = NEW_TOKENS) -> float:
+        inputs = self.tokenizer(prompt, return_tensors="pt")
+        with self.torch.inference_mode():
+            start = time.perf_counter()
+            out = self.model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            seconds = time.perf_counter() - start
+        return (out.shape[1] - inputs["input_ids"].shape[1]) / seconds
+
+
+def engine_tokens_per_second(engine: Any, prompt: str) -> float:
+    start = time.perf_counter()
+    generation = engine.generate(prompt, max_tokens=NEW_TOKENS, temperature=0.0)
+    return generation.completion_tokens / (time.perf_counter() - start)
+
+
+def measure(onnx_dir: Path, hf_dir: Path) -> tuple[float, float, str]:
+    """Median (ORT GenAI, transformers) tokens/s, runs interleaved so both see the same machine load."""
     from slmops.predictor.engines import load_engine
 
     engine = load_engine(str(onnx_dir))
     try:
-        prompt = pick_prompt(engine)  # also the warm-up
-        rates = []
+        prompt = pick_prompt(engine)  # also the engine's warm-up
+        baseline = TransformersDecoder(hf_dir)
+        baseline.tokens_per_second(prompt, 16)  # warm-up
+        ort, hf = [], []
         for _ in range(REPEATS):
-            start = time.perf_counter()
-            generation = engine.generate(prompt, max_tokens=NEW_TOKENS, temperature=0.0)
-            rates.append(generation.completion_tokens / (time.perf_counter() - start))
-        return statistics.median(rates), prompt
+            ort.append(engine_tokens_per_second(engine, prompt))
+            hf.append(baseline.tokens_per_second(prompt))
+        return statistics.median(ort), statistics.median(hf), prompt
     finally:
         close = getattr(engine, "close", None)
         if close:
             close()
-
-
-def transformers_tokens_per_second(hf_dir: Path, prompt: str) -> float:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    inputs = tokenizer(prompt, return_tensors="pt")
-    kwargs = {"do_sample": False, "max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS,
-              "pad_token_id": tokenizer.pad_token_id, "temperature": None, "top_p": None, "top_k": None}
-    rates = []
-    with torch.inference_mode():
-        model.generate(**inputs, **{**kwargs, "max_new_tokens": 16, "min_new_tokens": 16})  # warm-up
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            out = model.generate(**inputs, **kwargs)
-            new = out.shape[1] - inputs["input_ids"].shape[1]
-            rates.append(new / (time.perf_counter() - start))
-    return statistics.median(rates)
 
 
 @register("decode_tokens_per_second")
@@ -105,8 +139,8 @@ def decode_tokens_per_second() -> Outcome:
         started = time.perf_counter()
         hf_dir, onnx_dir, parameters = build_models(work)
         build_seconds = time.perf_counter() - started
-        ort, prompt = ort_tokens_per_second(onnx_dir)
-        baseline = transformers_tokens_per_second(hf_dir, prompt)
+        ort, baseline, prompt = measure(onnx_dir, hf_dir)
+        vocab = json.loads((hf_dir / "config.json").read_text())["vocab_size"]
         hf_mb = sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")) / 1e6
         onnx_mb = sum(p.stat().st_size for p in onnx_dir.glob("model.onnx*")) / 1e6
     return Outcome(
@@ -117,9 +151,9 @@ def decode_tokens_per_second() -> Outcome:
         baseline_label="transformers_fp32_tokens_per_second",
         details={
             "shape": f"qwen2 hidden {SHAPE['hidden_size']}, {SHAPE['num_hidden_layers']} layers, "
-                     f"vocab {VOCAB_SIZE}, {parameters / 1e6:.1f}M parameters (random weights)",
+            f"vocab {vocab}, {parameters / 1e6:.1f}M parameters (random weights)",
             "new_tokens": NEW_TOKENS,
-            "repeats (median)": REPEATS,
+            "repeats": f"{REPEATS}, interleaved; medians reported",
             "prompt": prompt,
             "fp32_safetensors_mb": round(hf_mb, 1),
             "int4_onnx_mb": round(onnx_mb, 1),

@@ -41,11 +41,15 @@ class Benchmark:
 REGISTRY: dict[str, Benchmark] = {}
 
 
-def register(name: str, description: str = "") -> Callable[[Callable[[], Outcome]], Callable[[], Outcome]]:
+def register(
+    name: str, description: str = ""
+) -> Callable[[Callable[[], Outcome]], Callable[[], Outcome]]:
     """Decorator adding a benchmark function to REGISTRY under name."""
 
     def add(fn: Callable[[], Outcome]) -> Callable[[], Outcome]:
-        REGISTRY[name] = Benchmark(name, fn, description or (fn.__doc__ or "").strip().split("\n")[0])
+        REGISTRY[name] = Benchmark(
+            name, fn, description or (fn.__doc__ or "").strip().split("\n")[0]
+        )
         return fn
 
     return add
@@ -62,20 +66,32 @@ def machine() -> dict[str, Any]:
 
 def result_row(name: str, outcome: Outcome) -> dict[str, Any]:
     ratio = outcome.value / outcome.baseline if outcome.baseline else 0.0
-    return {"name": name, "value": outcome.value, "unit": outcome.unit, "baseline": outcome.baseline, "ratio": ratio}
+    return {
+        "name": name,
+        "value": outcome.value,
+        "unit": outcome.unit,
+        "baseline": outcome.baseline,
+        "ratio": ratio,
+    }
 
 
 def markdown(document: dict[str, Any], descriptions: dict[str, str]) -> str:
     lines = [
-        "# Benchmarks", "",
-        f"Machine: {document['machine']['processor']}, {document['machine']['cpu_count']} CPUs, "
-        f"Python {document['machine']['python']}. Ratio = value / baseline, both measured in this run.", "",
+        "# Benchmarks",
+        "",
+        (
+            f"Machine: {document['machine']['processor']}, {document['machine']['cpu_count']} CPUs, "
+            f"Python {document['machine']['python']}. Ratio = value / baseline, both measured in this run."
+        ),
+        "",
         "| benchmark | value | baseline | unit | ratio |",
         "| --- | ---: | ---: | --- | ---: |",
     ]
     for row in document["results"]:
-        lines.append(f"| {row['name']} | {row['value']:.2f} | {row['baseline']:.2f} | {row['unit']} | "
-                     f"{row['ratio']:.2f}x |")
+        lines.append(
+            f"| {row['name']} | {row['value']:.2f} | {row['baseline']:.2f} | {row['unit']} | "
+            f"{row['ratio']:.2f}x |"
+        )
     for row in document["results"]:
         details = document["details"].get(row["name"], {})
         lines += ["", f"## {row['name']}", ""]
@@ -101,12 +117,16 @@ def run_benchmarks(
         row = result_row(bench.name, outcome)
         document["results"].append(row)
         document["details"][bench.name] = {
-            outcome.value_label: outcome.value, outcome.baseline_label: outcome.baseline,
-            **outcome.details, "benchmark_seconds": round(seconds, 1),
+            outcome.value_label: outcome.value,
+            outcome.baseline_label: outcome.baseline,
+            **outcome.details,
+            "benchmark_seconds": round(seconds, 1),
         }
         descriptions[bench.name] = bench.description
-        log(f"bench {bench.name}: {row['value']:.2f} vs {row['baseline']:.2f} {row['unit']} "
-            f"(ratio {row['ratio']:.2f}) in {seconds:.0f} s")
+        log(
+            f"bench {bench.name}: {row['value']:.2f} vs {row['baseline']:.2f} {row['unit']} "
+            f"(ratio {row['ratio']:.2f}) in {seconds:.0f} s"
+        )
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown(document, descriptions), encoding="utf-8")
     return document

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-from opentelemetry.instrumentation.grpc import client_interceptor
+from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 
 from slmops.api.v1 import (
     conversion_pb2_grpc,
@@ -67,7 +67,7 @@ def stub(service: str, override: str | None = None) -> Any:
     addr = address(service, override)
     if addr not in _channels:
         channel = grpc.insecure_channel(addr)
-        _channels[addr] = grpc.intercept_channel(channel, client_interceptor())
+        _channels[addr] = grpcext.intercept_channel(channel, client_interceptor())
     return STUBS[service](_channels[addr])
 
 

@@ -49,6 +49,14 @@ EXTRA_OPTIONS = frozenset(
         "prune_lm_head", "disable_qkv_fusion",
     }
 )  # fmt: skip
+# The boolean ones (the builder's check_extra_options parses these).
+BOOL_OPTIONS = frozenset(
+    {
+        "int4_is_symmetric", "exclude_embeds", "exclude_lm_head", "include_hidden_states",
+        "enable_cuda_graph", "use_8bits_moe", "use_qdq", "use_cuda_bf16", "shared_embeddings",
+        "disable_qkv_fusion", "prune_lm_head",
+    }
+)  # fmt: skip
 # Options this stage sets itself.
 RESERVED_OPTIONS = {
     "hf_remote": "is always false: models run without trust_remote_code",
@@ -129,7 +137,7 @@ def _provider(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str
 
 
 def _extra_options(
-    spec: conversion_pb2.ConversionSpec, provider: str, problems: list[tuple[str, str]]
+    spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]
 ) -> dict[str, str]:
     options: dict[str, str] = {}
     for key in sorted(spec.extra_options):
@@ -143,13 +151,13 @@ def _extra_options(
             problems.append((field, "has an empty value"))
         else:
             options[key] = value
-    if options:
-        from onnxruntime_genai.models.builder import check_extra_options
-
-        try:
-            check_extra_options(dict(options), provider)
-        except ValueError as exc:
-            problems.append(("spec.extra_options", str(exc)))
+    for key, value in options.items():
+        if key in BOOL_OPTIONS and value not in ("true", "True", "1", "false", "False", "0"):
+            problems.append((f"spec.extra_options[{key}]", "must be true/True/1 or false/False/0"))
+    if {"exclude_lm_head", "include_hidden_states"} <= options.keys():
+        problems.append(
+            ("spec.extra_options", "exclude_lm_head and include_hidden_states cannot be used together")
+        )
     return options
 
 
@@ -186,7 +194,7 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
             ("spec.precision", f"{precision.upper()} is not available for the {provider.upper()} "
              f"execution provider; use one of {', '.join(p.upper() for p in SUPPORTED[provider])}")
         )  # fmt: skip
-    extra_options = _extra_options(spec, provider, problems)
+    extra_options = _extra_options(spec, problems)
     if spec.adapter_uris:
         problems.append(("spec.adapter_uris", "adapters are not available yet"))
     if spec.merge_adapters:

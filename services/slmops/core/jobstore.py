@@ -136,11 +136,12 @@ class JobStore:
             session.commit()
         return record
 
-    def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str, kind: str | None = None) -> JobRecord:
+        """The record of job_id; NotFound also when it belongs to another kind (shared databases)."""
         with Session(self.engine) as session:
             row = session.get(_Job, job_id)
-            if row is None:
-                raise NotFound("job", job_id)
+            if row is None or (kind is not None and row.kind != kind):
+                raise NotFound(kind or "job", job_id)
             return _to_record(row)
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:

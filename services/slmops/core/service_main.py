@@ -18,7 +18,7 @@ from slmops.core.stage_jobs import StageJobs
 def parse_args(service: str, argv: list[str] | None = None) -> argparse.Namespace:
     default = settings.service_addr(service)
     parser = argparse.ArgumentParser(prog=f"python -m slmops.{service}", description=f"slmops {service} service")
-    parser.add_argument("--host", default=default.rsplit(":", 1)[0], help="address to bind")
+    parser.add_argument("--host", default=settings.get("host"), help="address to bind (SLMOPS_HOST)")
     parser.add_argument("--port", type=int, default=int(default.rsplit(":", 1)[1]), help="port (0: any free)")
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL of the job store")
     parser.add_argument("--ray-address", default=None, help="Ray Jobs API address")

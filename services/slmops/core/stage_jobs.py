@@ -84,13 +84,13 @@ class StageJobs:
         return record
 
     def get(self, job_id: str) -> JobRecord:
-        return self.store.get(job_id)
+        return self.store.get(job_id, self.stage)
 
     def list(self, state: str | None, labels: dict[str, str], page_size: int, page_token: str):
         return self.store.list(self.stage, state, labels, page_size, page_token)
 
     async def cancel(self, job_id: str) -> JobRecord:
-        record = self.store.get(job_id)
+        record = self.store.get(job_id, self.stage)
         if record.finished:
             raise Conflict(f"job {job_id} already finished ({record.state}); nothing to cancel")
         if record.ray_job_id:
@@ -103,7 +103,7 @@ class StageJobs:
 
     async def watch(self, job_id: str, after_sequence: int = 0) -> AsyncIterator[Event]:
         """Events after after_sequence, live, until the job has finished."""
-        self.store.get(job_id)  # NotFound before streaming anything
+        self.store.get(job_id, self.stage)  # NotFound before streaming anything
         sequence = after_sequence
         while True:
             for event in self.store.events(job_id, sequence):

@@ -77,7 +77,9 @@ def load_examples(dataset_uri: str, max_prompts: int = 0) -> list[Example]:
     for prompt in prompts:
         expected = prompt.fields.get("answer", prompt.fields.get("completion"))
         if expected is None:
-            problems.append(("spec.dataset_uri", f"line {prompt.line}: needs \"answer\" or \"completion\""))
+            problems.append(
+                ("spec.dataset_uri", f'line {prompt.line}: needs "answer" or "completion"')
+            )
         else:
             examples.append(Example(prompt.fields["prompt"], str(expected)))
     if problems:
@@ -143,20 +145,28 @@ class TargetClient:
 
     def __init__(self, target: TargetConfig, sampling: SamplingConfig, traceparent: str = ""):
         if not target.base_url:
-            raise Unavailable(f"target {target.name}: deployment {target.deployment!r} was not resolved to a URL")
+            raise Unavailable(
+                f"target {target.name}: deployment {target.deployment!r} was not resolved to a URL"
+            )
         self.target = target
         self.sampling = sampling
         self.traceparent = traceparent
-        self.client = openai.OpenAI(base_url=target.base_url, api_key=resolve_api_key(target.api_key_env),
-                                    timeout=target.timeout_s, max_retries=0)
+        self.client = openai.OpenAI(
+            base_url=target.base_url,
+            api_key=resolve_api_key(target.api_key_env),
+            timeout=target.timeout_s,
+            max_retries=0,
+        )
         self.model = target.model or self._first_model()
 
     def _first_model(self) -> str:
         try:
             models = self.client.models.list().data
         except openai.OpenAIError as exc:
-            raise Unavailable(f"target {self.target.name}: cannot list models at {self.target.base_url}: "
-                              f"{describe_error(exc)}") from exc
+            raise Unavailable(
+                f"target {self.target.name}: cannot list models at {self.target.base_url}: "
+                f"{describe_error(exc)}"
+            ) from exc
         if not models:
             raise Unavailable(f"target {self.target.name}: {self.target.base_url} serves no model")
         return models[0].id
@@ -164,17 +174,24 @@ class TargetClient:
     def complete(self, prompt: str) -> tuple[str, int, float]:
         """(completion, completion tokens, latency in ms) for one greedy request."""
         s = self.sampling
-        kwargs: dict[str, Any] = {"model": self.model, "max_tokens": s.max_tokens, "temperature": 0.0}
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": s.max_tokens,
+            "temperature": 0.0,
+        }
         if s.stop:
             kwargs["stop"] = s.stop
         if s.seed is not None:
             kwargs["seed"] = s.seed
-        with tracing.span_from("evaluation.request", self.traceparent, {"target": self.target.name}):
+        with tracing.span_from(
+            "evaluation.request", self.traceparent, {"target": self.target.name}
+        ):
             kwargs["extra_headers"] = tracing.http_headers()
             start = time.perf_counter()
             if self.target.chat:
                 response = self.client.chat.completions.create(
-                    messages=[{"role": "user", "content": prompt}], **kwargs)
+                    messages=[{"role": "user", "content": prompt}], **kwargs
+                )
                 text = response.choices[0].message.content or ""
             else:
                 response = self.client.completions.create(prompt=prompt, **kwargs)
@@ -202,7 +219,9 @@ def measure_target(
         try:
             client.complete(examples[i % len(examples)].prompt)
         except openai.OpenAIError as exc:
-            raise Unavailable(f"target {target.name}: warm-up request failed: {describe_error(exc, target.base_url)}") from exc
+            raise Unavailable(
+                f"target {target.name}: warm-up request failed: {describe_error(exc, target.base_url)}"
+            ) from exc
 
     def one(example: Example) -> tuple[str, int, float, str]:
         try:
@@ -223,13 +242,20 @@ def measure_target(
                 result.latencies_ms.append(latency_ms)
                 result.completion_tokens.append(tokens)
             if i % step == 0 or i == len(examples):
-                progress(i / len(examples), f"{target.name}: {i}/{len(examples)} prompts",
-                         correct=float(sum(result.correct)))
+                progress(
+                    i / len(examples),
+                    f"{target.name}: {i}/{len(examples)} prompts",
+                    correct=float(sum(result.correct)),
+                )
     if len(result.errors) * 2 > len(examples):
-        raise Unavailable(f"target {target.name}: {len(result.errors)} of {len(examples)} requests failed; "
-                          f"first: {result.errors[0]}")
+        raise Unavailable(
+            f"target {target.name}: {len(result.errors)} of {len(examples)} requests failed; "
+            f"first: {result.errors[0]}"
+        )
     if result.errors:
-        result.notes.append(f"{len(result.errors)} requests failed (counted as wrong); first: {result.errors[0]}")
+        result.notes.append(
+            f"{len(result.errors)} requests failed (counted as wrong); first: {result.errors[0]}"
+        )
 
     result.memory_bytes, note = scrape_memory(target.base_url)
     if note:
@@ -237,5 +263,9 @@ def measure_target(
     result.size_bytes, result.parameters = model_footprint(target.model_uri)
     if target.model_uri and not result.parameters:
         result.notes.append(f"parameter count unknown for {target.model_uri}")
-    log.info("target %s: %s", target.name, json.dumps({"errors": len(result.errors), "notes": result.notes}))
+    log.info(
+        "target %s: %s",
+        target.name,
+        json.dumps({"errors": len(result.errors), "notes": result.notes}),
+    )
     return result

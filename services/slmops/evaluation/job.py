@@ -15,8 +15,16 @@ from slmops.evaluation.client import load_examples, measure_target
 from slmops.evaluation.report import TargetResult, judge, set_retention, summarize, write_report
 from slmops.evaluation.spec import EvaluationConfig
 
-RESULT_METRICS = ("accuracy", "retention", "latency_p50_ms", "latency_p95_ms", "tokens_per_second",
-                  "memory_bytes", "size_bytes", "parameters")
+RESULT_METRICS = (
+    "accuracy",
+    "retention",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "tokens_per_second",
+    "memory_bytes",
+    "size_bytes",
+    "parameters",
+)
 
 
 def candidate_name(cfg: EvaluationConfig) -> str:
@@ -37,7 +45,9 @@ def report_parents(cfg: EvaluationConfig) -> list[str]:
     return parents
 
 
-def flat_metrics(results: list[TargetResult], gate_evaluated: bool, gate_passed: bool) -> dict[str, float]:
+def flat_metrics(
+    results: list[TargetResult], gate_evaluated: bool, gate_passed: bool
+) -> dict[str, float]:
     metrics = {f"{r.name}.{key}": float(getattr(r, key)) for r in results for key in RESULT_METRICS}
     metrics["num_prompts"] = float(results[0].num_prompts) if results else 0.0
     if gate_evaluated:
@@ -45,7 +55,9 @@ def flat_metrics(results: list[TargetResult], gate_evaluated: bool, gate_passed:
     return metrics
 
 
-def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = "") -> dict[str, Any]:
+def run(
+    config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = ""
+) -> dict[str, Any]:
     """Evaluate every target and write a report artifact at output_uri."""
     cfg = EvaluationConfig.model_validate(config)
     tracing.setup_tracing("evaluation-job")
@@ -60,24 +72,47 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
     for i, target in enumerate(cfg.targets):
         start, end = 0.05 + 0.85 * i / n, 0.05 + 0.85 * (i + 1) / n
         progress(start, f"evaluating {target.name} on {len(examples)} prompts")
-        measurements.append(measure_target(
-            target, examples, cfg.sampling, metric=cfg.metric, concurrency=cfg.concurrency,
-            warmup_requests=cfg.warmup_requests, traceparent=traceparent,
-            progress=scaled(progress, start, end),
-        ))
+        measurements.append(
+            measure_target(
+                target,
+                examples,
+                cfg.sampling,
+                metric=cfg.metric,
+                concurrency=cfg.concurrency,
+                warmup_requests=cfg.warmup_requests,
+                traceparent=traceparent,
+                progress=scaled(progress, start, end),
+            )
+        )
 
     results = [summarize(m) for m in measurements]
     set_retention(results, cfg.reference)
     verdict = judge(cfg.gate, results)
     progress(0.92, "writing the report")
-    write_report(output_uri, results, verdict, reference=cfg.reference, metric=cfg.metric,
-                 dataset_uri=cfg.dataset_uri)
+    write_report(
+        output_uri,
+        results,
+        verdict,
+        reference=cfg.reference,
+        metric=cfg.metric,
+        dataset_uri=cfg.dataset_uri,
+    )
     metrics = flat_metrics(results, verdict.evaluated, verdict.passed)
-    artifacts.finalize(output_uri, "report", spec=cfg.model_dump(mode="json"), parents=report_parents(cfg),
-                       metrics=metrics, trace_id=trace_id)
+    artifacts.finalize(
+        output_uri,
+        "report",
+        spec=cfg.model_dump(mode="json"),
+        parents=report_parents(cfg),
+        metrics=metrics,
+        trace_id=trace_id,
+    )
     summary = "; ".join(f"{r.name} accuracy {r.accuracy:.1%}" for r in results)
     if verdict.evaluated:
         summary += f"; gate {'passed' if verdict.passed else 'failed'}"
     progress(1.0, summary, **metrics)
-    return {"output_uri": output_uri, "metrics": metrics,
-            "results": [asdict(r) for r in results], "verdict": asdict(verdict)}
+    return {
+        "output_uri": output_uri,
+        "metrics": metrics,
+        "results": [asdict(r) for r in results],
+        "verdict": asdict(verdict),
+    }

@@ -93,18 +93,29 @@ def judge(gate: GateConfig | None, results: list[TargetResult]) -> Verdict:
     checks: list[tuple[bool, str]] = []
     if gate.min_retention:
         ok = c.retention >= gate.min_retention - EPSILON
-        checks.append((ok, f"retention {c.retention:.3f} {'>=' if ok else '<'} min {gate.min_retention:.3f}"))
+        checks.append(
+            (ok, f"retention {c.retention:.3f} {'>=' if ok else '<'} min {gate.min_retention:.3f}")
+        )
     if gate.min_accuracy:
         ok = c.accuracy >= gate.min_accuracy - EPSILON
-        checks.append((ok, f"accuracy {c.accuracy:.3f} {'>=' if ok else '<'} min {gate.min_accuracy:.3f}"))
+        checks.append(
+            (ok, f"accuracy {c.accuracy:.3f} {'>=' if ok else '<'} min {gate.min_accuracy:.3f}")
+        )
     if gate.max_latency_p95_ms:
         ok = c.latency_p95_ms <= gate.max_latency_p95_ms + EPSILON
-        checks.append((ok, f"latency p95 {c.latency_p95_ms:.1f} ms {'<=' if ok else '>'} "
-                           f"max {gate.max_latency_p95_ms:.1f} ms"))
+        sign = "<=" if ok else ">"
+        checks.append(
+            (
+                ok,
+                f"latency p95 {c.latency_p95_ms:.1f} ms {sign} max {gate.max_latency_p95_ms:.1f} ms",
+            )
+        )
     if not checks:
         return Verdict(True, True, [f"{c.name}: no thresholds set"])
     passed = all(ok for ok, _ in checks)
-    return Verdict(True, passed, [f"{c.name}: {'ok' if ok else 'FAILED'}: {text}" for ok, text in checks])
+    return Verdict(
+        True, passed, [f"{c.name}: {'ok' if ok else 'FAILED'}: {text}" for ok, text in checks]
+    )
 
 
 def _ratio(reference: float, value: float) -> float | None:
@@ -151,12 +162,21 @@ def _factor(value: float | None) -> str:
     return f"{1 / value:.2f}x higher ({1 / value - 1:.0%} more)"
 
 
-def markdown(results: list[TargetResult], verdict: Verdict, *, reference: str, metric: str,
-             dataset_uri: str, figure: str = "report.png") -> str:
+def markdown(
+    results: list[TargetResult],
+    verdict: Verdict,
+    *,
+    reference: str,
+    metric: str,
+    dataset_uri: str,
+    figure: str = "report.png",
+) -> str:
     ref = next(r for r in results if r.name == reference)
     lines = [
-        "# Evaluation report", "",
-        f"Dataset: `{dataset_uri}` ({ref.num_prompts} prompts), metric: `{metric}`, reference: **{reference}**.", "",
+        "# Evaluation report",
+        "",
+        f"Dataset: `{dataset_uri}` ({ref.num_prompts} prompts), metric: `{metric}`, reference: **{reference}**.",
+        "",
         "| target | accuracy | retention | p50 ms | p95 ms | tokens/s | size | memory | parameters |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -212,8 +232,15 @@ def figure_png(results: list[TargetResult]) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(uri: str, results: list[TargetResult], verdict: Verdict, *, reference: str,
-                 metric: str, dataset_uri: str) -> None:
+def write_report(
+    uri: str,
+    results: list[TargetResult],
+    verdict: Verdict,
+    *,
+    reference: str,
+    metric: str,
+    dataset_uri: str,
+) -> None:
     """Write report.json, report.md and report.png under uri (any fsspec URI)."""
     fs, root = fsspec.core.url_to_fs(uri)
     fs.makedirs(root, exist_ok=True)
@@ -229,6 +256,8 @@ def write_report(uri: str, results: list[TargetResult], verdict: Verdict, *, ref
     with fs.open(f"{root}/report.json", "w", encoding="utf-8") as fh:
         json.dump(document, fh, indent=2)
     with fs.open(f"{root}/report.md", "w", encoding="utf-8") as fh:
-        fh.write(markdown(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri))
+        fh.write(
+            markdown(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri)
+        )
     with fs.open(f"{root}/report.png", "wb") as fh:
         fh.write(figure_png(results))

@@ -68,15 +68,29 @@ class EvaluationConfig(BaseModel):
 def _target(msg: evaluation_pb2.EvalTarget, index: int, problems: Problems) -> TargetConfig:
     field = f"spec.targets[{index}]"
     if not msg.name:
-        problems.append((f"{field}.name", "is required (the target's label in the report, e.g. teacher)"))
+        problems.append(
+            (f"{field}.name", "is required (the target's label in the report, e.g. teacher)")
+        )
     elif not _NAME.match(msg.name):
-        problems.append((f"{field}.name", f"{msg.name!r}: use letters, digits, '_', '-', '.' (at most 63)"))
+        problems.append(
+            (f"{field}.name", f"{msg.name!r}: use letters, digits, '_', '-', '.' (at most 63)")
+        )
     if msg.base_url:
         check_http_url(msg.base_url, f"{field}.base_url", problems)
     elif not msg.deployment:
-        problems.append((field, "set base_url (an OpenAI-compatible URL) or deployment (a serving deployment name)"))
+        problems.append(
+            (
+                field,
+                "set base_url (an OpenAI-compatible URL) or deployment (a serving deployment name)",
+            )
+        )
     if msg.deployment and not _DEPLOYMENT.match(msg.deployment):
-        problems.append((f"{field}.deployment", f"{msg.deployment!r} is not a deployment name (lowercase, digits, '-')"))
+        problems.append(
+            (
+                f"{field}.deployment",
+                f"{msg.deployment!r} is not a deployment name (lowercase, digits, '-')",
+            )
+        )
     check_api_key_env(msg.api_key_env, f"{field}.api_key_env", problems)
     model_uri = ""
     if msg.model_uri:
@@ -98,23 +112,43 @@ def _dataset(value: str, problems: Problems) -> str:
     if uri.startswith("file://") and not any(p[0] == field for p in problems):
         path = artifacts.local_path(uri)
         if path.is_dir() and not (path / "validation.jsonl").is_file():
-            problems.append((field, f"{value!r} is a folder without validation.jsonl (want a dataset or a JSONL file)"))
+            problems.append(
+                (
+                    field,
+                    f"{value!r} is a folder without validation.jsonl (want a dataset or a JSONL file)",
+                )
+            )
     return uri
 
 
 def _gate(msg: evaluation_pb2.QualityGate, names: set[str], problems: Problems) -> GateConfig:
     if not msg.candidate:
-        problems.append(("spec.gate.candidate", "is required when a gate is set (the target the gate judges)"))
+        problems.append(
+            ("spec.gate.candidate", "is required when a gate is set (the target the gate judges)")
+        )
     elif msg.candidate not in names:
-        problems.append(("spec.gate.candidate", f"{msg.candidate!r} names no target ({', '.join(sorted(names))})"))
+        problems.append(
+            (
+                "spec.gate.candidate",
+                f"{msg.candidate!r} names no target ({', '.join(sorted(names))})",
+            )
+        )
     if msg.min_retention < 0:
-        problems.append(("spec.gate.min_retention", f"must not be negative, got {msg.min_retention}"))
+        problems.append(
+            ("spec.gate.min_retention", f"must not be negative, got {msg.min_retention}")
+        )
     if not 0 <= msg.min_accuracy <= 1:
         problems.append(("spec.gate.min_accuracy", f"must be in [0, 1], got {msg.min_accuracy}"))
     if msg.max_latency_p95_ms < 0:
-        problems.append(("spec.gate.max_latency_p95_ms", f"must not be negative, got {msg.max_latency_p95_ms}"))
-    return GateConfig(candidate=msg.candidate, min_retention=msg.min_retention,
-                      min_accuracy=msg.min_accuracy, max_latency_p95_ms=msg.max_latency_p95_ms)
+        problems.append(
+            ("spec.gate.max_latency_p95_ms", f"must not be negative, got {msg.max_latency_p95_ms}")
+        )
+    return GateConfig(
+        candidate=msg.candidate,
+        min_retention=msg.min_retention,
+        min_accuracy=msg.min_accuracy,
+        max_latency_p95_ms=msg.max_latency_p95_ms,
+    )
 
 
 def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
@@ -130,25 +164,37 @@ def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
 
     reference = spec.reference or (names[0] if names else "")
     if spec.reference and spec.reference not in names:
-        problems.append(("spec.reference", f"{spec.reference!r} names no target ({', '.join(names)})"))
+        problems.append(
+            ("spec.reference", f"{spec.reference!r} names no target ({', '.join(names)})")
+        )
     metric = spec.metric or "exact_match"
     if metric not in METRICS:
-        problems.append(("spec.metric", f"must be one of {', '.join(METRICS)}, got {spec.metric!r}"))
+        problems.append(
+            ("spec.metric", f"must be one of {', '.join(METRICS)}, got {spec.metric!r}")
+        )
     if spec.max_prompts < 0:
-        problems.append(("spec.max_prompts", f"must not be negative (0 means all), got {spec.max_prompts}"))
+        problems.append(
+            ("spec.max_prompts", f"must not be negative (0 means all), got {spec.max_prompts}")
+        )
     sampling = sampling_from_proto(spec.sampling, "spec.sampling", problems)
     if spec.sampling.temperature:
         problems.append(("spec.sampling.temperature", "evaluation decodes greedily; leave it 0"))
     if spec.sampling.top_logprobs:
         problems.append(("spec.sampling.top_logprobs", "is not used by evaluation; leave it 0"))
     if not 0 <= spec.concurrency <= 64:
-        problems.append(("spec.concurrency", f"must be in 1..64 (0 means 1), got {spec.concurrency}"))
+        problems.append(
+            ("spec.concurrency", f"must be in 1..64 (0 means 1), got {spec.concurrency}")
+        )
     if not 0 <= spec.warmup_requests <= 100:
-        problems.append(("spec.warmup_requests", f"must be in 1..100 (0 means 2), got {spec.warmup_requests}"))
+        problems.append(
+            ("spec.warmup_requests", f"must be in 1..100 (0 means 2), got {spec.warmup_requests}")
+        )
     output_uri = ""
     if spec.output_uri:
         try:
-            output_uri = artifacts.confine(spec.output_uri, settings.allowed_roots(), "spec.output_uri")
+            output_uri = artifacts.confine(
+                spec.output_uri, settings.allowed_roots(), "spec.output_uri"
+            )
         except InvalidSpec as exc:
             problems.extend(exc.problems)
     gate = _gate(spec.gate, set(names), problems) if spec.HasField("gate") else None

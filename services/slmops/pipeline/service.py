@@ -56,7 +56,7 @@ class PipelineRuns:
             self._runners.pop(runner.run_id, None)
 
     async def cancel(self, run_id: str) -> JobRecord:
-        record = self.store.get(run_id)
+        record = self.store.get(run_id, KIND)
         if record.finished:
             raise Conflict(f"pipeline run {run_id} already finished ({record.state}); nothing to cancel")
         runner = self._runners.get(run_id)
@@ -70,7 +70,7 @@ class PipelineRuns:
         return self.store.get(run_id)
 
     async def watch(self, run_id: str, after: int) -> AsyncIterator[Event]:
-        self.store.get(run_id)
+        self.store.get(run_id, KIND)
         while True:
             for event in self.store.events(run_id, after):
                 after = event.sequence
@@ -110,7 +110,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         return run_proto(await self.runs.create(message_to_dict(request.spec)))
 
     async def GetPipelineRun(self, request: common_pb2.GetJobRequest, context: Any):
-        return run_proto(self.runs.store.get(require_id(request.id)))
+        return run_proto(self.runs.store.get(require_id(request.id), KIND))
 
     async def ListPipelineRuns(self, request: common_pb2.ListJobsRequest, context: Any):
         records, token = self.runs.store.list(KIND, state_name(request.state), dict(request.labels),

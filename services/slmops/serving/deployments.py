@@ -112,10 +112,7 @@ class Deployments:
         return self.store.get(name)
 
     def get(self, name: str) -> JobRecord:
-        record = self.store.get(name)
-        if record.kind != KIND:
-            raise NotFound("deployment", name)
-        return record
+        return self.store.get(name, KIND)
 
     def list(self, labels: dict[str, str], page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
         return self.store.list(KIND, None, labels, page_size, page_token)

@@ -37,12 +37,16 @@ def parse_prompts(lines: list[str], field: str = "spec.prompts_uri") -> list[Pro
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.append((field, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})"))
+            problems.append(
+                (field, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+            )
             continue
         if not isinstance(value, dict):
-            problems.append((field, f"line {number}: must be a JSON object like {{\"prompt\": \"...\"}}"))
+            problems.append(
+                (field, f'line {number}: must be a JSON object like {{"prompt": "..."}}')
+            )
         elif not isinstance(value.get("prompt"), str) or not value["prompt"].strip():
-            problems.append((field, f"line {number}: needs a non-empty string field \"prompt\""))
+            problems.append((field, f'line {number}: needs a non-empty string field "prompt"'))
         else:
             prompts.append(Prompt(number, value))
     if len(problems) > MAX_REPORTED:
@@ -80,7 +84,9 @@ def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[list[i
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def dataset_record(fields: dict[str, Any], result: dict[str, Any], teacher_model: str) -> dict[str, Any]:
+def dataset_record(
+    fields: dict[str, Any], result: dict[str, Any], teacher_model: str
+) -> dict[str, Any]:
     """A prompt's fields plus the teacher's answer and metadata."""
     record = dict(fields)
     record["completion"] = result["completion"]
@@ -94,7 +100,9 @@ def dataset_record(fields: dict[str, Any], result: dict[str, Any], teacher_model
     return record
 
 
-def dataset_stats(records: list[dict[str, Any]], train: list[int], validation: list[int]) -> dict[str, Any]:
+def dataset_stats(
+    records: list[dict[str, Any]], train: list[int], validation: list[int]
+) -> dict[str, Any]:
     tokens = [r["teacher"]["completion_tokens"] for r in records]
     return {
         "num_train": len(train),
@@ -125,8 +133,12 @@ def write_dataset(
     fs.makedirs(root, exist_ok=True)
     _write_jsonl(fs, f"{root}/{TRAIN}", [records[i] for i in train])
     _write_jsonl(fs, f"{root}/{VALIDATION}", [records[i] for i in validation])
-    stats = {**dataset_stats(records, train, validation), "seed": seed,
-             "validation_fraction": validation_fraction, **(extra_stats or {})}
+    stats = {
+        **dataset_stats(records, train, validation),
+        "seed": seed,
+        "validation_fraction": validation_fraction,
+        **(extra_stats or {}),
+    }
     with fs.open(f"{root}/{STATS}", "w", encoding="utf-8") as fh:
         json.dump(stats, fh, indent=2, sort_keys=True)
     return stats

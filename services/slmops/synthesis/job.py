@@ -31,8 +31,13 @@ class TeacherWorker:
     def __init__(self, config: dict[str, Any], traceparent: str = "", threads: int = 1):
         tracing.setup_tracing("synthesis-worker")
         cfg = SynthesisConfig.model_validate(config)
-        self.teacher = make_teacher(cfg.teacher, cfg.sampling, system_prompt=cfg.system_prompt,
-                                    traceparent=traceparent, threads=threads)
+        self.teacher = make_teacher(
+            cfg.teacher,
+            cfg.sampling,
+            system_prompt=cfg.system_prompt,
+            traceparent=traceparent,
+            threads=threads,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.teacher.generate([str(p) for p in batch["prompt"]])
@@ -69,7 +74,9 @@ def check_failures(num_prompts: int, failures: list[tuple[int, str]]) -> None:
         )
 
 
-def _answer_all(cfg: SynthesisConfig, prompts: list[str], traceparent: str, progress: Progress) -> list[dict]:
+def _answer_all(
+    cfg: SynthesisConfig, prompts: list[str], traceparent: str, progress: Progress
+) -> list[dict]:
     """Run the teacher over every prompt on Ray Data; results in prompt order."""
     import ray
 
@@ -81,30 +88,41 @@ def _answer_all(cfg: SynthesisConfig, prompts: list[str], traceparent: str, prog
     items = [{"index": i, "prompt": p} for i, p in enumerate(prompts)]
     answered = ray.data.from_items(items, override_num_blocks=num_shards).map_batches(
         TeacherWorker,
-        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "traceparent": traceparent, "threads": threads},
+        fn_constructor_kwargs={
+            "config": cfg.model_dump(mode="json"),
+            "traceparent": traceparent,
+            "threads": threads,
+        },
         batch_size=None,
         batch_format="numpy",
         concurrency=actors,
         **resources,
     )
     results: list[dict | None] = [None] * len(prompts)
-    done = shards = failed = 0
-    for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
+    done = failed = 0
+    for shards, batch in enumerate(
+        answered.iter_batches(batch_size=None, batch_format="numpy"), start=1
+    ):
         for index, encoded in zip(batch["index"], batch["result"]):
             result = json.loads(encoded)
             results[int(index)] = result
             failed += "error" in result
         done += len(batch["index"])
-        shards += 1
-        progress(0.05 + 0.9 * done / len(prompts), f"shard {shards} answered ({done}/{len(prompts)} prompts)",
-                 answered=done, failed=failed)
+        progress(
+            0.05 + 0.9 * done / len(prompts),
+            f"shard {shards} answered ({done}/{len(prompts)} prompts)",
+            answered=done,
+            failed=failed,
+        )
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:
         raise Unavailable(f"Ray Data returned no answer for {len(missing)} prompts")
     return results  # type: ignore[return-value]
 
 
-def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = "") -> dict[str, Any]:
+def run(
+    config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = ""
+) -> dict[str, Any]:
     """Answer every prompt with the teacher and write a dataset artifact at output_uri."""
     cfg = SynthesisConfig.model_validate(config)
     tracing.setup_tracing("synthesis-job")
@@ -117,7 +135,9 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
     prompts = read_prompts(cfg.prompts_uri)
     progress(0.05, f"asking the teacher for {len(prompts)} answers")
     start = time.perf_counter()
-    results = _answer_all(cfg, [p.fields["prompt"] for p in prompts], tracing.current_traceparent(), progress)
+    results = _answer_all(
+        cfg, [p.fields["prompt"] for p in prompts], tracing.current_traceparent(), progress
+    )
     teacher_seconds = time.perf_counter() - start
 
     teacher_model = cfg.teacher.model
@@ -154,8 +174,17 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
         "teacher_seconds": teacher_seconds,
         "completion_tokens": float(stats["completion_tokens"]),
     }
-    artifacts.finalize(output_uri, "dataset", spec=cfg.model_dump(mode="json"),
-                       parents=[cfg.prompts_uri], metrics=metrics, trace_id=trace_id)
-    progress(1.0, f"dataset written: {stats['num_train']} train, {stats['num_validation']} validation",
-             **metrics)
+    artifacts.finalize(
+        output_uri,
+        "dataset",
+        spec=cfg.model_dump(mode="json"),
+        parents=[cfg.prompts_uri],
+        metrics=metrics,
+        trace_id=trace_id,
+    )
+    progress(
+        1.0,
+        f"dataset written: {stats['num_train']} train, {stats['num_validation']} validation",
+        **metrics,
+    )
     return {"output_uri": output_uri, "metrics": metrics}

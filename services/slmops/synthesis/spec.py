@@ -22,11 +22,32 @@ from slmops.core.errors import InvalidSpec, collect
 Problems = list[tuple[str, str]]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "ghp_", "gho_", "xox", "bearer ", "key-", "AKIA")
+_KEY_PREFIXES = (
+    "sk-",
+    "sk_",
+    "pk-",
+    "rk-",
+    "hf_",
+    "ghp_",
+    "gho_",
+    "xox",
+    "bearer ",
+    "key-",
+    "AKIA",
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-_MEMORY_UNITS = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_MEMORY_UNITS = {
+    None: 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 class SamplingConfig(BaseModel):
@@ -99,10 +120,19 @@ def check_api_key_env(value: str, field: str, problems: Problems) -> None:
     if not value:
         return
     if looks_like_key(value):
-        problems.append((field, "looks like an API key; give the NAME of the environment variable "
-                                "that holds the key (e.g. TEACHER_API_KEY), never the key itself"))
+        problems.append(
+            (
+                field,
+                (
+                    "looks like an API key; give the NAME of the environment variable "
+                    "that holds the key (e.g. TEACHER_API_KEY), never the key itself"
+                ),
+            )
+        )
     elif not _ENV_NAME.match(value):
-        problems.append((field, "must be an environment variable name (letters, digits, underscore)"))
+        problems.append(
+            (field, "must be an environment variable name (letters, digits, underscore)")
+        )
 
 
 def check_http_url(value: str, field: str, problems: Problems) -> None:
@@ -111,13 +141,19 @@ def check_http_url(value: str, field: str, problems: Problems) -> None:
         return
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        problems.append((field, f"must be an http(s) URL like https://api.example.com/v1, not {value!r}"))
+        problems.append(
+            (field, f"must be an http(s) URL like https://api.example.com/v1, not {value!r}")
+        )
 
 
-def sampling_from_proto(msg: common_pb2.SamplingParams, field: str, problems: Problems) -> SamplingConfig:
+def sampling_from_proto(
+    msg: common_pb2.SamplingParams, field: str, problems: Problems
+) -> SamplingConfig:
     """Range-check sampling parameters and apply the proto defaults."""
     if not 0 <= msg.max_tokens <= 8192:
-        problems.append((f"{field}.max_tokens", f"must be in 1..8192 (0 means 64), got {msg.max_tokens}"))
+        problems.append(
+            (f"{field}.max_tokens", f"must be in 1..8192 (0 means 64), got {msg.max_tokens}")
+        )
     if not 0.0 <= msg.temperature <= 2.0:
         problems.append((f"{field}.temperature", f"must be in 0..2, got {msg.temperature}"))
     if not 0.0 <= msg.top_p <= 1.0:
@@ -183,9 +219,19 @@ def _endpoint(msg: synthesis_pb2.TeacherEndpoint, problems: Problems) -> Endpoin
         problems.append((f"{field}.model", "is required (the model name the endpoint serves)"))
     check_api_key_env(msg.api_key_env, f"{field}.api_key_env", problems)
     if not 0 <= msg.max_concurrency <= 256:
-        problems.append((f"{field}.max_concurrency", f"must be in 1..256 (0 means 4), got {msg.max_concurrency}"))
+        problems.append(
+            (
+                f"{field}.max_concurrency",
+                f"must be in 1..256 (0 means 4), got {msg.max_concurrency}",
+            )
+        )
     if not 0 <= msg.timeout_s <= 3600:
-        problems.append((f"{field}.timeout_s", f"must be in (0, 3600] seconds (0 means 60), got {msg.timeout_s}"))
+        problems.append(
+            (
+                f"{field}.timeout_s",
+                f"must be in (0, 3600] seconds (0 means 60), got {msg.timeout_s}",
+            )
+        )
     return EndpointTeacherConfig(
         base_url=msg.base_url.rstrip("/"),
         model=msg.model.strip(),
@@ -203,11 +249,18 @@ def _local(msg: synthesis_pb2.LocalTeacher, problems: Problems) -> LocalTeacherC
         problems.append((f"{field}.model", "is required (a model folder or a hub id)"))
     elif model.startswith(("file://", "/", ".", "~")) or os.path.exists(model):
         model = check_local_uri(model, f"{field}.model", problems, want="dir")
-        if model.startswith("file://") and artifacts.local_path(model).is_dir():
-            if not (artifacts.local_path(model) / "config.json").exists():
-                problems.append((f"{field}.model", f"{msg.model!r} is not a Hugging Face model folder (no config.json)"))
+        folder = artifacts.local_path(model) if model.startswith("file://") else None
+        if folder and folder.is_dir() and not (folder / "config.json").exists():
+            problems.append(
+                (
+                    f"{field}.model",
+                    f"{msg.model!r} is not a Hugging Face model folder (no config.json)",
+                )
+            )
     elif "://" not in model and not _HUB_ID.match(model):
-        problems.append((f"{field}.model", f"{model!r} is neither a model folder nor a hub id like org/name"))
+        problems.append(
+            (f"{field}.model", f"{model!r} is neither a model folder nor a hub id like org/name")
+        )
     device = msg.device.strip() or "cpu"
     if not re.match(r"^(cpu|cuda(:\d+)?)$", device):
         problems.append((f"{field}.device", f"must be cpu or cuda[:N], got {msg.device!r}"))
@@ -234,19 +287,38 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
     elif which == "local":
         teacher = _local(spec.local, problems)
     else:
-        problems.append(("spec.teacher", "set exactly one teacher: endpoint (an OpenAI-compatible URL) or local"))
+        problems.append(
+            (
+                "spec.teacher",
+                "set exactly one teacher: endpoint (an OpenAI-compatible URL) or local",
+            )
+        )
 
     sampling = sampling_from_proto(spec.sampling, "spec.sampling", problems)
     if not 0.0 <= spec.validation_fraction <= 0.9:
-        problems.append(("spec.validation_fraction", f"must be in [0, 0.9] (0 means 0.1), got {spec.validation_fraction}"))
+        problems.append(
+            (
+                "spec.validation_fraction",
+                f"must be in [0, 0.9] (0 means 0.1), got {spec.validation_fraction}",
+            )
+        )
     if not 0 <= spec.num_shards <= 1024:
-        problems.append(("spec.num_shards", f"must be in 1..1024 (0 means 2), got {spec.num_shards}"))
+        problems.append(
+            ("spec.num_shards", f"must be in 1..1024 (0 means 2), got {spec.num_shards}")
+        )
     if spec.system_prompt and not (isinstance(teacher, EndpointTeacherConfig) and teacher.chat):
-        problems.append(("spec.system_prompt", "is only used by chat teachers: set spec.teacher.endpoint.chat or leave it empty"))
+        problems.append(
+            (
+                "spec.system_prompt",
+                "is only used by chat teachers: set spec.teacher.endpoint.chat or leave it empty",
+            )
+        )
     output_uri = ""
     if spec.output_uri:
         try:
-            output_uri = artifacts.confine(spec.output_uri, settings.allowed_roots(), "spec.output_uri")
+            output_uri = artifacts.confine(
+                spec.output_uri, settings.allowed_roots(), "spec.output_uri"
+            )
         except InvalidSpec as exc:
             problems.extend(exc.problems)
 
@@ -257,8 +329,14 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         problems.append(("spec.resources.cpus_per_worker", "must not be negative"))
     if res.gpus_per_worker < 0:
         problems.append(("spec.resources.gpus_per_worker", "must not be negative"))
-    if res.gpus_per_worker > 0 and isinstance(teacher, LocalTeacherConfig) and teacher.device == "cpu":
-        problems.append(("spec.resources.gpus_per_worker", "asks for GPUs but spec.teacher.local.device is cpu"))
+    if (
+        res.gpus_per_worker > 0
+        and isinstance(teacher, LocalTeacherConfig)
+        and teacher.device == "cpu"
+    ):
+        problems.append(
+            ("spec.resources.gpus_per_worker", "asks for GPUs but spec.teacher.local.device is cpu")
+        )
     memory = parse_memory(res.memory, "spec.resources.memory", problems)
 
     collect(problems)

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 Answer = Callable[[str, str], str]
 _EXPR = re.compile(r"(-?\d+)\s*([+*-])\s*(-?\d+)")
@@ -42,7 +42,9 @@ def _rss_bytes() -> int:
 class StandinServer:
     """Start with `with StandinServer() as server:`; point clients at server.base_url."""
 
-    def __init__(self, answer: Answer = arithmetic_answer, *, host: str = "127.0.0.1", delay_s: float = 0.0):
+    def __init__(
+        self, answer: Answer = arithmetic_answer, *, host: str = "127.0.0.1", delay_s: float = 0.0
+    ):
         self.answer = answer
         self.delay_s = delay_s
         self.requests: list[dict[str, Any]] = []
@@ -61,7 +63,7 @@ class StandinServer:
     def base_url(self) -> str:
         return self.origin + "/v1"
 
-    def start(self) -> StandinServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -69,7 +71,7 @@ class StandinServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> StandinServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -103,25 +105,49 @@ class StandinServer:
         max_tokens = int(body.get("max_tokens") or 16)
         if len(text) > max_tokens:
             text, finish = text[:max_tokens], "length"
-        usage = {"prompt_tokens": len(prompt), "completion_tokens": len(text),
-                 "total_tokens": len(prompt) + len(text)}
-        base = {"id": "cmpl-" + uuid.uuid4().hex[:12], "created": int(time.time()), "model": model, "usage": usage}
+        usage = {
+            "prompt_tokens": len(prompt),
+            "completion_tokens": len(text),
+            "total_tokens": len(prompt) + len(text),
+        }
+        base = {
+            "id": "cmpl-" + uuid.uuid4().hex[:12],
+            "created": int(time.time()),
+            "model": model,
+            "usage": usage,
+        }
         if chat:
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish,
-                                      "message": {"role": "assistant", "content": text}}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "finish_reason": finish,
+                "message": {"role": "assistant", "content": text},
+            }
             if body.get("logprobs"):
                 k = int(body.get("top_logprobs") or 1)
-                choice["logprobs"] = {"content": [
-                    {"token": c, "logprob": -0.01, "bytes": None,
-                     "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in _top(c, k).items()]}
-                    for c in text]}
+                choice["logprobs"] = {
+                    "content": [
+                        {
+                            "token": c,
+                            "logprob": -0.01,
+                            "bytes": None,
+                            "top_logprobs": [
+                                {"token": t, "logprob": lp, "bytes": None}
+                                for t, lp in _top(c, k).items()
+                            ],
+                        }
+                        for c in text
+                    ]
+                }
             return {**base, "object": "chat.completion", "choices": [choice]}
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         if body.get("logprobs"):
             k = int(body["logprobs"])
-            choice["logprobs"] = {"tokens": list(text), "token_logprobs": [-0.01] * len(text),
-                                  "top_logprobs": [_top(c, k) for c in text],
-                                  "text_offset": list(range(len(text)))}
+            choice["logprobs"] = {
+                "tokens": list(text),
+                "token_logprobs": [-0.01] * len(text),
+                "top_logprobs": [_top(c, k) for c in text],
+                "text_offset": list(range(len(text))),
+            }
         return {**base, "object": "text_completion", "choices": [choice]}
 
 
@@ -134,7 +160,9 @@ def _top(token: str, k: int) -> dict[str, float]:
 def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body go out at once, no 40 ms delayed-ACK stalls
+        disable_nagle_algorithm = (
+            True  # headers and body go out at once, no 40 ms delayed-ACK stalls
+        )
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return None
@@ -157,7 +185,13 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 )
                 self._send(200, text.encode(), "text/plain; version=0.0.4")
             elif path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": "standin", "object": "model", "owned_by": "slmops"}]})
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"id": "standin", "object": "model", "owned_by": "slmops"}],
+                    },
+                )
             else:
                 self._send(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
@@ -167,18 +201,30 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
             except json.JSONDecodeError:
-                self._send(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
+                self._send(
+                    400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}
+                )
                 return
             chat = path == "/v1/chat/completions"
             if path not in ("/v1/completions", "/v1/chat/completions"):
                 self._send(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
                 return
             failure = server._take_failure()
-            server._record({"path": path, "model": body.get("model"), "body": body,
-                            "traceparent": self.headers.get("traceparent"),
-                            "authorization": self.headers.get("authorization"), "status": failure or 200})
+            server._record(
+                {
+                    "path": path,
+                    "model": body.get("model"),
+                    "body": body,
+                    "traceparent": self.headers.get("traceparent"),
+                    "authorization": self.headers.get("authorization"),
+                    "status": failure or 200,
+                }
+            )
             if failure:
-                self._send(failure, {"error": {"message": "stand-in failure on request", "type": "server_error"}})
+                self._send(
+                    failure,
+                    {"error": {"message": "stand-in failure on request", "type": "server_error"}},
+                )
                 return
             if server.delay_s:
                 time.sleep(server.delay_s)

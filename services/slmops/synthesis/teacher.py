@@ -54,7 +54,9 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, openai.APIStatusError) and exc.status_code in RETRYABLE_STATUS
 
 
-def backoff_delay(attempt: int, base_s: float, max_s: float, exc: BaseException | None = None) -> float:
+def backoff_delay(
+    attempt: int, base_s: float, max_s: float, exc: BaseException | None = None
+) -> float:
     """Exponential backoff with jitter for retry number attempt (0-based), bounded by max_s.
 
     A server's Retry-After (seconds) is honoured when it is longer, still bounded by max_s.
@@ -114,15 +116,23 @@ class EndpointTeacher:
         try:
             return self.complete(prompt)
         except openai.OpenAIError as exc:
-            return {"completion": "", "finish_reason": "error", "completion_tokens": 0,
-                    "top_logprobs": None, "error": describe_error(exc, self.config.base_url)}
+            return {
+                "completion": "",
+                "finish_reason": "error",
+                "completion_tokens": 0,
+                "top_logprobs": None,
+                "error": describe_error(exc, self.config.base_url),
+            }
 
     def complete(self, prompt: str) -> dict[str, Any]:
         """One prompt, retried on 429/503/connection errors up to max_retries times."""
         attempt = 0
         while True:
-            with tracing.span_from("synthesis.teacher_request", self.traceparent,
-                                   {"teacher.model": self.config.model, "attempt": attempt}) as span:
+            with tracing.span_from(
+                "synthesis.teacher_request",
+                self.traceparent,
+                {"teacher.model": self.config.model, "attempt": attempt},
+            ) as span:
                 try:
                     result = self._request(prompt)
                 except openai.OpenAIError as exc:
@@ -130,11 +140,19 @@ class EndpointTeacher:
                     span.set_attribute("error", reason)
                     if not is_retryable(exc) or attempt >= self.config.max_retries:
                         raise
-                    delay = backoff_delay(attempt, self.config.backoff_s, self.config.backoff_max_s, exc)
+                    delay = backoff_delay(
+                        attempt, self.config.backoff_s, self.config.backoff_max_s, exc
+                    )
                 else:
                     span.set_attribute("completion_tokens", result["completion_tokens"])
                     return result
-            log.info("teacher: %s; retry %d of %d in %.2fs", reason, attempt + 1, self.config.max_retries, delay)
+            log.info(
+                "teacher: %s; retry %d of %d in %.2fs",
+                reason,
+                attempt + 1,
+                self.config.max_retries,
+                delay,
+            )
             time.sleep(delay)
             attempt += 1
 
@@ -162,7 +180,10 @@ class EndpointTeacher:
             text = choice.message.content or ""
             top = None
             if s.top_logprobs and choice.logprobs and choice.logprobs.content:
-                top = [{t.token: t.logprob for t in item.top_logprobs} for item in choice.logprobs.content]
+                top = [
+                    {t.token: t.logprob for t in item.top_logprobs}
+                    for item in choice.logprobs.content
+                ]
         else:
             if s.top_logprobs:
                 common["logprobs"] = s.top_logprobs
@@ -190,7 +211,11 @@ class LocalTeacher:
 
         from slmops.core import artifacts
 
-        path = str(artifacts.local_path(config.model)) if config.model.startswith("file://") else config.model
+        path = (
+            str(artifacts.local_path(config.model))
+            if config.model.startswith("file://")
+            else config.model
+        )
         self.torch = torch
         self.sampling = sampling
         self.device = config.device
@@ -221,7 +246,7 @@ class LocalTeacher:
             torch.manual_seed(s.seed)
         with torch.no_grad():
             out = self.model.generate(**inputs, **kwargs)
-        new_ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        new_ids = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
         finish = "length"
         if self.eos_id is not None and self.eos_id in new_ids:
             new_ids = new_ids[: new_ids.index(self.eos_id)]
@@ -237,7 +262,12 @@ class LocalTeacher:
                 logprobs = torch.log_softmax(scores[0].float(), dim=-1)
                 values, ids = logprobs.topk(s.top_logprobs)
                 top.append({self.tokenizer.decode([int(i)]): float(v) for v, i in zip(values, ids)})
-        return {"completion": text, "finish_reason": finish, "completion_tokens": len(new_ids), "top_logprobs": top}
+        return {
+            "completion": text,
+            "finish_reason": finish,
+            "completion_tokens": len(new_ids),
+            "top_logprobs": top,
+        }
 
 
 def make_teacher(
@@ -249,6 +279,7 @@ def make_teacher(
     threads: int = 1,
 ) -> Teacher:
     if isinstance(teacher, EndpointTeacherConfig):
-        return EndpointTeacher(teacher, sampling, system_prompt=system_prompt,
-                               traceparent=traceparent, threads=threads)
+        return EndpointTeacher(
+            teacher, sampling, system_prompt=system_prompt, traceparent=traceparent, threads=threads
+        )
     return LocalTeacher(teacher, sampling)

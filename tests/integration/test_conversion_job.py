@@ -1,0 +1,83 @@
+"""The conversion job for real: Olive's ModelBuilder pass on a Ray task, then ORT GenAI generates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from slmops.api.v1 import conversion_pb2
+from slmops.conversion import job
+from slmops.conversion.olive_convert import ConversionError, convert
+from slmops.conversion.spec import from_proto
+from slmops.core import artifacts
+from slmops.models.tiny import count_parameters
+from slmops.predictor.engines import load_engine
+from tests.integration._models import tiny_checkpoint
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_artifact(tmp_path_factory):
+    """The tiny checkpoint sealed as a training artifact that records its parameter count."""
+    folder = tmp_path_factory.mktemp("artifacts") / "checkpoint"
+    shutil.copytree(tiny_checkpoint(tmp_path_factory), folder)
+    artifacts.finalize(str(folder), "checkpoint", metrics={"parameters": count_parameters(folder)})
+    return artifacts.to_uri(folder)
+
+
+def test_conversion_job_writes_an_onnx_model_that_generates(ray_local, checkpoint_artifact, tmp_path):
+    config = from_proto(conversion_pb2.ConversionSpec(model_uri=checkpoint_artifact))
+    events: list[tuple[float, str]] = []
+    output_uri = artifacts.to_uri(tmp_path / "onnx")
+
+    result = job.run(
+        config.model_dump(mode="json"),
+        output_uri,
+        lambda fraction, message, **_: events.append((fraction, message)),
+        trace_id="ab" * 16,
+    )
+
+    folder = tmp_path / "onnx"
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "manifest.json"} <= names
+    assert not names & {"footprint.json", "run_history.txt", "model_config.json"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".olive-")]
+    manifest = artifacts.read_manifest(output_uri)
+    assert manifest.kind == "onnx-model"
+    assert manifest.parents == [checkpoint_artifact]
+    assert manifest.trace_id == "ab" * 16
+    assert manifest.spec["precision"] == "int4"
+    metrics = result["metrics"]
+    assert result["output_uri"] == output_uri
+    assert metrics["parameters"] == count_parameters(artifacts.local_path(checkpoint_artifact))
+    assert 0 < metrics["size_bytes"] < metrics["source_size_bytes"]
+    assert metrics["seconds"] > 0
+    assert manifest.metrics == metrics
+    assert events[0][0] == 0.0 and events[-1] == (1.0, "conversion done")
+    assert [f for f, _ in events] == sorted(f for f, _ in events)
+
+    model = json.loads((folder / "genai_config.json").read_text())["model"]
+    assert None not in (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"])
+    engine = load_engine(folder)
+    answer = engine.generate("hello world", max_tokens=6)
+    engine.close()
+    assert (engine.name, answer.completion_tokens, answer.finish_reason) == ("ort-genai", 6, "length")
+
+
+def test_olive_failures_surface_with_olives_reason(tmp_path_factory, tmp_path):
+    """FP16 on the CPU provider: Olive skips the pass; convert says so instead of returning nothing."""
+    with pytest.raises(ConversionError, match="Olive could not convert the model"):
+        convert(tiny_checkpoint(tmp_path_factory), tmp_path / "out", "fp16", "cpu")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".olive-")]
