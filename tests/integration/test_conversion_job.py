@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-
 from slmops.api.v1 import conversion_pb2
 from slmops.conversion import job
 from slmops.conversion.olive_convert import ConversionError, convert
@@ -14,6 +13,7 @@ from slmops.conversion.spec import from_proto
 from slmops.core import artifacts
 from slmops.models.tiny import count_parameters
 from slmops.predictor.engines import load_engine
+
 from tests.integration._models import tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,9 @@ def checkpoint_artifact(tmp_path_factory):
     return artifacts.to_uri(folder)
 
 
-def test_conversion_job_writes_an_onnx_model_that_generates(ray_local, checkpoint_artifact, tmp_path):
+def test_conversion_job_writes_an_onnx_model_that_generates(
+    ray_local, checkpoint_artifact, tmp_path
+):
     config = from_proto(conversion_pb2.ConversionSpec(model_uri=checkpoint_artifact))
     events: list[tuple[float, str]] = []
     output_uri = artifacts.to_uri(tmp_path / "onnx")
@@ -51,7 +53,13 @@ def test_conversion_job_writes_an_onnx_model_that_generates(ray_local, checkpoin
 
     folder = tmp_path / "onnx"
     names = {p.name for p in folder.iterdir()}
-    assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "manifest.json"} <= names
+    assert {
+        "model.onnx",
+        "model.onnx.data",
+        "genai_config.json",
+        "tokenizer.json",
+        "manifest.json",
+    } <= names
     assert not names & {"footprint.json", "run_history.txt", "model_config.json"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".olive-")]
     manifest = artifacts.read_manifest(output_uri)
@@ -73,7 +81,11 @@ def test_conversion_job_writes_an_onnx_model_that_generates(ray_local, checkpoin
     engine = load_engine(folder)
     answer = engine.generate("hello world", max_tokens=6)
     engine.close()
-    assert (engine.name, answer.completion_tokens, answer.finish_reason) == ("ort-genai", 6, "length")
+    assert (engine.name, answer.completion_tokens, answer.finish_reason) == (
+        "ort-genai",
+        6,
+        "length",
+    )
 
 
 def test_olive_failures_surface_with_olives_reason(tmp_path_factory, tmp_path):

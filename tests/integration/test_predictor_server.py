@@ -37,12 +37,13 @@ class Predictor:
         self.url = ""
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        threading.Thread(target=self._drain, args=(self.process.stderr, self.stderr), daemon=True).start()
+        threading.Thread(
+            target=self._drain, args=(self.process.stderr, self.stderr), daemon=True
+        ).start()
 
     @staticmethod
     def _drain(stream, sink: list[str]) -> None:
-        for line in stream:
-            sink.append(line)
+        sink.extend(stream)
 
     def wait_ready(self, timeout: float = 90.0) -> str:
         deadline = time.monotonic() + timeout
@@ -53,7 +54,9 @@ class Predictor:
             self.stdout.append(line)
             if line.startswith(READY):
                 self.url = line[len(READY) :].strip()
-                threading.Thread(target=self._drain, args=(self.process.stdout, self.stdout), daemon=True).start()
+                threading.Thread(
+                    target=self._drain, args=(self.process.stdout, self.stdout), daemon=True
+                ).start()
                 return self.url
         raise AssertionError(f"predictor not ready; stderr:\n{''.join(self.stderr)[-3000:]}")
 
@@ -98,7 +101,9 @@ def test_chat_completions_and_streaming_agree(client):
     messages = [{"role": "user", "content": "hi there"}]
     answer = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8)
     assert answer.choices[0].message.role == "assistant"
-    stream = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, stream=True)
+    stream = client.chat.completions.create(
+        model=NAME, messages=messages, max_tokens=8, stream=True
+    )
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert "".join(pieces) == answer.choices[0].message.content
     assert len([p for p in pieces if p]) > 1
@@ -118,7 +123,9 @@ def test_models_list_under_both_prefixes(client, predictor):
     assert [m.id for m in client.models.list()] == [NAME]
     other = openai.OpenAI(base_url=f"{predictor.url}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in other.models.list()] == [NAME]
-    assert other.completions.create(model=NAME, prompt="hi", max_tokens=2).usage.completion_tokens == 2
+    assert (
+        other.completions.create(model=NAME, prompt="hi", max_tokens=2).usage.completion_tokens == 2
+    )
 
 
 def test_wrong_model_is_404_and_bad_field_is_400(client):
@@ -126,7 +133,9 @@ def test_wrong_model_is_404_and_bad_field_is_400(client):
         client.completions.create(model="nope", prompt="x")
     assert missing.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "x"}], temperature=9)
+        client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "x"}], temperature=9
+        )
     assert bad.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError) as long:
         client.completions.create(model=NAME, prompt="hello " * 400)
@@ -174,7 +183,9 @@ def test_traceparent_parents_the_request_span(tmp_path_factory, tmp_path):
     httpx.post(f"{server.url}/v1/completions", headers=headers, timeout=30,
                json={"model": NAME, "prompt": "secret prompt", "max_tokens": 3})  # fmt: skip
     assert server.stop() == 0
-    spans = [json.loads(line) for line in (tmp_path / "traces" / "spans.jsonl").read_text().splitlines()]
+    spans = [
+        json.loads(line) for line in (tmp_path / "traces" / "spans.jsonl").read_text().splitlines()
+    ]
     span = next(s for s in spans if s["name"] == "predictor.completions")
     assert (span["trace_id"], span["parent_span_id"]) == (trace_id, parent_id)
     assert span["attributes"]["model"] == NAME
@@ -186,7 +197,9 @@ def test_transformers_checkpoint_is_served_and_sigterm_exits_cleanly(tmp_path_fa
     server = Predictor(tiny_checkpoint(tmp_path_factory), tmp_path, name="hf")
     url = server.wait_ready(timeout=120)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-    answer = client.chat.completions.create(model="hf", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    answer = client.chat.completions.create(
+        model="hf", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert answer.usage.completion_tokens == 4
     with httpx.Client(base_url=url) as http:
         assert http.get("/slmops/v1/info").json()["parameters"] > 0
@@ -195,10 +208,18 @@ def test_transformers_checkpoint_is_served_and_sigterm_exits_cleanly(tmp_path_fa
 
 def test_start_up_failures_exit_non_zero_with_a_message(tmp_path_factory, tmp_path):
     run = [sys.executable, "-m", "slmops.predictor", "--model-dir"]
-    missing = subprocess.run([*run, str(tmp_path / "absent")], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [*run, str(tmp_path / "absent")], check=False, capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr
-    empty = subprocess.run([*run, str(tmp_path), "--http-port", "0"], capture_output=True, text=True, timeout=60)
+    empty = subprocess.run(
+        [*run, str(tmp_path), "--http-port", "0"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert empty.returncode == 2
     assert "neither genai_config.json" in empty.stderr
     with socket.socket() as taken:
@@ -206,6 +227,6 @@ def test_start_up_failures_exit_non_zero_with_a_message(tmp_path_factory, tmp_pa
         taken.listen()
         port = str(taken.getsockname()[1])
         busy = subprocess.run([*run, str(tiny_onnx(tmp_path_factory)), "--http-port", port],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+                              check=False, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert busy.returncode == 3
     assert "cannot listen on 127.0.0.1:" in busy.stderr

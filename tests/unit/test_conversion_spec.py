@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from slmops.api.v1 import common_pb2, conversion_pb2
 from slmops.conversion.olive_convert import ConversionError, fix_genai_config, workflow_config
 from slmops.conversion.spec import ConversionConfig, from_proto
@@ -48,7 +47,11 @@ def test_supported_combinations_and_options_pass_through(checkpoint):
     config = from_proto(spec)
     assert (config.precision, config.execution_provider) == ("fp16", "cuda")
     assert config.extra_options == {"int4_block_size": "64", "shared_embeddings": "true"}
-    assert config.resources.model_dump() == {"num_cpus": 2.0, "num_gpus": 1.0, "memory_bytes": 4 << 30}
+    assert config.resources.model_dump() == {
+        "num_cpus": 2.0,
+        "num_gpus": 1.0,
+        "memory_bytes": 4 << 30,
+    }
     assert (config.output_uri, config.labels) == ("/tmp/out", {"team": "a"})
 
 
@@ -64,7 +67,7 @@ def test_precisions_the_provider_cannot_run_are_rejected(checkpoint, precision, 
     spec = conversion_pb2.ConversionSpec(
         model_uri=str(checkpoint), precision=precision, execution_provider=provider
     )
-    assert "is not available for the" in _problems(spec)["spec.precision"]
+    assert "is not available for" in _problems(spec)["spec.precision"]
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
@@ -73,7 +76,13 @@ def test_every_problem_is_reported_at_once(tmp_path):
         adapter_uris=["file:///a"],
         merge_adapters=True,
         foundry_local_package=True,
-        extra_options={"hf_remote": "true", "int4_blok_size": "32", "use_qdq": "maybe", "exclude_embeds": ""},
+        extra_options={
+            "hf_remote": "true",
+            "int4_blok_size": "32",
+            "use_qdq": "maybe",
+            "exclude_embeds": "",
+            "int4_block_size": "7",
+        },
         resources=common_pb2.ResourceRequest(num_workers=3, memory="lots"),
     )
     problems = _problems(spec)
@@ -86,6 +95,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert "not a model builder option" in problems["spec.extra_options[int4_blok_size]"]
     assert "empty" in problems["spec.extra_options[exclude_embeds]"]
     assert "true/True/1" in problems["spec.extra_options[use_qdq]"]
+    assert "16, 32, 64, 128, 256" in problems["spec.extra_options[int4_block_size]"]
     assert "one task" in problems["spec.resources.num_workers"]
     assert "4Gi" in problems["spec.resources.memory"]
 
@@ -95,7 +105,9 @@ def test_model_folder_must_exist_and_be_a_checkpoint(tmp_path, checkpoint):
     assert "is not a folder" in missing["spec.model_uri"]
     not_hf = _problems(conversion_pb2.ConversionSpec(model_uri=str(tmp_path)))
     assert "no config.json" in not_hf["spec.model_uri"]
-    same = _problems(conversion_pb2.ConversionSpec(model_uri=str(checkpoint), output_uri=str(checkpoint)))
+    same = _problems(
+        conversion_pb2.ConversionSpec(model_uri=str(checkpoint), output_uri=str(checkpoint))
+    )
     assert "must differ" in same["spec.output_uri"]
 
 
@@ -105,7 +117,9 @@ def test_remote_model_uris_are_left_to_the_job():
 
 
 def test_workflow_is_one_model_builder_pass_without_remote_code(tmp_path):
-    config = workflow_config(tmp_path / "m", tmp_path / "w", "int4", "cuda", {"int4_block_size": "32"})
+    config = workflow_config(
+        tmp_path / "m", tmp_path / "w", "int4", "cuda", {"int4_block_size": "32"}
+    )
     assert config["input_model"] == {"type": "HfModel", "model_path": str(tmp_path / "m")}
     builder = config["passes"]["builder"]
     assert builder["type"] == "ModelBuilder"
@@ -129,14 +143,18 @@ def _genai_folder(tmp_path: Path, model_ids: dict, tokenizer_config: dict) -> tu
 
 def test_null_special_token_ids_are_filled_from_the_tokenizer(tmp_path):
     nulls = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    out, src = _genai_folder(tmp_path, nulls, {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"})
+    out, src = _genai_folder(
+        tmp_path, nulls, {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
+    )
     fix_genai_config(out, src)
     model = json.loads((out / "genai_config.json").read_text())["model"]
     assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (0, 0, 1)
 
 
 def test_ids_already_set_are_kept_and_a_missing_eos_is_an_error(tmp_path):
-    out, src = _genai_folder(tmp_path / "a", {"bos_token_id": 5, "eos_token_id": 6, "pad_token_id": 7}, {})
+    out, src = _genai_folder(
+        tmp_path / "a", {"bos_token_id": 5, "eos_token_id": 6, "pad_token_id": 7}, {}
+    )
     fix_genai_config(out, src)
     assert json.loads((out / "genai_config.json").read_text())["model"]["eos_token_id"] == 6
     out, src = _genai_folder(tmp_path / "b", {"eos_token_id": None}, {})

@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
-
 from slmops.predictor.engines import load_engine
 from slmops.predictor.model import GenerationModel
 from slmops.predictor.openai_api import make_router
+
 from tests.integration._models import tiny_onnx
 
 NAME = "tiny"
@@ -43,7 +43,9 @@ def _error(response, status: int) -> dict:
 
 def test_completion_answers_with_text_and_usage(client, engine):
     expected = engine.generate("hello world", max_tokens=6)
-    body = client.post("/v1/completions", json={"model": NAME, "prompt": "hello world", "max_tokens": 6}).json()
+    body = client.post(
+        "/v1/completions", json={"model": NAME, "prompt": "hello world", "max_tokens": 6}
+    ).json()
     assert body["object"] == "text_completion"
     assert body["model"] == NAME
     assert body["choices"][0]["text"] == expected.text
@@ -83,8 +85,13 @@ def test_streaming_chat_sends_deltas_then_usage_then_done(client, engine):
     expected = engine.generate(engine.apply_chat_template(messages), max_tokens=8)
     response = client.post(
         "/v1/chat/completions",
-        json={"model": NAME, "messages": messages, "max_tokens": 8, "stream": True,
-              "stream_options": {"include_usage": True}},  # fmt: skip
+        json={
+            "model": NAME,
+            "messages": messages,
+            "max_tokens": 8,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
     assert response.headers["content-type"].startswith("text/event-stream")
     events = _events(response)
@@ -98,7 +105,9 @@ def test_streaming_chat_sends_deltas_then_usage_then_done(client, engine):
 
 def test_streaming_completion(client, engine):
     expected = engine.generate("the", max_tokens=5)
-    response = client.post("/v1/completions", json={"model": NAME, "prompt": ["the"], "max_tokens": 5, "stream": True})
+    response = client.post(
+        "/v1/completions", json={"model": NAME, "prompt": ["the"], "max_tokens": 5, "stream": True}
+    )
     events = _events(response)
     assert "".join(e["choices"][0]["text"] for e in events) == expected.text
     assert events[-1]["choices"][0]["finish_reason"] == "length"
@@ -146,12 +155,16 @@ def test_bad_fields_are_400_naming_the_field(client, path, body, param):
 
 
 def test_streaming_request_with_a_bad_prompt_is_400_not_a_stream(client):
-    response = client.post("/v1/completions", json={"model": NAME, "prompt": "hi " * 300, "stream": True})
+    response = client.post(
+        "/v1/completions", json={"model": NAME, "prompt": "hi " * 300, "stream": True}
+    )
     assert _error(response, 400)["param"] == "prompt"
 
 
 def test_non_json_body_is_400(client):
-    response = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert "not valid JSON" in _error(response, 400)["message"]
 
 
@@ -178,7 +191,10 @@ async def test_oip_model_generates_one_text_per_prompt(engine):
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (InferRequest(NAME, [InferInput("prompt", [1], "BYTES", data=["x"])]), "'text' .BYTES. is required"),
+        (
+            InferRequest(NAME, [InferInput("prompt", [1], "BYTES", data=["x"])]),
+            "'text' .BYTES. is required",
+        ),
         (InferRequest(NAME, [InferInput("text", [1], "INT32", data=[1])]), "must be BYTES"),
         (_infer_request(["a", "b", "c"], [1, 2]), "one positive value or one per prompt"),
         (_infer_request(["a"], [0]), "one positive value"),

@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from slmops.core.errors import InvalidSpec
 from slmops.predictor.engines import Generation, StopScanner, load_engine
+
 from tests.integration._models import copy_with, tiny_checkpoint, tiny_onnx
 
 PROMPT = "hello world"
@@ -177,7 +177,10 @@ def test_eos_ends_generation_with_stop(tmp_path_factory, tmp_path, hf_engine, or
 def test_fp32_conversion_matches_transformers_greedy_output(tmp_path_factory, hf_engine):
     ort = load_engine(tiny_onnx(tmp_path_factory, "fp32"))
     for prompt in (PROMPT, "the quick brown", "question: what is"):
-        assert ort.generate(prompt, max_tokens=12).text == hf_engine.generate(prompt, max_tokens=12).text
+        assert (
+            ort.generate(prompt, max_tokens=12).text
+            == hf_engine.generate(prompt, max_tokens=12).text
+        )
     ort.close()
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from slmops.core.errors import Unavailable
-from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig, SamplingConfig
+from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
+from slmops.synthesis.spec_checks import SamplingConfig
 from slmops.synthesis.standin import StandinServer
 from slmops.synthesis.teacher import EndpointTeacher, LocalTeacher, backoff_delay, resolve_api_key
 

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from slmops.conversion.olive_compat import keep_builder_embeddings
 from slmops.core.progress import Progress, null_progress
 
 EXECUTION_PROVIDERS = {
@@ -48,7 +49,11 @@ class _ErrorLog(logging.Handler):
 
 
 def workflow_config(
-    model_dir: Path, work_dir: Path, precision: str, execution_provider: str, extra_options: dict[str, Any]
+    model_dir: Path,
+    work_dir: Path,
+    precision: str,
+    execution_provider: str,
+    extra_options: dict[str, Any],
 ) -> dict[str, Any]:
     """The Olive workflow: one ModelBuilder pass on the local system."""
     device, provider = EXECUTION_PROVIDERS[execution_provider]
@@ -135,6 +140,7 @@ def _run_olive(config: dict[str, Any]) -> Path:
     """Run the workflow; the folder of the output model, or ConversionError with Olive's reason."""
     from olive.workflows import run as olive_run
 
+    keep_builder_embeddings()
     errors = _ErrorLog()
     olive_logger = logging.getLogger("olive")
     olive_logger.addHandler(errors)

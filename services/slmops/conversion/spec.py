@@ -57,6 +57,11 @@ BOOL_OPTIONS = frozenset(
         "disable_qkv_fusion", "prune_lm_head",
     }
 )  # fmt: skip
+CHOICE_OPTIONS = {
+    "int4_block_size": ("16", "32", "64", "128", "256"),
+    "qmoe_block_size": ("16", "32", "64", "128", "256"),
+    "int4_accuracy_level": ("0", "1", "2", "3", "4"),
+}
 # Options this stage sets itself.
 RESERVED_OPTIONS = {
     "hf_remote": "is always false: models run without trust_remote_code",
@@ -65,6 +70,10 @@ RESERVED_OPTIONS = {
     "config_only": "does not apply: conversion always writes the model",
     "adapter_path": "adapters are not available yet",
 }
+INT8_PROBLEM = (
+    "INT8 is not a precision of the ONNX Runtime GenAI model builder; "
+    "use INT4 (or FP32 on CPU, FP16 on CUDA/DML)"
+)
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?\s*$", re.IGNORECASE)
 
 
@@ -119,10 +128,7 @@ def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, st
 
 def _precision(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
     if spec.precision == conversion_pb2.INT8:
-        problems.append(
-            ("spec.precision", "INT8 is not a precision of the ONNX Runtime GenAI model builder; "
-             "use INT4 (or FP32 on CPU, FP16 on CUDA/DML)")
-        )  # fmt: skip
+        problems.append(("spec.precision", INT8_PROBLEM))
     elif spec.precision not in PRECISIONS:
         problems.append(("spec.precision", f"unknown precision {spec.precision}"))
     return PRECISIONS.get(spec.precision, "int4")
@@ -146,17 +152,27 @@ def _extra_options(
         if key in RESERVED_OPTIONS:
             problems.append((field, RESERVED_OPTIONS[key]))
         elif key not in EXTRA_OPTIONS:
-            problems.append((field, f"is not a model builder option; known: {', '.join(sorted(EXTRA_OPTIONS))}"))
+            problems.append(
+                (field, f"is not a model builder option; known: {', '.join(sorted(EXTRA_OPTIONS))}")
+            )
         elif not value:
             problems.append((field, "has an empty value"))
         else:
             options[key] = value
     for key, value in options.items():
+        field = f"spec.extra_options[{key}]"
         if key in BOOL_OPTIONS and value not in ("true", "True", "1", "false", "False", "0"):
-            problems.append((f"spec.extra_options[{key}]", "must be true/True/1 or false/False/0"))
+            problems.append((field, "must be true/True/1 or false/False/0"))
+        elif key in CHOICE_OPTIONS and value not in CHOICE_OPTIONS[key]:
+            problems.append((field, f"must be one of {', '.join(CHOICE_OPTIONS[key])}"))
+        elif key == "num_hidden_layers" and not (value.isdigit() and int(value) > 0):
+            problems.append((field, "must be a positive integer"))
     if {"exclude_lm_head", "include_hidden_states"} <= options.keys():
         problems.append(
-            ("spec.extra_options", "exclude_lm_head and include_hidden_states cannot be used together")
+            (
+                "spec.extra_options",
+                "exclude_lm_head and include_hidden_states cannot be used together",
+            )
         )
     return options
 
@@ -190,17 +206,20 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
     precision = _precision(spec, problems)
     provider = _provider(spec, problems)
     if precision not in SUPPORTED[provider]:
-        problems.append(
-            ("spec.precision", f"{precision.upper()} is not available for the {provider.upper()} "
-             f"execution provider; use one of {', '.join(p.upper() for p in SUPPORTED[provider])}")
-        )  # fmt: skip
+        choices = ", ".join(p.upper() for p in SUPPORTED[provider])
+        problem = (
+            f"{precision.upper()} is not available for {provider.upper()}; use one of {choices}"
+        )
+        problems.append(("spec.precision", problem))
     extra_options = _extra_options(spec, problems)
     if spec.adapter_uris:
         problems.append(("spec.adapter_uris", "adapters are not available yet"))
     if spec.merge_adapters:
         problems.append(("spec.merge_adapters", "merging adapters is not available yet"))
     if spec.foundry_local_package:
-        problems.append(("spec.foundry_local_package", "Foundry Local packages are not available yet"))
+        problems.append(
+            ("spec.foundry_local_package", "Foundry Local packages are not available yet")
+        )
     resources = _resources(spec, problems)
     output_uri = spec.output_uri.strip()
     if output_uri and model_uri and artifacts.to_uri(output_uri) == model_uri:
@@ -215,4 +234,3 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
         output_uri=output_uri,
         labels=dict(spec.labels),
     )
-

@@ -57,6 +57,12 @@ def stop_group(pid: int, timeout: float = 30.0, process: subprocess.Popen[bytes]
                 break
         else:
             try:
+                # Reap it if it is our own child (a zombie still answers kill(pid, 0)).
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break
+            except ChildProcessError:
+                pass
+            try:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 break

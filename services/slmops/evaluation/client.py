@@ -25,7 +25,7 @@ from slmops.core.errors import InvalidSpec, NotFound, Unavailable
 from slmops.core.progress import Progress, null_progress
 from slmops.evaluation.spec import TargetConfig
 from slmops.synthesis.dataset import parse_prompts
-from slmops.synthesis.spec import SamplingConfig
+from slmops.synthesis.spec_checks import SamplingConfig
 from slmops.synthesis.teacher import describe_error, resolve_api_key
 
 log = logging.getLogger(__name__)

@@ -50,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock = bind(args.host, args.http_port)
     except OSError as exc:
-        return _fail(EXIT_BIND, f"cannot listen on {args.host}:{args.http_port}: {exc.strerror or exc}")
+        return _fail(
+            EXIT_BIND, f"cannot listen on {args.host}:{args.http_port}: {exc.strerror or exc}"
+        )
 
     from slmops.predictor.engines import load_engine
 
     try:
         engine = load_engine(model_dir)
-    except Exception as exc:  # noqa: BLE001 - any load failure is reported, not raised
+    except Exception as exc:
         logging.getLogger(__name__).debug("load failed", exc_info=True)
         return _fail(EXIT_MODEL, f"cannot load the model in {str(model_dir)!r}: {exc}")
     try:

@@ -29,7 +29,11 @@ class TransformersEngine(DecodingEngine):
         )
         eos = self.model.generation_config.eos_token_id
         if eos is None:
-            eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
+            eos = (
+                config.eos_token_id
+                if config.eos_token_id is not None
+                else self.tokenizer.eos_token_id
+            )
         self.eos_token_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.bos_token_id = self.tokenizer.bos_token_id
 
@@ -55,7 +59,7 @@ class TransformersEngine(DecodingEngine):
         self, prompt_ids: list[int], limit: int, temperature: float, top_p: float, seed: int | None
     ) -> Iterator[int]:
         torch = self._torch
-        rng = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        rng = torch.Generator().manual_seed(torch.seed() if seed is None else seed & 0x7FFFFFFF)
         inputs = torch.tensor([prompt_ids], dtype=torch.long)
         cache = None
         with torch.inference_mode():
@@ -69,7 +73,9 @@ class TransformersEngine(DecodingEngine):
     def apply_chat_template(self, messages: list[dict]) -> str:
         clean = chat_template.check_messages(messages)
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                clean, tokenize=False, add_generation_prompt=True
+            )
         return chat_template.fallback_prompt(clean)
 
 

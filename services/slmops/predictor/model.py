@@ -63,7 +63,9 @@ class GenerationModel(Model):
             texts, prompt_tokens, completion_tokens = [], 0, 0
             for prompt, budget in zip(prompts, budgets, strict=True):
                 try:
-                    result = await asyncio.to_thread(self.text_engine.generate, prompt, max_tokens=budget)
+                    result = await asyncio.to_thread(
+                        self.text_engine.generate, prompt, max_tokens=budget
+                    )
                 except InvalidSpec as exc:
                     metrics.record(self.name, "infer", 400, time.perf_counter() - started)
                     raise InvalidInput(str(exc)) from exc

@@ -3,8 +3,9 @@
 `/openai/v1/completions`, `/openai/v1/chat/completions` (both with `stream`),
 `/openai/v1/models`, and the same three under `/v1/`. The `model` field picks
 one of the served models (404 otherwise); a bad field gives 400 with an
-OpenAI-style error body naming it. An omitted `temperature` means greedy
-decoding, so answers are reproducible.
+OpenAI-style error body naming it. Generation runs in a worker thread per
+request (the engine serialises them); pieces reach the event loop through a
+queue, so a slow client never blocks the server.
 """
 
 from __future__ import annotations
@@ -16,103 +17,48 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry.trace import StatusCode
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from slmops.core import tracing
 from slmops.core.errors import InvalidSpec
 from slmops.predictor import metrics
 from slmops.predictor.engines import Engine, Generation
+from slmops.predictor.openai_schema import (
+    ChatRequest,
+    CompletionRequest,
+    SamplingRequest,
+    answer,
+    chunk,
+    error,
+    field_name,
+    sse,
+    usage,
+)
 
 log = logging.getLogger(__name__)
 PREFIXES = ("/openai/v1", "/v1")
-DEFAULT_MAX_TOKENS = 64
-
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: Literal[1] = 1
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return {
-            "max_tokens": self.max_tokens or DEFAULT_MAX_TOKENS,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": stops,
-            "seed": self.seed,
-        }
-
-    @property
-    def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-
-
-class ChatRequest(_Sampling):
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        kwargs = super().engine_kwargs()
-        if self.max_tokens is None and self.max_completion_tokens:
-            kwargs["max_tokens"] = self.max_completion_tokens
-        return kwargs
-
-
-def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    """An OpenAI-style error response."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body)
-
-
-def _field(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _usage(g: Generation) -> dict[str, int]:
-    total = g.prompt_tokens + g.completion_tokens
-    return {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens, "total_tokens": total}
-
-
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data)}\n\n"
+UNKNOWN_MODEL = "(unknown)"  # metrics label of requests naming no served model
 
 
 class _Call:
     """One request's identity, span and timing; finish() records metrics and ends the span."""
 
-    def __init__(self, req: _Sampling, endpoint: str, started: float, traceparent: str | None):
+    def __init__(
+        self, req: SamplingRequest, endpoint: str, started: float, traceparent: str | None
+    ):
         self.req, self.endpoint, self.started = req, endpoint, started
-        self.id = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        self.created = int(time.time())
+        self.chat = endpoint == "chat"
+        answer_id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.head = {"id": answer_id, "created": int(time.time()), "model": req.model}
         parent = tracing.context_from_traceparent(traceparent)
         self.span = tracing.tracer().start_span(
             f"predictor.{endpoint}", context=parent, attributes={"model": req.model}
         )
-
-    def header(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.req.model}
 
     def finish(self, status: int, generation: Generation | None = None) -> None:
         prompt_tokens = generation.prompt_tokens if generation else 0
@@ -124,7 +70,9 @@ class _Call:
             self.span.set_status(StatusCode.ERROR)
         self.span.end()
         elapsed = time.perf_counter() - self.started
-        metrics.record(self.req.model, self.endpoint, status, elapsed, prompt_tokens, completion_tokens)
+        metrics.record(
+            self.req.model, self.endpoint, status, elapsed, prompt_tokens, completion_tokens
+        )
 
 
 class _Stream:
@@ -206,7 +154,9 @@ class _Handler:
     def _completion_prompt(req: CompletionRequest, engine: Engine) -> str:
         if isinstance(req.prompt, list):
             if len(req.prompt) != 1:
-                raise InvalidSpec("prompt", "give one prompt per request (a string or a list of one)")
+                raise InvalidSpec(
+                    "prompt", "give one prompt per request (a string or a list of one)"
+                )
             return req.prompt[0]
         return req.prompt
 
@@ -215,7 +165,7 @@ class _Handler:
         return engine.apply_chat_template(req.messages)
 
     async def _serve(
-        self, request: Request, endpoint: str, schema: type[_Sampling], to_prompt: Callable
+        self, request: Request, endpoint: str, schema: type[SamplingRequest], to_prompt: Callable
     ) -> Any:
         started = time.perf_counter()
         try:
@@ -228,18 +178,24 @@ class _Handler:
             req = schema.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
-            param = _field(tuple(first["loc"]))
+            param = field_name(tuple(first["loc"]))
             return error(400, f"{param}: {first['msg']}", param)
         engine = self.models.get(req.model)
         if engine is None:
-            metrics.record(req.model, endpoint, 404, time.perf_counter() - started)
+            # Not the requested name as a label: clients must not choose label values.
+            metrics.record(UNKNOWN_MODEL, endpoint, 404, time.perf_counter() - started)
             return self._unknown(req.model)
         call = _Call(req, endpoint, started, request.headers.get("traceparent"))
+        stream = None
         try:
             stream = _Stream(engine, to_prompt(req, engine), req.engine_kwargs())
             await stream.start()
             if req.stream:
-                return StreamingResponse(self._sse(stream, call), media_type="text/event-stream")
+                response = StreamingResponse(
+                    self._events(stream, call), media_type="text/event-stream"
+                )
+                stream = None  # from here on _events owns it
+                return response
             async for _ in stream.pieces():
                 pass
         except InvalidSpec as exc:
@@ -249,61 +205,43 @@ class _Handler:
             log.exception("generation failed")
             call.finish(500)
             return error(500, "The model failed to generate.")
+        finally:
+            if stream is not None:
+                stream.cancelled.set()  # stops the worker if this request was abandoned
         call.finish(200, stream.generation)
-        return self._answer(call, stream.generation)
+        return answer(call.head, call.chat, stream.generation)
 
-    async def _sse(self, stream: _Stream, call: _Call) -> AsyncIterator[str]:
+    async def _events(self, stream: _Stream, call: _Call) -> AsyncIterator[str]:
         """Server-sent events: one chunk per piece, a closing chunk, optional usage, [DONE]."""
         status = 500
         try:
-            if call.endpoint == "chat":
-                yield _sse(self._chunk(call, {"role": "assistant", "content": ""}, None))
+            if call.chat:
+                yield sse(chunk(call.head, True, {"role": "assistant", "content": ""}, None))
             first = True
             async for piece in stream.pieces():
                 if first:
                     elapsed = time.perf_counter() - call.started
                     metrics.FIRST_TOKEN.labels(call.req.model, call.endpoint).observe(elapsed)
                     first = False
-                delta = {"content": piece} if call.endpoint == "chat" else piece
-                yield _sse(self._chunk(call, delta, None))
+                yield sse(
+                    chunk(call.head, call.chat, {"content": piece} if call.chat else piece, None)
+                )
             generation = stream.generation
-            end = {} if call.endpoint == "chat" else ""
-            yield _sse(self._chunk(call, end, generation.finish_reason))
+            end = {} if call.chat else ""
+            yield sse(chunk(call.head, call.chat, end, generation.finish_reason))
             if call.req.include_usage:
-                yield _sse({**self._chunk(call, None, None), "choices": [], "usage": _usage(generation)})
+                last = chunk(call.head, call.chat, None, None)
+                yield sse({**last, "choices": [], "usage": usage(generation)})
             yield "data: [DONE]\n\n"
             status = 200
         except Exception:
             log.exception("generation failed while streaming")
-            yield _sse({"error": {"message": "The model failed to generate.", "type": "server_error"}})
+            yield sse(
+                {"error": {"message": "The model failed to generate.", "type": "server_error"}}
+            )
         finally:
             stream.cancelled.set()
             call.finish(status, stream.generation)
-
-    @staticmethod
-    def _chunk(call: _Call, delta: Any, finish: str | None) -> dict[str, Any]:
-        if call.endpoint == "chat":
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            obj = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
-            obj = "text_completion"
-        return {**call.header(obj), "choices": [choice]}
-
-    @staticmethod
-    def _answer(call: _Call, g: Generation) -> dict[str, Any]:
-        text = g.text
-        if call.endpoint == "chat":
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": g.finish_reason,
-            }
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": g.finish_reason}
-            obj = "text_completion"
-        return {**call.header(obj), "choices": [choice], "usage": _usage(g)}
 
 
 def make_router(models: Mapping[str, Engine]) -> APIRouter:

@@ -9,6 +9,7 @@ stdout. SIGTERM and SIGINT stop the server gracefully (exit status 0).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import signal
@@ -50,7 +51,9 @@ def model_parameters(model_dir: str | Path) -> int | None:
     folder = Path(model_dir)
     manifest = folder / "manifest.json"
     if manifest.is_file():
-        value = json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {}).get("parameters")
+        value = (
+            json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {}).get("parameters")
+        )
         if value:
             return int(value)
     if any(folder.glob("*.safetensors")):
@@ -102,6 +105,15 @@ def _announce_when_ready(url: str, stop: threading.Event, timeout_s: float = 120
         log.error("the predictor did not answer %s/v2/health/ready within %.0f s", url, timeout_s)
 
 
+def _log_to_stderr() -> None:
+    """KServe's logging set-up, with access logs on stderr too: stdout carries only the READY line."""
+    from kserve import logging as kserve_logging
+
+    config = copy.deepcopy(kserve_logging.KSERVE_LOG_CONFIG)
+    config["handlers"]["uvicorn_access"]["stream"] = "ext://sys.stderr"
+    kserve_logging.configure_logging(config)
+
+
 def serve(
     engine: Engine,
     name: str,
@@ -120,6 +132,7 @@ def serve(
 
     tracing.setup_tracing("predictor")
     metrics.ensure_process_collector()
+    _log_to_stderr()
     model = GenerationModel(name, engine)
     model.load()
     # Our routes first: for GET /v1/models the OpenAI list wins over KServe's v1 protocol.

@@ -41,6 +41,7 @@ class TeacherWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.teacher.generate([str(p) for p in batch["prompt"]])
+        tracing.shutdown_tracing()  # flush this shard's spans: Ray may end the actor abruptly
         encoded = np.array([json.dumps(r) for r in results], dtype=object)
         return {"index": batch["index"], "result": encoded}
 
@@ -95,7 +96,7 @@ def _answer_all(
         },
         batch_size=None,
         batch_format="numpy",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         **resources,
     )
     results: list[dict | None] = [None] * len(prompts)

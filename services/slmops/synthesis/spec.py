@@ -3,7 +3,6 @@
 `from_proto` checks every field of a `SynthesisSpec`, applies the defaults the
 proto comments document, and raises one InvalidSpec listing every problem,
 each named by its proto path (`spec.teacher.endpoint.base_url`, ...).
-The sampling and API-key checks here are shared with the evaluation stage.
 """
 
 from __future__ import annotations
@@ -11,54 +10,23 @@ from __future__ import annotations
 import os
 import re
 from typing import Annotated, Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field
 
-from slmops.api.v1 import common_pb2, synthesis_pb2
+from slmops.api.v1 import synthesis_pb2
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, collect
-
-Problems = list[tuple[str, str]]
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_KEY_PREFIXES = (
-    "sk-",
-    "sk_",
-    "pk-",
-    "rk-",
-    "hf_",
-    "ghp_",
-    "gho_",
-    "xox",
-    "bearer ",
-    "key-",
-    "AKIA",
+from slmops.synthesis.spec_checks import (
+    Problems,
+    SamplingConfig,
+    check_api_key_env,
+    check_http_url,
+    check_local_uri,
+    parse_memory,
+    sampling_from_proto,
 )
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-_MEMORY_UNITS = {
-    None: 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
-
-
-class SamplingConfig(BaseModel):
-    """Sampling options with the proto defaults applied (0 means the documented default)."""
-
-    max_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_logprobs: int = 0
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
 
 
 class EndpointTeacherConfig(BaseModel):
@@ -102,114 +70,6 @@ class SynthesisConfig(BaseModel):
     num_shards: int = 2
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     labels: dict[str, str] = Field(default_factory=dict)
-
-
-# -- checks shared with the evaluation stage ------------------------------------------
-
-
-def looks_like_key(value: str) -> bool:
-    """True when value looks like a secret rather than an environment variable name."""
-    if value.lower().startswith(tuple(p.lower() for p in _KEY_PREFIXES)):
-        return True
-    long_random = len(value) >= 32 and "_" not in value
-    return long_random and any(c.islower() for c in value) and any(c.isdigit() for c in value)
-
-
-def check_api_key_env(value: str, field: str, problems: Problems) -> None:
-    """api_key_env must be the NAME of an environment variable; never echo a secret back."""
-    if not value:
-        return
-    if looks_like_key(value):
-        problems.append(
-            (
-                field,
-                (
-                    "looks like an API key; give the NAME of the environment variable "
-                    "that holds the key (e.g. TEACHER_API_KEY), never the key itself"
-                ),
-            )
-        )
-    elif not _ENV_NAME.match(value):
-        problems.append(
-            (field, "must be an environment variable name (letters, digits, underscore)")
-        )
-
-
-def check_http_url(value: str, field: str, problems: Problems) -> None:
-    if not value:
-        problems.append((field, "is required"))
-        return
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        problems.append(
-            (field, f"must be an http(s) URL like https://api.example.com/v1, not {value!r}")
-        )
-
-
-def sampling_from_proto(
-    msg: common_pb2.SamplingParams, field: str, problems: Problems
-) -> SamplingConfig:
-    """Range-check sampling parameters and apply the proto defaults."""
-    if not 0 <= msg.max_tokens <= 8192:
-        problems.append(
-            (f"{field}.max_tokens", f"must be in 1..8192 (0 means 64), got {msg.max_tokens}")
-        )
-    if not 0.0 <= msg.temperature <= 2.0:
-        problems.append((f"{field}.temperature", f"must be in 0..2, got {msg.temperature}"))
-    if not 0.0 <= msg.top_p <= 1.0:
-        problems.append((f"{field}.top_p", f"must be in 0..1 (0 means 1.0), got {msg.top_p}"))
-    if not 0 <= msg.top_logprobs <= 20:
-        problems.append((f"{field}.top_logprobs", f"must be in 0..20, got {msg.top_logprobs}"))
-    if len(msg.stop) > 4:
-        problems.append((f"{field}.stop", f"at most 4 stop strings, got {len(msg.stop)}"))
-    if any(not s for s in msg.stop):
-        problems.append((f"{field}.stop", "stop strings must not be empty"))
-    return SamplingConfig(
-        max_tokens=msg.max_tokens or 64,
-        temperature=msg.temperature,
-        top_p=msg.top_p or 1.0,
-        top_logprobs=msg.top_logprobs,
-        stop=list(msg.stop),
-        seed=msg.seed or None,
-    )
-
-
-def check_local_uri(value: str, field: str, problems: Problems, *, want: str = "any") -> str:
-    """Confine a local URI to the allowed roots and check it exists; remote URIs pass as they are.
-
-    want is "file", "dir" or "any". Returns the canonical URI (or value if it failed).
-    """
-    if not value:
-        problems.append((field, "is required"))
-        return value
-    try:
-        uri = artifacts.confine(value, settings.allowed_roots(), field)
-    except InvalidSpec as exc:
-        problems.extend(exc.problems)
-        return value
-    if uri.startswith("file://"):
-        path = artifacts.local_path(uri)
-        if not path.exists():
-            problems.append((field, f"{value!r} does not exist"))
-        elif want == "file" and not path.is_file():
-            problems.append((field, f"{value!r} is not a file"))
-        elif want == "dir" and not path.is_dir():
-            problems.append((field, f"{value!r} is not a folder"))
-    return uri
-
-
-def parse_memory(value: str, field: str, problems: Problems) -> int:
-    """'4Gi', '512M', '1000' -> bytes; '' -> 0 (unbounded)."""
-    if not value:
-        return 0
-    match = _MEMORY.match(value.strip())
-    if not match:
-        problems.append((field, f"must be a quantity like 4Gi or 512Mi, not {value!r}"))
-        return 0
-    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
-
-
-# -- the synthesis spec -------------------------------------------------------------
 
 
 def _endpoint(msg: synthesis_pb2.TeacherEndpoint, problems: Problems) -> EndpointTeacherConfig:

@@ -23,7 +23,8 @@ import openai
 
 from slmops.core import tracing
 from slmops.core.errors import Unavailable
-from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig, SamplingConfig
+from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
+from slmops.synthesis.spec_checks import SamplingConfig
 
 log = logging.getLogger(__name__)
 
