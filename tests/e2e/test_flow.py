@@ -49,7 +49,7 @@ def test_synthesis_to_evaluation_through_the_services(stack, capsys):
             "student", "SFT_DISTILL", artifacts.to_uri(teacher_dir), dataset.status.output.uri,
             {"max_steps": 4, "batch_size": 8, "max_seq_length": 16, "learning_rate": 1e-3},
             {"num_workers": 1, "cpus_per_worker": 1},
-            from_config=True, overrides={"hidden_size": "16", "num_hidden_layers": "1", "intermediate_size": "32",
+            from_config=True, overrides={"hidden_size": "32", "num_hidden_layers": "1", "intermediate_size": "32",
                                          "num_attention_heads": "2", "num_key_value_heads": "1"},
         )
         student_dir = artifacts.local_path(student.status.output.uri)

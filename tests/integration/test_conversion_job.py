@@ -93,3 +93,17 @@ def test_olive_failures_surface_with_olives_reason(tmp_path_factory, tmp_path):
     with pytest.raises(ConversionError, match="Olive could not convert the model"):
         convert(tiny_checkpoint(tmp_path_factory), tmp_path / "out", "fp16", "cpu")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".olive-")]
+
+
+def test_shared_embeddings_survive_olive(tmp_path_factory, tmp_path):
+    """Olive 0.13 would store the tied embedding again in float; the shim keeps it shared in int4."""
+    import onnx
+
+    options = {"shared_embeddings": "true", "int4_algo_config": "rtn"}
+    result = convert(tiny_checkpoint(tmp_path_factory), tmp_path / "out", "int4", "cpu", options)
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph
+    assert "GatherBlockQuantized" in {node.op_type for node in graph.node}
+    assert "model.embed_tokens.weight" not in {init.name for init in graph.initializer}
+    engine = load_engine(result["output_dir"])
+    assert engine.generate("hello world", max_tokens=4).completion_tokens == 4
+    engine.close()

@@ -23,6 +23,12 @@ NAME = "tiny"
 READY = "SLMOPS_PREDICTOR_READY "
 
 
+def _openai(base_url: str) -> openai.OpenAI:
+    """The official client, talking to the local server directly (never via a proxy)."""
+    http = httpx.Client(trust_env=False, timeout=60)
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, http_client=http)
+
+
 class Predictor:
     """A predictor subprocess; url is set once it printed its READY line."""
 
@@ -85,7 +91,7 @@ def predictor(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    return openai.OpenAI(base_url=f"{predictor.url}/openai/v1", api_key="unused", max_retries=0)
+    return _openai(f"{predictor.url}/openai/v1")
 
 
 def test_completions(client):
@@ -121,7 +127,7 @@ def test_streamed_completion_with_usage(client):
 
 def test_models_list_under_both_prefixes(client, predictor):
     assert [m.id for m in client.models.list()] == [NAME]
-    other = openai.OpenAI(base_url=f"{predictor.url}/v1", api_key="unused", max_retries=0)
+    other = _openai(f"{predictor.url}/v1")
     assert [m.id for m in other.models.list()] == [NAME]
     assert (
         other.completions.create(model=NAME, prompt="hi", max_tokens=2).usage.completion_tokens == 2
@@ -143,7 +149,7 @@ def test_wrong_model_is_404_and_bad_field_is_400(client):
 
 
 def test_open_inference_protocol_v2(predictor):
-    with httpx.Client(base_url=predictor.url, timeout=30) as http:
+    with httpx.Client(base_url=predictor.url, timeout=30, trust_env=False) as http:
         assert http.get("/v2/health/ready").status_code == 200
         assert http.get(f"/v2/models/{NAME}/ready").json()["ready"] is True
         body = {"inputs": [
@@ -162,7 +168,7 @@ def test_open_inference_protocol_v2(predictor):
 
 def test_metrics_and_info(predictor, client):
     client.completions.create(model=NAME, prompt="hello", max_tokens=3)
-    with httpx.Client(base_url=predictor.url, timeout=30) as http:
+    with httpx.Client(base_url=predictor.url, timeout=30, trust_env=False) as http:
         text = http.get("/metrics").text
         info = http.get("/slmops/v1/info").json()
     for name in ("process_resident_memory_bytes", "slmops_predictor_requests_total",
@@ -180,8 +186,9 @@ def test_traceparent_parents_the_request_span(tmp_path_factory, tmp_path):
     server.wait_ready()
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
-    httpx.post(f"{server.url}/v1/completions", headers=headers, timeout=30,
-               json={"model": NAME, "prompt": "secret prompt", "max_tokens": 3})  # fmt: skip
+    body = {"model": NAME, "prompt": "secret prompt", "max_tokens": 3}
+    with httpx.Client(timeout=30, trust_env=False) as http:
+        assert http.post(f"{server.url}/v1/completions", headers=headers, json=body).is_success
     assert server.stop() == 0
     spans = [
         json.loads(line) for line in (tmp_path / "traces" / "spans.jsonl").read_text().splitlines()
@@ -196,12 +203,12 @@ def test_traceparent_parents_the_request_span(tmp_path_factory, tmp_path):
 def test_transformers_checkpoint_is_served_and_sigterm_exits_cleanly(tmp_path_factory, tmp_path):
     server = Predictor(tiny_checkpoint(tmp_path_factory), tmp_path, name="hf")
     url = server.wait_ready(timeout=120)
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    client = _openai(f"{url}/v1")
     answer = client.chat.completions.create(
         model="hf", messages=[{"role": "user", "content": "hi"}], max_tokens=4
     )
     assert answer.usage.completion_tokens == 4
-    with httpx.Client(base_url=url) as http:
+    with httpx.Client(base_url=url, trust_env=False) as http:
         assert http.get("/slmops/v1/info").json()["parameters"] > 0
     assert server.stop() == 0
 

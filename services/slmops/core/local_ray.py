@@ -21,6 +21,17 @@ from pathlib import Path
 from slmops.core.errors import Unavailable
 
 
+_EXTRA_PORT_FLAGS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+    "ray-client-server-port",
+    "node-manager-port",
+    "object-manager-port",
+)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -123,6 +134,9 @@ def start_head(
         f"--temp-dir={temp_dir}",
         f"--object-store-memory={object_store_bytes}",
         "--disable-usage-stats",
+        # Ray's other fixed ports (agent 52365, client 10001, ...) would clash with any
+        # other Ray on the machine: every one of them gets a free port instead.
+        *(f"--{flag}={free_port()}" for flag in _EXTRA_PORT_FLAGS),
     ]
     if num_cpus:
         args.append(f"--num-cpus={num_cpus}")

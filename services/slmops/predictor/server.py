@@ -92,9 +92,10 @@ def url_of(host: str, port: int) -> str:
 
 def _announce_when_ready(url: str, stop: threading.Event, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     while not stop.is_set() and time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as resp:
+            with opener.open(f"{url}/v2/health/ready", timeout=2) as resp:
                 if resp.status == 200:
                     print(READY_PREFIX + url, flush=True)
                     return

@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from slmops.core.errors import InvalidSpec
+from slmops.core.errors import InvalidSpec, collect
 from slmops.training.spec import ModelInitConfig
 
 # Config attributes derived from others: dropped when a source is overridden,
@@ -65,12 +65,11 @@ def model_config(init: ModelInitConfig, model_dir: str) -> Any:
         raise InvalidSpec(FIELD, f"cannot load a model config from {model_dir!r}: {exc}") from exc
     if not init.config_overrides:
         return config
-    unknown = [k for k in init.config_overrides if not hasattr(config, k)]
-    if unknown:
-        raise InvalidSpec(
-            *[(f"spec.base.config_overrides[{k}]", f"{config.model_type} configs have no such attribute")
-              for k in unknown]
-        )
+    collect([
+        (f"spec.base.config_overrides[{key}]", f"{config.model_type} configs have no such attribute")
+        for key in init.config_overrides
+        if not hasattr(config, key)
+    ])
     data = config.to_dict()
     for derived, sources in DERIVED.items():
         if derived not in init.config_overrides and any(s in init.config_overrides for s in sources):
@@ -106,8 +105,7 @@ def check_model(config: Any, tokenizer: Any, max_seq_length: int) -> None:
                 AutoModelForCausalLM.from_config(config)
         except (ValueError, TypeError, RuntimeError, AssertionError) as exc:
             problems.append((where, f"the model cannot be built from this config: {exc}"))
-    if problems:
-        raise InvalidSpec(*problems[0], *problems[1:])
+    collect(problems)
 
 
 def set_special_tokens(config: Any, tokenizer: Any) -> None:
