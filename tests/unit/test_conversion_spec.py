@@ -12,6 +12,12 @@ from slmops.conversion.spec import ConversionConfig, from_proto
 from slmops.core.errors import InvalidSpec
 
 
+@pytest.fixture(autouse=True)
+def allowed_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(tmp_path))
+
+
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     folder = tmp_path / "ckpt"
@@ -160,3 +166,18 @@ def test_ids_already_set_are_kept_and_a_missing_eos_is_an_error(tmp_path):
     out, src = _genai_folder(tmp_path / "b", {"eos_token_id": None}, {})
     with pytest.raises(ConversionError, match="no eos_token_id"):
         fix_genai_config(out, src)
+
+
+def test_model_outside_the_allowed_roots_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))
+    problems = _problems(conversion_pb2.ConversionSpec(model_uri=str(tmp_path)))
+    assert "outside the allowed roots" in problems["spec.model_uri"]
+
+
+def test_head_size_that_ort_kernels_cannot_run_is_refused(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    config = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 48, "num_attention_heads": 4}
+    (folder / "config.json").write_text(json.dumps(config))
+    problems = _problems(conversion_pb2.ConversionSpec(model_uri=str(folder)))
+    assert "head size 12" in problems["spec.model_uri"]

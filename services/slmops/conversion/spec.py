@@ -12,14 +12,16 @@ INT8 is not one of its precisions.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from slmops.api.v1 import conversion_pb2
-from slmops.core import artifacts
-from slmops.core.errors import collect
+from slmops.core import artifacts, settings
+from slmops.core.errors import InvalidSpec, collect
 
 PRECISIONS = {
     conversion_pb2.PRECISION_UNSPECIFIED: "int4",
@@ -116,14 +118,39 @@ def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, st
         return ""
     if "://" in uri and not uri.startswith("file://"):
         return uri  # remote: read by the job through fsspec
-    folder = artifacts.local_path(artifacts.to_uri(uri))
+    try:
+        uri = artifacts.confine(uri, settings.allowed_roots(), "spec.model_uri")
+    except InvalidSpec as exc:
+        problems.extend(exc.problems)
+        return uri
+    folder = artifacts.local_path(uri)
     if not folder.is_dir():
         problems.append(("spec.model_uri", f"{uri!r} is not a folder"))
     elif not (folder / "config.json").is_file():
         problems.append(
             ("spec.model_uri", f"{uri!r} has no config.json: not a Hugging Face checkpoint")
         )
-    return artifacts.to_uri(uri)
+    else:
+        problem = _head_size_problem(folder / "config.json")
+        if problem:
+            problems.append(("spec.model_uri", problem))
+    return uri
+
+
+def _head_size_problem(config_path: Path) -> str:
+    """ONNX Runtime's attention kernels need a head size that is a multiple of 16."""
+    try:
+        config = json.loads(config_path.read_text())
+        heads = int(config["num_attention_heads"])
+        head_size = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):
+        return ""  # not a shape this check knows; the builder will judge
+    if head_size % 16:
+        return (
+            f"attention head size {head_size} (hidden_size / num_attention_heads) is not a multiple "
+            "of 16, which ONNX Runtime's attention kernels require"
+        )
+    return ""
 
 
 def _precision(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
