@@ -31,7 +31,9 @@ def test_demo_sets_hold_out_the_evaluation_prompts():
     held_out = {e["prompt"] for e in sets["eval"]}
     for name in ("teacher_validation", "teacher_train", "synthesis"):
         assert not held_out & {e["prompt"] for e in sets[name]}, name
-    assert not {e["prompt"] for e in sets["teacher_validation"]} & {e["prompt"] for e in sets["teacher_train"]}
+    assert not {e["prompt"] for e in sets["teacher_validation"]} & {
+        e["prompt"] for e in sets["teacher_train"]
+    }
 
 
 def test_written_files(tmp_path):

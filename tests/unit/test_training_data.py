@@ -43,7 +43,11 @@ def test_long_completion_is_truncated_and_long_prompt_dropped(tokenizer):
 
     split = data.tokenize_records(
         tokenizer,
-        [{"prompt": "1+1=", "completion": "2"}, {"prompt": "12+34=", "completion": "4646"}, {"prompt": "123456789=", "completion": "1"}],
+        [
+            {"prompt": "1+1=", "completion": "2"},
+            {"prompt": "12+34=", "completion": "4646"},
+            {"prompt": "123456789=", "completion": "1"},
+        ],
         max_seq_length=8,
     )
     assert (len(split.examples), split.truncated, split.dropped) == (2, 1, 1)

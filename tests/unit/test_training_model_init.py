@@ -16,8 +16,17 @@ from slmops.training.spec import ModelInitConfig, TrainingConfig
 def base_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("base")
     tok = train_tokenizer(["12+34=46", "0123456789+="], root / "tok", vocab_size=258)
-    return str(build_model(root / "model", tok, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=32))
+    return str(
+        build_model(
+            root / "model",
+            tok,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+        )
+    )
 
 
 def _init(base_dir: str, **overrides) -> ModelInitConfig:
@@ -29,11 +38,15 @@ def test_overrides_apply_and_derived_fields_follow(base_dir):
     assert (config.num_hidden_layers, config.hidden_size, len(config.layer_types)) == (1, 16, 1)
     tokenizer = model_init.load_tokenizer(base_dir)
     model_init.check_model(config, tokenizer, max_seq_length=16)
-    model = model_init.load_model(_init(base_dir, num_hidden_layers=1, hidden_size=16), base_dir, tokenizer, seed=0)
-    again = model_init.load_model(_init(base_dir, num_hidden_layers=1, hidden_size=16), base_dir, tokenizer, seed=0)
+    model = model_init.load_model(
+        _init(base_dir, num_hidden_layers=1, hidden_size=16), base_dir, tokenizer, seed=0
+    )
+    again = model_init.load_model(
+        _init(base_dir, num_hidden_layers=1, hidden_size=16), base_dir, tokenizer, seed=0
+    )
     assert len(model.model.layers) == 1 and model.config.eos_token_id == tokenizer.eos_token_id
     # Seeded: two fresh models are identical.
-    assert all((a == b).all() for a, b in zip(model.parameters(), again.parameters()))
+    assert all((a == b).all() for a, b in zip(model.parameters(), again.parameters(), strict=True))
 
 
 def test_unknown_override_and_impossible_shapes_are_rejected(base_dir):
@@ -54,8 +67,12 @@ def test_missing_model_and_dataset_fail_before_any_training(base_dir, tmp_path):
         model_init.load_tokenizer(str(tmp_path / "nothing"))
     assert info.value.field == "spec.base.model"
 
-    config = {"method": "full", "base": {"model": base_dir}, "dataset_uri": (tmp_path / "empty").as_uri(),
-              "hyperparameters": {"max_seq_length": 16}}
+    config = {
+        "method": "full",
+        "base": {"model": base_dir},
+        "dataset_uri": (tmp_path / "empty").as_uri(),
+        "hyperparameters": {"max_seq_length": 16},
+    }
     with pytest.raises(InvalidSpec) as info:
         job.run(config, str(tmp_path / "out"), lambda *a, **k: None)
     assert info.value.field == "spec.dataset_uri" and "train.jsonl" in str(info.value)
@@ -66,12 +83,16 @@ def test_schedule_and_step_count():
     factors = [sft.lr_factor(s, warmup_steps=4, total_steps=20) for s in range(20)]
     assert factors[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
     assert factors[4] == 1.0 and factors[-1] < 0.05
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
     assert sft.lr_factor(0, 0, 10) == 1.0 and math.isclose(sft.lr_factor(10, 0, 10), 0.0, abs_tol=1e-12)
 
     config = TrainingConfig.model_validate(
-        {"method": "full", "base": {"model": "m"}, "dataset_uri": "d",
-         "hyperparameters": {"epochs": 3, "gradient_accumulation_steps": 4}}
+        {
+            "method": "full",
+            "base": {"model": "m"},
+            "dataset_uri": "d",
+            "hyperparameters": {"epochs": 3, "gradient_accumulation_steps": 4},
+        }
     )
     assert sft.optimizer_steps(10, config) == 9  # 3 steps per epoch, the last on 2 batches
     config.hyperparameters.max_steps = 5

@@ -12,7 +12,11 @@ from slmops.training.spec import TrainingConfig, from_proto, parse_memory, parse
 
 
 def _spec(**fields) -> pb.TrainingSpec:
-    base = {"method": pb.SFT_DISTILL, "base": pb.ModelInit(model="/models/teacher"), "dataset_uri": "file:///data/ds"}
+    base = {
+        "method": pb.SFT_DISTILL,
+        "base": pb.ModelInit(model="/models/teacher"),
+        "dataset_uri": "file:///data/ds",
+    }
     base.update(fields)
     return pb.TrainingSpec(**base)
 
@@ -27,8 +31,17 @@ def test_defaults_follow_the_proto_comments():
     config = from_proto(_spec())
     hp = config.hyperparameters
     assert (config.method, hp.learning_rate, hp.epochs, hp.batch_size) == ("sft_distill", 5e-4, 1, 16)
-    assert (hp.max_seq_length, hp.precision, hp.max_steps, hp.gradient_accumulation_steps) == (128, "fp32", 0, 1)
-    assert (config.resources.num_workers, config.resources.cpus_per_worker, config.resources.gpus_per_worker) == (1, 1.0, 0.0)
+    assert (hp.max_seq_length, hp.precision, hp.max_steps, hp.gradient_accumulation_steps) == (
+        128,
+        "fp32",
+        0,
+        1,
+    )
+    assert (
+        config.resources.num_workers,
+        config.resources.cpus_per_worker,
+        config.resources.gpus_per_worker,
+    ) == (1, 1.0, 0.0)
     # The config is plain JSON and comes back identical.
     assert TrainingConfig.model_validate(json.loads(config.model_dump_json())) == config
 
@@ -36,14 +49,30 @@ def test_defaults_follow_the_proto_comments():
 def test_full_method_and_explicit_values():
     spec = _spec(
         method=pb.FULL,
-        base=pb.ModelInit(model="m", from_config=True, config_overrides={"hidden_size": "48", "tie_word_embeddings": "false", "rms_norm_eps": "1e-5", "hidden_act": "gelu"}),
-        hyperparameters=pb.Hyperparameters(learning_rate=1e-3, epochs=3, batch_size=8, precision="BF16", seed=7),
+        base=pb.ModelInit(
+            model="m",
+            from_config=True,
+            config_overrides={
+                "hidden_size": "48",
+                "tie_word_embeddings": "false",
+                "rms_norm_eps": "1e-5",
+                "hidden_act": "gelu",
+            },
+        ),
+        hyperparameters=pb.Hyperparameters(
+            learning_rate=1e-3, epochs=3, batch_size=8, precision="BF16", seed=7
+        ),
         resources={"num_workers": 2, "cpus_per_worker": 0.5, "memory": "2Gi"},
         labels={"team": "a"},
     )
     config = from_proto(spec)
     assert config.method == "full"
-    assert config.base.config_overrides == {"hidden_size": 48, "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "hidden_act": "gelu"}
+    assert config.base.config_overrides == {
+        "hidden_size": 48,
+        "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "gelu",
+    }
     assert (config.hyperparameters.precision, config.hyperparameters.seed) == ("bf16", 7)
     assert (config.resources.num_workers, config.resources.memory_bytes) == (2, 2 * 1024**3)
     assert config.labels == {"team": "a"}
@@ -60,8 +89,14 @@ def test_every_problem_is_reported_at_once():
     spec = pb.TrainingSpec(
         base=pb.ModelInit(config_overrides={"hidden_size": "-4", "bad key": "1"}),
         hyperparameters=pb.Hyperparameters(
-            learning_rate=-1, epochs=-2, batch_size=-1, warmup_ratio=1.5, weight_decay=2,
-            precision="fp8", distill_temperature=2.0, seed=-3,
+            learning_rate=-1,
+            epochs=-2,
+            batch_size=-1,
+            warmup_ratio=1.5,
+            weight_decay=2,
+            precision="fp8",
+            distill_temperature=2.0,
+            seed=-3,
         ),
         resources={"num_workers": -1, "gpus_per_worker": -1, "memory": "lots"},
         lora=pb.LoraConfig(rank=8),
@@ -92,13 +127,25 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_batch_must_split_over_workers():
-    problems = _problems(_spec(hyperparameters=pb.Hyperparameters(batch_size=10), resources={"num_workers": 3}))
+    problems = _problems(
+        _spec(hyperparameters=pb.Hyperparameters(batch_size=10), resources={"num_workers": 3})
+    )
     assert set(problems) == {"spec.hyperparameters.batch_size"}
 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("64", 64), ("-2", -2), ("0.1", 0.1), ("1e-5", 1e-5), ("True", True), ("false", False), ("null", None), ("silu", "silu"), ("nan", "nan")],
+    [
+        ("64", 64),
+        ("-2", -2),
+        ("0.1", 0.1),
+        ("1e-5", 1e-5),
+        ("True", True),
+        ("false", False),
+        ("null", None),
+        ("silu", "silu"),
+        ("nan", "nan"),
+    ],
 )
 def test_parse_override(text, value):
     assert parse_override(text) == value
@@ -106,7 +153,16 @@ def test_parse_override(text, value):
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("4Gi", 4 * 1024**3), ("512Mi", 512 * 1024**2), ("2G", 2 * 10**9), ("1.5Gi", int(1.5 * 1024**3)), ("1000", 1000), ("4 GiB", 4 * 1024**3), ("x", None), ("", None)],
+    [
+        ("4Gi", 4 * 1024**3),
+        ("512Mi", 512 * 1024**2),
+        ("2G", 2 * 10**9),
+        ("1.5Gi", int(1.5 * 1024**3)),
+        ("1000", 1000),
+        ("4 GiB", 4 * 1024**3),
+        ("x", None),
+        ("", None),
+    ],
 )
 def test_parse_memory(text, value):
     assert parse_memory(text) == value

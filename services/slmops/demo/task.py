@@ -112,9 +112,7 @@ def write_prompts(examples: list[dict[str, str]], path: str | Path) -> Path:
     return _write_jsonl(Path(path), [{"prompt": e["prompt"], "answer": e["answer"]} for e in examples])
 
 
-def write_dataset(
-    train: list[dict[str, str]], validation: list[dict[str, str]], folder: str | Path
-) -> Path:
+def write_dataset(train: list[dict[str, str]], validation: list[dict[str, str]], folder: str | Path) -> Path:
     """A ground-truth dataset folder (train.jsonl, validation.jsonl) with completion = answer."""
     out = Path(folder)
     for name, rows in (("train.jsonl", train), ("validation.jsonl", validation)):

@@ -65,11 +65,13 @@ def model_config(init: ModelInitConfig, model_dir: str) -> Any:
         raise InvalidSpec(FIELD, f"cannot load a model config from {model_dir!r}: {exc}") from exc
     if not init.config_overrides:
         return config
-    collect([
-        (f"spec.base.config_overrides[{key}]", f"{config.model_type} configs have no such attribute")
-        for key in init.config_overrides
-        if not hasattr(config, key)
-    ])
+    collect(
+        [
+            (f"spec.base.config_overrides[{key}]", f"{config.model_type} configs have no such attribute")
+            for key in init.config_overrides
+            if not hasattr(config, key)
+        ]
+    )
     data = config.to_dict()
     for derived, sources in DERIVED.items():
         if derived not in init.config_overrides and any(s in init.config_overrides for s in sources):
@@ -88,16 +90,24 @@ def check_model(config: Any, tokenizer: Any, max_seq_length: int) -> None:
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     if heads and not getattr(config, "head_dim", None) and config.hidden_size % heads:
-        problems.append((where, f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads {heads}"))
+        problems.append(
+            (where, f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads {heads}")
+        )
     if heads and kv_heads and heads % kv_heads:
-        problems.append((where, f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"))
+        problems.append(
+            (where, f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        )
     if getattr(config, "vocab_size", len(tokenizer)) < len(tokenizer):
-        problems.append((where, f"vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)}"))
+        problems.append(
+            (where, f"vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
+        )
     positions = getattr(config, "max_position_embeddings", None)
     if positions and max_seq_length > positions:
         problems.append(
-            ("spec.hyperparameters.max_seq_length",
-             f"{max_seq_length} exceeds the model's max_position_embeddings {positions}")
+            (
+                "spec.hyperparameters.max_seq_length",
+                f"{max_seq_length} exceeds the model's max_position_embeddings {positions}",
+            )
         )
     if not problems:
         try:

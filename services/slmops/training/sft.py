@@ -70,11 +70,16 @@ def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, 
     loss_sum, tokens = 0.0, 0.0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+            batch = {
+                k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()
+            }
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:]
             loss_sum += F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                logits[:, :-1].flatten(0, 1).float(),
+                labels.flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
             ).item()
             tokens += float((labels != IGNORE_INDEX).sum())
     model.train()
@@ -110,8 +115,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, float]:
 
     micro_batch = hp.batch_size // world
     sampler = DistributedSampler(train_examples, num_replicas=world, rank=rank, shuffle=True, seed=hp.seed)
-    loader = DataLoader(train_examples, batch_size=micro_batch, sampler=sampler,
-                        collate_fn=lambda rows: collate(rows, pad_id))
+    loader = DataLoader(
+        train_examples, batch_size=micro_batch, sampler=sampler, collate_fn=lambda rows: collate(rows, pad_id)
+    )
     total_steps = optimizer_steps(len(loader), config)
     warmup_steps = int(hp.warmup_ratio * total_steps)
     optimizer = torch.optim.AdamW(_param_groups(core, hp.weight_decay), lr=hp.learning_rate)
@@ -131,8 +137,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, float]:
         sampler.set_epoch(epoch)
         for index, batch in enumerate(loader):
             batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+            ):
                 loss = model(**batch).loss
             scaler.scale(loss / hp.gradient_accumulation_steps).backward()
             tokens += float(batch["attention_mask"].sum())
@@ -151,8 +158,12 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, float]:
                 last_loss, window = loss_sum / count, [0.0, 0.0]
                 first_loss = last_loss if step == 1 else first_loss
                 if progress:
-                    progress(step / total_steps, f"epoch {epoch + 1}/{hp.epochs}, step {step}/{total_steps}",
-                             train_loss=last_loss, learning_rate=scheduler.get_last_lr()[0])
+                    progress(
+                        step / total_steps,
+                        f"epoch {epoch + 1}/{hp.epochs}, step {step}/{total_steps}",
+                        train_loss=last_loss,
+                        learning_rate=scheduler.get_last_lr()[0],
+                    )
             if step >= total_steps:
                 break
         if step >= total_steps:

@@ -103,9 +103,7 @@ def parse_memory(text: str) -> int | None:
     return int(number * (1024**power if unit.endswith("i") else 1000**power))
 
 
-def _check_range(
-    problems: list[tuple[str, str]], field: str, value: float, low: float, high: float
-) -> None:
+def _check_range(problems: list[tuple[str, str]], field: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:  # also catches NaN
         problems.append((field, f"must be between {low:g} and {high:g}, got {value:g}"))
 
@@ -139,22 +137,24 @@ def _base(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]]) -> M
         else:
             overrides[key] = parse_override(text)
     if overrides and not base.from_config:
-        problems.append(
-            ("spec.base.config_overrides", "apply only with spec.base.from_config (a new model)")
-        )
+        problems.append(("spec.base.config_overrides", "apply only with spec.base.from_config (a new model)"))
     for key, value in overrides.items():
-        if key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                   "num_key_value_heads", "max_position_embeddings", "vocab_size", "head_dim"):
+        if key in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "vocab_size",
+            "head_dim",
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append((f"spec.base.config_overrides[{key}]", "must be a positive integer"))
-    return ModelInitConfig(
-        model=base.model.strip(), from_config=base.from_config, config_overrides=overrides
-    )
+    return ModelInitConfig(model=base.model.strip(), from_config=base.from_config, config_overrides=overrides)
 
 
-def _hyperparameters(
-    spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]]
-) -> Hyperparameters:
+def _hyperparameters(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]]) -> Hyperparameters:
     hp = spec.hyperparameters
     prefix = "spec.hyperparameters."
     _check_range(problems, prefix + "learning_rate", hp.learning_rate, 0.0, 1.0)
@@ -168,7 +168,9 @@ def _hyperparameters(
     _check_range(problems, prefix + "seed", hp.seed, 0, 2**32 - 1)
     precision = hp.precision.strip().lower() or "fp32"
     if precision not in PRECISIONS:
-        problems.append((prefix + "precision", f"must be one of {', '.join(PRECISIONS)}, got {hp.precision!r}"))
+        problems.append(
+            (prefix + "precision", f"must be one of {', '.join(PRECISIONS)}, got {hp.precision!r}")
+        )
         precision = "fp32"
     for name in ("distill_temperature", "distill_alpha"):
         if getattr(hp, name):
@@ -218,8 +220,10 @@ def from_proto(spec: training_pb2.TrainingSpec) -> TrainingConfig:
     resources = _resources(spec, problems)
     if hyperparameters.batch_size % resources.num_workers:
         problems.append(
-            ("spec.hyperparameters.batch_size",
-             f"{hyperparameters.batch_size} does not split evenly over {resources.num_workers} workers")
+            (
+                "spec.hyperparameters.batch_size",
+                f"{hyperparameters.batch_size} does not split evenly over {resources.num_workers} workers",
+            )
         )
     if spec.HasField("lora") and spec.lora.ByteSize():
         problems.append(("spec.lora", "applies to LORA and QLORA only, which are not available yet"))
