@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from slmops.cli import client, stack as local_stack
+from slmops.cli import client
+from slmops.cli import stack as local_stack
 from slmops.core import settings
 
 

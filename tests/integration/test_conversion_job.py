@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+
 from slmops.api.v1 import conversion_pb2
 from slmops.conversion import job
 from slmops.conversion.olive_convert import ConversionError, convert
@@ -13,7 +14,6 @@ from slmops.conversion.spec import from_proto
 from slmops.core import artifacts
 from slmops.models.tiny import count_parameters
 from slmops.predictor.engines import load_engine
-
 from tests.integration._models import tiny_checkpoint
 
 pytestmark = pytest.mark.integration

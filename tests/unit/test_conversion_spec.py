@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from slmops.api.v1 import common_pb2, conversion_pb2
 from slmops.conversion.olive_convert import ConversionError, fix_genai_config, workflow_config
 from slmops.conversion.spec import ConversionConfig, from_proto

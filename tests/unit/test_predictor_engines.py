@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from slmops.core.errors import InvalidSpec
 from slmops.predictor.engines import Generation, StopScanner, load_engine
-
 from tests.integration._models import copy_with, tiny_checkpoint, tiny_onnx
 
 PROMPT = "hello world"

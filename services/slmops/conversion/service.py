@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from slmops.api.v1 import conversion_pb2, conversion_pb2_grpc
+from slmops.conversion.spec import from_proto
 from slmops.core.job_servicer import JobServicer
 from slmops.core.server import Registration
 from slmops.core.stage_jobs import StageJobs
-from slmops.conversion.spec import from_proto
 
 SERVICE_NAME = conversion_pb2.DESCRIPTOR.services_by_name["ConversionService"].full_name
 

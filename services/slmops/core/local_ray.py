@@ -20,7 +20,6 @@ from pathlib import Path
 
 from slmops.core.errors import Unavailable
 
-
 _EXTRA_PORT_FLAGS = (
     "dashboard-agent-listen-port",
     "dashboard-agent-grpc-port",

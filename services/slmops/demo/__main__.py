@@ -12,7 +12,6 @@ the same held-out prompts. Everything it starts, it stops.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time

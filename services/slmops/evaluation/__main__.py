@@ -1,7 +1,7 @@
 """python -m slmops.evaluation: the evaluation service."""
 
-from slmops.evaluation.service import registration
 from slmops.core.service_main import main
+from slmops.evaluation.service import registration
 
 if __name__ == "__main__":
     main("evaluation", registration)

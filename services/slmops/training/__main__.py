@@ -1,7 +1,7 @@
 """python -m slmops.training: the training service."""
 
-from slmops.training.service import registration
 from slmops.core.service_main import main
+from slmops.training.service import registration
 
 if __name__ == "__main__":
     main("training", registration)
