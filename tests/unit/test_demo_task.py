@@ -28,12 +28,12 @@ def test_demo_sets_hold_out_the_evaluation_prompts():
         "teacher_train": task.TEACHER_TRAIN_EXAMPLES,
         "synthesis": task.SYNTHESIS_PROMPTS,
     }
-    held_out = {e["prompt"] for e in sets["eval"]}
+    prompts = {name: {e["prompt"] for e in rows} for name, rows in sets.items()}
+    assert all(len(prompts[name]) == size for name, size in sizes.items())
     for name in ("teacher_validation", "teacher_train", "synthesis"):
-        assert not held_out & {e["prompt"] for e in sets[name]}, name
-    assert not {e["prompt"] for e in sets["teacher_validation"]} & {
-        e["prompt"] for e in sets["teacher_train"]
-    }
+        assert not prompts["eval"] & prompts[name], name
+    for name in ("teacher_train", "synthesis"):
+        assert not prompts["teacher_validation"] & prompts[name], name
 
 
 def test_written_files(tmp_path):
@@ -60,20 +60,26 @@ def test_is_correct():
 
 
 def test_each_digit_is_one_token_and_student_is_small(tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from slmops.models.tiny import build_model, train_tokenizer
+    from slmops.training import model_init
+    from slmops.training.spec import ModelInitConfig, parse_override
 
-    folder = train_tokenizer(task.tokenizer_corpus(), tmp_path / "tok", vocab_size=task.TOKENIZER_VOCAB_SIZE)
+    folder = train_tokenizer(
+        task.tokenizer_corpus(), tmp_path / "tok", vocab_size=task.TOKENIZER_VOCAB_SIZE
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer("47+85=132", add_special_tokens=False)["input_ids"]
     assert [tokenizer.decode([i]) for i in ids] == list("47+85=132")
 
-    teacher = build_model(tmp_path / "teacher", folder, **task.TEACHER_SHAPE)
-    config = AutoConfig.from_pretrained(teacher)
-    for key, value in task.STUDENT_OVERRIDES.items():
-        setattr(config, key, int(value))
-    config.layer_types = None
-    student = AutoModelForCausalLM.from_config(type(config).from_dict(config.to_dict()))
-    student_params = sum(p.numel() for p in student.parameters())
-    assert count_parameters(teacher) >= 5 * student_params
+    teacher = build_model(tmp_path / "teacher", folder, seed=task.SEED, **task.TEACHER_SHAPE)
+    overrides = {k: parse_override(v) for k, v in task.STUDENT_OVERRIDES.items()}
+    init = ModelInitConfig(model=str(teacher), from_config=True, config_overrides=overrides)
+    config = model_init.model_config(init, str(teacher))
+    model_init.check_model(config, tokenizer, task.STUDENT_HPARAMS["max_seq_length"])
+    student = AutoModelForCausalLM.from_config(config)
+    assert count_parameters(teacher) >= 5 * sum(p.numel() for p in student.parameters())
+    # ONNX Runtime's attention kernels need head sizes that are multiples of 16.
+    for shape in (task.TEACHER_SHAPE, overrides):
+        assert (shape["hidden_size"] // shape["num_attention_heads"]) % 16 == 0

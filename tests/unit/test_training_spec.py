@@ -11,11 +11,25 @@ from slmops.core.errors import InvalidSpec
 from slmops.training.spec import TrainingConfig, from_proto, parse_memory, parse_override
 
 
+INPUTS: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def local_inputs(tmp_path, monkeypatch):
+    """A model folder and a dataset under the allowed roots, as the service would see them."""
+    monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path))
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text("")
+    INPUTS.update(model=str(tmp_path / "teacher"), dataset=f"file://{tmp_path}/ds")
+
+
 def _spec(**fields) -> pb.TrainingSpec:
     base = {
         "method": pb.SFT_DISTILL,
-        "base": pb.ModelInit(model="/models/teacher"),
-        "dataset_uri": "file:///data/ds",
+        "base": pb.ModelInit(model=INPUTS["model"]),
+        "dataset_uri": INPUTS["dataset"],
     }
     base.update(fields)
     return pb.TrainingSpec(**base)
@@ -166,3 +180,11 @@ def test_parse_override(text, value):
 )
 def test_parse_memory(text, value):
     assert parse_memory(text) == value
+
+
+def test_local_inputs_must_be_inside_the_roots_and_complete(tmp_path):
+    problems = _problems(_spec(base=pb.ModelInit(model="/etc"), dataset_uri=str(tmp_path)))
+    assert "outside the allowed roots" in problems["spec.base.model"]
+    assert "has no train.jsonl" in problems["spec.dataset_uri"]
+    # A hub id is not a local path: it is left for the job to load.
+    assert from_proto(_spec(base=pb.ModelInit(model="Qwen/Qwen2.5-0.5B"))).base.model == "Qwen/Qwen2.5-0.5B"

@@ -41,7 +41,7 @@ TEACHER_SHAPE: dict[str, Any] = {
     "max_position_embeddings": 32,
 }
 TEACHER_HPARAMS: dict[str, Any] = {
-    "learning_rate": 2e-3,
+    "learning_rate": 3e-3,
     "epochs": 10,
     "batch_size": 32,
     "warmup_ratio": 0.05,
@@ -60,7 +60,7 @@ STUDENT_OVERRIDES: dict[str, str] = {
 }
 STUDENT_HPARAMS: dict[str, Any] = {
     "learning_rate": 3e-3,
-    "epochs": 25,
+    "epochs": 20,
     "batch_size": 32,
     "warmup_ratio": 0.05,
     "weight_decay": 0.1,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from slmops.api.v1 import training_pb2
-from slmops.core.errors import collect
+from slmops.core import artifacts, settings
+from slmops.core.errors import InvalidSpec, collect
 
 METHODS = {training_pb2.SFT_DISTILL: "sft_distill", training_pb2.FULL: "full"}
 NOT_YET = {
@@ -209,6 +211,29 @@ def _resources(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]])
     )
 
 
+def _is_local(value: str) -> bool:
+    """A file:// URI or a path that exists or is spelled as one; anything else is a hub id or remote URI."""
+    if value.startswith("file://"):
+        return True
+    if "://" in value:
+        return False
+    return value.startswith(("/", ".", "~")) or Path(value).exists()
+
+
+def _check_local_input(value: str, field: str, required_file: str, problems: list[tuple[str, str]]) -> None:
+    """Local inputs must lie under the allowed roots and hold what the job will read."""
+    if not _is_local(value):
+        return
+    try:
+        uri = artifacts.confine(value, settings.allowed_roots(), field)
+    except InvalidSpec as exc:
+        problems.extend(exc.problems)
+        return
+    folder = artifacts.local_path(uri)
+    if not (folder / required_file).is_file():
+        problems.append((field, f"{value!r} has no {required_file}"))
+
+
 def from_proto(spec: training_pb2.TrainingSpec) -> TrainingConfig:
     """Validate a TrainingSpec and apply its defaults; one InvalidSpec lists every problem."""
     problems: list[tuple[str, str]] = []
@@ -216,6 +241,10 @@ def from_proto(spec: training_pb2.TrainingSpec) -> TrainingConfig:
     base = _base(spec, problems)
     if not spec.dataset_uri.strip():
         problems.append(("spec.dataset_uri", "is required: a dataset artifact with train.jsonl"))
+    else:
+        _check_local_input(spec.dataset_uri.strip(), "spec.dataset_uri", "train.jsonl", problems)
+    if base.model:
+        _check_local_input(base.model, "spec.base.model", "config.json", problems)
     hyperparameters = _hyperparameters(spec, problems)
     resources = _resources(spec, problems)
     if hyperparameters.batch_size % resources.num_workers:
