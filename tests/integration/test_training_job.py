@@ -45,7 +45,7 @@ def inputs(tmp_path_factory):
     return {"teacher": artifacts.to_uri(teacher), "dataset": artifacts.to_uri(dataset), "root": root}
 
 
-def test_distill_student_from_config(ray_cluster, inputs, capfd):
+def test_distill_student_from_config_on_two_workers(ray_cluster, inputs, capfd):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     events: list[tuple[float, str, dict]] = []
@@ -65,13 +65,15 @@ def test_distill_student_from_config(ray_cluster, inputs, capfd):
             "warmup_ratio": 0.1,
             "seed": 1,
         },
+        # Two workers: gradients are averaged by DistributedDataParallel over gloo.
+        "resources": {"num_workers": 2, "cpus_per_worker": 1},
     }
     output = str(inputs["root"] / "student")
     result = job.run(config, output, lambda f, m, **k: events.append((f, m, k)), trace_id="ab" * 16)
 
     assert result["output_uri"] == artifacts.to_uri(output)
     metrics = result["metrics"]
-    assert metrics["steps"] == 12  # 3 epochs of 128 examples in batches of 32
+    assert metrics["steps"] == 12  # 3 epochs of 128 examples in global batches of 32
     assert metrics["train_loss"] < metrics["initial_loss"]
     assert metrics["eval_loss"] < metrics["initial_loss"]
     assert metrics["tokens_per_second"] > 0 and metrics["train_seconds"] > 0

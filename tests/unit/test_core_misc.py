@@ -43,3 +43,14 @@ def test_error_reason_prefers_the_job_error_line():
     assert _error_reason(logs, "") == "InvalidSpec: spec.x: bad"
     assert _error_reason("a\nRuntimeError: boom\n", "") == "RuntimeError: boom"
     assert _error_reason("", "fallback") == "fallback"
+
+
+def test_domain_errors_survive_pickling_across_processes():
+    import pickle
+
+    from slmops.core.errors import InvalidSpec, NotFound
+
+    error = pickle.loads(pickle.dumps(InvalidSpec("spec.a", "bad", ("spec.b", "worse"))))
+    assert error.problems == [("spec.a", "bad"), ("spec.b", "worse")] and "spec.b: worse" in str(error)
+    missing = pickle.loads(pickle.dumps(NotFound("job", "j1")))
+    assert (missing.what, missing.key) == ("job", "j1")

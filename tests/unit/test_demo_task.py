@@ -66,9 +66,7 @@ def test_each_digit_is_one_token_and_student_is_small(tmp_path):
     from slmops.training import model_init
     from slmops.training.spec import ModelInitConfig, parse_override
 
-    folder = train_tokenizer(
-        task.tokenizer_corpus(), tmp_path / "tok", vocab_size=task.TOKENIZER_VOCAB_SIZE
-    )
+    folder = train_tokenizer(task.tokenizer_corpus(), tmp_path / "tok", vocab_size=task.TOKENIZER_VOCAB_SIZE)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer("47+85=132", add_special_tokens=False)["input_ids"]
     assert [tokenizer.decode([i]) for i in ids] == list("47+85=132")

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from slmops.api.v1 import training_pb2 as pb
+from slmops.core import artifacts
 from slmops.core.errors import InvalidSpec
 from slmops.training.spec import TrainingConfig, from_proto, parse_memory, parse_override
-
 
 INPUTS: dict[str, str] = {}
 
@@ -188,3 +188,12 @@ def test_local_inputs_must_be_inside_the_roots_and_complete(tmp_path):
     assert "has no train.jsonl" in problems["spec.dataset_uri"]
     # A hub id is not a local path: it is left for the job to load.
     assert from_proto(_spec(base=pb.ModelInit(model="Qwen/Qwen2.5-0.5B"))).base.model == "Qwen/Qwen2.5-0.5B"
+
+
+def test_local_inputs_become_absolute_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = from_proto(_spec(base=pb.ModelInit(model="./teacher"), dataset_uri=str(tmp_path / "ds")))
+    assert config.base.model == artifacts.to_uri(tmp_path / "teacher")
+    assert config.dataset_uri == artifacts.to_uri(tmp_path / "ds")
+    # Remote URIs are read by the job as they are.
+    assert from_proto(_spec(dataset_uri="s3://bucket/ds")).dataset_uri == "s3://bucket/ds"

@@ -18,6 +18,9 @@ class InvalidSpec(SlmopsError):
     def field(self) -> str:
         return self.problems[0][0]
 
+    def __reduce__(self):  # crosses process boundaries (Ray workers) intact
+        return (InvalidSpec, (*self.problems[0], *self.problems[1:]))
+
 
 class NotFound(SlmopsError):
     """An unknown job, deployment or artifact. Maps to NOT_FOUND."""
@@ -25,6 +28,9 @@ class NotFound(SlmopsError):
     def __init__(self, what: str, key: str):
         self.what, self.key = what, key
         super().__init__(f"{what} {key!r} not found")
+
+    def __reduce__(self):
+        return (NotFound, (self.what, self.key))
 
 
 class Conflict(SlmopsError):

@@ -220,18 +220,23 @@ def _is_local(value: str) -> bool:
     return value.startswith(("/", ".", "~")) or Path(value).exists()
 
 
-def _check_local_input(value: str, field: str, required_file: str, problems: list[tuple[str, str]]) -> None:
-    """Local inputs must lie under the allowed roots and hold what the job will read."""
+def _check_local_input(value: str, field: str, required_file: str, problems: list[tuple[str, str]]) -> str:
+    """Local inputs must lie under the allowed roots and hold what the job will read.
+
+    Returns a local input as an absolute file:// URI (the job runs in another
+    working directory); anything else as it is.
+    """
     if not _is_local(value):
-        return
+        return value
     try:
         uri = artifacts.confine(value, settings.allowed_roots(), field)
     except InvalidSpec as exc:
         problems.extend(exc.problems)
-        return
+        return value
     folder = artifacts.local_path(uri)
     if not (folder / required_file).is_file():
         problems.append((field, f"{value!r} has no {required_file}"))
+    return uri
 
 
 def from_proto(spec: training_pb2.TrainingSpec) -> TrainingConfig:
@@ -239,12 +244,13 @@ def from_proto(spec: training_pb2.TrainingSpec) -> TrainingConfig:
     problems: list[tuple[str, str]] = []
     method = _method(spec, problems)
     base = _base(spec, problems)
-    if not spec.dataset_uri.strip():
+    dataset_uri = spec.dataset_uri.strip()
+    if not dataset_uri:
         problems.append(("spec.dataset_uri", "is required: a dataset artifact with train.jsonl"))
     else:
-        _check_local_input(spec.dataset_uri.strip(), "spec.dataset_uri", "train.jsonl", problems)
+        dataset_uri = _check_local_input(dataset_uri, "spec.dataset_uri", "train.jsonl", problems)
     if base.model:
-        _check_local_input(base.model, "spec.base.model", "config.json", problems)
+        base.model = _check_local_input(base.model, "spec.base.model", "config.json", problems)
     hyperparameters = _hyperparameters(spec, problems)
     resources = _resources(spec, problems)
     if hyperparameters.batch_size % resources.num_workers:
@@ -260,7 +266,7 @@ def from_proto(spec: training_pb2.TrainingSpec) -> TrainingConfig:
     return TrainingConfig(
         method=method,
         base=base,
-        dataset_uri=spec.dataset_uri.strip(),
+        dataset_uri=dataset_uri,
         hyperparameters=hyperparameters,
         resources=resources,
         output_uri=spec.output_uri.strip(),
