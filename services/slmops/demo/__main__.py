@@ -63,7 +63,7 @@ def run_flow(out_dir: Path, data_dir: Path) -> dict:
                               task.RESOURCES, from_config=True, overrides=task.STUDENT_OVERRIDES)
     student_uri = student_job.status.output.uri
     say("[5/7] converting the student to ONNX Runtime GenAI int4 (Olive ModelBuilder)")
-    int4_uri = steps.convert(student_uri).status.output.uri
+    int4_uri = steps.convert(student_uri, task.INT4_OPTIONS).status.output.uri
     say("[6/7] deploying the student and the int4 student")
     steps.deploy("student", student_uri)
     int4 = steps.deploy("student-int4", int4_uri)

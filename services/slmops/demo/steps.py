@@ -65,14 +65,16 @@ def synthesize(prompts_uri: str, teacher_url: str, teacher_model: str, max_token
         endpoint=synthesis_pb2.TeacherEndpoint(base_url=teacher_url, model=teacher_model, max_concurrency=4),
         sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
         validation_fraction=0.1,
+        num_shards=10,  # progress every tenth of the prompts
         labels={"app": "slmops-demo"},
     )
     return _job("synthesis", "SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest(spec=spec), "synthesis")
 
 
-def convert(model_uri: str) -> Any:
+def convert(model_uri: str, extra_options: dict[str, str] | None = None) -> Any:
     spec = conversion_pb2.ConversionSpec(model_uri=model_uri, precision=conversion_pb2.INT4,
-                                         execution_provider=conversion_pb2.CPU, labels={"app": "slmops-demo"})
+                                         execution_provider=conversion_pb2.CPU, extra_options=extra_options or {},
+                                         labels={"app": "slmops-demo"})
     return _job("conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), "conversion")
 
 
