@@ -38,8 +38,10 @@ def checkpoint_artifact(tmp_path_factory):
 
 
 def test_conversion_job_writes_an_onnx_model_that_generates(
-    ray_local, checkpoint_artifact, tmp_path
+    ray_local, checkpoint_artifact, tmp_path, monkeypatch
 ):
+    # The service only reads models under its allowed roots; here that is the test's temp tree.
+    monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(artifacts.local_path(checkpoint_artifact).parent))
     config = from_proto(conversion_pb2.ConversionSpec(model_uri=checkpoint_artifact))
     events: list[tuple[float, str]] = []
     output_uri = artifacts.to_uri(tmp_path / "onnx")
