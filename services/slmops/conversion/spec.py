@@ -13,7 +13,6 @@ INT8 is not one of its precisions.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +21,7 @@ from pydantic import BaseModel, Field
 from slmops.api.v1 import conversion_pb2
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, collect
+from slmops.core.quantities import check_memory
 
 PRECISIONS = {
     conversion_pb2.PRECISION_UNSPECIFIED: "int4",
@@ -76,7 +76,6 @@ INT8_PROBLEM = (
     "INT8 is not a precision of the ONNX Runtime GenAI model builder; "
     "use INT4 (or FP32 on CPU, FP16 on CUDA/DML)"
 )
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?\s*$", re.IGNORECASE)
 
 
 class Resources(BaseModel):
@@ -97,18 +96,6 @@ class ConversionConfig(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     output_uri: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
-
-
-def parse_memory(text: str) -> int | None:
-    """Bytes in a quantity like "4Gi", "512Mi", "2G" or "1000000"; None if malformed."""
-    match = _MEMORY.match(text)
-    if not match:
-        return None
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    if not unit:
-        return int(number)
-    power = "kmgtp".index(unit[0]) + 1
-    return int(number * (1024**power if unit.endswith("i") else 1000**power))
 
 
 def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
@@ -212,13 +199,7 @@ def _resources(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, st
         problems.append(("spec.resources.cpus_per_worker", "must be between 0 and 1024"))
     if not 0 <= res.gpus_per_worker <= 64:
         problems.append(("spec.resources.gpus_per_worker", "must be between 0 and 64"))
-    memory = 0
-    if res.memory.strip():
-        parsed = parse_memory(res.memory)
-        if not parsed:
-            problems.append(("spec.resources.memory", f"{res.memory!r} is not a quantity like 4Gi"))
-        else:
-            memory = parsed
+    memory = check_memory(res.memory, "spec.resources.memory", problems)
     return Resources(
         num_cpus=res.cpus_per_worker if res.cpus_per_worker > 0 else 1.0,
         num_gpus=max(res.gpus_per_worker, 0.0),

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from slmops.core import settings
 from slmops.core.jobstore import JobStore
@@ -34,30 +33,40 @@ async def start_stage_service(
     database_url: str | None = None,
     ray_address: str | None = None,
     poll_s: float | None = None,
-    before_submit: Callable[..., Any] | None = None,
 ) -> tuple[RunningServer, StageJobs]:
     """Build the stage's job core and serve it; used by __main__ and by tests."""
     store = JobStore(settings.database_url(stage, database_url))
-    jobs = StageJobs(stage, store, RayJobs(ray_address), poll_s=poll_s, before_submit=before_submit)
+    jobs = StageJobs(stage, store, RayJobs(ray_address), poll_s=poll_s)
     registration = servicer_factory(jobs)
     running = await start_server(stage, [registration], host=host, port=port, on_stop=[jobs.close])
     jobs.resume()
     return running, jobs
 
 
-def main(stage: str, servicer_factory: Callable[[StageJobs], Registration], argv: list[str] | None = None) -> None:
-    args = parse_args(stage, argv)
+def run_service(
+    service: str,
+    start: Callable[[argparse.Namespace], Awaitable[RunningServer]],
+    argv: list[str] | None = None,
+) -> None:
+    """Parse the common flags, start the service, print its READY line, serve until SIGTERM."""
+    args = parse_args(service, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> None:
-        running, _ = await start_stage_service(
-            stage,
-            servicer_factory,
-            host=args.host,
-            port=args.port,
-            database_url=args.database_url,
-            ray_address=args.ray_address,
-        )
-        await serve_forever(running, f"SLMOPS_SERVICE_READY {stage} {args.host}:{running.port}")
+        running = await start(args)
+        await serve_forever(running, f"SLMOPS_SERVICE_READY {service} {args.host}:{running.port}")
 
     asyncio.run(run())
+
+
+def main(stage: str, servicer_factory: Callable[[StageJobs], Registration], argv: list[str] | None = None) -> None:
+    """`python -m slmops.<stage>` for a job stage."""
+
+    async def start(args: argparse.Namespace) -> RunningServer:
+        running, _ = await start_stage_service(
+            stage, servicer_factory, host=args.host, port=args.port,
+            database_url=args.database_url, ray_address=args.ray_address,
+        )
+        return running
+
+    run_service(stage, start, argv)

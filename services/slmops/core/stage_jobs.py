@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from slmops.core import artifacts, settings, tracing
@@ -46,14 +46,12 @@ class StageJobs:
         ray: RayJobs,
         *,
         poll_s: float | None = None,
-        before_submit: Callable[[JobRecord], Any] | None = None,
     ):
         self.stage = stage
         self.store = store
         self.ray = ray
         self.poll_s = poll_s if poll_s is not None else float(settings.get("job_poll_s"))
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._before_submit = before_submit
 
     # -- commands ---------------------------------------------------------
 
@@ -147,8 +145,6 @@ class StageJobs:
             self._tasks.pop(job_id, None)
 
     async def _submit(self, record: JobRecord) -> None:
-        if self._before_submit:
-            record = await asyncio.to_thread(self._before_submit, record)
         ray_job_id = await asyncio.to_thread(
             self.ray.submit,
             self.stage,

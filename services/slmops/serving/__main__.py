@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import argparse
 
 from slmops.core import settings
 from slmops.core.jobstore import JobStore
-from slmops.core.server import RunningServer, serve_forever, start_server
-from slmops.core.service_main import parse_args
+from slmops.core.server import RunningServer, start_server
+from slmops.core.service_main import run_service
 from slmops.serving.deployments import Deployments
 from slmops.serving.service import registration
 
@@ -24,14 +23,11 @@ async def start_serving_service(
 
 
 def main() -> None:
-    args = parse_args("serving")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    async def run() -> None:
+    async def start(args: argparse.Namespace) -> RunningServer:
         running, _ = await start_serving_service(args.host, args.port, args.database_url)
-        await serve_forever(running, f"SLMOPS_SERVICE_READY serving {args.host}:{running.port}")
+        return running
 
-    asyncio.run(run())
+    run_service("serving", start)
 
 
 if __name__ == "__main__":

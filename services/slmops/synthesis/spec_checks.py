@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from slmops.api.v1 import common_pb2
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec
+from slmops.core.quantities import check_memory
 
 Problems = list[tuple[str, str]]
 
@@ -31,18 +32,6 @@ _KEY_PREFIXES = (
     "key-",
     "AKIA",
 )
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-_MEMORY_UNITS = {
-    None: 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
 
 
 class SamplingConfig(BaseModel):
@@ -149,10 +138,4 @@ def check_local_uri(value: str, field: str, problems: Problems, *, want: str = "
 
 def parse_memory(value: str, field: str, problems: Problems) -> int:
     """'4Gi', '512M', '1000' -> bytes; '' -> 0 (unbounded)."""
-    if not value:
-        return 0
-    match = _MEMORY.match(value.strip())
-    if not match:
-        problems.append((field, f"must be a quantity like 4Gi or 512Mi, not {value!r}"))
-        return 0
-    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+    return check_memory(value, field, problems)

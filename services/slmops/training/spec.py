@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from slmops.api.v1 import training_pb2
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, collect
+from slmops.core.quantities import check_memory, parse_memory  # noqa: F401 (parse_memory is public here)
 
 METHODS = {training_pb2.SFT_DISTILL: "sft_distill", training_pb2.FULL: "full"}
 NOT_YET = {
@@ -28,7 +29,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OverrideValue = bool | int | float | str | None
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?\s*$", re.IGNORECASE)
 
 
 class ModelInitConfig(BaseModel):
@@ -91,18 +91,6 @@ def parse_override(text: str) -> OverrideValue:
     except ValueError:
         return value
     return number if math.isfinite(number) else value
-
-
-def parse_memory(text: str) -> int | None:
-    """Bytes in a memory quantity like "4Gi", "512Mi", "2G" or "1000000"; None if malformed."""
-    match = _MEMORY.match(text)
-    if not match:
-        return None
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    if not unit:
-        return int(number)
-    power = "kmgtp".index(unit[0]) + 1
-    return int(number * (1024**power if unit.endswith("i") else 1000**power))
 
 
 def _check_range(problems: list[tuple[str, str]], field: str, value: float, low: float, high: float) -> None:
@@ -196,13 +184,7 @@ def _resources(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]])
     _check_range(problems, "spec.resources.num_workers", res.num_workers, 0, 1024)
     _check_range(problems, "spec.resources.cpus_per_worker", res.cpus_per_worker, 0.0, 1024.0)
     _check_range(problems, "spec.resources.gpus_per_worker", res.gpus_per_worker, 0.0, 64.0)
-    memory = 0
-    if res.memory.strip():
-        parsed = parse_memory(res.memory)
-        if parsed is None or parsed <= 0:
-            problems.append(("spec.resources.memory", f"{res.memory!r} is not a quantity like 4Gi or 512Mi"))
-        else:
-            memory = parsed
+    memory = check_memory(res.memory, "spec.resources.memory", problems)
     return Resources(
         num_workers=max(res.num_workers, 0) or 1,
         cpus_per_worker=res.cpus_per_worker if res.cpus_per_worker > 0 else 1.0,
