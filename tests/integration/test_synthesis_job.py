@@ -16,7 +16,7 @@ import pytest
 
 from slmops.core import artifacts, tracing
 from slmops.core.errors import Unavailable
-from slmops.synthesis.standin import StandinServer
+from slmops.synthesis.standin import StandinServer, arithmetic_answer
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +106,10 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
         assert record["completion"] == record["answer"]  # the stand-in answers correctly
         assert record["teacher"]["model"] == "teacher-x"
         assert record["teacher"]["completion_tokens"] == len(record["answer"])
-        assert len(record["top_logprobs"]) == len(record["answer"])
-        assert next(iter(record["top_logprobs"][0])) == record["answer"][0]
+        top = record["top_logprobs"]  # no tokenizer given: strings without ids
+        assert top["tokens"] == list(record["answer"]) and top["token_ids"] is None
+        assert top["top_tokens"][0][0] == record["answer"][0] and len(top["top_logprobs"][0]) == 2
+        assert "vocab_size" not in record["teacher"]
 
     manifest = artifacts.read_manifest(artifacts.to_uri(out))
     assert manifest.kind == "dataset"
@@ -138,3 +140,40 @@ def test_synthesis_job_fails_when_most_prompts_fail(ray_local, teacher, workdir)
         teacher.fail_next(0)
         teacher._failures.clear()
     assert not (workdir / "dataset" / "manifest.json").exists()
+
+
+def test_synthesis_job_stores_token_ids_with_the_teachers_tokenizer(ray_local, workdir):
+    """The teacher's tokenizer maps returned tokens to ids; a record it cannot map loses its ids."""
+    from transformers import AutoTokenizer
+
+    from slmops.models.tiny import train_tokenizer
+    from slmops.synthesis.job import run
+
+    tokenizer = train_tokenizer([p["prompt"] + p["answer"] for p in PROMPTS], workdir / "tok", 260)
+
+    def answer(model: str, prompt: str) -> str:  # 日 is three byte tokens: no id from text alone
+        return arithmetic_answer(model, prompt) + ("日" if prompt == "0+0=" else "")
+
+    out = workdir / "dataset"
+    with StandinServer(answer, tokenizer=str(tokenizer)) as server:
+        config = _config(server, workdir / "prompts.jsonl", tokenizer=artifacts.to_uri(tokenizer))
+        result = run(config, str(out), lambda *a, **k: None)
+
+    assert result["metrics"]["unmapped_logprob_records"] == 1
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["unmapped_logprob_records"] == 1 and stats["teacher"]["tokenizer"]
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    records = [
+        json.loads(line)
+        for name in ("train.jsonl", "validation.jsonl")
+        for line in (out / name).read_text().splitlines()
+    ]
+    for record in records:
+        top = record["top_logprobs"]
+        if record["prompt"] == "0+0=":
+            assert top["token_ids"] is None and top["top_ids"] is None
+            assert "vocab_size" not in record["teacher"]
+            continue
+        assert tok.decode(top["token_ids"]) == record["completion"] == record["answer"]
+        assert [row[0] for row in top["top_ids"]] == top["token_ids"]
+        assert record["teacher"]["vocab_size"] == len(tok)

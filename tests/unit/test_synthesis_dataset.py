@@ -13,6 +13,7 @@ from slmops.synthesis.dataset import (
     read_prompts,
     read_split,
     split_indices,
+    top_logprobs_has_ids,
     write_dataset,
 )
 
@@ -62,6 +63,16 @@ def test_split_is_deterministic_and_complete():
     assert split_indices(2, 0.01, 0)[1] != [] and split_indices(3, 0.9, 0)[0] != []
 
 
+def _top(answer: str, ids: bool) -> dict:
+    return {
+        "token_ids": [ord(answer)] if ids else None,
+        "tokens": [answer],
+        "top_ids": [[ord(answer), 48]] if ids else None,
+        "top_tokens": [[answer, "0"]],
+        "top_logprobs": [[-0.1, -3.0]],
+    }
+
+
 def test_dataset_folder(tmp_path):
     fields = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(10)]
     records = [
@@ -71,18 +82,23 @@ def test_dataset_folder(tmp_path):
                 "completion": f["answer"],
                 "finish_reason": "stop",
                 "completion_tokens": 1,
-                "top_logprobs": [{f["answer"]: -0.1}] if i % 2 else None,
+                "top_logprobs": _top(f["answer"][0], ids=i % 4 == 1) if i % 2 else None,
+                **({"vocab_size": 300} if i % 2 else {}),
             },
             "big-teacher",
         )
         for i, f in enumerate(fields)
     ]
-    assert records[1]["top_logprobs"] == [{"2": -0.1}] and "top_logprobs" not in records[0]
+    assert records[1]["top_logprobs"] == _top("2", ids=True) and "top_logprobs" not in records[0]
+    assert records[3]["top_logprobs"] == _top("4", ids=False)
     assert records[0]["teacher"] == {
         "model": "big-teacher",
         "finish_reason": "stop",
         "completion_tokens": 1,
     }
+    # vocab_size goes with known ids only (record 3 has none though its teacher told one).
+    assert records[1]["teacher"]["vocab_size"] == 300 and "vocab_size" not in records[3]["teacher"]
+    assert [top_logprobs_has_ids(r) for r in records[:4]] == [False, True, False, False]
 
     uri = f"file://{tmp_path}/ds"
     stats = write_dataset(uri, records, validation_fraction=0.3, seed=1, extra_stats={"failed": 0})

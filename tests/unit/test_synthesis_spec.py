@@ -144,3 +144,34 @@ def test_missing_prompts_file_and_memory_quantity(prompts, tmp_path):
     ok.prompts_uri = str(prompts)
     ok.resources.memory = "2Gi"
     assert from_proto(ok).resources.memory_bytes == 2 * 2**30
+
+
+def _with_tokenizer(prompts, tokenizer: str, top_logprobs: int = 2):
+    return synthesis_pb2.SynthesisSpec(
+        prompts_uri=str(prompts),
+        endpoint=synthesis_pb2.TeacherEndpoint(
+            base_url="http://t:8000/v1", model="m", tokenizer=tokenizer
+        ),
+        sampling=common_pb2.SamplingParams(top_logprobs=top_logprobs),
+    )
+
+
+def test_the_endpoint_tokenizer_is_checked(prompts, tmp_path):
+    from slmops.models.tiny import train_tokenizer
+
+    folder = train_tokenizer(["1+2=3", "4+5=9"], tmp_path / "tok", vocab_size=260)
+    config = from_proto(_with_tokenizer(prompts, str(folder)))
+    assert config.teacher.tokenizer == f"file://{folder}"
+    hub = from_proto(_with_tokenizer(prompts, "Qwen/Qwen2.5-7B-Instruct"))
+    assert hub.teacher.tokenizer == "Qwen/Qwen2.5-7B-Instruct"  # loaded by the job
+
+    field = "spec.teacher.endpoint.tokenizer"
+    not_a_tokenizer = tmp_path / "empty"
+    not_a_tokenizer.mkdir()
+    assert "cannot be loaded" in _problems(_with_tokenizer(prompts, str(not_a_tokenizer)))[field]
+    assert "does not exist" in _problems(_with_tokenizer(prompts, str(tmp_path / "nope")))[field]
+    assert "allowed roots" in _problems(_with_tokenizer(prompts, "/usr/share"))[field]
+    assert "hub id" in _problems(_with_tokenizer(prompts, "s3://bucket/tok"))[field]
+    # Token ids are for top-k log-probabilities: a tokenizer without them is refused.
+    without_logprobs = _with_tokenizer(prompts, str(folder), top_logprobs=0)
+    assert "spec.sampling.top_logprobs" in _problems(without_logprobs)[field]

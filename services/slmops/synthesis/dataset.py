@@ -5,6 +5,14 @@ The prompts file is JSONL: one object per line with a non-empty string
 folder holds `train.jsonl` and `validation.jsonl` (each record: the prompt's
 fields, the teacher's `completion`, and `teacher` metadata) and `stats.json`.
 The split is seeded and deterministic.
+
+When the job asked for top-k log-probabilities, a record also holds
+`top_logprobs` in the form `slmops.synthesis.logprobs` describes:
+`token_ids`, `tokens`, `top_ids`, `top_tokens`, `top_logprobs`, one entry per
+generated token. The ids are null when they cannot be known (an endpoint
+teacher without a tokenizer, or a token that could not be mapped); when they
+are known, `teacher.vocab_size` is the size of the teacher's vocabulary.
+`top_logprobs_has_ids(record)` tells which.
 """
 
 from __future__ import annotations
@@ -95,9 +103,23 @@ def dataset_record(
         "finish_reason": result.get("finish_reason", ""),
         "completion_tokens": int(result.get("completion_tokens", 0)),
     }
-    if result.get("top_logprobs") is not None:
-        record["top_logprobs"] = result["top_logprobs"]
+    top = result.get("top_logprobs")
+    if top is not None:
+        record["top_logprobs"] = top
+        if top.get("token_ids") is not None and result.get("vocab_size"):
+            record["teacher"]["vocab_size"] = int(result["vocab_size"])
     return record
+
+
+def top_logprobs_has_ids(record: dict[str, Any]) -> bool:
+    """True when the record's top-k log-probabilities carry token ids (and teacher.vocab_size)."""
+    top = record.get("top_logprobs")
+    return (
+        isinstance(top, dict)
+        and top.get("token_ids") is not None
+        and top.get("top_ids") is not None
+        and "vocab_size" in record.get("teacher", {})
+    )
 
 
 def dataset_stats(

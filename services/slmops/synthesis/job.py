@@ -20,6 +20,7 @@ from slmops.core.progress import Progress
 from slmops.synthesis.dataset import dataset_record, read_prompts, write_dataset
 from slmops.synthesis.spec import EndpointTeacherConfig, SynthesisConfig
 from slmops.synthesis.teacher import make_teacher, resolve_api_key
+from slmops.synthesis.token_table import load_token_table
 
 ENDPOINT_ACTOR_CPUS = 0.25  # an HTTP client mostly waits
 LOCAL_ACTOR_CPUS = 1.0
@@ -129,8 +130,13 @@ def run(
     tracing.setup_tracing("synthesis-job")
     trace_id = trace_id or tracing.current_trace_id()
     output_uri = artifacts.to_uri(output_uri)
+    maps_ids = isinstance(cfg.teacher, EndpointTeacherConfig) and bool(
+        cfg.teacher.tokenizer and cfg.sampling.top_logprobs
+    )
     if isinstance(cfg.teacher, EndpointTeacherConfig):
         resolve_api_key(cfg.teacher.api_key_env)  # a missing key fails before any work
+    if maps_ids:
+        load_token_table(cfg.teacher.tokenizer)  # so does a tokenizer that cannot be loaded
 
     progress(0.0, "reading prompts")
     prompts = read_prompts(cfg.prompts_uri)
@@ -149,11 +155,15 @@ def run(
         else:
             records.append(dataset_record(prompt.fields, result, teacher_model))
     check_failures(len(prompts), failures)
+    # Records whose log-probabilities lost their ids: a token the tokenizer has no id for.
+    unmapped = sum(1 for r in results if r.get("unmapped_tokens"))
 
     progress(0.96, "writing the dataset")
     teacher_info = {"kind": cfg.teacher.kind, "model": teacher_model}
     if isinstance(cfg.teacher, EndpointTeacherConfig):
         teacher_info["base_url"] = cfg.teacher.base_url
+        if cfg.teacher.tokenizer:
+            teacher_info["tokenizer"] = cfg.teacher.tokenizer
     stats = write_dataset(
         output_uri,
         records,
@@ -165,6 +175,7 @@ def run(
             "failures": [{"line": line, "error": error} for line, error in failures[:20]],
             "teacher": teacher_info,
             "teacher_seconds": teacher_seconds,
+            **({"unmapped_logprob_records": unmapped} if maps_ids else {}),
         },
     )
     metrics = {
@@ -175,6 +186,8 @@ def run(
         "teacher_seconds": teacher_seconds,
         "completion_tokens": float(stats["completion_tokens"]),
     }
+    if maps_ids:
+        metrics["unmapped_logprob_records"] = float(unmapped)
     artifacts.finalize(
         output_uri,
         "dataset",

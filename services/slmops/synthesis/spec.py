@@ -37,6 +37,8 @@ class EndpointTeacherConfig(BaseModel):
     chat: bool = False
     max_concurrency: int = 4
     timeout_s: float = 60.0
+    # The teacher's tokenizer (file:// URI or hub id): top-k log-probabilities get token ids.
+    tokenizer: str = ""
     # Retries of 429/503/connection errors: attempts = max_retries + 1.
     max_retries: int = 4
     backoff_s: float = 0.5
@@ -99,7 +101,29 @@ def _endpoint(msg: synthesis_pb2.TeacherEndpoint, problems: Problems) -> Endpoin
         chat=msg.chat,
         max_concurrency=msg.max_concurrency or 4,
         timeout_s=msg.timeout_s or 60.0,
+        tokenizer=_tokenizer(msg.tokenizer.strip(), f"{field}.tokenizer", problems),
     )
+
+
+def _tokenizer(value: str, field: str, problems: Problems) -> str:
+    """A local tokenizer folder is confined and loaded now; a hub id is loaded by the job."""
+    if not value:
+        return ""
+    if value.startswith(("file://", "/", ".", "~")) or os.path.exists(value):
+        uri = check_local_uri(value, field, problems, want="dir")
+        if uri.startswith("file://") and artifacts.local_path(uri).is_dir():
+            from slmops.synthesis.token_table import load_token_table
+
+            try:
+                load_token_table(uri, field)
+            except InvalidSpec as exc:
+                problems.extend(exc.problems)
+        return uri
+    if "://" in value or not _HUB_ID.match(value):
+        problems.append(
+            (field, f"{value!r} is neither a local tokenizer folder nor a hub id like org/name")
+        )
+    return value
 
 
 def _local(msg: synthesis_pb2.LocalTeacher, problems: Problems) -> LocalTeacherConfig:
@@ -171,6 +195,15 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
             (
                 "spec.system_prompt",
                 "is only used by chat teachers: set spec.teacher.endpoint.chat or leave it empty",
+            )
+        )
+    endpoint = teacher if isinstance(teacher, EndpointTeacherConfig) else None
+    if endpoint and endpoint.tokenizer and not sampling.top_logprobs:
+        problems.append(
+            (
+                "spec.teacher.endpoint.tokenizer",
+                "maps top-k log-probabilities to token ids: set spec.sampling.top_logprobs "
+                "or leave it empty",
             )
         )
     output_uri = ""

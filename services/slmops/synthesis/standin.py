@@ -5,7 +5,10 @@ reached. It answers `/v1/completions` and `/v1/chat/completions` (also under
 `/openai/v1/`), `/v1/models` and a Prometheus `/metrics` with
 `process_resident_memory_bytes`. Answers come from `answer(model, prompt)`;
 by default it solves "a+b", "a-b" and "a*b" found in the prompt. One token is
-one character. `fail_next(n, status)` makes the next n completion requests fail
+one character; given a `tokenizer` folder, one token is a token of that
+tokenizer, with its exact bytes. Log-probabilities, when asked for, are fixed:
+the answer's token first (-0.01), then the same alternatives every time
+(-4, -5, ...). `fail_next(n, status)` makes the next n completion requests fail
 with that HTTP status, to exercise clients' retries. Every request is recorded.
 """
 
@@ -21,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 Answer = Callable[[str, str], str]
+Piece = tuple[str, bytes]  # a token's text and its bytes
 _EXPR = re.compile(r"(-?\d+)\s*([+*-])\s*(-?\d+)")
 
 
@@ -43,10 +47,19 @@ class StandinServer:
     """Start with `with StandinServer() as server:`; point clients at server.base_url."""
 
     def __init__(
-        self, answer: Answer = arithmetic_answer, *, host: str = "127.0.0.1", delay_s: float = 0.0
+        self,
+        answer: Answer = arithmetic_answer,
+        *,
+        host: str = "127.0.0.1",
+        delay_s: float = 0.0,
+        tokenizer: str | None = None,
     ):
         self.answer = answer
         self.delay_s = delay_s
+        self._tokenizer = None
+        self._alternatives: list[Piece] = [(c, c.encode()) for c in "0123456789?"]
+        if tokenizer:
+            self._load_tokenizer(tokenizer)
         self.requests: list[dict[str, Any]] = []
         self._failures: list[int] = []
         self._lock = threading.Lock()
@@ -91,6 +104,31 @@ class StandinServer:
 
     # -- answers ----------------------------------------------------------
 
+    def _load_tokenizer(self, folder: str) -> None:
+        from transformers import AutoTokenizer
+
+        from slmops.synthesis.token_table import TokenTable
+
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._table = TokenTable(self._tokenizer)
+        pieces = (self._piece(i) for i in range(len(self._tokenizer)))
+        # Alternatives whose text is whole UTF-8, as an endpoint can show them.
+        whole = [p for p in pieces if p[1] and p[0] == p[1].decode(errors="replace")]
+        self._alternatives = whole[:32]
+
+    def _piece(self, token_id: int) -> Piece:
+        return self._tokenizer.decode([token_id]), self._table.bytes_of(token_id) or b""
+
+    def _pieces(self, text: str) -> list[Piece]:
+        if self._tokenizer is None:
+            return [(c, c.encode()) for c in text]
+        return [self._piece(i) for i in self._tokenizer.encode(text, add_special_tokens=False)]
+
+    def _top(self, piece: Piece, k: int) -> list[tuple[str, bytes, float]]:
+        """Deterministic top-k log-probabilities: the answer's token first."""
+        others = [p for p in self._alternatives if p != piece][: max(0, k - 1)]
+        return [(*piece, -0.01)] + [(*p, -4.0 - i) for i, p in enumerate(others)]
+
     def complete(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
         model = str(body.get("model", ""))
         if chat:
@@ -102,13 +140,15 @@ class StandinServer:
         for stop in body.get("stop") or []:
             if stop in text:
                 text = text[: text.index(stop)]
+        pieces = self._pieces(text)
         max_tokens = int(body.get("max_tokens") or 16)
-        if len(text) > max_tokens:
-            text, finish = text[:max_tokens], "length"
+        if len(pieces) > max_tokens:
+            pieces, finish = pieces[:max_tokens], "length"
+            text = b"".join(data for _, data in pieces).decode(errors="replace")
         usage = {
             "prompt_tokens": len(prompt),
-            "completion_tokens": len(text),
-            "total_tokens": len(prompt) + len(text),
+            "completion_tokens": len(pieces),
+            "total_tokens": len(prompt) + len(pieces),
         }
         base = {
             "id": "cmpl-" + uuid.uuid4().hex[:12],
@@ -124,37 +164,29 @@ class StandinServer:
             }
             if body.get("logprobs"):
                 k = int(body.get("top_logprobs") or 1)
-                choice["logprobs"] = {
-                    "content": [
-                        {
-                            "token": c,
-                            "logprob": -0.01,
-                            "bytes": None,
-                            "top_logprobs": [
-                                {"token": t, "logprob": lp, "bytes": None}
-                                for t, lp in _top(c, k).items()
-                            ],
-                        }
-                        for c in text
-                    ]
-                }
+                content = [_chat_logprob(p, self._top(p, k)) for p in pieces]
+                choice["logprobs"] = {"content": content}
             return {**base, "object": "chat.completion", "choices": [choice]}
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         if body.get("logprobs"):
             k = int(body["logprobs"])
+            offsets = [sum(len(t) for t, _ in pieces[:i]) for i in range(len(pieces))]
             choice["logprobs"] = {
-                "tokens": list(text),
-                "token_logprobs": [-0.01] * len(text),
-                "top_logprobs": [_top(c, k) for c in text],
-                "text_offset": list(range(len(text))),
+                "tokens": [t for t, _ in pieces],
+                "token_logprobs": [-0.01] * len(pieces),
+                "top_logprobs": [{t: lp for t, _, lp in self._top(p, k)} for p in pieces],
+                "text_offset": offsets,
             }
         return {**base, "object": "text_completion", "choices": [choice]}
 
 
-def _top(token: str, k: int) -> dict[str, float]:
-    """Deterministic top-k log-probabilities: the answer's token first."""
-    alternatives = [c for c in "0123456789?" if c != token]
-    return {token: -0.01, **{c: -4.0 - i for i, c in enumerate(alternatives[: max(0, k - 1)])}}
+def _chat_logprob(piece: Piece, top: list[tuple[str, bytes, float]]) -> dict[str, Any]:
+    return {
+        "token": piece[0],
+        "logprob": top[0][2],
+        "bytes": list(piece[1]),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in top],
+    }
 
 
 def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:

@@ -6,8 +6,15 @@ connection errors with bounded exponential backoff, and sending the W3C
 `traceparent` of the current span on every request. `LocalTeacher` generates
 with transformers from a model folder. Both answer `generate(prompts)` with one
 dict per prompt: completion, finish_reason, completion_tokens, top_logprobs
-(a list of {token: logprob} per generated token, or None), and `error` when the
-prompt failed for good.
+(the form `slmops.synthesis.logprobs` describes, or None), vocab_size when
+top_logprobs carries token ids, unmapped_tokens when an endpoint's tokens were
+mapped to ids (how many had none), and `error` when the prompt failed for good.
+
+The local teacher's log-probabilities come from the model's raw logits (before
+temperature and top-p), one position per completion token, plus the EOS token
+as the last position when generation stopped on it: n == completion_tokens
+(+1 on EOS). A stop string cuts the completion and its tokens at the first
+token whose text reaches the cut.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import openai
 
 from slmops.core import tracing
 from slmops.core.errors import Unavailable
+from slmops.synthesis import logprobs
 from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
 from slmops.synthesis.spec_checks import SamplingConfig
+from slmops.synthesis.token_table import load_token_table
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +114,10 @@ class EndpointTeacher:
             timeout=config.timeout_s,
             max_retries=0,
         )
+        # Top-k tokens are mapped to ids only with the teacher's tokenizer.
+        self.table = None
+        if config.tokenizer and sampling.top_logprobs:
+            self.table = load_token_table(config.tokenizer)
 
     def generate(self, prompts: list[str]) -> list[dict[str, Any]]:
         if self.threads == 1 or len(prompts) <= 1:
@@ -170,37 +183,51 @@ class EndpointTeacher:
             common["stop"] = s.stop
         if s.seed is not None:
             common["seed"] = s.seed
-        if self.config.chat:
-            messages = [{"role": "user", "content": prompt}]
-            if self.system_prompt:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
-            if s.top_logprobs:
-                common.update(logprobs=True, top_logprobs=s.top_logprobs)
-            response = self.client.chat.completions.create(messages=messages, **common)
-            choice = response.choices[0]
-            text = choice.message.content or ""
-            top = None
-            if s.top_logprobs and choice.logprobs and choice.logprobs.content:
-                top = [
-                    {t.token: t.logprob for t in item.top_logprobs}
-                    for item in choice.logprobs.content
-                ]
-        else:
-            if s.top_logprobs:
-                common["logprobs"] = s.top_logprobs
-            response = self.client.completions.create(prompt=prompt, **common)
-            choice = response.choices[0]
-            text = choice.text or ""
-            top = None
-            if s.top_logprobs and choice.logprobs and choice.logprobs.top_logprobs:
-                top = [dict(item or {}) for item in choice.logprobs.top_logprobs]
+        ask = self._ask_chat if self.config.chat else self._ask_completion
+        response, text, positions = ask(prompt, common)
+        choice = response.choices[0]
         usage = getattr(response, "usage", None)
-        return {
+        result: dict[str, Any] = {
             "completion": text,
             "finish_reason": choice.finish_reason or "",
             "completion_tokens": int(usage.completion_tokens) if usage else 0,
-            "top_logprobs": top,
+            "top_logprobs": None,
         }
+        if positions is not None:
+            top, unmapped = logprobs.from_positions(positions, self.table)
+            result["top_logprobs"] = top
+            if self.table is not None:
+                result["unmapped_tokens"] = unmapped
+                if top["token_ids"] is not None:
+                    result["vocab_size"] = self.table.vocab_size
+        return result
+
+    def _ask_chat(self, prompt: str, common: dict[str, Any]) -> tuple[Any, str, list | None]:
+        """(response, text, log-probability positions or None) from /chat/completions."""
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        k = self.sampling.top_logprobs
+        if k:
+            common = {**common, "logprobs": True, "top_logprobs": k}
+        response = self.client.chat.completions.create(messages=messages, **common)
+        choice = response.choices[0]
+        positions = None
+        if k and choice.logprobs and choice.logprobs.content:
+            positions = logprobs.chat_positions(choice.logprobs.content)
+        return response, choice.message.content or "", positions
+
+    def _ask_completion(self, prompt: str, common: dict[str, Any]) -> tuple[Any, str, list | None]:
+        """(response, text, log-probability positions or None) from /completions."""
+        k = self.sampling.top_logprobs
+        if k:
+            common = {**common, "logprobs": k}
+        response = self.client.completions.create(prompt=prompt, **common)
+        choice, positions = response.choices[0], None
+        lp = choice.logprobs
+        if k and lp and lp.tokens and lp.top_logprobs:
+            positions = logprobs.completion_positions(lp.tokens, lp.top_logprobs)
+        return response, choice.text or "", positions
 
 
 class LocalTeacher:
@@ -225,6 +252,8 @@ class LocalTeacher:
         self.eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else self.eos_id
+        model_vocab = self.model.config.get_text_config().vocab_size or 0
+        self.vocab_size = max(len(self.tokenizer), model_vocab)
 
     def generate(self, prompts: list[str]) -> list[dict[str, Any]]:
         return [self.complete(p) for p in prompts]
@@ -237,7 +266,8 @@ class LocalTeacher:
             "pad_token_id": self.pad_id,
             "eos_token_id": self.eos_id,
             "return_dict_in_generate": True,
-            "output_scores": bool(s.top_logprobs),
+            # Raw logits, not `scores`: scores come after the temperature and top-p processors.
+            "output_logits": bool(s.top_logprobs),
         }
         if s.temperature > 0:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
@@ -247,28 +277,49 @@ class LocalTeacher:
             torch.manual_seed(s.seed)
         with torch.no_grad():
             out = self.model.generate(**inputs, **kwargs)
-        new_ids = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
-        finish = "length"
-        if self.eos_id is not None and self.eos_id in new_ids:
-            new_ids = new_ids[: new_ids.index(self.eos_id)]
-            finish = "stop"
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        for stop in s.stop:
-            if stop in text:
-                text, finish = text[: text.index(stop)], "stop"
-        top = None
-        if s.top_logprobs:
-            top = []
-            for scores in out.scores[: len(new_ids)]:
-                logprobs = torch.log_softmax(scores[0].float(), dim=-1)
-                values, ids = logprobs.topk(s.top_logprobs)
-                top.append({self.tokenizer.decode([int(i)]): float(v) for v, i in zip(values, ids)})
-        return {
+        generated = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+        new_ids, text, finish, on_eos = self._cut(generated)
+        result: dict[str, Any] = {
             "completion": text,
             "finish_reason": finish,
             "completion_tokens": len(new_ids),
-            "top_logprobs": top,
+            "top_logprobs": None,
         }
+        if s.top_logprobs:
+            positions = new_ids + ([self.eos_id] if on_eos else [])
+            logits = [step[0] for step in out.logits]
+            result["top_logprobs"] = logprobs.from_logits(
+                positions, logits, s.top_logprobs, self._decode_each
+            )
+            result["vocab_size"] = self.vocab_size
+        return result
+
+    def _cut(self, generated: list[int]) -> tuple[list[int], str, str, bool]:
+        """(completion ids, completion, finish_reason, stopped on EOS) for the generated ids."""
+        ids, finish, on_eos = generated, "length", False
+        if self.eos_id is not None and self.eos_id in ids:
+            ids, finish, on_eos = ids[: ids.index(self.eos_id)], "stop", True
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = min((text.index(stop) for stop in self.sampling.stop if stop in text), default=None)
+        if cut is not None:
+            text, finish, on_eos = text[:cut], "stop", False
+            ids = self._tokens_reaching(ids, text)
+        return ids, text, finish, on_eos
+
+    def _tokens_reaching(self, ids: list[int], text: str) -> list[int]:
+        """The shortest prefix of ids whose text starts with text (binary search)."""
+        low, high = 0, len(ids)
+        while low < high:
+            middle = (low + high) // 2
+            if self.tokenizer.decode(ids[:middle], skip_special_tokens=True).startswith(text):
+                high = middle
+            else:
+                low = middle + 1
+        return ids[:low]
+
+    def _decode_each(self, ids: list[int]) -> list[str]:
+        """The text of each token id on its own."""
+        return self.tokenizer.batch_decode([[i] for i in ids])
 
 
 def make_teacher(

@@ -9,20 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TeacherEndpoint(_message.Message):
-    __slots__ = ("base_url", "model", "api_key_env", "chat", "max_concurrency", "timeout_s")
+    __slots__ = ("base_url", "model", "api_key_env", "chat", "max_concurrency", "timeout_s", "tokenizer")
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ENV_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     base_url: str
     model: str
     api_key_env: str
     chat: bool
     max_concurrency: int
     timeout_s: float
-    def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    tokenizer: str
+    def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., timeout_s: _Optional[float] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class LocalTeacher(_message.Message):
     __slots__ = ("model", "device")

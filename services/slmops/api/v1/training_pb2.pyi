@@ -17,12 +17,14 @@ class TrainingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FULL: _ClassVar[TrainingMethod]
     LORA: _ClassVar[TrainingMethod]
     QLORA: _ClassVar[TrainingMethod]
+    MULTI_ADAPTER: _ClassVar[TrainingMethod]
 TRAINING_METHOD_UNSPECIFIED: TrainingMethod
 SFT_DISTILL: TrainingMethod
 LOGIT_DISTILL: TrainingMethod
 FULL: TrainingMethod
 LORA: TrainingMethod
 QLORA: TrainingMethod
+MULTI_ADAPTER: TrainingMethod
 
 class ModelInit(_message.Message):
     __slots__ = ("model", "from_config", "config_overrides")
@@ -42,7 +44,7 @@ class ModelInit(_message.Message):
     def __init__(self, model: _Optional[str] = ..., from_config: _Optional[bool] = ..., config_overrides: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("learning_rate", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "max_seq_length", "seed", "precision", "distill_temperature", "distill_alpha")
+    __slots__ = ("learning_rate", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "max_seq_length", "seed", "precision", "distill_temperature", "distill_alpha", "checkpoint_every", "eval_every", "early_stopping_patience", "gradient_checkpointing", "packing")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +57,11 @@ class Hyperparameters(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     DISTILL_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     DISTILL_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
+    PACKING_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     epochs: int
     max_steps: int
@@ -67,24 +74,79 @@ class Hyperparameters(_message.Message):
     precision: str
     distill_temperature: float
     distill_alpha: float
-    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., distill_temperature: _Optional[float] = ..., distill_alpha: _Optional[float] = ...) -> None: ...
+    checkpoint_every: int
+    eval_every: int
+    early_stopping_patience: int
+    gradient_checkpointing: bool
+    packing: bool
+    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., distill_temperature: _Optional[float] = ..., distill_alpha: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., eval_every: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., packing: _Optional[bool] = ...) -> None: ...
 
 class LoraConfig(_message.Message):
-    __slots__ = ("rank", "alpha", "dropout", "target_modules", "adapter_name")
+    __slots__ = ("rank", "alpha", "dropout", "target_modules", "adapter_name", "merge")
     RANK_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
     rank: int
     alpha: int
     dropout: float
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     adapter_name: str
-    def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., adapter_name: _Optional[str] = ...) -> None: ...
+    merge: bool
+    def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., adapter_name: _Optional[str] = ..., merge: _Optional[bool] = ...) -> None: ...
+
+class DistillConfig(_message.Message):
+    __slots__ = ("teacher", "loss", "jsd_beta")
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    JSD_BETA_FIELD_NUMBER: _ClassVar[int]
+    teacher: str
+    loss: str
+    jsd_beta: float
+    def __init__(self, teacher: _Optional[str] = ..., loss: _Optional[str] = ..., jsd_beta: _Optional[float] = ...) -> None: ...
+
+class AdapterSpec(_message.Message):
+    __slots__ = ("name", "dataset_uri")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATASET_URI_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dataset_uri: str
+    def __init__(self, name: _Optional[str] = ..., dataset_uri: _Optional[str] = ...) -> None: ...
+
+class SearchDimension(_message.Message):
+    __slots__ = ("name", "distribution", "low", "high", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    distribution: str
+    low: float
+    high: float
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., distribution: _Optional[str] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchSpec(_message.Message):
+    __slots__ = ("space", "trials", "metric", "mode", "max_concurrent_trials", "grace_period")
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    space: _containers.RepeatedCompositeFieldContainer[SearchDimension]
+    trials: int
+    metric: str
+    mode: str
+    max_concurrent_trials: int
+    grace_period: int
+    def __init__(self, space: _Optional[_Iterable[_Union[SearchDimension, _Mapping]]] = ..., trials: _Optional[int] = ..., metric: _Optional[str] = ..., mode: _Optional[str] = ..., max_concurrent_trials: _Optional[int] = ..., grace_period: _Optional[int] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("method", "base", "dataset_uri", "hyperparameters", "lora", "resources", "output_uri", "labels")
+    __slots__ = ("method", "base", "dataset_uri", "hyperparameters", "lora", "resources", "output_uri", "labels", "distill", "adapters", "search", "max_failures")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +162,10 @@ class TrainingSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    DISTILL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
     method: TrainingMethod
     base: ModelInit
     dataset_uri: str
@@ -108,7 +174,11 @@ class TrainingSpec(_message.Message):
     resources: _common_pb2.ResourceRequest
     output_uri: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, method: _Optional[_Union[TrainingMethod, str]] = ..., base: _Optional[_Union[ModelInit, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., output_uri: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    distill: DistillConfig
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterSpec]
+    search: SearchSpec
+    max_failures: int
+    def __init__(self, method: _Optional[_Union[TrainingMethod, str]] = ..., base: _Optional[_Union[ModelInit, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., output_uri: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., distill: _Optional[_Union[DistillConfig, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[AdapterSpec, _Mapping]]] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., max_failures: _Optional[int] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
     __slots__ = ("id", "spec", "status")
