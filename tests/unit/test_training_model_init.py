@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from slmops.core.errors import InvalidSpec
 from slmops.models.tiny import build_model, train_tokenizer
-from slmops.training import job, model_init, sft
-from slmops.training.spec import ModelInitConfig, TrainingConfig
+from slmops.training import job, model_init
+from slmops.training.spec import ModelInitConfig
 
 
 @pytest.fixture(scope="module")
@@ -78,22 +76,3 @@ def test_missing_model_and_dataset_fail_before_any_training(base_dir, tmp_path):
     assert info.value.field == "spec.dataset_uri" and "train.jsonl" in str(info.value)
     assert not (tmp_path / "out").exists()
 
-
-def test_schedule_and_step_count():
-    factors = [sft.lr_factor(s, warmup_steps=4, total_steps=20) for s in range(20)]
-    assert factors[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
-    assert factors[4] == 1.0 and factors[-1] < 0.05
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
-    assert sft.lr_factor(0, 0, 10) == 1.0 and math.isclose(sft.lr_factor(10, 0, 10), 0.0, abs_tol=1e-12)
-
-    config = TrainingConfig.model_validate(
-        {
-            "method": "full",
-            "base": {"model": "m"},
-            "dataset_uri": "d",
-            "hyperparameters": {"epochs": 3, "gradient_accumulation_steps": 4},
-        }
-    )
-    assert sft.optimizer_steps(10, config) == 9  # 3 steps per epoch, the last on 2 batches
-    config.hyperparameters.max_steps = 5
-    assert sft.optimizer_steps(10, config) == 5

@@ -1,70 +1,183 @@
-"""Validation of TrainingSpec: defaults, every problem reported at once, proto field paths."""
+"""Validation of TrainingSpec: defaults, every problem reported at once, proto field paths.
+
+The deep checks look inside a real tiny model folder and real dataset files
+under the data dir (the allowed root), the way the service does at Create.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from slmops.api.v1 import training_pb2 as pb
 from slmops.core import artifacts
 from slmops.core.errors import InvalidSpec
+from slmops.models.tiny import build_model, train_tokenizer
+from slmops.training.recipes import registry
 from slmops.training.spec import TrainingConfig, from_proto, parse_memory, parse_override
 
-INPUTS: dict[str, str] = {}
+RECORDS = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a, b in ((1, 2), (12, 30), (7, 7), (40, 2))]
+
+
+def _write(folder: Path, train: list[dict], validation: list[dict] | None = None) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    if validation is not None:
+        (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in validation))
+    return artifacts.to_uri(folder)
+
+
+def _topk(tokenizer, record: dict, vocab_size: int) -> dict:
+    """A synthesis record carrying the teacher's top-2 log-probabilities with token ids."""
+    ids = tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+    top = {
+        "token_ids": ids,
+        "tokens": [tokenizer.decode([i]) for i in ids],
+        "top_ids": [[i, tokenizer.eos_token_id] for i in ids],
+        "top_tokens": [[tokenizer.decode([i]), "<eos>"] for i in ids],
+        "top_logprobs": [[-0.1, -2.4] for _ in ids],
+    }
+    return {**record, "teacher": {"model": "t", "vocab_size": vocab_size}, "top_logprobs": top}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A tiny qwen2 model, a teacher of another vocabulary and datasets, all under one data dir."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("data")
+    tok_dir = train_tokenizer(["12+34=46", "0123456789+="], root / "tok", vocab_size=258)
+    model = build_model(
+        root / "model",
+        tok_dir,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    config = json.loads((model / "config.json").read_text())
+    (root / "big-vocab").mkdir()
+    (root / "big-vocab" / "config.json").write_text(json.dumps({**config, "vocab_size": 512}))
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    vocab = config["vocab_size"]
+    _write(root / "ds", RECORDS, RECORDS[:2])
+    _write(root / "train-only", RECORDS)
+    _write(root / "topk", [_topk(tokenizer, r, vocab) for r in RECORDS], [_topk(tokenizer, r, vocab) for r in RECORDS[:2]])
+    _write(root / "topk-512", [_topk(tokenizer, r, 512) for r in RECORDS])
+    (root / "empty").mkdir()
+    return root
 
 
 @pytest.fixture(autouse=True)
-def local_inputs(tmp_path, monkeypatch):
-    """A model folder and a dataset under the allowed roots, as the service would see them."""
-    monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path))
-    (tmp_path / "teacher").mkdir()
-    (tmp_path / "teacher" / "config.json").write_text("{}")
-    (tmp_path / "ds").mkdir()
-    (tmp_path / "ds" / "train.jsonl").write_text("")
-    INPUTS.update(model=str(tmp_path / "teacher"), dataset=f"file://{tmp_path}/ds")
+def data_dir(root, monkeypatch) -> Path:
+    monkeypatch.setenv("SLMOPS_DATA_DIR", str(root))
+    return root
 
 
-def _spec(**fields) -> pb.TrainingSpec:
+def _uri(root: Path, name: str) -> str:
+    return artifacts.to_uri(root / name)
+
+
+def _spec(root: Path, **fields) -> pb.TrainingSpec:
     base = {
         "method": pb.SFT_DISTILL,
-        "base": pb.ModelInit(model=INPUTS["model"]),
-        "dataset_uri": INPUTS["dataset"],
+        "base": pb.ModelInit(model=str(root / "model")),
+        "dataset_uri": _uri(root, "ds"),
     }
     base.update(fields)
     return pb.TrainingSpec(**base)
 
 
-def _problems(spec: pb.TrainingSpec) -> dict[str, str]:
+def _problems(spec: pb.TrainingSpec, deep: bool = True) -> dict[str, str]:
     with pytest.raises(InvalidSpec) as info:
-        from_proto(spec)
-    return dict(info.value.problems)
+        from_proto(spec, deep=deep)
+    problems = info.value.problems
+    fields = [f for f, _ in problems]
+    assert len(fields) == len(set(fields)), problems  # one problem per field in these specs
+    return dict(problems)
 
 
-def test_defaults_follow_the_proto_comments():
-    config = from_proto(_spec())
+# -- defaults -----------------------------------------------------------------
+
+
+def test_defaults_follow_the_proto_comments(root):
+    config = from_proto(_spec(root))
     hp = config.hyperparameters
     assert (config.method, hp.learning_rate, hp.epochs, hp.batch_size) == ("sft_distill", 5e-4, 1, 16)
-    assert (hp.max_seq_length, hp.precision, hp.max_steps, hp.gradient_accumulation_steps) == (
-        128,
-        "fp32",
-        0,
+    assert (hp.max_seq_length, hp.precision, hp.max_steps, hp.gradient_accumulation_steps) == (128, "fp32", 0, 1)
+    assert (hp.checkpoint_every, hp.eval_every, hp.early_stopping_patience) == (0, 0, 0)
+    assert not hp.gradient_checkpointing and not hp.packing
+    assert (config.resources.num_workers, config.resources.cpus_per_worker, config.resources.gpus_per_worker) == (
         1,
+        1.0,
+        0.0,
     )
-    assert (
-        config.resources.num_workers,
-        config.resources.cpus_per_worker,
-        config.resources.gpus_per_worker,
-    ) == (1, 1.0, 0.0)
+    assert config.max_failures == 3
+    assert (config.lora, config.distill, config.search, config.adapters) == (None, None, None, [])
+    assert registry.output_kind(config) == "checkpoint"
     # The config is plain JSON and comes back identical.
     assert TrainingConfig.model_validate(json.loads(config.model_dump_json())) == config
+    assert from_proto(_spec(root, max_failures=-1)).max_failures == -1
 
 
-def test_full_method_and_explicit_values():
+@pytest.mark.parametrize("method", [pb.LORA, pb.QLORA], ids=["lora", "qlora"])
+def test_lora_section_defaults(root, method):
+    config = from_proto(_spec(root, method=method))
+    lora = config.lora
+    assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules, lora.adapter_name, lora.merge) == (
+        8,
+        16,
+        0.0,
+        [],
+        "default",
+        False,
+    )
+    assert registry.output_kind(config) == "adapter"
+    merged = from_proto(_spec(root, method=method, lora=pb.LoraConfig(merge=True)))
+    assert registry.output_kind(merged) == "checkpoint"
+
+
+def test_distill_section_defaults(root):
+    config = from_proto(_spec(root, method=pb.LOGIT_DISTILL, dataset_uri=_uri(root, "topk")))
+    distill = config.distill
+    assert (distill.teacher, distill.loss, distill.temperature, distill.alpha, distill.jsd_beta) == (
+        "",
+        "forward_kl",
+        2.0,
+        0.5,
+        0.5,
+    )
+    assert config.lora is None and registry.output_kind(config) == "checkpoint"
+
+
+def test_search_section_defaults(root):
+    space = [pb.SearchDimension(name="learning_rate", distribution="LogUniform", low=1e-4, high=1e-2)]
+    config = from_proto(_spec(root, search=pb.SearchSpec(space=space)))
+    search = config.search
+    assert (search.trials, search.metric, search.mode, search.max_concurrent_trials, search.grace_period) == (
+        4,
+        "eval_loss",
+        "min",
+        1,
+        1,
+    )
+    assert search.space[0].distribution == "loguniform"
+
+
+# -- explicit values -------------------------------------------------------------
+
+
+def test_full_method_and_explicit_values(root):
     spec = _spec(
+        root,
         method=pb.FULL,
         base=pb.ModelInit(
-            model="m",
+            model=str(root / "model"),
             from_config=True,
             config_overrides={
                 "hidden_size": "48",
@@ -74,9 +187,19 @@ def test_full_method_and_explicit_values():
             },
         ),
         hyperparameters=pb.Hyperparameters(
-            learning_rate=1e-3, epochs=3, batch_size=8, precision="BF16", seed=7
+            learning_rate=1e-3,
+            epochs=3,
+            batch_size=8,
+            precision="BF16",
+            seed=7,
+            checkpoint_every=5,
+            eval_every=10,
+            early_stopping_patience=2,
+            gradient_checkpointing=True,
+            packing=True,
         ),
         resources={"num_workers": 2, "cpus_per_worker": 0.5, "memory": "2Gi"},
+        max_failures=5,
         labels={"team": "a"},
     )
     config = from_proto(spec)
@@ -87,19 +210,41 @@ def test_full_method_and_explicit_values():
         "rms_norm_eps": 1e-5,
         "hidden_act": "gelu",
     }
-    assert (config.hyperparameters.precision, config.hyperparameters.seed) == ("bf16", 7)
+    hp = config.hyperparameters
+    assert (hp.precision, hp.seed, hp.checkpoint_every, hp.eval_every, hp.early_stopping_patience) == ("bf16", 7, 5, 10, 2)
+    assert hp.gradient_checkpointing and hp.packing
     assert (config.resources.num_workers, config.resources.memory_bytes) == (2, 2 * 1024**3)
-    assert config.labels == {"team": "a"}
+    assert (config.max_failures, config.labels) == (5, {"team": "a"})
 
 
-@pytest.mark.parametrize("method", [pb.LOGIT_DISTILL, pb.LORA, pb.QLORA])
-def test_methods_not_available_yet(method):
-    problems = _problems(_spec(method=method))
-    assert "not available yet" in problems["spec.method"]
-    assert pb.TrainingMethod.Name(method) in problems["spec.method"]
+def test_lora_and_distill_values_pass_through(root):
+    lora = pb.LoraConfig(rank=4, alpha=8, dropout=0.1, target_modules=[" q_proj", "v_proj "], adapter_name="math", merge=True)
+    config = from_proto(_spec(root, method=pb.LORA, lora=lora))
+    assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (4, 8, 0.1)
+    assert (config.lora.target_modules, config.lora.adapter_name, config.lora.merge) == (["q_proj", "v_proj"], "math", True)
+
+    online = _spec(
+        root,
+        method=pb.LOGIT_DISTILL,
+        distill=pb.DistillConfig(teacher=str(root / "model"), loss="JSD", jsd_beta=0.3),
+        hyperparameters=pb.Hyperparameters(distill_temperature=4.0, distill_alpha=0.9),
+    )
+    distill = from_proto(online).distill
+    assert distill.teacher == _uri(root, "model")  # a local teacher becomes an absolute URI
+    assert (distill.loss, distill.jsd_beta, distill.temperature, distill.alpha) == ("jsd", 0.3, 4.0, 0.9)
 
 
-def test_every_problem_is_reported_at_once():
+def test_multi_adapter_reads_one_dataset_per_adapter(root):
+    adapters = [pb.AdapterSpec(name="sums", dataset_uri=str(root / "ds")), pb.AdapterSpec(name="plain", dataset_uri=_uri(root, "train-only"))]
+    config = from_proto(_spec(root, method=pb.MULTI_ADAPTER, dataset_uri="", adapters=adapters))
+    assert config.datasets() == {"sums": _uri(root, "ds"), "plain": _uri(root, "train-only")}
+    assert config.lora.rank == 8 and registry.output_kind(config) == "adapter"
+
+
+# -- every problem at once, by proto path ---------------------------------------
+
+
+def test_field_constraints_are_reported_at_once():
     spec = pb.TrainingSpec(
         base=pb.ModelInit(config_overrides={"hidden_size": "-4", "bad key": "1"}),
         hyperparameters=pb.Hyperparameters(
@@ -109,11 +254,12 @@ def test_every_problem_is_reported_at_once():
             warmup_ratio=1.5,
             weight_decay=2,
             precision="fp8",
-            distill_temperature=2.0,
+            distill_temperature=-2.0,
             seed=-3,
+            checkpoint_every=-1,
         ),
         resources={"num_workers": -1, "gpus_per_worker": -1, "memory": "lots"},
-        lora=pb.LoraConfig(rank=8),
+        max_failures=-2,
     )
     problems = _problems(spec)
     assert set(problems) == {
@@ -122,7 +268,6 @@ def test_every_problem_is_reported_at_once():
         "spec.base.config_overrides",
         "spec.base.config_overrides[bad key]",
         "spec.base.config_overrides[hidden_size]",
-        "spec.dataset_uri",
         "spec.hyperparameters.learning_rate",
         "spec.hyperparameters.epochs",
         "spec.hyperparameters.batch_size",
@@ -131,20 +276,256 @@ def test_every_problem_is_reported_at_once():
         "spec.hyperparameters.precision",
         "spec.hyperparameters.distill_temperature",
         "spec.hyperparameters.seed",
+        "spec.hyperparameters.checkpoint_every",
         "spec.resources.num_workers",
         "spec.resources.gpus_per_worker",
         "spec.resources.memory",
-        "spec.lora",
+        "spec.max_failures",
     }
     assert "is required" in problems["spec.method"]
+    assert "MULTI_ADAPTER" in problems["spec.method"] and "LOGIT_DISTILL" in problems["spec.method"]
     assert "from_config" in problems["spec.base.config_overrides"]
 
 
-def test_batch_must_split_over_workers():
-    problems = _problems(
-        _spec(hyperparameters=pb.Hyperparameters(batch_size=10), resources={"num_workers": 3})
+def test_lora_spec_problems_name_their_fields(root):
+    spec = _spec(
+        root,
+        method=pb.LORA,
+        lora=pb.LoraConfig(rank=-1, alpha=-2, dropout=1.5, adapter_name="bad name!"),
+        distill=pb.DistillConfig(loss="kl"),
+        hyperparameters=pb.Hyperparameters(distill_alpha=0.2),
+        adapters=[pb.AdapterSpec(name="a", dataset_uri=str(root / "ds"))],
+        search=pb.SearchSpec(
+            space=[
+                pb.SearchDimension(name="lora_rank", distribution="randint", low=0, high=4),
+                pb.SearchDimension(name="distill_alpha", distribution="uniform", low=0.1, high=0.9),
+            ],
+            metric="accuracy",
+        ),
     )
+    problems = _problems(spec)
+    assert set(problems) == {
+        "spec.lora.rank",
+        "spec.lora.alpha",
+        "spec.lora.dropout",
+        "spec.lora.adapter_name",
+        "spec.distill",
+        "spec.distill.loss",
+        "spec.hyperparameters.distill_alpha",
+        "spec.adapters",
+        "spec.search.space[0].low",
+        "spec.search.space[1].name",
+        "spec.search.metric",
+    }
+    assert "greater than or equal to 1" in problems["spec.lora.rank"] and "-1" in problems["spec.lora.rank"]
+    assert "forward_kl" in problems["spec.distill.loss"] and "'kl'" in problems["spec.distill.loss"]
+    assert problems["spec.distill"] == "applies to LOGIT_DISTILL only, not LORA"
+    assert problems["spec.hyperparameters.distill_alpha"] == "applies to LOGIT_DISTILL only, not LORA"
+    assert problems["spec.adapters"] == "applies to MULTI_ADAPTER only, not LORA"
+    assert "lora_rank 0 is outside its range" in problems["spec.search.space[0].low"]
+    assert "no searchable field 'distill_alpha'" in problems["spec.search.space[1].name"]
+    assert "lora_rank" in problems["spec.search.space[1].name"]
+
+
+def test_logit_distill_problems_use_the_proto_paths(root):
+    spec = _spec(
+        root,
+        method=pb.LOGIT_DISTILL,
+        dataset_uri=_uri(root, "topk"),
+        distill=pb.DistillConfig(loss="kl", jsd_beta=1.5),
+        hyperparameters=pb.Hyperparameters(distill_temperature=-1, distill_alpha=2, packing=True),
+        lora=pb.LoraConfig(rank=4),
+    )
+    problems = _problems(spec)
+    # The temperature and alpha live in the config's distill section, but the caller set them here:
+    assert set(problems) == {
+        "spec.distill.loss",
+        "spec.distill.jsd_beta",
+        "spec.hyperparameters.distill_temperature",
+        "spec.hyperparameters.distill_alpha",
+        "spec.hyperparameters.packing",
+        "spec.lora",
+    }
+    assert problems["spec.lora"] == "applies to LORA, QLORA and MULTI_ADAPTER only, not LOGIT_DISTILL"
+
+
+def test_sft_search_space_is_checked_against_the_recipe(root):
+    spec = _spec(
+        root,
+        lora=pb.LoraConfig(rank=4),
+        search=pb.SearchSpec(
+            space=[
+                pb.SearchDimension(name="lora_rank", distribution="randint", low=2, high=8),
+                pb.SearchDimension(name="learning_rate", distribution="choice", values=["1e-3", "fast"]),
+                pb.SearchDimension(name="batch_size", distribution="randint", low=8, high=4),
+                pb.SearchDimension(name="epochs", distribution="choice", values=["1", "2.5"]),
+                pb.SearchDimension(name="warmup_ratio", distribution="uniform", low=0.0, high=2.0),
+                pb.SearchDimension(name="weight_decay", distribution="gaussian", low=0.0, high=0.1),
+            ],
+            trials=-1,
+        ),
+    )
+    problems = _problems(spec)
+    assert set(problems) == {
+        "spec.lora",
+        "spec.search.space[0].name",
+        "spec.search.space[1]",
+        "spec.search.space[2]",
+        "spec.search.space[3]",
+        "spec.search.space[4].high",
+        "spec.search.space[5].distribution",
+        "spec.search.trials",
+    }
+    assert problems["spec.lora"] == "applies to LORA, QLORA and MULTI_ADAPTER only, not SFT_DISTILL"
+    named = problems["spec.search.space[0].name"]
+    assert "SFT_DISTILL has no searchable field 'lora_rank'" in named and "learning_rate" in named
+    assert "'fast'" in problems["spec.search.space[1]"]
+    assert "below high" in problems["spec.search.space[2]"]
+    assert "integers" in problems["spec.search.space[3]"]
+    assert "warmup_ratio 2.0 is outside its range" in problems["spec.search.space[4].high"]
+
+
+def test_multi_adapter_problems(root):
+    problems = _problems(_spec(root, method=pb.MULTI_ADAPTER))
+    assert set(problems) == {"spec.adapters", "spec.dataset_uri"}
+    assert "at least one adapter" in problems["spec.adapters"]
+    assert "one dataset per adapter" in problems["spec.dataset_uri"]
+
+    ds = str(root / "ds")
+    adapters = [
+        pb.AdapterSpec(name="sums", dataset_uri=ds),
+        pb.AdapterSpec(name="sums", dataset_uri=ds),
+        pb.AdapterSpec(name="-bad", dataset_uri=ds),
+        pb.AdapterSpec(name="nothing", dataset_uri=str(root / "empty")),
+        pb.AdapterSpec(name="missing", dataset_uri=""),
+    ]
+    search = pb.SearchSpec(space=[pb.SearchDimension(name="lora_rank", distribution="choice", values=["2", "4"])])
+    problems = _problems(_spec(root, method=pb.MULTI_ADAPTER, dataset_uri="", adapters=adapters, search=search))
+    assert set(problems) == {
+        "spec.adapters[1].name",
+        "spec.adapters[2].name",
+        "spec.adapters[3].dataset_uri",
+        "spec.adapters[4].dataset_uri",
+        "spec.search",
+    }
+    assert "'sums' is used twice" in problems["spec.adapters[1].name"]
+    assert "has no train.jsonl" in problems["spec.adapters[3].dataset_uri"]
+
+
+def test_qlora_needs_pretrained_weights(root):
+    base = pb.ModelInit(model=str(root / "model"), from_config=True)
+    problems = _problems(_spec(root, method=pb.QLORA, base=base))
+    assert set(problems) == {"spec.base.from_config"}
+    assert "QLORA" in problems["spec.base.from_config"]
+    assert from_proto(_spec(root, method=pb.LORA, base=base)).base.from_config  # LoRA on a fresh model is allowed
+
+
+def test_batch_must_split_over_workers(root):
+    problems = _problems(_spec(root, hyperparameters=pb.Hyperparameters(batch_size=10), resources={"num_workers": 3}))
     assert set(problems) == {"spec.hyperparameters.batch_size"}
+    assert "10 does not split evenly over 3 workers" in problems["spec.hyperparameters.batch_size"]
+
+
+# -- deep checks: inside the model, datasets and teacher ---------------------------
+
+
+def test_unknown_lora_target_module_names_the_models_linear_layers(root):
+    lora = pb.LoraConfig(target_modules=["q_proj", "query_key_value"])
+    problems = _problems(_spec(root, method=pb.LORA, lora=lora))
+    assert set(problems) == {"spec.lora.target_modules"}
+    message = problems["spec.lora.target_modules"]
+    assert "the qwen2 model has no query_key_value" in message
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert name in message
+    # Without deep checks the model is not opened.
+    assert from_proto(_spec(root, method=pb.LORA, lora=lora), deep=False).lora.target_modules == ["q_proj", "query_key_value"]
+
+
+def test_offline_logit_distill_needs_stored_topk_with_ids(root):
+    problems = _problems(_spec(root, method=pb.LOGIT_DISTILL, dataset_uri=_uri(root, "ds")))
+    assert set(problems) == {"spec.dataset_uri"}
+    assert "top-k log-probabilities with token ids" in problems["spec.dataset_uri"]
+    # The same dataset serves an online teacher, which computes its distribution itself.
+    online = _spec(root, method=pb.LOGIT_DISTILL, dataset_uri=_uri(root, "ds"), distill=pb.DistillConfig(teacher=str(root / "model")))
+    assert from_proto(online).distill.teacher == _uri(root, "model")
+
+    problems = _problems(_spec(root, method=pb.LOGIT_DISTILL, dataset_uri=_uri(root, "topk-512")))
+    vocab = json.loads((root / "model" / "config.json").read_text())["vocab_size"]
+    assert f"teacher's vocabulary (512 tokens) differs from the student's ({vocab})" in problems["spec.dataset_uri"]
+
+
+def test_online_teacher_of_another_vocabulary_is_refused(root):
+    spec = _spec(root, method=pb.LOGIT_DISTILL, distill=pb.DistillConfig(teacher=str(root / "big-vocab")))
+    problems = _problems(spec)
+    vocab = json.loads((root / "model" / "config.json").read_text())["vocab_size"]
+    assert set(problems) == {"spec.distill.teacher"}
+    assert f"(512 tokens) differs from the student's ({vocab})" in problems["spec.distill.teacher"]
+
+
+def test_unknown_hub_model_is_refused_offline(root, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    problems = _problems(_spec(root, base=pb.ModelInit(model="nobody/no-such-model")))
+    assert set(problems) == {"spec.base.model"}
+    assert "nobody/no-such-model" in problems["spec.base.model"]
+    teacher = _spec(root, method=pb.LOGIT_DISTILL, distill=pb.DistillConfig(teacher="nobody/no-such-teacher"))
+    assert "cannot load the teacher's config" in _problems(teacher)["spec.distill.teacher"]
+
+
+def test_shapes_the_job_would_refuse_are_refused_at_create(root):
+    spec = _spec(
+        root,
+        base=pb.ModelInit(model=str(root / "model"), from_config=True, config_overrides={"hidden_size": "30"}),
+        hyperparameters=pb.Hyperparameters(max_seq_length=512),
+    )
+    problems = _problems(spec)
+    assert set(problems) == {"spec.base.config_overrides", "spec.hyperparameters.max_seq_length"}
+    assert "512 exceeds the model's max_position_embeddings 256" in problems["spec.hyperparameters.max_seq_length"]
+
+
+def test_validation_losses_need_a_validation_split(root):
+    search = pb.SearchSpec(space=[pb.SearchDimension(name="learning_rate", distribution="uniform", low=1e-4, high=1e-3)])
+    spec = _spec(
+        root,
+        dataset_uri=_uri(root, "train-only"),
+        search=search,
+        hyperparameters=pb.Hyperparameters(early_stopping_patience=2),
+    )
+    problems = _problems(spec)
+    assert set(problems) == {"spec.search.metric", "spec.hyperparameters.early_stopping_patience"}
+    search.metric = "train_loss"
+    assert from_proto(_spec(root, dataset_uri=_uri(root, "train-only"), search=search)).search.metric == "train_loss"
+
+
+def test_remote_models_are_checked_without_copying_their_weights(root, monkeypatch):
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = fsspec.filesystem("memory")
+    for path in (root / "model").iterdir():
+        fs.pipe(f"/models/tiny/{path.name}", path.read_bytes())
+    copied: list[str] = []
+    original = MemoryFileSystem.get_file
+
+    def get_file(self, rpath, lpath, *args, **kwargs):
+        copied.append(rpath.rsplit("/", 1)[-1])
+        return original(self, rpath, lpath, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "get_file", get_file)
+    try:
+        spec = _spec(root, method=pb.LORA, base=pb.ModelInit(model="memory://models/tiny"), lora=pb.LoraConfig(target_modules=["nope"]))
+        problems = _problems(spec)
+        assert set(problems) == {"spec.lora.target_modules"}  # the config was read from the remote folder
+        assert "config.json" in copied and "tokenizer.json" in copied
+        assert not [name for name in copied if name.endswith(".safetensors")]
+        assert "does not exist" in _problems(_spec(root, base=pb.ModelInit(model="memory://models/none")))["spec.base.model"]
+    finally:
+        fs.rm("/models", recursive=True)
+
+
+# -- local inputs ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -182,18 +563,28 @@ def test_parse_memory(text, value):
     assert parse_memory(text) == value
 
 
-def test_local_inputs_must_be_inside_the_roots_and_complete(tmp_path):
-    problems = _problems(_spec(base=pb.ModelInit(model="/etc"), dataset_uri=str(tmp_path)))
+def test_local_inputs_must_be_inside_the_roots_and_complete(root):
+    problems = _problems(_spec(root, base=pb.ModelInit(model="/etc"), dataset_uri=str(root / "empty")))
     assert "outside the allowed roots" in problems["spec.base.model"]
     assert "has no train.jsonl" in problems["spec.dataset_uri"]
-    # A hub id is not a local path: it is left for the job to load.
-    assert from_proto(_spec(base=pb.ModelInit(model="Qwen/Qwen2.5-0.5B"))).base.model == "Qwen/Qwen2.5-0.5B"
+    problems = _problems(_spec(root, method=pb.LOGIT_DISTILL, distill=pb.DistillConfig(teacher=str(root / "ds"))))
+    assert "has no config.json" in problems["spec.distill.teacher"]
+    # A hub id is not a local path: without deep checks it is left for the job to load.
+    hub = _spec(root, base=pb.ModelInit(model="Qwen/Qwen2.5-0.5B"))
+    assert from_proto(hub, deep=False).base.model == "Qwen/Qwen2.5-0.5B"
 
 
-def test_local_inputs_become_absolute_uris(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = from_proto(_spec(base=pb.ModelInit(model="./teacher"), dataset_uri=str(tmp_path / "ds")))
-    assert config.base.model == artifacts.to_uri(tmp_path / "teacher")
-    assert config.dataset_uri == artifacts.to_uri(tmp_path / "ds")
+def test_local_inputs_become_absolute_uris(root, monkeypatch):
+    monkeypatch.chdir(root)
+    config = from_proto(_spec(root, base=pb.ModelInit(model="./model"), dataset_uri="ds"))
+    assert config.base.model == artifacts.to_uri(root / "model")
+    assert config.dataset_uri == artifacts.to_uri(root / "ds")
     # Remote URIs are read by the job as they are.
-    assert from_proto(_spec(dataset_uri="s3://bucket/ds")).dataset_uri == "s3://bucket/ds"
+    assert from_proto(_spec(root, dataset_uri="s3://bucket/ds"), deep=False).dataset_uri == "s3://bucket/ds"
+
+
+def test_a_copied_model_folder_is_checked_like_the_original(root, tmp_path, monkeypatch):
+    """An extra allowed root (SLMOPS_ALLOWED_ROOTS) works like the data dir."""
+    monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(tmp_path))
+    shutil.copytree(root / "model", tmp_path / "copy")
+    assert from_proto(_spec(root, base=pb.ModelInit(model=str(tmp_path / "copy")))).base.model == artifacts.to_uri(tmp_path / "copy")

@@ -29,6 +29,7 @@ class FitResult:
     model_dir: str  # local folder of the final output (model or adapters)
     metrics: dict[str, float]
     storage_dir: str  # the run's checkpoints
+    checkpoint_path: str = ""  # the final Ray checkpoint, in the run's storage
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -114,4 +115,13 @@ def fit(
         raise RuntimeError("training finished without a checkpoint")
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     folder = result.checkpoint.to_directory()
-    return FitResult(os.path.join(folder, MODEL_DIR), metrics, storage)
+    return FitResult(os.path.join(folder, MODEL_DIR), metrics, storage, result.checkpoint.path)
+
+
+def materialize(checkpoint_path: str) -> str:
+    """A local folder holding the final output of the Ray checkpoint at checkpoint_path."""
+    import ray.train
+
+    from slmops.training.trainer_kit import MODEL_DIR
+
+    return os.path.join(ray.train.Checkpoint(checkpoint_path).to_directory(), MODEL_DIR)

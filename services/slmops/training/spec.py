@@ -124,17 +124,22 @@ def parse_override(text: str) -> OverrideValue:
     return number if math.isfinite(number) else value
 
 
+# Config fields whose proto field has another name or lives elsewhere.
+_PROTO_PATHS = {
+    "resources.memory_bytes": "resources.memory",
+    "distill.temperature": "hyperparameters.distill_temperature",
+    "distill.alpha": "hyperparameters.distill_alpha",
+}
+
+
 def pydantic_problems(error: ValidationError, prefix: str = "spec") -> list[tuple[str, str]]:
     """A pydantic error as (proto path, problem) pairs."""
-    renames = {"memory_bytes": "memory"}
     problems = []
     for item in error.errors():
-        path = prefix
+        path = ""
         for part in item["loc"]:
-            if isinstance(part, int):
-                path += f"[{part}]"
-            else:
-                path += "." + renames.get(str(part), str(part))
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        path = prefix + "." + _PROTO_PATHS.get(path[1:], path[1:]) if path else prefix
         value = item.get("input")
         shown = f", got {value!r}" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
         problems.append((path, item["msg"].replace("Input should", "must").replace("String should", "must") + shown))
@@ -208,7 +213,7 @@ def _resources(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]])
     }
 
 
-def _sections(spec: training_pb2.TrainingSpec, method: str) -> dict[str, Any]:
+def _sections(spec: training_pb2.TrainingSpec, method: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
     """The method-specific sections, present when the spec sets them (or the method needs them)."""
     sections: dict[str, Any] = {}
     if spec.HasField("lora") and spec.lora.ByteSize() or method in ("lora", "qlora", "multi_adapter"):
@@ -222,8 +227,13 @@ def _sections(spec: training_pb2.TrainingSpec, method: str) -> dict[str, Any]:
             "merge": lora.merge,
         }
     hp = spec.hyperparameters
+    distill_hp = [name for name in ("distill_temperature", "distill_alpha") if getattr(hp, name)]
+    if method and method != "logit_distill":
+        problems.extend(
+            (f"spec.hyperparameters.{name}", f"applies to LOGIT_DISTILL only, not {method.upper()}") for name in distill_hp
+        )
     has_distill = spec.HasField("distill") and spec.distill.ByteSize()
-    if has_distill or hp.distill_temperature or hp.distill_alpha or method == "logit_distill":
+    if has_distill or method == "logit_distill" or (distill_hp and not method):
         sections["distill"] = {
             "teacher": spec.distill.teacher.strip(),
             "loss": spec.distill.loss.strip().lower() or "forward_kl",
@@ -329,7 +339,7 @@ def from_proto(spec: training_pb2.TrainingSpec, *, deep: bool = True) -> Trainin
         "max_failures": {0: 3, -1: -1}.get(spec.max_failures, spec.max_failures),
         "output_uri": spec.output_uri.strip(),
         "labels": dict(spec.labels),
-        **_sections(spec, method),
+        **_sections(spec, method, problems),
     }
     _inputs(raw, problems)
     try:

@@ -6,16 +6,31 @@ all at once.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import fsspec
+from pydantic import BaseModel, ValidationError
 
 from slmops.core.errors import InvalidSpec
 from slmops.training import data
 from slmops.training.recipes.registry import Problems, Recipe
-from slmops.training.recipes.sections import SEARCHABLE
+from slmops.training.recipes.sections import INTEGER_FIELDS, SEARCHABLE, DistillSettings, LoraSettings
+from slmops.training.spec import Hyperparameters
 
 _SECTION_FIELDS = {"lora": "spec.lora", "distill": "spec.distill", "adapters": "spec.adapters"}
 _USED_BY = {"lora": "LORA, QLORA and MULTI_ADAPTER", "distill": "LOGIT_DISTILL", "adapters": "MULTI_ADAPTER"}
 PEEK = 32  # records read from each dataset at Create
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "hyperparameters": Hyperparameters,
+    "lora": LoraSettings,
+    "distill": DistillSettings,
+}
+# Files a config and tokenizer check never needs: a remote model's weights stay where they are.
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx.data", ".gguf", ".h5", ".msgpack")
 
 
 def common_spec(recipe: Recipe, raw: dict[str, Any], problems: Problems) -> None:
@@ -56,33 +71,92 @@ def common_spec(recipe: Recipe, raw: dict[str, Any], problems: Problems) -> None
                         f"it has {', '.join(sorted(allowed))}",
                     )
                 )
+            else:
+                _search_range(dim, f"spec.search.space[{index}]", problems)
         if recipe.name == "multi_adapter":
             problems.append(("spec.search", "does not apply to MULTI_ADAPTER (search each adapter's recipe)"))
 
 
+def _search_range(dim: dict[str, Any], path: str, problems: Problems) -> None:
+    """Every value a dimension can sample must be one its field accepts (a trial validates it again)."""
+    section, key = SEARCHABLE[dim["name"]]
+    model = _SECTION_MODELS[section]
+    if dim["distribution"] == "choice":
+        samples = [(f"{path}.values[{i}]", v) for i, v in enumerate(dim["values"])]
+    else:
+        samples = [(f"{path}.low", dim["low"]), (f"{path}.high", dim["high"])]
+    for field, text in samples:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            continue  # SearchDimension reports values that are not numbers
+        typed = int(value) if dim["name"] in INTEGER_FIELDS else value
+        try:
+            model.__pydantic_validator__.validate_assignment(model.model_construct(), key, typed)
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].replace("Input should", "must")
+            problems.append((field, f"{dim['name']} {typed!r} is outside its range: {message}"))
+
+
 def inputs(recipe: Recipe, config: Any, problems: Problems) -> None:
     """Look inside the base model, the datasets and the teacher the way the job will."""
-    model_config = _model_config(config, problems)
+    model_config = _base_model(config, problems)
     if model_config is None:
         return
     if config.lora is not None and config.lora.target_modules:
         _target_modules(model_config, config.lora.target_modules, problems)
+    names = [a.name for a in config.adapters]
     for name, uri in config.datasets().items():
-        field = "spec.dataset_uri" if name == "train" else f"spec.adapters[{[a.name for a in config.adapters].index(name)}].dataset_uri"
-        _dataset(recipe, config, uri, field, model_config, problems)
+        field = "spec.dataset_uri" if name == "train" else f"spec.adapters[{names.index(name)}].dataset_uri"
+        if _dataset(recipe, config, uri, field, model_config, problems):
+            _validation_split(config, uri, field, problems)
     if config.distill is not None and config.distill.teacher:
         _teacher(config.distill.teacher, model_config, problems)
 
 
-def _model_config(config: Any, problems: Problems) -> Any:
+@contextmanager
+def model_files(model: str, field: str) -> Iterator[str]:
+    """A folder (or hub id) with the model's config and tokenizer, for checks at Create.
+
+    A remote artifact's small files are copied to a temporary folder, removed
+    afterwards; its weights are never copied.
+    """
+    from slmops.training import model_init
+
+    if model.startswith("file://") or "://" not in model:
+        yield model_init.resolve_model(model)
+        return
+    fs, path = fsspec.core.url_to_fs(model)
+    if not fs.isdir(path):
+        raise InvalidSpec(field, f"{model!r} does not exist")
+    with tempfile.TemporaryDirectory(prefix="slmops-check-") as folder:
+        for entry in fs.ls(path, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if not name.endswith(_WEIGHTS) and fs.isfile(entry):
+                fs.get_file(entry, os.path.join(folder, name))
+        yield folder
+
+
+def _base_model(config: Any, problems: Problems) -> Any:
+    """The config the run starts from, or None (with the problem) if it cannot be loaded.
+
+    Shapes the tokenizer and max_seq_length rule out are reported too, as the
+    job would before training.
+    """
     from slmops.training import model_init
 
     try:
-        model_dir = model_init.resolve_model(config.base.model)
-        return model_init.model_config(config.base, model_dir)
+        with model_files(config.base.model, model_init.FIELD) as model_dir:
+            model_config = model_init.model_config(config.base, model_dir)
+            try:
+                tokenizer = model_init.load_tokenizer(model_dir)
+                model_init.check_model(model_config, tokenizer, config.hyperparameters.max_seq_length)
+            except InvalidSpec as exc:
+                problems.extend(exc.problems)
     except InvalidSpec as exc:
-        problems.extend(("spec.base.model" if f == model_init.FIELD else f, p) for f, p in exc.problems)
+        problems.extend(exc.problems)
         return None
+    return model_config
 
 
 def module_names(model_config: Any) -> set[str]:
@@ -112,18 +186,19 @@ def _target_modules(model_config: Any, targets: list[str], problems: Problems) -
         )
 
 
-def _dataset(recipe: Recipe, config: Any, uri: str, field: str, model_config: Any, problems: Problems) -> None:
+def _dataset(recipe: Recipe, config: Any, uri: str, field: str, model_config: Any, problems: Problems) -> bool:
+    """Whether the dataset has train records; problems with what they hold are appended."""
     if not data.split_exists(uri, data.TRAIN_FILE):
         problems.append((field, f"{uri!r} has no {data.TRAIN_FILE}"))
-        return
+        return False
     try:
         records = data.read_records(uri, data.TRAIN_FILE, field, allow_text=recipe.name == "full", limit=PEEK)
     except InvalidSpec as exc:
         problems.extend(exc.problems)
-        return
+        return False
     if not records:
         problems.append((field, f"{data.TRAIN_FILE} has no records"))
-        return
+        return False
     if recipe.name == "logit_distill" and not config.distill.teacher:
         if not all(data.has_topk_ids(r) for r in records):
             problems.append(
@@ -133,8 +208,9 @@ def _dataset(recipe: Recipe, config: Any, uri: str, field: str, model_config: An
                     "synthesize with top_logprobs > 0 and a known teacher tokenizer, or set spec.distill.teacher",
                 )
             )
-            return
-        vocab = next((r.get("teacher", {}).get("vocab_size") for r in records if r.get("teacher")), None)
+            return True
+        teachers = [r["teacher"] for r in records if isinstance(r.get("teacher"), dict)]
+        vocab = next((t["vocab_size"] for t in teachers if t.get("vocab_size")), None)
         if vocab and int(vocab) != model_config.vocab_size:
             problems.append(
                 (
@@ -143,17 +219,41 @@ def _dataset(recipe: Recipe, config: Any, uri: str, field: str, model_config: An
                     f"({model_config.vocab_size}); logit distillation needs one vocabulary",
                 )
             )
+    return True
+
+
+def _validation_split(config: Any, uri: str, field: str, problems: Problems) -> None:
+    """What needs validation losses needs a validation split."""
+    if data.split_exists(uri, data.VALIDATION_FILE):
+        return
+    if config.search is not None and config.search.metric == "eval_loss":
+        problems.append(
+            (
+                "spec.search.metric",
+                f"eval_loss needs a validation split, and {field} has no {data.VALIDATION_FILE}; "
+                "add one or search on train_loss",
+            )
+        )
+    if config.hyperparameters.early_stopping_patience:
+        problems.append(
+            (
+                "spec.hyperparameters.early_stopping_patience",
+                f"early stopping needs a validation split, and {field} has no {data.VALIDATION_FILE}",
+            )
+        )
 
 
 def _teacher(teacher: str, student_config: Any, problems: Problems) -> None:
     from transformers import AutoConfig
 
-    from slmops.training import model_init
-
     try:
-        teacher_config = AutoConfig.from_pretrained(model_init.resolve_model(teacher))
-    except (OSError, ValueError, InvalidSpec) as exc:
+        with model_files(teacher, "spec.distill.teacher") as folder:
+            teacher_config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
         problems.append(("spec.distill.teacher", f"cannot load the teacher's config from {teacher!r}: {exc}"))
+        return
+    except InvalidSpec as exc:
+        problems.extend(exc.problems)
         return
     if teacher_config.vocab_size != student_config.vocab_size:
         problems.append(

@@ -7,6 +7,7 @@ Ray job validate a spec with the same models. Importing this module is cheap
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -49,6 +50,15 @@ SEARCHABLE = {
 INTEGER_FIELDS = {"batch_size", "epochs", "lora_rank", "lora_alpha"}
 
 
+def _is_number(text: str, integer: bool) -> bool:
+    """Whether a choice value parses as the searched field's type (the job reads it with float())."""
+    try:
+        number = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(number) and (not integer or number.is_integer())
+
+
 class SearchDimension(BaseModel):
     name: str
     distribution: Literal["uniform", "loguniform", "randint", "choice"]
@@ -61,6 +71,10 @@ class SearchDimension(BaseModel):
         if self.distribution == "choice":
             if not self.values:
                 raise ValueError("a choice needs values")
+            bad = [v for v in self.values if not _is_number(v, integer=self.name in INTEGER_FIELDS)]
+            if bad:
+                kind = "integers" if self.name in INTEGER_FIELDS else "numbers"
+                raise ValueError(f"{self.name} takes {kind}, not {', '.join(map(repr, bad))}")
         elif not self.low < self.high:
             raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
         elif self.distribution == "loguniform" and self.low <= 0:
