@@ -67,8 +67,14 @@ def root(tmp_path_factory) -> Path:
     vocab = config["vocab_size"]
     _write(root / "ds", RECORDS, RECORDS[:2])
     _write(root / "train-only", RECORDS)
-    _write(root / "topk", [_topk(tokenizer, r, vocab) for r in RECORDS], [_topk(tokenizer, r, vocab) for r in RECORDS[:2]])
+    _write(
+        root / "topk",
+        [_topk(tokenizer, r, vocab) for r in RECORDS],
+        [_topk(tokenizer, r, vocab) for r in RECORDS[:2]],
+    )
     _write(root / "topk-512", [_topk(tokenizer, r, 512) for r in RECORDS])
+    # Hand-written records may name their teacher with a plain string.
+    _write(root / "topk-named", [{**_topk(tokenizer, r, vocab), "teacher": "big-model"} for r in RECORDS])
     (root / "empty").mkdir()
     return root
 
@@ -109,10 +115,19 @@ def test_defaults_follow_the_proto_comments(root):
     config = from_proto(_spec(root))
     hp = config.hyperparameters
     assert (config.method, hp.learning_rate, hp.epochs, hp.batch_size) == ("sft_distill", 5e-4, 1, 16)
-    assert (hp.max_seq_length, hp.precision, hp.max_steps, hp.gradient_accumulation_steps) == (128, "fp32", 0, 1)
+    assert (hp.max_seq_length, hp.precision, hp.max_steps, hp.gradient_accumulation_steps) == (
+        128,
+        "fp32",
+        0,
+        1,
+    )
     assert (hp.checkpoint_every, hp.eval_every, hp.early_stopping_patience) == (0, 0, 0)
     assert not hp.gradient_checkpointing and not hp.packing
-    assert (config.resources.num_workers, config.resources.cpus_per_worker, config.resources.gpus_per_worker) == (
+    assert (
+        config.resources.num_workers,
+        config.resources.cpus_per_worker,
+        config.resources.gpus_per_worker,
+    ) == (
         1,
         1.0,
         0.0,
@@ -211,17 +226,29 @@ def test_full_method_and_explicit_values(root):
         "hidden_act": "gelu",
     }
     hp = config.hyperparameters
-    assert (hp.precision, hp.seed, hp.checkpoint_every, hp.eval_every, hp.early_stopping_patience) == ("bf16", 7, 5, 10, 2)
+    assert (hp.precision, hp.seed, hp.checkpoint_every, hp.eval_every, hp.early_stopping_patience) == (
+        "bf16",
+        7,
+        5,
+        10,
+        2,
+    )
     assert hp.gradient_checkpointing and hp.packing
     assert (config.resources.num_workers, config.resources.memory_bytes) == (2, 2 * 1024**3)
     assert (config.max_failures, config.labels) == (5, {"team": "a"})
 
 
 def test_lora_and_distill_values_pass_through(root):
-    lora = pb.LoraConfig(rank=4, alpha=8, dropout=0.1, target_modules=[" q_proj", "v_proj "], adapter_name="math", merge=True)
+    lora = pb.LoraConfig(
+        rank=4, alpha=8, dropout=0.1, target_modules=[" q_proj", "v_proj "], adapter_name="math", merge=True
+    )
     config = from_proto(_spec(root, method=pb.LORA, lora=lora))
     assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (4, 8, 0.1)
-    assert (config.lora.target_modules, config.lora.adapter_name, config.lora.merge) == (["q_proj", "v_proj"], "math", True)
+    assert (config.lora.target_modules, config.lora.adapter_name, config.lora.merge) == (
+        ["q_proj", "v_proj"],
+        "math",
+        True,
+    )
 
     online = _spec(
         root,
@@ -235,7 +262,10 @@ def test_lora_and_distill_values_pass_through(root):
 
 
 def test_multi_adapter_reads_one_dataset_per_adapter(root):
-    adapters = [pb.AdapterSpec(name="sums", dataset_uri=str(root / "ds")), pb.AdapterSpec(name="plain", dataset_uri=_uri(root, "train-only"))]
+    adapters = [
+        pb.AdapterSpec(name="sums", dataset_uri=str(root / "ds")),
+        pb.AdapterSpec(name="plain", dataset_uri=_uri(root, "train-only")),
+    ]
     config = from_proto(_spec(root, method=pb.MULTI_ADAPTER, dataset_uri="", adapters=adapters))
     assert config.datasets() == {"sums": _uri(root, "ds"), "plain": _uri(root, "train-only")}
     assert config.lora.rank == 8 and registry.output_kind(config) == "adapter"
@@ -399,8 +429,12 @@ def test_multi_adapter_problems(root):
         pb.AdapterSpec(name="nothing", dataset_uri=str(root / "empty")),
         pb.AdapterSpec(name="missing", dataset_uri=""),
     ]
-    search = pb.SearchSpec(space=[pb.SearchDimension(name="lora_rank", distribution="choice", values=["2", "4"])])
-    problems = _problems(_spec(root, method=pb.MULTI_ADAPTER, dataset_uri="", adapters=adapters, search=search))
+    search = pb.SearchSpec(
+        space=[pb.SearchDimension(name="lora_rank", distribution="choice", values=["2", "4"])]
+    )
+    problems = _problems(
+        _spec(root, method=pb.MULTI_ADAPTER, dataset_uri="", adapters=adapters, search=search)
+    )
     assert set(problems) == {
         "spec.adapters[1].name",
         "spec.adapters[2].name",
@@ -417,11 +451,15 @@ def test_qlora_needs_pretrained_weights(root):
     problems = _problems(_spec(root, method=pb.QLORA, base=base))
     assert set(problems) == {"spec.base.from_config"}
     assert "QLORA" in problems["spec.base.from_config"]
-    assert from_proto(_spec(root, method=pb.LORA, base=base)).base.from_config  # LoRA on a fresh model is allowed
+    assert from_proto(
+        _spec(root, method=pb.LORA, base=base)
+    ).base.from_config  # LoRA on a fresh model is allowed
 
 
 def test_batch_must_split_over_workers(root):
-    problems = _problems(_spec(root, hyperparameters=pb.Hyperparameters(batch_size=10), resources={"num_workers": 3}))
+    problems = _problems(
+        _spec(root, hyperparameters=pb.Hyperparameters(batch_size=10), resources={"num_workers": 3})
+    )
     assert set(problems) == {"spec.hyperparameters.batch_size"}
     assert "10 does not split evenly over 3 workers" in problems["spec.hyperparameters.batch_size"]
 
@@ -438,7 +476,10 @@ def test_unknown_lora_target_module_names_the_models_linear_layers(root):
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert name in message
     # Without deep checks the model is not opened.
-    assert from_proto(_spec(root, method=pb.LORA, lora=lora), deep=False).lora.target_modules == ["q_proj", "query_key_value"]
+    assert from_proto(_spec(root, method=pb.LORA, lora=lora), deep=False).lora.target_modules == [
+        "q_proj",
+        "query_key_value",
+    ]
 
 
 def test_offline_logit_distill_needs_stored_topk_with_ids(root):
@@ -446,12 +487,22 @@ def test_offline_logit_distill_needs_stored_topk_with_ids(root):
     assert set(problems) == {"spec.dataset_uri"}
     assert "top-k log-probabilities with token ids" in problems["spec.dataset_uri"]
     # The same dataset serves an online teacher, which computes its distribution itself.
-    online = _spec(root, method=pb.LOGIT_DISTILL, dataset_uri=_uri(root, "ds"), distill=pb.DistillConfig(teacher=str(root / "model")))
+    online = _spec(
+        root,
+        method=pb.LOGIT_DISTILL,
+        dataset_uri=_uri(root, "ds"),
+        distill=pb.DistillConfig(teacher=str(root / "model")),
+    )
     assert from_proto(online).distill.teacher == _uri(root, "model")
 
     problems = _problems(_spec(root, method=pb.LOGIT_DISTILL, dataset_uri=_uri(root, "topk-512")))
     vocab = json.loads((root / "model" / "config.json").read_text())["vocab_size"]
-    assert f"teacher's vocabulary (512 tokens) differs from the student's ({vocab})" in problems["spec.dataset_uri"]
+    assert (
+        f"teacher's vocabulary (512 tokens) differs from the student's ({vocab})"
+        in problems["spec.dataset_uri"]
+    )
+    named = _spec(root, method=pb.LOGIT_DISTILL, dataset_uri=_uri(root, "topk-named"))
+    assert from_proto(named).dataset_uri == _uri(root, "topk-named")
 
 
 def test_online_teacher_of_another_vocabulary_is_refused(root):
@@ -477,16 +528,23 @@ def test_unknown_hub_model_is_refused_offline(root, monkeypatch):
 def test_shapes_the_job_would_refuse_are_refused_at_create(root):
     spec = _spec(
         root,
-        base=pb.ModelInit(model=str(root / "model"), from_config=True, config_overrides={"hidden_size": "30"}),
+        base=pb.ModelInit(
+            model=str(root / "model"), from_config=True, config_overrides={"hidden_size": "30"}
+        ),
         hyperparameters=pb.Hyperparameters(max_seq_length=512),
     )
     problems = _problems(spec)
     assert set(problems) == {"spec.base.config_overrides", "spec.hyperparameters.max_seq_length"}
-    assert "512 exceeds the model's max_position_embeddings 256" in problems["spec.hyperparameters.max_seq_length"]
+    assert (
+        "512 exceeds the model's max_position_embeddings 256"
+        in problems["spec.hyperparameters.max_seq_length"]
+    )
 
 
 def test_validation_losses_need_a_validation_split(root):
-    search = pb.SearchSpec(space=[pb.SearchDimension(name="learning_rate", distribution="uniform", low=1e-4, high=1e-3)])
+    search = pb.SearchSpec(
+        space=[pb.SearchDimension(name="learning_rate", distribution="uniform", low=1e-4, high=1e-3)]
+    )
     spec = _spec(
         root,
         dataset_uri=_uri(root, "train-only"),
@@ -496,7 +554,10 @@ def test_validation_losses_need_a_validation_split(root):
     problems = _problems(spec)
     assert set(problems) == {"spec.search.metric", "spec.hyperparameters.early_stopping_patience"}
     search.metric = "train_loss"
-    assert from_proto(_spec(root, dataset_uri=_uri(root, "train-only"), search=search)).search.metric == "train_loss"
+    assert (
+        from_proto(_spec(root, dataset_uri=_uri(root, "train-only"), search=search)).search.metric
+        == "train_loss"
+    )
 
 
 def test_remote_models_are_checked_without_copying_their_weights(root, monkeypatch):
@@ -515,12 +576,20 @@ def test_remote_models_are_checked_without_copying_their_weights(root, monkeypat
 
     monkeypatch.setattr(MemoryFileSystem, "get_file", get_file)
     try:
-        spec = _spec(root, method=pb.LORA, base=pb.ModelInit(model="memory://models/tiny"), lora=pb.LoraConfig(target_modules=["nope"]))
+        spec = _spec(
+            root,
+            method=pb.LORA,
+            base=pb.ModelInit(model="memory://models/tiny"),
+            lora=pb.LoraConfig(target_modules=["nope"]),
+        )
         problems = _problems(spec)
         assert set(problems) == {"spec.lora.target_modules"}  # the config was read from the remote folder
         assert "config.json" in copied and "tokenizer.json" in copied
         assert not [name for name in copied if name.endswith(".safetensors")]
-        assert "does not exist" in _problems(_spec(root, base=pb.ModelInit(model="memory://models/none")))["spec.base.model"]
+        assert (
+            "does not exist"
+            in _problems(_spec(root, base=pb.ModelInit(model="memory://models/none")))["spec.base.model"]
+        )
     finally:
         fs.rm("/models", recursive=True)
 
@@ -567,7 +636,9 @@ def test_local_inputs_must_be_inside_the_roots_and_complete(root):
     problems = _problems(_spec(root, base=pb.ModelInit(model="/etc"), dataset_uri=str(root / "empty")))
     assert "outside the allowed roots" in problems["spec.base.model"]
     assert "has no train.jsonl" in problems["spec.dataset_uri"]
-    problems = _problems(_spec(root, method=pb.LOGIT_DISTILL, distill=pb.DistillConfig(teacher=str(root / "ds"))))
+    problems = _problems(
+        _spec(root, method=pb.LOGIT_DISTILL, distill=pb.DistillConfig(teacher=str(root / "ds")))
+    )
     assert "has no config.json" in problems["spec.distill.teacher"]
     # A hub id is not a local path: without deep checks it is left for the job to load.
     hub = _spec(root, base=pb.ModelInit(model="Qwen/Qwen2.5-0.5B"))
@@ -587,4 +658,6 @@ def test_a_copied_model_folder_is_checked_like_the_original(root, tmp_path, monk
     """An extra allowed root (SLMOPS_ALLOWED_ROOTS) works like the data dir."""
     monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(tmp_path))
     shutil.copytree(root / "model", tmp_path / "copy")
-    assert from_proto(_spec(root, base=pb.ModelInit(model=str(tmp_path / "copy")))).base.model == artifacts.to_uri(tmp_path / "copy")
+    assert from_proto(
+        _spec(root, base=pb.ModelInit(model=str(tmp_path / "copy")))
+    ).base.model == artifacts.to_uri(tmp_path / "copy")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -19,9 +19,33 @@ def bar(fraction: float, width: int = 24) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+def duration(seconds: float) -> str:
+    """1:05, or 1:02:03 past an hour."""
+    minutes, secs = divmod(int(round(max(0.0, seconds))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# Metrics every stage may report, in the order and form a progress line shows them.
+KNOWN_METRICS: dict[str, Callable[[float], str]] = {
+    "step": lambda v: f"step {v:.0f}",
+    "train_loss": lambda v: f"loss {v:.4f}",
+    "eval_loss": lambda v: f"val_loss {v:.4f}",
+    "tokens_per_second": lambda v: f"{v:,.0f} tok/s",
+    "eta_seconds": lambda v: f"ETA {duration(v)}",
+}
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """Known metrics in their own form and order (step 12 loss 1.2345 ...), then the rest as key=value."""
+    known = [KNOWN_METRICS[k](metrics[k]) for k in KNOWN_METRICS if k in metrics]
+    rest = [f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k not in KNOWN_METRICS]
+    return " ".join(known + rest)
+
+
 def format_event(label: str, event: common_pb2.ProgressEvent) -> str:
     state = common_pb2.JobState.Name(event.state)
-    metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.metrics.items()))
+    metrics = format_metrics(event.metrics)
     return f"  {label:<11} {bar(event.fraction)} {event.fraction * 100:5.1f}% {state:<9} {event.message} {metrics}".rstrip()
 
 

@@ -6,6 +6,7 @@ validator, and binds Create/Get/List/Cancel/Watch<Noun> to these methods.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from slmops.api.v1 import common_pb2
 from slmops.core.errors import InvalidSpec
 from slmops.core.jobstore import Event, JobRecord
+from slmops.core.ray_jobs import RayJobs
 from slmops.core.stage_jobs import OUTPUT_KIND, StageJobs
 
 
@@ -51,7 +53,9 @@ def status_proto(record: JobRecord, output_kind: str) -> common_pb2.JobStatus:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             status.metrics[key] = float(value)
     if record.state == "SUCCEEDED" and record.output_uri:
-        status.output.CopyFrom(common_pb2.ArtifactRef(uri=record.output_uri, kind=output_kind))
+        # A job that can write several kinds (training: checkpoint or adapter) names its own.
+        kind = (record.result or {}).get("kind") or output_kind
+        status.output.CopyFrom(common_pb2.ArtifactRef(uri=record.output_uri, kind=str(kind)))
     return status
 
 
@@ -76,12 +80,18 @@ def require_id(value: str, field: str = "id") -> str:
 
 
 class JobServicer:
-    """Create/Get/List/Cancel/Watch for one stage; subclasses bind the RPC names."""
+    """Create/Get/List/Cancel/Watch for one stage; subclasses bind the RPC names.
+
+    `validate` turns the spec into the job's config (InvalidSpec otherwise);
+    the optional `precheck(config, ray)` then refuses what the cluster can
+    never run (Conflict). Both run in a worker thread, before the job is recorded.
+    """
 
     job_cls: type[Message]
     list_cls: type[Message]
     spec_cls: type[Message]
     validate: Callable[[Any], BaseModel]
+    precheck: Callable[[Any, RayJobs], None] | None = None
 
     def __init__(self, jobs: StageJobs):
         self.jobs = jobs
@@ -94,7 +104,9 @@ class JobServicer:
     async def create(self, request: Any, context: Any) -> Message:
         if not request.HasField("spec"):
             raise InvalidSpec("spec", "is required")
-        config = self.validate(request.spec)
+        config = await asyncio.to_thread(self.validate, request.spec)
+        if self.precheck is not None:
+            await asyncio.to_thread(self.precheck, config, self.jobs.ray)
         record = await self.jobs.create(
             config.model_dump(mode="json"),
             message_to_dict(request.spec),

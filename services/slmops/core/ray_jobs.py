@@ -21,6 +21,7 @@ from slmops.core.errors import Unavailable
 log = logging.getLogger(__name__)
 
 RUNNING_STATES = {"PENDING", "RUNNING"}
+NODES_LIMIT = 10_000  # the most nodes Ray's state API returns in one answer
 # Variables a job inherits from the service so it writes where the service reads.
 _FORWARDED = (
     "SLMOPS_DATA_DIR",
@@ -125,3 +126,29 @@ class RayJobs:
             self._jobs().stop_job(submission_id)
         except Exception as exc:
             log.warning("could not stop Ray job %s: %s", submission_id, exc)
+
+    def cluster_resources(self) -> dict[str, float]:
+        """Total CPU and GPU of the cluster's alive nodes.
+
+        Asks Ray's state API (`GET /api/v0/nodes`, what `ray list nodes` reads)
+        through the Jobs client, so the request carries the client's headers,
+        Ray's auth token included. Unavailable when it cannot be asked.
+        """
+        try:
+            client = self._jobs()
+            params = {"limit": NODES_LIMIT, "timeout": 5}  # timeout: the dashboard's own wait on the GCS
+            response = client._do_request("GET", "/api/v0/nodes", params=params, timeout=10)
+            body = response.json()
+            if response.status_code != 200 or not body.get("result"):
+                raise RuntimeError(f"HTTP {response.status_code}: {body.get('msg') or response.text[:200]}")
+            nodes = body["data"]["result"]["result"]
+        except Unavailable:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"Ray cluster resources at {self.address} unavailable: {exc}") from exc
+        totals = {"CPU": 0.0, "GPU": 0.0}
+        for node in nodes:
+            if node.get("state") == "ALIVE":
+                for name in totals:
+                    totals[name] += float((node.get("resources_total") or {}).get(name, 0.0))
+        return totals

@@ -6,6 +6,7 @@ from slmops.api.v1 import training_pb2, training_pb2_grpc
 from slmops.core.job_servicer import JobServicer
 from slmops.core.server import Registration
 from slmops.core.stage_jobs import StageJobs
+from slmops.training.capacity import check_capacity
 from slmops.training.spec import from_proto
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
@@ -16,6 +17,7 @@ class TrainingServicer(JobServicer, training_pb2_grpc.TrainingServiceServicer):
     list_cls = training_pb2.ListTrainingJobsResponse
     spec_cls = training_pb2.TrainingSpec
     validate = staticmethod(from_proto)
+    precheck = staticmethod(check_capacity)
 
     CreateTrainingJob = JobServicer.create
     GetTrainingJob = JobServicer.get

@@ -230,7 +230,8 @@ def _sections(spec: training_pb2.TrainingSpec, method: str, problems: list[tuple
     distill_hp = [name for name in ("distill_temperature", "distill_alpha") if getattr(hp, name)]
     if method and method != "logit_distill":
         problems.extend(
-            (f"spec.hyperparameters.{name}", f"applies to LOGIT_DISTILL only, not {method.upper()}") for name in distill_hp
+            (f"spec.hyperparameters.{name}", f"applies to LOGIT_DISTILL only, not {method.upper()}")
+            for name in distill_hp
         )
     has_distill = spec.HasField("distill") and spec.distill.ByteSize()
     if has_distill or method == "logit_distill" or (distill_hp and not method):

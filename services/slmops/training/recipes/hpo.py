@@ -80,7 +80,7 @@ def search(config: TrainingConfig, data_ref: Any, storage: str, progress: Progre
 
     progress(0.05, f"searching {len(space)} hyperparameter(s) over {settings.trials} trial(s)")
     tuner = tune.Tuner(
-        tune.with_resources(trial, {"CPU": 0}),
+        tune.with_resources(trial, {"CPU": 1}),  # the trial function; its workers reserve their own
         param_space=space,
         tune_config=tune.TuneConfig(
             num_samples=settings.trials,
