@@ -101,26 +101,38 @@ def _prompt_loss(model_dir: str, prompts: list[str]) -> float:
     return sum(losses) / len(losses)
 
 
-def test_full_learns_the_prompts_and_sft_distill_does_not(ray_cluster, inputs):
+def test_sft_distill_and_full_on_their_datasets(ray_cluster, inputs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from slmops.core.errors import InvalidSpec
+
+    # A team's own plain-text data: FULL trains on every token of it; SFT_DISTILL refuses it.
+    text = inputs["root"] / "text"
+    text.mkdir(exist_ok=True)
+    lines = [f"{e['prompt']}{e['answer']}" for e in task.make_examples(120, seed=12, offset=1200)]
+    (text / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines[:100]))
+    (text / "validation.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines[100:]))
+    with pytest.raises(InvalidSpec) as refused:
+        _run(inputs, "sft-on-text", method="sft_distill", dataset_uri=artifacts.to_uri(text))
+    assert refused.value.field == "spec.dataset_uri" and "prompt, completion" in str(refused.value)
+
     sft, _ = _run(inputs, "sft", method="sft_distill")
-    full, _ = _run(inputs, "full", method="full")
+    full, _ = _run(inputs, "full", method="full", dataset_uri=artifacts.to_uri(text))
     for result in (sft, full):
         assert result["kind"] == "checkpoint"
         assert result["metrics"]["train_loss"] < result["metrics"]["initial_loss"]
         folder = artifacts.local_path(result["output_uri"])
         assert (folder / "loss_curve.png").stat().st_size > 1000
         _generates(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder))
+    # FULL's loss covered whole texts: it predicts a prompt's tokens better than the base and SFT_DISTILL.
     prompts = [e["prompt"] for e in task.make_examples(40, seed=11, offset=900)]
     base = _prompt_loss(artifacts.local_path(inputs["base"]), prompts)
     sft_loss = _prompt_loss(artifacts.local_path(sft["output_uri"]), prompts)
     full_loss = _prompt_loss(artifacts.local_path(full["output_uri"]), prompts)
-    # FULL's loss covers the prompt tokens; SFT_DISTILL's covers only the answers.
     assert full_loss < base - 0.5
     assert full_loss < sft_loss - 0.3
     manifest = artifacts.read_manifest(full["output_uri"])
-    assert manifest.extra["method"] == "full" and manifest.parents == [inputs["dataset"], inputs["base"]]
+    assert manifest.extra["method"] == "full" and manifest.parents == [artifacts.to_uri(text), inputs["base"]]
 
 
 def test_lora_writes_an_adapter_artifact_that_peft_loads(ray_cluster, inputs):

@@ -47,6 +47,7 @@ TEACHER_HPARAMS: dict[str, Any] = {
     "warmup_ratio": 0.05,
     "weight_decay": 0.1,
     "max_seq_length": 16,
+    "checkpoint_every": 1000,  # each checkpoint costs a Ray Train report (about 2 s)
     "seed": SEED,
 }
 # The student: SFT_DISTILL from the teacher's answers, base.model = the teacher
@@ -65,6 +66,7 @@ STUDENT_HPARAMS: dict[str, Any] = {
     "warmup_ratio": 0.05,
     "weight_decay": 0.1,
     "max_seq_length": 16,
+    "checkpoint_every": 1000,
     "seed": SEED,
 }
 # ONNX Runtime GenAI builder options for the int4 student. With a hidden size of

@@ -31,11 +31,11 @@ def _tokenize(cfg: TrainingConfig, tokenizer: Any, uri: str, field: str) -> tupl
     recipe = registry.get(cfg.method)
     max_len = cfg.hyperparameters.max_seq_length
     use_topk = cfg.method == "logit_distill" and cfg.distill is not None and not cfg.distill.teacher
-    allow_text = recipe.labels == data.Labels.ALL
+    allow_text = recipe.accepts_text
 
     def split(name: str) -> data.TokenizedSplit:
         records = data.read_records(uri, name, field, allow_text=allow_text)
-        return data.tokenize_records(tokenizer, records, max_len, recipe.labels, use_topk)
+        return data.tokenize_records(tokenizer, records, max_len, data.Labels.COMPLETION, use_topk)
 
     train = split(data.TRAIN_FILE)
     validation = split(data.VALIDATION_FILE) if data.split_exists(uri, data.VALIDATION_FILE) else data.TokenizedSplit()

@@ -192,7 +192,7 @@ def _dataset(recipe: Recipe, config: Any, uri: str, field: str, model_config: An
         problems.append((field, f"{uri!r} has no {data.TRAIN_FILE}"))
         return False
     try:
-        records = data.read_records(uri, data.TRAIN_FILE, field, allow_text=recipe.name == "full", limit=PEEK)
+        records = data.read_records(uri, data.TRAIN_FILE, field, allow_text=recipe.accepts_text, limit=PEEK)
     except InvalidSpec as exc:
         problems.extend(exc.problems)
         return False

@@ -1,8 +1,10 @@
-"""FULL: every weight of a pretrained base fine-tuned on a user dataset.
+"""FULL: every weight of a pretrained base fine-tuned on a user's own dataset.
 
-Unlike SFT_DISTILL, the loss covers every token: the prompt as well as the
-completion of prompt/completion records, or the whole of a `text` record.
-The driver tokenizes with `Labels.ALL`; training is the same trainer.
+Besides prompt/completion records (loss on the completion, as TRL does for
+prompt-completion data), FULL takes plain-text records (`{"text": ...}`),
+whose every token is a label: continued pre-training on a team's documents.
+SFT_DISTILL reads only prompt/completion records (a teacher's answers).
+Training is the same trainer.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class Recipe:
     module: str  # slmops.training.recipes.<module>, with train(ctx, data)
     sections: frozenset[str] = frozenset()  # optional spec sections it reads: lora, distill, adapters
     output_kind: str = "checkpoint"
-    labels: str = "completion"  # which tokens the loss covers: "completion" or "all" (data.Labels)
+    accepts_text: bool = False  # plain `text` records (loss on every token) besides prompt/completion
     extra_checks: tuple[Callable[[dict[str, Any], Problems], None], ...] = field(default_factory=tuple)
 
     def check_spec(self, raw: dict[str, Any], problems: Problems) -> None:
@@ -60,7 +60,7 @@ RECIPES = {
     r.name: r
     for r in (
         Recipe("sft_distill", "sft"),
-        Recipe("full", "full", labels="all"),
+        Recipe("full", "full", accepts_text=True),
         Recipe("lora", "lora", frozenset({"lora"}), output_kind="adapter"),
         Recipe("qlora", "qlora", frozenset({"lora"}), output_kind="adapter", extra_checks=(_pretrained,)),
         Recipe("logit_distill", "logit_distill", frozenset({"distill"}), extra_checks=(_no_packing,)),
