@@ -25,7 +25,7 @@ from slmops.synthesis.teacher import LocalTeacher
 from slmops.training import job
 from slmops.training.spec import parse_override
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 STUDENT_BUDGET = {**task.STUDENT_HPARAMS, "checkpoint_every": 100_000}
 
