@@ -225,6 +225,12 @@ def test_multi_adapter_writes_named_adapters_side_by_side(ray_cluster, inputs):
 
 
 def test_search_picks_the_trial_with_the_best_metric(ray_cluster, inputs):
+    import ray
+
+    # A fresh Ray of its own: each trial's function holds a CPU beside its worker's, and
+    # actors of the earlier runs must not hold the resources a trial waits for.
+    ray.shutdown()
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     result, _ = _run(
         inputs,
         "search",
