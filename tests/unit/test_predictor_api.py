@@ -14,22 +14,28 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from slmops.predictor.engines import load_engine
 from slmops.predictor.model import GenerationModel
 from slmops.predictor.openai_api import make_router
+from slmops.predictor.served import Served
 from tests.integration._models import tiny_onnx
 
 NAME = "tiny"
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    engine = load_engine(tiny_onnx(tmp_path_factory))
-    yield engine
-    engine.close()
+def served(tmp_path_factory):
+    served = Served.start(NAME, load_engine(tiny_onnx(tmp_path_factory)))
+    yield served
+    served.close()
 
 
 @pytest.fixture(scope="module")
-def client(engine):
+def engine(served):
+    return served.engine
+
+
+@pytest.fixture(scope="module")
+def client(served):
     app = FastAPI()
-    app.include_router(make_router({NAME: engine}))
+    app.include_router(make_router(served))
     with TestClient(app) as client:
         yield client
 
@@ -134,9 +140,13 @@ def test_unknown_model_is_404(client):
         ("/v1/completions", {"model": NAME, "prompt": "x", "temperature": 3}, "temperature"),
         ("/v1/completions", {"model": NAME, "prompt": "x", "max_tokens": 0}, "max_tokens"),
         ("/v1/completions", {"model": NAME, "prompt": "x", "top_p": 0}, "top_p"),
-        ("/v1/completions", {"model": NAME, "prompt": "x", "n": 2}, "n"),
+        ("/v1/completions", {"model": NAME, "prompt": "x", "n": 17}, "n"),
+        ("/v1/completions", {"model": NAME, "prompt": "x", "n": 9}, "n"),
+        ("/v1/completions", {"model": NAME, "prompt": "x", "logprobs": 21}, "logprobs"),
+        ("/v1/completions", {"model": NAME, "prompt": "x", "max_tokens": 5000}, "max_tokens"),
+        ("/v1/completions", {"model": NAME, "prompt": "hello", "max_tokens": 127}, "max_tokens"),
         ("/v1/completions", {"model": NAME}, "prompt"),
-        ("/v1/completions", {"model": NAME, "prompt": ["a", "b"]}, "prompt"),
+        ("/v1/completions", {"model": NAME, "prompt": []}, "prompt"),
         ("/v1/completions", {"model": NAME, "prompt": "hello " * 300}, "prompt"),
         ("/v1/chat/completions", {"model": NAME, "messages": []}, "messages"),
         ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "bot", "content": "x"}]},
@@ -175,8 +185,8 @@ def _infer_request(texts: list[str], max_tokens: list[int] | None = None) -> Inf
     return InferRequest(NAME, inputs, request_id="r1")
 
 
-async def test_oip_model_generates_one_text_per_prompt(engine):
-    model = GenerationModel(NAME, engine)
+async def test_oip_model_generates_one_text_per_prompt(served, engine):
+    model = GenerationModel(served)
     assert model.load() and model.ready
     response = await model.predict(_infer_request(["hello world", "the"], [4]))
     output = response.outputs[0]
@@ -201,12 +211,12 @@ async def test_oip_model_generates_one_text_per_prompt(engine):
         (_infer_request(["hello " * 300]), "context holds"),
     ],
 )
-async def test_oip_model_rejects_bad_inputs(engine, request_, message):
+async def test_oip_model_rejects_bad_inputs(served, request_, message):
     with pytest.raises(InvalidInput, match=message):
-        await GenerationModel(NAME, engine).predict(request_)
+        await GenerationModel(served).predict(request_)
 
 
-def test_oip_input_types_are_described(engine):
-    model = GenerationModel(NAME, engine)
+def test_oip_input_types_are_described(served):
+    model = GenerationModel(served)
     assert [t["name"] for t in model.get_input_types()] == ["text", "max_tokens"]
     assert np.asarray([t["datatype"] for t in model.get_output_types()]).tolist() == ["BYTES"]

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from slmops.predictor.scheduler import Limits
+
 EXIT_MODEL, EXIT_BIND = 2, 3
 
 
@@ -23,12 +25,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model-dir", required=True, help="model folder to serve")
     parser.add_argument("--name", default="", help="served model name (default: the folder's name)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to bind, HTTP and gRPC (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )  # fmt: skip
     parser.add_argument("--http-port", type=int, default=8080, help="HTTP port; 0 picks a free one")
     parser.add_argument(
         "--grpc-port", type=int, default=0, help="KServe gRPC (OIP v2) port; 0 disables gRPC"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=PATH",
+        help="serve a LoRA adapter as model NAME (repeatable); adapters in the model folder's "
+        "adapters/ load too",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (default: every usable core)"
+    )
+    limits = Limits()
+    parser.add_argument("--max-concurrency", type=int, default=limits.max_concurrency,
+                        help="sequences decoded at once (default %(default)s)")  # fmt: skip
+    parser.add_argument("--max-queue", type=int, default=limits.max_queue,
+                        help="requests waiting for a slot before 429 (default %(default)s)")  # fmt: skip
+    parser.add_argument("--max-tokens", type=int, default=limits.max_tokens_cap,
+                        help="the largest max_tokens a request may ask for (default %(default)s)")  # fmt: skip
+    parser.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+                        help="request bodies past this get 413 (default %(default)s)")  # fmt: skip
+    parser.add_argument("--request-timeout", type=float, default=limits.request_timeout_s,
+                        help="seconds a request may wait and run (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--api-key-env", default="SLMOPS_PREDICTOR_API_KEY",
+        help="environment variable holding the API key clients must send as a bearer token "
+        "(default %(default)s; unset or empty: no key)",
+    )  # fmt: skip
+    parser.add_argument("--api-key-file", default="",
+                        help="file holding the API key (a mounted secret); wins over --api-key-env")  # fmt: skip
+    args = parser.parse_args(argv)
+    for flag in ("max_concurrency", "max_queue", "max_tokens", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.request_timeout <= 0:
+        parser.error("--request-timeout must be positive")
+    return args
+
+
+def adapters_of(flags: list[str]) -> dict[str, Path]:
+    """{name: path} from NAME=PATH flags; ValueError naming a malformed one."""
+    found: dict[str, Path] = {}
+    for flag in flags:
+        name, sep, path = flag.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--adapter {flag!r}: expected NAME=PATH")
+        found[name] = Path(path).expanduser().resolve()
+    return found
 
 
 def _fail(code: int, message: str) -> int:
@@ -55,14 +103,29 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     from slmops.predictor.engines import load_engine
+    from slmops.predictor.guard import load_api_key
+    from slmops.predictor.served import Served
 
     try:
-        engine = load_engine(model_dir)
+        api_key = load_api_key(args.api_key_env, args.api_key_file)
+        adapters = adapters_of(args.adapter)
+    except (OSError, ValueError) as exc:
+        return _fail(1, str(exc))
+    limits = Limits(
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        max_tokens_cap=args.max_tokens,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.request_timeout,
+    )
+    try:
+        engine = load_engine(model_dir, threads=args.threads, adapters=adapters)
+        served = Served.start(name, engine, limits)
     except Exception as exc:
         logging.getLogger(__name__).debug("load failed", exc_info=True)
         return _fail(EXIT_MODEL, f"cannot load the model in {str(model_dir)!r}: {exc}")
     try:
-        serve(engine, name, sock, args.host, grpc_port=args.grpc_port)
+        serve(served, sock, args.host, grpc_port=args.grpc_port, api_key=api_key)
     except OSError as exc:
         return _fail(EXIT_BIND, f"cannot serve: {exc}")
     return 0

@@ -2,20 +2,35 @@
 
 `load_engine(model_dir)` picks ORT GenAI when the folder holds a
 `genai_config.json` (the output of the conversion stage), else a Hugging Face
-checkpoint run by transformers. Both share one decoding loop here: token ids
-come from the engine, and this module turns them into text pieces, applies
-stop strings, EOS and the token budget, and counts tokens.
+checkpoint run by transformers.
+
+An engine decodes *cohorts*: several sequences started together with the same
+sampling options and adapter, advanced one token per `step()`. The scheduler
+(`predictor/scheduler.py`) keeps several cohorts going at once and interleaves
+their steps, so requests that arrive together share one batched forward pass
+and a request that arrives later does not wait for the others to finish.
+
+`generate` and `stream` run one request on its own (benchmarks, tests and
+in-process callers); the server goes through the scheduler instead. Both share
+the per-sequence decoding here (`SequenceState`): token ids come from the
+engine, and this module turns them into text pieces, applies stop strings, EOS
+and the token budget, and counts tokens.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol
+
+import numpy as np
 
 from slmops.core.errors import InvalidSpec
+
+DEFAULT_MAX_TOKENS = 64
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass
@@ -26,29 +41,68 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (token budget)
+    logprobs: list[TokenLogprob] | None = None
 
 
-@runtime_checkable
+@dataclass
+class TokenLogprob:
+    """One generated token with its log-probability and the top alternatives (ids and logprobs)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What a cohort shares: decoding options and the adapter (None: the base model)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    adapter: str | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+class Cohort(Protocol):
+    """Sequences decoded together; `step` returns one new token per row."""
+
+    rows: int
+
+    def step(self, want_logits: bool) -> tuple[list[int], np.ndarray | None]:
+        """(next token per row, raw logits [rows, vocab] as float32 when asked)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Engine(Protocol):
-    """What the predictor's HTTP layers call; implementations are thread-safe."""
+    """What the predictor's scheduler and HTTP layers call."""
 
     name: str  # "ort-genai" or "transformers"
     model_dir: str
+    context_length: int
+    eos_token_ids: set[int]
+    adapters: list[str]
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: list[str] | None = None,
-        seed: int | None = None,
-    ) -> Generation: ...
+    def encode(self, text: str) -> list[int]: ...
 
-    def stream(self, prompt: str, **kwargs: object) -> Iterator[str]: ...
+    def new_decoder(self) -> Callable[[int], str]: ...
+
+    def token_text(self, token_id: int) -> str: ...
+
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+    def start(self, prompts: list[list[int]], sampling: Sampling, max_new: int) -> Cohort: ...
 
     def apply_chat_template(self, messages: list[dict]) -> str: ...
+
+    def generate(self, prompt: str, **kwargs: Any) -> Generation: ...
+
+    def close(self) -> None: ...
 
 
 class StopScanner:
@@ -96,12 +150,112 @@ def check_options(max_tokens: int, temperature: float, top_p: float) -> None:
         raise InvalidSpec(*problems[0], *problems[1:])
 
 
-class DecodingEngine:
-    """Shared generate/stream logic; subclasses supply tokens and incremental decoding.
+def prompt_ids(engine: Engine, prompt: str, bos_token_id: int | None) -> list[int]:
+    """The prompt's token ids, checked against the context; InvalidSpec naming `prompt`."""
+    ids = engine.encode(prompt)
+    if not ids:
+        if bos_token_id is None:
+            raise InvalidSpec("prompt", "must not be empty")
+        ids = [bos_token_id]
+    if len(ids) >= engine.context_length:
+        raise InvalidSpec(
+            "prompt",
+            f"has {len(ids)} tokens; the model's context holds {engine.context_length}",
+        )
+    return ids
 
-    One request runs at a time per engine (a lock); a stream holds the lock
-    until it is exhausted or closed, so consume a stream in one thread.
-    """
+
+def token_budget(engine: Engine, prompt_len: int, max_tokens: int | None, cap: int) -> int:
+    """New tokens a request may generate; InvalidSpec naming max_tokens past the cap or context."""
+    room = engine.context_length - prompt_len
+    if max_tokens is None:
+        return max(1, min(DEFAULT_MAX_TOKENS, room, cap))
+    if max_tokens > cap:
+        raise InvalidSpec("max_tokens", f"is {max_tokens}; this server allows at most {cap}")
+    if max_tokens > room:
+        raise InvalidSpec(
+            "max_tokens",
+            f"is {max_tokens}, but the prompt's {prompt_len} tokens leave room for {room} "
+            f"in the model's context of {engine.context_length}",
+        )
+    return max_tokens
+
+
+def top_logprobs(logits: np.ndarray, chosen: int, k: int) -> TokenLogprob:
+    """Log-softmax of one row of logits: the chosen token's logprob and the k most likely."""
+    row = logits.astype(np.float64)
+    shifted = row - row.max()
+    logp = shifted - np.log(np.exp(shifted).sum())
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        best = np.argpartition(-logp, min(k, logp.size - 1))[:k]
+        best = best[np.argsort(-logp[best], kind="stable")]
+        top = [(int(i), float(logp[i])) for i in best]
+    return TokenLogprob(int(chosen), float(logp[chosen]), top)
+
+
+class SequenceState:
+    """One sequence being decoded: its budget, stop strings, text so far and logprobs."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        budget: int,
+        stops: Sequence[str] = (),
+        logprobs: int | None = None,
+    ):
+        self.eos = engine.eos_token_ids
+        self.budget = budget
+        self.scanner = StopScanner(stops)
+        self.decode = engine.new_decoder()
+        self.logprobs_k = logprobs  # None: no logprobs; 0: the chosen token's only
+        self.count = 0
+        self.parts: list[str] = []
+        self.token_logprobs: list[TokenLogprob] = []
+        self.finish_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token: int, logits: np.ndarray | None) -> tuple[str, TokenLogprob | None]:
+        """Take one generated token; return (text now safe to emit, its logprob entry or None)."""
+        self.count += 1
+        if token in self.eos:
+            self.finish_reason = "stop"
+            return self._tail(), None
+        entry = None
+        if self.logprobs_k is not None and logits is not None:
+            entry = top_logprobs(logits, token, self.logprobs_k)
+            self.token_logprobs.append(entry)
+        piece, stopped = self.scanner.push(self.decode(token))
+        if stopped:
+            self.finish_reason = "stop"
+        elif self.count >= self.budget:
+            self.finish_reason = "length"
+            piece += self._tail()
+        if piece:
+            self.parts.append(piece)
+        return piece, entry
+
+    def _tail(self) -> str:
+        tail = self.scanner.flush()
+        if tail:
+            self.parts.append(tail)
+        return tail
+
+    def result(self, prompt_tokens: int) -> Generation:
+        return Generation(
+            "".join(self.parts),
+            prompt_tokens,
+            self.count,
+            self.finish_reason or "length",
+            self.token_logprobs if self.logprobs_k is not None else None,
+        )
+
+
+class DecodingEngine:
+    """What both engines share; subclasses supply tokens, decoding and `start`."""
 
     name = "engine"
 
@@ -110,18 +264,23 @@ class DecodingEngine:
         self.context_length = 0
         self.eos_token_ids: set[int] = set()
         self.bos_token_id: int | None = None
-        self._lock = threading.Lock()
+        self.adapters: list[str] = []
+        self._lock = threading.Lock()  # in-process generate/stream: one at a time
 
-    # Subclasses implement these four.
+    # Subclasses implement these.
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
-    def _new_decoder(self):  # -> Callable[[int], str]
+    def new_decoder(self) -> Callable[[int], str]:
         raise NotImplementedError
 
-    def _tokens(
-        self, prompt_ids: list[int], limit: int, temperature: float, top_p: float, seed: int | None
-    ) -> Iterator[int]:
+    def token_text(self, token_id: int) -> str:
+        raise NotImplementedError
+
+    def token_bytes(self, token_id: int) -> bytes:
+        raise NotImplementedError
+
+    def start(self, prompts: list[list[int]], sampling: Sampling, max_new: int) -> Cohort:
         raise NotImplementedError
 
     def apply_chat_template(self, messages: list[dict]) -> str:
@@ -130,7 +289,12 @@ class DecodingEngine:
     def close(self) -> None:
         """Release the model (the engine is unusable afterwards)."""
 
-    def generate(self, prompt: str, **kwargs) -> Generation:
+    def check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self.adapters:
+            known = ", ".join(self.adapters) or "none"
+            raise InvalidSpec("model", f"no adapter named {adapter!r} (loaded: {known})")
+
+    def generate(self, prompt: str, **kwargs: Any) -> Generation:
         """Run to completion and return the text with token counts."""
         stream = self.stream(prompt, **kwargs)
         while True:
@@ -143,78 +307,86 @@ class DecodingEngine:
         self,
         prompt: str,
         *,
-        max_tokens: int = 64,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
         stop: list[str] | None = None,
         seed: int | None = None,
+        adapter: str | None = None,
+        logprobs: int | None = None,
     ) -> Generator[str, None, Generation]:
         """Yield text pieces as they are decoded; the generator returns the Generation.
 
         Sampling options are checked at once (InvalidSpec); the prompt's length
-        is checked when the first piece is asked for.
+        is checked when the first piece is asked for. The budget is clamped to
+        the context.
         """
         check_options(max_tokens, temperature, top_p)
-        return self._run(prompt, max_tokens, temperature, top_p, list(stop or []), seed)
+        self.check_adapter(adapter)
+        sampling = Sampling(float(temperature), float(top_p), seed, adapter)
+        return self._run(prompt, max_tokens, sampling, list(stop or []), logprobs)
 
     def _run(
         self,
         prompt: str,
         max_tokens: int,
-        temperature: float,
-        top_p: float,
+        sampling: Sampling,
         stop: list[str],
-        seed: int | None,
+        logprobs: int | None,
     ) -> Generator[str, None, Generation]:
         with self._lock:
-            prompt_ids = self.encode(prompt)
-            if not prompt_ids:
-                if self.bos_token_id is None:
-                    raise InvalidSpec("prompt", "must not be empty")
-                prompt_ids = [self.bos_token_id]
-            if len(prompt_ids) >= self.context_length:
-                raise InvalidSpec(
-                    "prompt",
-                    f"has {len(prompt_ids)} tokens; the model's context holds {self.context_length}",
-                )
-            limit = min(max_tokens, self.context_length - len(prompt_ids))
-            scanner, decode = StopScanner(stop), self._new_decoder()
-            parts: list[str] = []
-            count, finish = 0, "length"
-            for token in self._tokens(prompt_ids, limit, temperature, top_p, seed):
-                count += 1
-                if token in self.eos_token_ids:
-                    finish = "stop"
-                    break
-                piece, stopped = scanner.push(decode(token))
-                if piece:
-                    parts.append(piece)
-                    yield piece
-                if stopped:
-                    finish = "stop"
-                    break
-            tail = scanner.flush()  # empty after a stop string: the text was cut there
-            if tail:
-                parts.append(tail)
-                yield tail
-        return Generation("".join(parts), len(prompt_ids), count, finish)
+            ids = prompt_ids(self, prompt, self.bos_token_id)
+            budget = min(max_tokens, self.context_length - len(ids))
+            state = SequenceState(self, budget, stop, logprobs)
+            cohort = self.start([ids], sampling, budget)
+            try:
+                while not state.done:
+                    tokens, logits = cohort.step(logprobs is not None)
+                    piece, _ = state.push(tokens[0], None if logits is None else logits[0])
+                    if piece:
+                        yield piece
+            finally:
+                cohort.close()
+        return state.result(len(ids))
 
 
-def load_engine(model_dir: str | Path) -> Engine:
-    """ORT GenAI for a folder with genai_config.json, else transformers."""
+def adapter_names(found: dict[str, Path], base_name: str = "") -> list[str]:
+    """Sorted adapter names, refusing one that clashes with the served base model's name."""
+    if base_name and base_name in found:
+        raise InvalidSpec("adapters", f"an adapter may not share the model's name {base_name!r}")
+    return sorted(found)
+
+
+def load_engine(model_dir: str | Path, *, threads: int = 0, adapters: dict[str, Path] | None = None) -> Engine:
+    """ORT GenAI for a folder with genai_config.json, else transformers.
+
+    threads: intra-op threads (0: every core this process may use).
+    adapters: extra {name: path} besides those found in the folder's `adapters/`.
+    """
     path = Path(model_dir)
     if not path.is_dir():
         raise InvalidSpec("model_dir", f"{str(model_dir)!r} is not a folder")
     if (path / "genai_config.json").is_file():
         from slmops.predictor.ort_engine import OrtGenaiEngine
 
-        return OrtGenaiEngine(path)
+        return OrtGenaiEngine(path, threads=threads, adapters=adapters)
     if (path / "config.json").is_file():
         from slmops.predictor.hf_engine import TransformersEngine
 
-        return TransformersEngine(path)
+        return TransformersEngine(path, threads=threads, adapters=adapters)
     raise InvalidSpec(
         "model_dir",
         f"{str(model_dir)!r} holds neither genai_config.json (ONNX Runtime GenAI) "
         "nor config.json (Hugging Face checkpoint)",
     )
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import REGISTRY, Counter, Histogram, ProcessCollector
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, ProcessCollector
 
 REQUESTS = Counter(
     "slmops_predictor_requests",
@@ -24,7 +24,7 @@ LATENCY = Histogram(
 )
 FIRST_TOKEN = Histogram(
     "slmops_predictor_time_to_first_token_seconds",
-    "Time from request to the first streamed piece of text.",
+    "Time from request to the first generated piece of text (streamed or not).",
     ["model", "endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -62,3 +62,32 @@ def rss_bytes() -> int:
     import psutil
 
     return int(psutil.Process(os.getpid()).memory_info().rss)
+
+
+# The scheduler's view: what runs, what waits, what is turned away.
+IN_FLIGHT = Gauge("slmops_predictor_in_flight", "Sequences being decoded now.")
+QUEUE_DEPTH = Gauge("slmops_predictor_queue_depth", "Requests waiting for a decoding slot.")
+REJECTED = Counter(
+    "slmops_predictor_rejected",
+    "Requests turned away or cut short, by reason "
+    "(queue_full, body_too_large, unauthorized, timeout).",
+    ["reason"],
+)
+BATCH_SIZE = Histogram(
+    "slmops_predictor_batch_size",
+    "Sequences advanced together in one decoding step.",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+)
+COHORTS_STARTED = Counter(
+    "slmops_predictor_cohorts_started", "Batches of sequences started together."
+)
+TIME_PER_TOKEN = Histogram(
+    "slmops_predictor_time_per_output_token_seconds",
+    "Time per generated token after the first, per request.",
+    ["model", "endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
+)
+TOKENS_PER_SECOND = Gauge(
+    "slmops_predictor_tokens_per_second",
+    "Tokens generated per second across all requests, over the last few seconds.",
+)

@@ -1,36 +1,46 @@
 """The KServe model: one engine on the Open Inference Protocol v2.
 
-`POST /v2/models/{name}/infer` takes a BYTES input `text` (one prompt per
-element) and an optional INT32 input `max_tokens` (one value, or one per
-prompt), and answers a BYTES output `text` of the same shape.
+`POST /v2/models/{name}/infer` (and gRPC `ModelInfer`) takes a BYTES input
+`text` (one prompt per element) and an optional INT32 input `max_tokens` (one
+value, or one per prompt), and answers a BYTES output `text` of the same
+shape. The prompts go to the scheduler together, so they are decoded as one
+batch. The base model is served under its name; LoRA adapters through the
+OpenAI routes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ServerNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from slmops.core import tracing
 from slmops.core.errors import InvalidSpec
 from slmops.predictor import metrics
-from slmops.predictor.engines import Engine
+from slmops.predictor.scheduler import Overloaded, TimedOut
+from slmops.predictor.served import Inbox, Served, run_all
 
-DEFAULT_MAX_TOKENS = 64
+
+class Busy(ServerNotReady):
+    """The scheduler's queue is full: REST answers 429 with Retry-After (server.py), gRPC UNAVAILABLE."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"It is at capacity; retry after {retry_after} s.")
+        self.retry_after = retry_after
+        self.reason = str(self)  # what KServe's gRPC interceptor reports
 
 
 class GenerationModel(Model):
     """Serves `engine` under `name`; the engine is loaded before the server starts."""
 
-    def __init__(self, name: str, engine: Engine):
-        super().__init__(name)
+    def __init__(self, served: Served):
+        super().__init__(served.name)
         # Not `self.engine`: KServe reserves that flag for models with an async engine to start.
-        self.text_engine = engine
+        self.served = served
         self.ready = False
 
     def load(self) -> bool:
@@ -60,18 +70,27 @@ class GenerationModel(Model):
             except InvalidInput:
                 metrics.record(self.name, "infer", 400, time.perf_counter() - started)
                 raise
-            texts, prompt_tokens, completion_tokens = [], 0, 0
-            for prompt, budget in zip(prompts, budgets, strict=True):
-                try:
-                    result = await asyncio.to_thread(
-                        self.text_engine.generate, prompt, max_tokens=budget
-                    )
-                except InvalidSpec as exc:
-                    metrics.record(self.name, "infer", 400, time.perf_counter() - started)
-                    raise InvalidInput(str(exc)) from exc
-                texts.append(result.text)
-                prompt_tokens += result.prompt_tokens
-                completion_tokens += result.completion_tokens
+            inbox = Inbox()
+            deadline = time.monotonic() + self.served.limits.request_timeout_s
+            try:
+                jobs = [
+                    self.served.job(prompt, model=self.name, max_tokens=budget,
+                                    sink=inbox.sink(i), deadline=deadline)  # fmt: skip
+                    for i, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True))
+                ]
+                results = await run_all(self.served, jobs, inbox)
+            except InvalidSpec as exc:
+                metrics.record(self.name, "infer", 400, time.perf_counter() - started)
+                raise InvalidInput(str(exc)) from exc
+            except Overloaded as exc:
+                metrics.record(self.name, "infer", 429, time.perf_counter() - started)
+                raise Busy(exc.retry_after) from exc
+            except TimedOut as exc:
+                metrics.record(self.name, "infer", 504, time.perf_counter() - started)
+                raise InvalidInput(f"the request timed out: {exc}") from exc
+            texts = [rows[0].text for rows in results]
+            prompt_tokens = sum(rows[0].prompt_tokens for rows in results)
+            completion_tokens = sum(rows[0].completion_tokens for rows in results)
             span.set_attribute("prompt_tokens", prompt_tokens)
             span.set_attribute("completion_tokens", completion_tokens)
         metrics.record(
@@ -81,7 +100,7 @@ class GenerationModel(Model):
         return InferResponse(payload.id or uuid.uuid4().hex, self.name, [output])
 
 
-def _parse(payload: InferRequest) -> tuple[list[str], list[int]]:
+def _parse(payload: InferRequest) -> tuple[list[str], list[int | None]]:
     """Prompts and per-prompt token budgets from an OIP request; InvalidInput when malformed."""
     text_input = payload.get_input_by_name("text")
     if text_input is None:
@@ -91,7 +110,7 @@ def _parse(payload: InferRequest) -> tuple[list[str], list[int]]:
     prompts = [_as_str(v) for v in np.asarray(text_input.as_numpy(), dtype=object).reshape(-1)]
     if not prompts:
         raise InvalidInput("input 'text' is empty")
-    budgets = [DEFAULT_MAX_TOKENS] * len(prompts)
+    budgets: list[int | None] = [None] * len(prompts)
     budget_input = payload.get_input_by_name("max_tokens")
     if budget_input is not None:
         if budget_input.datatype not in ("INT32", "INT64"):

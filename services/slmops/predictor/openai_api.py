@@ -2,21 +2,20 @@
 
 `/openai/v1/completions`, `/openai/v1/chat/completions` (both with `stream`),
 `/openai/v1/models`, and the same three under `/v1/`. The `model` field picks
-one of the served models (404 otherwise); a bad field gives 400 with an
-OpenAI-style error body naming it. Generation runs in a worker thread per
-request (the engine serialises them); pieces reach the event loop through a
-queue, so a slow client never blocks the server.
+the base model or one of its LoRA adapters (404 otherwise); a bad field gives
+400 with an OpenAI-style error body naming it; a full queue gives 429 with
+`Retry-After`; a request past its timeout gives 504. Requests become scheduler
+jobs (`predictor/scheduler.py`), so concurrent requests are decoded together,
+and a request whose client goes away stops decoding at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,18 +26,23 @@ from pydantic import ValidationError
 from slmops.core import tracing
 from slmops.core.errors import InvalidSpec
 from slmops.predictor import metrics
-from slmops.predictor.engines import Engine, Generation
+from slmops.predictor.engines import Generation
 from slmops.predictor.openai_schema import (
     ChatRequest,
     CompletionRequest,
     SamplingRequest,
     answer,
+    chat_logprobs,
+    choice,
     chunk,
+    completion_logprobs,
     error,
     field_name,
     sse,
     usage,
 )
+from slmops.predictor.scheduler import Job, Overloaded, TimedOut, logprob_entry
+from slmops.predictor.served import Inbox, Served, UnknownModel
 
 log = logging.getLogger(__name__)
 PREFIXES = ("/openai/v1", "/v1")
@@ -46,11 +50,9 @@ UNKNOWN_MODEL = "(unknown)"  # metrics label of requests naming no served model
 
 
 class _Call:
-    """One request's identity, span and timing; finish() records metrics and ends the span."""
+    """One request's identity, span, jobs and timing; finish() records metrics and ends the span."""
 
-    def __init__(
-        self, req: SamplingRequest, endpoint: str, started: float, traceparent: str | None
-    ):
+    def __init__(self, req: SamplingRequest, endpoint: str, started: float, traceparent: str | None):
         self.req, self.endpoint, self.started = req, endpoint, started
         self.chat = endpoint == "chat"
         answer_id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -59,114 +61,88 @@ class _Call:
         self.span = tracing.tracer().start_span(
             f"predictor.{endpoint}", context=parent, attributes={"model": req.model}
         )
+        self.jobs: list[Job] = []
+        self.prompts: list[str] = []
+        self.first_token: float | None = None
+        self.completion_tokens = 0
 
-    def finish(self, status: int, generation: Generation | None = None) -> None:
-        prompt_tokens = generation.prompt_tokens if generation else 0
-        completion_tokens = generation.completion_tokens if generation else 0
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(job.prompt_ids) for job in self.jobs)
+
+    def index(self, job_index: int, row: int) -> int:
+        return job_index * self.req.n + row
+
+    def saw_token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+            metrics.FIRST_TOKEN.labels(self.req.model, self.endpoint).observe(
+                self.first_token - self.started
+            )
+
+    def finish(self, status: int) -> None:
         self.span.set_attribute("http.status_code", status)
-        self.span.set_attribute("prompt_tokens", prompt_tokens)
-        self.span.set_attribute("completion_tokens", completion_tokens)
+        self.span.set_attribute("prompt_tokens", self.prompt_tokens)
+        self.span.set_attribute("completion_tokens", self.completion_tokens)
         if status >= 400:
             self.span.set_status(StatusCode.ERROR)
         self.span.end()
-        elapsed = time.perf_counter() - self.started
+        now = time.perf_counter()
+        if status == 200 and self.first_token is not None and self.completion_tokens > len(self.jobs):
+            per_token = (now - self.first_token) / (self.completion_tokens - 1)
+            metrics.TIME_PER_TOKEN.labels(self.req.model, self.endpoint).observe(per_token)
         metrics.record(
-            self.req.model, self.endpoint, status, elapsed, prompt_tokens, completion_tokens
-        )
+            self.req.model, self.endpoint, status, now - self.started,
+            self.prompt_tokens if status == 200 else 0, self.completion_tokens,
+        )  # fmt: skip
 
 
-class _Stream:
-    """Runs engine.stream in a worker thread and hands its pieces to the event loop."""
-
-    def __init__(self, engine: Engine, prompt: str, kwargs: dict[str, Any]):
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.cancelled = threading.Event()
-        self.generation: Generation | None = None
-        self._pending: tuple[str, Any] | None = None
-        threading.Thread(target=self._work, args=(engine, prompt, kwargs), daemon=True).start()
-
-    def _put(self, kind: str, value: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
-
-    def _work(self, engine: Engine, prompt: str, kwargs: dict[str, Any]) -> None:
-        try:
-            pieces = engine.stream(prompt, **kwargs)
-            try:
-                while not self.cancelled.is_set():
-                    self._put("piece", next(pieces))
-            except StopIteration as done:
-                self._put("done", done.value)
-                return
-            finally:
-                pieces.close()
-            self._put("done", None)
-        except Exception as exc:  # noqa: BLE001 - handed to the event loop, which answers
-            self._put("error", exc)
-
-    async def start(self) -> None:
-        """Wait for the first piece; raise what the engine raised before it (e.g. InvalidSpec)."""
-        self._pending = await self.queue.get()
-        if self._pending[0] == "error":
-            raise self._pending[1]
-
-    async def pieces(self) -> AsyncIterator[str]:
-        """The text pieces; sets self.generation at the end, raises the engine's error."""
-        kind, value = self._pending or await self.queue.get()
-        while kind == "piece":
-            yield value
-            kind, value = await self.queue.get()
-        if kind == "error":
-            raise value
-        self.generation = value
+def _failure(exc: BaseException) -> tuple[int, str, str | None]:
+    """(status, message, code) for an error that ended a request."""
+    if isinstance(exc, TimedOut):
+        return 504, f"The request timed out: {exc}.", "timeout"
+    return 500, "The model failed to generate.", None
 
 
 class _Handler:
-    """The endpoints, bound to the served models."""
+    """The endpoints, bound to what the predictor serves."""
 
-    def __init__(self, models: Mapping[str, Engine]):
-        self.models = dict(models)
+    def __init__(self, served: Served):
+        self.served = served
         self.created = int(time.time())
 
     async def completions(self, request: Request) -> Any:
-        return await self._serve(request, "completions", CompletionRequest, self._completion_prompt)
+        return await self._serve(request, "completions", CompletionRequest)
 
     async def chat(self, request: Request) -> Any:
-        return await self._serve(request, "chat", ChatRequest, self._chat_prompt)
+        return await self._serve(request, "chat", ChatRequest)
 
     async def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._card(name) for name in self.models]}
+        return {"object": "list", "data": [self._card(name) for name in self.served.names]}
 
     async def get_model(self, model: str) -> Any:
-        if model not in self.models:
+        if model not in self.served.names:
             return self._unknown(model)
         return self._card(model)
 
     def _card(self, name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": self.created, "owned_by": "slmops"}
+        card = {"id": name, "object": "model", "created": self.created, "owned_by": "slmops"}
+        if name != self.served.name:
+            card["parent"] = self.served.name  # a LoRA adapter on the base model
+        return card
 
     def _unknown(self, model: str) -> JSONResponse:
-        served = ", ".join(repr(m) for m in self.models)
+        served = ", ".join(repr(m) for m in self.served.names)
         msg = f"The model {model!r} does not exist; this server serves {served}."
         return error(404, msg, "model", "model_not_found")
 
-    @staticmethod
-    def _completion_prompt(req: CompletionRequest, engine: Engine) -> str:
-        if isinstance(req.prompt, list):
-            if len(req.prompt) != 1:
-                raise InvalidSpec(
-                    "prompt", "give one prompt per request (a string or a list of one)"
-                )
-            return req.prompt[0]
-        return req.prompt
+    def _prompts(self, req: SamplingRequest) -> list[str]:
+        if isinstance(req, ChatRequest):
+            return [self.served.engine.apply_chat_template(req.messages)]
+        assert isinstance(req, CompletionRequest)
+        return req.prompts()
 
-    @staticmethod
-    def _chat_prompt(req: ChatRequest, engine: Engine) -> str:
-        return engine.apply_chat_template(req.messages)
-
-    async def _serve(
-        self, request: Request, endpoint: str, schema: type[SamplingRequest], to_prompt: Callable
-    ) -> Any:
+    async def _serve(self, request: Request, endpoint: str, schema: type[SamplingRequest]) -> Any:
         started = time.perf_counter()
         try:
             body = await request.json()
@@ -180,73 +156,124 @@ class _Handler:
             first = exc.errors()[0]
             param = field_name(tuple(first["loc"]))
             return error(400, f"{param}: {first['msg']}", param)
-        engine = self.models.get(req.model)
-        if engine is None:
+        try:
+            self.served.adapter_of(req.model)
+        except UnknownModel:
             # Not the requested name as a label: clients must not choose label values.
             metrics.record(UNKNOWN_MODEL, endpoint, 404, time.perf_counter() - started)
             return self._unknown(req.model)
         call = _Call(req, endpoint, started, request.headers.get("traceparent"))
-        stream = None
+        inbox = Inbox()
+        deadline = time.monotonic() + self.served.limits.request_timeout_s
         try:
-            stream = _Stream(engine, to_prompt(req, engine), req.engine_kwargs())
-            await stream.start()
-            if req.stream:
-                response = StreamingResponse(
-                    self._events(stream, call), media_type="text/event-stream"
-                )
-                stream = None  # from here on _events owns it
-                return response
-            async for _ in stream.pieces():
-                pass
+            call.prompts = self._prompts(req)
+            call.jobs = [
+                self.served.job(prompt, **req.options(), sink=inbox.sink(i), deadline=deadline)
+                for i, prompt in enumerate(call.prompts)
+            ]
+            self.served.scheduler.submit_all(call.jobs)
         except InvalidSpec as exc:
             call.finish(400)
             return error(400, str(exc), exc.field)
-        except Exception:
-            log.exception("generation failed")
-            call.finish(500)
-            return error(500, "The model failed to generate.")
-        finally:
-            if stream is not None:
-                stream.cancelled.set()  # stops the worker if this request was abandoned
-        call.finish(200, stream.generation)
-        return answer(call.head, call.chat, stream.generation)
+        except Overloaded as exc:
+            call.finish(429)
+            response = error(429, f"The server is busy: {exc}.", None, "rate_limit_exceeded")
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        if req.stream:
+            return StreamingResponse(self._events(call, inbox), media_type="text/event-stream")
+        return await self._whole(call, inbox, request)
 
-    async def _events(self, stream: _Stream, call: _Call) -> AsyncIterator[str]:
-        """Server-sent events: one chunk per piece, a closing chunk, optional usage, [DONE]."""
+    def _entries(self, event_entry: Any) -> list[dict[str, Any]]:
+        return [] if event_entry is None else [logprob_entry(self.served.engine, event_entry)]
+
+    def _logprobs(self, call: _Call, job_index: int, entries: list[dict[str, Any]], offset: int) -> dict[str, Any] | None:
+        if call.req.top_count() is None:
+            return None
+        if call.chat:
+            return chat_logprobs(entries)
+        return completion_logprobs(entries, len(call.prompts[job_index]) + offset)
+
+    async def _whole(self, call: _Call, inbox: Inbox, request: Request) -> Any:
+        """Wait for every sequence and answer them together."""
+        expected = sum(job.n for job in call.jobs)
+        ends: dict[int, tuple[int, Generation]] = {}
+        entries: dict[int, list[dict[str, Any]]] = {}
         status = 500
         try:
+            async for job_index, event in inbox.events(expected, request.is_disconnected):
+                kind, row = event[0], event[1]
+                if kind == "error":
+                    status, message, code = _failure(event[2])
+                    if status == 500:
+                        log.error("generation failed: %s", event[2])
+                    return error(status, message, None, code)
+                index = call.index(job_index, row)
+                if kind == "piece":
+                    call.saw_token()
+                    entries.setdefault(index, []).extend(self._entries(event[3]))
+                elif kind == "end":
+                    ends[index] = (job_index, event[2])
+            if len(ends) < expected:
+                status = 499  # the client closed the connection: nothing to answer
+                return error(499, "The client closed the request.")
+            status = 200
+        finally:
+            for job in call.jobs:
+                self.served.scheduler.cancel(job)
+            call.completion_tokens = sum(g.completion_tokens for _, g in ends.values())
+            call.finish(status)
+        choices = [
+            choice(call.chat, index, g, self._logprobs(call, job_index, entries.get(index, []), 0))
+            for index, (job_index, g) in sorted(ends.items())
+        ]
+        return answer(call.head, call.chat, choices, usage(call.prompt_tokens, call.completion_tokens))
+
+    async def _events(self, call: _Call, inbox: Inbox) -> AsyncIterator[str]:
+        """Server-sent events: chunks per piece and per choice, a closing chunk each, usage, [DONE]."""
+        status = 500
+        expected = sum(job.n for job in call.jobs)
+        offsets: dict[int, int] = {}
+        try:
             if call.chat:
-                yield sse(chunk(call.head, True, {"role": "assistant", "content": ""}, None))
-            first = True
-            async for piece in stream.pieces():
-                if first:
-                    elapsed = time.perf_counter() - call.started
-                    metrics.FIRST_TOKEN.labels(call.req.model, call.endpoint).observe(elapsed)
-                    first = False
-                yield sse(
-                    chunk(call.head, call.chat, {"content": piece} if call.chat else piece, None)
-                )
-            generation = stream.generation
-            end = {} if call.chat else ""
-            yield sse(chunk(call.head, call.chat, end, generation.finish_reason))
+                for index in range(expected):
+                    yield sse(chunk(call.head, True, index, {"role": "assistant", "content": ""}, None))
+            async for job_index, event in inbox.events(expected):
+                kind, row = event[0], event[1]
+                if kind == "error":
+                    status, message, code = _failure(event[2])
+                    if status == 500:
+                        log.error("generation failed while streaming: %s", event[2])
+                    kind_name = "server_error" if status >= 500 else "invalid_request_error"
+                    yield sse({"error": {"message": message, "type": kind_name, "param": None, "code": code}})
+                    return
+                index = call.index(job_index, row)
+                if kind == "piece":
+                    call.saw_token()
+                    piece, entries = event[2], self._entries(event[3])
+                    logprobs = self._logprobs(call, job_index, entries, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + len(piece)
+                    delta = {"content": piece} if call.chat else piece
+                    yield sse(chunk(call.head, call.chat, index, delta, None, logprobs))
+                elif kind == "end":
+                    generation: Generation = event[2]
+                    call.completion_tokens += generation.completion_tokens
+                    end = {} if call.chat else ""
+                    yield sse(chunk(call.head, call.chat, index, end, generation.finish_reason))
             if call.req.include_usage:
-                last = chunk(call.head, call.chat, None, None)
-                yield sse({**last, "choices": [], "usage": usage(generation)})
+                last = {**chunk(call.head, call.chat, 0, None, None), "choices": []}
+                yield sse({**last, "usage": usage(call.prompt_tokens, call.completion_tokens)})
             yield "data: [DONE]\n\n"
             status = 200
-        except Exception:
-            log.exception("generation failed while streaming")
-            yield sse(
-                {"error": {"message": "The model failed to generate.", "type": "server_error"}}
-            )
         finally:
-            stream.cancelled.set()
-            call.finish(status, stream.generation)
+            for job in call.jobs:
+                self.served.scheduler.cancel(job)  # the client may have gone: stop decoding
+            call.finish(status)
 
 
-def make_router(models: Mapping[str, Engine]) -> APIRouter:
-    """The OpenAI-compatible routes for the given {served name: engine}."""
-    handler = _Handler(models)
+def make_router(served: Served) -> APIRouter:
+    """The OpenAI-compatible routes for the base model and adapters that `served` holds."""
+    handler = _Handler(served)
     router = APIRouter()
     for prefix in PREFIXES:
         router.add_api_route(f"{prefix}/completions", handler.completions, methods=["POST"])

@@ -8,14 +8,15 @@ default is 1.0): answers are reproducible unless a caller asks for sampling.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.predictor.engines import Generation
 
-DEFAULT_MAX_TOKENS = 64
+MAX_N = 16
+MAX_LOGPROBS = 20
 
 
 class SamplingRequest(BaseModel):
@@ -27,21 +28,29 @@ class SamplingRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(default=None)
     seed: int | None = None
-    n: Literal[1] = 1
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
 
-    def engine_kwargs(self) -> dict[str, Any]:
+    def options(self) -> dict[str, Any]:
+        """What `Served.job` takes from this request."""
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return {
-            "max_tokens": self.max_tokens or DEFAULT_MAX_TOKENS,
+            "model": self.model,
+            "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "stop": stops,
             "seed": self.seed,
+            "n": self.n,
+            "logprobs": self.top_count(),
         }
+
+    def top_count(self) -> int | None:
+        """How many alternatives per token to return (None: no logprobs)."""
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -49,18 +58,31 @@ class SamplingRequest(BaseModel):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(min_length=1)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+
+    def top_count(self) -> int | None:
+        return self.logprobs
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 class ChatRequest(SamplingRequest):
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        kwargs = super().engine_kwargs()
+    def options(self) -> dict[str, Any]:
+        options = super().options()
         if self.max_tokens is None and self.max_completion_tokens:
-            kwargs["max_tokens"] = self.max_completion_tokens
-        return kwargs
+            options["max_tokens"] = self.max_completion_tokens
+        return options
+
+    def top_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def error(
@@ -80,11 +102,11 @@ def field_name(loc: tuple) -> str:
     return out
 
 
-def usage(g: Generation) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
-        "prompt_tokens": g.prompt_tokens,
-        "completion_tokens": g.completion_tokens,
-        "total_tokens": g.prompt_tokens + g.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
 
 
@@ -93,22 +115,50 @@ def sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-def chunk(head: dict[str, Any], chat: bool, delta: Any, finish: str | None) -> dict[str, Any]:
-    """A streamed chunk; head holds id, created and model."""
+def chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Chat's logprobs object from entries in its shape (see scheduler.logprob_entry)."""
+    return {"content": entries, "refusal": None}
+
+
+def completion_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """The completions API's logprobs object (tokens, token_logprobs, top_logprobs, text_offset)."""
+    offsets, at = [], offset
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def chunk(
+    head: dict[str, Any],
+    chat: bool,
+    index: int,
+    delta: Any,
+    finish: str | None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A streamed chunk of choice `index`; head holds id, created and model."""
     if chat:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {**head, "object": "chat.completion.chunk", "choices": [choice]}
-    choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
+    choice = {"index": index, "text": delta, "logprobs": logprobs, "finish_reason": finish}
     return {**head, "object": "text_completion", "choices": [choice]}
 
 
-def answer(head: dict[str, Any], chat: bool, g: Generation) -> dict[str, Any]:
-    """A whole (non-streamed) answer with usage."""
+def choice(chat: bool, index: int, g: Generation, logprobs: dict[str, Any] | None) -> dict[str, Any]:
+    """One choice of a whole (non-streamed) answer."""
     if chat:
         message = {"role": "assistant", "content": g.text}
-        choice = {"index": 0, "message": message, "finish_reason": g.finish_reason}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
-        obj = "text_completion"
-    return {**head, "object": obj, "choices": [choice], "usage": usage(g)}
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": g.finish_reason}
+    return {"index": index, "text": g.text, "logprobs": logprobs, "finish_reason": g.finish_reason}
+
+
+def answer(head: dict[str, Any], chat: bool, choices: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
+    """A whole (non-streamed) answer with usage."""
+    obj = "chat.completion" if chat else "text_completion"
+    return {**head, "object": obj, "choices": choices, "usage": counts}

@@ -1,15 +1,17 @@
 """Start-up of the predictor: one engine behind KServe's ModelServer plus our routes.
 
 The HTTP socket is bound here, before anything else starts, so a port in use
-is reported at once and port 0 picks a free one. When the server answers
-`/v2/health/ready`, one line `SLMOPS_PREDICTOR_READY http://HOST:PORT` goes to
-stdout. SIGTERM and SIGINT stop the server gracefully (exit status 0).
+is reported at once and port 0 picks a free one. The OIP v2 gRPC server, when
+on, binds the same host. When the server answers `/v2/health/ready`, one line
+`SLMOPS_PREDICTOR_READY http://HOST:PORT` goes to stdout. SIGTERM and SIGINT
+stop the server gracefully (exit status 0).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import logging
 import signal
@@ -24,8 +26,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from slmops.core import tracing
-from slmops.predictor import metrics
-from slmops.predictor.engines import Engine
+from slmops.predictor import guard, metrics
+from slmops.predictor.served import Served
 
 READY_PREFIX = "SLMOPS_PREDICTOR_READY "
 log = logging.getLogger(__name__)
@@ -66,8 +68,9 @@ def model_parameters(model_dir: str | Path) -> int | None:
     return None
 
 
-def info_router(name: str, engine: Engine) -> APIRouter:
-    """GET /slmops/v1/info: what this predictor serves and how much memory it holds."""
+def info_router(served: Served) -> APIRouter:
+    """GET /slmops/v1/info: what this predictor serves, its limits and how much memory it holds."""
+    engine, name = served.engine, served.name
     parameters = model_parameters(engine.model_dir)
     router = APIRouter()
 
@@ -76,6 +79,11 @@ def info_router(name: str, engine: Engine) -> APIRouter:
             "model": name,
             "engine": engine.name,
             "model_dir": engine.model_dir,
+            "adapters": list(engine.adapters),
+            "threads": getattr(engine, "threads", None),
+            "limits": dataclasses.asdict(served.limits),
+            "in_flight": served.scheduler.busy,
+            "waiting": served.scheduler.waiting,
             "rss_bytes": metrics.rss_bytes(),
             "parameters": parameters,
         }
@@ -118,30 +126,71 @@ def _log_to_stderr() -> None:
     kserve_logging.configure_logging(config)
 
 
+def _grpc_server(served: Served, server: Any, host: str, port: int, api_key: str | None) -> Any:
+    """KServe's OIP v2 gRPC server on host:port, with the API key checked when there is one."""
+    from grpc import aio
+    from kserve.model_server import args as kserve_args
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+    from kserve.protocol.grpc.server import GRPCServer
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    class HostGRPCServer(GRPCServer):
+        """GRPCServer.start binds every interface and takes no interceptor of ours."""
+
+        async def start(self, max_workers: int) -> None:
+            from concurrent import futures
+
+            interceptors = [LoggingInterceptor(), ExceptionToStatusInterceptor()]
+            if api_key:
+                interceptors.insert(0, guard.grpc_interceptor(api_key))
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors
+            )
+            servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+            address = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
+            if self._server.add_insecure_port(address) == 0:
+                raise OSError(f"cannot listen on {address} for gRPC")
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    return HostGRPCServer(port, server.dataplane, server.model_repository_extension,
+                          kwargs=vars(kserve_args), grace_period=5)  # fmt: skip
+
+
 def serve(
-    engine: Engine,
-    name: str,
+    served: Served,
     sock: socket.socket,
     host: str,
     grpc_port: int = 0,
+    api_key: str | None = None,
 ) -> None:
-    """Serve engine as model `name` on the bound socket until SIGTERM/SIGINT."""
+    """Serve `served` on the bound socket (and gRPC on grpc_port when > 0) until SIGTERM/SIGINT."""
+    from fastapi.responses import JSONResponse
     from kserve import ModelServer
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.model_server import app
     from kserve.protocol.rest.server import RESTServer
 
-    from slmops.predictor.model import GenerationModel
+    from slmops.predictor.model import Busy, GenerationModel
     from slmops.predictor.openai_api import make_router
 
     tracing.setup_tracing("predictor")
     metrics.ensure_process_collector()
     _log_to_stderr()
-    model = GenerationModel(name, engine)
+    model = GenerationModel(served)
     model.load()
     # Our routes first: for GET /v1/models the OpenAI list wins over KServe's v1 protocol.
-    app.include_router(make_router({name: engine}))
-    app.include_router(info_router(name, engine))
+    app.include_router(make_router(served))
+    app.include_router(info_router(served))
+    app.add_middleware(guard.Guard, api_key=api_key, max_body_bytes=served.limits.max_body_bytes)
+
+    async def busy(_request: Any, exc: Busy) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=429,
+                            headers={"Retry-After": str(exc.retry_after)})  # fmt: skip
+
+    app.add_exception_handler(Busy, busy)
 
     port = sock.getsockname()[1]
     server = ModelServer(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=grpc_port > 0)
@@ -174,16 +223,7 @@ def serve(
         signal.signal(sig, on_signal)
     servers = [run_rest()]
     if grpc_port > 0:
-        from kserve.model_server import args as kserve_args
-        from kserve.protocol.grpc.server import GRPCServer
-
-        server._grpc_server = GRPCServer(
-            grpc_port,
-            server.dataplane,
-            server.model_repository_extension,
-            kwargs=vars(kserve_args),
-            grace_period=5,
-        )
+        server._grpc_server = _grpc_server(served, server, host, grpc_port, api_key)
         servers.append(server._grpc_server.start(server.max_threads))
     threading.Thread(
         target=_announce_when_ready, args=(url_of(host, port), stop), daemon=True
@@ -198,8 +238,6 @@ def serve(
     finally:
         stop.set()
         model.stop()
-        close = getattr(engine, "close", None)
-        if close:
-            close()
+        served.close()
         tracing.shutdown_tracing()
         sys.stdout.flush()

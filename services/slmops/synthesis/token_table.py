@@ -23,32 +23,9 @@ from typing import Any
 
 from slmops.core import artifacts
 from slmops.core.errors import InvalidSpec
+from slmops.models import vocab
 
-_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _ID_TOKEN = re.compile(r"^token_id:(\d+)$")
-_SPACE = "\u2581"  # SentencePiece's word-boundary mark
-
-
-def byte_decoder() -> dict[str, int]:
-    """The GPT-2 byte-level alphabet, character -> byte."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    return {char: byte for byte, char in bytes_to_unicode().items()}
-
-
-def vocabulary_kind(tokens: list[str], alphabet: dict[str, int]) -> str:
-    """'byte_level' or 'sentencepiece' for the regular (not added) tokens; else ValueError."""
-    chars = {c for t in tokens for c in t}
-    if chars <= alphabet.keys() and any(ord(c) > 255 for c in chars):
-        return "byte_level"
-    if any(_SPACE in t or _BYTE_TOKEN.match(t) for t in tokens):
-        return "sentencepiece"
-    raise ValueError("the vocabulary is neither byte-level BPE nor SentencePiece")
-
-
-def _sentencepiece_bytes(token: str) -> bytes:
-    match = _BYTE_TOKEN.match(token)
-    return bytes([int(match.group(1), 16)]) if match else token.replace(_SPACE, " ").encode()
 
 
 def _one(ids: list[int], byte_tokens: set[int]) -> int | None:
@@ -62,19 +39,13 @@ class TokenTable:
     """Token id <-> bytes for one tokenizer (a transformers tokenizer object)."""
 
     def __init__(self, tokenizer: Any):
-        vocab: dict[str, int] = tokenizer.get_vocab()
+        vocab_ids: dict[str, int] = tokenizer.get_vocab()
         added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
-        regular = {token: i for token, i in vocab.items() if i not in added}
-        alphabet = byte_decoder()
-        self.kind = vocabulary_kind(list(regular), alphabet)
+        self.kind, self._bytes = vocab.token_bytes(vocab_ids, added)
         self.vocab_size = len(tokenizer)
-        self._bytes: dict[int, bytes] = {i: text.encode() for i, text in added.items()}
-        for token, i in regular.items():
-            if self.kind == "byte_level":
-                self._bytes[i] = bytes(alphabet[c] for c in token)
-            else:
-                self._bytes[i] = _sentencepiece_bytes(token)
-        byte_tokens = {i for token, i in regular.items() if _BYTE_TOKEN.match(token)}
+        byte_tokens = {
+            i for token, i in vocab_ids.items() if i not in added and vocab.BYTE_TOKEN.match(token)
+        }
         candidates: dict[bytes, list[int]] = defaultdict(list)
         for i, data in self._bytes.items():
             candidates[data].append(i)
