@@ -190,13 +190,28 @@ def test_serving_runtime_runs_the_predictor_on_8080(default_docs):
     assert container["name"] == "kserve-container"
     assert container["image"] == "ghcr.io/slmops/slmops-predictor:0.1.0"
     assert container["command"] == ["python", "-m", "slmops.predictor"]
-    assert container["args"] == ["--model-dir=/mnt/models", "--name={{.Name}}", "--http-port=8080"]
+    assert container["args"] == [
+        "--model-dir=/mnt/models", "--name={{.Name}}", "--http-port=8080",
+        "--host=0.0.0.0", "--grpc-port=8081",
+    ]  # fmt: skip
     assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
     formats = {f["name"]: f for f in runtime["spec"]["supportedModelFormats"]}
     assert formats["onnx-genai"]["autoSelect"] is True
     assert "huggingface" in formats
     assert runtime["spec"]["protocolVersions"] == ["v2"]
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8080"
+
+
+def test_the_predictor_api_key_comes_from_a_mounted_secret(default_docs, all_on_docs):
+    (plain,) = one(default_docs, "ClusterServingRuntime", "slmops-predictor")["spec"]["containers"]
+    assert not any(a.startswith("--api-key-file") for a in plain["args"])
+    runtime = one(all_on_docs, "ClusterServingRuntime", "slmops-predictor-prod")["spec"]
+    (container,) = runtime["containers"]
+    assert "--api-key-file=/var/run/secrets/slmops-predictor/api-key" in container["args"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-key")
+    assert mount == {"name": "api-key", "mountPath": "/var/run/secrets/slmops-predictor", "readOnly": True}
+    volume = next(v for v in runtime["volumes"] if v["name"] == "api-key")
+    assert volume["secret"]["secretName"] == "slmops-predictor-api-key"
 
 
 @pytest.mark.parametrize(

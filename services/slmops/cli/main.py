@@ -77,9 +77,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     command = [sys.executable, "-m", "slmops.predictor", "--model-dir", args.model_dir, "--host", args.host,
-               "--http-port", str(args.port)]
+               "--http-port", str(args.port), "--grpc-port", str(args.grpc_port)]
     if args.name:
         command += ["--name", args.name]
+    for adapter in args.adapter:
+        command += ["--adapter", adapter]
+    if args.api_key_file:
+        command += ["--api-key-file", args.api_key_file]
+    for flag in ("max_concurrency", "max_queue"):
+        if getattr(args, flag):
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     os.execv(sys.executable, command)
     return 0
 
@@ -106,7 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("--name", default=None)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (OpenAI API, OIP v2 REST)")
+    p.add_argument("--grpc-port", type=int, default=8081, help="OIP v2 gRPC port; 0 turns gRPC off")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="also serve a LoRA adapter as model NAME (repeatable)")
+    p.add_argument("--api-key-file", default="", help="require the API key in this file as a bearer "
+                   "token (or set SLMOPS_PREDICTOR_API_KEY)")
+    p.add_argument("--max-concurrency", type=int, default=0, help="sequences decoded at once")
+    p.add_argument("--max-queue", type=int, default=0, help="requests waiting before 429")
     p.set_defaults(func=_cmd_serve)
     jobs_commands.add_commands(sub)
     return parser

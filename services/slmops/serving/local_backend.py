@@ -29,6 +29,7 @@ class Predictor:
     port: int
     url: str
     log_path: Path
+    grpc_port: int = 0  # OIP v2 gRPC
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -38,10 +39,11 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def predictor_command(model_dir: str, name: str, host: str, port: int) -> list[str]:
+def predictor_command(model_dir: str, name: str, host: str, port: int, grpc_port: int) -> list[str]:
     return [
         sys.executable, "-m", "slmops.predictor",
         "--model-dir", model_dir, "--name", name, "--host", host, "--http-port", str(port),
+        "--grpc-port", str(grpc_port),
     ]
 
 
@@ -57,13 +59,14 @@ def start_predictor(
 ) -> Predictor:
     """Start a predictor and wait until it answers; raise Unavailable with its log if it cannot."""
     port = port or free_port()
+    grpc_port = free_port()
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = logs_dir / f"predictor-{name}.log"
     env = dict(os.environ, TRACEPARENT=traceparent, PYTHONUNBUFFERED="1")
     with open(log_path, "ab") as log_file:
         offset = log_file.tell()
         process = subprocess.Popen(
-            predictor_command(model_dir, name, host, port),
+            predictor_command(model_dir, name, host, port, grpc_port),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
@@ -76,7 +79,8 @@ def start_predictor(
             text = fh.read().decode(errors="replace")
         for line in text.splitlines():
             if line.startswith(READY_PREFIX):
-                return Predictor(process.pid, port, line[len(READY_PREFIX) :].strip(), log_path)
+                url = line[len(READY_PREFIX) :].strip()
+                return Predictor(process.pid, port, url, log_path, grpc_port)
         if process.poll() is not None:
             raise Unavailable(
                 f"predictor for {name!r} exited with code {process.returncode}:\n{_tail(log_path)}"
