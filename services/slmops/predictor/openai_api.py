@@ -231,7 +231,7 @@ class _Handler:
 
     async def _events(self, call: _Call, inbox: Inbox) -> AsyncIterator[str]:
         """Server-sent events: chunks per piece and per choice, a closing chunk each, usage, [DONE]."""
-        status = 500
+        status = 499  # until the stream ends or fails: the client closed it
         expected = sum(job.n for job in call.jobs)
         offsets: dict[int, int] = {}
         try:
@@ -265,6 +265,11 @@ class _Handler:
                 yield sse({**last, "usage": usage(call.prompt_tokens, call.completion_tokens)})
             yield "data: [DONE]\n\n"
             status = 200
+        except Exception:
+            status = 500
+            log.exception("streaming failed")
+            yield sse({"error": {"message": "The model failed to generate.", "type": "server_error",
+                                 "param": None, "code": None}})  # fmt: skip
         finally:
             for job in call.jobs:
                 self.served.scheduler.cancel(job)  # the client may have gone: stop decoding
