@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="request bodies past this get 413 (default %(default)s)")  # fmt: skip
     parser.add_argument("--request-timeout", type=float, default=limits.request_timeout_s,
                         help="seconds a request may wait and run (default %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-window-ms", type=float, default=limits.batch_window_s * 1000,
+                        help="when idle, how long the first request waits for others to batch with "
+                        "(default %(default)s)")  # fmt: skip
     parser.add_argument(
         "--api-key-env", default="SLMOPS_PREDICTOR_API_KEY",
         help="environment variable holding the API key clients must send as a bearer token "
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens_cap=args.max_tokens,
         max_body_bytes=args.max_body_bytes,
         request_timeout_s=args.request_timeout,
+        batch_window_s=max(0.0, args.batch_window_ms) / 1000,
     )
     try:
         engine = load_engine(model_dir, threads=args.threads, adapters=adapters)
