@@ -67,3 +67,47 @@ def copy_with(folder: Path, dest: Path, edit: Callable[[Path], None]) -> Path:
     shutil.copytree(folder, dest)
     edit(dest)
     return dest
+
+
+# name: (seed, rank, adapted modules). beta adapts fewer modules, at another rank.
+TINY_ADAPTERS = {
+    "alpha": (1, 4, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    "beta": (2, 8, ("q_proj", "v_proj", "down_proj")),
+}
+
+
+def random_lora(checkpoint: Path, out: Path, seed: int, rank: int, modules: tuple[str, ...]) -> Path:
+    """A peft LoRA adapter with random A and B (so it changes the output), saved by peft."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(modules), init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def tiny_adapters(factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random peft LoRA adapters for tiny_checkpoint: {"alpha": folder, "beta": folder}."""
+    checkpoint = tiny_checkpoint(factory)
+
+    def build(out: Path) -> None:
+        for name, (seed, rank, modules) in TINY_ADAPTERS.items():
+            random_lora(checkpoint, out / name, seed, rank, modules)
+
+    folder = _cached(factory, "qwen2-tiny-adapters", build)
+    return {name: folder / name for name in TINY_ADAPTERS}
+
+
+def tiny_onnx_with_adapters(factory: pytest.TempPathFactory, precision: str = "fp32") -> Path:
+    """tiny_checkpoint for ORT GenAI with tiny_adapters as `adapters/<name>.onnx_adapter` files."""
+    checkpoint, adapters = tiny_checkpoint(factory), tiny_adapters(factory)
+
+    def build(out: Path) -> None:
+        from slmops.models.onnx_adapters import build_onnx_with_adapters
+
+        build_onnx_with_adapters(checkpoint, adapters, out, precision=precision)
+
+    return _cached(factory, f"qwen2-tiny-adapters-{precision}", build)
