@@ -156,3 +156,24 @@ def test_logprobs_are_the_log_softmax_of_the_chosen_tokens(engine):
         assert [lp for _, lp in entry.top] == sorted((lp for _, lp in entry.top), reverse=True)
         assert entry.top[0] == (entry.token_id, pytest.approx(entry.logprob))  # greedy: the best one
     assert b"".join(engine.token_bytes(e.token_id) for e in result.logprobs).decode() == result.text
+
+
+def test_a_request_arriving_just_after_another_joins_its_batch(engine):
+    alone = [engine.generate(p, max_tokens=20) for p in PROMPTS[:2]]
+    scheduler = Scheduler(engine, Limits(batch_window_s=0))
+    merged_before = metrics.COHORTS_MERGED._value.get()
+    try:
+        out = Collector()
+        first_sink, second = out.sink(0), _job(engine, PROMPTS[1], out.sink(1), budget=20)
+
+        def first(event: tuple) -> None:  # the second request arrives after 3 tokens of the first
+            first_sink(event)
+            if event[0] == "piece" and len(out.events[0]) == 3:
+                scheduler.submit(second)
+
+        scheduler.submit(_job(engine, PROMPTS[0], first, budget=20))
+        out.wait([0, 1])
+    finally:
+        scheduler.stop()
+    assert metrics.COHORTS_MERGED._value.get() == merged_before + 1
+    assert [out.result(0), out.result(1)] == alone

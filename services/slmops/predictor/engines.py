@@ -210,6 +210,7 @@ class SequenceState:
         self.decode = engine.new_decoder()
         self.logprobs_k = logprobs  # None: no logprobs; 0: the chosen token's only
         self.count = 0
+        self.tokens: list[int] = []  # generated ids, EOS included
         self.parts: list[str] = []
         self.token_logprobs: list[TokenLogprob] = []
         self.finish_reason: str | None = None
@@ -221,6 +222,7 @@ class SequenceState:
     def push(self, token: int, logits: np.ndarray | None) -> tuple[str, TokenLogprob | None]:
         """Take one generated token; return (text now safe to emit, its logprob entry or None)."""
         self.count += 1
+        self.tokens.append(token)
         if token in self.eos:
             self.finish_reason = "stop"
             return self._tail(), None

@@ -81,6 +81,10 @@ BATCH_SIZE = Histogram(
 COHORTS_STARTED = Counter(
     "slmops_predictor_cohorts_started", "Batches of sequences started together."
 )
+COHORTS_MERGED = Counter(
+    "slmops_predictor_cohorts_merged",
+    "Young batches restarted to take requests that arrived just after them.",
+)
 TIME_PER_TOKEN = Histogram(
     "slmops_predictor_time_per_output_token_seconds",
     "Time per generated token after the first, per request.",

@@ -13,7 +13,11 @@ cohort by one token per round, so:
   deadline frees its slot at once, and its cohort ends with its last sequence.
 
 When nothing runs, the first arrival waits `batch_window_s` for company, so a
-burst of requests becomes one cohort rather than several.
+burst of requests becomes one cohort rather than several. Arrivals that miss
+it join a cohort that has run at most `merge_steps` steps: the cohort restarts
+with them, its sequences prefilled again with the tokens they already have.
+Each cohort reads every weight once per step, so one cohort of 8 sequences
+costs little more than one of 1, while two cohorts of 4 cost twice as much.
 
 Seeded sampling gets a cohort of its own, so a seed gives the same answer
 whatever else runs. Everything a request receives (pieces, logprobs, the end)
@@ -48,6 +52,7 @@ class Limits:
     max_body_bytes: int = 1 << 20  # request bodies past this get 413
     request_timeout_s: float = 300.0  # waiting plus running
     batch_window_s: float = 0.005
+    merge_steps: int = 16  # a cohort this young takes new arrivals (restarting); older ones do not
 
 
 class Overloaded(Exception):
@@ -107,6 +112,7 @@ class _Running:
     cohort: Any
     rows: list[_Row]
     want_logits: bool
+    key: tuple = ()
     steps: int = 0
 
 
@@ -179,7 +185,11 @@ class Scheduler:
                         break
                 starts = self._take_cohorts()
             for jobs in starts:
-                self._start(jobs)
+                young = self._young_cohort(jobs[0].key())
+                if young is not None:
+                    self._merge(young, jobs)
+                else:
+                    self._start(jobs)
             for running in list(self._running):
                 self._advance(running)
             self._publish()
@@ -238,27 +248,56 @@ class Scheduler:
         metrics.QUEUE_DEPTH.set(len(self._waiting))
         return starts
 
-    def _start(self, jobs: list[Job]) -> None:
-        prompts = [job.prompt_ids for job in jobs for _ in range(job.n)]
-        budget = max(job.budget for job in jobs)
+    def _young_cohort(self, key: tuple) -> _Running | None:
+        """A running cohort with this key whose sequences have each generated at most merge_steps tokens."""
+        for running in self._running:
+            live = [row.state.count for row in running.rows if not row.state.done]
+            if running.key == key and live and max(live) <= self.limits.merge_steps:
+                return running
+        return None
+
+    def _start(self, jobs: list[Job], carried: list[_Row] | None = None) -> _Running | None:
+        """Start a cohort for jobs, plus rows carried over from a cohort being merged."""
+        carried = carried or []
+        prompts = [row.job.prompt_ids + row.state.tokens for row in carried]
+        prompts += [job.prompt_ids for job in jobs for _ in range(job.n)]
+        budget = max([job.budget for job in jobs] + [r.state.budget - r.state.count for r in carried])
+        sampling = (jobs or [r.job for r in carried])[0].sampling
         try:
-            cohort = self.engine.start(prompts, jobs[0].sampling, budget)
+            cohort = self.engine.start(prompts, sampling, budget)
         except Exception as exc:  # noqa: BLE001 - each job answers with the error
             log.exception("a cohort of %d sequences failed to start", len(prompts))
             with self._cond:
                 self._busy -= len(prompts)
-            for job in jobs:
+            for job in {id(j): j for j in [*jobs, *(r.job for r in carried)]}.values():
                 job.sink(("error", None, exc))
-            return
+            return None
         limit = getattr(cohort, "max_steps", budget)
-        rows = [
+        for row in carried:
+            row.state.budget = min(row.state.budget, row.state.count + limit)
+        rows = carried + [
             _Row(job, i, SequenceState(self.engine, min(job.budget, limit), job.stops, job.logprobs))
             for job in jobs
             for i in range(job.n)
         ]
-        want = any(job.logprobs is not None for job in jobs)
-        self._running.append(_Running(cohort, rows, want))
+        want = any(row.job.logprobs is not None for row in rows)
+        running = _Running(cohort, rows, want, key=(jobs or [r.job for r in carried])[0].key())
+        self._running.append(running)
         metrics.COHORTS_STARTED.inc()
+        return running
+
+    def _merge(self, young: _Running, jobs: list[Job]) -> None:
+        """Restart a young cohort with new jobs in it: its sequences continue from their tokens.
+
+        The sequences already running are prefilled again with what they have
+        generated so far (at most merge_steps tokens each), so the cohort
+        becomes one batch instead of two that would each read every weight
+        on every step.
+        """
+        carried = [row for row in young.rows if not row.state.done]
+        self._close(young)
+        self._start(jobs, carried)
+        metrics.COHORTS_MERGED.inc()
 
     def _advance(self, running: _Running) -> None:
         """One token for every sequence of the cohort; end the cohort when none is left."""
