@@ -220,3 +220,32 @@ def test_oip_input_types_are_described(served):
     model = GenerationModel(served)
     assert [t["name"] for t in model.get_input_types()] == ["text", "max_tokens"]
     assert np.asarray([t["datatype"] for t in model.get_output_types()]).tolist() == ["BYTES"]
+
+
+def test_a_request_past_its_timeout_gets_an_openai_error_and_frees_its_slot(engine):
+    from slmops.predictor.scheduler import Limits
+
+    served = Served.start(NAME, engine, Limits(request_timeout_s=0.001, batch_window_s=0.05))
+    app = FastAPI()
+    app.include_router(make_router(served))
+    try:
+        with TestClient(app) as client:
+            response = client.post("/v1/completions", json={"model": NAME, "prompt": "hi"})
+            error = _error(response, 504)
+            assert error["code"] == "timeout" and error["type"] == "server_error"
+            stream = client.post("/v1/completions", json={"model": NAME, "prompt": "hi", "stream": True})
+            last = [line for line in stream.text.split("\n\n") if line][-1]
+            assert json.loads(last.removeprefix("data: "))["error"]["code"] == "timeout"
+        assert served.scheduler.busy == 0 and served.scheduler.waiting == 0
+    finally:
+        served.scheduler.stop()
+
+
+def test_completions_take_a_list_of_prompts_as_one_batch(client, engine):
+    prompts = ["hello world", "the quick"]
+    body = client.post("/v1/completions", json={"model": NAME, "prompt": prompts, "max_tokens": 5, "n": 2}).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    expected = [engine.generate(p, max_tokens=5).text for p in prompts]
+    assert [c["text"] for c in body["choices"]] == [expected[0], expected[0], expected[1], expected[1]]
+    assert body["usage"]["prompt_tokens"] == sum(len(engine.encode(p)) for p in prompts)
+    assert body["usage"]["completion_tokens"] == 20
