@@ -106,6 +106,9 @@ def test_n_choices_and_logprobs_in_openai_shapes(client):
     assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 4
     assert "".join(logprobs.tokens) == completion.choices[0].text
     assert all(len(top) <= 3 for top in logprobs.top_logprobs)
+    as_ids = client.completions.create(model=NAME, prompt="hello world", max_tokens=4, logprobs=3,
+                                       extra_body={"return_tokens_as_token_ids": True})  # fmt: skip
+    assert all(re.fullmatch(r"token_id:\d+", t) for t in as_ids.choices[0].logprobs.tokens)
 
 
 def test_streamed_choices_carry_their_index_and_logprobs(client):

@@ -177,3 +177,37 @@ def test_synthesis_job_stores_token_ids_with_the_teachers_tokenizer(ray_local, w
         assert tok.decode(top["token_ids"]) == record["completion"] == record["answer"]
         assert [row[0] for row in top["top_ids"]] == top["token_ids"]
         assert record["teacher"]["vocab_size"] == len(tok)
+
+
+def test_a_teacher_served_by_slmops_gives_top_k_with_token_ids(ray_local, workdir, tmp_path_factory):
+    """The real predictor as the teacher (chat, whose logprobs carry bytes): they map back to its ids."""
+    from slmops.predictor.engines import load_engine
+    from slmops.synthesis.job import run
+    from tests.integration._models import tiny_checkpoint
+    from tests.integration.test_predictor_server import Predictor
+
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    server = Predictor(checkpoint, workdir / "predictor", name="teacher-x")
+    try:
+        url = server.wait_ready(timeout=120)
+        fake = type("Teacher", (), {"base_url": f"{url}/v1"})()
+        config = _config(fake, workdir / "prompts.jsonl", tokenizer=artifacts.to_uri(checkpoint), chat=True)
+        result = run(config, str(workdir / "dataset"), lambda *a, **k: None)
+    finally:
+        server.stop()
+    assert result["metrics"]["unmapped_logprob_records"] == 0
+    engine = load_engine(checkpoint)
+    records = [
+        json.loads(line)
+        for name in ("train.jsonl", "validation.jsonl")
+        for line in (workdir / "dataset" / name).read_text().splitlines()
+    ]
+    assert len(records) == len(PROMPTS)
+    for record in records:
+        top = record["top_logprobs"]
+        prompt = engine.apply_chat_template([{"role": "user", "content": record["prompt"]}])
+        expected = engine.generate(prompt, max_tokens=8, logprobs=2)
+        ids = [e.token_id for e in expected.logprobs]
+        assert top["token_ids"] == ids
+        assert top["top_ids"] == [[i for i, _ in e.top] for e in expected.logprobs]
+        assert top["top_logprobs"][0] == pytest.approx([lp for _, lp in expected.logprobs[0].top], abs=1e-4)

@@ -20,7 +20,7 @@ and the token budget, and counts tokens.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -350,13 +350,6 @@ class DecodingEngine:
             finally:
                 cohort.close()
         return state.result(len(ids))
-
-
-def adapter_names(found: dict[str, Path], base_name: str = "") -> list[str]:
-    """Sorted adapter names, refusing one that clashes with the served base model's name."""
-    if base_name and base_name in found:
-        raise InvalidSpec("adapters", f"an adapter may not share the model's name {base_name!r}")
-    return sorted(found)
 
 
 def load_engine(model_dir: str | Path, *, threads: int = 0, adapters: dict[str, Path] | None = None) -> Engine:

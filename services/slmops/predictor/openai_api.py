@@ -184,8 +184,10 @@ class _Handler:
             return StreamingResponse(self._events(call, inbox), media_type="text/event-stream")
         return await self._whole(call, inbox, request)
 
-    def _entries(self, event_entry: Any) -> list[dict[str, Any]]:
-        return [] if event_entry is None else [logprob_entry(self.served.engine, event_entry)]
+    def _entries(self, call: _Call, event_entry: Any) -> list[dict[str, Any]]:
+        if event_entry is None:
+            return []
+        return [logprob_entry(self.served.engine, event_entry, call.req.return_tokens_as_token_ids)]
 
     def _logprobs(self, call: _Call, job_index: int, entries: list[dict[str, Any]], offset: int) -> dict[str, Any] | None:
         if call.req.top_count() is None:
@@ -211,7 +213,7 @@ class _Handler:
                 index = call.index(job_index, row)
                 if kind == "piece":
                     call.saw_token()
-                    entries.setdefault(index, []).extend(self._entries(event[3]))
+                    entries.setdefault(index, []).extend(self._entries(call, event[3]))
                 elif kind == "end":
                     ends[index] = (job_index, event[2])
             if len(ends) < expected:
@@ -250,7 +252,7 @@ class _Handler:
                 index = call.index(job_index, row)
                 if kind == "piece":
                     call.saw_token()
-                    piece, entries = event[2], self._entries(event[3])
+                    piece, entries = event[2], self._entries(call, event[3])
                     logprobs = self._logprobs(call, job_index, entries, offsets.get(index, 0))
                     offsets[index] = offsets.get(index, 0) + len(piece)
                     delta = {"content": piece} if call.chat else piece

@@ -33,6 +33,8 @@ class SamplingRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    # As vLLM: logprobs name tokens "token_id:N" (exact ids even where a token's text is not).
+    return_tokens_as_token_ids: bool = False
 
     def options(self) -> dict[str, Any]:
         """What `Served.job` takes from this request."""

@@ -59,9 +59,9 @@ class Limits:
     max_body_bytes: int = 1 << 20  # request bodies past this get 413
     request_timeout_s: float = 300.0  # waiting plus running
     batch_window_s: float = 0.05  # the longest a burst may take to gather when nothing runs
-    batch_gap_s: float = 0.005  # ... and it is over once no request came for this long
+    batch_gap_s: float = 0.015  # ... and it is over once no request came for this long
     merge_steps: int = 16  # a cohort whose sequences have this few tokens takes new arrivals
-    merge_tokens: int = 64  # ... when prefilling its sequences again costs at most this many tokens
+    merge_tokens: int = 32  # ... when prefilling its sequences again costs at most this many tokens
 
 
 class Overloaded(Exception):
@@ -383,13 +383,16 @@ class Scheduler:
         metrics.QUEUE_DEPTH.set(len(self._waiting))
 
 
-def logprob_entry(engine: Engine, entry: TokenLogprob) -> dict[str, Any]:
-    """A TokenLogprob in OpenAI's chat shape (token text, logprob, bytes, top_logprobs), plus ids."""
+def logprob_entry(engine: Engine, entry: TokenLogprob, as_ids: bool = False) -> dict[str, Any]:
+    """A TokenLogprob in OpenAI's chat shape (token text, logprob, bytes, top_logprobs), plus ids.
+
+    as_ids: name tokens "token_id:N", as vLLM's `return_tokens_as_token_ids` does.
+    """
 
     def one(token_id: int, logprob: float) -> dict[str, Any]:
         data = engine.token_bytes(token_id)
         return {
-            "token": data.decode("utf-8", errors="replace"),
+            "token": f"token_id:{token_id}" if as_ids else data.decode("utf-8", errors="replace"),
             "logprob": logprob,
             "bytes": list(data),
             "token_id": token_id,
