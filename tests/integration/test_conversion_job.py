@@ -75,7 +75,8 @@ def test_conversion_job_writes_an_onnx_model_that_generates(
     assert 0 < metrics["size_bytes"] < metrics["source_size_bytes"]
     assert metrics["seconds"] > 0
     assert manifest.metrics == metrics
-    assert events[0][0] == 0.0 and events[-1] == (1.0, "conversion done")
+    assert events[0][0] == 0.0 and events[-1][0] == 1.0
+    assert events[-1][1].startswith("conversion done; verified: token agreement")
     assert [f for f, _ in events] == sorted(f for f, _ in events)
 
     model = json.loads((folder / "genai_config.json").read_text())["model"]
@@ -109,3 +110,27 @@ def test_shared_embeddings_survive_olive(tmp_path_factory, tmp_path):
     engine = load_engine(result["output_dir"])
     assert engine.generate("hello world", max_tokens=4).completion_tokens == 4
     engine.close()
+
+
+def test_every_conversion_is_verified_and_a_model_that_misses_fails_with_nothing_left(
+    ray_local, checkpoint_artifact, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(artifacts.local_path(checkpoint_artifact).parent))
+    config = from_proto(conversion_pb2.ConversionSpec(model_uri=checkpoint_artifact))
+    messages: list[str] = []
+    result = job.run(config.model_dump(mode="json"), artifacts.to_uri(tmp_path / "good"),
+                     lambda fraction, message, **_: messages.append(message))  # fmt: skip
+    verification = result["verification"]
+    assert verification["passed"] and verification["prompt_source"] == "built-in prompts"
+    assert verification["thresholds"]["max_kl"] == 5e-2  # int4's default
+    assert result["metrics"]["verify_token_agreement"] == verification["token_agreement"]
+    assert artifacts.read_manifest(result["output_uri"]).extra["verification"]["passed"]
+    assert "verified: token agreement" in messages[-1]
+
+    strict = conversion_pb2.VerificationSpec(max_kl=1e-30, new_tokens=4)  # no int4 model gets there
+    config = from_proto(conversion_pb2.ConversionSpec(model_uri=checkpoint_artifact, verification=strict))
+    assert config.verification.thresholds.max_kl == 1e-30
+    assert config.verification.thresholds.min_token_agreement == 0.4  # the default stays
+    with pytest.raises(ConversionError, match=r"failed verification: .*KL.*token_agreement="):
+        job.run(config.model_dump(mode="json"), artifacts.to_uri(tmp_path / "bad"), lambda *a, **k: None)
+    assert not (tmp_path / "bad").exists()

@@ -10,6 +10,7 @@ import pytest
 from slmops.api.v1 import common_pb2, conversion_pb2
 from slmops.conversion.olive_convert import ConversionError, fix_genai_config, workflow_config
 from slmops.conversion.spec import ConversionConfig, from_proto
+from slmops.conversion.verify import thresholds_for
 from slmops.core.errors import InvalidSpec
 
 
@@ -35,8 +36,12 @@ def _problems(spec: conversion_pb2.ConversionSpec) -> dict[str, str]:
 
 def test_defaults_are_int4_on_cpu(checkpoint):
     config = from_proto(conversion_pb2.ConversionSpec(model_uri=str(checkpoint)))
-    assert config == ConversionConfig(model_uri=f"file://{checkpoint}")
+    assert config.model_dump(exclude={"verification"}) == ConversionConfig(
+        model_uri=f"file://{checkpoint}"
+    ).model_dump(exclude={"verification"})
     assert (config.precision, config.execution_provider) == ("int4", "cpu")
+    assert config.verification.thresholds == thresholds_for("int4")
+    assert (config.verification.new_tokens, config.verification.max_prompts) == (16, 8)
     assert config.resources.num_cpus == 1.0
     assert json.loads(config.model_dump_json())["precision"] == "int4"
 
@@ -182,3 +187,22 @@ def test_head_size_that_ort_kernels_cannot_run_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     problems = _problems(conversion_pb2.ConversionSpec(model_uri=str(folder)))
     assert "head size 12" in problems["spec.model_uri"]
+
+
+@pytest.mark.parametrize(
+    ("verification", "field"),
+    [
+        ({"min_token_agreement": 1.5}, "spec.verification.min_token_agreement"),
+        ({"max_kl": -1}, "spec.verification.max_kl"),
+        ({"max_logits_rel_error": -0.1}, "spec.verification.max_logits_rel_error"),
+        ({"new_tokens": 1000}, "spec.verification.new_tokens"),
+        ({"max_prompts": -2}, "spec.verification.max_prompts"),
+    ],
+)
+def test_bad_verification_overrides_name_their_field(checkpoint, verification, field):
+    spec = conversion_pb2.ConversionSpec(
+        model_uri=str(checkpoint), verification=conversion_pb2.VerificationSpec(**verification)
+    )
+    with pytest.raises(InvalidSpec) as bad:
+        from_proto(spec)
+    assert field in [f for f, _ in bad.value.problems]

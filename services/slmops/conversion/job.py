@@ -1,22 +1,28 @@
 """The conversion job: a checkpoint through Olive into an `onnx-model` artifact.
 
 The driver reserves a Ray task with the spec's resources, which runs the Olive
-workflow (`olive_convert.convert`) and writes the ORT GenAI folder; the driver
-then seals the artifact with its manifest. Remote model or output URIs go
-through fsspec: the task downloads the checkpoint to a scratch folder and
-uploads the result.
+workflow (`olive_convert.convert`), writes the ORT GenAI folder and verifies it
+against the checkpoint (`verify.verify`: greedy token agreement on the
+lineage's validation prompts, else a built-in set, and the logits' error and
+KL divergence). A model that misses its thresholds fails the job with the
+figures, and its folder is removed, so nothing that looks like an artifact is
+left behind. The driver seals a verified model with its manifest, the
+figures included. Remote model or output URIs go through fsspec: the task
+downloads the checkpoint to a scratch folder and uploads the result.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from slmops.conversion.olive_convert import convert
-from slmops.conversion.spec import ConversionConfig
+from slmops.conversion.olive_convert import ConversionError, convert
+from slmops.conversion.spec import ConversionConfig, VerifySettings
+from slmops.conversion.verify import thresholds_for, verify
 from slmops.core import artifacts
 from slmops.core.errors import NotFound
 from slmops.core.progress import Progress
@@ -26,8 +32,52 @@ def _is_local(uri: str) -> bool:
     return uri.startswith("file://") or "://" not in uri
 
 
+def lineage_prompts(model_uri: str, limit: int) -> list[str]:
+    """Up to limit validation prompts of the dataset the checkpoint was trained on, if any."""
+    try:
+        seen, todo = set(), [model_uri]
+        while todo and len(seen) < 8:
+            uri = todo.pop(0)
+            seen.add(uri)
+            manifest = artifacts.read_manifest(uri)
+            if manifest.kind == "dataset":
+                path = artifacts.local_path(uri) / "validation.jsonl"
+                if not path.is_file():
+                    return []
+                prompts = []
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    prompt = json.loads(line).get("prompt")
+                    if isinstance(prompt, str) and prompt.strip():
+                        prompts.append(prompt)
+                    if len(prompts) >= limit:
+                        break
+                return prompts
+            todo.extend(p for p in manifest.parents if p not in seen and p.startswith("file://"))
+    except (NotFound, OSError, ValueError):
+        return []
+    return []
+
+
+def _verify(cfg: ConversionConfig, source: Path, target: Path, threads: int) -> dict[str, Any]:
+    """Verify the converted folder; ConversionError with the figures when it misses a threshold."""
+    settings = cfg.verification or VerifySettings(thresholds=thresholds_for(cfg.precision))
+    if cfg.execution_provider != "cpu":
+        return {"skipped": f"verification runs on the CPU; this model is for {cfg.execution_provider}"}
+    prompts = lineage_prompts(cfg.model_uri, settings.max_prompts)
+    result = verify(source, target, prompts or None, settings.thresholds,
+                    new_tokens=settings.new_tokens, threads=threads)  # fmt: skip
+    summary = result.as_dict()
+    summary["prompt_source"] = "lineage validation prompts" if prompts else "built-in prompts"
+    if not result.passed:
+        figures = ", ".join(f"{k.removeprefix('verify_')}={v:.4g}" for k, v in result.metrics().items())
+        raise ConversionError(
+            f"the converted model failed verification: {'; '.join(result.reasons)} ({figures})"
+        )
+    return summary
+
+
 def convert_task(config: dict[str, Any], output_uri: str) -> dict[str, Any]:
-    """Runs on a Ray worker: fetch the checkpoint if remote, convert, upload if remote."""
+    """Runs on a Ray worker: fetch the checkpoint if remote, convert, verify, upload if remote."""
     import fsspec
 
     cfg = ConversionConfig.model_validate(config)
@@ -44,6 +94,11 @@ def convert_task(config: dict[str, Any], output_uri: str) -> dict[str, Any]:
         else:
             target = scratch / "output"
         result = convert(source, target, cfg.precision, cfg.execution_provider, cfg.extra_options)
+        try:
+            result["verification"] = _verify(cfg, source, target, max(1, int(cfg.resources.num_cpus)))
+        except Exception:
+            shutil.rmtree(target, ignore_errors=True)  # nothing that looks like an artifact stays
+            raise
         if not _is_local(output_uri):
             fs, path = fsspec.core.url_to_fs(output_uri)
             fs.put(str(target) + "/", path, recursive=True)
@@ -78,14 +133,22 @@ def run(config: dict, output_uri: str, progress: Progress, trace_id: str = "") -
     if cfg.resources.memory_bytes:
         resources["memory"] = cfg.resources.memory_bytes
     task = ray.remote(max_retries=0, **resources)(convert_task)
-    progress(0.05, "running the Olive workflow on a Ray worker")
-    result = ray.get(task.remote(cfg.model_dump(mode="json"), output_uri))
-    progress(0.9, f"built {len(result['files'])} files; sealing the artifact")
+    progress(0.05, "running the Olive workflow and verifying the result on a Ray worker")
+    try:
+        result = ray.get(task.remote(cfg.model_dump(mode="json"), output_uri))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, ConversionError) else None
+        if cause is not None:
+            raise cause from None
+        raise
+    verification = result["verification"]
+    progress(0.9, f"built {len(result['files'])} files; {_verdict(verification)}; sealing the artifact")
     metrics: dict[str, float] = {
         "size_bytes": float(artifacts.size_bytes(output_uri)),
         "source_size_bytes": float(artifacts.size_bytes(cfg.model_uri)),
         "seconds": time.perf_counter() - started,
         **_source_metrics(cfg.model_uri),
+        **_verify_metrics(verification),
     }
     manifest = artifacts.finalize(
         output_uri,
@@ -100,7 +163,31 @@ def run(config: dict, output_uri: str, progress: Progress, trace_id: str = "") -
             "olive_version": result["olive_version"],
             "onnxruntime_genai_version": result["builder_version"],
             "files": result["files"],
+            "verification": verification,
         },
     )
-    progress(1.0, "conversion done", **metrics)
-    return {"output_uri": output_uri, "metrics": metrics, "artifact_id": manifest.id}
+    progress(1.0, f"conversion done; {_verdict(verification)}", **metrics)
+    return {
+        "output_uri": output_uri,
+        "metrics": metrics,
+        "artifact_id": manifest.id,
+        "verification": verification,
+    }
+
+
+def _verdict(verification: dict[str, Any]) -> str:
+    if "skipped" in verification:
+        return f"not verified ({verification['skipped']})"
+    return (
+        f"verified: token agreement {verification['token_agreement']:.3f}, "
+        f"logits error {verification['logits_rel_error']:.3g}, KL {verification['mean_kl']:.3g}"
+    )
+
+
+def _verify_metrics(verification: dict[str, Any]) -> dict[str, float]:
+    names = ("token_agreement", "exact_match", "logits_rel_error", "mean_kl", "max_kl")
+    return {
+        f"verify_{name}": float(verification[name])
+        for name in names
+        if isinstance(verification.get(name), (int, float))
+    }

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from slmops.api.v1 import conversion_pb2
+from slmops.conversion.verify import Thresholds, thresholds_for
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, collect
 from slmops.core.quantities import check_memory
@@ -86,6 +87,14 @@ class Resources(BaseModel):
     memory_bytes: int = 0
 
 
+class VerifySettings(BaseModel):
+    """How the converted model is checked against its source (see conversion/verify.py)."""
+
+    thresholds: Thresholds
+    new_tokens: int = Field(default=16, ge=1, le=256)
+    max_prompts: int = Field(default=8, ge=1, le=256)
+
+
 class ConversionConfig(BaseModel):
     """Everything a conversion job needs, after validation and defaults."""
 
@@ -96,6 +105,34 @@ class ConversionConfig(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     output_uri: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    verification: VerifySettings | None = None  # None: the precision's defaults
+
+
+def _verification(
+    spec: conversion_pb2.ConversionSpec, precision: str, problems: list[tuple[str, str]]
+) -> VerifySettings:
+    """The precision's default thresholds with the spec's overrides (0 keeps a default)."""
+    msg, field = spec.verification, "spec.verification"
+    base = thresholds_for(precision)
+    if not 0 <= msg.min_token_agreement <= 1:
+        problems.append((f"{field}.min_token_agreement", "must be between 0 and 1"))
+    for name in ("max_logits_rel_error", "max_kl"):
+        if getattr(msg, name) < 0:
+            problems.append((f"{field}.{name}", "must not be negative"))
+    for name, top in (("new_tokens", 256), ("max_prompts", 256)):
+        if not 0 <= getattr(msg, name) <= top:
+            problems.append((f"{field}.{name}", f"must be between 1 and {top} (0: the default)"))
+    thresholds = Thresholds(
+        min_token_agreement=msg.min_token_agreement or base.min_token_agreement
+        if 0 <= msg.min_token_agreement <= 1 else base.min_token_agreement,
+        max_logits_rel_error=max(msg.max_logits_rel_error, 0) or base.max_logits_rel_error,
+        max_kl=max(msg.max_kl, 0) or base.max_kl,
+    )  # fmt: skip
+    return VerifySettings(
+        thresholds=thresholds,
+        new_tokens=msg.new_tokens if 0 < msg.new_tokens <= 256 else 16,
+        max_prompts=msg.max_prompts if 0 < msg.max_prompts <= 256 else 8,
+    )
 
 
 def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
@@ -229,6 +266,7 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
             ("spec.foundry_local_package", "Foundry Local packages are not available yet")
         )
     resources = _resources(spec, problems)
+    verification = _verification(spec, precision, problems)
     output_uri = spec.output_uri.strip()
     if output_uri and model_uri and artifacts.to_uri(output_uri) == model_uri:
         problems.append(("spec.output_uri", "must differ from spec.model_uri"))
@@ -241,4 +279,5 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
         resources=resources,
         output_uri=output_uri,
         labels=dict(spec.labels),
+        verification=verification,
     )

@@ -69,6 +69,9 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
     }
     lineage = [{"kind": m.kind, "id": m.id, "uri": m.uri} for m in artifacts.lineage(flow["deployment_artifact"])]
     verdict = evaluation.verdict
+    checked = artifacts.read_manifest(flow["int4_uri"]).extra.get("verification", {})
+    verification = {k: v for k, v in checked.items() if k != "prompts"}
+    verification["num_prompts"] = len(checked.get("prompts", []))
     report = {
         "wall_seconds": round(flow["total_seconds"], 1),
         "flow_seconds": round(flow["wall_seconds"], 1),
@@ -80,6 +83,7 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
         "evaluation_report_uri": evaluation.status.output.uri,
         "dataset_uri": flow["dataset_uri"],
         "lineage_of_int4_deployment": lineage,
+        "int4_verification": verification,
     }
     lines = [
         "# slmops demo: teacher -> student -> int4 student",
@@ -108,6 +112,7 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
         f"int4 student {(int4['retention'] or 0):.1%}.",
         f"- Quality gate (int4 student keeps >= 50% of the teacher's accuracy): "
         f"{'passed' if verdict.passed else 'FAILED'}" + (f" ({'; '.join(verdict.reasons)})" if verdict.reasons else ""),
+        _verification_line(verification),
         f"- Wall time: {report['wall_seconds']:.0f} s in all; trace id `{flow['trace_id']}` "
         f"with spans from {', '.join(f'{k} ({v})' for k, v in flow['trace_spans'].items())}.",
         f"- Full evaluation report (with plot): {evaluation.status.output.uri}",
@@ -123,3 +128,16 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
     (out_dir / "report.md").write_text(markdown)
     ok = bool(headline["parameter_reduction"] and headline["parameter_reduction"] >= 5)
     return {"markdown": markdown, "ok": ok, "report": report}
+
+
+def _verification_line(v: dict) -> str:
+    """The int4 conversion's proof against the student, from its manifest."""
+    if not v or "token_agreement" not in v:
+        return "- Conversion: not verified (" + str(v.get("skipped", "no figures in the manifest")) + ")."
+    t = v["thresholds"]
+    return (
+        f"- Conversion verified against the student on {v.get('num_prompts', 0)} "
+        f"{v.get('prompt_source', 'prompts')}: greedy token agreement {v['token_agreement']:.1%} "
+        f"(min {t['min_token_agreement']:.0%}), logits relative error {v['logits_rel_error']:.3g} "
+        f"(max {t['max_logits_rel_error']:g}), KL {v['mean_kl']:.3g} (max {t['max_kl']:g})."
+    )

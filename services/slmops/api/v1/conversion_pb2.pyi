@@ -36,7 +36,7 @@ CUDA: ExecutionProvider
 DML: ExecutionProvider
 
 class ConversionSpec(_message.Message):
-    __slots__ = ("model_uri", "precision", "execution_provider", "output_uri", "adapter_uris", "merge_adapters", "extra_options", "foundry_local_package", "resources", "labels")
+    __slots__ = ("model_uri", "precision", "execution_provider", "output_uri", "adapter_uris", "merge_adapters", "extra_options", "foundry_local_package", "resources", "labels", "verification")
     class ExtraOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class ConversionSpec(_message.Message):
     FOUNDRY_LOCAL_PACKAGE_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     model_uri: str
     precision: Precision
     execution_provider: ExecutionProvider
@@ -71,7 +72,22 @@ class ConversionSpec(_message.Message):
     foundry_local_package: bool
     resources: _common_pb2.ResourceRequest
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, model_uri: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., execution_provider: _Optional[_Union[ExecutionProvider, str]] = ..., output_uri: _Optional[str] = ..., adapter_uris: _Optional[_Iterable[str]] = ..., merge_adapters: _Optional[bool] = ..., extra_options: _Optional[_Mapping[str, str]] = ..., foundry_local_package: _Optional[bool] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    verification: VerificationSpec
+    def __init__(self, model_uri: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., execution_provider: _Optional[_Union[ExecutionProvider, str]] = ..., output_uri: _Optional[str] = ..., adapter_uris: _Optional[_Iterable[str]] = ..., merge_adapters: _Optional[bool] = ..., extra_options: _Optional[_Mapping[str, str]] = ..., foundry_local_package: _Optional[bool] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., verification: _Optional[_Union[VerificationSpec, _Mapping]] = ...) -> None: ...
+
+class VerificationSpec(_message.Message):
+    __slots__ = ("min_token_agreement", "max_logits_rel_error", "max_kl", "new_tokens", "max_prompts")
+    MIN_TOKEN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_LOGITS_REL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAX_KL_FIELD_NUMBER: _ClassVar[int]
+    NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    min_token_agreement: float
+    max_logits_rel_error: float
+    max_kl: float
+    new_tokens: int
+    max_prompts: int
+    def __init__(self, min_token_agreement: _Optional[float] = ..., max_logits_rel_error: _Optional[float] = ..., max_kl: _Optional[float] = ..., new_tokens: _Optional[int] = ..., max_prompts: _Optional[int] = ...) -> None: ...
 
 class ConversionJob(_message.Message):
     __slots__ = ("id", "spec", "status")
