@@ -134,3 +134,25 @@ def test_every_conversion_is_verified_and_a_model_that_misses_fails_with_nothing
     with pytest.raises(ConversionError, match=r"failed verification: .*KL.*token_agreement="):
         job.run(config.model_dump(mode="json"), artifacts.to_uri(tmp_path / "bad"), lambda *a, **k: None)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_foundry_local_package_and_a_size_report_come_with_the_model(
+    ray_local, checkpoint_artifact, tmp_path, monkeypatch
+):
+    from slmops.conversion.foundry import apply_prompt_template
+
+    monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(artifacts.local_path(checkpoint_artifact).parent))
+    spec = conversion_pb2.ConversionSpec(model_uri=checkpoint_artifact, foundry_local_package=True)
+    result = job.run(from_proto(spec).model_dump(mode="json"), artifacts.to_uri(tmp_path / "out"),
+                     lambda *a, **k: None)  # fmt: skip
+    manifest = artifacts.read_manifest(result["output_uri"])
+    report = manifest.extra["size_report"]
+    assert report["total_bytes"] == sum(report["files"].values()) == result["metrics"]["size_bytes"]
+    assert 0 < report["ratio"] < 1
+    package = tmp_path / "out" / manifest.extra["foundry_package"]
+    model = json.loads((package / "inference_model.json").read_text())
+    assert model["Name"] == "checkpoint"
+    prompt = apply_prompt_template(model["PromptTemplate"], [{"role": "user", "content": "hi"}])
+    assert "hi" in prompt
+    assert (package / "model.onnx").is_file() and (package / "genai_config.json").is_file()
+    assert load_engine(package).generate("hello world", max_tokens=3).completion_tokens == 3

@@ -102,7 +102,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert "INT8" in problems["spec.precision"]
     assert problems["spec.adapter_uris"] == "adapters are not available yet"
     assert "not available yet" in problems["spec.merge_adapters"]
-    assert "not available yet" in problems["spec.foundry_local_package"]
+    assert "spec.foundry_local_package" not in problems  # available now
     assert "trust_remote_code" in problems["spec.extra_options[hf_remote]"]
     assert "not a model builder option" in problems["spec.extra_options[int4_blok_size]"]
     assert "empty" in problems["spec.extra_options[exclude_embeds]"]
@@ -206,3 +206,10 @@ def test_bad_verification_overrides_name_their_field(checkpoint, verification, f
     with pytest.raises(InvalidSpec) as bad:
         from_proto(spec)
     assert field in [f for f, _ in bad.value.problems]
+
+
+def test_a_foundry_package_needs_a_template_foundry_can_express(tmp_path, checkpoint):
+    template = "{{ messages[-1]['content'] }}"  # only the last message: no PromptTemplate says that
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    spec = conversion_pb2.ConversionSpec(model_uri=str(checkpoint), foundry_local_package=True)
+    assert "cannot package for Foundry Local" in _problems(spec)["spec.foundry_local_package"]

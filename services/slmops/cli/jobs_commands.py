@@ -167,6 +167,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         precision=conversion_pb2.Precision.Value(args.precision.upper()),
         execution_provider=conversion_pb2.ExecutionProvider.Value(args.execution_provider.upper()),
         output_uri=args.output or "",
+        foundry_local_package=args.foundry_local,
+        verification=conversion_pb2.VerificationSpec(
+            min_token_agreement=args.min_token_agreement, max_logits_rel_error=args.max_logits_error,
+            max_kl=args.max_kl, new_tokens=args.verify_tokens,
+        ),
     )
     return _run_job("conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), args)
 
@@ -307,6 +312,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--precision", default="int4", choices=["int4", "int8", "fp16", "fp32", "bf16"])
     p.add_argument("--execution-provider", default="cpu", choices=["cpu", "cuda", "dml"])
+    p.add_argument("--foundry-local", action="store_true", help="also package the model for Foundry Local")
+    p.add_argument("--min-token-agreement", type=float, default=0.0,
+                   help="verification: greedy token agreement with the source (0: the precision's default)")
+    p.add_argument("--max-logits-error", type=float, default=0.0,
+                   help="verification: logits relative error (0: the precision's default)")
+    p.add_argument("--max-kl", type=float, default=0.0,
+                   help="verification: next-token KL divergence (0: the precision's default)")
+    p.add_argument("--verify-tokens", type=int, default=0, help="verification: greedy tokens per prompt (16)")
     _job_flags(p)
     p.set_defaults(func=cmd_convert)
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slmops.conversion.foundry import foundry_package, size_report
 from slmops.conversion.olive_convert import ConversionError, convert
 from slmops.conversion.spec import ConversionConfig, VerifySettings
 from slmops.conversion.verify import thresholds_for, verify
@@ -96,6 +97,11 @@ def convert_task(config: dict[str, Any], output_uri: str) -> dict[str, Any]:
         result = convert(source, target, cfg.precision, cfg.execution_provider, cfg.extra_options)
         try:
             result["verification"] = _verify(cfg, source, target, max(1, int(cfg.resources.num_cpus)))
+            result["size_report"] = size_report(target, source)
+            if cfg.foundry_local_package:
+                name = source.name if source.name not in ("", "source") else "model"
+                package = foundry_package(target, target / "foundry", name)
+                result["foundry_package"] = str(package.relative_to(target))
         except Exception:
             shutil.rmtree(target, ignore_errors=True)  # nothing that looks like an artifact stays
             raise
@@ -144,7 +150,8 @@ def run(config: dict, output_uri: str, progress: Progress, trace_id: str = "") -
     verification = result["verification"]
     progress(0.9, f"built {len(result['files'])} files; {_verdict(verification)}; sealing the artifact")
     metrics: dict[str, float] = {
-        "size_bytes": float(artifacts.size_bytes(output_uri)),
+        # The model's own files: a Foundry Local package beside them holds links to the same bytes.
+        "size_bytes": float(result["size_report"]["total_bytes"]),
         "source_size_bytes": float(artifacts.size_bytes(cfg.model_uri)),
         "seconds": time.perf_counter() - started,
         **_source_metrics(cfg.model_uri),
@@ -164,6 +171,8 @@ def run(config: dict, output_uri: str, progress: Progress, trace_id: str = "") -
             "onnxruntime_genai_version": result["builder_version"],
             "files": result["files"],
             "verification": verification,
+            "size_report": result["size_report"],
+            **({"foundry_package": result["foundry_package"]} if "foundry_package" in result else {}),
         },
     )
     progress(1.0, f"conversion done; {_verdict(verification)}", **metrics)

@@ -106,6 +106,7 @@ class ConversionConfig(BaseModel):
     output_uri: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     verification: VerifySettings | None = None  # None: the precision's defaults
+    foundry_local_package: bool = False  # also write foundry/<publisher>/<name>/ for Foundry Local
 
 
 def _verification(
@@ -133,6 +134,19 @@ def _verification(
         new_tokens=msg.new_tokens if 0 < msg.new_tokens <= 256 else 16,
         max_prompts=msg.max_prompts if 0 < msg.max_prompts <= 256 else 8,
     )
+
+
+def _foundry_problem(folder: Path | None, problems: list[tuple[str, str]]) -> None:
+    """A Foundry Local package needs a chat template Foundry's PromptTemplate can express."""
+    if folder is None or not folder.is_dir():
+        return
+    from slmops.conversion.foundry import prompt_template
+
+    try:
+        prompt_template(folder)
+    except InvalidSpec as exc:
+        reason = "; ".join(f"{f}: {m}" for f, m in exc.problems)
+        problems.append(("spec.foundry_local_package", f"cannot package for Foundry Local: {reason}"))
 
 
 def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
@@ -261,10 +275,8 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
         problems.append(("spec.adapter_uris", "adapters are not available yet"))
     if spec.merge_adapters:
         problems.append(("spec.merge_adapters", "merging adapters is not available yet"))
-    if spec.foundry_local_package:
-        problems.append(
-            ("spec.foundry_local_package", "Foundry Local packages are not available yet")
-        )
+    if spec.foundry_local_package and model_uri:
+        _foundry_problem(artifacts.local_path(model_uri) if model_uri.startswith("file://") else None, problems)
     resources = _resources(spec, problems)
     verification = _verification(spec, precision, problems)
     output_uri = spec.output_uri.strip()
@@ -280,4 +292,5 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
         output_uri=output_uri,
         labels=dict(spec.labels),
         verification=verification,
+        foundry_local_package=spec.foundry_local_package,
     )
