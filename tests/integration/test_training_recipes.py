@@ -158,6 +158,7 @@ def test_lora_writes_an_adapter_artifact_that_peft_loads(ray_cluster, inputs):
 
 
 def test_qlora_trains_on_a_4bit_base_and_merges(ray_cluster, inputs):
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     result, _ = _run(inputs, "qlora", method="qlora", lora={"rank": 4, "alpha": 8, "merge": True})
@@ -165,6 +166,8 @@ def test_qlora_trains_on_a_4bit_base_and_merges(ray_cluster, inputs):
     assert result["kind"] == "checkpoint"  # merged into a float base
     assert metrics["train_loss"] < metrics["initial_loss"]
     folder = artifacts.local_path(result["output_uri"])
+    with safe_open(f"{folder}/model.safetensors", framework="pt") as saved:
+        assert {saved.get_slice(name).get_dtype() for name in saved.keys()} == {"F32"}
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert not any("lora" in name for name, _ in model.named_parameters())
     _generates(model, AutoTokenizer.from_pretrained(folder))

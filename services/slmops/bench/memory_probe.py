@@ -2,19 +2,20 @@
 
 Run in a fresh process by the `qlora_peak_memory_vs_lora` benchmark, so that
 the process's peak resident set is this run's alone. It loads the base the
-way the recipes do (QLORA: `qlora.quantized_base`, nf4 on the CPU and
-prepared for k-bit training; LORA: `models.base_model`, float32), attaches the
-recipes' LoRA (rank 8 on every linear layer but the LM head), runs STEPS AdamW
-steps at batch 1 on random token ids, and prints one JSON line:
-`import_bytes` (resident after imports), `loaded_bytes` (after loading and
-attaching the adapter), `load_peak_bytes` (peak up to then), `train_peak_bytes` (peak during the
-steps alone), `peak_bytes` (the whole process's peak), `step_seconds`.
+way the recipes do (QLORA: `qlora.quantized_base`, linear layers in nf4 and
+the rest in bfloat16, the checkpoint read with `pread`, glibc returning large
+freed blocks; LORA: `models.base_model`, float32), attaches the recipes'
+LoRA (rank 8 on every linear layer but the LM head), runs STEPS AdamW steps
+at batch 1 on random token ids, and prints one JSON line: `import_bytes`
+(resident after imports), `loaded_bytes` (after loading and attaching the
+adapter), `load_peak_bytes` (peak up to then), `train_peak_bytes` (peak
+during the steps alone), `peak_bytes` (the whole process's peak, from
+VmHWM), `step_seconds`.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -82,10 +83,10 @@ def probe(method: str, model_dir: str, steps: int, seq_len: int) -> dict[str, fl
         "loaded_bytes": float(loaded),
         "train_peak_bytes": float(train_peak),
         "load_peak_bytes": float(load_peak),
-        # clear_refs resets the high-water mark ru_maxrss reads, so the load's peak is kept apart
-        "peak_bytes": float(
-            max(load_peak, train_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        ),
+        # VmHWM, not ru_maxrss: Linux carries the parent's resident set at fork over exec into the child's
+        # ru_maxrss (the benchmark's parent holds the model it built). clear_refs resets VmHWM, so the
+        # load's peak is kept apart; where it cannot, the final VmHWM is the whole run's.
+        "peak_bytes": float(max(load_peak, train_peak, _status("VmHWM"))),
         "step_seconds": seconds,
     }
 

@@ -329,7 +329,11 @@ def qlora_peak_memory_vs_lora() -> Outcome:
             "checkpoint": f"bf16 safetensors, {size / 1e6:.0f} MB (the dtype Qwen2.5-0.5B ships in)",
             "training": f"LoRA rank {LORA['rank']} on every linear layer but the LM head, batch 1 x {SEQ_LEN} "
             f"tokens, {MEMORY_STEPS} AdamW steps, no gradient checkpointing, CPU",
-            "peak": "ru_maxrss of a fresh process: imports, loading and training",
+            "qlora_base": "qlora.quantized_base: linear layers nf4 (double quantized), embeddings and norms bf16, "
+            "bf16 compute; checkpoint read with pread, not memory-mapped; glibc mmap threshold 1 MiB",
+            "lora_base": "models.base_model: every weight float32",
+            "peak": "VmHWM of a fresh process: imports, loading and training (its ru_maxrss would include "
+            "this process's resident set, carried over fork and exec)",
             **{
                 f"{name}_{key}_gib": round(probe[key] / gib, 2)
                 for name, probe in (("qlora", qlora), ("lora", lora))
