@@ -267,6 +267,7 @@ class DecodingEngine:
         self.eos_token_ids: set[int] = set()
         self.bos_token_id: int | None = None
         self.adapters: list[str] = []
+        self._bytes: dict[int, bytes] = {}  # token id -> its bytes, from the vocabulary
         self._lock = threading.Lock()  # in-process generate/stream: one at a time
 
     # Subclasses implement these.
@@ -276,14 +277,24 @@ class DecodingEngine:
     def new_decoder(self) -> Callable[[int], str]:
         raise NotImplementedError
 
-    def token_text(self, token_id: int) -> str:
+    def _decode_one(self, token_id: int) -> str:
+        """One token's text from the tokenizer (for ids the vocabulary table lacks)."""
         raise NotImplementedError
+
+    def _cohort(self, prompts: list[list[int]], sampling: Sampling, max_new: int) -> Cohort:
+        raise NotImplementedError
+
+    def token_text(self, token_id: int) -> str:
+        data = self._bytes.get(token_id)
+        return data.decode("utf-8", errors="replace") if data is not None else self._decode_one(token_id)
 
     def token_bytes(self, token_id: int) -> bytes:
-        raise NotImplementedError
+        data = self._bytes.get(token_id)
+        return data if data is not None else self._decode_one(token_id).encode()
 
     def start(self, prompts: list[list[int]], sampling: Sampling, max_new: int) -> Cohort:
-        raise NotImplementedError
+        self.check_adapter(sampling.adapter)
+        return self._cohort(prompts, sampling, max_new)
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         raise NotImplementedError

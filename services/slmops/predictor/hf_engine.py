@@ -93,18 +93,10 @@ class TransformersEngine(DecodingEngine):
 
         return decode
 
-    def token_text(self, token_id: int) -> str:
-        data = self._bytes.get(token_id)
-        if data is not None:
-            return data.decode("utf-8", errors="replace")
+    def _decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
-    def token_bytes(self, token_id: int) -> bytes:
-        data = self._bytes.get(token_id)
-        return data if data is not None else self.token_text(token_id).encode()
-
-    def start(self, prompts: list[list[int]], sampling: Sampling, max_new: int) -> _HfCohort:
-        self.check_adapter(sampling.adapter)
+    def _cohort(self, prompts: list[list[int]], sampling: Sampling, max_new: int) -> _HfCohort:
         return _HfCohort(self, prompts, sampling, max_new)
 
     def adapter_context(self, adapter: str | None):
