@@ -47,6 +47,19 @@ def tiny_checkpoint(factory: pytest.TempPathFactory) -> Path:
     return _cached(factory, "qwen2-tiny", build)
 
 
+def tiny_llama_checkpoint(factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama checkpoint with an untied LM head (hidden 64), seed 0, sharing the Qwen2 tokenizer texts."""
+
+    def build(out: Path) -> None:
+        from slmops.models import tiny
+
+        tokenizer_dir = tiny.train_tokenizer(TEXTS, out.parent / f"{out.name}-tokenizer", 300)
+        tiny.build_model(out, tokenizer_dir, architecture="llama", hidden_size=64, num_hidden_layers=2,
+                         max_position_embeddings=128, tie_word_embeddings=False, seed=0)  # fmt: skip
+
+    return _cached(factory, "llama-tiny", build)
+
+
 def tiny_onnx(factory: pytest.TempPathFactory, precision: str = "int4") -> Path:
     """tiny_checkpoint converted for ORT GenAI (CPU) by the model builder, without Olive."""
     checkpoint = tiny_checkpoint(factory)

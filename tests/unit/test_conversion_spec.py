@@ -84,9 +84,8 @@ def test_precisions_the_provider_cannot_run_are_rejected(checkpoint, precision, 
 
 def test_every_problem_is_reported_at_once(tmp_path):
     spec = conversion_pb2.ConversionSpec(
-        precision=conversion_pb2.INT8,
+        precision=conversion_pb2.FP16,
         adapter_uris=["file:///a"],
-        merge_adapters=True,
         foundry_local_package=True,
         extra_options={
             "hf_remote": "true",
@@ -99,9 +98,9 @@ def test_every_problem_is_reported_at_once(tmp_path):
     )
     problems = _problems(spec)
     assert "is required" in problems["spec.model_uri"]
-    assert "INT8" in problems["spec.precision"]
-    assert problems["spec.adapter_uris"] == "adapters are not available yet"
-    assert "not available yet" in problems["spec.merge_adapters"]
+    assert "FP16 is not available for CPU" in problems["spec.precision"]
+    assert "Shape mismatch" in problems["spec.precision"]  # the measured reason
+    assert "outside the allowed roots" in problems["spec.adapter_uris[0]"]
     assert "spec.foundry_local_package" not in problems  # available now
     assert "trust_remote_code" in problems["spec.extra_options[hf_remote]"]
     assert "not a model builder option" in problems["spec.extra_options[int4_blok_size]"]

@@ -14,19 +14,22 @@ downloads the checkpoint to a scratch folder and uploads the result.
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from slmops.conversion.foundry import foundry_package, size_report
-from slmops.conversion.olive_convert import ConversionError, convert
+from slmops.conversion.olive_convert import OLIVE_CONFIG, ConversionError, convert
 from slmops.conversion.spec import ConversionConfig, VerifySettings
 from slmops.conversion.verify import thresholds_for, verify
 from slmops.core import artifacts
 from slmops.core.errors import NotFound
-from slmops.core.progress import Progress
+from slmops.core.progress import Progress, scaled
 
 
 def _is_local(uri: str) -> bool:
@@ -59,58 +62,133 @@ def lineage_prompts(model_uri: str, limit: int) -> list[str]:
     return []
 
 
-def _verify(cfg: ConversionConfig, source: Path, target: Path, threads: int) -> dict[str, Any]:
-    """Verify the converted folder; ConversionError with the figures when it misses a threshold."""
+def _verify(
+    cfg: ConversionConfig, source: Path, target: Path, threads: int, adapters: dict[str, Path],
+    progress: Progress,
+) -> dict[str, Any]:  # fmt: skip
+    """Verify the base and each adapter; ConversionError with the figures when one misses a threshold."""
     settings = cfg.verification or VerifySettings(thresholds=thresholds_for(cfg.precision))
     if cfg.execution_provider != "cpu":
         return {"skipped": f"verification runs on the CPU; this model is for {cfg.execution_provider}"}
     prompts = lineage_prompts(cfg.model_uri, settings.max_prompts)
-    result = verify(source, target, prompts or None, settings.thresholds,
-                    new_tokens=settings.new_tokens, threads=threads)  # fmt: skip
-    summary = result.as_dict()
-    summary["prompt_source"] = "lineage validation prompts" if prompts else "built-in prompts"
-    if not result.passed:
-        figures = ", ".join(f"{k.removeprefix('verify_')}={v:.4g}" for k, v in result.metrics().items())
-        raise ConversionError(
-            f"the converted model failed verification: {'; '.join(result.reasons)} ({figures})"
-        )
+    runs: list[tuple[str, tuple[str, Path] | None]] = [("the base model", None)]
+    runs += [(f"adapter {name!r}", (name, path)) for name, path in adapters.items()]
+    summary: dict[str, Any] = {}
+    for index, (what, adapter) in enumerate(runs):
+        step = scaled(progress, index / len(runs), (index + 1) / len(runs))
+        step(0.0, f"verifying {what} against its source")
+        result = verify(source, target, prompts or None, settings.thresholds, new_tokens=settings.new_tokens,
+                        threads=threads, adapter=adapter, progress=step)  # fmt: skip
+        if not result.passed:
+            figures = ", ".join(f"{k.removeprefix('verify_')}={v:.4g}" for k, v in result.metrics().items())
+            raise ConversionError(
+                f"the converted model failed verification ({what}): {'; '.join(result.reasons)} ({figures})"
+            )
+        if adapter is None:
+            summary = result.as_dict()
+            summary["prompt_source"] = "lineage validation prompts" if prompts else "built-in prompts"
+        else:
+            summary.setdefault("adapters", {})[adapter[0]] = result.as_dict()
     return summary
 
 
-def convert_task(config: dict[str, Any], output_uri: str) -> dict[str, Any]:
-    """Runs on a Ray worker: fetch the checkpoint if remote, convert, verify, upload if remote."""
+def merge_adapter(base: Path, adapter: Path, out: Path) -> Path:
+    """The base with the peft adapter merged in, saved as a safetensors checkpoint at out."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(out), safe_serialization=True)
+    for item in base.iterdir():  # tokenizer and generation config, as the base has them
+        if item.is_file() and not item.name.endswith((".safetensors", ".bin")) and item.name not in (
+            "config.json", "model.safetensors.index.json", artifacts.MANIFEST,
+        ):  # fmt: skip
+            shutil.copy2(item, out / item.name)
+    return out
+
+
+def _fetch(uri: str, scratch: Path, name: str) -> Path:
+    """A local folder holding uri's files (downloaded into scratch when remote)."""
     import fsspec
 
-    cfg = ConversionConfig.model_validate(config)
+    if _is_local(uri):
+        return artifacts.local_path(artifacts.to_uri(uri))
+    fs, path = fsspec.core.url_to_fs(uri)
+    local = scratch / name
+    fs.get(path.rstrip("/") + "/", str(local), recursive=True)
+    return local
+
+
+def _convert_and_verify(cfg: ConversionConfig, output_uri: str, progress: Progress) -> dict[str, Any]:
+    """Fetch, (merge,) convert, verify, package, upload; on any failure nothing is left at the output."""
+    import fsspec
+
     scratch = Path(tempfile.mkdtemp(prefix="slmops-convert-"))
+    target = artifacts.local_path(artifacts.to_uri(output_uri)) if _is_local(output_uri) else scratch / "output"
+    existed = target.exists()
     try:
-        if _is_local(cfg.model_uri):
-            source = artifacts.local_path(artifacts.to_uri(cfg.model_uri))
-        else:
-            fs, path = fsspec.core.url_to_fs(cfg.model_uri)
-            source = scratch / "source"
-            fs.get(path.rstrip("/") + "/", str(source), recursive=True)
-        if _is_local(output_uri):
-            target = artifacts.local_path(artifacts.to_uri(output_uri))
-        else:
-            target = scratch / "output"
-        result = convert(source, target, cfg.precision, cfg.execution_provider, cfg.extra_options)
-        try:
-            result["verification"] = _verify(cfg, source, target, max(1, int(cfg.resources.num_cpus)))
-            result["size_report"] = size_report(target, source)
-            if cfg.foundry_local_package:
-                name = source.name if source.name not in ("", "source") else "model"
-                package = foundry_package(target, target / "foundry", name)
-                result["foundry_package"] = str(package.relative_to(target))
-        except Exception:
-            shutil.rmtree(target, ignore_errors=True)  # nothing that looks like an artifact stays
-            raise
+        source = _fetch(cfg.model_uri, scratch, "source")
+        adapters = {ref.name: artifacts.local_path(ref.uri) for ref in cfg.adapters}
+        model_dir = source
+        if cfg.merge_adapters and adapters:
+            name, folder = next(iter(adapters.items()))
+            progress(0.02, f"merging adapter {name!r} into the base")
+            model_dir = merge_adapter(source, folder, scratch / "merged")
+            adapters = {}
+        result = convert(model_dir, target, cfg.precision, cfg.execution_provider, cfg.extra_options,
+                         progress=scaled(progress, 0.05, 0.7), adapters=adapters or None,
+                         source_ref=cfg.model_uri)  # fmt: skip
+        threads = max(1, int(cfg.resources.num_cpus))
+        result["verification"] = _verify(cfg, model_dir, target, threads, adapters, scaled(progress, 0.7, 0.95))
+        result["size_report"] = size_report(target, source)
+        if cfg.foundry_local_package:
+            progress(0.96, "writing the Foundry Local package")
+            name = source.name if source.name not in ("", "source") else "model"
+            package = foundry_package(target, target / "foundry", name)
+            result["foundry_package"] = str(package.relative_to(target))
         if not _is_local(output_uri):
             fs, path = fsspec.core.url_to_fs(output_uri)
             fs.put(str(target) + "/", path, recursive=True)
         return result
+    except BaseException:
+        if not existed:
+            shutil.rmtree(target, ignore_errors=True)  # nothing that looks like an artifact stays
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def convert_task(config: dict[str, Any], output_uri: str) -> Iterator[tuple[Any, ...]]:
+    """Runs on a Ray worker as a streaming task: ("progress", fraction, message)..., then ("result", dict).
+
+    The work runs in a thread so each step (an Olive pass, a verification)
+    reaches the driver while the next one runs.
+    """
+    cfg = ConversionConfig.model_validate(config)
+    events: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def report(fraction: float, message: str, **_: float) -> None:
+        events.put(("progress", fraction, message))
+
+    def work() -> None:
+        try:
+            outcome["result"] = _convert_and_verify(cfg, output_uri, report)
+        except BaseException as exc:  # re-raised in the task, where Ray hands it to the driver
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=work, name="convert", daemon=True)
+    thread.start()
+    while (event := events.get()) is not None:
+        yield event
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield ("result", outcome["result"])
 
 
 def _source_metrics(model_uri: str) -> dict[str, float]:
@@ -138,10 +216,16 @@ def run(config: dict, output_uri: str, progress: Progress, trace_id: str = "") -
         resources["num_gpus"] = cfg.resources.num_gpus
     if cfg.resources.memory_bytes:
         resources["memory"] = cfg.resources.memory_bytes
-    task = ray.remote(max_retries=0, **resources)(convert_task)
+    task = ray.remote(max_retries=0, num_returns="streaming", **resources)(convert_task)
     progress(0.05, "running the Olive workflow and verifying the result on a Ray worker")
+    result: dict[str, Any] = {}
     try:
-        result = ray.get(task.remote(cfg.model_dump(mode="json"), output_uri))
+        for ref in task.remote(cfg.model_dump(mode="json"), output_uri):
+            event = ray.get(ref)
+            if event[0] == "progress":
+                progress(0.05 + 0.85 * float(event[1]), str(event[2]))
+            else:
+                result = event[1]
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, ConversionError) else None
         if cause is not None:
@@ -172,6 +256,10 @@ def run(config: dict, output_uri: str, progress: Progress, trace_id: str = "") -
             "files": result["files"],
             "verification": verification,
             "size_report": result["size_report"],
+            "builder_options": result["options"],
+            "olive_config": OLIVE_CONFIG,
+            **({"adapters": result["adapters"]} if result["adapters"] else {}),
+            **({"merged_adapter": cfg.adapters[0].name} if cfg.merge_adapters and cfg.adapters else {}),
             **({"foundry_package": result["foundry_package"]} if "foundry_package" in result else {}),
         },
     )

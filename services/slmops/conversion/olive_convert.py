@@ -1,8 +1,19 @@
 """Hugging Face checkpoint -> ONNX Runtime GenAI folder, with Olive's ModelBuilder pass.
 
 The result is a folder ORT GenAI loads as is: `model.onnx`, `model.onnx.data`,
-`genai_config.json` and the tokenizer files. Olive's cache and bookkeeping
-live in a scratch folder beside the output and are removed afterwards.
+`genai_config.json`, the tokenizer files, and `olive_config.json`, the
+workflow that ran (`olive run --config olive_config.json` builds it again).
+Olive's cache and bookkeeping live in a scratch folder beside the output and
+are removed afterwards.
+
+- int4: the builder's MatMulNBits, with the options that give the smallest
+  model that still answers like its source (`default_options`).
+- int8: the builder's fp32 graph, then Olive's block-wise RTN quantization
+  at 8 bits (the builder has no int8 of its own).
+- fp32/fp16/bf16: the builder alone.
+- With LoRA adapters, the first adapter goes into the build (Olive's
+  `adapter_path`), its branches kept float, and `models/onnx_adapters` turns
+  its weights into inputs that each `.onnx_adapter` file fills.
 """
 
 from __future__ import annotations
@@ -10,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import struct
 import tempfile
 import time
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,25 +40,87 @@ EXECUTION_PROVIDERS = {
 # Files Olive writes beside the model for its own records.
 OLIVE_FILES = {"footprint.json", "output_footprint.json", "run_history.txt", "model_config.json"}
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
-
+OLIVE_CONFIG = "olive_config.json"
+INT8_BLOCK_SIZE = 32
+# Where a pass's progress starts and ends within convert()'s 0..1.
+PASS_SPAN = (0.05, 0.8)
 
 class ConversionError(RuntimeError):
     """Olive or the model builder could not convert the model."""
 
 
-class _ErrorLog(logging.Handler):
-    """Keeps the error lines Olive logs (it reports a failed pass by logging, not raising)."""
+class _OliveLog(logging.Handler):
+    """Keeps Olive's error lines (it reports a failed pass by logging) and reports each pass it starts."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+    def __init__(self, progress: Progress, passes: list[str]) -> None:
+        super().__init__(logging.INFO)
         self.lines: list[str] = []
+        self.progress, self.passes = progress, passes
 
     def emit(self, record: logging.LogRecord) -> None:
-        line = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            line = f"{line} {type(exc).__name__}: {exc}"
-        self.lines.append(line)
+        if record.levelno >= logging.ERROR:
+            line = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                line = f"{line} {type(exc).__name__}: {exc}"
+            self.lines.append(line)
+        elif record.msg == "Running pass %s:%s" and isinstance(record.args, tuple) and len(record.args) >= 2:
+            name, kind = str(record.args[0]), str(record.args[1])
+            index = self.passes.index(name) if name in self.passes else 0
+            start, end = PASS_SPAN
+            fraction = start + (end - start) * index / max(len(self.passes), 1)
+            self.progress(fraction, f"Olive pass {index + 1}/{len(self.passes)}: {name} ({kind})")
+
+
+def _block_size(sizes: list[int], choices: tuple[int, ...], even_blocks: bool) -> int | None:
+    """The largest block size that divides every input width (into an even count of blocks if asked)."""
+    for block in choices:
+        if all(size % (2 * block if even_blocks else block) == 0 for size in sizes):
+            return block
+    return None
+
+
+def _input_widths(config: Mapping[str, Any]) -> list[int]:
+    """The input widths of a decoder layer's projections: hidden, MLP and attention output."""
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    return [hidden, int(config.get("intermediate_size") or 4 * hidden), heads * head_dim]
+
+
+def default_options(config: Mapping[str, Any], precision: str) -> dict[str, str]:
+    """Builder options giving the smallest int4 model that still answers like its source.
+
+    - A tied embedding (`tie_word_embeddings: true`) is quantized once and
+      shared by the input lookup and the LM head (RTN, shared_embeddings):
+      0.29x of the fp16 checkpoint in the Qwen2.5-0.5B shape, where the
+      builder's default keeps it in float beside a quantized copy (0.87x).
+    - An untied model (or one whose config does not say) has its embedding
+      quantized separately (MatMul/Gather); sharing would be silently wrong.
+    - Asymmetric blocks of 64 (or the largest of 32/16 that splits each row
+      into an even count of blocks, which asymmetric packing needs): on small
+      models they keep far more accuracy than symmetric ones.
+    Options the spec sets win over these.
+    """
+    if precision != "int4":
+        return {}
+    tied = config.get("tie_word_embeddings") is True
+    options = (
+        {"int4_algo_config": "rtn", "shared_embeddings": "true"}
+        if tied
+        else {"int4_op_types_to_quantize": "MatMul/Gather"}
+    )
+    try:
+        widths = _input_widths(config)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return options  # a shape this does not know: the builder's block size
+    block = _block_size(widths, (64, 32, 16), even_blocks=True)
+    if block is not None:
+        options.update({"int4_block_size": str(block), "int4_is_symmetric": "false"})
+    else:
+        block = _block_size(widths, (64, 32, 16), even_blocks=False)
+        if block is not None:
+            options["int4_block_size"] = str(block)
+    return options
 
 
 def workflow_config(
@@ -54,21 +129,35 @@ def workflow_config(
     precision: str,
     execution_provider: str,
     extra_options: dict[str, Any],
+    adapter_path: Path | None = None,
+    int8_block_size: int = INT8_BLOCK_SIZE,
 ) -> dict[str, Any]:
-    """The Olive workflow: one ModelBuilder pass on the local system."""
+    """The Olive workflow: the ModelBuilder pass (then 8-bit RTN for int8) on the local system."""
     device, provider = EXECUTION_PROVIDERS[execution_provider]
     options = {**extra_options, "hf_remote": False}  # never trust_remote_code
+    input_model: dict[str, Any] = {"type": "HfModel", "model_path": str(model_dir)}
+    if adapter_path is not None:
+        input_model["adapter_path"] = str(adapter_path)
+    builder_precision = "fp32" if precision == "int8" else precision
+    passes: dict[str, Any] = {
+        "builder": {"type": "ModelBuilder", "precision": builder_precision, "extra_options": options}
+    }
+    if precision == "int8":
+        passes["quantize_int8"] = {
+            "type": "OnnxBlockWiseRtnQuantization",
+            "bits": 8,
+            "block_size": int8_block_size,
+            "is_symmetric": False,
+        }
     return {
-        "input_model": {"type": "HfModel", "model_path": str(model_dir)},
+        "input_model": input_model,
         "systems": {
             "local_system": {
                 "type": "LocalSystem",
                 "accelerators": [{"device": device, "execution_providers": [provider]}],
             }
         },
-        "passes": {
-            "builder": {"type": "ModelBuilder", "precision": precision, "extra_options": options}
-        },
+        "passes": passes,
         "host": "local_system",
         "target": "local_system",
         "cache_dir": str(work_dir / "cache"),
@@ -77,13 +166,75 @@ def workflow_config(
     }
 
 
-def _builder_options(extra_options: dict[str, str], execution_provider: str) -> dict[str, Any]:
+def portable_config(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """The workflow as saved with the artifact: the source named, Olive's folders relative."""
+    saved = json.loads(json.dumps(config))
+    saved["input_model"]["model_path"] = source
+    saved["cache_dir"], saved["output_dir"] = "olive-cache", "olive-output"
+    if "adapter_path" in saved["input_model"]:
+        saved["input_model"]["adapter_path"] = Path(saved["input_model"]["adapter_path"]).name
+    return saved
+
+
+def _builder_options(extra_options: Mapping[str, str], execution_provider: str) -> dict[str, Any]:
     """Option strings typed as the builder's command line types them."""
     from onnxruntime_genai.models.builder import check_extra_options
 
     options: dict[str, Any] = dict(extra_options)
     check_extra_options(options, execution_provider)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
+def check_checkpoint(model_dir: Path) -> dict[str, Any]:
+    """The checkpoint's config; ConversionError naming what is missing, unreadable or truncated."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{model_dir} has no config.json: not a Hugging Face checkpoint")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"config.json is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConversionError("config.json is not a JSON object")
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ConversionError(f"model.safetensors.index.json is unreadable: {exc}") from None
+        missing = [name for name in shards if not (model_dir / name).is_file()]
+        if missing:
+            raise ConversionError(f"weight shards named by model.safetensors.index.json are missing: {missing}")
+        files = [model_dir / name for name in shards]
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(p.name for p in model_dir.glob("*.bin"))
+        hint = f" (found {pickled}: pickled weights are not loaded; save with safetensors)" if pickled else ""
+        raise ConversionError(f"{model_dir} has no .safetensors weights{hint}")
+    for file in files:
+        _check_safetensors(file)
+    return config
+
+
+def _check_safetensors(path: Path) -> None:
+    """ConversionError unless the file's header parses and its data is all there."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ConversionError(f"{path.name} is truncated: {size} bytes, no safetensors header")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(size - 8, 100 * 2**20):
+            raise ConversionError(f"{path.name} is not a safetensors file or is truncated (header of {length} bytes)")
+        try:
+            header = json.loads(fh.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ConversionError(f"{path.name} has an unreadable safetensors header") from None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    needed = 8 + length + max(ends, default=0)
+    if size < needed:
+        raise ConversionError(f"{path.name} is truncated: {size} bytes of the {needed} its header describes")
 
 
 def _special_ids(model_dir: Path) -> dict[str, int]:
@@ -115,10 +266,12 @@ def _special_ids(model_dir: Path) -> dict[str, int]:
 
 
 def fix_genai_config(output_dir: Path, model_dir: Path) -> dict[str, Any]:
-    """Fill null special token ids in genai_config.json (ORT GenAI refuses to load nulls)."""
+    """Make genai_config.json loadable: fill null special token ids (ORT GenAI refuses nulls) and
+    name the logits output the graph really has (Olive's 8-bit RTN renames it `logits_Q8`)."""
     path = output_dir / "genai_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     model = config.setdefault("model", {})
+    changed = False
     missing = [k for k in TOKEN_IDS if model.get(k) is None]
     if missing:
         known = _special_ids(model_dir)
@@ -132,25 +285,58 @@ def fix_genai_config(output_dir: Path, model_dir: Path) -> dict[str, Any]:
             )
         if model.get("bos_token_id") is None:
             model["bos_token_id"] = model["eos_token_id"]
+        changed = True
+    decoder = model.get("decoder", {})
+    outputs = decoder.get("outputs", {})
+    graph = output_dir / decoder.get("filename", "model.onnx")
+    if outputs.get("logits") and graph.is_file():
+        import onnx
+
+        names = [o.name for o in onnx.load(str(graph), load_external_data=False).graph.output]
+        if outputs["logits"] not in names:
+            renamed = [n for n in names if n.startswith(outputs["logits"] + "_")]
+            if len(renamed) != 1:
+                raise ConversionError(f"the model has no logits output (outputs: {names[:4]})")
+            outputs["logits"], changed = renamed[0], True
+    if changed:
         path.write_text(json.dumps(config, indent=4), encoding="utf-8")
     return config
 
 
-def _run_olive(config: dict[str, Any]) -> Path:
+def fix_tokenizer_config(output_dir: Path) -> None:
+    """Name the tokenizer class ORT GenAI's tokenizer knows.
+
+    transformers 5 saves a tokenizer defined by tokenizer.json alone as
+    `TokenizersBackend`, which ORT GenAI 0.13.2 refuses for Llama models
+    ("Unsupported tokenizer class"); transformers 4 called the same thing
+    `PreTrainedTokenizerFast`, which both read.
+    """
+    path = output_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend" and (output_dir / "tokenizer.json").is_file():
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _run_olive(config: dict[str, Any], progress: Progress) -> Path:
     """Run the workflow; the folder of the output model, or ConversionError with Olive's reason."""
     from olive.workflows import run as olive_run
 
     keep_builder_embeddings()
-    errors = _ErrorLog()
+    log = _OliveLog(progress, list(config["passes"]))
     olive_logger = logging.getLogger("olive")
-    olive_logger.addHandler(errors)
+    olive_logger.addHandler(log)
     try:
         output = olive_run(config)
+    except Exception as exc:  # the builder raises for what it cannot read (a broken checkpoint)
+        raise ConversionError(f"Olive could not convert the model: {type(exc).__name__}: {exc}") from None
     finally:
-        olive_logger.removeHandler(errors)
+        olive_logger.removeHandler(log)
     best = output.get_best_candidate() if output is not None else None
     if best is None or not best.model_path:
-        reason = errors.lines[-1] if errors.lines else "the ModelBuilder pass produced no model"
+        reason = log.lines[-1] if log.lines else "the workflow produced no model"
         raise ConversionError(f"Olive could not convert the model: {reason}")
     path = Path(best.model_path)
     return path if path.is_dir() else path.parent
@@ -171,36 +357,67 @@ def convert(
     output_dir: str | Path,
     precision: str = "int4",
     execution_provider: str = "cpu",
-    extra_options: dict[str, str] | None = None,
+    extra_options: Mapping[str, str] | None = None,
     progress: Progress = null_progress,
+    adapters: Mapping[str, str | Path] | None = None,
+    source_ref: str = "",
 ) -> dict[str, Any]:
     """Convert the checkpoint in model_dir into an ORT GenAI folder at output_dir.
 
+    extra_options (builder option strings) override `default_options`.
+    adapters: {name: peft LoRA folder}, each written as
+    `adapters/<name>.onnx_adapter` beside one base model that takes them.
+    source_ref names the source in the saved `olive_config.json` (default: model_dir).
     Returns {"output_dir", "files", "seconds", "size_bytes", "olive_version",
-    "builder_version"}. Raises ConversionError when Olive fails.
+    "builder_version", "options", "adapters"}. Raises ConversionError when the
+    checkpoint is broken or Olive fails; output_dir then holds nothing new.
     """
     started = time.perf_counter()
     source, target = Path(model_dir), Path(output_dir)
-    if not (source / "config.json").is_file():
-        raise ConversionError(f"{source} has no config.json: not a Hugging Face checkpoint")
-    target.mkdir(parents=True, exist_ok=True)
-    options = _builder_options(extra_options or {}, execution_provider)
+    progress(0.0, "checking the checkpoint")
+    model_config = check_checkpoint(source)
+    chosen = {**default_options(model_config, precision), **(extra_options or {})}
+    options = _builder_options(chosen, execution_provider)
+    plan = None
+    if adapters:
+        from slmops.models import onnx_adapters
+
+        try:
+            plan = onnx_adapters.plan(adapters, precision)
+        except onnx_adapters.AdapterBuildError as exc:
+            raise ConversionError(str(exc)) from None
+        if precision == "int4":  # the LoRA branches stay float, so any adapter's weights fit
+            options["int4_nodes_to_exclude"] = [*options.get("int4_nodes_to_exclude", []), *plan.lora_nodes]
+    target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".olive-", dir=target.parent))
     try:
-        progress(0.05, f"building {precision} ONNX model for {execution_provider} with Olive")
-        config = workflow_config(source, work, precision, execution_provider, options)
-        built = _run_olive(config)
-        progress(0.8, "collecting the ONNX Runtime GenAI folder")
-        for item in sorted(built.iterdir()):
-            if item.name not in OLIVE_FILES and item.is_file():
-                shutil.move(str(item), target / item.name)
+        config = workflow_config(source, work, precision, execution_provider, options,
+                                 adapter_path=plan.template if plan else None)  # fmt: skip
+        saved = portable_config(config, source_ref or str(source))  # Olive's run edits config in place
+        progress(PASS_SPAN[0], f"building the {precision} ONNX model for {execution_provider} with Olive")
+        built = _run_olive(config, progress)
+        progress(PASS_SPAN[1], "collecting the ONNX Runtime GenAI folder")
+        target.mkdir(parents=True, exist_ok=True)
+        if plan is not None:
+            from slmops.models import onnx_adapters
+
+            try:
+                onnx_adapters.install(plan, built, target, skip=OLIVE_FILES)
+            except onnx_adapters.AdapterBuildError as exc:
+                raise ConversionError(str(exc)) from None
+        else:
+            for item in sorted(built.iterdir()):
+                if item.name not in OLIVE_FILES and item.is_file():
+                    shutil.move(str(item), target / item.name)
+        (target / OLIVE_CONFIG).write_text(json.dumps(saved, indent=2), encoding="utf-8")
+        fix_genai_config(target, source)
+        fix_tokenizer_config(target)
+        if execution_provider == "cpu":
+            progress(0.9, "checking that ONNX Runtime GenAI loads the model")
+            _check_loads(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    fix_genai_config(target, source)
-    if execution_provider == "cpu":
-        progress(0.9, "checking that ONNX Runtime GenAI loads the model")
-        _check_loads(target)
-    files = sorted(p.name for p in target.iterdir() if p.is_file())
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     return {
         "output_dir": str(target),
         "files": files,
@@ -208,4 +425,6 @@ def convert(
         "size_bytes": sum((target / f).stat().st_size for f in files if f != "manifest.json"),
         "olive_version": metadata.version("olive-ai"),
         "builder_version": metadata.version("onnxruntime-genai"),
+        "options": chosen,
+        "adapters": sorted(adapters or {}),
     }

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from slmops.api.v1 import conversion_pb2, conversion_pb2_grpc
-from slmops.conversion.spec import from_proto
+from slmops.conversion.spec import ConversionConfig, from_proto
+from slmops.core.errors import Conflict, Unavailable
 from slmops.core.job_servicer import JobServicer
 from slmops.core.server import Registration
 from slmops.core.stage_jobs import StageJobs
 
 SERVICE_NAME = conversion_pb2.DESCRIPTOR.services_by_name["ConversionService"].full_name
+log = logging.getLogger(__name__)
+
+
+def check_gpu(config: ConversionConfig, ray: Any) -> None:
+    """A CUDA conversion where the Ray cluster has no GPU is refused (FAILED_PRECONDITION)."""
+    if config.execution_provider != "cuda":
+        return
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+    except Unavailable as exc:
+        log.warning("not checking the cluster for a GPU: %s", exc)
+        return
+    if gpus < max(config.resources.num_gpus, 1.0):
+        raise Conflict(
+            f"spec.execution_provider: CUDA needs a GPU and the Ray cluster has {gpus:g}; "
+            "convert for CPU, or add a GPU node"
+        )
 
 
 class ConversionServicer(JobServicer, conversion_pb2_grpc.ConversionServiceServicer):
@@ -16,6 +37,7 @@ class ConversionServicer(JobServicer, conversion_pb2_grpc.ConversionServiceServi
     list_cls = conversion_pb2.ListConversionJobsResponse
     spec_cls = conversion_pb2.ConversionSpec
     validate = staticmethod(from_proto)
+    precheck = staticmethod(check_gpu)
 
     CreateConversionJob = JobServicer.create
     GetConversionJob = JobServicer.get

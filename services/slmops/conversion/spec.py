@@ -4,21 +4,22 @@
 proto's defaults (INT4, CPU) and reporting every problem at once as one
 `InvalidSpec` whose field names are proto paths (`spec.precision`).
 
-What the ONNX Runtime GenAI model builder 0.13.2 (through Olive 0.13's
-ModelBuilder pass) can make, by execution provider:
-CPU: INT4, FP32; CUDA: INT4, FP16, BF16, FP32; DML: INT4, FP16, FP32.
-INT8 is not one of its precisions.
+What the conversion makes, by execution provider (ONNX Runtime GenAI 0.13.2
+through Olive 0.13): CPU: INT4, INT8, FP32; CUDA: INT4, FP16, BF16, FP32;
+DML: INT4, FP16, FP32. INT8 is the builder's FP32 graph quantized by Olive's
+8-bit RTN pass (the builder has no INT8 of its own); it is checked on the CPU.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from slmops.api.v1 import conversion_pb2
+from slmops.conversion.adapters import ADAPTER_ARCHITECTURES, AdapterRef, resolve
 from slmops.conversion.verify import Thresholds, thresholds_for
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, collect
@@ -27,6 +28,7 @@ from slmops.core.quantities import check_memory
 PRECISIONS = {
     conversion_pb2.PRECISION_UNSPECIFIED: "int4",
     conversion_pb2.INT4: "int4",
+    conversion_pb2.INT8: "int8",
     conversion_pb2.FP16: "fp16",
     conversion_pb2.FP32: "fp32",
     conversion_pb2.BF16: "bf16",
@@ -38,7 +40,7 @@ PROVIDERS = {
     conversion_pb2.DML: "dml",
 }
 SUPPORTED = {
-    "cpu": ("int4", "fp32"),
+    "cpu": ("int4", "int8", "fp32"),
     "cuda": ("int4", "fp16", "bf16", "fp32"),
     "dml": ("int4", "fp16", "fp32"),
 }
@@ -73,10 +75,23 @@ RESERVED_OPTIONS = {
     "config_only": "does not apply: conversion always writes the model",
     "adapter_path": "adapters are not available yet",
 }
-INT8_PROBLEM = (
-    "INT8 is not a precision of the ONNX Runtime GenAI model builder; "
-    "use INT4 (or FP32 on CPU, FP16 on CUDA/DML)"
-)
+# Why a precision is not offered for a provider, as measured (FACTS.md).
+UNSUPPORTED = {
+    ("cpu", "fp16"): "ONNX Runtime GenAI 0.13.2 loads the builder's FP16 CPU graph but fails its "
+    "second decode step (\"Shape mismatch attempting to re-use buffer\")",
+    ("cpu", "bf16"): "ONNX Runtime has no BF16 kernels for these operators on the CPU",
+    ("cuda", "int8"): "the 8-bit path is built and verified on the CPU only",
+    ("dml", "int8"): "the 8-bit path is built and verified on the CPU only",
+    ("dml", "bf16"): "the model builder makes BF16 for CUDA only",
+}
+# Text decoders the ONNX Runtime GenAI 0.13.2 model builder converts (its create_model).
+ARCHITECTURES = (
+    "ChatGLMForConditionalGeneration", "ChatGLMModel", "Ernie4_5ForCausalLM", "GemmaForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GptOssForCausalLM", "GraniteForCausalLM",
+    "InternLM2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "NemotronForCausalLM",
+    "OlmoForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM", "Phi3SmallForCausalLM", "PhiMoEForCausalLM",
+    "Qwen2ForCausalLM", "Qwen3ForCausalLM", "SmolLM3ForCausalLM",
+)  # fmt: skip
 
 
 class Resources(BaseModel):
@@ -99,7 +114,7 @@ class ConversionConfig(BaseModel):
     """Everything a conversion job needs, after validation and defaults."""
 
     model_uri: str
-    precision: Literal["int4", "fp16", "fp32", "bf16"] = "int4"
+    precision: Literal["int4", "int8", "fp16", "fp32", "bf16"] = "int4"
     execution_provider: Literal["cpu", "cuda", "dml"] = "cpu"
     extra_options: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
@@ -107,6 +122,8 @@ class ConversionConfig(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     verification: VerifySettings | None = None  # None: the precision's defaults
     foundry_local_package: bool = False  # also write foundry/<publisher>/<name>/ for Foundry Local
+    adapters: list[AdapterRef] = Field(default_factory=list)
+    merge_adapters: bool = False  # merge the one adapter into the base before converting
 
 
 def _verification(
@@ -169,16 +186,38 @@ def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, st
             ("spec.model_uri", f"{uri!r} has no config.json: not a Hugging Face checkpoint")
         )
     else:
-        problem = _head_size_problem(folder / "config.json")
-        if problem:
-            problems.append(("spec.model_uri", problem))
+        config = _read_config(folder / "config.json", problems)
+        if config is not None:
+            problem = _architecture_problem(config) or _head_size_problem(config)
+            if problem:
+                problems.append(("spec.model_uri", problem))
     return uri
 
 
-def _head_size_problem(config_path: Path) -> str:
+def _read_config(path: Path, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(("spec.model_uri", f"config.json is not valid JSON: {exc}"))
+        return None
+    if not isinstance(config, dict):
+        problems.append(("spec.model_uri", "config.json is not a JSON object"))
+        return None
+    return config
+
+
+def _architecture_problem(config: dict[str, Any]) -> str:
+    names = config.get("architectures") or []
+    name = names[0] if isinstance(names, list) and names else None
+    if name in ARCHITECTURES:
+        return ""
+    what = f"architecture {name!r}" if name else "config.json names no architecture"
+    return f"{what} is not one the converter supports; supported: {', '.join(ARCHITECTURES)}"
+
+
+def _head_size_problem(config: dict[str, Any]) -> str:
     """ONNX Runtime's attention kernels need a head size that is a multiple of 16."""
     try:
-        config = json.loads(config_path.read_text())
         heads = int(config["num_attention_heads"])
         head_size = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
     except (KeyError, ValueError, TypeError, ZeroDivisionError):
@@ -192,9 +231,7 @@ def _head_size_problem(config_path: Path) -> str:
 
 
 def _precision(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
-    if spec.precision == conversion_pb2.INT8:
-        problems.append(("spec.precision", INT8_PROBLEM))
-    elif spec.precision not in PRECISIONS:
+    if spec.precision not in PRECISIONS:
         problems.append(("spec.precision", f"unknown precision {spec.precision}"))
     return PRECISIONS.get(spec.precision, "int4")
 
@@ -266,18 +303,16 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
     provider = _provider(spec, problems)
     if precision not in SUPPORTED[provider]:
         choices = ", ".join(p.upper() for p in SUPPORTED[provider])
-        problem = (
-            f"{precision.upper()} is not available for {provider.upper()}; use one of {choices}"
-        )
+        why = UNSUPPORTED.get((provider, precision), "not one of its builds")
+        problem = f"{precision.upper()} is not available for {provider.upper()} ({why}); use one of {choices}"
         problems.append(("spec.precision", problem))
     extra_options = _extra_options(spec, problems)
-    if spec.adapter_uris:
-        problems.append(("spec.adapter_uris", "adapters are not available yet"))
-    if spec.merge_adapters:
-        problems.append(("spec.merge_adapters", "merging adapters is not available yet"))
+    adapters = _adapters(spec, model_uri, precision, provider, problems)
     if spec.foundry_local_package and model_uri:
         _foundry_problem(artifacts.local_path(model_uri) if model_uri.startswith("file://") else None, problems)
     resources = _resources(spec, problems)
+    if provider == "cuda" and resources.num_gpus == 0:
+        resources.num_gpus = 1.0  # the builder and the check run where the GPU is
     verification = _verification(spec, precision, problems)
     output_uri = spec.output_uri.strip()
     if output_uri and model_uri and artifacts.to_uri(output_uri) == model_uri:
@@ -293,4 +328,37 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
         labels=dict(spec.labels),
         verification=verification,
         foundry_local_package=spec.foundry_local_package,
+        adapters=adapters,
+        merge_adapters=spec.merge_adapters,
     )
+
+
+def _adapters(
+    spec: conversion_pb2.ConversionSpec, model_uri: str, precision: str, provider: str,
+    problems: list[tuple[str, str]],
+) -> list[AdapterRef]:  # fmt: skip
+    """The spec's adapters, resolved and checked against the base (see conversion/adapters.py)."""
+    if not spec.adapter_uris:
+        if spec.merge_adapters:
+            problems.append(("spec.merge_adapters", "needs an adapter in spec.adapter_uris"))
+        return []
+    base_config = None
+    if model_uri.startswith("file://") and (artifacts.local_path(model_uri) / "config.json").is_file():
+        base_config = _read_config(artifacts.local_path(model_uri) / "config.json", [])
+    elif model_uri:
+        problems.append(("spec.adapter_uris", "adapters need a local spec.model_uri to be checked against"))
+    refs = resolve(list(spec.adapter_uris), model_uri, base_config, spec.merge_adapters, problems)
+    if spec.merge_adapters:
+        if len(refs) > 1:
+            problems.append(("spec.merge_adapters", f"merges one adapter into the base; {len(refs)} were given"))
+        return refs
+    architecture = ((base_config or {}).get("architectures") or [None])[0]
+    if base_config is not None and architecture not in ADAPTER_ARCHITECTURES:
+        problems.append(("spec.adapter_uris", f"run-time adapters are built for {', '.join(ADAPTER_ARCHITECTURES)}, "
+                                              f"not {architecture}; merge the adapter instead (spec.merge_adapters)"))  # fmt: skip
+    if (provider, precision) not in (("cpu", "fp32"), ("cpu", "int4")):
+        problems.append(("spec.adapter_uris", f"run-time adapters are built for CPU INT4 or FP32, not "
+                                              f"{provider.upper()} {precision.upper()}; merge the adapter instead"))  # fmt: skip
+    if "int4_nodes_to_exclude" in spec.extra_options:
+        problems.append(("spec.extra_options[int4_nodes_to_exclude]", "is set by the conversion when adapters are given"))
+    return refs

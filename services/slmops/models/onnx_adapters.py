@@ -10,11 +10,12 @@ ORT GenAI loads the adapter files with `og.Adapters(model).load(path, name)`
 and a generator picks one with `set_active_adapter`; a generator that picks
 none runs the base model.
 
-How: the ORT GenAI model builder runs once, with the first adapter, so the
-graph gets a LoRA branch (`x @ A @ B`, added to the base MatMul) beside every
-adapted projection, with A and B baked in as initializers. Those initializers
-then become optional graph inputs whose default has rank 0 (the branch adds
-nothing), and each adapter's weights are written under the same input names,
+How: the conversion's Olive workflow runs the ORT GenAI model builder once,
+with the first adapter as Olive's `adapter_path`, so the graph gets a LoRA
+branch (`x @ A @ B`, added to the base MatMul) beside every adapted
+projection, with A and B baked in as initializers. `install` then turns those
+initializers into optional graph inputs whose default has rank 0 (the branch
+adds nothing) and writes each adapter's weights under the same input names,
 transposed and with B multiplied by the peft scaling, as the builder does.
 The first adapter's file is checked against the weights the builder baked, so
 a change in the builder's naming or scaling fails the build, not the serving.
@@ -33,8 +34,8 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,44 +151,32 @@ def _lora_to_inputs(model: ir.Model, names: set[str]) -> dict[str, np.ndarray]:
     return baked
 
 
-def _run_builder(
-    checkpoint: Path, template: Path, out: Path, precision: str, lora_nodes: list[str], extra: dict[str, Any]
-) -> None:
-    """The ORT GenAI builder on the checkpoint with the template adapter, LoRA MatMuls kept float."""
-    from onnxruntime_genai.models.builder import create_model
+@dataclass
+class AdapterPlan:
+    """The adapters of one build: their weights as model inputs, and the one that shapes the graph."""
 
-    options: dict[str, Any] = {**extra, "hf_remote": False, "adapter_path": str(template)}
-    if precision == "int4":
-        options["int4_nodes_to_exclude"] = [*options.get("int4_nodes_to_exclude", []), *lora_nodes]
-    cache = out / ".builder-cache"
-    create_model(str(checkpoint), str(checkpoint), str(out), precision, "cpu", str(cache), **options)
-    shutil.rmtree(cache, ignore_errors=True)
+    paths: dict[str, Path]
+    weights: dict[str, dict[str, np.ndarray]]
+    lora_nodes: list[str]  # the builder's LoRA MatMuls, kept float in an int4 build
+
+    @property
+    def template(self) -> Path:
+        return next(iter(self.paths.values()))
 
 
-def build_onnx_with_adapters(
-    checkpoint_dir: str | Path,
-    adapters: Mapping[str, str | Path],
-    out_dir: str | Path,
-    precision: str = "fp32",
-    extra_options: Mapping[str, Any] | None = None,
-) -> Path:
-    """Build `out_dir` for ORT GenAI (CPU): the base model plus `adapters/<name>.onnx_adapter` each.
+def plan(adapters: Mapping[str, str | Path], precision: str = "fp32") -> AdapterPlan:
+    """Check the adapters and read their weights; AdapterBuildError for what cannot be served.
 
     adapters: {name: peft LoRA folder}. The first in name order shapes the
     graph; the others may adapt the same modules or fewer, with any ranks.
-    extra_options go to the model builder as typed values (e.g.
-    {"int4_algo_config": "rtn"}). Returns out_dir.
     """
-    from slmops.conversion.olive_convert import fix_genai_config
-
     if precision not in PRECISIONS:
-        raise AdapterBuildError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        raise AdapterBuildError(f"adapters are built for {' or '.join(PRECISIONS)}, not {precision}")
     if not adapters:
         raise AdapterBuildError("give at least one adapter")
     bad = [name for name in adapters if not _NAME_OK.fullmatch(name)]
     if bad:
         raise AdapterBuildError(f"adapter names must be plain file names, not {bad}")
-    checkpoint, target = Path(checkpoint_dir), Path(out_dir)
     paths = {name: Path(adapters[name]) for name in sorted(adapters)}
     weights = {name: adapter_weights(path) for name, path in paths.items()}
     first = next(iter(paths))
@@ -196,22 +185,43 @@ def build_onnx_with_adapters(
         if unknown:
             raise AdapterBuildError(f"adapter {name!r} adapts modules that {first!r} does not: {unknown[:3]}")
     lora_nodes = sorted(lora_node_name(key) for key in _peft_weights(paths[first])[0])
+    return AdapterPlan(paths, weights, lora_nodes)
 
-    target.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".adapters-build-", dir=target.parent))
-    try:
-        _run_builder(checkpoint, paths[first], scratch, precision, lora_nodes, dict(extra_options or {}))
-        dtypes = _move_with_lora_inputs(scratch, target, weights[first])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    fix_genai_config(target, checkpoint)
-    for name, tensors in weights.items():
+
+def install(adapter_plan: AdapterPlan, built: Path, target: Path, skip: frozenset[str] | set[str] = frozenset()) -> None:
+    """Save the built model into target with LoRA inputs, then one `.onnx_adapter` per adapter."""
+    first = next(iter(adapter_plan.paths))
+    dtypes = _move_with_lora_inputs(built, target, adapter_plan.weights[first], skip)
+    for name, tensors in adapter_plan.weights.items():
         typed = {key: value.astype(dtypes[key]) for key, value in tensors.items()}
         write_adapter(typed, target / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}")
-    return target
 
 
-def _move_with_lora_inputs(built: Path, target: Path, template: dict[str, np.ndarray]) -> dict[str, np.dtype]:
+def build_onnx_with_adapters(
+    checkpoint_dir: str | Path,
+    adapters: Mapping[str, str | Path],
+    out_dir: str | Path,
+    precision: str = "fp32",
+    extra_options: Mapping[str, str] | None = None,
+) -> Path:
+    """Build `out_dir` for ORT GenAI (CPU): the base model plus `adapters/<name>.onnx_adapter` each.
+
+    The conversion stage's Olive workflow with adapters; extra_options are
+    builder option strings (e.g. {"int4_algo_config": "rtn"}). Returns out_dir.
+    """
+    from slmops.conversion.olive_convert import ConversionError, convert
+
+    plan(adapters, precision)  # refuse before building
+    try:
+        convert(checkpoint_dir, out_dir, precision, "cpu", extra_options, adapters=adapters)
+    except ConversionError as exc:
+        raise AdapterBuildError(str(exc)) from None
+    return Path(out_dir)
+
+
+def _move_with_lora_inputs(
+    built: Path, target: Path, template: dict[str, np.ndarray], skip: frozenset[str] | set[str]
+) -> dict[str, np.dtype]:
     """Save the built model into target with LoRA inputs and copy its other files; the inputs' dtypes.
 
     The weights the builder baked must be the template adapter's as
@@ -227,6 +237,6 @@ def _move_with_lora_inputs(built: Path, target: Path, template: dict[str, np.nda
         )
     ir.save(model, str(target / "model.onnx"), external_data="model.onnx.data")
     for item in built.iterdir():
-        if item.is_file() and item.name not in ("model.onnx", "model.onnx.data"):
+        if item.is_file() and item.name not in {"model.onnx", "model.onnx.data", *skip}:
             shutil.copy2(item, target / item.name)
     return {name: array.dtype for name, array in baked.items()}
