@@ -52,10 +52,10 @@ class ConversionError(RuntimeError):
 class _OliveLog(logging.Handler):
     """Keeps Olive's error lines (it reports a failed pass by logging) and reports each pass it starts."""
 
-    def __init__(self, progress: Progress, passes: list[str]) -> None:
+    def __init__(self, progress: Progress, passes: dict[str, str]) -> None:
         super().__init__(logging.INFO)
         self.lines: list[str] = []
-        self.progress, self.passes = progress, passes
+        self.progress, self.passes = progress, passes  # {name: type}
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.ERROR:
@@ -65,8 +65,9 @@ class _OliveLog(logging.Handler):
                 line = f"{line} {type(exc).__name__}: {exc}"
             self.lines.append(line)
         elif record.msg == "Running pass %s:%s" and isinstance(record.args, tuple) and len(record.args) >= 2:
-            name, kind = str(record.args[0]), str(record.args[1])
-            index = self.passes.index(name) if name in self.passes else 0
+            name = str(record.args[0])
+            kind = self.passes.get(name, str(record.args[1]))
+            index = list(self.passes).index(name) if name in self.passes else 0
             start, end = PASS_SPAN
             fraction = start + (end - start) * index / max(len(self.passes), 1)
             self.progress(fraction, f"Olive pass {index + 1}/{len(self.passes)}: {name} ({kind})")
@@ -225,8 +226,10 @@ def _check_safetensors(path: Path) -> None:
         if len(head) < 8:
             raise ConversionError(f"{path.name} is truncated: {size} bytes, no safetensors header")
         (length,) = struct.unpack("<Q", head)
-        if length > min(size - 8, 100 * 2**20):
-            raise ConversionError(f"{path.name} is not a safetensors file or is truncated (header of {length} bytes)")
+        if length > 100 * 2**20:
+            raise ConversionError(f"{path.name} is not a safetensors file (a header of {length} bytes)")
+        if length > size - 8:
+            raise ConversionError(f"{path.name} is truncated: {size} bytes, its header alone needs {8 + length}")
         try:
             header = json.loads(fh.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -325,7 +328,7 @@ def _run_olive(config: dict[str, Any], progress: Progress) -> Path:
     from olive.workflows import run as olive_run
 
     keep_builder_embeddings()
-    log = _OliveLog(progress, list(config["passes"]))
+    log = _OliveLog(progress, {name: spec["type"] for name, spec in config["passes"].items()})
     olive_logger = logging.getLogger("olive")
     olive_logger.addHandler(log)
     try:
