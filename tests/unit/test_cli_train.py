@@ -275,3 +275,17 @@ def test_a_training_event_line():
     line = format_event("training", event)
     assert line.endswith("RUNNING   train: epoch 1/2, step 6/12 step 6 loss 2.5000 900 tok/s ETA 0:30")
     assert " 50.0% " in line
+
+
+def test_convert_flags_name_adapters_and_builder_options(tmp_path):
+    from slmops.cli.jobs_commands import convert_spec
+
+    (tmp_path / "ad").mkdir()
+    args = build_parser().parse_args([
+        "convert", "--model", "org/m", "--precision", "int8", "--adapter", f"chat={tmp_path / 'ad'}",
+        "--adapter", str(tmp_path / "ad"), "--merge-adapter", "--option", "int4_block_size=32"])  # fmt: skip
+    spec = convert_spec(args)
+    uri = artifacts.to_uri(tmp_path / "ad")
+    assert list(spec.adapter_uris) == [f"chat={uri}", uri]
+    assert spec.merge_adapters and dict(spec.extra_options) == {"int4_block_size": "32"}
+    assert spec.precision == 2  # INT8

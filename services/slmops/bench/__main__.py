@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import slmops.bench.conversion  # noqa: F401  (registers its benchmarks)
 import slmops.bench.decode  # noqa: F401  (registers its benchmark)
 import slmops.bench.serving  # noqa: F401  (registers its benchmarks)
 import slmops.bench.training  # noqa: F401  (registers its benchmarks)

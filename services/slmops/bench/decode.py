@@ -103,9 +103,9 @@ class TransformersDecoder:
         return (out.shape[1] - inputs["input_ids"].shape[1]) / seconds
 
 
-def engine_tokens_per_second(engine: Any, prompt: str) -> float:
+def engine_tokens_per_second(engine: Any, prompt: str, new_tokens: int = NEW_TOKENS) -> float:
     start = time.perf_counter()
-    generation = engine.generate(prompt, max_tokens=NEW_TOKENS, temperature=0.0)
+    generation = engine.generate(prompt, max_tokens=new_tokens, temperature=0.0)
     return generation.completion_tokens / (time.perf_counter() - start)
 
 

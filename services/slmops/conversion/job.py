@@ -1,14 +1,17 @@
-"""The conversion job: a checkpoint through Olive into an `onnx-model` artifact.
+"""The conversion job: a checkpoint (and its LoRA adapters) through Olive into an `onnx-model` artifact.
 
-The driver reserves a Ray task with the spec's resources, which runs the Olive
-workflow (`olive_convert.convert`), writes the ORT GenAI folder and verifies it
-against the checkpoint (`verify.verify`: greedy token agreement on the
-lineage's validation prompts, else a built-in set, and the logits' error and
-KL divergence). A model that misses its thresholds fails the job with the
-figures, and its folder is removed, so nothing that looks like an artifact is
-left behind. The driver seals a verified model with its manifest, the
-figures included. Remote model or output URIs go through fsspec: the task
-downloads the checkpoint to a scratch folder and uploads the result.
+The driver starts one streaming Ray task with the spec's resources. The task
+merges an adapter into the base when asked, runs the Olive workflow
+(`olive_convert.convert`), verifies the ORT GenAI folder against its source
+(`verify.verify`, for the base and for each adapter against peft), writes the
+size report and the Foundry Local package, and yields progress as it goes
+(each Olive pass, each verification), so `Watch` shows where it is. A model
+that misses its thresholds, a broken checkpoint or a failed pass fails the
+job with the reason, and the output folder is removed, so nothing that looks
+like an artifact is left behind. The driver seals a verified model with its
+manifest, the figures included. Remote model or output URIs go through
+fsspec: the task downloads the checkpoint to a scratch folder and uploads
+the result.
 """
 
 from __future__ import annotations

@@ -61,11 +61,16 @@ def build_model(
     intermediate_size: int | None = None,
     max_position_embeddings: int = 256,
     tie_word_embeddings: bool = True,
+    vocab_size: int | None = None,
     seed: int = 0,
     dtype: str = "float32",
     **overrides: Any,
 ) -> Path:
-    """Save a randomly initialised model of the given shape beside its tokenizer."""
+    """Save a randomly initialised model of the given shape beside its tokenizer.
+
+    vocab_size: the embedding's rows (default: the tokenizer's size); a larger
+    one gives a real model's shape while the tokenizer uses the first ids.
+    """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -77,7 +82,7 @@ def build_model(
         "llama": (LlamaConfig, LlamaForCausalLM),
     }[architecture]
     config = config_cls(
-        vocab_size=len(tokenizer),
+        vocab_size=max(vocab_size or 0, len(tokenizer)),
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
