@@ -11,8 +11,12 @@ import json
 import onnx
 import pytest
 
-from slmops.conversion.olive_convert import OLIVE_CONFIG, ConversionError, convert
+from slmops.conversion import job
+from slmops.conversion.olive_convert import OLIVE_CONFIG, ConversionError, convert, int4_candidates
+from slmops.conversion.spec import ConversionConfig
 from slmops.conversion.verify import thresholds_for, verify
+from slmops.core import artifacts
+from slmops.core.progress import null_progress
 from tests.integration._models import tiny_checkpoint, tiny_llama_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -22,24 +26,40 @@ CHECKPOINTS = {"qwen2": tiny_checkpoint, "llama": tiny_llama_checkpoint}
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """{(architecture, precision): (source, folder, result)} for every CPU precision."""
+    """{(architecture, precision): (source, folder, result)} for every CPU precision, as the job converts:
+    int4 tries its layouts from the smallest until one passes verification."""
     out = {}
     for arch, build in CHECKPOINTS.items():
         source = build(tmp_path_factory)
         for precision in ("fp32", "int8", "int4"):
-            folder = tmp_path_factory.mktemp(f"{arch}-{precision}")
-            out[arch, precision] = (source, folder, convert(source, folder, precision, "cpu"))
+            folder = tmp_path_factory.mktemp(f"{arch}-{precision}") / "model"
+            cfg = ConversionConfig(model_uri=artifacts.to_uri(source), precision=precision)
+            result = job._smallest_verified(cfg, source, folder, {}, null_progress)
+            out[arch, precision] = (source, folder, result)
     return out
 
 
 @pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_each_precision_answers_like_its_source(converted, arch, precision):
-    source, folder, _ = converted[arch, precision]
-    result = verify(source, folder, None, thresholds_for(precision), new_tokens=8, threads=2)
-    assert result.passed, result.reasons
+    source, folder, result = converted[arch, precision]
+    assert result["verification"]["passed"]
+    again = verify(source, folder, None, thresholds_for(precision), new_tokens=8, threads=2)
+    assert again.passed, again.reasons  # the folder left behind is the one that passed
     if precision == "fp32":
-        assert result.token_agreement == 1.0 and result.logits_rel_error < 1e-4
+        assert again.token_agreement == 1.0 and again.logits_rel_error < 1e-4
+    if precision != "int4":
+        assert result["attempts"] == []
+
+
+def test_int4_keeps_the_smallest_layout_that_passes_and_records_the_misses(converted):
+    for arch in CHECKPOINTS:
+        source, _, result = converted[arch, "int4"]
+        candidates = int4_candidates(json.loads((source / "config.json").read_text()))
+        tried = [a["options"] for a in result["attempts"]] + [result["options"]]
+        assert tried == candidates[: len(tried)]  # in order, from the smallest
+        for attempt in result["attempts"]:
+            assert attempt["reasons"]
 
 
 @pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
@@ -53,12 +73,12 @@ def test_smaller_precisions_are_smaller_and_int4_quantizes_the_embedding(convert
     assert "GatherBlockQuantized" in ops  # the embedding lookup reads int4 blocks
     assert "model.embed_tokens.weight" not in floats
     options = converted[arch, "int4"][2]["options"]
+    assert options["int4_block_size"] in ("64", "32", "16")
     if arch == "qwen2":  # tied: one quantized matrix serves the lookup and the LM head
         assert options["shared_embeddings"] == "true"
         assert "lm_head.MatMul.weight_Q4" not in {init.name for init in graph.initializer}
     else:  # untied: never shared, each quantized on its own
         assert "shared_embeddings" not in options and options["int4_op_types_to_quantize"] == "MatMul/Gather"
-    assert options["int4_is_symmetric"] == "false"
 
 
 def test_the_olive_config_that_ran_is_saved_with_the_model(converted):

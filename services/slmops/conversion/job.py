@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from slmops.conversion.foundry import foundry_package, size_report
-from slmops.conversion.olive_convert import OLIVE_CONFIG, ConversionError, convert
+from slmops.conversion.olive_convert import (
+    OLIVE_CONFIG,
+    ConversionError,
+    check_checkpoint,
+    convert,
+    int4_candidates,
+)
 from slmops.conversion.spec import ConversionConfig, VerifySettings
 from slmops.conversion.verify import thresholds_for, verify
 from slmops.core import artifacts
@@ -84,8 +90,9 @@ def _verify(
                         threads=threads, adapter=adapter, progress=step)  # fmt: skip
         if not result.passed:
             figures = ", ".join(f"{k.removeprefix('verify_')}={v:.4g}" for k, v in result.metrics().items())
-            raise ConversionError(
-                f"the converted model failed verification ({what}): {'; '.join(result.reasons)} ({figures})"
+            raise VerificationFailed(
+                f"the converted model failed verification ({what}): {'; '.join(result.reasons)} ({figures})",
+                result.reasons,
             )
         if adapter is None:
             summary = result.as_dict()
@@ -124,6 +131,74 @@ def _fetch(uri: str, scratch: Path, name: str) -> Path:
     return local
 
 
+class VerificationFailed(ConversionError):
+    """The converted model missed a verification threshold."""
+
+    def __init__(self, message: str, reasons: list[str]):
+        super().__init__(message)
+        self.reasons = reasons
+
+    def __reduce__(self):
+        return (VerificationFailed, (str(self), self.reasons))
+
+
+def _monotonic(progress: Progress) -> Progress:
+    """Progress whose fraction never goes back (a retried conversion reports from the start again)."""
+    last = [0.0]
+
+    def report(fraction: float, message: str, **metrics: float) -> None:
+        last[0] = max(last[0], fraction)
+        progress(last[0], message, **metrics)
+
+    return report
+
+
+def _source_ref(model_uri: str) -> str:
+    """How the saved Olive config names the source: a local path, or the remote URI."""
+    return str(artifacts.local_path(model_uri)) if model_uri.startswith("file://") else model_uri
+
+
+def _layout(options: dict[str, str]) -> str:
+    symmetric = options.get("int4_is_symmetric") in ("true", "True", "1")
+    return f"blocks of {options.get('int4_block_size', '?')}, {'symmetric' if symmetric else 'asymmetric'}"
+
+
+def _smallest_verified(
+    cfg: ConversionConfig, model_dir: Path, target: Path, adapters: dict[str, Path], progress: Progress
+) -> dict[str, Any]:
+    """Convert and verify; for int4, each candidate layout from the smallest until one passes.
+
+    `olive_convert.int4_candidates` orders the layouts the model's widths allow
+    (the spec's own options pin them). A layout that misses verification is
+    removed and the next, larger one is built; every miss is recorded in
+    result["attempts"]. Only the last miss fails the job.
+    """
+    candidates: list[dict[str, str]] = [dict(cfg.extra_options)]
+    if cfg.precision == "int4":
+        candidates = int4_candidates(check_checkpoint(model_dir), cfg.extra_options)
+    threads = max(1, int(cfg.resources.num_cpus))
+    attempts: list[dict[str, Any]] = []
+    for index, options in enumerate(candidates):
+        try:
+            result = convert(model_dir, target, cfg.precision, cfg.execution_provider, options,
+                             progress=scaled(progress, 0.05, 0.7), adapters=adapters or None,
+                             source_ref=_source_ref(cfg.model_uri))  # fmt: skip
+            result["verification"] = _verify(cfg, model_dir, target, threads, adapters, scaled(progress, 0.7, 0.95))
+        except VerificationFailed as exc:
+            attempts.append({"options": options, "reasons": exc.reasons})
+            if index == len(candidates) - 1:
+                if len(attempts) > 1:
+                    raise VerificationFailed(f"{exc} (after {len(attempts)} int4 layouts, all missed)", exc.reasons) from None
+                raise
+            shutil.rmtree(target, ignore_errors=True)
+            progress(0.0, f"int4 with {_layout(options)} missed verification ({'; '.join(exc.reasons)}); "
+                          f"trying {_layout(candidates[index + 1])}")  # fmt: skip
+            continue
+        result["attempts"] = attempts
+        return result
+    raise AssertionError("unreachable: the last candidate returns or raises")
+
+
 def _convert_and_verify(cfg: ConversionConfig, output_uri: str, progress: Progress) -> dict[str, Any]:
     """Fetch, (merge,) convert, verify, package, upload; on any failure nothing is left at the output."""
     import fsspec
@@ -140,11 +215,7 @@ def _convert_and_verify(cfg: ConversionConfig, output_uri: str, progress: Progre
             progress(0.02, f"merging adapter {name!r} into the base")
             model_dir = merge_adapter(source, folder, scratch / "merged")
             adapters = {}
-        result = convert(model_dir, target, cfg.precision, cfg.execution_provider, cfg.extra_options,
-                         progress=scaled(progress, 0.05, 0.7), adapters=adapters or None,
-                         source_ref=cfg.model_uri)  # fmt: skip
-        threads = max(1, int(cfg.resources.num_cpus))
-        result["verification"] = _verify(cfg, model_dir, target, threads, adapters, scaled(progress, 0.7, 0.95))
+        result = _smallest_verified(cfg, model_dir, target, adapters, _monotonic(progress))
         result["size_report"] = size_report(target, source)
         if cfg.foundry_local_package:
             progress(0.96, "writing the Foundry Local package")
@@ -263,6 +334,7 @@ def run(config: dict, output_uri: str, progress: Progress, trace_id: str = "") -
             "olive_config": OLIVE_CONFIG,
             **({"adapters": result["adapters"]} if result["adapters"] else {}),
             **({"merged_adapter": cfg.adapters[0].name} if cfg.merge_adapters and cfg.adapters else {}),
+            **({"int4_layouts_missed": result["attempts"]} if result.get("attempts") else {}),
             **({"foundry_package": result["foundry_package"]} if "foundry_package" in result else {}),
         },
     )

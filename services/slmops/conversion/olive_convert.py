@@ -73,12 +73,11 @@ class _OliveLog(logging.Handler):
             self.progress(fraction, f"Olive pass {index + 1}/{len(self.passes)}: {name} ({kind})")
 
 
-def _block_size(sizes: list[int], choices: tuple[int, ...], even_blocks: bool) -> int | None:
-    """The largest block size that divides every input width (into an even count of blocks if asked)."""
-    for block in choices:
-        if all(size % (2 * block if even_blocks else block) == 0 for size in sizes):
-            return block
-    return None
+# int4 weight layouts from smallest to largest: (block size, symmetric). Per weight, 4 bits
+# plus a float scale per block, plus a 4-bit zero point per block when asymmetric.
+INT4_LAYOUTS = ((128, True), (128, False), (64, True), (64, False), (32, True), (32, False),
+                (16, True), (16, False))  # fmt: skip
+INT4_LAYOUT_KEYS = ("int4_block_size", "int4_is_symmetric")
 
 
 def _input_widths(config: Mapping[str, Any]) -> list[int]:
@@ -88,24 +87,29 @@ def _input_widths(config: Mapping[str, Any]) -> list[int]:
     return [hidden, int(config.get("intermediate_size") or 4 * hidden), heads * head_dim]
 
 
-def default_options(config: Mapping[str, Any], precision: str) -> dict[str, str]:
-    """Builder options giving the smallest int4 model that still answers like its source.
+def _fits(widths: list[int], block: int, symmetric: bool) -> bool:
+    """Blocks must divide each row; asymmetric packing needs an even count of them."""
+    return all(width % (block if symmetric else 2 * block) == 0 for width in widths)
+
+
+def int4_candidates(config: Mapping[str, Any], pinned: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """int4 builder options from the smallest model to the largest, for the conversion to verify in turn.
 
     - A tied embedding (`tie_word_embeddings: true`) is quantized once and
-      shared by the input lookup and the LM head (RTN, shared_embeddings):
-      0.29x of the fp16 checkpoint in the Qwen2.5-0.5B shape, where the
-      builder's default keeps it in float beside a quantized copy (0.87x).
+      shared by the input lookup and the LM head (RTN, shared_embeddings): in
+      the Qwen2.5-0.5B shape that is 0.27-0.29x of the fp16 checkpoint, where
+      the builder's default keeps it in float beside a quantized copy (0.87x).
     - An untied model (or one whose config does not say) has its embedding
       quantized separately (MatMul/Gather); sharing would be silently wrong.
-    - Asymmetric blocks of 64 (or the largest of 32/16 that splits each row
-      into an even count of blocks, which asymmetric packing needs): on small
-      models they keep far more accuracy than symmetric ones.
-    Options the spec sets win over these.
+    - Then every block layout the model's widths allow, smallest first
+      (INT4_LAYOUTS): larger blocks and symmetric ones are smaller and decode
+      faster; smaller asymmetric ones keep more accuracy on small models.
+    pinned: options the spec sets. They are kept in every candidate, and a
+    pinned block size or symmetry leaves only the layouts that match it.
     """
-    if precision != "int4":
-        return {}
+    pinned = dict(pinned or {})
     tied = config.get("tie_word_embeddings") is True
-    options = (
+    base = (
         {"int4_algo_config": "rtn", "shared_embeddings": "true"}
         if tied
         else {"int4_op_types_to_quantize": "MatMul/Gather"}
@@ -113,15 +117,24 @@ def default_options(config: Mapping[str, Any], precision: str) -> dict[str, str]
     try:
         widths = _input_widths(config)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return options  # a shape this does not know: the builder's block size
-    block = _block_size(widths, (64, 32, 16), even_blocks=True)
-    if block is not None:
-        options.update({"int4_block_size": str(block), "int4_is_symmetric": "false"})
-    else:
-        block = _block_size(widths, (64, 32, 16), even_blocks=False)
-        if block is not None:
-            options["int4_block_size"] = str(block)
-    return options
+        return [{**base, **pinned}]  # a shape this does not know: the builder's layout
+    want_block = pinned.get("int4_block_size")
+    want_sym = pinned.get("int4_is_symmetric")
+    candidates = []
+    for block, symmetric in INT4_LAYOUTS:
+        if want_block is not None and str(block) != want_block:
+            continue
+        if want_sym is not None and symmetric != (want_sym in ("true", "True", "1")):
+            continue
+        if _fits(widths, block, symmetric):
+            layout = {"int4_block_size": str(block), "int4_is_symmetric": "true" if symmetric else "false"}
+            candidates.append({**base, **layout, **pinned})
+    return candidates or [{**base, **pinned}]
+
+
+def default_options(config: Mapping[str, Any], precision: str) -> dict[str, str]:
+    """The builder options `convert` starts from: for int4, the smallest candidate (`int4_candidates`)."""
+    return int4_candidates(config)[0] if precision == "int4" else {}
 
 
 def workflow_config(
