@@ -50,6 +50,21 @@ def test_every_service_is_healthy_with_reflection(stack):
     assert all(r[2] == "SERVING" for r in rows), rows
 
 
+def test_the_local_stack_requires_its_token(stack):
+    """`slmops up` turns the bearer token on: a call without it (or with another) is UNAUTHENTICATED."""
+    assert stack["auth"]["token_file"].endswith("auth/token")
+    for name, info in stack["services"].items():
+        noun = JOB_SERVICES.get(name, ("Deployment",))[0]
+        with grpc.insecure_channel(info["address"]) as channel:
+            stub = client.STUBS[name](channel)
+            method = getattr(stub, f"List{noun}s")
+            request = serving_pb2.ListDeploymentsRequest() if name == "serving" else common_pb2.ListJobsRequest()
+            code, details = _code(method, request)
+            assert code == grpc.StatusCode.UNAUTHENTICATED, (name, code)
+            assert "bearer token" in details
+    assert client.call(client.stub("training").ListTrainingJobs, common_pb2.ListJobsRequest()) is not None
+
+
 @pytest.mark.parametrize("service", sorted(JOB_SERVICES))
 def test_job_rpcs_reject_bad_input(stack, service):
     noun, create_cls, spec_cls = JOB_SERVICES[service]

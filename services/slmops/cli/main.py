@@ -32,7 +32,8 @@ def _print_job(job: Any, as_json: bool) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from slmops.cli import stack
 
-    stack.up(settings.data_dir(args.data_dir), free_ports=args.free_ports, num_cpus=args.num_cpus)
+    stack.up(settings.data_dir(args.data_dir), free_ports=args.free_ports, num_cpus=args.num_cpus,
+             token=not args.no_token)
     print("stack is up; `slmops status` shows its health, `slmops down` stops it")
     return 0
 
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start a local Ray head and every service in the background")
     p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 50051-50056")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs the Ray head offers")
+    p.add_argument("--no-token", action="store_true",
+                   help="let any local user call the services (by default they require <data_dir>/auth/token)")
     p.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop what `up` started").set_defaults(func=_cmd_down)
     p = sub.add_parser("status", help="health of every service and of Ray")

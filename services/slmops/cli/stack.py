@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from slmops.core import settings
+from slmops.core import auth, settings
 from slmops.core.errors import Unavailable
 from slmops.core.local_ray import auth_env, free_port, start_head, stop_group
 
@@ -77,8 +77,13 @@ def _start_service(name: str, port: int, env: dict[str, str], logs: Path, timeou
 
 
 def up(data_dir: Path, *, free_ports: bool = False, num_cpus: int | None = None,
-       say: Any = print) -> dict[str, Any]:
-    """Start the Ray head and the services; returns the stack record."""
+       say: Any = print, token: bool = True) -> dict[str, Any]:
+    """Start the Ray head and the services; returns the stack record.
+
+    token: the services require a bearer token (SLMOPS_AUTH_TOKEN_FILE when
+    set, else <data_dir>/auth/token, made readable by this user only), which
+    this user's CLI reads from there.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     existing = read(data_dir)
     if existing and _pid_alive(int(existing.get("ray", {}).get("pid", 0))):
@@ -95,6 +100,12 @@ def up(data_dir: Path, *, free_ports: bool = False, num_cpus: int | None = None,
     _stack_path(data_dir).write_text(json.dumps(record, indent=2))
     env = dict(os.environ, SLMOPS_DATA_DIR=str(data_dir), RAY_ADDRESS=head.address, PYTHONUNBUFFERED="1")
     env.update(auth_env(data_dir))
+    token_env = settings.VARS["auth_token_file"].env
+    if not token:
+        env.pop(token_env, None)
+    elif not env.get(token_env):
+        env[token_env] = str(auth.ensure_token_file(data_dir / auth.TOKEN_FILE))
+    record["auth"] = {"token_file": env.get(token_env, "")}
     ports = {name: free_port() if free_ports else int(settings.service_addr(name).rsplit(":", 1)[1])
              for name in SERVICES}
     for name in SERVICES:
@@ -135,7 +146,10 @@ def down(data_dir: Path, say: Any = print) -> int:
 
 def health(address: str, timeout: float = 3.0) -> str:
     """SERVING, NOT_SERVING, or why it could not be asked."""
-    with grpc.insecure_channel(address) as channel:
+    credentials = auth.channel_credentials()
+    opened = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(
+        address, credentials, auth.channel_options())
+    with opened as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as exc:

@@ -1,5 +1,6 @@
 """Start-up of every gRPC service: health, reflection, error mapping, tracing, shutdown.
 
+Calls need the bearer token and TLS the settings configure (core/auth.py).
 Health reports SERVING for the whole server and each named service once the
 servicers are registered, and NOT_SERVING while shutting down, so probes and
 `slmops status` see the truth.
@@ -19,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from slmops.core import tracing
+from slmops.core import auth, tracing
 from slmops.core.grpc_errors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
@@ -58,20 +59,29 @@ async def start_server(
 ) -> RunningServer:
     """Start a grpc.aio server; port 0 picks a free one (see RunningServer.port)."""
     tracing.setup_tracing(service)
-    server = grpc.aio.server(interceptors=[aio_server_interceptor(), ErrorInterceptor()])
+    token = auth.server_token()
+    interceptors: list[Any] = [aio_server_interceptor(), ErrorInterceptor()]
+    if token:
+        interceptors.insert(1, auth.TokenInterceptor(token))
+    server = grpc.aio.server(interceptors=interceptors)
     for reg in registrations:
         reg.add(reg.servicer, server)
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else _async_health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reg.name for reg in registrations]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = auth.server_credentials()
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s listening on %s:%d", service, host, bound)
+    log.info("%s listening on %s:%d (%s, %s)", service, host, bound, "TLS" if credentials else "plain text",
+             "bearer token required" if token else "no token")
     return RunningServer(server, bound, health_servicer, names, on_stop)
 
 

@@ -43,6 +43,14 @@ VARS: dict[str, Var] = {
     "otlp_endpoint": Var("OTEL_EXPORTER_OTLP_ENDPOINT", "", "OTLP collector; empty means spans go to <data_dir>/traces/spans.jsonl."),
     "service_name": Var("OTEL_SERVICE_NAME", "slmops", "Service name on spans."),
     "job_poll_s": Var("SLMOPS_JOB_POLL_S", "1.0", "How often a service polls Ray for a job's state and logs."),
+    "auth_token_file": Var("SLMOPS_AUTH_TOKEN_FILE", "", "File holding the bearer token every gRPC call must carry (health excepted); empty: no token. `slmops up` makes one under <data_dir>/auth; clients read that one when this is empty."),
+    "tls_cert_file": Var("SLMOPS_TLS_CERT_FILE", "", "PEM certificate the gRPC services serve TLS with (with SLMOPS_TLS_KEY_FILE); empty: plain text."),
+    "tls_key_file": Var("SLMOPS_TLS_KEY_FILE", "", "PEM private key of SLMOPS_TLS_CERT_FILE."),
+    "tls_client_ca_file": Var("SLMOPS_TLS_CLIENT_CA_FILE", "", "PEM CA that must sign client certificates: set, the services require mutual TLS."),
+    "tls_ca_file": Var("SLMOPS_TLS_CA_FILE", "", "PEM CA clients verify the services' certificates with; set (or SLMOPS_TLS_CERT_FILE set), clients use TLS."),
+    "tls_client_cert_file": Var("SLMOPS_TLS_CLIENT_CERT_FILE", "", "PEM certificate clients present for mutual TLS (with SLMOPS_TLS_CLIENT_KEY_FILE)."),
+    "tls_client_key_file": Var("SLMOPS_TLS_CLIENT_KEY_FILE", "", "PEM private key of SLMOPS_TLS_CLIENT_CERT_FILE."),
+    "tls_server_name": Var("SLMOPS_TLS_SERVER_NAME", "", "Name clients expect in the services' certificates, when it is not the address's host."),
 }
 
 SERVICES = ("synthesis", "training", "conversion", "serving", "evaluation", "pipeline")

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from slmops.api.v1 import evaluation_pb2, evaluation_pb2_grpc, serving_pb2
-from slmops.cli import client
+from slmops.core import clients as client
 from slmops.core.errors import Conflict, InvalidSpec, Unavailable
 from slmops.core.job_servicer import JobServicer, message_to_dict
 from slmops.core.jobstore import JobRecord

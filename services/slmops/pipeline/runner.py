@@ -21,7 +21,7 @@ from slmops.api.v1 import (
     synthesis_pb2,
     training_pb2,
 )
-from slmops.cli import client
+from slmops.core import clients as client
 from slmops.core.jobstore import JobStore
 from slmops.pipeline.definition import Definition
 
