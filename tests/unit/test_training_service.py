@@ -49,8 +49,11 @@ class FakeRay:
     def logs(self, submission_id: str) -> str:
         return ""
 
-    def stop(self, submission_id: str) -> None:
-        pass
+    def stop(self, submission_id: str) -> bool:
+        return True
+
+    def find(self, stage: str, job_id: str) -> str:
+        return ""
 
 
 @pytest.fixture(scope="module")

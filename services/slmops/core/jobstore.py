@@ -3,6 +3,14 @@
 SQLite file by default, any SQLAlchemy URL (PostgreSQL in a cluster). Every
 state change is committed before it is reported, so a service that dies and
 restarts finds each job where it was and resumes watching it.
+
+Several replicas may share one database. A job is followed by the replica
+holding its *owner lease* (`claim`: one atomic UPDATE that succeeds only for
+the current owner or when the lease has expired), renewed while it follows;
+a replica that dies stops renewing and another takes the job over. Event
+sequence numbers are unique per job (a unique index), so two writers can
+never give two events one number. The schema is kept by Alembic migrations
+(core/migrations), applied when a store opens.
 """
 
 from __future__ import annotations
@@ -11,9 +19,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, Text, create_engine, select
+from sqlalchemy import Float, Index, Integer, String, Text, create_engine, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from slmops.core.errors import InvalidSpec, NotFound
@@ -47,10 +57,13 @@ class _Job(_Base):
     log_offset: Mapped[int] = mapped_column(Integer, default=0)
     created: Mapped[float] = mapped_column(Float, index=True)
     updated: Mapped[float] = mapped_column(Float)
+    owner: Mapped[str] = mapped_column(String(64), default="")
+    lease_expires: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class _Event(_Base):
     __tablename__ = "job_events"
+    __table_args__ = (Index("uq_job_events_job_sequence", "job_id", "sequence", unique=True),)
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(64), index=True)
     sequence: Mapped[int] = mapped_column(Integer)
@@ -80,6 +93,8 @@ class JobRecord:
     log_offset: int = 0
     created: float = 0.0
     updated: float = 0.0
+    owner: str = ""
+    lease_expires: float = 0.0
 
     @property
     def finished(self) -> bool:
@@ -98,6 +113,24 @@ class Event:
 
 
 _JSON_FIELDS = {"spec": "spec_json", "config": "config_json", "result": "result_json", "labels": "labels_json"}
+UNFINISHED = ("PENDING", "RUNNING")
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class LeaseLost(Exception):
+    """Another replica owns the job now: this one must stop following it."""
+
+
+def migrate(engine: Any) -> None:
+    """Bring the database to the newest schema with Alembic (a store made before migrations included)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
 
 
 def _to_record(row: _Job) -> JobRecord:
@@ -116,7 +149,7 @@ class JobStore:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine = create_engine(url, **kwargs)
-        _Base.metadata.create_all(self.engine)
+        migrate(self.engine)
         self._lock = threading.Lock()
 
     def create(self, record: JobRecord) -> JobRecord:
@@ -144,11 +177,14 @@ class JobStore:
                 raise NotFound(kind or "job", job_id)
             return _to_record(row)
 
-    def update(self, job_id: str, **changes: Any) -> JobRecord:
+    def update(self, job_id: str, *, owner: str | None = None, **changes: Any) -> JobRecord:
+        """Change fields of a job; with owner, only while that owner holds its lease (else LeaseLost)."""
         with self._lock, Session(self.engine) as session:
-            row = session.get(_Job, job_id)
+            row = session.get(_Job, job_id, with_for_update=owner is not None)
             if row is None:
                 raise NotFound("job", job_id)
+            if owner is not None and row.owner != owner:
+                raise LeaseLost(f"job {job_id} is followed by {row.owner or 'nobody'} now")
             for name, value in changes.items():
                 column = _JSON_FIELDS.get(name)
                 setattr(row, column or name, json.dumps(value) if column else value)
@@ -179,16 +215,56 @@ class JobStore:
             query = query.where(_Job.kind == kind)
         if state:
             query = query.where(_Job.state == state)
+        for key, value in sorted((labels or {}).items()):
+            query = query.where(self._label(key) == value)
         with Session(self.engine) as session:
-            rows = [_to_record(r) for r in session.scalars(query)]
-        if labels:
-            rows = [r for r in rows if all(r.labels.get(k) == v for k, v in labels.items())]
-        page = rows[offset : offset + size]
-        next_token = str(offset + size) if offset + size < len(rows) else ""
-        return page, next_token
+            rows = [_to_record(r) for r in session.scalars(query.offset(offset).limit(size + 1))]
+        next_token = str(offset + size) if len(rows) > size else ""
+        return rows[:size], next_token
+
+    def _label(self, key: str) -> Any:
+        """SQL for the value of one label (the labels are a JSON object in text)."""
+        if not key or any(c in key for c in '"\\'):
+            raise InvalidSpec("labels", f"label key {key!r} must be non-empty, without quotes or backslashes")
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy import cast
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return cast(_Job.labels_json, JSONB)[key].astext
+        return func.json_extract(_Job.labels_json, f'$."{key}"')
+
+    # -- owner leases -----------------------------------------------------
+
+    def claim(self, job_id: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease on an unfinished job: True when owner holds it for ttl seconds."""
+        now = time.time()
+        statement = (
+            update(_Job)
+            .where(_Job.id == job_id, _Job.state.in_(UNFINISHED))
+            .where(or_(_Job.owner == owner, _Job.owner == "", _Job.lease_expires < now))
+            .values(owner=owner, lease_expires=now + ttl)
+        )
+        with self._lock, Session(self.engine) as session:
+            claimed = session.execute(statement).rowcount == 1
+            session.commit()
+        return claimed
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Give the lease up (a replica shutting down), so another replica can take the job at once."""
+        statement = update(_Job).where(_Job.id == job_id, _Job.owner == owner).values(owner="", lease_expires=0.0)
+        with self._lock, Session(self.engine) as session:
+            session.execute(statement)
+            session.commit()
+
+    def claimable(self, kind: str, owner: str) -> list[str]:
+        """Unfinished jobs of kind that owner holds, or that nobody holds, or whose lease has expired."""
+        query = select(_Job.id).where(_Job.kind == kind, _Job.state.in_(UNFINISHED))
+        query = query.where(or_(_Job.owner == owner, _Job.owner == "", _Job.lease_expires < time.time()))
+        with Session(self.engine) as session:
+            return list(session.scalars(query.order_by(_Job.created)))
 
     def unfinished(self, kind: str | None = None) -> list[JobRecord]:
-        query = select(_Job).where(_Job.state.in_(["PENDING", "RUNNING"]))
+        query = select(_Job).where(_Job.state.in_(UNFINISHED))
         if kind:
             query = query.where(_Job.kind == kind)
         with Session(self.engine) as session:
@@ -197,22 +273,20 @@ class JobStore:
     def add_event(
         self, job_id: str, state: str, fraction: float, message: str, metrics: dict[str, float] | None = None
     ) -> Event:
-        with self._lock, Session(self.engine) as session:
-            last = session.scalars(
-                select(_Event.sequence).where(_Event.job_id == job_id).order_by(_Event.sequence.desc()).limit(1)
-            ).first()
-            event = _Event(
-                job_id=job_id,
-                sequence=(last or 0) + 1,
-                state=state,
-                fraction=fraction,
-                message=message,
-                metrics_json=json.dumps(metrics or {}),
-                time=time.time(),
-            )
-            session.add(event)
-            session.commit()
-            return Event(job_id, event.sequence, state, fraction, message, metrics or {}, event.time)
+        """Append an event with the job's next sequence number (unique: a racing writer retries)."""
+        for _ in range(10):
+            with self._lock, Session(self.engine) as session:
+                last = session.scalar(select(func.max(_Event.sequence)).where(_Event.job_id == job_id))
+                event = _Event(job_id=job_id, sequence=(last or 0) + 1, state=state, fraction=fraction,
+                               message=message, metrics_json=json.dumps(metrics or {}), time=time.time())  # fmt: skip
+                session.add(event)
+                try:
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()
+                    continue
+                return Event(job_id, event.sequence, state, fraction, message, metrics or {}, event.time)
+        raise RuntimeError(f"could not number an event of job {job_id}: too many concurrent writers")
 
     def events(self, job_id: str, after_sequence: int = 0) -> list[Event]:
         query = (

@@ -121,11 +121,24 @@ class RayJobs:
         except Exception as exc:
             raise Unavailable(f"Ray job {submission_id} logs unavailable: {exc}") from exc
 
-    def stop(self, submission_id: str) -> None:
+    def find(self, stage: str, job_id: str) -> str:
+        """The submission id of job_id's Ray job if Ray has it, else ''; Unavailable when Ray cannot say."""
+        submission_id = f"slmops-{job_id}"
         try:
-            self._jobs().stop_job(submission_id)
+            self._jobs().get_job_info(submission_id)
+        except Exception as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return ""
+            raise Unavailable(f"Ray job {submission_id} cannot be looked up: {exc}") from exc
+        return submission_id
+
+    def stop(self, submission_id: str) -> bool:
+        """Ask Ray to stop the job: True when it stopped it, False when it could not (or it had ended)."""
+        try:
+            return bool(self._jobs().stop_job(submission_id))
         except Exception as exc:
             log.warning("could not stop Ray job %s: %s", submission_id, exc)
+            return False
 
     def cluster_resources(self) -> dict[str, float]:
         """Total CPU and GPU of the cluster's alive nodes.

@@ -1,0 +1,185 @@
+"""The stage job lifecycle in process: submit, follow, cancel, restart, two replicas on one SQLite file.
+
+Ray is a stand-in here (FakeRay: a cluster's job table in memory, shared by
+the replicas as one cluster would be); the job store and StageJobs are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import pytest
+
+from slmops.core.errors import Unavailable
+from slmops.core.jobstore import JobRecord, JobStore
+from slmops.core.progress import PREFIX, RESULT_PREFIX
+from slmops.core.ray_jobs import RayJobStatus
+from slmops.core.stage_jobs import StageJobs
+
+
+class FakeRay:
+    """Ray's job table: each submission has a state and a log; `fail_polls` makes status calls fail."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict] = {}
+        self.submits: Counter[str] = Counter()
+        self.stops: list[str] = []
+        self.fail_polls = 0
+        self.stoppable = True
+
+    def submit(self, stage, job_id, config, output_uri, traceparent="") -> str:
+        self.submits[job_id] += 1
+        submission = f"slmops-{job_id}"
+        self.jobs[submission] = {"state": "PENDING", "log": ""}
+        return submission
+
+    def find(self, stage, job_id) -> str:
+        return f"slmops-{job_id}" if f"slmops-{job_id}" in self.jobs else ""
+
+    def status(self, submission: str) -> RayJobStatus:
+        if self.fail_polls:
+            self.fail_polls -= 1
+            raise Unavailable("Ray Jobs API at http://ray:8265 timed out")
+        return RayJobStatus(self.jobs[submission]["state"], "")
+
+    def logs(self, submission: str) -> str:
+        return self.jobs[submission]["log"]
+
+    def stop(self, submission: str) -> bool:
+        self.stops.append(submission)
+        if not self.stoppable:
+            return False
+        self.jobs[submission]["state"] = "STOPPED"
+        return True
+
+    def advance(self, submission: str, state: str, *lines: str) -> None:
+        self.jobs[submission]["state"] = state
+        self.jobs[submission]["log"] += "".join(line + "\n" for line in lines)
+
+
+def progress_line(fraction: float, message: str) -> str:
+    return PREFIX + json.dumps({"fraction": fraction, "message": message, "metrics": {}})
+
+
+def result_line(output: str) -> str:
+    return RESULT_PREFIX + json.dumps({"output_uri": output, "metrics": {"loss": 0.5}})
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def replica(db: str, ray: FakeRay, name: str, lease_s: float = 0.6) -> StageJobs:
+    return StageJobs("training", JobStore(db), ray, poll_s=0.02, lease_s=lease_s, owner=name)
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path))
+    return f"sqlite:///{tmp_path}/jobs.db"
+
+
+async def test_a_job_is_submitted_once_followed_and_watched_to_the_end(db):
+    ray = FakeRay()
+    jobs = replica(db, ray, "a")
+    record = await jobs.create({"x": 1}, {}, "", {"team": "nlp"})
+    await until(lambda: ray.submits[record.id] == 1)
+    submission = f"slmops-{record.id}"
+    watched: list[str] = []
+
+    async def watch() -> None:
+        async for event in jobs.watch(record.id):
+            watched.append(f"{event.state}:{event.message}")
+
+    watcher = asyncio.create_task(watch())
+    ray.advance(submission, "RUNNING", progress_line(0.5, "half way"))
+    await until(lambda: any("half way" in w for w in watched))
+    ray.advance(submission, "SUCCEEDED", result_line("file:///out"))
+    await asyncio.wait_for(watcher, 5)
+    assert watched[0] == "PENDING:queued" and watched[-1] == "SUCCEEDED:done"
+    done = jobs.get(record.id)
+    assert (done.state, done.output_uri, done.owner) == ("SUCCEEDED", "file:///out", "")  # lease released
+    assert [r.id for r in jobs.list("SUCCEEDED", {"team": "nlp"}, 0, "")[0]] == [record.id]
+    assert jobs.list(None, {"team": "cv"}, 0, "")[0] == []
+    await jobs.close()
+
+
+async def test_a_failed_status_poll_is_retried_not_taken_as_failure(db):
+    ray = FakeRay()
+    jobs = replica(db, ray, "a")
+    record = await jobs.create({}, {}, "", {})
+    await until(lambda: ray.submits[record.id] == 1)
+    ray.fail_polls = 3
+    ray.advance(f"slmops-{record.id}", "SUCCEEDED", result_line("file:///out"))
+    await until(lambda: jobs.get(record.id).finished)
+    assert jobs.get(record.id).state == "SUCCEEDED" and ray.fail_polls == 0
+    await jobs.close()
+
+
+async def test_cancel_reports_cancelled_only_when_ray_stopped_the_work(db):
+    ray = FakeRay()
+    jobs = replica(db, ray, "a")
+    record = await jobs.create({}, {}, "", {})
+    await until(lambda: ray.submits[record.id] == 1)
+    ray.advance(f"slmops-{record.id}", "RUNNING")
+    ray.stoppable = False
+    with pytest.raises(Unavailable, match="could not stop"):
+        await jobs.cancel(record.id)
+    assert not jobs.get(record.id).finished
+    ray.stoppable = True
+    cancelled = await jobs.cancel(record.id)
+    assert cancelled.state == "CANCELLED" and ray.stops == [f"slmops-{record.id}"] * 2
+    await jobs.close()
+
+
+async def test_a_restart_between_submit_and_record_finds_the_ray_job_again(db):
+    ray = FakeRay()
+    store = JobStore(db)
+    store.create(JobRecord(id="train-abc", kind="training", config={}, message="queued"))
+    ray.submit("training", "train-abc", {}, "")  # submitted, then the service died before recording it
+    ray.advance("slmops-train-abc", "SUCCEEDED", result_line("file:///out"))
+    jobs = replica(db, ray, "b")
+    jobs.resume()
+    await until(lambda: jobs.get("train-abc").finished)
+    assert jobs.get("train-abc").state == "SUCCEEDED"
+    assert jobs.get("train-abc").ray_job_id == "slmops-train-abc"
+    assert ray.submits["train-abc"] == 1  # never paid for twice
+    await jobs.close()
+
+
+async def test_two_replicas_share_the_jobs_and_one_takes_over_from_a_dead_one(db):
+    ray = FakeRay()
+    a, b = replica(db, ray, "a"), replica(db, ray, "b")
+    ids = [(await a.create({}, {}, "", {})).id for _ in range(3)]
+    ids += [(await b.create({}, {}, "", {})).id for _ in range(3)]
+    a.resume()
+    b.resume()
+    await until(lambda: all(ray.submits[i] == 1 for i in ids))
+    owners = {i: a.store.get(i).owner for i in ids}
+    assert set(owners.values()) == {"a", "b"}
+    for i in ids:
+        ray.advance(f"slmops-{i}", "RUNNING", progress_line(0.3, "working"))
+
+    # Replica a dies: its tasks stop, its leases are not released, and b takes its jobs when they expire.
+    for task in [a._sweeper, *a._tasks.values()]:
+        task.cancel()
+    orphaned = [i for i, owner in owners.items() if owner == "a"]
+    await until(lambda: all(b.store.get(i).owner == "b" for i in orphaned), timeout=10)
+    for i in ids:
+        ray.advance(f"slmops-{i}", "SUCCEEDED", progress_line(0.9, "almost"), result_line(f"file:///{i}"))
+    await until(lambda: all(b.get(i).state == "SUCCEEDED" for i in ids))
+
+    assert all(ray.submits[i] == 1 for i in ids)  # each job submitted exactly once
+    for i in ids:
+        events = b.store.events(i)
+        sequences = [e.sequence for e in events]
+        assert sequences == list(range(1, len(events) + 1))  # unique, gapless
+        messages = [e.message for e in events]
+        assert messages.count("working") == 1 and messages.count("almost") == 1  # no line reported twice
+    await b.close()
