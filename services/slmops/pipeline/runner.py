@@ -2,7 +2,10 @@
 
 Runs inside the pipeline service as an asyncio task per run; the run record
 holds each stage's job id and state, so `Get` shows where a run is and a
-cancelled run cancels the stage job in flight.
+cancelled run cancels the stage job in flight. A runner made with the stages
+a run recorded (`PipelineRunner(..., recorded=...)`) resumes it: finished
+stages keep their outputs and the stage in flight is re-attached by its job
+id (a deployment by its name), never created a second time.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ class StageFailed(Exception):
 
 
 class PipelineRunner:
-    def __init__(self, store: JobStore, run_id: str, definition: Definition):
+    def __init__(self, store: JobStore, run_id: str, definition: Definition,
+                 recorded: list[dict[str, Any]] | None = None):  # fmt: skip
         self.store, self.run_id, self.definition = store, run_id, definition
         self.stages: list[dict[str, Any]] = []
+        self.recorded = {stage["name"]: stage for stage in recorded or []}
         self.current_job: tuple[str, str] | None = None
 
     def _save(self, **changes: Any) -> None:
@@ -60,9 +65,16 @@ class PipelineRunner:
             for index, stage in enumerate(order):
                 spec = self.definition.stages[stage]
                 self._wire(stage, spec, outputs)
-                self.stages.append({"name": stage, "job_id": "", "state": "RUNNING", "output": "", "reason": ""})
-                self._event(index / len(order), f"{stage}: started")
-                outputs[stage] = await self._run_stage(stage, spec, index, len(order))
+                before = self.recorded.get(stage, {})
+                if before.get("state") == "SUCCEEDED" and before.get("output"):
+                    self.stages.append(dict(before))
+                    outputs[stage] = before["output"]
+                    self._event((index + 1) / len(order), f"{stage}: done before the restart -> {outputs[stage]}")
+                    continue
+                job_id = before.get("job_id", "") if before.get("state") == "RUNNING" else ""
+                self.stages.append({"name": stage, "job_id": job_id, "state": "RUNNING", "output": "", "reason": ""})
+                self._event(index / len(order), f"{stage}: {'re-attached to ' + job_id if job_id else 'started'}")
+                outputs[stage] = await self._run_stage(stage, spec, index, len(order), job_id)
                 self.stages[-1].update(state="SUCCEEDED", output=outputs[stage])
                 self._event((index + 1) / len(order), f"{stage}: done -> {outputs[stage]}")
         except StageFailed as exc:
@@ -90,20 +102,26 @@ class PipelineRunner:
                     spec.targets.append(evaluation_pb2.EvalTarget(
                         name=name, deployment=name, model_uri=self.definition.stages["serving"].model_uri))
 
-    async def _run_stage(self, stage: str, spec: Any, index: int, total: int) -> str:
+    async def _run_stage(self, stage: str, spec: Any, index: int, total: int, job_id: str = "") -> str:
+        """Run the stage's job (or follow job_id, already created) to its end; its output URI."""
         if stage == "serving":
             return await asyncio.to_thread(self._deploy, spec)
         noun, request_cls = _JOB_STAGES[stage]
         stub = client.stub(stage)
-        try:
-            job = await asyncio.to_thread(client.call, getattr(stub, f"Create{noun}"), request_cls(spec=spec))
-        except grpc.RpcError as exc:
-            raise StageFailed(f"{stage}: {exc.code().name}: {exc.details()}") from None
-        self.stages[-1]["job_id"] = job.id
-        self.current_job = (stage, job.id)
+        if not job_id:
+            try:
+                job = await asyncio.to_thread(client.call, getattr(stub, f"Create{noun}"), request_cls(spec=spec))
+            except grpc.RpcError as exc:
+                raise StageFailed(f"{stage}: {exc.code().name}: {exc.details()}") from None
+            job_id = job.id
+        self.stages[-1]["job_id"] = job_id
+        self.current_job = (stage, job_id)
         self._save()
         while True:
-            job = await asyncio.to_thread(client.call, getattr(stub, f"Get{noun}"), common_pb2.GetJobRequest(id=job.id))
+            try:
+                job = await asyncio.to_thread(client.call, getattr(stub, f"Get{noun}"), common_pb2.GetJobRequest(id=job_id))
+            except grpc.RpcError as exc:
+                raise StageFailed(f"{stage}: job {job_id}: {exc.code().name}: {exc.details()}") from None
             if job.status.state in (common_pb2.SUCCEEDED, common_pb2.FAILED, common_pb2.CANCELLED):
                 break
             self._save(fraction=(index + job.status.fraction) / total, message=f"{stage}: {job.status.message}")
@@ -116,7 +134,11 @@ class PipelineRunner:
     def _deploy(self, spec: serving_pb2.DeploymentSpec) -> str:
         stub = client.stub("serving")
         try:
-            client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
+            try:
+                client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS or spec.name not in self.recorded_names():
+                    raise
             for _ in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=spec.name)):
                 pass
             deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=spec.name))
@@ -125,6 +147,11 @@ class PipelineRunner:
         if deployment.state != serving_pb2.DEPLOYMENT_READY:
             raise StageFailed(f"serving: deployment {spec.name} {deployment.reason}")
         return deployment.artifact.uri
+
+    def recorded_names(self) -> set[str]:
+        """Deployments a resumed run had started: an existing one of those names is the run's own."""
+        serving = self.recorded.get("serving", {})
+        return {self.definition.stages["serving"].name} if serving.get("state") == "RUNNING" else set()
 
     def cancel_current(self) -> None:
         if self.current_job:

@@ -79,11 +79,22 @@ class PipelineRuns:
                 return
             await asyncio.sleep(0.3)
 
-    def fail_interrupted(self) -> None:
+    def resume_interrupted(self) -> list[str]:
+        """Resume every run that was in flight when the service stopped; their ids."""
+        resumed = []
         for record in self.store.unfinished(KIND):
-            reason = "the pipeline service restarted while this run was in flight; start it again"
-            self.store.update(record.id, state="FAILED", reason=reason, message=reason)
-            self.store.add_event(record.id, "FAILED", record.fraction, reason)
+            try:
+                definition = parse(record.spec.get("definition_yaml", ""))
+            except InvalidSpec as exc:
+                self.store.update(record.id, state="FAILED", reason=str(exc), message=str(exc))
+                self.store.add_event(record.id, "FAILED", record.fraction, str(exc))
+                continue
+            runner = PipelineRunner(self.store, record.id, definition, recorded=record.result.get("stages", []))
+            self.store.add_event(record.id, "RUNNING", record.fraction, "resumed after the pipeline service restarted")
+            self._runners[record.id] = runner
+            self._tasks[record.id] = asyncio.get_running_loop().create_task(self._run(runner))
+            resumed.append(record.id)
+        return resumed
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):
