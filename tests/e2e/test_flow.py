@@ -20,7 +20,7 @@ from slmops.cli import client
 from slmops.cli.main import main as cli_main
 from slmops.core import artifacts, tracing
 from slmops.demo import steps, task
-from slmops.models.tiny import build_model, count_parameters, train_tokenizer
+from slmops.testing.tiny import build_model, count_parameters, train_tokenizer
 
 pytestmark = pytest.mark.e2e
 

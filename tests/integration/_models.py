@@ -38,7 +38,7 @@ def tiny_checkpoint(factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Qwen2 checkpoint (hidden 64, ~300-token byte-level BPE), seed 0."""
 
     def build(out: Path) -> None:
-        from slmops.models import tiny
+        from slmops.testing import tiny
 
         tokenizer_dir = tiny.train_tokenizer(TEXTS, out.parent / f"{out.name}-tokenizer", 300)
         tiny.build_model(out, tokenizer_dir, architecture="qwen2", hidden_size=64,
@@ -51,7 +51,7 @@ def tiny_llama_checkpoint(factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama checkpoint with an untied LM head (hidden 64), seed 0, sharing the Qwen2 tokenizer texts."""
 
     def build(out: Path) -> None:
-        from slmops.models import tiny
+        from slmops.testing import tiny
 
         tokenizer_dir = tiny.train_tokenizer(TEXTS, out.parent / f"{out.name}-tokenizer", 300)
         tiny.build_model(out, tokenizer_dir, architecture="llama", hidden_size=64, num_hidden_layers=2,
@@ -119,7 +119,7 @@ def tiny_onnx_with_adapters(factory: pytest.TempPathFactory, precision: str = "f
     checkpoint, adapters = tiny_checkpoint(factory), tiny_adapters(factory)
 
     def build(out: Path) -> None:
-        from slmops.models.onnx_adapters import build_onnx_with_adapters
+        from slmops.conversion.onnx_adapters import build_onnx_with_adapters
 
         build_onnx_with_adapters(checkpoint, adapters, out, precision=precision)
 

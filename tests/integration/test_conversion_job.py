@@ -12,8 +12,8 @@ from slmops.conversion import job
 from slmops.conversion.olive_convert import ConversionError, convert
 from slmops.conversion.spec import from_proto
 from slmops.core import artifacts
-from slmops.models.tiny import count_parameters
 from slmops.predictor.engines import load_engine
+from slmops.testing.tiny import count_parameters
 from tests.integration._models import tiny_checkpoint
 
 pytestmark = pytest.mark.integration

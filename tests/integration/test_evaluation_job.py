@@ -43,7 +43,7 @@ def servers():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny teacher checkpoint, and a student 'onnx-model' artifact whose parent is its checkpoint."""
-    from slmops.models.tiny import build_model, train_tokenizer
+    from slmops.testing.tiny import build_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("models")
     tok = train_tokenizer(
@@ -61,7 +61,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_evaluation_job_reports_two_targets(servers, models, tmp_path, monkeypatch):
-    from slmops.models.tiny import count_parameters
+    from slmops.testing.tiny import count_parameters
 
     monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path / "data"))
     teacher, student = servers

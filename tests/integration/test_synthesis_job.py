@@ -146,8 +146,8 @@ def test_synthesis_job_stores_token_ids_with_the_teachers_tokenizer(ray_local, w
     """The teacher's tokenizer maps returned tokens to ids; a record it cannot map loses its ids."""
     from transformers import AutoTokenizer
 
-    from slmops.models.tiny import train_tokenizer
     from slmops.synthesis.job import run
+    from slmops.testing.tiny import train_tokenizer
 
     tokenizer = train_tokenizer([p["prompt"] + p["answer"] for p in PROMPTS], workdir / "tok", 260)
 

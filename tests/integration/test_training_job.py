@@ -6,7 +6,7 @@ import pytest
 
 from slmops.core import artifacts
 from slmops.demo import task
-from slmops.models.tiny import build_model, count_parameters, train_tokenizer
+from slmops.testing.tiny import build_model, count_parameters, train_tokenizer
 from slmops.training import job
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 
 from slmops.core import artifacts
 from slmops.demo import task
-from slmops.models.tiny import build_model, train_tokenizer
+from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training import engine, job
 
 pytestmark = pytest.mark.integration

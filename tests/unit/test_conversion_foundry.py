@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from slmops.conversion.foundry import foundry_package, prompt_template, size_report
+from slmops.core import chat_template
 from slmops.core.errors import AlreadyExists, InvalidSpec
-from slmops.predictor import chat_template
 from tests.integration._models import copy_with, tiny_checkpoint, tiny_onnx
 
 CHATML = (

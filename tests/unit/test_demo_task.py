@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from slmops.demo import task
-from slmops.models.tiny import count_parameters
+from slmops.testing.tiny import count_parameters
 
 
 def test_examples_are_correct_distinct_and_seeded():
@@ -62,7 +62,7 @@ def test_is_correct():
 def test_each_digit_is_one_token_and_student_is_small(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmops.models.tiny import build_model, train_tokenizer
+    from slmops.testing.tiny import build_model, train_tokenizer
     from slmops.training import model_init
     from slmops.training.spec import ModelInitConfig, parse_override
 

@@ -157,7 +157,7 @@ def _with_tokenizer(prompts, tokenizer: str, top_logprobs: int = 2):
 
 
 def test_the_endpoint_tokenizer_is_checked(prompts, tmp_path):
-    from slmops.models.tiny import train_tokenizer
+    from slmops.testing.tiny import train_tokenizer
 
     folder = train_tokenizer(["1+2=3", "4+5=9"], tmp_path / "tok", vocab_size=260)
     config = from_proto(_with_tokenizer(prompts, str(folder)))

@@ -131,7 +131,7 @@ def _echo(model: str, prompt: str) -> str:
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """A byte-level BPE tokenizer whose vocabulary has multi-byte UTF-8 tokens (é, été)."""
-    from slmops.models.tiny import train_tokenizer
+    from slmops.testing.tiny import train_tokenizer
 
     texts = [f"{a}+{b}={a + b}" for a in range(20) for b in range(20)] + ["café été né"] * 50
     return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok", vocab_size=300)
@@ -257,7 +257,7 @@ def tiny_model(tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmops.models.tiny import build_model, train_tokenizer
+    from slmops.testing.tiny import build_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
     tok_dir = train_tokenizer(

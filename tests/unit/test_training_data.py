@@ -7,7 +7,7 @@ import json
 import pytest
 
 from slmops.core.errors import InvalidSpec
-from slmops.models.tiny import train_tokenizer
+from slmops.testing.tiny import train_tokenizer
 from slmops.training import data
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slmops.core.errors import InvalidSpec
-from slmops.models.tiny import build_model, train_tokenizer
+from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training import job, model_init
 from slmops.training.spec import ModelInitConfig
 

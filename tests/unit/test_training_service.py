@@ -23,7 +23,7 @@ from slmops.core.jobstore import JobRecord, JobStore
 from slmops.core.ray_jobs import RayJobs, RayJobStatus
 from slmops.core.server import start_server
 from slmops.core.stage_jobs import StageJobs
-from slmops.models.tiny import build_model, train_tokenizer
+from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training.service import registration
 
 

@@ -15,7 +15,7 @@ import pytest
 from slmops.api.v1 import training_pb2 as pb
 from slmops.core import artifacts
 from slmops.core.errors import InvalidSpec
-from slmops.models.tiny import build_model, train_tokenizer
+from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training.recipes import registry
 from slmops.training.spec import TrainingConfig, from_proto, parse_memory, parse_override
 

@@ -55,7 +55,7 @@ def _folder_bytes(folder: Path) -> int:
 def built() -> dict[str, Any]:
     """The fp16/fp32 checkpoints and one converted folder per precision, with their sizes and times."""
     from slmops.conversion.olive_convert import convert
-    from slmops.models.tiny import build_model, count_parameters, train_tokenizer
+    from slmops.testing.tiny import build_model, count_parameters, train_tokenizer
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-convert-"))
     atexit.register(shutil.rmtree, work, True)

@@ -52,7 +52,7 @@ def _corpus() -> list[str]:
 def build_models(work: Path) -> tuple[Path, Path, int]:
     """(HF fp32 folder, ORT GenAI int4 folder, parameter count)."""
     from slmops.conversion.olive_convert import convert
-    from slmops.models.tiny import build_model, count_parameters, train_tokenizer
+    from slmops.testing.tiny import build_model, count_parameters, train_tokenizer
 
     tokenizer = train_tokenizer(_corpus(), work / "tokenizer", vocab_size=VOCAB_SIZE)
     hf_dir = build_model(work / "hf", tokenizer, seed=0, **SHAPE)

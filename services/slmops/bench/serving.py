@@ -90,7 +90,7 @@ class InProcess:
     def __init__(self, folder: Path):
         import onnxruntime_genai as og
 
-        from slmops.predictor.engines import usable_cores
+        from slmops.core.model_files import usable_cores
 
         self.og = og
         self.threads = usable_cores()

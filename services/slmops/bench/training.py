@@ -73,7 +73,7 @@ def build_inputs(work: Path, examples: int, shape: dict[str, Any]) -> tuple[str,
     """(base model URI, dataset URI): a random-weight Qwen2 model and a train-only dataset."""
     from slmops.core import artifacts
     from slmops.demo import task
-    from slmops.models.tiny import build_model, train_tokenizer
+    from slmops.testing.tiny import build_model, train_tokenizer
 
     tokenizer = train_tokenizer(task.tokenizer_corpus(), work / "tok", vocab_size=task.TOKENIZER_VOCAB_SIZE)
     base = build_model(work / "base", tokenizer, seed=0, **shape)
@@ -275,7 +275,7 @@ def build_qwen_05b(folder: Path) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from slmops.demo import task
-    from slmops.models.tiny import train_tokenizer
+    from slmops.testing.tiny import train_tokenizer
 
     train_tokenizer(task.tokenizer_corpus(), folder, vocab_size=task.TOKENIZER_VOCAB_SIZE)
     config = Qwen2Config(**QWEN_05B, bos_token_id=0, eos_token_id=0, pad_token_id=1, dtype="bfloat16")

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, NotFound
 
-# Architectures whose builder graph names LoRA branches as models/onnx_adapters expects.
+# Architectures whose builder graph names LoRA branches as conversion/onnx_adapters.py expects.
 ADAPTER_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 BASE_FILE = "base_model.json"  # beside an adapter the training service wrote
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

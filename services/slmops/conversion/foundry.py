@@ -45,8 +45,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from slmops.core import chat_template
 from slmops.core.errors import AlreadyExists, InvalidSpec
-from slmops.predictor import chat_template
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ are removed afterwards.
   at 8 bits (the builder has no int8 of its own).
 - fp32/fp16/bf16: the builder alone.
 - With LoRA adapters, the first adapter goes into the build (Olive's
-  `adapter_path`), its branches kept float, and `models/onnx_adapters` turns
+  `adapter_path`), its branches kept float, and `conversion/onnx_adapters` turns
   its weights into inputs that each `.onnx_adapter` file fills.
 """
 
@@ -396,7 +396,7 @@ def convert(
     options = _builder_options(chosen, execution_provider)
     plan = None
     if adapters:
-        from slmops.models import onnx_adapters
+        from slmops.conversion import onnx_adapters
 
         try:
             plan = onnx_adapters.plan(adapters, precision)
@@ -415,7 +415,7 @@ def convert(
         progress(PASS_SPAN[1], "collecting the ONNX Runtime GenAI folder")
         target.mkdir(parents=True, exist_ok=True)
         if plan is not None:
-            from slmops.models import onnx_adapters
+            from slmops.conversion import onnx_adapters
 
             try:
                 onnx_adapters.install(plan, built, target, skip=OLIVE_FILES)

@@ -56,8 +56,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from slmops.core.errors import InvalidSpec
+from slmops.core.model_files import usable_cores
 from slmops.core.progress import Progress, null_progress
-from slmops.predictor.engines import usable_cores
 
 # Short, varied prompts for when no dataset prompts are given: prose, facts,
 # arithmetic, code, dialogue, structured text and another language.
@@ -265,7 +265,7 @@ class _OnnxSide:
     def __init__(self, onnx_dir: Path, threads: int, adapter: str | None):
         import onnxruntime_genai as og
 
-        from slmops.predictor.ort_engine import find_adapters
+        from slmops.core.model_files import find_adapters
 
         self.og = og
         config = og.Config(str(onnx_dir))

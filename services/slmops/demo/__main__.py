@@ -23,7 +23,7 @@ from slmops.core import artifacts, settings, tracing
 from slmops.demo import steps, task
 from slmops.demo.report import count_trace_spans, write_demo_report
 from slmops.demo.steps import DemoFailed, say
-from slmops.models.tiny import build_model, count_parameters, train_tokenizer
+from slmops.testing.tiny import build_model, count_parameters, train_tokenizer
 
 
 def prepare_inputs(inputs: Path) -> dict[str, str]:

@@ -111,7 +111,7 @@ def scrape_memory(base_url: str, timeout_s: float = 5.0) -> tuple[int, str]:
 
 def _parameters(uri: str, depth: int = 3) -> int:
     """Parameters from a manifest's metrics, a safetensors folder, or (recursively) the parents."""
-    from slmops.models.tiny import count_parameters
+    from slmops.core.model_files import count_parameters
 
     try:
         manifest = artifacts.read_manifest(uri)

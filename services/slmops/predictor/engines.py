@@ -385,21 +385,3 @@ def load_engine(model_dir: str | Path, *, threads: int = 0, adapters: dict[str, 
         f"{str(model_dir)!r} holds neither genai_config.json (ONNX Runtime GenAI) "
         "nor config.json (Hugging Face checkpoint)",
     )
-
-
-def usable_cores() -> int:
-    """CPU cores this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's limit)."""
-    import math
-    import os
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return cores
-    if quota == "max":
-        return cores
-    return max(1, min(cores, math.ceil(int(quota) / int(period))))

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.core import chat_template
 from slmops.core.errors import InvalidSpec
-from slmops.predictor import chat_template
-from slmops.predictor.engines import DecodingEngine, Sampling, usable_cores
+from slmops.core.model_files import usable_cores
+from slmops.predictor.engines import DecodingEngine, Sampling
 
 
 def find_adapters(model_dir: Path) -> dict[str, Path]:
@@ -67,7 +68,7 @@ class TransformersEngine(DecodingEngine):
             self.model = _with_adapters(self.model, found)
         self.adapters = sorted(found)
         self.model.eval()
-        from slmops.models.vocab import token_bytes
+        from slmops.core.vocab import token_bytes
 
         added = {i: t.content for i, t in self.tokenizer.added_tokens_decoder.items()}
         try:

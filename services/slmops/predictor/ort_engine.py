@@ -16,16 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.core import chat_template
 from slmops.core.errors import InvalidSpec
-from slmops.models.vocab import table_from_tokenizer_json
-from slmops.predictor import chat_template
-from slmops.predictor.engines import DecodingEngine, Sampling, usable_cores
-
-
-def find_adapters(model_dir: Path) -> dict[str, Path]:
-    """{name: file} of the `.onnx_adapter` files in the folder or its `adapters/`."""
-    files = [*model_dir.glob("*.onnx_adapter"), *(model_dir / "adapters").glob("*.onnx_adapter")]
-    return {f.name.removesuffix(".onnx_adapter"): f for f in sorted(files)}
+from slmops.core.model_files import find_adapters, usable_cores
+from slmops.core.vocab import table_from_tokenizer_json
+from slmops.predictor.engines import DecodingEngine, Sampling
 
 
 class OrtGenaiEngine(DecodingEngine):

@@ -62,7 +62,7 @@ def model_parameters(model_dir: str | Path) -> int | None:
         if value:
             return int(value)
     if any(folder.glob("*.safetensors")):
-        from slmops.models.tiny import count_parameters
+        from slmops.core.model_files import count_parameters
 
         return count_parameters(folder)
     return None

@@ -5,7 +5,7 @@ and often as its UTF-8 `bytes`. Given the teacher's tokenizer, `TokenTable`
 maps those bytes back to the token's id, exactly, through a table built once
 from the vocabulary:
 
-- byte-level BPE vocabularies (GPT-2, Qwen, Llama 3, `slmops.models.tiny`):
+- byte-level BPE vocabularies (GPT-2, Qwen, Llama 3, `slmops.testing.tiny`):
   each character of a token string stands for one byte, through the GPT-2
   byte-to-unicode alphabet;
 - SentencePiece vocabularies: `▁` is a space and `<0xNN>` is the byte NN;
@@ -21,9 +21,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from slmops.core import artifacts
+from slmops.core import artifacts, vocab
 from slmops.core.errors import InvalidSpec
-from slmops.models import vocab
 
 _ID_TOKEN = re.compile(r"^token_id:(\d+)$")
 

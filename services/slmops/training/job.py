@@ -18,8 +18,8 @@ import fsspec
 
 from slmops.core import artifacts, tracing
 from slmops.core.errors import InvalidSpec, collect
+from slmops.core.model_files import count_parameters
 from slmops.core.progress import Progress
-from slmops.models.tiny import count_parameters
 from slmops.training import data, engine, model_init
 from slmops.training.recipes import registry
 from slmops.training.spec import TrainingConfig

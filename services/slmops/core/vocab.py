@@ -4,7 +4,7 @@ OpenAI-compatible log-probabilities carry each token's UTF-8 `bytes`; given
 the tokenizer, those bytes name the token id exactly. This module builds the
 id -> bytes table from a vocabulary:
 
-- byte-level BPE vocabularies (GPT-2, Qwen, Llama 3, `slmops.models.tiny`):
+- byte-level BPE vocabularies (GPT-2, Qwen, Llama 3, `slmops.testing.tiny`):
   each character of a token string stands for one byte, through the GPT-2
   byte-to-unicode alphabet;
 - SentencePiece vocabularies: `▁` is a space and `<0xNN>` is the byte NN;

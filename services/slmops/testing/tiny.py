@@ -12,6 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from slmops.core.model_files import count_parameters
+
+__all__ = ["build_model", "count_parameters", "train_tokenizer"]
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
 ARCHITECTURES = ("qwen2", "llama")
 
@@ -105,26 +109,3 @@ def build_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-def count_parameters(model_dir: str | Path) -> int:
-    """Number of parameters of a Hugging Face checkpoint, read from its safetensors headers."""
-    import json
-    import struct
-
-    total = 0
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors files in {model_dir}")
-    for path in files:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for dim in info["shape"]:
-                count *= dim
-            total += count
-    return total
