@@ -1,7 +1,8 @@
 """Static checks of everything the platform deploys with (no cluster, no Docker engine).
 
 - `helm lint --strict` and `helm template` of charts/slmops, with the default
-  values and with charts/slmops/ci/all-on-values.yaml;
+  values, with charts/slmops/ci/all-on-values.yaml and with
+  charts/slmops/ci/mtls-values.yaml;
 - every rendered manifest against the Kubernetes JSON schemas of
   kubernetes-validate (strict: unknown fields fail); the CRD kinds it has no
   schema for (RayCluster, InferenceService, (Cluster)ServingRuntime) get a
@@ -32,6 +33,7 @@ import install_helm
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "slmops"
 ALL_ON_VALUES = CHART / "ci" / "all-on-values.yaml"
+MTLS_VALUES = CHART / "ci" / "mtls-values.yaml"
 K8S = ROOT / "k8s"
 DOCKER = ROOT / "docker"
 HADOLINT_CONFIG = DOCKER / "hadolint.yaml"
@@ -299,6 +301,7 @@ def run_all() -> list[CheckResult]:
     results = [
         _render_check("chart (default values)", []),
         _render_check("chart (all-on values)", [ALL_ON_VALUES]),
+        _render_check("chart (mutual TLS values)", [MTLS_VALUES]),
     ]
     for path in kustomize_dirs():
         result = CheckResult(f"kustomize {path.relative_to(ROOT)}")

@@ -286,7 +286,12 @@ def test_images_are_pinned_by_tag(default_docs, all_on_docs, kustomized):
 
 def test_optional_parts_are_off_by_default(default_docs):
     kinds = {d["kind"] for d in default_docs}
-    assert not kinds & {"StatefulSet", "NetworkPolicy", "Secret", "PodDisruptionBudget"}
+    assert not kinds & {"StatefulSet", "PodDisruptionBudget"}
+    # On by default (tests/unit/test_charts_auth.py): the gRPC and Ray tokens, NetworkPolicies.
+    assert {d["metadata"]["name"] for d in find(default_docs, "Secret")} == {
+        "slmops-grpc-auth",
+        "slmops-ray-auth",
+    }
     ray = one(default_docs, "RayCluster", "slmops-ray")
     assert "enableInTreeAutoscaling" not in ray["spec"]
     assert ray["spec"]["rayVersion"] == "2.60.0"
@@ -310,7 +315,7 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     assert pipeline["containers"][0]["envFrom"] == [
         {"secretRef": {"name": "slmops-artifact-store"}}
     ]
-    assert {v["name"] for v in pipeline["volumes"]} == {"tmp", "data", "artifacts"}
+    assert {v["name"] for v in pipeline["volumes"]} == {"tmp", "data", "artifacts", "grpc-auth"}
     # Ray: autoscaler (head keeps its service account token), a GPU group on the CUDA image.
     ray = one(all_on_docs, "RayCluster", "slmops-ray")["spec"]
     assert ray["enableInTreeAutoscaling"] is True
@@ -363,13 +368,19 @@ def test_notes_warn_when_there_is_no_database_or_artifact_store(helm):
 
 def test_an_external_ray_cluster_replaces_the_raycluster(helm):
     docs = check.helm_template(
-        set_values=["ray.create=false", "ray.address=http://ray.example:8265"]
+        set_values=[
+            "ray.create=false",
+            "ray.address=http://ray.example:8265",
+            "ray.auth.existingSecret=ray-example-token",  # that cluster's token
+        ]
     )
     assert not find(docs, "RayCluster")
     env = container_env(
         one(docs, "Deployment", "slmops-training")["spec"]["template"]["spec"]["containers"][0]
     )
     assert env["RAY_ADDRESS"] == "http://ray.example:8265"
+    assert env["RAY_AUTH_TOKEN"]["secretKeyRef"]["name"] == "ray-example-token"
+    assert "slmops-ray-auth" not in {d["metadata"]["name"] for d in find(docs, "Secret")}
 
 
 @pytest.mark.parametrize(

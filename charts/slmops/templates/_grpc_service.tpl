@@ -110,6 +110,9 @@ spec:
             {{- . | trim | nindent 12 }}
             {{- end }}
             {{- include "slmops.sharedEnv" $root | nindent 12 }}
+            {{- with include "slmops.grpcAuthEnv" $root }}
+            {{- . | trim | nindent 12 }}
+            {{- end }}
             {{- range $key, $value := $svc.env }}
             - name: {{ $key }}
               value: {{ $value | quote }}
@@ -117,21 +120,17 @@ spec:
           {{- with include "slmops.artifactEnvFrom" $root }}
           {{- . | trim | nindent 10 }}
           {{- end }}
+          {{- $probe := dict "root" $root "service" $name "port" $svc.port }}
           startupProbe:
-            grpc:
-              port: {{ $svc.port }}
+            {{- include "slmops.grpcProbe" (merge (dict "timeout" 0) $probe) | nindent 12 }}
             periodSeconds: 5
             failureThreshold: {{ div $defaults.startupTimeoutSeconds 5 }}
           readinessProbe:
-            grpc:
-              port: {{ $svc.port }}
+            {{- include "slmops.grpcProbe" (merge (dict "timeout" 2) $probe) | nindent 12 }}
             periodSeconds: 10
-            timeoutSeconds: 2
           livenessProbe:
-            grpc:
-              port: {{ $svc.port }}
+            {{- include "slmops.grpcProbe" (merge (dict "timeout" 5) $probe) | nindent 12 }}
             periodSeconds: 20
-            timeoutSeconds: 5
             failureThreshold: 3
           resources:
             {{- toYaml ($svc.resources | default $defaults.resources) | nindent 12 }}
@@ -145,6 +144,9 @@ spec:
             {{- if $root.Values.artifacts.sharedClaim }}
             - name: artifacts
               mountPath: {{ $root.Values.artifacts.sharedMountPath }}
+            {{- end }}
+            {{- with include "slmops.grpcAuthVolumeMounts" $root }}
+            {{- . | trim | nindent 12 }}
             {{- end }}
       volumes:
         - name: tmp
@@ -161,6 +163,9 @@ spec:
         - name: artifacts
           persistentVolumeClaim:
             claimName: {{ $root.Values.artifacts.sharedClaim }}
+        {{- end }}
+        {{- with include "slmops.grpcAuthVolumes" $root }}
+        {{- . | trim | nindent 8 }}
         {{- end }}
       {{- with $defaults.nodeSelector }}
       nodeSelector:

@@ -143,6 +143,12 @@ Addresses the pods reach each other by.
 {{- if and .Values.ray.create .Values.ray.address }}
 {{- fail "ray.address is set while ray.create is true: set ray.create=false to use an existing Ray cluster" }}
 {{- end }}
+{{- if and (not .Values.ray.create) .Values.ray.address .Values.ray.auth.enabled (not .Values.ray.auth.existingSecret) }}
+{{- fail "ray.auth.enabled with an existing Ray cluster needs ray.auth.existingSecret (a Secret with that cluster's token under key `token`), or ray.auth.enabled=false for a cluster without token auth" }}
+{{- end }}
+{{- if and .Values.grpcAuth.tls.requireClientCert (not .Values.grpcAuth.tls.existingSecret) }}
+{{- fail "grpcAuth.tls.requireClientCert needs grpcAuth.tls.existingSecret: a kubernetes.io/tls Secret whose ca.crt signs the client certificates" }}
+{{- end }}
 {{- if not (has .Values.serving.backend (list "kserve" "local")) }}
 {{- fail (printf "serving.backend must be kserve or local, not %q" .Values.serving.backend) }}
 {{- end }}
