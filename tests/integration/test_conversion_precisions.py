@@ -74,6 +74,8 @@ def test_smaller_precisions_are_smaller_and_int4_quantizes_the_embedding(convert
     assert "model.embed_tokens.weight" not in floats
     options = converted[arch, "int4"][2]["options"]
     assert options["int4_block_size"] in ("64", "32", "16")
+    int8 = onnx.load(str(converted[arch, "int8"][1] / "model.onnx"), load_external_data=False).graph
+    assert "GatherBlockQuantized" in {node.op_type for node in int8.node}  # int8's embedding is 8-bit too
     if arch == "qwen2":  # tied: one quantized matrix serves the lookup and the LM head
         assert options["shared_embeddings"] == "true"
         assert "lm_head.MatMul.weight_Q4" not in {init.name for init in graph.initializer}

@@ -133,8 +133,18 @@ def int4_candidates(config: Mapping[str, Any], pinned: Mapping[str, str] | None 
 
 
 def default_options(config: Mapping[str, Any], precision: str) -> dict[str, str]:
-    """The builder options `convert` starts from: for int4, the smallest candidate (`int4_candidates`)."""
-    return int4_candidates(config)[0] if precision == "int4" else {}
+    """The builder options `convert` starts from.
+
+    int4: the smallest candidate (`int4_candidates`). int8: the fp32 graph
+    with the embedding and the LM head as separate initializers, so the 8-bit
+    pass quantizes both (a shared one feeds the LM head through a Transpose,
+    which the pass skips: the model would stay larger than fp16).
+    """
+    if precision == "int4":
+        return int4_candidates(config)[0]
+    if precision == "int8":
+        return {"shared_embeddings": "false"}
+    return {}
 
 
 def workflow_config(
