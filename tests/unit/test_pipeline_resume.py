@@ -77,7 +77,7 @@ async def until(predicate, timeout: float = 5.0) -> None:
 
 async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(tmp_path, stages):
     db = f"sqlite:///{tmp_path}/pipeline.db"
-    first = PipelineRuns(JobStore(db))
+    first = PipelineRuns(JobStore(db), poll_s=0.02)
     run = await first.create({"definition_yaml": DEFINITION})
     await until(lambda: stages["synthesis"].created)
     synth = stages["synthesis"].created[0]
@@ -87,8 +87,9 @@ async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(
     await first.close()  # the service stops with training in flight
     await asyncio.sleep(0.05)
 
-    second = PipelineRuns(JobStore(db))
-    assert second.resume_interrupted() == [run.id]
+    second = PipelineRuns(JobStore(db), poll_s=0.02)
+    second.resume()
+    await until(lambda: second.store.get(run.id).owner == second.owner)
     stages["training"].states[training_job] = common_pb2.SUCCEEDED
     await until(lambda: stages["conversion"].created)
     stages["conversion"].states[stages["conversion"].created[0]] = common_pb2.SUCCEEDED

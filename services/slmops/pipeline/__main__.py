@@ -15,8 +15,8 @@ async def start_pipeline_service(
     host: str = "127.0.0.1", port: int = 0, database_url: str | None = None
 ) -> tuple[RunningServer, PipelineRuns]:
     runs = PipelineRuns(JobStore(settings.database_url("pipeline", database_url)))
-    runs.resume_interrupted()
     running = await start_server("pipeline", [registration(runs)], host=host, port=port, on_stop=[runs.close])
+    runs.resume()  # runs in flight when the service stopped are resumed
     return running, runs
 
 

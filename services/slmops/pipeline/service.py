@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format
 
 from slmops.api.v1 import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from slmops.core import tracing
-from slmops.core.errors import Conflict, InvalidSpec
+from slmops.core.errors import InvalidSpec
 from slmops.core.job_servicer import (
     event_proto,
     message_to_dict,
@@ -19,7 +18,8 @@ from slmops.core.job_servicer import (
     state_name,
     status_proto,
 )
-from slmops.core.jobstore import Event, JobRecord, JobStore
+from slmops.core.jobstore import JobRecord, JobStore
+from slmops.core.lifecycle import Lifecycle, Update
 from slmops.core.server import Registration
 from slmops.pipeline.definition import parse
 from slmops.pipeline.runner import PipelineRunner
@@ -28,77 +28,81 @@ SERVICE_NAME = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_
 KIND = "pipeline"
 
 
-class PipelineRuns:
-    """Records and tasks of pipeline runs (no gRPC here)."""
+class PipelineEngine:
+    """The lifecycle's engine for pipeline runs: a PipelineRunner task in this process per run.
+
+    A run's work lives in the process that follows it, so after a restart (or
+    on the replica that takes a dead one's run over) there is nothing to find:
+    submitting again resumes the run from the stages its record holds.
+    """
 
     def __init__(self, store: JobStore):
         self.store = store
-        self._runners: dict[str, PipelineRunner] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.runners: dict[str, PipelineRunner] = {}
+
+    async def find(self, record: JobRecord) -> str:
+        return ""
+
+    async def attached(self, record: JobRecord) -> bool:
+        task = self.tasks.get(record.id)
+        return task is not None and not task.done()
+
+    async def submit(self, record: JobRecord) -> str:
+        definition = parse(record.spec.get("definition_yaml", ""))
+        recorded = record.result.get("stages", [])
+        runner = PipelineRunner(self.store, record.id, definition, recorded=recorded)
+        if recorded:
+            await asyncio.to_thread(self.store.add_event, record.id, "RUNNING", record.fraction,
+                                    "resumed after the pipeline service restarted")  # fmt: skip
+        self.runners[record.id] = runner
+        self.tasks[record.id] = asyncio.get_running_loop().create_task(runner.run())
+        return f"in-process:{record.id}"
+
+    async def poll(self, record: JobRecord) -> Update:
+        task = self.tasks.get(record.id)
+        if task is None or not task.done():
+            return Update(state="RUNNING" if task is not None else "")
+        self.tasks.pop(record.id, None)
+        self.runners.pop(record.id, None)
+        if task.cancelled():
+            return Update(state="STOPPED", reason="the run was stopped")
+        error = task.exception()
+        reason = f"internal error: {type(error).__name__}: {error}" if error else "the run ended without a verdict"
+        return Update(state="FAILED", reason=reason)  # a runner that finished has written its own state
+
+    async def stop(self, record: JobRecord) -> bool:
+        runner, task = self.runners.pop(record.id, None), self.tasks.pop(record.id, None)
+        if task is not None:
+            task.cancel()
+        if runner is not None:
+            await asyncio.to_thread(runner.cancel_current)
+        return True
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+
+
+class PipelineRuns(Lifecycle):
+    """Pipeline runs on the shared lifecycle (no gRPC here)."""
+
+    def __init__(self, store: JobStore, **options: Any):
+        super().__init__(KIND, store, PipelineEngine(store), **{"poll_s": 0.5, **options})
 
     async def create(self, spec: dict[str, Any]) -> JobRecord:
         definition = parse(spec.get("definition_yaml", ""))
         run_id = f"pipe-{uuid.uuid4().hex[:12]}"
         record = JobRecord(id=run_id, kind=KIND, spec=spec, labels=dict(spec.get("labels", {})),
-                           trace_id=tracing.current_trace_id(), message="queued")
-        self.store.create(record)
-        self.store.add_event(run_id, "PENDING", 0.0, f"stages: {', '.join(definition.order())}")
-        runner = PipelineRunner(self.store, run_id, definition)
-        self._runners[run_id] = runner
-        self._tasks[run_id] = asyncio.get_running_loop().create_task(self._run(runner))
-        return self.store.get(run_id)
-
-    async def _run(self, runner: PipelineRunner) -> None:
-        try:
-            await runner.run()
-        finally:
-            self._tasks.pop(runner.run_id, None)
-            self._runners.pop(runner.run_id, None)
-
-    async def cancel(self, run_id: str) -> JobRecord:
-        record = self.store.get(run_id, KIND)
-        if record.finished:
-            raise Conflict(f"pipeline run {run_id} already finished ({record.state}); nothing to cancel")
-        runner = self._runners.get(run_id)
-        task = self._tasks.pop(run_id, None)
-        if task:
-            task.cancel()
-        if runner:
-            await asyncio.to_thread(runner.cancel_current)
-        self.store.update(run_id, state="CANCELLED", reason="cancelled by request", message="cancelled")
-        self.store.add_event(run_id, "CANCELLED", record.fraction, "cancelled by request")
-        return self.store.get(run_id)
-
-    async def watch(self, run_id: str, after: int) -> AsyncIterator[Event]:
-        self.store.get(run_id, KIND)
-        while True:
-            for event in self.store.events(run_id, after):
-                after = event.sequence
-                yield event
-            if self.store.get(run_id).finished and not self.store.events(run_id, after):
-                return
-            await asyncio.sleep(0.3)
-
-    def resume_interrupted(self) -> list[str]:
-        """Resume every run that was in flight when the service stopped; their ids."""
-        resumed = []
-        for record in self.store.unfinished(KIND):
-            try:
-                definition = parse(record.spec.get("definition_yaml", ""))
-            except InvalidSpec as exc:
-                self.store.update(record.id, state="FAILED", reason=str(exc), message=str(exc))
-                self.store.add_event(record.id, "FAILED", record.fraction, str(exc))
-                continue
-            runner = PipelineRunner(self.store, record.id, definition, recorded=record.result.get("stages", []))
-            self.store.add_event(record.id, "RUNNING", record.fraction, "resumed after the pipeline service restarted")
-            self._runners[record.id] = runner
-            self._tasks[record.id] = asyncio.get_running_loop().create_task(self._run(runner))
-            resumed.append(record.id)
-        return resumed
+                           trace_id=tracing.current_trace_id(), message="queued")  # fmt: skip
+        await self.record(record, f"stages: {', '.join(definition.order())}")
+        return await asyncio.to_thread(self.store.get, run_id)
 
     async def close(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
+        await super().close()
+        await self.engine.close()
 
 
 def run_proto(record: JobRecord) -> pipeline_pb2.PipelineRun:
