@@ -114,7 +114,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
 def test_model_folder_must_exist_and_be_a_checkpoint(tmp_path, checkpoint):
     missing = _problems(conversion_pb2.ConversionSpec(model_uri=str(tmp_path / "absent")))
     assert "is not a folder" in missing["spec.model_uri"]
-    not_hf = _problems(conversion_pb2.ConversionSpec(model_uri=str(tmp_path)))
+    (tmp_path / "plain").mkdir()
+    not_hf = _problems(conversion_pb2.ConversionSpec(model_uri=str(tmp_path / "plain")))
     assert "no config.json" in not_hf["spec.model_uri"]
     same = _problems(
         conversion_pb2.ConversionSpec(model_uri=str(checkpoint), output_uri=str(checkpoint))

@@ -104,12 +104,12 @@ def test_connection_errors_are_retried_then_reported():
 
 
 def test_api_key_comes_from_the_named_variable(standin, monkeypatch):
-    monkeypatch.setenv("TEACHER_KEY_FOR_TEST", "secret-value")
-    _teacher(standin, api_key_env="TEACHER_KEY_FOR_TEST").generate(["1+1="])
+    monkeypatch.setenv("TEST_TEACHER_API_KEY", "secret-value")
+    _teacher(standin, api_key_env="TEST_TEACHER_API_KEY").generate(["1+1="])
     assert standin.requests[-1]["authorization"] == "Bearer secret-value"
-    monkeypatch.delenv("TEACHER_KEY_FOR_TEST")
-    with pytest.raises(Unavailable, match="TEACHER_KEY_FOR_TEST"):
-        resolve_api_key("TEACHER_KEY_FOR_TEST")
+    monkeypatch.delenv("TEST_TEACHER_API_KEY")
+    with pytest.raises(Unavailable, match="TEST_TEACHER_API_KEY"):
+        resolve_api_key("TEST_TEACHER_API_KEY")
     assert resolve_api_key("") == "none"
 
 

@@ -55,8 +55,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{name:<11} {addr:<{width}}  {health}")
     if args.settings:
         print()
+        from slmops.core.secret_refs import redact
+
         for env, value, help_text in settings.describe():
-            print(f"{env}={value!s:<30} # {help_text}")
+            print(f"{env}={redact(str(value)):<30} # {help_text}")
     return 0 if all(r[2] == "SERVING" for r in rows) else 1
 
 

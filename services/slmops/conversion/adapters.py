@@ -238,13 +238,15 @@ def resolve(
         if not uri:
             problems.append((field, "is empty"))
             continue
-        if "://" in uri and not uri.startswith("file://"):
-            problems.append((field, "adapters are read from the local artifact store (file:// or a path)"))
-            continue
         try:
             uri = artifacts.confine(uri, settings.allowed_roots(), field)
+            if uri.startswith("file://"):
+                artifacts.open_input(uri, field, verify=False)
         except InvalidSpec as exc:
             problems.extend(exc.problems)
+            continue
+        if not uri.startswith("file://"):
+            problems.append((field, "adapters are read from the local artifact store (file:// or a path)"))
             continue
         for adapter in _adapters_in(uri, name, field, problems):
             if adapter.name in seen:

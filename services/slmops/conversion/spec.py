@@ -171,10 +171,11 @@ def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, st
     if not uri:
         problems.append(("spec.model_uri", "is required: a checkpoint artifact or model folder"))
         return ""
-    if "://" in uri and not uri.startswith("file://"):
-        return uri  # remote: read by the job through fsspec
     try:
         uri = artifacts.confine(uri, settings.allowed_roots(), "spec.model_uri")
+        if not uri.startswith("file://"):
+            return uri  # remote: read by the job through fsspec
+        artifacts.open_input(uri, "spec.model_uri", verify=False)
     except InvalidSpec as exc:
         problems.extend(exc.problems)
         return uri

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from slmops.core import settings
+from slmops.core import secret_refs, settings
 from slmops.core.jobstore import JobStore
 from slmops.core.ray_jobs import RayJobs
 from slmops.core.server import Registration, RunningServer, serve_forever, start_server
@@ -51,6 +51,7 @@ def run_service(
     """Parse the common flags, start the service, print its READY line, serve until SIGTERM."""
     args = parse_args(service, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    secret_refs.redact_logs()  # a database URL's password never reaches the log
 
     async def run() -> None:
         running = await start(args)

@@ -23,6 +23,8 @@ VARS: dict[str, Var] = {
     "data_dir": Var("SLMOPS_DATA_DIR", "~/.slmops", "Root of all local state: job databases, artifacts, logs, traces."),
     "artifact_root": Var("SLMOPS_ARTIFACT_ROOT", "", "Where new artifacts are written (fsspec URI); empty means <data_dir>/artifacts."),
     "allowed_roots": Var("SLMOPS_ALLOWED_ROOTS", "", "Extra local folders (os.pathsep-separated) that requests may read models and datasets from."),
+    "allowed_schemes": Var("SLMOPS_ALLOWED_SCHEMES", "file,s3,gs,gcs,az,abfs,abfss", "URI schemes (comma-separated) requests may name; file covers plain paths. local:// and chained URLs (a::b) are always refused."),
+    "allowed_secret_env": Var("SLMOPS_ALLOWED_SECRET_ENV", "*_API_KEY", "fnmatch patterns (comma-separated) of the environment variables a request may name as a secret (api_key_env)."),
     "database_url": Var("SLMOPS_DATABASE_URL", "", "SQLAlchemy URL of the job store; empty means a SQLite file per service under <data_dir>/db."),
     "ray_address": Var("RAY_ADDRESS", "", "Ray cluster for jobs: http://host:8265 (Jobs API); empty means the local head at http://127.0.0.1:8265."),
     "ray_auth_mode": Var("RAY_AUTH_MODE", "", "Ray's token authentication (token or disabled); `slmops up` sets token."),

@@ -78,8 +78,11 @@ class StageJobs:
     # -- commands ---------------------------------------------------------
 
     def output_uri_for(self, job_id: str, requested: str) -> str:
+        """Where the job writes: the requested location (confined, new or empty) or a new folder."""
         if requested:
-            return artifacts.confine(requested, settings.allowed_roots(), "spec.output_uri")
+            uri = artifacts.confine(requested, settings.allowed_roots(), "spec.output_uri")
+            artifacts.check_new_output(uri, "spec.output_uri")
+            return uri
         root = settings.artifact_root().rstrip("/")
         return f"{root}/{OUTPUT_KIND[self.stage]}s/{job_id}"
 
@@ -93,7 +96,7 @@ class StageJobs:
             spec=spec,
             config=config,
             labels=dict(labels),
-            output_uri=self.output_uri_for(job_id, output_uri),
+            output_uri=await asyncio.to_thread(self.output_uri_for, job_id, output_uri),
             trace_id=tracing.current_trace_id(),
             traceparent=tracing.current_traceparent(),
             message="queued",

@@ -34,6 +34,14 @@ def candidate_name(cfg: EvaluationConfig) -> str:
     return next((t.name for t in cfg.targets if t.name != cfg.reference), cfg.targets[0].name)
 
 
+def _check_inputs(cfg: EvaluationConfig) -> None:
+    """The dataset and the targets' models: sealed artifacts must match their hashes."""
+    artifacts.open_input(cfg.dataset_uri, "spec.dataset_uri")
+    for index, target in enumerate(cfg.targets):
+        if target.model_uri:
+            artifacts.open_input(target.model_uri, f"spec.targets[{index}].model_uri")
+
+
 def report_parents(cfg: EvaluationConfig) -> list[str]:
     """The targets' model URIs (the candidate's first), then the dataset."""
     first = candidate_name(cfg)
@@ -66,6 +74,7 @@ def run(
     output_uri = artifacts.to_uri(output_uri)
 
     progress(0.0, "reading the dataset")
+    _check_inputs(cfg)
     examples = load_examples(cfg.dataset_uri, cfg.max_prompts)
     measurements = []
     n = len(cfg.targets)
@@ -89,14 +98,15 @@ def run(
     set_retention(results, cfg.reference)
     verdict = judge(cfg.gate, results)
     progress(0.92, "writing the report")
-    write_report(
-        output_uri,
-        results,
-        verdict,
-        reference=cfg.reference,
-        metric=cfg.metric,
-        dataset_uri=cfg.dataset_uri,
-    )
+    with artifacts.staged(output_uri) as staging:
+        write_report(
+            staging,
+            results,
+            verdict,
+            reference=cfg.reference,
+            metric=cfg.metric,
+            dataset_uri=cfg.dataset_uri,
+        )
     metrics = flat_metrics(results, verdict.evaluated, verdict.passed)
     artifacts.finalize(
         output_uri,

@@ -32,6 +32,9 @@ SERVABLE_KINDS = ("onnx-model", "checkpoint")
 def resolve_model_dir(uri: str, field: str = "spec.model_uri") -> tuple[str, str]:
     """(confined URI, local model folder) for an artifact or a plain model folder."""
     full = artifacts.confine(uri, settings.allowed_roots(), field)
+    if not full.startswith("file://"):
+        raise InvalidSpec(field, f"{uri!r}: the local backend serves models from this machine's filesystem")
+    artifacts.open_input(full, field, verify=False)  # hashes are checked before the predictor starts
     path = artifacts.local_path(full)
     if not path.is_dir():
         raise InvalidSpec(field, f"{uri!r} is not a folder")
@@ -152,11 +155,12 @@ class Deployments:
         config = record.config
         port = int(record.result.get("port") or config["port"] or 0)
         try:
+            await asyncio.to_thread(artifacts.open_input, config["model_uri"], "spec.model_uri")
             predictor = await asyncio.to_thread(
                 local_backend.start_predictor, name, config["model_dir"], self.logs_dir,
                 host=self.host, port=port, traceparent=record.traceparent,
             )
-        except Unavailable as exc:
+        except (Unavailable, InvalidSpec) as exc:
             self.store.update(name, state="FAILED", reason=str(exc), message="predictor failed to start")
             self.store.add_event(name, "FAILED", 0.0, str(exc))
             return

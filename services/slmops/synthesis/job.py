@@ -122,6 +122,18 @@ def _answer_all(
     return results  # type: ignore[return-value]
 
 
+def _check_inputs(cfg: SynthesisConfig) -> None:
+    """The prompts, tokenizer and local teacher the job reads: sealed artifacts must match their hashes."""
+    inputs = {"spec.prompts_uri": cfg.prompts_uri}
+    if isinstance(cfg.teacher, EndpointTeacherConfig):
+        inputs["spec.teacher.endpoint.tokenizer"] = cfg.teacher.tokenizer
+    else:
+        inputs["spec.teacher.local.model"] = cfg.teacher.model
+    for field, uri in inputs.items():
+        if "://" in uri:  # not a hub id
+            artifacts.open_input(uri, field)
+
+
 def run(
     config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = ""
 ) -> dict[str, Any]:
@@ -135,6 +147,7 @@ def run(
     )
     if isinstance(cfg.teacher, EndpointTeacherConfig):
         resolve_api_key(cfg.teacher.api_key_env)  # a missing key fails before any work
+    _check_inputs(cfg)
     if maps_ids:
         load_token_table(cfg.teacher.tokenizer)  # so does a tokenizer that cannot be loaded
 
@@ -164,20 +177,21 @@ def run(
         teacher_info["base_url"] = cfg.teacher.base_url
         if cfg.teacher.tokenizer:
             teacher_info["tokenizer"] = cfg.teacher.tokenizer
-    stats = write_dataset(
-        output_uri,
-        records,
-        validation_fraction=cfg.validation_fraction,
-        seed=cfg.seed,
-        extra_stats={
-            "num_prompts": len(prompts),
-            "failed": len(failures),
-            "failures": [{"line": line, "error": error} for line, error in failures[:20]],
-            "teacher": teacher_info,
-            "teacher_seconds": teacher_seconds,
-            **({"unmapped_logprob_records": unmapped} if maps_ids else {}),
-        },
-    )
+    with artifacts.staged(output_uri) as staging:
+        stats = write_dataset(
+            staging,
+            records,
+            validation_fraction=cfg.validation_fraction,
+            seed=cfg.seed,
+            extra_stats={
+                "num_prompts": len(prompts),
+                "failed": len(failures),
+                "failures": [{"line": line, "error": error} for line, error in failures[:20]],
+                "teacher": teacher_info,
+                "teacher_seconds": teacher_seconds,
+                **({"unmapped_logprob_records": unmapped} if maps_ids else {}),
+            },
+        )
     metrics = {
         "num_prompts": float(len(prompts)),
         "num_train": float(stats["num_train"]),

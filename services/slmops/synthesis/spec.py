@@ -109,8 +109,10 @@ def _tokenizer(value: str, field: str, problems: Problems) -> str:
     """A local tokenizer folder is confined and loaded now; a hub id is loaded by the job."""
     if not value:
         return ""
-    if value.startswith(("file://", "/", ".", "~")) or os.path.exists(value):
+    if "://" in value or value.startswith(("/", ".", "~")) or os.path.exists(value):
         uri = check_local_uri(value, field, problems, want="dir")
+        if "://" in uri and not uri.startswith("file://") and not any(p[0] == field for p in problems):
+            problems.append((field, f"{value!r}: a tokenizer is a local folder or a hub id like org/name"))
         if uri.startswith("file://") and artifacts.local_path(uri).is_dir():
             from slmops.synthesis.token_table import load_token_table
 
@@ -119,7 +121,7 @@ def _tokenizer(value: str, field: str, problems: Problems) -> str:
             except InvalidSpec as exc:
                 problems.extend(exc.problems)
         return uri
-    if "://" in value or not _HUB_ID.match(value):
+    if not _HUB_ID.match(value):
         problems.append(
             (field, f"{value!r} is neither a local tokenizer folder nor a hub id like org/name")
         )
@@ -131,7 +133,7 @@ def _local(msg: synthesis_pb2.LocalTeacher, problems: Problems) -> LocalTeacherC
     model = msg.model.strip()
     if not model:
         problems.append((f"{field}.model", "is required (a model folder or a hub id)"))
-    elif model.startswith(("file://", "/", ".", "~")) or os.path.exists(model):
+    elif "://" in model or model.startswith(("/", ".", "~")) or os.path.exists(model):
         model = check_local_uri(model, f"{field}.model", problems, want="dir")
         folder = artifacts.local_path(model) if model.startswith("file://") else None
         if folder and folder.is_dir() and not (folder / "config.json").exists():
@@ -141,7 +143,7 @@ def _local(msg: synthesis_pb2.LocalTeacher, problems: Problems) -> LocalTeacherC
                     f"{msg.model!r} is not a Hugging Face model folder (no config.json)",
                 )
             )
-    elif "://" not in model and not _HUB_ID.match(model):
+    elif not _HUB_ID.match(model):
         problems.append(
             (f"{field}.model", f"{model!r} is neither a model folder nor a hub id like org/name")
         )

@@ -6,19 +6,17 @@ Each check appends (proto field path, problem) pairs to a list, so a spec's
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field
 
 from slmops.api.v1 import common_pb2
-from slmops.core import artifacts, settings
+from slmops.core import artifacts, secret_refs, settings
 from slmops.core.errors import InvalidSpec
 from slmops.core.quantities import check_memory
 
 Problems = list[tuple[str, str]]
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEY_PREFIXES = (
     "sk-",
     "sk_",
@@ -54,7 +52,8 @@ def looks_like_key(value: str) -> bool:
 
 
 def check_api_key_env(value: str, field: str, problems: Problems) -> None:
-    """api_key_env must be the NAME of an environment variable; never echo a secret back."""
+    """api_key_env must be the NAME of an environment variable the operator allowed
+    (core/secret_refs); never echo a secret back."""
     if not value:
         return
     if looks_like_key(value):
@@ -67,15 +66,17 @@ def check_api_key_env(value: str, field: str, problems: Problems) -> None:
                 ),
             )
         )
-    elif not _ENV_NAME.match(value):
-        problems.append(
-            (field, "must be an environment variable name (letters, digits, underscore)")
-        )
+    elif problem := secret_refs.env_name_problem(value):
+        problems.append((field, problem))
 
 
 def check_http_url(value: str, field: str, problems: Problems) -> None:
+    """An http(s) URL without credentials in it."""
     if not value:
         problems.append((field, "is required"))
+        return
+    if problem := secret_refs.url_credentials_problem(value):
+        problems.append((field, problem))  # the URL itself is not echoed: it holds a secret
         return
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -113,7 +114,8 @@ def sampling_from_proto(
 
 
 def check_local_uri(value: str, field: str, problems: Problems, *, want: str = "any") -> str:
-    """Confine a local URI to the allowed roots and check it exists; remote URIs pass as they are.
+    """Confine a URI (artifacts.confine) and check that a local one exists and, under the
+    artifact root, lies in a sealed artifact; a remote URI of an allowed scheme passes as it is.
 
     want is "file", "dir" or "any". Returns the canonical URI (or value if it failed).
     """
@@ -133,6 +135,11 @@ def check_local_uri(value: str, field: str, problems: Problems, *, want: str = "
             problems.append((field, f"{value!r} is not a file"))
         elif want == "dir" and not path.is_dir():
             problems.append((field, f"{value!r} is not a folder"))
+        else:
+            try:
+                artifacts.open_input(uri, field, verify=False)  # the job checks the hashes
+            except InvalidSpec as exc:
+                problems.extend(exc.problems)
     return uri
 
 

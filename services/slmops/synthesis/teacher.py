@@ -20,7 +20,6 @@ token whose text reaches the cut.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +27,7 @@ from typing import Any, Protocol
 
 import openai
 
-from slmops.core import tracing
-from slmops.core.errors import Unavailable
+from slmops.core import secret_refs, tracing
 from slmops.synthesis import logprobs
 from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
 from slmops.synthesis.spec_checks import SamplingConfig
@@ -45,16 +43,10 @@ class Teacher(Protocol):
 
 
 def resolve_api_key(env_name: str) -> str:
-    """The key held by the environment variable env_name; "none" when no name is given."""
+    """The key held by the allowed environment variable env_name; "none" when no name is given."""
     if not env_name:
         return "none"
-    value = os.environ.get(env_name)
-    if not value:
-        raise Unavailable(
-            f"environment variable {env_name} (api_key_env) is not set where the job runs; "
-            "set it in the job's environment"
-        )
-    return value
+    return secret_refs.read_env_secret(env_name, "api_key_env")
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -92,6 +92,18 @@ def _lineage(cfg: TrainingConfig) -> list[str]:
     return parents
 
 
+def _check_inputs(cfg: TrainingConfig) -> None:
+    """The base, datasets and teacher the job reads: sealed artifacts must match their hashes."""
+    inputs = {"spec.base.model": cfg.base.model, "spec.distill.teacher": cfg.distill.teacher if cfg.distill else ""}
+    if cfg.method == "multi_adapter":
+        inputs.update({f"spec.adapters[{i}].dataset_uri": a.dataset_uri for i, a in enumerate(cfg.adapters)})
+    else:
+        inputs["spec.dataset_uri"] = cfg.dataset_uri
+    for field, uri in inputs.items():
+        if "://" in uri:  # not a hub id
+            artifacts.open_input(uri, field)
+
+
 def _remove(uri: str) -> None:
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.exists(path):
@@ -110,6 +122,7 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
         problems: list[tuple[str, str]] = []
         recipe.check_inputs(cfg, problems)
         collect(problems)
+        _check_inputs(cfg)
         work = tempfile.mkdtemp(prefix="slmops-train-")
         try:
             model_dir = model_init.resolve_model(cfg.base.model, cache_dir=work)
@@ -133,7 +146,8 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
             if Path(fitted.model_dir, "model.safetensors").exists() or list(Path(fitted.model_dir).glob("*.safetensors")):
                 if not Path(fitted.model_dir, "adapter_config.json").exists():
                     metrics["parameters"] = float(count_parameters(fitted.model_dir))
-            copy_folder(fitted.model_dir, output_uri)
+            with artifacts.staged(output_uri) as staging:
+                copy_folder(fitted.model_dir, staging)
             extra = getattr(fitted, "trials", None)
         finally:
             shutil.rmtree(work, ignore_errors=True)

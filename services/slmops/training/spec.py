@@ -276,15 +276,19 @@ def _is_local(value: str) -> bool:
 
 
 def check_local_input(value: str, field: str, required_file: str, problems: list[tuple[str, str]]) -> str:
-    """Local inputs must lie under the allowed roots and hold what the job will read.
+    """Every URI is confined (artifacts.confine); local inputs must hold what the job will read
+    and, under the artifact root, be sealed artifacts.
 
     Returns a local input as an absolute file:// URI (the job runs in another
-    working directory); anything else as it is.
+    working directory); a remote URI or a hub id as it is.
     """
-    if not _is_local(value):
-        return value
+    if not _is_local(value) and "://" not in value:
+        return value  # a hub id
     try:
         uri = artifacts.confine(value, settings.allowed_roots(), field)
+        if not uri.startswith("file://"):
+            return uri
+        artifacts.open_input(uri, field, verify=False)  # the job checks the hashes
     except InvalidSpec as exc:
         problems.extend(exc.problems)
         return value
