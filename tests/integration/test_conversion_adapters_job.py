@@ -112,11 +112,15 @@ def test_a_merged_adapter_converts_into_a_plain_model_verified_against_the_merge
 def test_a_truncated_checkpoint_fails_the_job_with_that_reason_and_leaves_nothing(
     ray_local, store, tmp_path, monkeypatch
 ):
-    broken = shutil.copytree(store / "base", tmp_path / "broken")
-    weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
+    sealed = shutil.copytree(store / "base", tmp_path / "sealed")  # an artifact: its manifest has the hashes
+    plain = shutil.copytree(store / "base", tmp_path / "plain")
+    (plain / "manifest.json").unlink()  # a plain Hugging Face folder
+    for broken in (sealed, plain):
+        weights = broken / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
     monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(tmp_path))
+    with pytest.raises(ConversionError, match="model.safetensors changed since it was sealed"):
+        _run(conversion_pb2.ConversionSpec(model_uri=str(sealed)), tmp_path / "out")
     with pytest.raises(ConversionError, match="model.safetensors is truncated"):
-        _run(conversion_pb2.ConversionSpec(model_uri=str(broken)), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+        _run(conversion_pb2.ConversionSpec(model_uri=str(plain)), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "sealed"]  # no output, no staging folder

@@ -37,7 +37,7 @@ from slmops.conversion.olive_convert import (
 from slmops.conversion.spec import ConversionConfig, VerifySettings
 from slmops.conversion.verify import thresholds_for, verify
 from slmops.core import artifacts
-from slmops.core.errors import NotFound
+from slmops.core.errors import InvalidSpec, NotFound
 from slmops.core.progress import Progress, scaled
 
 
@@ -199,37 +199,51 @@ def _smallest_verified(
     raise AssertionError("unreachable: the last candidate returns or raises")
 
 
+def _check_inputs(cfg: ConversionConfig) -> None:
+    """The checkpoint and adapters a sealed artifact holds must match their recorded hashes."""
+    inputs = [("spec.model_uri", cfg.model_uri)] + [(f"spec.adapter_uris ({ref.name})", ref.uri) for ref in cfg.adapters]
+    for field, uri in inputs:
+        if not _is_local(uri):
+            continue
+        try:
+            artifacts.open_input(uri, field)
+        except InvalidSpec as exc:
+            raise ConversionError(str(exc)) from None
+
+
 def _convert_and_verify(cfg: ConversionConfig, output_uri: str, progress: Progress) -> dict[str, Any]:
-    """Fetch, (merge,) convert, verify, package, upload; on any failure nothing is left at the output."""
+    """Fetch, (merge,) convert, verify, package into a staging folder moved into place at the end.
+
+    On any failure the staging folder is removed: nothing that looks like an
+    artifact is left at (or beside) the output location.
+    """
     import fsspec
 
     scratch = Path(tempfile.mkdtemp(prefix="slmops-convert-"))
-    target = artifacts.local_path(artifacts.to_uri(output_uri)) if _is_local(output_uri) else scratch / "output"
-    existed = target.exists()
     try:
-        source = _fetch(cfg.model_uri, scratch, "source")
-        adapters = {ref.name: artifacts.local_path(ref.uri) for ref in cfg.adapters}
-        model_dir = source
-        if cfg.merge_adapters and adapters:
-            name, folder = next(iter(adapters.items()))
-            progress(0.02, f"merging adapter {name!r} into the base")
-            model_dir = merge_adapter(source, folder, scratch / "merged")
-            adapters = {}
-        result = _smallest_verified(cfg, model_dir, target, adapters, _monotonic(progress))
-        result["size_report"] = size_report(target, source)
-        if cfg.foundry_local_package:
-            progress(0.96, "writing the Foundry Local package")
-            name = source.name if source.name not in ("", "source") else "model"
-            package = foundry_package(target, target / "foundry", name)
-            result["foundry_package"] = str(package.relative_to(target))
-        if not _is_local(output_uri):
-            fs, path = fsspec.core.url_to_fs(output_uri)
-            fs.put(str(target) + "/", path, recursive=True)
+        _check_inputs(cfg)
+        with artifacts.staged(output_uri) as staging:
+            target = artifacts.local_path(staging) if _is_local(output_uri) else scratch / "output"
+            source = _fetch(cfg.model_uri, scratch, "source")
+            adapters = {ref.name: artifacts.local_path(ref.uri) for ref in cfg.adapters}
+            model_dir = source
+            if cfg.merge_adapters and adapters:
+                name, folder = next(iter(adapters.items()))
+                progress(0.02, f"merging adapter {name!r} into the base")
+                model_dir = merge_adapter(source, folder, scratch / "merged")
+                adapters = {}
+            result = _smallest_verified(cfg, model_dir, target, adapters, _monotonic(progress))
+            result["size_report"] = size_report(target, source)
+            if cfg.foundry_local_package:
+                progress(0.96, "writing the Foundry Local package")
+                name = source.name if source.name not in ("", "source") else "model"
+                package = foundry_package(target, target / "foundry", name)
+                result["foundry_package"] = str(package.relative_to(target))
+            if not _is_local(output_uri):
+                fs, path = fsspec.core.url_to_fs(staging)
+                fs.put(str(target) + "/", path, recursive=True)
+        result["output_dir"] = output_uri
         return result
-    except BaseException:
-        if not existed:
-            shutil.rmtree(target, ignore_errors=True)  # nothing that looks like an artifact stays
-        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
