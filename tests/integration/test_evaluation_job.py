@@ -1,6 +1,6 @@
 """The evaluation job against two OpenAI-compatible targets, producing report files.
 
-Both targets are `slmops.synthesis.standin.StandinServer` instances in this
+Both targets are `slmops.testing.standin.StandinServer` instances in this
 test process: they stand in for a remote paid teacher and a served student
 (deterministic answers, a fixed delay per request, a Prometheus /metrics).
 The student is wrong on purpose on every prompt whose sum is a multiple of 4.
@@ -16,7 +16,7 @@ import pytest
 
 from slmops.core import artifacts, tracing
 from slmops.evaluation.job import run
-from slmops.synthesis.standin import StandinServer, arithmetic_answer
+from slmops.testing.standin import StandinServer, arithmetic_answer
 
 pytestmark = pytest.mark.integration
 

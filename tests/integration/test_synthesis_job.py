@@ -1,6 +1,6 @@
 """The synthesis job end to end through real Ray Data.
 
-The teacher is `slmops.synthesis.standin.StandinServer`, a local
+The teacher is `slmops.testing.standin.StandinServer`, a local
 OpenAI-compatible HTTP server in this test process that stands in for a remote
 paid teacher (none can be reached from here). It answers arithmetic prompts
 deterministically and can be told to fail requests, which proves the retry path.
@@ -16,7 +16,7 @@ import pytest
 
 from slmops.core import artifacts, tracing
 from slmops.core.errors import Unavailable
-from slmops.synthesis.standin import StandinServer, arithmetic_answer
+from slmops.testing.standin import StandinServer, arithmetic_answer
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from slmops.evaluation.report import (
     write_report,
 )
 from slmops.evaluation.spec import GateConfig
-from slmops.synthesis.standin import StandinServer
+from slmops.testing.standin import StandinServer
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ import pytest
 
 from slmops.api.v1 import evaluation_pb2, synthesis_pb2
 from slmops.core import secret_refs
+from slmops.core.endpoints import resolve_api_key
 from slmops.core.errors import InvalidSpec, Unavailable
 from slmops.evaluation.spec import from_proto as evaluation_spec
 from slmops.synthesis.spec import from_proto as synthesis_spec
-from slmops.synthesis.teacher import resolve_api_key
 
 
 @pytest.fixture

@@ -6,16 +6,9 @@ import json
 
 import pytest
 
+from slmops.core.datasets import dataset_record, parse_prompts, read_prompts, read_split, top_logprobs_has_ids
 from slmops.core.errors import InvalidSpec
-from slmops.synthesis.dataset import (
-    dataset_record,
-    parse_prompts,
-    read_prompts,
-    read_split,
-    split_indices,
-    top_logprobs_has_ids,
-    write_dataset,
-)
+from slmops.synthesis.dataset import split_indices, write_dataset
 
 
 def test_prompts_keep_extra_fields_and_line_numbers(tmp_path):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 
+from slmops.core.endpoints import resolve_api_key
 from slmops.core.errors import InvalidSpec, Unavailable
+from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
-from slmops.synthesis.spec_checks import SamplingConfig
-from slmops.synthesis.standin import StandinServer
-from slmops.synthesis.teacher import EndpointTeacher, LocalTeacher, backoff_delay, resolve_api_key
+from slmops.synthesis.teacher import EndpointTeacher, LocalTeacher, backoff_delay
 from slmops.synthesis.token_table import TokenTable, load_token_table
+from slmops.testing.standin import StandinServer
 
 
 @pytest.fixture(scope="module")

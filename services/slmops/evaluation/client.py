@@ -21,12 +21,12 @@ import httpx
 import openai
 
 from slmops.core import artifacts, tracing
+from slmops.core.datasets import parse_prompts
+from slmops.core.endpoints import describe_error, resolve_api_key
 from slmops.core.errors import InvalidSpec, NotFound, Unavailable
 from slmops.core.progress import Progress, null_progress
+from slmops.core.spec_checks import SamplingConfig
 from slmops.evaluation.spec import TargetConfig
-from slmops.synthesis.dataset import parse_prompts
-from slmops.synthesis.spec_checks import SamplingConfig
-from slmops.synthesis.teacher import describe_error, resolve_api_key
 
 log = logging.getLogger(__name__)
 MEMORY_METRIC = "process_resident_memory_bytes"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from slmops.api.v1 import evaluation_pb2
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, collect
-from slmops.synthesis.spec_checks import (
+from slmops.core.spec_checks import (
     Problems,
     SamplingConfig,
     check_api_key_env,

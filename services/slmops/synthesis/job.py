@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from slmops.core import artifacts, tracing
+from slmops.core.datasets import dataset_record, read_prompts
+from slmops.core.endpoints import resolve_api_key
 from slmops.core.errors import Unavailable
 from slmops.core.progress import Progress
-from slmops.synthesis.dataset import dataset_record, read_prompts, write_dataset
+from slmops.synthesis.dataset import write_dataset
 from slmops.synthesis.spec import EndpointTeacherConfig, SynthesisConfig
-from slmops.synthesis.teacher import make_teacher, resolve_api_key
+from slmops.synthesis.teacher import make_teacher
 from slmops.synthesis.token_table import load_token_table
 
 ENDPOINT_ACTOR_CPUS = 0.25  # an HTTP client mostly waits

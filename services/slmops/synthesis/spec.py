@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from slmops.api.v1 import synthesis_pb2
 from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, collect
-from slmops.synthesis.spec_checks import (
+from slmops.core.spec_checks import (
     Problems,
     SamplingConfig,
     check_api_key_env,
@@ -159,7 +159,7 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
     prompts_uri = check_local_uri(spec.prompts_uri, "spec.prompts_uri", problems, want="file")
     if not problems and prompts_uri.startswith("file://"):
         # A local file is cheap to check now: bad lines are reported before any work.
-        from slmops.synthesis.dataset import read_prompts
+        from slmops.core.datasets import read_prompts
 
         try:
             read_prompts(prompts_uri, "spec.prompts_uri")

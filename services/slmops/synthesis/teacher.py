@@ -27,10 +27,11 @@ from typing import Any, Protocol
 
 import openai
 
-from slmops.core import secret_refs, tracing
+from slmops.core import tracing
+from slmops.core.endpoints import describe_error, resolve_api_key
+from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis import logprobs
 from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
-from slmops.synthesis.spec_checks import SamplingConfig
 from slmops.synthesis.token_table import load_token_table
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,6 @@ RETRYABLE_STATUS = frozenset({429, 503})
 
 class Teacher(Protocol):
     def generate(self, prompts: list[str]) -> list[dict[str, Any]]: ...
-
-
-def resolve_api_key(env_name: str) -> str:
-    """The key held by the allowed environment variable env_name; "none" when no name is given."""
-    if not env_name:
-        return "none"
-    return secret_refs.read_env_secret(env_name, "api_key_env")
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -72,14 +66,6 @@ def backoff_delay(
         except ValueError:
             pass
     return min(delay, max_s)
-
-
-def describe_error(exc: BaseException, base_url: str = "") -> str:
-    """A one-line reason: the HTTP error the server gave, or the connection problem and where."""
-    if isinstance(exc, openai.APIStatusError):
-        return exc.message
-    where = f" ({base_url})" if base_url else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 class EndpointTeacher:

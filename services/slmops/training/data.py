@@ -9,23 +9,25 @@ only the completion and the final EOS token; with `Labels.ALL` (full
 fine-tuning) it covers every token.
 
 A synthesis dataset may carry the teacher's top-k log-probabilities with token
-ids (`record["top_logprobs"]`, see slmops.synthesis.dataset). Then the
+ids (`record["top_logprobs"]`, see slmops.core.datasets). Then the
 completion's tokens are the teacher's own token ids (no re-tokenizing), and each
 of them carries the teacher's top-k distribution for logit distillation.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
+from slmops.core.datasets import (  # noqa: F401  (the dataset reader, shared: core/datasets.py)
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    has_topk_ids,
+    read_records,
+    split_exists,
+    split_uri,
+)
 
-from slmops.core.errors import InvalidSpec
-
-TRAIN_FILE = "train.jsonl"
-VALIDATION_FILE = "validation.jsonl"
 IGNORE_INDEX = -100  # label value the loss skips
 
 
@@ -54,59 +56,6 @@ class TokenizedSplit:
     examples: list[Example] = field(default_factory=list)
     dropped: int = 0  # records whose prompt left no room for the completion
     truncated: int = 0  # records whose completion was cut at max_seq_length
-
-
-def split_uri(dataset_uri: str, name: str) -> str:
-    return dataset_uri.rstrip("/") + "/" + name
-
-
-def split_exists(dataset_uri: str, name: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(split_uri(dataset_uri, name))
-    return bool(fs.exists(path))
-
-
-def read_records(
-    dataset_uri: str, name: str, field_name: str = "spec.dataset_uri", allow_text: bool = False, limit: int = 0
-) -> list[dict[str, Any]]:
-    """The records of one split; InvalidSpec naming the file and line of any malformed one.
-
-    With allow_text, a record may hold a `text` string instead of prompt and
-    completion. With limit, only the first records are read (a quick look).
-    """
-    uri = split_uri(dataset_uri, name)
-    records: list[dict[str, Any]] = []
-    problems: list[tuple[str, str]] = []
-    with fsspec.open(uri, "r", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{name} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append((field_name, f"{where} is not JSON ({exc.msg})"))
-                continue
-            if not isinstance(record, dict):
-                problems.append((field_name, f"{where} is not a JSON object"))
-                continue
-            missing = [k for k in ("prompt", "completion") if not isinstance(record.get(k), str)]
-            if allow_text and isinstance(record.get("text"), str):
-                missing = []
-            if missing:
-                problems.append((field_name, f"{where} lacks string field(s) {', '.join(missing)}"))
-                continue
-            records.append(record)
-            if len(problems) >= 10 or (limit and len(records) >= limit):
-                break
-    if problems:
-        raise InvalidSpec(*problems[0], *problems[1:])
-    return records
-
-
-def has_topk_ids(record: dict[str, Any]) -> bool:
-    """Whether a record carries the teacher's top-k log-probabilities with token ids."""
-    top = record.get("top_logprobs")
-    return isinstance(top, dict) and top.get("token_ids") is not None and top.get("top_ids") is not None
 
 
 def tokenize_record(
