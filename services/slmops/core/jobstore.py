@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from slmops.core.errors import InvalidSpec, NotFound
 
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "DELETED"})
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -235,12 +235,12 @@ class JobStore:
 
     # -- owner leases -----------------------------------------------------
 
-    def claim(self, job_id: str, owner: str, ttl: float) -> bool:
-        """Take or renew the lease on an unfinished job: True when owner holds it for ttl seconds."""
+    def claim(self, job_id: str, owner: str, ttl: float, active: tuple[str, ...] = UNFINISHED) -> bool:
+        """Take or renew the lease on a job in an active state: True when owner holds it for ttl seconds."""
         now = time.time()
         statement = (
             update(_Job)
-            .where(_Job.id == job_id, _Job.state.in_(UNFINISHED))
+            .where(_Job.id == job_id, _Job.state.in_(active))
             .where(or_(_Job.owner == owner, _Job.owner == "", _Job.lease_expires < now))
             .values(owner=owner, lease_expires=now + ttl)
         )
@@ -256,9 +256,9 @@ class JobStore:
             session.execute(statement)
             session.commit()
 
-    def claimable(self, kind: str, owner: str) -> list[str]:
-        """Unfinished jobs of kind that owner holds, or that nobody holds, or whose lease has expired."""
-        query = select(_Job.id).where(_Job.kind == kind, _Job.state.in_(UNFINISHED))
+    def claimable(self, kind: str, owner: str, active: tuple[str, ...] = UNFINISHED) -> list[str]:
+        """Active jobs of kind that owner holds, or that nobody holds, or whose lease has expired."""
+        query = select(_Job.id).where(_Job.kind == kind, _Job.state.in_(active))
         query = query.where(or_(_Job.owner == owner, _Job.owner == "", _Job.lease_expires < time.time()))
         with Session(self.engine) as session:
             return list(session.scalars(query.order_by(_Job.created)))

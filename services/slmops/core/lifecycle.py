@@ -45,6 +45,29 @@ WATCH_POLL_S = 1.0  # how often Watch looks for events written by other replicas
 MAX_POLL_BACKOFF_S = 30.0
 
 
+@dataclass(frozen=True)
+class States:
+    """The names a kind gives the lifecycle's states (deployments: DEPLOYING, READY, FAILED, DELETED)."""
+
+    pending: str = "PENDING"
+    running: str = "RUNNING"
+    succeeded: str = "SUCCEEDED"
+    failed: str = "FAILED"
+    cancelled: str = "CANCELLED"
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        return (self.pending, self.running)
+
+    def of(self, engine_state: str) -> str:
+        """The kind's name for an engine state (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+        return {"PENDING": self.pending, "RUNNING": self.running, "SUCCEEDED": self.succeeded,
+                "FAILED": self.failed, "STOPPED": self.cancelled}.get(engine_state, "")  # fmt: skip
+
+
+JOB_STATES = States()
+
+
 @dataclass
 class Update:
     """What an engine saw of a record's work since the last poll."""
@@ -54,6 +77,7 @@ class Update:
     result: dict[str, Any] | None = None
     reason: str = ""  # why it FAILED
     cursor: int | None = None  # the engine's read position (e.g. log offset), kept in the record
+    message: str = ""  # says what a change of state means ("ready at http://...")
 
 
 class Engine(Protocol):
@@ -80,9 +104,9 @@ class Lifecycle:
 
     def __init__(
         self, kind: str, store: JobStore, engine: Engine, *, poll_s: float | None = None,
-        lease_s: float = LEASE_S, owner: str = "",
+        lease_s: float = LEASE_S, owner: str = "", states: States = JOB_STATES,
     ):  # fmt: skip
-        self.kind, self.store, self.engine = kind, store, engine
+        self.kind, self.store, self.engine, self.states = kind, store, engine, states
         self.poll_s = poll_s if poll_s is not None else float(settings.get("job_poll_s"))
         self.lease_s = lease_s
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -94,9 +118,10 @@ class Lifecycle:
 
     async def record(self, record: JobRecord, first_message: str = "queued") -> JobRecord:
         """Keep a new record and start following it here."""
+        record.state = self.states.pending
         await asyncio.to_thread(self.store.create, record)
-        await self.event(record.id, "PENDING", 0.0, first_message)
-        if await asyncio.to_thread(self.store.claim, record.id, self.owner, self.lease_s):
+        await self.event(record.id, self.states.pending, 0.0, first_message)
+        if await self._claim(record.id):
             self._follow(record.id)
         return record
 
@@ -115,7 +140,7 @@ class Lifecycle:
             record.ray_job_id = await self.engine.find(record)
         if record.ray_job_id and not await self.engine.stop(record):
             raise Unavailable(f"could not stop {self.kind} {record_id} ({record.ray_job_id}); it is still running")
-        await asyncio.to_thread(self.finish, record_id, "CANCELLED", "cancelled by request")
+        await asyncio.to_thread(self.finish, record_id, self.states.cancelled, "cancelled by request")
         task = self._tasks.pop(record_id, None)
         if task:
             task.cancel()
@@ -155,7 +180,7 @@ class Lifecycle:
         if record.finished:
             return
         message = changes.pop("message", reason)
-        self.store.update(record_id, state=state, reason=reason if state != "SUCCEEDED" else "",
+        self.store.update(record_id, state=state, reason=reason if state != self.states.succeeded else "",
                           message=message, **changes)  # fmt: skip
         self.store.add_event(record_id, state, changes.get("fraction", record.fraction), message,
                              _numbers(changes.get("result", {}).get("metrics", {})))  # fmt: skip
@@ -183,10 +208,11 @@ class Lifecycle:
     async def _sweep(self) -> None:
         while True:
             try:
-                for record_id in await asyncio.to_thread(self.store.claimable, self.kind, self.owner):
+                for record_id in await asyncio.to_thread(self.store.claimable, self.kind, self.owner,
+                                                         self.states.active):  # fmt: skip
                     if record_id in self._tasks:
                         continue
-                    if await asyncio.to_thread(self.store.claim, record_id, self.owner, self.lease_s):
+                    if await self._claim(record_id):
                         log.info("%s %s: following it (owner %s)", self.kind, record_id, self.owner)
                         self._follow(record_id)
             except asyncio.CancelledError:
@@ -195,7 +221,14 @@ class Lifecycle:
                 log.exception("sweeping for unfinished %s records failed; trying again", self.kind)
             await asyncio.sleep(self.lease_s / 3)
 
+    async def _claim(self, record_id: str) -> bool:
+        return await asyncio.to_thread(self.store.claim, record_id, self.owner, self.lease_s, self.states.active)
+
     def _follow(self, record_id: str) -> None:
+        """Follow a claimed record, once: the sweep and a Create may both claim it (one owner, one task)."""
+        task = self._tasks.get(record_id)
+        if task is not None and not task.done():
+            return
         self._tasks[record_id] = asyncio.get_running_loop().create_task(self._run(record_id))
 
     async def _run(self, record_id: str) -> None:
@@ -208,10 +241,11 @@ class Lifecycle:
             log.info("%s %s: %s; no longer following it", self.kind, record_id, exc)
         except Unavailable as exc:
             log.warning("%s %s: %s", self.kind, record_id, exc)
-            await asyncio.to_thread(self.finish, record_id, "FAILED", str(exc))
+            await asyncio.to_thread(self.finish, record_id, self.states.failed, str(exc))
         except Exception as exc:
             log.exception("%s %s: unexpected error while following it", self.kind, record_id)
-            await asyncio.to_thread(self.finish, record_id, "FAILED", f"internal error: {type(exc).__name__}: {exc}")
+            await asyncio.to_thread(self.finish, record_id, self.states.failed,
+                                    f"internal error: {type(exc).__name__}: {exc}")  # fmt: skip
         finally:
             self._tasks.pop(record_id, None)
             self.notify(record_id)
@@ -231,7 +265,7 @@ class Lifecycle:
     async def _poll(self, record_id: str) -> None:
         backoff = self.poll_s
         while True:
-            if not await asyncio.to_thread(self.store.claim, record_id, self.owner, self.lease_s):
+            if not await self._claim(record_id):
                 record = await asyncio.to_thread(self.store.get, record_id)
                 if not record.finished:
                     raise LeaseLost(f"{self.kind} {record_id} is followed by {record.owner} now")
@@ -254,28 +288,33 @@ class Lifecycle:
 
     def _apply(self, record: JobRecord, update: Update) -> bool:
         """Keep what the engine saw; True once the record has finished."""
-        fraction, message = record.fraction, record.message
-        for fraction, message, metrics in update.events:
-            self.store.add_event(record.id, "RUNNING", fraction, message, metrics)
+        state = self.states.of(update.state)
         changes: dict[str, Any] = {}
-        if update.events:
-            changes.update(fraction=fraction, message=message)
         if update.cursor is not None and update.cursor != record.log_offset:
             changes["log_offset"] = update.cursor
         if update.result is not None:
             changes["result"] = update.result
+        current = record.state
+        if state in self.states.active and state != current:  # between the active states, both ways (a restart)
+            said = update.message or state.lower()
+            self.store.update(record.id, owner=self.owner, state=state, message=said, **changes)
+            self.store.add_event(record.id, state, 1.0 if update.message and state == self.states.running
+                                 else record.fraction, said)  # fmt: skip
+            current, changes = state, {}
+        fraction, message = record.fraction, record.message
+        for fraction, message, metrics in update.events:
+            self.store.add_event(record.id, current, fraction, message, metrics)
+        if update.events:
+            changes.update(fraction=fraction, message=message)
         if changes:
             self.store.update(record.id, owner=self.owner, **changes)
         result = update.result if update.result is not None else record.result
-        if update.state == "RUNNING" and record.state == "PENDING":
-            self.store.update(record.id, owner=self.owner, state="RUNNING")
-            self.store.add_event(record.id, "RUNNING", fraction, "running")
-        elif update.state == "SUCCEEDED":
+        if state == self.states.succeeded:
             output = (result or {}).get("output_uri") or record.output_uri
-            self.finish(record.id, "SUCCEEDED", "", fraction=1.0, message="done", result=result or {}, output_uri=output)
+            self.finish(record.id, state, "", fraction=1.0, message=update.message or "done", result=result or {},
+                        output_uri=output)  # fmt: skip
             return True
-        elif update.state in ("FAILED", "STOPPED"):
-            state = "FAILED" if update.state == "FAILED" else "CANCELLED"
+        if state in (self.states.failed, self.states.cancelled):
             self.finish(record.id, state, update.reason or f"the work ended {update.state}")
             return True
         return False

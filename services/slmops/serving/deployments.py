@@ -1,10 +1,13 @@
 """Deployments: validation, records, predictor processes, and the deployment artifact.
 
 A deployment record lives in the service's job store (kind "deployment", id =
-name). Creating one starts its predictor in the background; the record moves
-DEPLOYING -> READY (with its URL) or FAILED (with the predictor's own words).
-Records survive restarts: a READY deployment whose predictor is gone is
-started again on the same port, so its URL stays valid.
+name) and runs on the shared lifecycle (core/lifecycle.py) with a
+`PredictorEngine`. Creating one starts its predictor in the background; the
+record moves DEPLOYING -> READY (with its URL) or FAILED (with the
+predictor's own words). A predictor that dies is started again, with backoff,
+on the same port, so its URL stays valid; after a service restart a
+deployment whose predictor still answers is adopted, and one whose predictor
+is gone is started again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from slmops.core import artifacts, settings, tracing
 from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable, collect
 from slmops.core.jobstore import Event, JobRecord, JobStore
+from slmops.core.lifecycle import Lifecycle, States, Update
 from slmops.serving import local_backend
 
 log = logging.getLogger(__name__)
@@ -81,135 +85,172 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "model_uri": model_uri, "model_dir": model_dir, "port": port, "backend": backend}
 
 
-class Deployments:
-    def __init__(self, store: JobStore, logs_dir: Path | None = None, host: str | None = None):
-        self.store = store
-        self.logs_dir = logs_dir or settings.data_dir() / "logs"
-        self.host = host or settings.get("serving_host")
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+# A deployment never succeeds: it is READY until it is DELETED (or FAILED to start).
+DEPLOYMENT_STATES = States(pending="DEPLOYING", running="READY", succeeded="SUCCEEDED", failed="FAILED",
+                           cancelled="DELETED")  # fmt: skip
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
-    # -- commands ---------------------------------------------------------
 
-    async def create(self, spec: dict[str, Any]) -> JobRecord:
-        config = validate(spec)
-        name = config["name"]
-        try:
-            existing = self.store.get(name)
-        except NotFound:
-            existing = None
-        if existing and existing.state != "DELETED":
-            raise AlreadyExists(f"deployment {name!r} exists ({existing.state}); delete it first")
-        record = JobRecord(
-            id=name, kind=KIND, state="DEPLOYING", spec=spec, config=config,
-            labels=dict(spec.get("labels", {})), message="starting predictor",
-            trace_id=tracing.current_trace_id(), traceparent=tracing.current_traceparent(),
-        )
-        if existing:
-            self.store.update(name, **{k: getattr(record, k) for k in ("state", "spec", "config", "labels",
-                                                                       "message", "trace_id", "traceparent")},
-                              result={}, reason="", output_uri="")
-        else:
-            self.store.create(record)
-        self.store.add_event(name, "DEPLOYING", 0.0, "starting predictor")
-        self._start(name)
-        return self.store.get(name)
+class PredictorEngine:
+    """The lifecycle's engine for deployments on this machine: one supervised predictor process each.
 
-    def get(self, name: str) -> JobRecord:
-        return self.store.get(name, KIND)
+    Submitting starts the predictor (on the port the record already has, so its
+    URL stays valid across restarts); polling checks it answers readiness and
+    starts it again, with backoff, when it has gone. A record whose predictor
+    still answers is adopted after a restart, never started twice.
+    """
 
-    def list(self, labels: dict[str, str], page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
-        return self.store.list(KIND, None, labels, page_size, page_token)
+    def __init__(self, store: JobStore, logs_dir: Path, host: str):
+        self.store, self.logs_dir, self.host = store, logs_dir, host
+        self._ready: dict[str, dict[str, Any]] = {}  # started, not yet reported
+        self._failures: dict[str, int] = {}
 
-    async def delete(self, name: str) -> JobRecord:
-        record = self.get(name)
-        if record.state == "DELETED":
-            raise Conflict(f"deployment {name!r} is already deleted")
-        task = self._tasks.pop(name, None)
-        if task:
-            task.cancel()
-        pid = int(record.result.get("pid", 0))
-        if pid:
-            await asyncio.to_thread(local_backend.stop_predictor, pid)
-        self.store.update(name, state="DELETED", message="deleted", result={**record.result, "pid": 0})
-        self.store.add_event(name, "DELETED", 1.0, "deleted")
-        return self.store.get(name)
+    async def find(self, record: JobRecord) -> str:
+        return ""
 
-    async def watch(self, name: str, after_sequence: int = 0) -> AsyncIterator[Event]:
-        self.get(name)
-        sequence = after_sequence
-        while True:
-            for event in self.store.events(name, sequence):
-                sequence = event.sequence
-                yield event
-            if self.get(name).state in ("READY", "FAILED", "DELETED") and not self.store.events(name, sequence):
-                return
-            await asyncio.sleep(0.2)
+    async def attached(self, record: JobRecord) -> bool:
+        pid, url = int(record.result.get("pid", 0)), record.result.get("url", "")
+        return await asyncio.to_thread(local_backend.is_alive, pid, url)
 
-    # -- predictor processes ----------------------------------------------
-
-    def _start(self, name: str) -> None:
-        self._tasks[name] = asyncio.get_running_loop().create_task(self._bring_up(name))
-
-    async def _bring_up(self, name: str) -> None:
-        record = self.store.get(name)
+    async def submit(self, record: JobRecord) -> str:
         config = record.config
         port = int(record.result.get("port") or config["port"] or 0)
         try:
             await asyncio.to_thread(artifacts.open_input, config["model_uri"], "spec.model_uri")
             predictor = await asyncio.to_thread(
-                local_backend.start_predictor, name, config["model_dir"], self.logs_dir,
+                local_backend.start_predictor, record.id, config["model_dir"], self.logs_dir,
                 host=self.host, port=port, traceparent=record.traceparent,
             )
-        except (Unavailable, InvalidSpec) as exc:
-            self.store.update(name, state="FAILED", reason=str(exc), message="predictor failed to start")
-            self.store.add_event(name, "FAILED", 0.0, str(exc))
-            return
-        finally:
-            self._tasks.pop(name, None)
+        except InvalidSpec as exc:
+            raise Unavailable(str(exc)) from None
         revision = int(record.result.get("revision", 0)) or 1
-        artifact_uri = record.output_uri or await asyncio.to_thread(
-            self._write_artifact, name, revision, config["model_uri"], predictor.url, record.trace_id
-        )
-        self.store.update(
-            name, state="READY", message=f"ready at {predictor.url}", output_uri=artifact_uri,
-            result={"pid": predictor.pid, "port": predictor.port, "url": predictor.url,
-                    "revision": revision, "log": str(predictor.log_path)},
-        )
-        self.store.add_event(name, "READY", 1.0, f"ready at {predictor.url}")
+        started = {"pid": predictor.pid, "port": predictor.port, "url": predictor.url, "revision": revision,
+                   "log": str(predictor.log_path)}  # fmt: skip
+        # Recorded at once: a service stopped before its next poll still finds (and adopts) this predictor.
+        await asyncio.to_thread(self.store.update, record.id, result=started)
+        if not record.output_uri:
+            uri = await asyncio.to_thread(_write_artifact, record.id, revision, config["model_uri"], predictor.url,
+                                          record.trace_id)  # fmt: skip
+            await asyncio.to_thread(self.store.update, record.id, output_uri=uri)
+        self._ready[record.id] = started
+        return f"pid:{predictor.pid}"
 
-    def _write_artifact(self, name: str, revision: int, model_uri: str, url: str, trace_id: str) -> str:
-        root = settings.artifact_root().rstrip("/")
-        uri = f"{root}/deployments/{name}-{revision}"
-        folder = artifacts.local_path(uri)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "deployment.json").write_text(
-            json.dumps({"name": name, "revision": revision, "model_uri": model_uri, "url": url}, indent=2)
+    async def poll(self, record: JobRecord) -> Update:
+        started = self._ready.pop(record.id, None)
+        if started is not None:
+            self._failures.pop(record.id, None)
+            return Update(state="RUNNING", result=started, message=f"ready at {started['url']}")
+        if await self.attached(record):
+            url = record.result.get("url", "")
+            return Update(state="RUNNING", message=f"ready at {url}" if record.state != "READY" else "")
+        failures = self._failures.get(record.id, 0)
+        # What is left of its process group (a worker that outlived the predictor still holds the port) goes
+        # first: the group id stays ours while any member lives, so no stranger is signalled.
+        pid = int(record.result.get("pid", 0))
+        if pid:
+            await asyncio.to_thread(local_backend.stop_predictor, pid, 5.0)
+        await asyncio.sleep(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
+        try:
+            await self.submit(record)
+        except Unavailable as exc:
+            self._failures[record.id] = failures + 1
+            log.warning("deployment %s: restarting its predictor failed (%d): %s", record.id, failures + 1, exc)
+            return Update(state="PENDING", message=f"predictor gone; starting it again failed: {exc}"[:500])
+        return Update(state="PENDING", message="predictor gone; started it again")
+
+    async def stop(self, record: JobRecord) -> bool:
+        started = self._ready.pop(record.id, None)
+        pid = int((started or record.result).get("pid", 0))
+        if pid:
+            await asyncio.to_thread(local_backend.stop_predictor, pid)
+        return True
+
+
+def _write_artifact(name: str, revision: int, model_uri: str, url: str, trace_id: str) -> str:
+    root = settings.artifact_root().rstrip("/")
+    uri = f"{root}/deployments/{name}-{revision}"
+    folder = artifacts.local_path(uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "deployment.json").write_text(
+        json.dumps({"name": name, "revision": revision, "model_uri": model_uri, "url": url}, indent=2)
+    )
+    artifacts.finalize(uri, "deployment", spec={"name": name, "model_uri": model_uri},
+                       parents=[model_uri], trace_id=trace_id)
+    return uri
+
+
+class Deployments(Lifecycle):
+    """Deployments on the shared lifecycle (core/lifecycle.py) with local predictor processes."""
+
+    def __init__(self, store: JobStore, logs_dir: Path | None = None, host: str | None = None, **options: Any):
+        engine = PredictorEngine(store, logs_dir or settings.data_dir() / "logs", host or settings.get("serving_host"))
+        super().__init__(KIND, store, engine, states=DEPLOYMENT_STATES, **{"poll_s": 2.0, **options})
+
+    # -- commands ---------------------------------------------------------
+
+    async def create(self, spec: dict[str, Any]) -> JobRecord:
+        config = await asyncio.to_thread(validate, spec)
+        name = config["name"]
+        try:
+            existing = await asyncio.to_thread(self.store.get, name)
+        except NotFound:
+            existing = None
+        if existing and existing.state != "DELETED":
+            raise AlreadyExists(f"deployment {name!r} exists ({existing.state}); delete it first")
+        record = JobRecord(
+            id=name, kind=KIND, spec=spec, config=config,
+            labels=dict(spec.get("labels", {})), message="starting predictor",
+            trace_id=tracing.current_trace_id(), traceparent=tracing.current_traceparent(),
         )
-        artifacts.finalize(uri, "deployment", spec={"name": name, "model_uri": model_uri},
-                           parents=[model_uri], trace_id=trace_id)
-        return uri
+        if existing is None:
+            await self.record(record, "starting predictor")
+        else:  # a deleted name deployed again
+            await asyncio.to_thread(
+                self.store.update, name, state="DEPLOYING", result={}, reason="", output_uri="", ray_job_id="",
+                owner="", lease_expires=0.0,
+                **{k: getattr(record, k) for k in ("spec", "config", "labels", "message", "trace_id", "traceparent")},
+            )
+            await self.event(name, "DEPLOYING", 0.0, "starting predictor")
+            if await self._claim(name):
+                self._follow(name)
+        return await asyncio.to_thread(self.store.get, name)
 
-    def resume(self) -> None:
-        """Start again every deployment whose predictor is gone; adopt the ones still running."""
-        deploying, _ = self.store.list(KIND, "DEPLOYING", None, 500, "")
-        for record in deploying + self._ready():
-            if record.state == "READY":
-                pid, url = int(record.result.get("pid", 0)), record.result.get("url", "")
-                if local_backend.is_alive(pid, url):
-                    continue
-                self.store.add_event(record.id, "DEPLOYING", 0.0, "predictor gone; starting it again")
-                self.store.update(record.id, state="DEPLOYING", message="restarting predictor")
-            self._start(record.id)
+    def list(self, labels: dict[str, str], page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
+        return self.store.list(KIND, None, labels, page_size, page_token)
 
-    def _ready(self) -> list[JobRecord]:
-        records, _ = self.store.list(KIND, "READY", None, 500, "")
-        return records
+    async def delete(self, name: str) -> JobRecord:
+        record = await asyncio.to_thread(self.get, name)
+        if record.state == "DELETED":
+            raise Conflict(f"deployment {name!r} is already deleted")
+        if record.state == "FAILED":  # nothing runs: the record is just marked
+            await asyncio.to_thread(self.store.update, name, state="DELETED", message="deleted")
+            await self.event(name, "DELETED", 1.0, "deleted")
+            return await asyncio.to_thread(self.store.get, name)
+        await self.cancel(name)
+        await asyncio.to_thread(self.store.update, name, message="deleted", result={**record.result, "pid": 0})
+        return await asyncio.to_thread(self.store.get, name)
+
+    async def watch(self, name: str, after_sequence: int = 0) -> AsyncIterator[Event]:
+        """Events until the deployment is READY, FAILED or DELETED."""
+        await asyncio.to_thread(self.get, name)
+        sequence = after_sequence
+        while True:
+            for event in await asyncio.to_thread(self.store.events, name, sequence):
+                sequence = event.sequence
+                yield event
+            record = await asyncio.to_thread(self.get, name)
+            if record.state in ("READY", "FAILED", "DELETED") and not await asyncio.to_thread(
+                self.store.events, name, sequence
+            ):
+                return
+            await asyncio.sleep(0.2)
 
     async def close(self, stop_predictors: bool = True) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
+        """Stop following; with stop_predictors, stop this replica's predictors (started again on resume)."""
+        followed = [await asyncio.to_thread(self.store.get, name) for name in list(self._tasks)]
+        await super().close()
         if stop_predictors:
-            for record in self._ready():
+            for record in followed:
                 pid = int(record.result.get("pid", 0))
                 if pid:
                     await asyncio.to_thread(local_backend.stop_predictor, pid)
