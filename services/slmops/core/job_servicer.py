@@ -116,11 +116,11 @@ class JobServicer:
         return self.to_job(record)
 
     async def get(self, request: common_pb2.GetJobRequest, context: Any) -> Message:
-        return self.to_job(self.jobs.get(require_id(request.id)))
+        return self.to_job(await asyncio.to_thread(self.jobs.get, require_id(request.id)))
 
     async def list(self, request: common_pb2.ListJobsRequest, context: Any) -> Message:
-        records, token = self.jobs.list(
-            state_name(request.state), dict(request.labels), request.page_size, request.page_token
+        records, token = await asyncio.to_thread(
+            self.jobs.list, state_name(request.state), dict(request.labels), request.page_size, request.page_token
         )
         return self.list_cls(jobs=[self.to_job(r) for r in records], next_page_token=token)
 

@@ -261,6 +261,7 @@ class Lifecycle:
         else:
             log.info("%s %s: found its work again (%s)", self.kind, record.id, handle)
         await asyncio.to_thread(self.store.update, record.id, owner=self.owner, ray_job_id=handle, message=message)
+        self.notify(record.id)
 
     async def _poll(self, record_id: str) -> None:
         backoff = self.poll_s
@@ -281,9 +282,10 @@ class Lifecycle:
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_S, self.lease_s / 3)
                 continue
             backoff = self.poll_s
-            if await asyncio.to_thread(self._apply, record, update):
-                return
+            finished = await asyncio.to_thread(self._apply, record, update)
             self.notify(record_id)
+            if finished:
+                return
             await asyncio.sleep(self.poll_s)
 
     def _apply(self, record: JobRecord, update: Update) -> bool:

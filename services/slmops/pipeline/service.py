@@ -125,11 +125,13 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         return run_proto(await self.runs.create(message_to_dict(request.spec)))
 
     async def GetPipelineRun(self, request: common_pb2.GetJobRequest, context: Any):
-        return run_proto(self.runs.store.get(require_id(request.id), KIND))
+        return run_proto(await asyncio.to_thread(self.runs.store.get, require_id(request.id), KIND))
 
     async def ListPipelineRuns(self, request: common_pb2.ListJobsRequest, context: Any):
-        records, token = self.runs.store.list(KIND, state_name(request.state), dict(request.labels),
-                                              request.page_size, request.page_token)
+        records, token = await asyncio.to_thread(
+            self.runs.store.list, KIND, state_name(request.state), dict(request.labels), request.page_size,
+            request.page_token,
+        )
         return pipeline_pb2.ListPipelineRunsResponse(runs=[run_proto(r) for r in records], next_page_token=token)
 
     async def CancelPipelineRun(self, request: common_pb2.CancelJobRequest, context: Any):

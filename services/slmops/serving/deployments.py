@@ -23,7 +23,7 @@ from typing import Any
 from slmops.core import artifacts, settings, tracing
 from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable, collect
 from slmops.core.jobstore import Event, JobRecord, JobStore
-from slmops.core.lifecycle import Lifecycle, States, Update
+from slmops.core.lifecycle import WATCH_POLL_S, Lifecycle, States, Update
 from slmops.serving import local_backend
 
 log = logging.getLogger(__name__)
@@ -231,10 +231,12 @@ class Deployments(Lifecycle):
         return await asyncio.to_thread(self.store.get, name)
 
     async def watch(self, name: str, after_sequence: int = 0) -> AsyncIterator[Event]:
-        """Events until the deployment is READY, FAILED or DELETED."""
+        """Events until the deployment is READY, FAILED or DELETED (woken by the lifecycle's events)."""
         await asyncio.to_thread(self.get, name)
         sequence = after_sequence
+        changed = self._changed.setdefault(name, asyncio.Event())
         while True:
+            changed.clear()
             for event in await asyncio.to_thread(self.store.events, name, sequence):
                 sequence = event.sequence
                 yield event
@@ -243,7 +245,10 @@ class Deployments(Lifecycle):
                 self.store.events, name, sequence
             ):
                 return
-            await asyncio.sleep(0.2)
+            try:
+                await asyncio.wait_for(changed.wait(), WATCH_POLL_S)
+            except TimeoutError:
+                pass
 
     async def close(self, stop_predictors: bool = True) -> None:
         """Stop following; with stop_predictors, stop this replica's predictors (started again on resume)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -64,10 +65,12 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
         return deployment_proto(await self.deployments.create(spec))
 
     async def GetDeployment(self, request: serving_pb2.GetDeploymentRequest, context: Any):
-        return deployment_proto(self.deployments.get(_name(request.name)))
+        return deployment_proto(await asyncio.to_thread(self.deployments.get, _name(request.name)))
 
     async def ListDeployments(self, request: serving_pb2.ListDeploymentsRequest, context: Any):
-        records, token = self.deployments.list(dict(request.labels), request.page_size, request.page_token)
+        records, token = await asyncio.to_thread(
+            self.deployments.list, dict(request.labels), request.page_size, request.page_token
+        )
         return serving_pb2.ListDeploymentsResponse(
             deployments=[deployment_proto(r) for r in records], next_page_token=token
         )
