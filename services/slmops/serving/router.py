@@ -159,7 +159,9 @@ class Router:
         if body is None:
             return  # the caller left before sending its request
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout, trust_env=False)
+            # No cap on connections: a predictor admits or refuses (429) load itself.
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, trust_env=False)
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string") or b""
         target = path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
@@ -205,7 +207,9 @@ async def _read_body(receive: Any) -> bytes | None:
 
 async def _relay(upstream: httpx.Response, revision: int, receive: Any, send: Any) -> None:
     """Pass the upstream's answer on as it arrives; stop reading it when the caller goes away."""
-    headers = _end_to_end(upstream.headers.raw) + [(REVISION_HEADER.encode(), str(revision).encode())]
+    own = REVISION_HEADER.encode()
+    headers = [(k, v) for k, v in _end_to_end(upstream.headers.raw) if k.lower() != own]
+    headers.append((own, str(revision).encode()))
     await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
     async with anyio.create_task_group() as group:
 
