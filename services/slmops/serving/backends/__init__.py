@@ -1,0 +1,80 @@
+"""Serving backends: where a deployment's revisions actually run.
+
+A backend takes a deployment name and a revision and makes the platform serve
+it; the serving service keeps the records (revisions, traffic, state) and asks
+its backend to act. Two backends implement the protocol: `local` (supervised
+predictor processes behind the router) and `kserve` (an InferenceService per
+deployment, see `kserve.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+DEPLOYING = "DEPLOYING"
+READY = "READY"
+FAILED = "FAILED"
+STATES = (DEPLOYING, READY, FAILED)
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One model version of a deployment.
+
+    `model_uri` is the artifact as the user named it; `storage_uri` is what the
+    backend loads (for KServe: what its storage initializer downloads).
+    `traffic_percent` is the share the revision gets when applied: 100 replaces
+    the serving revision, less starts a canary next to it.
+    """
+
+    number: int
+    model_uri: str
+    storage_uri: str
+    traffic_percent: int = 100
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What the backend reports for a deployment.
+
+    `traffic` maps revision numbers to the percent of requests they receive;
+    `ready_revision` is the newest revision that is ready to answer (None while
+    none is); `reason` says why a deployment is not READY.
+    """
+
+    state: str
+    url: str = ""
+    ready_revision: int | None = None
+    traffic: dict[int, int] = field(default_factory=dict)
+    reason: str = ""
+
+
+@runtime_checkable
+class ServingBackend(Protocol):
+    """Runs a deployment's revisions and splits traffic between them."""
+
+    def apply(self, name: str, revision: Revision, record_dir: Path | None = None) -> dict[str, Any]:
+        """Serve `revision` of deployment `name` with its traffic_percent; returns what was applied."""
+        ...
+
+    def set_traffic(self, name: str, percent: int) -> None:
+        """Give the latest revision `percent` of the traffic, the previous one the rest."""
+        ...
+
+    def promote(self, name: str) -> None:
+        """Send all traffic to the latest revision."""
+        ...
+
+    def rollback(self, name: str) -> None:
+        """Send all traffic back to the previous revision."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Stop serving deployment `name`."""
+        ...
+
+    def status(self, name: str) -> BackendStatus:
+        """Where deployment `name` stands now."""
+        ...
