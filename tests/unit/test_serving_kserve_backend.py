@@ -10,6 +10,7 @@ KServe's controller: where a test needs a status, it patches the object's
 from __future__ import annotations
 
 import asyncio
+import importlib
 import socket
 import threading
 import time
@@ -234,7 +235,7 @@ def test_unreachable_api_server_is_unavailable_quickly():
     assert time.monotonic() - started < 5
 
 
-def test_built_inference_service_matches_the_project_manifests():
+def test_built_inference_service_matches_the_project_manifests(monkeypatch):
     example = yaml.safe_load((ROOT / "k8s/examples/inferenceservice-onnx.yaml").read_text())
     runtime = yaml.safe_load((ROOT / "k8s/cluster/serving-runtime.yaml").read_text())
     built = KServeBackend(k8s.ApiClient(), namespace=NS, runtime="slmops-predictor").build("support-student", _rev(1))
@@ -246,6 +247,13 @@ def test_built_inference_service_matches_the_project_manifests():
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert set(built["spec"]["predictor"]) >= set(example["spec"]["predictor"])
     assert built["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+
+    # The same check `scripts/check_charts.py` runs on the project's InferenceService manifests.
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    check_charts = importlib.import_module("check_charts")
+    canary = KServeBackend(k8s.ApiClient(), namespace=NS).build("support-student", _rev(2, percent=10))
+    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert check_charts.crd_problems(built) == [] and check_charts.crd_problems(canary) == []
 
 
 def test_api_server_that_never_answers_times_out_as_unavailable():

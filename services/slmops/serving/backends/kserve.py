@@ -141,11 +141,12 @@ class KServeBackend:
             annotations[ROLLED_OUT_ANNOTATION] = str(revision.number)
         else:
             annotations[ROLLED_OUT_ANNOTATION] = old.get(ROLLED_OUT_ANNOTATION) or old.get(REVISION_ANNOTATION, "")
+        # The whole desired predictor; None removes canaryTrafficPercent (a merge patch drops null keys).
+        predictor = {**body["spec"]["predictor"]}
+        predictor["canaryTrafficPercent"] = predictor.get("canaryTrafficPercent")
         patch = {
             "metadata": {"labels": body["metadata"]["labels"], "annotations": annotations},
-            # None removes canaryTrafficPercent (a merge patch deletes null keys).
-            "spec": {"predictor": {**body["spec"]["predictor"], "canaryTrafficPercent": revision.traffic_percent
-                                   if revision.traffic_percent < 100 else None}},
+            "spec": {"predictor": predictor},
         }
         self._patch(name, patch)
         _write(record_dir, body)
