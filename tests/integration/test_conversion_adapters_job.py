@@ -23,15 +23,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """An artifact root with the base checkpoint and a multi-adapter artifact trained on it."""
     root = tmp_path_factory.mktemp("store")

@@ -20,15 +20,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def checkpoint_artifact(tmp_path_factory):
     """The tiny checkpoint sealed as a training artifact that records its parameter count."""
     folder = tmp_path_factory.mktemp("artifacts") / "checkpoint"

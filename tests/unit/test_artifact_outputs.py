@@ -12,10 +12,10 @@ from slmops.api.v1 import common_pb2, synthesis_pb2, synthesis_pb2_grpc
 from slmops.core import artifacts
 from slmops.core.errors import AlreadyExists, InvalidSpec
 from slmops.core.jobstore import JobStore
-from slmops.core.ray_jobs import RayJobStatus
 from slmops.core.server import start_server
 from slmops.core.stage_jobs import StageJobs
 from slmops.synthesis.service import registration
+from tests.unit._fakes import FakeRay
 
 
 @pytest.fixture
@@ -152,30 +152,6 @@ def test_only_the_file_read_is_hashed_when_the_input_is_one_file(data):
 
 
 # -- through the real servicer -----------------------------------------------
-
-
-class FakeRay:
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def cluster_resources(self) -> dict[str, float]:
-        return {"CPU": 4.0, "GPU": 0.0}
-
-    def submit(self, stage, job_id, *args, **kwargs) -> str:
-        self.submitted.append(job_id)
-        return f"ray-{job_id}"
-
-    def status(self, submission_id: str) -> RayJobStatus:
-        return RayJobStatus("PENDING", "")
-
-    def logs(self, submission_id: str) -> str:
-        return ""
-
-    def stop(self, submission_id: str) -> bool:
-        return True
-
-    def find(self, stage: str, job_id: str) -> str:
-        return ""
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ RESERVED_OPTIONS = {
     "hf_token": "does not apply: the input is a local model folder",
     "filename": "is fixed: the model is written as model.onnx",
     "config_only": "does not apply: conversion always writes the model",
-    "adapter_path": "adapters are not available yet",
+    "adapter_path": "is set by the conversion: name adapters in spec.adapter_uris",
 }
 # Why a precision is not offered for a provider, as measured (FACTS.md).
 UNSUPPORTED = {

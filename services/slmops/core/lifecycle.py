@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -146,8 +146,11 @@ class Lifecycle:
             task.cancel()
         return await asyncio.to_thread(self.store.get, record_id)
 
-    async def watch(self, record_id: str, after_sequence: int = 0) -> AsyncIterator[Event]:
-        """Events after after_sequence, live, until the record has finished."""
+    async def watch(
+        self, record_id: str, after_sequence: int = 0, until: Callable[[JobRecord], bool] | None = None
+    ) -> AsyncIterator[Event]:
+        """Events after after_sequence, live, until the record has finished (or `until(record)` holds)."""
+        done = until or (lambda record: record.finished)
         await asyncio.to_thread(self.store.get, record_id, self.kind)  # NotFound before streaming anything
         sequence = after_sequence
         changed = self._changed.setdefault(record_id, asyncio.Event())
@@ -157,7 +160,7 @@ class Lifecycle:
                 sequence = event.sequence
                 yield event
             record = await asyncio.to_thread(self.store.get, record_id)
-            if record.finished and not await asyncio.to_thread(self.store.events, record_id, sequence):
+            if done(record) and not await asyncio.to_thread(self.store.events, record_id, sequence):
                 return
             try:
                 await asyncio.wait_for(changed.wait(), WATCH_POLL_S)

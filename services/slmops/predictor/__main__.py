@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_MODEL, f"model folder {str(model_dir)!r} does not exist")
     name = args.name or model_dir.name
 
-    from slmops.predictor.server import bind, serve
+    from slmops.core.net import bind
+    from slmops.predictor.server import serve
 
     try:
         sock = bind(args.host, args.http_port)

@@ -33,24 +33,6 @@ READY_PREFIX = "SLMOPS_PREDICTOR_READY "
 log = logging.getLogger(__name__)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: a free one); OSError when it cannot bind."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit this: without it, a response written in two parts
-    # waits on the client's delayed ACK (about 40 ms on every keep-alive request).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
 def model_parameters(model_dir: str | Path) -> int | None:
     """Parameter count: the artifact manifest's metric, else the safetensors headers, else None."""
     folder = Path(model_dir)

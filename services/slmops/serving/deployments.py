@@ -23,7 +23,7 @@ from typing import Any
 from slmops.core import artifacts, settings, tracing
 from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable, collect
 from slmops.core.jobstore import Event, JobRecord, JobStore
-from slmops.core.lifecycle import WATCH_POLL_S, Lifecycle, States, Update
+from slmops.core.lifecycle import Lifecycle, States, Update
 from slmops.serving import local_backend
 
 log = logging.getLogger(__name__)
@@ -230,25 +230,9 @@ class Deployments(Lifecycle):
         await asyncio.to_thread(self.store.update, name, message="deleted", result={**record.result, "pid": 0})
         return await asyncio.to_thread(self.store.get, name)
 
-    async def watch(self, name: str, after_sequence: int = 0) -> AsyncIterator[Event]:
-        """Events until the deployment is READY, FAILED or DELETED (woken by the lifecycle's events)."""
-        await asyncio.to_thread(self.get, name)
-        sequence = after_sequence
-        changed = self._changed.setdefault(name, asyncio.Event())
-        while True:
-            changed.clear()
-            for event in await asyncio.to_thread(self.store.events, name, sequence):
-                sequence = event.sequence
-                yield event
-            record = await asyncio.to_thread(self.get, name)
-            if record.state in ("READY", "FAILED", "DELETED") and not await asyncio.to_thread(
-                self.store.events, name, sequence
-            ):
-                return
-            try:
-                await asyncio.wait_for(changed.wait(), WATCH_POLL_S)
-            except TimeoutError:
-                pass
+    def watch(self, name: str, after_sequence: int = 0) -> AsyncIterator[Event]:
+        """Events until the deployment is READY, FAILED or DELETED."""
+        return super().watch(name, after_sequence, until=lambda r: r.state in ("READY", "FAILED", "DELETED"))
 
     async def close(self, stop_predictors: bool = True) -> None:
         """Stop following; with stop_predictors, stop this replica's predictors (started again on resume)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ import httpx
 import uvicorn
 
 from slmops.core.errors import collect
+from slmops.core.net import bind
 
 log = logging.getLogger(__name__)
 
@@ -251,27 +251,12 @@ async def _send_error(
     await _send_json(send, status, payload, extra)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Without it, a response written in parts waits on the caller's delayed ACK (about 40 ms).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class RouterServer:
     """A router served by uvicorn on a background thread; `url` once started, `stop()` to end it."""
 
     def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 0):
         self.router = router
-        self._sock = _bind(host, port)
+        self._sock = bind(host, port, backlog=1024)
         bound = self._sock.getsockname()[1]
         self.url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
         config = uvicorn.Config(router, lifespan="on", log_level="warning", access_log=False)
