@@ -1,13 +1,21 @@
-"""Deployments: validation, records, predictor processes, and the deployment artifact.
+"""Deployments and their revisions: validation, records, rollouts, and the lifecycle's engine.
 
-A deployment record lives in the service's job store (kind "deployment", id =
-name) and runs on the shared lifecycle (core/lifecycle.py) with a
-`PredictorEngine`. Creating one starts its predictor in the background; the
-record moves DEPLOYING -> READY (with its URL) or FAILED (with the
-predictor's own words). A predictor that dies is started again, with backoff,
-on the same port, so its URL stays valid; after a service restart a
-deployment whose predictor still answers is adopted, and one whose predictor
-is gone is started again.
+A deployment record (kind "deployment", id = name) runs on the shared
+lifecycle (core/lifecycle.py): DEPLOYING until one of its revisions answers,
+READY while one does, FAILED when its first revision cannot start, DELETED.
+Each revision has its own record (kind "revision", id "<name>.rev<n>"):
+model, adapters, state, URL, traffic, and its deployment artifact (lineage to
+the model). Revision numbers only grow, across deletes too, and the records
+stay after a delete: a name deployed again continues its history.
+
+Who writes what, so that no write is lost: the commands (create, update,
+promote, rollback) own the deployment's desired split in `config` (serving
+revision, latest revision, the latest's percent, the rolled-out history);
+the engine's poll owns what the backend reports in `result` (URL, traffic,
+whether the desired split is reached) and the revisions' states.
+
+The backend (serving/backends/) is the one the service is configured with:
+`local` (predictor processes behind a router) or `kserve` (InferenceServices).
 """
 
 from __future__ import annotations
@@ -19,27 +27,61 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from slmops.core import artifacts, settings, tracing
-from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable, collect
-from slmops.core.jobstore import Event, JobRecord, JobStore
+from slmops.core.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    SlmopsError,
+    Unavailable,
+    collect,
+)
+from slmops.core.jobstore import MAX_PAGE, Event, JobRecord, JobStore
 from slmops.core.lifecycle import Lifecycle, States, Update
-from slmops.serving import local_backend
+from slmops.serving.backends import DEPLOYING, FAILED, READY, RETIRED, BackendStatus, Revision, ServingBackend
 
 log = logging.getLogger(__name__)
 
 KIND = "deployment"
+REVISION_KIND = "revision"
+DEPLOYMENT_LABEL = "slmops.io/deployment"
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SERVABLE_KINDS = ("onnx-model", "checkpoint")
+BACKENDS = ("LOCAL", "KSERVE")
+
+# A deployment never succeeds: it is READY until it is DELETED (or FAILED to start).
+DEPLOYMENT_STATES = States(pending="DEPLOYING", running="READY", succeeded="SUCCEEDED", failed="FAILED",
+                           cancelled="DELETED")  # fmt: skip
 
 
-def resolve_model_dir(uri: str, field: str = "spec.model_uri") -> tuple[str, str]:
-    """(confined URI, local model folder) for an artifact or a plain model folder."""
+def revision_id(name: str, number: int) -> str:
+    return f"{name}.rev{number}"  # a DNS-1123 label has no dots: never another deployment's id
+
+
+# -- validation -----------------------------------------------------------------
+
+
+def configured_backend() -> str:
+    return settings.get("serving_backend").upper()
+
+
+def resolve_model(uri: str, backend: str, field: str = "spec.model_uri") -> tuple[str, str]:
+    """(confined URI, what the backend loads) for an artifact or a model folder."""
     full = artifacts.confine(uri, settings.allowed_roots(), field)
+    if backend == "KSERVE":
+        if full.startswith("file://"):
+            raise InvalidSpec(field, f"{uri!r} is on this machine; the kserve backend needs a URI the cluster's "
+                                     "storage initializer can read (s3://, gs://, pvc://, https://)")  # fmt: skip
+        return full, full
     if not full.startswith("file://"):
         raise InvalidSpec(field, f"{uri!r}: the local backend serves models from this machine's filesystem")
     artifacts.open_input(full, field, verify=False)  # hashes are checked before the predictor starts
     path = artifacts.local_path(full)
+    if not path.exists():
+        raise NotFound("model", uri)
     if not path.is_dir():
         raise InvalidSpec(field, f"{uri!r} is not a folder")
     if artifacts.is_artifact(full):
@@ -48,7 +90,45 @@ def resolve_model_dir(uri: str, field: str = "spec.model_uri") -> tuple[str, str
             raise InvalidSpec(field, f"artifact kind {kind!r} cannot be served; one of {', '.join(SERVABLE_KINDS)}")
     if not (path / "genai_config.json").exists() and not (path / "config.json").exists():
         raise InvalidSpec(field, f"{uri!r} holds neither an ONNX Runtime GenAI model nor a Hugging Face checkpoint")
-    return full, str(path)
+    return full, full
+
+
+def resolve_adapters(adapters: list[dict[str, Any]], backend: str) -> list[list[str]]:
+    """[[name, URI the predictor loads]] for the request's adapters; InvalidSpec naming each bad one."""
+    problems: list[tuple[str, str]] = []
+    resolved: list[list[str]] = []
+    seen: set[str] = set()
+    for i, adapter in enumerate(adapters):
+        field = f"adapters[{i}]"
+        name, uri = adapter.get("name", ""), adapter.get("uri", "")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", name):
+            problems.append((f"{field}.name", "letters, digits, '.', '_' and '-', at most 64"))
+            continue
+        if name in seen:
+            problems.append((f"{field}.name", f"{name!r} is named twice"))
+        seen.add(name)
+        if backend == "KSERVE":
+            problems.append((field, "the kserve backend serves the adapters converted into the model "
+                                    "(slmops convert --adapter); they load from its adapters/ folder"))  # fmt: skip
+            continue
+        try:
+            full = artifacts.confine(uri, settings.allowed_roots(), f"{field}.uri")
+            artifacts.open_input(full, f"{field}.uri", verify=False)
+            path = artifacts.local_path(full)
+            if path.is_dir():  # an artifact of converted adapters: the one named so, or the only one
+                files = sorted(path.glob("**/*.onnx_adapter"))
+                named = [f for f in files if f.stem == name] or files
+                if len(named) == 1:
+                    full = artifacts.to_uri(named[0])
+                elif files:
+                    raise InvalidSpec(f"{field}.uri", f"holds {len(files)} adapters; name the file")
+            elif not path.exists():
+                raise NotFound("adapter", uri)
+            resolved.append([name, full])
+        except InvalidSpec as exc:
+            problems.extend(exc.problems)
+    collect(problems)
+    return resolved
 
 
 def validate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -58,188 +138,455 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     if not NAME_RE.match(name):
         problems.append(("spec.name", "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63"))
     backend = spec.get("backend", "SERVING_BACKEND_UNSPECIFIED")
+    configured = configured_backend()
     if backend == "SERVING_BACKEND_UNSPECIFIED":
-        backend = settings.get("serving_backend").upper()
-    if backend != "LOCAL":
-        problems.append(("spec.backend", f"backend {backend} is not available on this service (only LOCAL)"))
+        backend = configured
+    if backend != configured:
+        problems.append(("spec.backend", f"this service runs the {configured} backend, not {backend}"))
     canary = int(spec.get("canary_traffic_percent", 0))
     if not 0 <= canary <= 100:
         problems.append(("spec.canary_traffic_percent", "must be between 0 and 100"))
     elif canary not in (0, 100):
-        problems.append(("spec.canary_traffic_percent", "a new deployment takes all traffic (0 or 100)"))
-    if spec.get("adapters"):
-        problems.append(("spec.adapters", "serving LoRA adapters is not available yet"))
+        problems.append(("spec.canary_traffic_percent", "a canary needs a deployment to run beside: create the "
+                                                        "deployment first, then update it with a canary"))  # fmt: skip
     port = int(spec.get("port", 0))
     if not 0 <= port <= 65535:
         problems.append(("spec.port", "must be between 0 and 65535"))
-    model_dir = ""
-    model_uri = spec.get("model_uri", "")
-    if not model_uri:
+    model_uri = storage_uri = ""
+    adapters: list[list[str]] = []
+    try:
+        adapters = resolve_adapters(spec.get("adapters", []), backend)
+    except InvalidSpec as exc:
+        problems.extend((f"spec.{f}", p) for f, p in exc.problems)
+    if not spec.get("model_uri"):
         problems.append(("spec.model_uri", "is required"))
-    else:
+    elif not problems:  # NotFound is reported on its own, once the spec is otherwise right
         try:
-            model_uri, model_dir = resolve_model_dir(model_uri)
-        except (InvalidSpec, NotFound) as exc:
-            problems.append(("spec.model_uri", str(exc).split(": ", 1)[-1]))
+            model_uri, storage_uri = resolve_model(spec["model_uri"], backend)
+        except InvalidSpec as exc:
+            problems.extend(exc.problems)
     collect(problems)
-    return {"name": name, "model_uri": model_uri, "model_dir": model_dir, "port": port, "backend": backend}
+    return {"name": name, "backend": backend, "port": port, "model_uri": model_uri, "storage_uri": storage_uri,
+            "adapters": adapters}  # fmt: skip
 
 
-# A deployment never succeeds: it is READY until it is DELETED (or FAILED to start).
-DEPLOYMENT_STATES = States(pending="DEPLOYING", running="READY", succeeded="SUCCEEDED", failed="FAILED",
-                           cancelled="DELETED")  # fmt: skip
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+def check_gate(report_uri: str) -> list[str]:
+    """The reasons a passing evaluation report gives; Conflict naming the failed checks otherwise."""
+    full = artifacts.confine(report_uri, settings.allowed_roots(), "evaluation_report_uri")
+    path = artifacts.local_path(full)
+    report = path / "report.json" if path.is_dir() else path
+    if not report.is_file():
+        raise NotFound("evaluation report", report_uri)
+    try:
+        verdict = json.loads(report.read_text())["verdict"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidSpec("evaluation_report_uri", f"{report} is not an evaluation report ({exc})") from None
+    if not verdict.get("evaluated"):
+        raise Conflict(f"evaluation report {report_uri} has no gate verdict (no gate was configured); "
+                       "a promotion that requires the gate needs one")  # fmt: skip
+    reasons = [str(r) for r in verdict.get("reasons", [])]
+    if not verdict.get("passed"):
+        failed = [r for r in reasons if "FAILED" in r] or reasons
+        raise Conflict(f"the evaluation gate failed ({report_uri}): " + "; ".join(failed))
+    return reasons
 
 
-class PredictorEngine:
-    """The lifecycle's engine for deployments on this machine: one supervised predictor process each.
+# -- the engine -------------------------------------------------------------------
 
-    Submitting starts the predictor (on the port the record already has, so its
-    URL stays valid across restarts); polling checks it answers readiness and
-    starts it again, with backoff, when it has gone. A record whose predictor
-    still answers is adopted after a restart, never started twice.
-    """
 
-    def __init__(self, store: JobStore, logs_dir: Path, host: str):
-        self.store, self.logs_dir, self.host = store, logs_dir, host
-        self._ready: dict[str, dict[str, Any]] = {}  # started, not yet reported
-        self._failures: dict[str, int] = {}
+def desired_split(config: dict[str, Any]) -> dict[int, int]:
+    serving, latest, percent = int(config.get("serving", 0)), int(config.get("latest", 0)), int(config.get("percent", 100))
+    if latest == serving or percent >= 100:
+        return {latest: 100}
+    if percent <= 0:
+        return {serving: 100}
+    return {serving: 100 - percent, latest: percent}
+
+
+def _traffic_text(traffic: dict[int, int]) -> str:
+    return ", ".join(f"revision {n}: {pct}%" for n, pct in sorted(traffic.items()) if pct > 0) or "none"
+
+
+class BackendEngine:
+    """The lifecycle's engine for deployments: the configured backend, its status kept in the records."""
+
+    def __init__(self, store: JobStore, backend: ServingBackend, records_dir: Path):
+        self.store, self.backend, self.records_dir = store, backend, records_dir
+        self.notify = lambda name: None
+
+    def revisions(self, name: str) -> list[JobRecord]:
+        return revisions_of(self.store, name)
+
+    def record_dir(self, name: str) -> Path:
+        return self.records_dir / name
 
     async def find(self, record: JobRecord) -> str:
         return ""
 
     async def attached(self, record: JobRecord) -> bool:
-        pid, url = int(record.result.get("pid", 0)), record.result.get("url", "")
-        return await asyncio.to_thread(local_backend.is_alive, pid, url)
+        try:
+            await asyncio.to_thread(self.backend.status, record.id)
+            return True
+        except NotFound:
+            return False
 
     async def submit(self, record: JobRecord) -> str:
-        config = record.config
-        port = int(record.result.get("port") or config["port"] or 0)
+        """Bring the deployment up as recorded: adopt what still runs, start what should (the first time too)."""
+        await asyncio.to_thread(self.restore, record)
+        return f"{record.config['backend'].lower()}:{record.id}"
+
+    def restore(self, record: JobRecord) -> None:
+        config, name = record.config, record.id
+        keep = {int(config.get("serving", 0)), int(config.get("latest", 0))}
+        revisions = [r for r in self.revisions(name) if r.config["number"] in keep]
+        port = int(record.result.get("port") or config.get("port") or 0)
         try:
-            await asyncio.to_thread(artifacts.open_input, config["model_uri"], "spec.model_uri")
-            predictor = await asyncio.to_thread(
-                local_backend.start_predictor, record.id, config["model_dir"], self.logs_dir,
-                host=self.host, port=port, traceparent=record.traceparent,
-            )
+            self.backend.restore(
+                name, [as_revision(r, config, port) for r in revisions],
+                {r.config["number"]: r.result.get("runtime", {}) for r in revisions},
+                int(config["serving"]), int(config["latest"]), int(config.get("percent", 100)),
+            )  # fmt: skip
+            self.backend.status(name)
+        except NotFound:  # nothing there (an InferenceService deleted behind our back): apply it again
+            latest = next(r for r in revisions if r.config["number"] == int(config["latest"]))
+            self.backend.apply(name, as_revision(latest, config, port), self.record_dir(name))
         except InvalidSpec as exc:
             raise Unavailable(str(exc)) from None
-        revision = int(record.result.get("revision", 0)) or 1
-        started = {"pid": predictor.pid, "port": predictor.port, "url": predictor.url, "revision": revision,
-                   "log": str(predictor.log_path)}  # fmt: skip
-        # Recorded at once: a service stopped before its next poll still finds (and adopts) this predictor.
-        await asyncio.to_thread(self.store.update, record.id, result=started)
-        if not record.output_uri:
-            uri = await asyncio.to_thread(_write_artifact, record.id, revision, config["model_uri"], predictor.url,
-                                          record.trace_id)  # fmt: skip
-            await asyncio.to_thread(self.store.update, record.id, output_uri=uri)
-        self._ready[record.id] = started
-        return f"pid:{predictor.pid}"
 
     async def poll(self, record: JobRecord) -> Update:
-        started = self._ready.pop(record.id, None)
-        if started is not None:
-            self._failures.pop(record.id, None)
-            return Update(state="RUNNING", result=started, message=f"ready at {started['url']}")
-        if await self.attached(record):
-            url = record.result.get("url", "")
-            return Update(state="RUNNING", message=f"ready at {url}" if record.state != "READY" else "")
-        failures = self._failures.get(record.id, 0)
-        # What is left of its process group (a worker that outlived the predictor still holds the port) goes
-        # first: the group id stays ours while any member lives, so no stranger is signalled.
-        pid = int(record.result.get("pid", 0))
-        if pid:
-            await asyncio.to_thread(local_backend.stop_predictor, pid, 5.0)
-        await asyncio.sleep(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
         try:
-            await self.submit(record)
-        except Unavailable as exc:
-            self._failures[record.id] = failures + 1
-            log.warning("deployment %s: restarting its predictor failed (%d): %s", record.id, failures + 1, exc)
-            return Update(state="PENDING", message=f"predictor gone; starting it again failed: {exc}"[:500])
-        return Update(state="PENDING", message="predictor gone; started it again")
+            status = await asyncio.to_thread(self.backend.status, record.id)
+        except NotFound as exc:
+            raise Unavailable(f"the backend does not know deployment {record.id!r} ({exc}); asking again") from None
+        return await asyncio.to_thread(self.observe, record, status)
+
+    def observe(self, record: JobRecord, status: BackendStatus) -> Update:
+        """Keep what the backend reports in the revision records; the deployment's Update."""
+        name, config = record.id, record.config
+        latest = int(config["latest"])
+        desired = desired_split(config)
+        active = {n for n, pct in desired.items() if pct > 0} | ({latest} if desired.get(latest) else set())
+        for rev in self.revisions(name):
+            number = rev.config["number"]
+            seen = status.revisions.get(number)
+            state, url, reason = rev.state, rev.result.get("url", ""), rev.reason
+            if seen is not None:
+                state, url, reason = seen.state, seen.url, seen.reason or ""
+            elif number == status.ready_revision and status.state == READY:
+                state, url, reason = READY, status.url, ""
+            elif number == latest and status.state == FAILED:
+                state, reason = FAILED, status.reason
+            if number not in active and state != FAILED and not status.traffic.get(number):
+                state, url = RETIRED, ""
+            if state == RETIRED:  # why it was retired, as the command said (rolled back), before the backend's words
+                reason = (rev.reason if rev.state == RETIRED or rev.reason.startswith("rolled back") else "") \
+                    or reason or "no longer serving"  # fmt: skip
+            traffic = int(status.traffic.get(number, 0))
+            runtime = seen.runtime if seen is not None else rev.result.get("runtime", {})
+            result = {**rev.result, "url": url, "traffic_percent": traffic, "runtime": runtime}
+            if state != rev.state or result != rev.result or reason != rev.reason:
+                self.store.update(rev.id, state=state, result=result, reason=reason if state != READY else "")
+                if state != rev.state:
+                    said = f"revision {number}: {state}" + (f" at {url}" if url and state == READY else "")
+                    said += f" ({reason.splitlines()[0]})" if reason and state in (FAILED, DEPLOYING) else ""
+                    self.store.add_event(name, record.state, 1.0 if state == READY else record.fraction, said)
+        traffic = {n: pct for n, pct in status.traffic.items() if pct > 0}
+        latest_failed = self.store.get(revision_id(name, latest)).state == FAILED
+        settled = status.state == READY and (traffic == {n: p for n, p in desired.items() if p > 0} or latest_failed)
+        result = {**record.result, "url": status.url, "traffic": {str(n): p for n, p in traffic.items()},
+                  "settled": int(config.get("generation", 0)) if settled else -1}  # fmt: skip
+        if status.url and urlsplit(status.url).port:
+            result["port"] = urlsplit(status.url).port
+        if traffic != {int(n): p for n, p in record.result.get("traffic", {}).items()} and traffic:
+            self.store.add_event(name, record.state, 1.0, f"traffic: {_traffic_text(traffic)}")
+        result = result if result != record.result else None
+        if status.state == READY:
+            return Update(state="RUNNING", result=result, message=f"ready at {status.url}")
+        if status.state == FAILED:
+            try:
+                self.backend.delete(name)
+            except SlmopsError as exc:
+                log.warning("deployment %s: cleaning up after its failure: %s", name, exc)
+            return Update(state="FAILED", result=result, reason=status.reason)
+        return Update(state="PENDING", result=result, message=status.reason)
 
     async def stop(self, record: JobRecord) -> bool:
-        started = self._ready.pop(record.id, None)
-        pid = int((started or record.result).get("pid", 0))
-        if pid:
-            await asyncio.to_thread(local_backend.stop_predictor, pid)
+        try:
+            await asyncio.to_thread(self.backend.delete, record.id)
+        except NotFound:
+            pass
         return True
 
 
-def _write_artifact(name: str, revision: int, model_uri: str, url: str, trace_id: str) -> str:
-    root = settings.artifact_root().rstrip("/")
-    uri = f"{root}/deployments/{name}-{revision}"
-    folder = artifacts.local_path(uri)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "deployment.json").write_text(
-        json.dumps({"name": name, "revision": revision, "model_uri": model_uri, "url": url}, indent=2)
-    )
-    artifacts.finalize(uri, "deployment", spec={"name": name, "model_uri": model_uri},
-                       parents=[model_uri], trace_id=trace_id)
-    return uri
+def revisions_of(store: JobStore, name: str) -> list[JobRecord]:
+    """Every revision record of a deployment, oldest first."""
+    found, token = [], ""
+    while True:
+        page, token = store.list(REVISION_KIND, None, {DEPLOYMENT_LABEL: name}, MAX_PAGE, token)
+        found += page
+        if not token:
+            return sorted(found, key=lambda r: r.config["number"])
+
+
+def as_revision(rev: JobRecord, config: dict[str, Any], port: int) -> Revision:
+    number = rev.config["number"]
+    desired = desired_split(config)
+    return Revision(number=number, model_uri=rev.config["model_uri"], storage_uri=rev.config["storage_uri"],
+                    traffic_percent=desired.get(number, 0) if number != int(config["serving"]) else 100,
+                    adapters=tuple(tuple(a) for a in rev.config.get("adapters", [])), port=port)  # fmt: skip
+
+
+# -- the deployments ---------------------------------------------------------------
 
 
 class Deployments(Lifecycle):
-    """Deployments on the shared lifecycle (core/lifecycle.py) with local predictor processes."""
+    """Deployments on the shared lifecycle, served by one backend."""
 
-    def __init__(self, store: JobStore, logs_dir: Path | None = None, host: str | None = None, **options: Any):
-        engine = PredictorEngine(store, logs_dir or settings.data_dir() / "logs", host or settings.get("serving_host"))
+    def __init__(self, store: JobStore, backend: ServingBackend | None = None, **options: Any):
+        if backend is None:
+            backend = make_backend()
+        self.backend = backend
+        engine = BackendEngine(store, backend, settings.data_dir() / "deployments")
         super().__init__(KIND, store, engine, states=DEPLOYMENT_STATES, **{"poll_s": 2.0, **options})
+        self.engine: BackendEngine
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
 
     # -- commands ---------------------------------------------------------
 
     async def create(self, spec: dict[str, Any]) -> JobRecord:
         config = await asyncio.to_thread(validate, spec)
         name = config["name"]
-        try:
-            existing = await asyncio.to_thread(self.store.get, name)
-        except NotFound:
-            existing = None
-        if existing and existing.state != "DELETED":
-            raise AlreadyExists(f"deployment {name!r} exists ({existing.state}); delete it first")
-        record = JobRecord(
-            id=name, kind=KIND, spec=spec, config=config,
-            labels=dict(spec.get("labels", {})), message="starting predictor",
-            trace_id=tracing.current_trace_id(), traceparent=tracing.current_traceparent(),
-        )
-        if existing is None:
-            await self.record(record, "starting predictor")
-        else:  # a deleted name deployed again
-            await asyncio.to_thread(
-                self.store.update, name, state="DEPLOYING", result={}, reason="", output_uri="", ray_job_id="",
-                owner="", lease_expires=0.0,
-                **{k: getattr(record, k) for k in ("spec", "config", "labels", "message", "trace_id", "traceparent")},
-            )
-            await self.event(name, "DEPLOYING", 0.0, "starting predictor")
-            if await self._claim(name):
-                self._follow(name)
+        async with self._lock(name):
+            existing = await asyncio.to_thread(self._find, name)
+            if existing and existing.state != "DELETED":
+                raise AlreadyExists(f"deployment {name!r} exists ({existing.state}); deploy a new revision with "
+                                    "--canary (UpdateDeployment), or delete it first")  # fmt: skip
+            number = await asyncio.to_thread(self._next_number, name)
+            config.update(serving=number, latest=number, percent=100, rolled_out=[number], generation=1)
+            record = JobRecord(
+                id=name, kind=KIND, spec=spec, config=config, labels=dict(spec.get("labels", {})),
+                message=f"starting revision {number}", trace_id=tracing.current_trace_id(),
+                traceparent=tracing.current_traceparent(),
+            )  # fmt: skip
+            await asyncio.to_thread(self._new_revision, record, number, config["model_uri"], config["storage_uri"],
+                                    config["adapters"])  # fmt: skip
+            if existing is None:
+                await self.record(record, f"starting revision {number}")
+            else:  # a deleted name deployed again: its history continues
+                await asyncio.to_thread(
+                    self.store.update, name, state="DEPLOYING", result={}, reason="", ray_job_id="", owner="",
+                    lease_expires=0.0, output_uri=record.output_uri,
+                    **{k: getattr(record, k) for k in ("spec", "config", "labels", "message", "trace_id",
+                                                       "traceparent")},
+                )  # fmt: skip
+                await self.event(name, "DEPLOYING", 0.0, f"starting revision {number}")
+                if await self._claim(name):
+                    self._follow(name)
+        return await asyncio.to_thread(self.store.get, name)
+
+    async def update(self, name: str, model_uri: str, adapters: list[dict[str, Any]], percent: int) -> JobRecord:
+        """A new revision: a canary with `percent` of the traffic, or (0/100) the replacement once ready."""
+        if not 0 <= percent <= 100:
+            raise InvalidSpec("canary_traffic_percent", "must be between 0 and 100")
+        record = await asyncio.to_thread(self._find, name)
+        if record is None or record.state == "DELETED":
+            field = "canary_traffic_percent" if percent not in (0, 100) else "name"
+            raise InvalidSpec(field, f"deployment {name!r} does not exist yet: create it first (a canary "
+                                     "needs a revision to run beside)")  # fmt: skip
+        backend = record.config["backend"]
+        if not model_uri:
+            raise InvalidSpec("model_uri", "is required")
+        resolved = await asyncio.to_thread(resolve_adapters, adapters, backend)
+        model_uri, storage_uri = await asyncio.to_thread(resolve_model, model_uri, backend, "model_uri")
+        percent = percent if 0 < percent < 100 else 100
+        async with self._lock(name):
+            record = await asyncio.to_thread(self.store.get, name)
+            if record.state not in ("READY", "DEPLOYING"):
+                raise Conflict(f"deployment {name!r} is {record.state}; delete it and deploy it again")
+            config = dict(record.config)
+            if int(config["latest"]) != int(config["serving"]) and await self._canary_live(name, config):
+                raise Conflict(f"deployment {name!r} already runs a canary (revision {config['latest']}); "
+                               "promote it or roll it back first")  # fmt: skip
+            number = await asyncio.to_thread(self._next_number, name)
+            rev = await asyncio.to_thread(self._new_revision, record, number, model_uri, storage_uri, resolved)
+            config.update(latest=number, percent=percent, generation=int(config.get("generation", 0)) + 1)
+            if percent == 100:
+                config.update(serving=number, rolled_out=[*config["rolled_out"], number])
+            what = f"revision {number}: " + (f"canary at {percent}%" if percent < 100 else "replaces the serving "
+                                             "revision once ready")  # fmt: skip
+            await self._change(record, config, what, lambda: self.backend.apply(
+                name, as_revision(rev, config, int(record.result.get("port", 0))), self.engine.record_dir(name)))
+        return await asyncio.to_thread(self.store.get, name)
+
+    async def promote(self, name: str, report_uri: str = "") -> JobRecord:
+        """All traffic to the canary; with a report, only when its gate passed."""
+        record = await asyncio.to_thread(self.get, name)
+        reasons = await asyncio.to_thread(check_gate, report_uri) if report_uri else []
+        async with self._lock(name):
+            record = await asyncio.to_thread(self.store.get, name)
+            config = dict(record.config)
+            if record.state not in ("READY", "DEPLOYING") or int(config["latest"]) == int(config["serving"]) \
+                    or not await self._canary_live(name, config):  # fmt: skip
+                raise Conflict(f"deployment {name!r} has no canary to promote (serving revision "
+                               f"{config['serving']}, {record.state})")  # fmt: skip
+            latest = int(config["latest"])
+            config.update(serving=latest, percent=100, rolled_out=[*config["rolled_out"], latest],
+                          generation=int(config.get("generation", 0)) + 1)  # fmt: skip
+            gate = f" (gate passed: {'; '.join(reasons)})" if reasons else ""
+            await self._change(record, config, f"promoting revision {latest} to 100%{gate}",
+                               lambda: self.backend.promote(name, self.engine.record_dir(name)))  # fmt: skip
+        return await asyncio.to_thread(self.store.get, name)
+
+    async def rollback(self, name: str) -> JobRecord:
+        """All traffic back: to the serving revision while a canary runs, else to the one served before."""
+        await asyncio.to_thread(self.get, name)
+        async with self._lock(name):
+            record = await asyncio.to_thread(self.store.get, name)
+            config = dict(record.config)
+            if record.state not in ("READY", "DEPLOYING"):
+                raise Conflict(f"deployment {name!r} is {record.state}; nothing to roll back")
+            serving, latest = int(config["serving"]), int(config["latest"])
+            generation = int(config.get("generation", 0)) + 1
+            if latest != serving and await self._canary_live(name, config):
+                config.update(percent=0, generation=generation)
+                await asyncio.to_thread(self.store.update, revision_id(name, latest), reason="rolled back")
+                await self._change(record, config, f"rolling back canary revision {latest}; all traffic to "
+                                   f"revision {serving}", lambda: self.backend.rollback(name, self.engine.record_dir(name)))  # fmt: skip
+            else:
+                history = list(config["rolled_out"])
+                if len(history) < 2:
+                    raise Conflict(f"deployment {name!r} has no earlier revision to roll back to (revision "
+                                   f"{serving} is its first)")  # fmt: skip
+                current, previous = history.pop(), history[-1]
+                config.update(serving=previous, latest=previous, percent=100, rolled_out=history,
+                              generation=generation)  # fmt: skip
+                await asyncio.to_thread(self.store.update, revision_id(name, current),
+                                        reason=f"rolled back to revision {previous}")  # fmt: skip
+                rev = await asyncio.to_thread(self.store.get, revision_id(name, previous))
+                port = int(record.result.get("port", 0))
+                await self._change(record, config, f"rolling back from revision {current} to revision {previous}",
+                                   lambda: self.backend.apply(name, as_revision(rev, config, port),
+                                                              self.engine.record_dir(name)))  # fmt: skip
         return await asyncio.to_thread(self.store.get, name)
 
     def list(self, labels: dict[str, str], page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
         return self.store.list(KIND, None, labels, page_size, page_token)
 
+    def revisions(self, name: str) -> list[JobRecord]:
+        return revisions_of(self.store, name)
+
     async def delete(self, name: str) -> JobRecord:
-        record = await asyncio.to_thread(self.get, name)
-        if record.state == "DELETED":
-            raise Conflict(f"deployment {name!r} is already deleted")
-        if record.state == "FAILED":  # nothing runs: the record is just marked
-            await asyncio.to_thread(self.store.update, name, state="DELETED", message="deleted")
-            await self.event(name, "DELETED", 1.0, "deleted")
-            return await asyncio.to_thread(self.store.get, name)
-        await self.cancel(name)
-        await asyncio.to_thread(self.store.update, name, message="deleted", result={**record.result, "pid": 0})
+        async with self._lock(name):
+            record = await asyncio.to_thread(self.get, name)
+            if record.state == "DELETED":
+                raise Conflict(f"deployment {name!r} is already deleted")
+            if record.state == "FAILED":  # nothing serves: the record is just marked
+                await self.engine.stop(record)
+                await asyncio.to_thread(self.store.update, name, state="DELETED", message="deleted")
+                await self.event(name, "DELETED", 1.0, "deleted")
+            else:
+                await self.cancel(name)
+                await asyncio.to_thread(self.store.update, name, message="deleted")
+            for rev in await asyncio.to_thread(self.revisions, name):
+                if rev.state not in (RETIRED, FAILED):
+                    await asyncio.to_thread(self.store.update, rev.id, state=RETIRED, reason="deployment deleted",
+                                            result={**rev.result, "url": "", "traffic_percent": 0})  # fmt: skip
         return await asyncio.to_thread(self.store.get, name)
 
     def watch(self, name: str, after_sequence: int = 0) -> AsyncIterator[Event]:
-        """Events until the deployment is READY, FAILED or DELETED."""
-        return super().watch(name, after_sequence, until=lambda r: r.state in ("READY", "FAILED", "DELETED"))
+        """Events until the deployment has reached its desired split (READY), FAILED or is DELETED."""
+
+        def settled(record: JobRecord) -> bool:
+            if record.state in ("FAILED", "DELETED"):
+                return True
+            return record.state == "READY" and record.result.get("settled") == record.config.get("generation")
+
+        return super().watch(name, after_sequence, until=settled)
 
     async def close(self, stop_predictors: bool = True) -> None:
-        """Stop following; with stop_predictors, stop this replica's predictors (started again on resume)."""
-        followed = [await asyncio.to_thread(self.store.get, name) for name in list(self._tasks)]
+        """Stop following; with stop_predictors, stop this replica's local predictors (started again on resume)."""
         await super().close()
-        if stop_predictors:
-            for record in followed:
-                pid = int(record.result.get("pid", 0))
-                if pid:
-                    await asyncio.to_thread(local_backend.stop_predictor, pid)
+        if hasattr(self.backend, "close"):
+            await asyncio.to_thread(self.backend.close, stop_predictors)
+
+    # -- helpers ----------------------------------------------------------
+
+    def _find(self, name: str) -> JobRecord | None:
+        try:
+            return self.store.get(name, KIND)
+        except NotFound:
+            return None
+
+    def _next_number(self, name: str) -> int:
+        return max((r.config["number"] for r in self.revisions(name)), default=0) + 1
+
+    def _new_revision(self, record: JobRecord, number: int, model_uri: str, storage_uri: str,
+                      adapters: list[list[str]]) -> JobRecord:  # fmt: skip
+        rev = JobRecord(
+            id=revision_id(record.id, number), kind=REVISION_KIND, state=DEPLOYING,
+            config={"number": number, "model_uri": model_uri, "storage_uri": storage_uri, "adapters": adapters},
+            labels={DEPLOYMENT_LABEL: record.id}, trace_id=record.trace_id, message="starting",
+        )  # fmt: skip
+        self.store.create(rev)  # first: the number is taken even if writing the artifact fails
+        rev.output_uri = _write_artifact(record.id, number, model_uri, adapters, record.config["backend"],
+                                         record.trace_id)  # fmt: skip
+        self.store.update(rev.id, output_uri=rev.output_uri)
+        if int(record.config.get("serving", number)) == number:
+            record.output_uri = rev.output_uri
+        return rev
+
+    async def _canary_live(self, name: str, config: dict[str, Any]) -> bool:
+        rev = await asyncio.to_thread(self.store.get, revision_id(name, int(config["latest"])))
+        return int(config.get("percent", 100)) > 0 and rev.state not in (FAILED, RETIRED)
+
+    async def _change(self, record: JobRecord, config: dict[str, Any], what: str, act: Any) -> None:
+        """Record the new desired split, then have the backend act; put the old split back if it cannot."""
+        changes: dict[str, Any] = {"config": config, "message": what}
+        if record.output_uri and config["serving"] != record.config["serving"]:
+            rev = await asyncio.to_thread(self.store.get, revision_id(record.id, int(config["serving"])))
+            changes["output_uri"] = rev.output_uri
+        await asyncio.to_thread(self.store.update, record.id, **changes)
+        try:
+            await asyncio.to_thread(self.engine.restore, await asyncio.to_thread(self.store.get, record.id))
+            await asyncio.to_thread(act)
+        except SlmopsError:
+            await asyncio.to_thread(self.store.update, record.id, config=record.config, message=record.message,
+                                    output_uri=record.output_uri)  # fmt: skip
+            if config["latest"] != record.config["latest"]:
+                await asyncio.to_thread(self.store.update, revision_id(record.id, int(config["latest"])),
+                                        state=FAILED, reason="the backend refused it")  # fmt: skip
+            raise
+        await self.event(record.id, record.state, record.fraction, what)
+
+
+def _write_artifact(name: str, number: int, model_uri: str, adapters: list[list[str]], backend: str,
+                    trace_id: str) -> str:  # fmt: skip
+    """The revision's deployment artifact: what it serves, with the model (and adapters) as parents."""
+    root = settings.artifact_root().rstrip("/")
+    uri = f"{root}/deployments/{name}-{number}"
+    with artifacts.staged(uri) as staging:
+        folder = artifacts.local_path(staging)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "deployment.json").write_text(json.dumps(
+            {"name": name, "revision": number, "model_uri": model_uri, "adapters": adapters, "backend": backend},
+            indent=2))  # fmt: skip
+    artifacts.finalize(uri, "deployment", spec={"name": name, "revision": number, "model_uri": model_uri},
+                       parents=[model_uri, *(uri for _, uri in adapters)], trace_id=trace_id)  # fmt: skip
+    return uri
+
+
+def make_backend() -> ServingBackend:
+    """The backend the service is configured with (SLMOPS_SERVING_BACKEND)."""
+    backend = configured_backend()
+    if backend == "KSERVE":
+        from slmops.serving.backends.kserve import KServeBackend
+
+        return KServeBackend()
+    if backend == "LOCAL":
+        from slmops.serving.backends.local import LocalBackend
+
+        return LocalBackend(settings.data_dir() / "logs", settings.get("serving_host"))
+    raise InvalidSpec("SLMOPS_SERVING_BACKEND", f"{backend.lower()!r} is not a backend; one of local, kserve")

@@ -102,6 +102,16 @@ class Router:
         self._timeout = timeout
         self._retry_after_s = retry_after_s
         self._client: httpx.AsyncClient | None = None
+        self._in_flight: dict[int, int] = {}
+
+    def in_flight(self, revision: int) -> int:
+        """Requests sent to `revision` that have not finished (its predictor may stop once this is 0)."""
+        with self._lock:
+            return self._in_flight.get(revision, 0)
+
+    def _count(self, revision: int, delta: int) -> None:
+        with self._lock:
+            self._in_flight[revision] = self._in_flight.get(revision, 0) + delta
 
     def set_routes(self, routes: Mapping[int, Route | tuple[str, int]]) -> None:
         """Replace the table; requests already under way finish on the revision they were sent to."""
@@ -173,21 +183,25 @@ class Router:
             tried.add(revision)
             request = httpx.Request(scope["method"], route.url.rstrip("/") + target, headers=headers,
                                     content=body)  # fmt: skip
+            self._count(revision, 1)
             try:
-                upstream = await self._client.send(request, stream=True)
-            except _RETRYABLE as exc:
-                log.warning("revision %d at %s did not answer (%s); trying another", revision, route.url,
-                            type(exc).__name__)  # fmt: skip
-                failures.append(f"revision {revision}: {type(exc).__name__}")
-                continue
-            except httpx.TimeoutException:
-                await _send_error(send, 504, f"revision {revision} did not answer in time", revision)
+                try:
+                    upstream = await self._client.send(request, stream=True)
+                except _RETRYABLE as exc:
+                    log.warning("revision %d at %s did not answer (%s); trying another", revision, route.url,
+                                type(exc).__name__)  # fmt: skip
+                    failures.append(f"revision {revision}: {type(exc).__name__}")
+                    continue
+                except httpx.TimeoutException:
+                    await _send_error(send, 504, f"revision {revision} did not answer in time", revision)
+                    return
+                try:
+                    await _relay(upstream, revision, receive, send)
+                finally:
+                    await upstream.aclose()
                 return
-            try:
-                await _relay(upstream, revision, receive, send)
             finally:
-                await upstream.aclose()
-            return
+                self._count(revision, -1)
         detail = "; ".join(failures) or "no revision has traffic"
         await _send_error(send, 503, f"no revision of this deployment can answer ({detail})", None,
                           retry_after=self._retry_after_s)  # fmt: skip

@@ -26,21 +26,30 @@ def _name(value: str) -> str:
     return value.strip()
 
 
-def deployment_proto(record: JobRecord) -> serving_pb2.Deployment:
+def revision_proto(name: str, rev: JobRecord) -> serving_pb2.Revision:
+    number = int(rev.config["number"])
+    proto = serving_pb2.Revision(
+        name=f"{name}-{number}", number=number, model_uri=rev.config.get("model_uri", ""),
+        traffic_percent=int(rev.result.get("traffic_percent", 0)),
+        state=serving_pb2.DeploymentState.Value(f"DEPLOYMENT_{rev.state}"), url=rev.result.get("url", ""),
+        reason=rev.reason, create_time=timestamp(rev.created), log=rev.result.get("runtime", {}).get("log", ""),
+        adapters=[serving_pb2.AdapterRef(name=a, uri=u) for a, u in rev.config.get("adapters", [])],
+    )  # fmt: skip
+    if rev.output_uri:
+        proto.artifact.CopyFrom(common_pb2.ArtifactRef(uri=rev.output_uri, kind="deployment"))
+    return proto
+
+
+def deployment_proto(record: JobRecord, revisions: list[JobRecord]) -> serving_pb2.Deployment:
     spec = json_format.ParseDict(record.spec, serving_pb2.DeploymentSpec(), ignore_unknown_fields=True)
     state = serving_pb2.DeploymentState.Value(f"DEPLOYMENT_{record.state}")
     url = record.result.get("url", "") if record.state == "READY" else ""
     proto = serving_pb2.Deployment(
         name=record.id, spec=spec, state=state, reason=record.reason, url=url, trace_id=record.trace_id,
         create_time=timestamp(record.created), update_time=timestamp(record.updated),
-    )
-    if record.result.get("revision"):
-        proto.revisions.append(
-            serving_pb2.Revision(
-                name=f"{record.id}-{record.result['revision']}", model_uri=record.config.get("model_uri", ""),
-                traffic_percent=100, state=state, url=url, create_time=timestamp(record.created),
-            )
-        )
+        serving_revision=int(record.config.get("serving", 0)), latest_revision=int(record.config.get("latest", 0)),
+        revisions=[revision_proto(record.id, r) for r in reversed(revisions)],  # newest first
+    )  # fmt: skip
     if record.output_uri:
         proto.artifact.CopyFrom(common_pb2.ArtifactRef(uri=record.output_uri, kind="deployment"))
     return proto
@@ -57,26 +66,29 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
     def __init__(self, deployments: Deployments):
         self.deployments = deployments
 
+    async def _proto(self, record: JobRecord) -> serving_pb2.Deployment:
+        return deployment_proto(record, await asyncio.to_thread(self.deployments.revisions, record.id))
+
     async def CreateDeployment(self, request: serving_pb2.CreateDeploymentRequest, context: Any):
         if not request.HasField("spec"):
             raise InvalidSpec("spec", "is required")
         spec = message_to_dict(request.spec)
         spec.setdefault("name", "")
-        return deployment_proto(await self.deployments.create(spec))
+        return await self._proto(await self.deployments.create(spec))
 
     async def GetDeployment(self, request: serving_pb2.GetDeploymentRequest, context: Any):
-        return deployment_proto(await asyncio.to_thread(self.deployments.get, _name(request.name)))
+        return await self._proto(await asyncio.to_thread(self.deployments.get, _name(request.name)))
 
     async def ListDeployments(self, request: serving_pb2.ListDeploymentsRequest, context: Any):
         records, token = await asyncio.to_thread(
             self.deployments.list, dict(request.labels), request.page_size, request.page_token
         )
         return serving_pb2.ListDeploymentsResponse(
-            deployments=[deployment_proto(r) for r in records], next_page_token=token
+            deployments=[await self._proto(r) for r in records], next_page_token=token
         )
 
     async def DeleteDeployment(self, request: serving_pb2.DeleteDeploymentRequest, context: Any):
-        return deployment_proto(await self.deployments.delete(_name(request.name)))
+        return await self._proto(await self.deployments.delete(_name(request.name)))
 
     async def WatchDeployment(
         self, request: serving_pb2.WatchDeploymentRequest, context: Any
@@ -85,6 +97,18 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
             raise InvalidSpec("after_sequence", "must not be negative")
         async for event in self.deployments.watch(_name(request.name), request.after_sequence):
             yield _event_proto(event)
+
+    async def UpdateDeployment(self, request: serving_pb2.UpdateDeploymentRequest, context: Any):
+        adapters = [message_to_dict(a) for a in request.adapters]
+        record = await self.deployments.update(_name(request.name), request.model_uri, adapters,
+                                               request.canary_traffic_percent)  # fmt: skip
+        return await self._proto(record)
+
+    async def PromoteDeployment(self, request: serving_pb2.PromoteDeploymentRequest, context: Any):
+        return await self._proto(await self.deployments.promote(_name(request.name), request.evaluation_report_uri))
+
+    async def RollbackDeployment(self, request: serving_pb2.RollbackDeploymentRequest, context: Any):
+        return await self._proto(await self.deployments.rollback(_name(request.name)))
 
 
 def registration(deployments: Deployments) -> Registration:

@@ -25,6 +25,7 @@ class DeploymentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPLOYMENT_READY: _ClassVar[DeploymentState]
     DEPLOYMENT_FAILED: _ClassVar[DeploymentState]
     DEPLOYMENT_DELETED: _ClassVar[DeploymentState]
+    DEPLOYMENT_RETIRED: _ClassVar[DeploymentState]
 SERVING_BACKEND_UNSPECIFIED: ServingBackend
 LOCAL: ServingBackend
 KSERVE: ServingBackend
@@ -33,6 +34,7 @@ DEPLOYMENT_DEPLOYING: DeploymentState
 DEPLOYMENT_READY: DeploymentState
 DEPLOYMENT_FAILED: DeploymentState
 DEPLOYMENT_DELETED: DeploymentState
+DEPLOYMENT_RETIRED: DeploymentState
 
 class AdapterRef(_message.Message):
     __slots__ = ("name", "uri")
@@ -72,23 +74,33 @@ class DeploymentSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., backend: _Optional[_Union[ServingBackend, str]] = ..., canary_traffic_percent: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterRef, _Mapping]]] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., port: _Optional[int] = ...) -> None: ...
 
 class Revision(_message.Message):
-    __slots__ = ("name", "model_uri", "traffic_percent", "state", "url", "create_time")
+    __slots__ = ("name", "model_uri", "traffic_percent", "state", "url", "create_time", "number", "adapters", "reason", "artifact", "log")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_PERCENT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_uri: str
     traffic_percent: int
     state: DeploymentState
     url: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., traffic_percent: _Optional[int] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., url: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    number: int
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterRef]
+    reason: str
+    artifact: _common_pb2.ArtifactRef
+    log: str
+    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., traffic_percent: _Optional[int] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., url: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., number: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterRef, _Mapping]]] = ..., reason: _Optional[str] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., log: _Optional[str] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "spec", "state", "reason", "url", "revisions", "artifact", "trace_id", "create_time", "update_time")
+    __slots__ = ("name", "spec", "state", "reason", "url", "revisions", "artifact", "trace_id", "create_time", "update_time", "serving_revision", "latest_revision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +111,8 @@ class Deployment(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SERVING_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: DeploymentSpec
     state: DeploymentState
@@ -109,7 +123,9 @@ class Deployment(_message.Message):
     trace_id: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., reason: _Optional[str] = ..., url: _Optional[str] = ..., revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    serving_revision: int
+    latest_revision: int
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., reason: _Optional[str] = ..., url: _Optional[str] = ..., revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., serving_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
     __slots__ = ("spec",)
@@ -124,6 +140,32 @@ class GetDeploymentRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DeleteDeploymentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UpdateDeploymentRequest(_message.Message):
+    __slots__ = ("name", "model_uri", "adapters", "canary_traffic_percent")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_URI_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_TRAFFIC_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_uri: str
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterRef]
+    canary_traffic_percent: int
+    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., adapters: _Optional[_Iterable[_Union[AdapterRef, _Mapping]]] = ..., canary_traffic_percent: _Optional[int] = ...) -> None: ...
+
+class PromoteDeploymentRequest(_message.Message):
+    __slots__ = ("name", "evaluation_report_uri")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_REPORT_URI_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    evaluation_report_uri: str
+    def __init__(self, name: _Optional[str] = ..., evaluation_report_uri: _Optional[str] = ...) -> None: ...
+
+class RollbackDeploymentRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str

@@ -61,6 +61,21 @@ class ServingServiceStub:
                 request_serializer=slmops_dot_v1_dot_serving__pb2.WatchDeploymentRequest.SerializeToString,
                 response_deserializer=slmops_dot_v1_dot_common__pb2.ProgressEvent.FromString,
                 _registered_method=True)
+        self.UpdateDeployment = channel.unary_unary(
+                '/slmops.v1.ServingService/UpdateDeployment',
+                request_serializer=slmops_dot_v1_dot_serving__pb2.UpdateDeploymentRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_serving__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.PromoteDeployment = channel.unary_unary(
+                '/slmops.v1.ServingService/PromoteDeployment',
+                request_serializer=slmops_dot_v1_dot_serving__pb2.PromoteDeploymentRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_serving__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.RollbackDeployment = channel.unary_unary(
+                '/slmops.v1.ServingService/RollbackDeployment',
+                request_serializer=slmops_dot_v1_dot_serving__pb2.RollbackDeploymentRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_serving__pb2.Deployment.FromString,
+                _registered_method=True)
 
 
 class ServingServiceServicer:
@@ -96,6 +111,27 @@ class ServingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateDeployment(self, request, context):
+        """A new revision: a canary with its share of the traffic, or (0/100) the replacement once it is ready.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteDeployment(self, request, context):
+        """All traffic to the canary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackDeployment(self, request, context):
+        """All traffic back: to the serving revision while a canary runs, else to the revision served before it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +159,21 @@ def add_ServingServiceServicer_to_server(servicer, server):
                     servicer.WatchDeployment,
                     request_deserializer=slmops_dot_v1_dot_serving__pb2.WatchDeploymentRequest.FromString,
                     response_serializer=slmops_dot_v1_dot_common__pb2.ProgressEvent.SerializeToString,
+            ),
+            'UpdateDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeployment,
+                    request_deserializer=slmops_dot_v1_dot_serving__pb2.UpdateDeploymentRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_serving__pb2.Deployment.SerializeToString,
+            ),
+            'PromoteDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteDeployment,
+                    request_deserializer=slmops_dot_v1_dot_serving__pb2.PromoteDeploymentRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_serving__pb2.Deployment.SerializeToString,
+            ),
+            'RollbackDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackDeployment,
+                    request_deserializer=slmops_dot_v1_dot_serving__pb2.RollbackDeploymentRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_serving__pb2.Deployment.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +311,87 @@ class ServingService:
             '/slmops.v1.ServingService/WatchDeployment',
             slmops_dot_v1_dot_serving__pb2.WatchDeploymentRequest.SerializeToString,
             slmops_dot_v1_dot_common__pb2.ProgressEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.ServingService/UpdateDeployment',
+            slmops_dot_v1_dot_serving__pb2.UpdateDeploymentRequest.SerializeToString,
+            slmops_dot_v1_dot_serving__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.ServingService/PromoteDeployment',
+            slmops_dot_v1_dot_serving__pb2.PromoteDeploymentRequest.SerializeToString,
+            slmops_dot_v1_dot_serving__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.ServingService/RollbackDeployment',
+            slmops_dot_v1_dot_serving__pb2.RollbackDeploymentRequest.SerializeToString,
+            slmops_dot_v1_dot_serving__pb2.Deployment.FromString,
             options,
             channel_credentials,
             insecure,

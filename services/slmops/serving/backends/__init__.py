@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 DEPLOYING = "DEPLOYING"
 READY = "READY"
 FAILED = "FAILED"
+RETIRED = "RETIRED"  # a revision kept in the history that no longer serves
 STATES = (DEPLOYING, READY, FAILED)
 
 
@@ -26,13 +27,28 @@ class Revision:
     `model_uri` is the artifact as the user named it; `storage_uri` is what the
     backend loads (for KServe: what its storage initializer downloads).
     `traffic_percent` is the share the revision gets when applied: 100 replaces
-    the serving revision, less starts a canary next to it.
+    the serving revision, less starts a canary next to it. `adapters` are
+    (name, storage location) pairs served beside the base model; `port` is
+    where the deployment is reached when the backend lets the caller choose
+    (local: the router's port; 0 picks a free one).
     """
 
     number: int
     model_uri: str
     storage_uri: str
     traffic_percent: int = 100
+    adapters: tuple[tuple[str, str], ...] = ()
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class RevisionStatus:
+    """Where one revision stands; `runtime` is what the backend needs to take it over again (local: pid)."""
+
+    state: str
+    url: str = ""
+    reason: str = ""
+    runtime: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class BackendStatus:
     ready_revision: int | None = None
     traffic: dict[int, int] = field(default_factory=dict)
     reason: str = ""
+    revisions: dict[int, RevisionStatus] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -59,15 +76,15 @@ class ServingBackend(Protocol):
         """Serve `revision` of deployment `name` with its traffic_percent; returns what was applied."""
         ...
 
-    def set_traffic(self, name: str, percent: int) -> None:
+    def set_traffic(self, name: str, percent: int, record_dir: Path | None = None) -> None:
         """Give the latest revision `percent` of the traffic, the previous one the rest."""
         ...
 
-    def promote(self, name: str) -> None:
+    def promote(self, name: str, record_dir: Path | None = None) -> None:
         """Send all traffic to the latest revision."""
         ...
 
-    def rollback(self, name: str) -> None:
+    def rollback(self, name: str, record_dir: Path | None = None) -> None:
         """Send all traffic back to the previous revision."""
         ...
 
@@ -77,4 +94,9 @@ class ServingBackend(Protocol):
 
     def status(self, name: str) -> BackendStatus:
         """Where deployment `name` stands now."""
+        ...
+
+    def restore(self, name: str, revisions: list[Revision], runtime: dict[int, dict[str, Any]],
+                serving: int, latest: int, percent: int) -> None:  # fmt: skip
+        """Take deployment `name` over as recorded (after a restart): adopt what runs, start what should."""
         ...

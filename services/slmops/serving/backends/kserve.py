@@ -181,6 +181,10 @@ class KServeBackend:
     def status(self, name: str) -> BackendStatus:
         return status_of(self._get(name))
 
+    def restore(self, name: str, revisions: list[Revision], runtime: dict[int, dict[str, Any]],
+                serving: int, latest: int, percent: int) -> None:  # fmt: skip
+        """Nothing to take over: the InferenceService itself is the state, in the cluster."""
+
     # -- the Kubernetes API ---------------------------------------------------
 
     def _objects(self) -> k8s.CustomObjectsApi:

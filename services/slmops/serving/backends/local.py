@@ -1,0 +1,392 @@
+"""The local backend: revisions as supervised predictor processes, one router per deployment.
+
+Each revision runs `python -m slmops.predictor` in its own session on a port of
+its own (kept across restarts); the deployment's router (serving/router.py)
+holds the one URL callers use and splits requests between revisions.
+
+What is asked for (the desired split) and what the router does (the effective
+split) differ while revisions start: the router only ever sends requests to
+revisions whose predictors answer readiness, and keeps the split it had until
+the revisions asked for are ready. So a canary takes its share once it is up,
+a promotion or a rollback switches only when its target answers, and no request
+is sent to a predictor that is still loading. A revision that leaves the split
+keeps its predictor until the requests it is answering have finished.
+
+`status()` is also the supervisor: called every few seconds by the serving
+service, it checks each predictor, starts again (with backoff) one that died
+after it had been ready, fails a revision whose predictor exits before it was
+ever ready, and stops what no longer serves. A pid is signalled only while it
+is still the process that was started (same creation time), never a stranger
+that reused the number.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from slmops.core import artifacts
+from slmops.core.errors import Conflict, InvalidSpec, NotFound
+from slmops.core.local_ray import free_port, stop_group
+from slmops.serving.backends import (
+    DEPLOYING,
+    FAILED,
+    READY,
+    RETIRED,
+    BackendStatus,
+    Revision,
+    RevisionStatus,
+)  # fmt: skip
+from slmops.serving.router import Router, RouterServer, serve_router
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+START_TIMEOUT_S = 180.0  # a predictor not ready by then has failed to start
+DRAIN_S = 120.0  # how long a revision that left the split may finish its requests
+READY_TIMEOUT_S = 2.0
+
+
+@dataclass
+class _Process:
+    """One revision's predictor: what it runs, where, and how it is doing."""
+
+    revision: Revision
+    model_dir: str
+    port: int
+    log_path: Path
+    pid: int = 0
+    created: float = 0.0  # the process's creation time: the pid is still ours while it matches
+    popen: subprocess.Popen[bytes] | None = None
+    state: str = DEPLOYING
+    reason: str = ""
+    ever_ready: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    launched_at: float = 0.0
+    left_split_at: float = 0.0
+
+    def runtime(self) -> dict[str, Any]:
+        return {"pid": self.pid, "created": self.created, "port": self.port, "log": str(self.log_path),
+                "ever_ready": self.ever_ready}  # fmt: skip
+
+
+@dataclass
+class _Deployment:
+    name: str
+    server: RouterServer
+    processes: dict[int, _Process] = field(default_factory=dict)
+    serving: int = 0  # the rolled-out revision
+    latest: int = 0
+    percent: int = 100  # the latest revision's share while it is a canary
+    effective: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def router(self) -> Router:
+        return self.server.router
+
+    def desired(self) -> dict[int, int]:
+        if self.latest == self.serving or self.percent >= 100:
+            return {self.latest: 100}
+        if self.percent <= 0:
+            return {self.serving: 100}
+        return {self.serving: 100 - self.percent, self.latest: self.percent}
+
+
+class LocalBackend:
+    """Deployments as predictor processes on this machine, each behind its own router."""
+
+    def __init__(self, logs_dir: Path, host: str = "127.0.0.1", *, start_timeout_s: float = START_TIMEOUT_S,
+                 drain_s: float = DRAIN_S):  # fmt: skip
+        self.logs_dir, self.host = logs_dir, host
+        self.start_timeout_s, self.drain_s = start_timeout_s, drain_s
+        # Predictors bound to every interface are reached on loopback.
+        self.connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        self._lock = threading.RLock()
+        self._deployments: dict[str, _Deployment] = {}
+
+    # -- the protocol ---------------------------------------------------------
+
+    def apply(self, name: str, revision: Revision, record_dir: Path | None = None) -> dict[str, Any]:
+        """Start `revision`'s predictor; at 100 percent it replaces the serving revision once it is ready."""
+        with self._lock:
+            deployment = self._deployments.get(name) or self._open(name, revision.port)
+            process = deployment.processes.get(revision.number)
+            if process is None:
+                process = deployment.processes[revision.number] = self._process(name, revision, 0)
+            process.revision = revision
+            if process.state in (RETIRED, FAILED):
+                process.state, process.reason, process.failures, process.retry_at = DEPLOYING, "", 0, 0.0
+            deployment.latest = revision.number
+            if revision.traffic_percent >= 100 or not deployment.serving:
+                deployment.serving, deployment.percent = revision.number, 100
+            else:
+                deployment.percent = revision.traffic_percent
+            self._reconcile(deployment)
+            return {"url": deployment.server.url, "revision_url": self._url(process.port), **process.runtime()}
+
+    def set_traffic(self, name: str, percent: int, record_dir: Path | None = None) -> None:
+        if not 0 <= percent <= 100:
+            raise InvalidSpec("traffic_percent", f"must be between 0 and 100, not {percent}")
+        with self._lock:
+            deployment = self._get(name)
+            if percent >= 100:
+                deployment.serving, deployment.percent = deployment.latest, 100
+            else:
+                deployment.percent = percent
+            self._reconcile(deployment)
+
+    def promote(self, name: str, record_dir: Path | None = None) -> None:
+        self.set_traffic(name, 100)
+
+    def rollback(self, name: str, record_dir: Path | None = None) -> None:
+        self.set_traffic(name, 0)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            deployment = self._deployments.pop(name, None)
+        if deployment is None:
+            return
+        deployment.server.stop()
+        for process in deployment.processes.values():
+            self._stop(process)
+
+    def status(self, name: str) -> BackendStatus:
+        with self._lock:
+            deployment = self._get(name)
+        self._check_readiness(deployment)  # HTTP calls, outside the lock
+        with self._lock:
+            self._reconcile(deployment)
+            return self._status(deployment)
+
+    def restore(self, name: str, revisions: list[Revision], runtime: dict[int, dict[str, Any]],
+                serving: int, latest: int, percent: int) -> None:  # fmt: skip
+        """Take a recorded deployment over: adopt its live predictors, start those that should run."""
+        with self._lock:
+            if name in self._deployments:
+                return
+            port = next((r.port for r in revisions if r.number == latest), 0)
+            deployment = self._open(name, port)
+            for revision in revisions:
+                seen = runtime.get(revision.number, {})
+                process = self._process(name, revision, int(seen.get("port", 0)))
+                process.ever_ready = bool(seen.get("ever_ready"))
+                pid, created = int(seen.get("pid", 0)), float(seen.get("created", 0.0))
+                if pid and _is_ours(pid, created):
+                    process.pid, process.created, process.launched_at = pid, created, time.monotonic()
+                    log.info("deployment %s: adopted revision %d's predictor (pid %d)", name, revision.number, pid)
+                deployment.processes[revision.number] = process
+            deployment.serving, deployment.latest, deployment.percent = serving, latest, percent
+            self._reconcile(deployment)
+
+    def close(self, stop_predictors: bool = True) -> None:
+        """Stop every router and, unless told not to, every predictor (restore() brings them back)."""
+        with self._lock:
+            deployments, self._deployments = list(self._deployments.values()), {}
+        for deployment in deployments:
+            deployment.server.stop()
+            if stop_predictors:
+                for process in deployment.processes.values():
+                    self._stop(process)
+
+    # -- supervision ----------------------------------------------------------
+
+    def _open(self, name: str, port: int) -> _Deployment:
+        try:
+            server = serve_router(self.host, port, Router())
+        except OSError as exc:
+            raise Conflict(f"deployment {name!r}: its router cannot listen on port {port}: {exc}") from None
+        deployment = _Deployment(name, server)
+        self._deployments[name] = deployment
+        return deployment
+
+    def _get(self, name: str) -> _Deployment:
+        deployment = self._deployments.get(name)
+        if deployment is None:
+            raise NotFound("deployment running on this service", name)
+        return deployment
+
+    def _process(self, name: str, revision: Revision, port: int) -> _Process:
+        return _Process(revision, str(artifacts.local_path(revision.storage_uri)), port or free_port(),
+                        self.logs_dir / f"predictor-{name}-{revision.number}.log")  # fmt: skip
+
+    def _url(self, port: int) -> str:
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        return f"http://{host}:{port}"
+
+    def _check_readiness(self, deployment: _Deployment) -> None:
+        for process in list(deployment.processes.values()):
+            if process.pid and self._alive(process):
+                ready = _answers(self._url(process.port))
+                with self._lock:
+                    if ready:
+                        if process.state != READY:
+                            log.info("deployment %s: revision %d ready", deployment.name, process.revision.number)
+                        process.state, process.reason, process.ever_ready, process.failures = READY, "", True, 0
+                    elif process.state == READY:
+                        process.state = DEPLOYING
+
+    def _reconcile(self, deployment: _Deployment) -> None:
+        """Processes to match the desired split, and the router's split to what is ready."""
+        now = time.monotonic()
+        desired = deployment.desired()
+        for number in [n for n, pct in desired.items() if pct > 0]:
+            process = deployment.processes.get(number)
+            if process is None or process.state == FAILED:
+                continue
+            if process.pid and not self._alive(process):
+                self._exited(deployment, process, now)
+            elif process.pid and process.state != READY and now - process.launched_at > self.start_timeout_s:
+                self._stop(process)
+                self._exited(deployment, process, now, f"not ready within {self.start_timeout_s:.0f}s")
+            if not process.pid and process.state != FAILED and now >= process.retry_at:
+                self._launch(deployment.name, process)
+        # A canary that failed leaves the split to the serving revision.
+        if deployment.latest != deployment.serving and deployment.processes[deployment.latest].state == FAILED:
+            deployment.percent = 0
+            desired = deployment.desired()
+        ready = {n for n, p in deployment.processes.items() if p.state == READY and p.pid}
+        live = {n: pct for n, pct in desired.items() if pct > 0}
+        if all(n in ready for n in live):
+            effective = live
+        elif ready & live.keys():
+            effective = _share({n: live[n] for n in ready & live.keys()})
+        else:
+            effective = {n: pct for n, pct in deployment.effective.items() if n in ready} or deployment.effective
+            effective = _share(effective) if effective else {}
+        if effective != deployment.effective:
+            log.info("deployment %s: traffic %s", deployment.name, effective)
+            deployment.effective = effective
+        deployment.router.set_routes({n: (self._url(deployment.processes[n].port), pct)
+                                      for n, pct in effective.items()})  # fmt: skip
+        keep = set(live) | set(effective)
+        for number, process in deployment.processes.items():
+            if number in keep or not process.pid:
+                if number in keep:
+                    process.left_split_at = 0.0
+                continue
+            process.left_split_at = process.left_split_at or now
+            if deployment.router.in_flight(number) == 0 or now - process.left_split_at > self.drain_s:
+                self._stop(process)
+                if process.state != FAILED:
+                    process.state, process.reason = RETIRED, "no longer serving"
+
+    def _exited(self, deployment: _Deployment, process: _Process, now: float, why: str = "") -> None:
+        code = process.popen.poll() if process.popen else None
+        why = why or (f"exited with code {code}" if code is not None else "exited")
+        number = process.revision.number
+        process.pid, process.popen = 0, None
+        if not process.ever_ready:
+            process.state = FAILED
+            process.reason = f"predictor {why} before it was ready:\n{_tail(process.log_path)}"[:2000]
+            log.warning("deployment %s: revision %d failed: %s", deployment.name, number, why)
+            return
+        delay = RESTART_BACKOFF_S[min(process.failures, len(RESTART_BACKOFF_S) - 1)]
+        process.failures += 1
+        process.state, process.reason, process.retry_at = DEPLOYING, f"predictor {why}; starting it again", now + delay
+        log.warning("deployment %s: revision %d's predictor %s; starting it again in %.0fs", deployment.name,
+                    number, why, delay)  # fmt: skip
+
+    def _launch(self, name: str, process: _Process) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        command = predictor_command(process.model_dir, name, self.host, process.port, free_port())
+        for adapter, location in process.revision.adapters:
+            command += ["--adapter", f"{adapter}={artifacts.local_path(location)}"]
+        with open(process.log_path, "ab") as log_file:
+            process.popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)  # fmt: skip
+        process.pid, process.launched_at = process.popen.pid, time.monotonic()
+        process.created = _created(process.pid)
+        process.state = DEPLOYING
+        log.info("deployment %s: revision %d's predictor started (pid %d, port %d)", name, process.revision.number,
+                 process.pid, process.port)  # fmt: skip
+
+    def _alive(self, process: _Process) -> bool:
+        if process.popen is not None:
+            return process.popen.poll() is None
+        return _is_ours(process.pid, process.created)
+
+    def _stop(self, process: _Process) -> None:
+        if process.pid and (process.popen is not None or _is_ours(process.pid, process.created)):
+            stop_group(process.pid, 10.0, process.popen)
+        process.pid, process.popen = 0, None
+
+    def _status(self, deployment: _Deployment) -> BackendStatus:
+        revisions = {
+            n: RevisionStatus(p.state, self._url(p.port) if p.state == READY else "", p.reason, p.runtime())
+            for n, p in deployment.processes.items()
+        }  # fmt: skip
+        live = [n for n, pct in deployment.desired().items() if pct > 0]
+        ready = [n for n in deployment.effective if deployment.processes[n].state == READY]
+        if ready:
+            state, reason = READY, ""
+        elif live and all(deployment.processes[n].state == FAILED for n in live):
+            state, reason = FAILED, deployment.processes[live[0]].reason
+        else:
+            state = DEPLOYING
+            reason = next((deployment.processes[n].reason for n in live if deployment.processes[n].reason),
+                          "waiting for a predictor to be ready")  # fmt: skip
+        return BackendStatus(state=state, url=deployment.server.url, ready_revision=max(ready) if ready else None,
+                             traffic=dict(deployment.effective), reason=reason, revisions=revisions)  # fmt: skip
+
+
+def predictor_command(model_dir: str, name: str, host: str, port: int, grpc_port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "slmops.predictor",
+        "--model-dir", model_dir, "--name", name, "--host", host, "--http-port", str(port),
+        "--grpc-port", str(grpc_port),
+    ]  # fmt: skip
+
+
+def _share(split: dict[int, int]) -> dict[int, int]:
+    """The same proportions summing to 100 (largest remainders get the rounding)."""
+    total = sum(split.values())
+    if total <= 0:
+        return {}
+    exact = {n: pct * 100 / total for n, pct in split.items()}
+    shares = {n: int(v) for n, v in exact.items()}
+    for n in sorted(exact, key=lambda k: exact[k] - shares[k], reverse=True)[: 100 - sum(shares.values())]:
+        shares[n] += 1
+    return shares
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=READY_TIMEOUT_S, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _created(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _is_ours(pid: int, created: float) -> bool:
+    """True while `pid` is the live process that was started then (not a stranger that reused the number)."""
+    if pid <= 0 or not created:
+        return False
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - created) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
