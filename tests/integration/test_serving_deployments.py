@@ -1,24 +1,38 @@
-"""Deployments on the shared lifecycle with real predictor processes serving a tiny ORT GenAI model.
+"""Rollouts on the local backend: real predictor processes serving a tiny ORT GenAI model behind the router.
 
-A predictor killed with SIGKILL is started again on the same URL; a restarted
-service adopts a live predictor and starts a stopped one, never two.
+- a 25% canary gets its share of 400 completions, within a stated tolerance;
+- promote sends everything to the canary and rollback everything back, with no
+  failed request while either happens;
+- a predictor killed with SIGKILL is READY again within 30 s while the router
+  sends its requests to the other revision;
+- a stopped service's deployments come back on the next start; a restarted
+  service adopts live predictors and never starts a second one.
+
+The figures (split, promote and rollback times, restart time) are printed (-s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
+import threading
 import time
 
 import httpx
 import pytest
 
 from slmops.core.jobstore import JobStore
-from slmops.serving.deployments import Deployments
+from slmops.serving.deployments import Deployments, revision_id
 from tests.integration._models import tiny_onnx
 
 pytestmark = pytest.mark.integration
+
+REQUESTS = 400
+CANARY = 25
+# 400 draws at p = 0.25 have a standard deviation of 8.7 requests; 3.5 of them is 30 requests (7.5 points).
+TOLERANCE = 30
 
 
 async def until(predicate, timeout: float) -> float:
@@ -26,15 +40,62 @@ async def until(predicate, timeout: float) -> float:
     while not await asyncio.to_thread(predicate):
         if time.monotonic() - start > timeout:
             raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
     return time.monotonic() - start
 
 
 def ready(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
+        return httpx.get(f"{url}/v2/health/ready", timeout=2, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def settled(deployments: Deployments, name: str) -> bool:
+    record = deployments.get(name)
+    return record.state == "READY" and record.result.get("settled") == record.config.get("generation")
+
+
+def complete(client: httpx.Client, url: str) -> tuple[str, int]:
+    """One completion through the router: (the revision that answered, the status)."""
+    try:
+        response = client.post(f"{url}/openai/v1/completions",
+                               json={"model": "tiny", "prompt": "hello", "max_tokens": 2, "temperature": 0})  # fmt: skip
+    except httpx.HTTPError as exc:
+        return type(exc).__name__, 0
+    return response.headers.get("x-slmops-revision", ""), response.status_code
+
+
+class Load:
+    """Completions sent without pause from two threads until stopped; every answer is kept."""
+
+    def __init__(self, url: str):
+        self.url, self.answers, self._stop = url, [], threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            while not self._stop.is_set():
+                self.answers.append((time.monotonic(), *complete(client, self.url)))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def failures(self) -> list:
+        return [a for a in self.answers if a[2] != 200]
+
+    def all_from(self, revision: str, since: float) -> float | None:
+        """When every answer after that moment came from `revision` (None while some still do not)."""
+        later = [a for a in self.answers if a[0] >= since]
+        others = [a[0] for a in later if a[1] != revision]
+        return (max(others) if others else since) - since if later and later[-1][1] == revision else None
 
 
 @pytest.fixture
@@ -42,7 +103,51 @@ def env(tmp_path_factory, tmp_path, monkeypatch):
     model = tiny_onnx(tmp_path_factory)
     monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(model.parent))
+    monkeypatch.setenv("SLMOPS_SERVING_BACKEND", "local")
     return model, f"sqlite:///{tmp_path}/serving.db"
+
+
+async def test_canary_split_promote_and_rollback_without_a_failed_request(env):
+    model, db = env
+    deployments = Deployments(JobStore(db), poll_s=0.5)
+    deployments.resume()
+    try:
+        await deployments.create({"name": "tiny", "model_uri": str(model)})
+        await until(lambda: settled(deployments, "tiny"), 120)
+        url = deployments.get("tiny").result["url"]
+
+        await deployments.update("tiny", str(model), [], CANARY)
+        await until(lambda: settled(deployments, "tiny"), 120)
+        assert deployments.get("tiny").result["traffic"] == {"1": 100 - CANARY, "2": CANARY}
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            answers = [complete(client, url) for _ in range(REQUESTS)]
+        counts = collections.Counter(answers)
+        print(f"\ncanary split over {REQUESTS} completions: {dict(counts)}")
+        assert counts[("1", 200)] + counts[("2", 200)] == REQUESTS, counts
+        assert abs(counts[("2", 200)] - REQUESTS * CANARY / 100) <= TOLERANCE, counts
+
+        with Load(url) as load:
+            await asyncio.sleep(1.0)
+            asked = time.monotonic()
+            await deployments.promote("tiny")
+            promoted = await until(lambda: load.all_from("2", asked) is not None, 60)
+            await asyncio.sleep(1.0)
+            await until(lambda: settled(deployments, "tiny"), 60)
+            asked = time.monotonic()
+            await deployments.rollback("tiny")
+            rolled_back = await until(lambda: load.all_from("1", asked) is not None, 120)
+            await asyncio.sleep(1.0)
+        print(f"promote: all traffic on revision 2 {promoted:.2f}s after the call; rollback (revision 1 started "
+              f"again): {rolled_back:.2f}s; {len(load.answers)} completions meanwhile")  # fmt: skip
+        assert not load.failures(), load.failures()[:5]
+        assert len(load.answers) > 20
+        await until(lambda: settled(deployments, "tiny"), 60)
+        record = deployments.get("tiny")
+        assert (record.config["serving"], record.config["latest"], record.result["traffic"]) == (1, 1, {"1": 100})
+        assert deployments.store.get(revision_id("tiny", 2)).state == "RETIRED"
+        assert "rolled back" in deployments.store.get(revision_id("tiny", 2)).reason
+    finally:
+        await deployments.close()
 
 
 async def test_a_killed_predictor_comes_back_and_a_restart_never_starts_two(env):
@@ -50,34 +155,67 @@ async def test_a_killed_predictor_comes_back_and_a_restart_never_starts_two(env)
     first = Deployments(JobStore(db), poll_s=0.5)
     first.resume()
     await first.create({"name": "tiny", "model_uri": str(model)})
-    await until(lambda: first.get("tiny").state == "READY", 120)
-    record = first.get("tiny")
-    url, pid = record.result["url"], record.result["pid"]
-    assert ready(url) and record.output_uri  # the deployment artifact
+    await until(lambda: settled(first, "tiny"), 120)
+    await first.update("tiny", str(model), [], 50)
+    await until(lambda: settled(first, "tiny"), 120)
+    url = first.get("tiny").result["url"]
+    canary = first.store.get(revision_id("tiny", 2))
+    pid = canary.result["runtime"]["pid"]
 
-    os.kill(pid, signal.SIGKILL)
-    back = await until(lambda: first.get("tiny").result.get("pid") not in (None, pid)
-                       and first.get("tiny").state == "READY", 30)  # fmt: skip
-    again = first.get("tiny")
-    assert again.result["url"] == url and ready(url), back
-    messages = [e.message for e in first.store.events("tiny")]
-    assert "predictor gone; started it again" in messages, [(e.state, e.message) for e in first.store.events("tiny")]
+    with Load(url) as load:
+        await asyncio.sleep(0.5)
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
 
-    # The service stops (its predictors with it); the next one starts the predictor again, once.
+        def back() -> bool:
+            rev = first.store.get(revision_id("tiny", 2))
+            return rev.state == "READY" and rev.result["runtime"]["pid"] not in (0, pid) and ready(rev.result["url"])
+
+        restart = await until(back, 30)
+        await asyncio.sleep(1.0)
+    print(f"\nSIGKILLed predictor READY again after {restart:.2f}s; {len(load.answers)} completions meanwhile, "
+          f"{len(load.failures())} failed")  # fmt: skip
+    assert not load.failures(), load.failures()[:5]
+    # Restarting waits 1 s (backoff) and loading takes longer: meanwhile revision 1 answers everything.
+    meanwhile = [a for a in load.answers if killed + 0.2 < a[0] < killed + 1.0]
+    assert meanwhile and all(a[1] == "1" for a in meanwhile), meanwhile
+    assert first.get("tiny").result["url"] == url
+    pids = {n: first.store.get(revision_id("tiny", n)).result["runtime"]["pid"] for n in (1, 2)}
+
+    # The service stops with its predictors; the next one brings both revisions back on the same URL.
     await first.close(stop_predictors=True)
     await until(lambda: not ready(url), 15)
     second = Deployments(JobStore(db), poll_s=0.5)
     second.resume()
-    stopped = again.result["pid"]
-    await until(lambda: second.get("tiny").result["pid"] != stopped and ready(url), 60)
-    restarted = second.get("tiny").result["pid"]
-    await second.close(stop_predictors=False)  # the predictor keeps running
+    await until(lambda: settled(second, "tiny") and ready(url), 90)
+    again = {n: second.store.get(revision_id("tiny", n)).result["runtime"]["pid"] for n in (1, 2)}
+    assert set(again.values()).isdisjoint(pids.values())
+    await second.close(stop_predictors=False)  # the predictors keep running
 
     third = Deployments(JobStore(db), poll_s=0.5)
     third.resume()
-    await asyncio.sleep(2.0)
-    assert third.get("tiny").result["pid"] == restarted  # adopted, not started a second time
+    await until(lambda: settled(third, "tiny") and ready(url), 30)
+    await asyncio.sleep(1.5)
+    adopted = {n: third.store.get(revision_id("tiny", n)).result["runtime"]["pid"] for n in (1, 2)}
+    assert adopted == again  # adopted, not started a second time
     deleted = await third.delete("tiny")
     assert deleted.state == "DELETED"
     await until(lambda: not ready(url), 15)
+    assert all(r.state == "RETIRED" for r in third.revisions("tiny"))
+    for pid in adopted.values():
+        await until(lambda pid=pid: not _exists(pid), 15)
+
+    # The name deployed again continues its history.
+    await third.create({"name": "tiny", "model_uri": str(model)})
+    record = third.get("tiny")
+    assert (record.config["serving"], [r.config["number"] for r in third.revisions("tiny")]) == (3, [1, 2, 3])
+    await third.delete("tiny")
     await third.close()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -278,9 +278,8 @@ class BackendEngine:
                 state, reason = FAILED, status.reason
             if number not in active and state != FAILED and not status.traffic.get(number):
                 state, url = RETIRED, ""
-            if state == RETIRED:  # why it was retired, as the command said (rolled back), before the backend's words
-                reason = (rev.reason if rev.state == RETIRED or rev.reason.startswith("rolled back") else "") \
-                    or reason or "no longer serving"  # fmt: skip
+            if state == RETIRED:  # why, as the command said (rolled back), before the backend's words
+                reason = rev.config.get("retired_because") or reason or "no longer serving"
             traffic = int(status.traffic.get(number, 0))
             runtime = seen.runtime if seen is not None else rev.result.get("runtime", {})
             result = {**rev.result, "url": url, "traffic_percent": traffic, "runtime": runtime}
@@ -452,7 +451,7 @@ class Deployments(Lifecycle):
             generation = int(config.get("generation", 0)) + 1
             if latest != serving and await self._canary_live(name, config):
                 config.update(percent=0, generation=generation)
-                await asyncio.to_thread(self.store.update, revision_id(name, latest), reason="rolled back")
+                await asyncio.to_thread(self._note, name, latest, f"rolled back (all traffic to revision {serving})")
                 await self._change(record, config, f"rolling back canary revision {latest}; all traffic to "
                                    f"revision {serving}", lambda: self.backend.rollback(name, self.engine.record_dir(name)))  # fmt: skip
             else:
@@ -463,8 +462,8 @@ class Deployments(Lifecycle):
                 current, previous = history.pop(), history[-1]
                 config.update(serving=previous, latest=previous, percent=100, rolled_out=history,
                               generation=generation)  # fmt: skip
-                await asyncio.to_thread(self.store.update, revision_id(name, current),
-                                        reason=f"rolled back to revision {previous}")  # fmt: skip
+                await asyncio.to_thread(self._note, name, current, f"rolled back to revision {previous}")
+                await asyncio.to_thread(self._note, name, previous, "")
                 rev = await asyncio.to_thread(self.store.get, revision_id(name, previous))
                 port = int(record.result.get("port", 0))
                 await self._change(record, config, f"rolling back from revision {current} to revision {previous}",
@@ -519,6 +518,11 @@ class Deployments(Lifecycle):
             return self.store.get(name, KIND)
         except NotFound:
             return None
+
+    def _note(self, name: str, number: int, why: str) -> None:
+        """Say why a revision leaves the split (kept in its config, which only commands write)."""
+        rev = self.store.get(revision_id(name, number))
+        self.store.update(rev.id, config={**rev.config, "retired_because": why})
 
     def _next_number(self, name: str) -> int:
         return max((r.config["number"] for r in self.revisions(name)), default=0) + 1
