@@ -219,3 +219,66 @@ def _exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _report(folder, passed: bool):
+    """An evaluation report's verdict, as the evaluation job writes it (report.json)."""
+    import json
+
+    folder.mkdir(parents=True)
+    reasons = ["student-int4: ok: retention 0.950 >= min 0.500"] if passed else \
+        ["student-int4: FAILED: retention 0.200 < min 0.500", "student-int4: ok: accuracy 0.300 >= min 0.100"]  # fmt: skip
+    (folder / "report.json").write_text(json.dumps({"verdict": {"evaluated": True, "passed": passed,
+                                                                "reasons": reasons}}))  # fmt: skip
+    return str(folder)
+
+
+async def test_bad_rollouts_are_refused_and_the_gate_blocks_a_failed_promotion(env, tmp_path, monkeypatch):
+    from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound
+
+    model, db = env
+    monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", f"{model.parent}{os.pathsep}{tmp_path}")
+    deployments = Deployments(JobStore(db), poll_s=0.5)
+    deployments.resume()
+    try:
+        with pytest.raises(InvalidSpec) as info:
+            await deployments.update("tiny", str(model), [], 20)
+        assert info.value.field == "canary_traffic_percent"
+        with pytest.raises(InvalidSpec) as info:
+            await deployments.create({"name": "Tiny_1", "model_uri": str(model)})
+        assert info.value.field == "spec.name"
+        with pytest.raises(InvalidSpec) as info:
+            await deployments.create({"name": "tiny", "model_uri": str(model), "canary_traffic_percent": 20})
+        assert info.value.field == "spec.canary_traffic_percent"
+        with pytest.raises(NotFound):
+            await deployments.create({"name": "tiny", "model_uri": str(tmp_path / "no-such-model")})
+        with pytest.raises(NotFound):
+            await deployments.promote("tiny")
+
+        await deployments.create({"name": "tiny", "model_uri": str(model)})
+        with pytest.raises(AlreadyExists):
+            await deployments.create({"name": "tiny", "model_uri": str(model)})
+        await until(lambda: settled(deployments, "tiny"), 120)
+        with pytest.raises(Conflict, match="no canary"):
+            await deployments.promote("tiny")
+        with pytest.raises(Conflict, match="no earlier revision"):
+            await deployments.rollback("tiny")
+
+        await deployments.update("tiny", str(model), [], 30)
+        with pytest.raises(Conflict, match="already runs a canary"):
+            await deployments.update("tiny", str(model), [], 10)
+        events = [e.message async for e in deployments.watch("tiny")]
+        assert "revision 2: canary at 30%" in events and "traffic: revision 1: 70%, revision 2: 30%" in events, events
+        with pytest.raises(Conflict) as info:
+            await deployments.promote("tiny", _report(tmp_path / "bad-report", passed=False))
+        assert "retention 0.200 < min 0.500" in str(info.value) and "accuracy" not in str(info.value)
+        assert deployments.get("tiny").config["serving"] == 1  # nothing changed
+        with pytest.raises(NotFound):
+            await deployments.promote("tiny", str(tmp_path / "no-report"))
+        promoted = await deployments.promote("tiny", _report(tmp_path / "good-report", passed=True))
+        assert promoted.config["serving"] == 2 and "gate passed" in promoted.message
+        await until(lambda: settled(deployments, "tiny"), 60)
+        assert deployments.get("tiny").result["traffic"] == {"2": 100}
+        assert deployments.get("tiny").output_uri.endswith("/deployments/tiny-2")
+    finally:
+        await deployments.close()
