@@ -184,65 +184,6 @@ def test_services_are_wired_to_each_other_ray_and_the_collector(default_docs):
         assert "SLMOPS_DATABASE_URL" not in env  # no database by default: SQLite on the data volume
 
 
-def test_serving_runtime_runs_the_predictor_on_8080(default_docs):
-    runtime = one(default_docs, "ClusterServingRuntime", "slmops-predictor")
-    (container,) = runtime["spec"]["containers"]
-    assert container["name"] == "kserve-container"
-    assert container["image"] == "ghcr.io/slmops/slmops-predictor:0.1.0"
-    assert container["command"] == ["python", "-m", "slmops.predictor"]
-    assert container["args"] == [
-        "--model-dir=/mnt/models", "--name={{.Name}}", "--http-port=8080",
-        "--host=0.0.0.0", "--grpc-port=8081",
-    ]  # fmt: skip
-    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
-    formats = {f["name"]: f for f in runtime["spec"]["supportedModelFormats"]}
-    assert formats["onnx-genai"]["autoSelect"] is True
-    assert "huggingface" in formats
-    assert runtime["spec"]["protocolVersions"] == ["v2"]
-    assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8080"
-
-
-def test_the_predictor_api_key_comes_from_a_mounted_secret(default_docs, all_on_docs):
-    (plain,) = one(default_docs, "ClusterServingRuntime", "slmops-predictor")["spec"]["containers"]
-    assert not any(a.startswith("--api-key-file") for a in plain["args"])
-    runtime = one(all_on_docs, "ClusterServingRuntime", "slmops-predictor-prod")["spec"]
-    (container,) = runtime["containers"]
-    assert "--api-key-file=/var/run/secrets/slmops-predictor/api-key" in container["args"]
-    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-key")
-    assert mount == {"name": "api-key", "mountPath": "/var/run/secrets/slmops-predictor", "readOnly": True}
-    volume = next(v for v in runtime["volumes"] if v["name"] == "api-key")
-    assert volume["secret"]["secretName"] == "slmops-predictor-api-key"
-
-
-@pytest.mark.parametrize(
-    "fixture,namespace", [("default_docs", "slmops"), ("all_on_docs", "slmops-serving")]
-)
-def test_rbac_lets_the_serving_service_manage_inferenceservices(request, fixture, namespace):
-    docs = request.getfixturevalue(fixture)
-    role = one(docs, "Role", "slmops-serving")
-    assert role["metadata"]["namespace"] == namespace
-    rule = next(r for r in role["rules"] if "inferenceservices" in r["resources"])
-    assert rule["apiGroups"] == ["serving.kserve.io"]
-    assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= set(rule["verbs"])
-    binding = one(docs, "RoleBinding", "slmops-serving")
-    assert binding["roleRef"]["name"] == "slmops-serving"
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "slmops-serving", "namespace": "slmops"}
-    ]
-    pod = one(docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == "slmops-serving"
-    assert pod["automountServiceAccountToken"] is True
-    env = container_env(pod["containers"][0])
-    assert env["SLMOPS_KSERVE_NAMESPACE"] == namespace
-    # The other services have no API access.
-    for svc in SERVICES.keys() - {"serving"}:
-        other = one(docs, "Deployment", f"slmops-{svc}")["spec"]["template"]["spec"]
-        assert (
-            other["serviceAccountName"] == "slmops"
-            and other["automountServiceAccountToken"] is False
-        )
-
-
 def _all_manifests(default_docs, all_on_docs, kustomized) -> list[tuple[str, dict]]:
     sets = {
         "default": default_docs,

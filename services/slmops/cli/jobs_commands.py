@@ -191,6 +191,41 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return _run_job("conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), args)
 
 
+def _adapter_refs(flags: list[str]) -> list[serving_pb2.AdapterRef]:
+    refs = []
+    for flag in flags:
+        name, sep, uri = flag.partition("=")
+        if not sep or not name or not uri:
+            raise SystemExit(f"error: --adapter {flag!r}: expected NAME=URI")
+        refs.append(serving_pb2.AdapterRef(name=name, uri=_uri(uri)))
+    return refs
+
+
+def _settle(stub, name: str) -> int:
+    """Follow the deployment until its rollout settles; print where it stands; 0 when READY."""
+    for event in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=name)):
+        print(f"  {name}: {event.message}", file=sys.stderr)
+    deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=name))
+    print_deployment(deployment)
+    return 0 if deployment.state == serving_pb2.DEPLOYMENT_READY else 1
+
+
+def print_deployment(deployment: serving_pb2.Deployment) -> None:
+    """The deployment, its URL, and its revisions with their traffic (newest first)."""
+    state = serving_pb2.DeploymentState.Name(deployment.state).removeprefix("DEPLOYMENT_")
+    print(f"{deployment.name}: {state}" + (f" - {deployment.reason}" if deployment.reason else ""))
+    if deployment.url:
+        print(f"  OpenAI base URL: {deployment.url}/openai/v1")
+    for rev in deployment.revisions:
+        if rev.state == serving_pb2.DEPLOYMENT_RETIRED and rev.number < deployment.latest_revision - 2:
+            continue  # old history: `slmops status` is a glance
+        rev_state = serving_pb2.DeploymentState.Name(rev.state).removeprefix("DEPLOYMENT_")
+        role = " (serving)" if rev.number == deployment.serving_revision else (
+            " (canary)" if rev.number == deployment.latest_revision and rev.traffic_percent else "")  # fmt: skip
+        why = f"  {rev.reason.splitlines()[0]}" if rev.reason else ""
+        print(f"  {rev.name:<24} {rev.traffic_percent:>3}%  {rev_state:<9} {rev.model_uri}{role}{why}")
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     stub = client.stub("serving")
     if args.delete:
@@ -199,16 +234,30 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise SystemExit("error: --model is required to deploy")
-    spec = serving_pb2.DeploymentSpec(name=args.name, model_uri=_uri(args.model), port=args.port)
-    deployment = client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
-    for event in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=args.name)):
-        print(f"  {args.name}: {event.message}", file=sys.stderr)
-    deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=args.name))
-    state = serving_pb2.DeploymentState.Name(deployment.state)
-    print(f"{deployment.name}: {state}" + (f" - {deployment.reason}" if deployment.reason else ""))
-    if deployment.url:
-        print(f"OpenAI base URL: {deployment.url}/openai/v1")
-    return 0 if deployment.state == serving_pb2.DEPLOYMENT_READY else 1
+    adapters = _adapter_refs(args.adapter)
+    if args.canary is not None:  # a new revision of an existing deployment
+        request = serving_pb2.UpdateDeploymentRequest(name=args.name, model_uri=_uri(args.model), adapters=adapters,
+                                                      canary_traffic_percent=args.canary)  # fmt: skip
+        client.call(stub.UpdateDeployment, request)
+    else:
+        spec = serving_pb2.DeploymentSpec(name=args.name, model_uri=_uri(args.model), port=args.port,
+                                          adapters=adapters)  # fmt: skip
+        client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
+    return _settle(stub, args.name)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    stub = client.stub("serving")
+    report = _uri(args.require_report) if args.require_report else ""
+    request = serving_pb2.PromoteDeploymentRequest(name=args.name, evaluation_report_uri=report)
+    client.call(stub.PromoteDeployment, request)
+    return _settle(stub, args.name)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    stub = client.stub("serving")
+    client.call(stub.RollbackDeployment, serving_pb2.RollbackDeploymentRequest(name=args.name))
+    return _settle(stub, args.name)
 
 
 def _target(text: str) -> evaluation_pb2.EvalTarget:
@@ -343,12 +392,28 @@ def add_commands(sub: Any) -> None:
     _job_flags(p)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("deploy", help="serve a model behind the OpenAI API (or --delete)")
+    p = sub.add_parser("deploy", help="serve a model behind the OpenAI API, roll out a new revision "
+                       "(--canary), or --delete")  # fmt: skip
     p.add_argument("name")
-    p.add_argument("--model", default=None)
-    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--model", default=None, help="onnx-model or checkpoint artifact, or a model folder")
+    p.add_argument("--canary", type=int, default=None, metavar="PERCENT",
+                   help="a new revision of an existing deployment with PERCENT of the traffic once it is ready "
+                   "(100: it replaces the serving revision once ready)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=URI",
+                   help="serve a LoRA adapter as model NAME beside the base (repeatable)")
+    p.add_argument("--port", type=int, default=0, help="local backend: the deployment's port (0: a free one)")
     p.add_argument("--delete", action="store_true")
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("promote", help="send all of a deployment's traffic to its canary")
+    p.add_argument("name")
+    p.add_argument("--require-report", default=None, metavar="URI",
+                   help="an evaluation report artifact whose gate must have passed")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="send all traffic back: off the canary, or to the revision served before")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("bench", help="evaluate served models: accuracy, latency, tokens/s, size, memory")
     p.add_argument("--dataset", required=True)

@@ -53,6 +53,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     width = max(len(r[1]) for r in rows)
     for name, addr, health in rows:
         print(f"{name:<11} {addr:<{width}}  {health}")
+    if all(r[2] == "SERVING" for r in rows if r[0] == "serving"):
+        _print_deployments()
     if args.settings:
         print()
         from slmops.core.secret_refs import redact
@@ -60,6 +62,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for env, value, help_text in settings.describe():
             print(f"{env}={redact(str(value)):<30} # {help_text}")
     return 0 if all(r[2] == "SERVING" for r in rows) else 1
+
+
+def _print_deployments() -> None:
+    """Deployments with their revisions and traffic, after the services' health."""
+    from slmops.api.v1 import serving_pb2
+    from slmops.cli import client, jobs_commands
+
+    try:
+        reply = client.call(client.stub("serving").ListDeployments, serving_pb2.ListDeploymentsRequest(page_size=100))
+    except (grpc.RpcError, SystemExit) as exc:
+        print(f"\ndeployments: cannot be listed ({exc})")
+        return
+    live = [d for d in reply.deployments if d.state != serving_pb2.DEPLOYMENT_DELETED]
+    if live:
+        print()
+    for deployment in live:
+        jobs_commands.print_deployment(deployment)
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
