@@ -272,7 +272,7 @@ class BackendEngine:
             state, url, reason = rev.state, rev.result.get("url", ""), rev.reason
             if seen is not None:
                 state, url, reason = seen.state, seen.url, seen.reason or ""
-            elif number == status.ready_revision and status.state == READY:
+            elif number == status.ready_revision or (number != latest and status.traffic.get(number)):
                 state, url, reason = READY, status.url, ""
             elif number == latest and status.state == FAILED:
                 state, reason = FAILED, status.reason
@@ -291,7 +291,9 @@ class BackendEngine:
                     self.store.add_event(name, record.state, 1.0 if state == READY else record.fraction, said)
         traffic = {n: pct for n, pct in status.traffic.items() if pct > 0}
         latest_failed = self.store.get(revision_id(name, latest)).state == FAILED
-        settled = status.state == READY and (traffic == {n: p for n, p in desired.items() if p > 0} or latest_failed)
+        # A failed canary leaves its deployment serving the revision before it.
+        serves = status.state == READY or (status.state == FAILED and status.ready_revision is not None and traffic)
+        settled = serves and (traffic == {n: p for n, p in desired.items() if p > 0} or latest_failed)
         result = {**record.result, "url": status.url, "traffic": {str(n): p for n, p in traffic.items()},
                   "settled": int(config.get("generation", 0)) if settled else -1}  # fmt: skip
         if status.url and urlsplit(status.url).port:
@@ -299,7 +301,7 @@ class BackendEngine:
         if traffic != {int(n): p for n, p in record.result.get("traffic", {}).items()} and traffic:
             self.store.add_event(name, record.state, 1.0, f"traffic: {_traffic_text(traffic)}")
         result = result if result != record.result else None
-        if status.state == READY:
+        if serves:
             return Update(state="RUNNING", result=result, message=f"ready at {status.url}")
         if status.state == FAILED:
             try:
