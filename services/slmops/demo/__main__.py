@@ -5,8 +5,10 @@ teacher: it trains a tokenizer and a small model on two-digit addition (a task
 whose answers can be checked exactly). It serves that teacher through the
 serving service, so synthesis calls it over the OpenAI API exactly as it would
 a hosted teacher. Then: synthesize -> distill a student at least 5x smaller ->
-convert it to int4 -> deploy -> evaluate teacher, student and int4 student on
-the same held-out prompts. Everything it starts, it stops.
+convert it to int4 -> deploy the student, and the int4 student as a canary
+beside it -> evaluate teacher, student and int4 canary on the same held-out
+prompts -> promote the canary when the gate passes (roll it back when it
+fails). Everything it starts, it stops.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def prepare_inputs(inputs: Path) -> dict[str, str]:
     }
 
 
+CANARY_PERCENT = 20
+
+
 def run_flow(out_dir: Path, data_dir: Path) -> dict:
     started = time.time()
     inputs = prepare_inputs(data_dir / "inputs")
@@ -64,15 +69,30 @@ def run_flow(out_dir: Path, data_dir: Path) -> dict:
     student_uri = student_job.status.output.uri
     say("[5/7] converting the student to ONNX Runtime GenAI int4 (Olive ModelBuilder)")
     int4_uri = steps.convert(student_uri, task.INT4_OPTIONS).status.output.uri
-    say("[6/7] deploying the student and the int4 student")
-    steps.deploy("student", student_uri)
-    int4 = steps.deploy("student-int4", int4_uri)
-    say("[7/7] evaluating teacher, student and int4 student on the same held-out prompts")
+    say(f"[6/7] deploying the student, then the int4 student as a {CANARY_PERCENT}% canary beside it")
+    fp32 = steps.revision_of(steps.deploy("student", student_uri), 1)
+    deployment, int4 = steps.canary("student", int4_uri, CANARY_PERCENT)
+    say(f"  student: {deployment.url}/openai/v1 - revision {fp32.number} (fp32) "
+        f"{steps.revision_of(deployment, fp32.number).traffic_percent}%, revision {int4.number} (int4) "
+        f"{int4.traffic_percent}%")
+    say("[7/7] evaluating teacher, the fp32 student and the int4 canary on the same held-out prompts")
     evaluation = steps.evaluate(
         inputs["held_out"],
-        [("teacher", "teacher"), ("student", "student"), ("student-int4", "student-int4")],
+        [steps.target("teacher", "teacher"), steps.target("student", revision=fp32, model="student"),
+         steps.target("student-int4", revision=int4, model="student")],
         reference="teacher", candidate="student-int4", max_tokens=6, min_retention=0.5,
-    )
+    )  # fmt: skip
+    rollout = {"canary_percent": CANARY_PERCENT, "canary_revision": int4.number, "evaluation_passed":
+               evaluation.verdict.passed}  # fmt: skip
+    started = time.time()
+    if evaluation.verdict.passed:
+        say(f"  the gate passed: promoting revision {int4.number} (int4) to all of the student's traffic")
+        final = steps.promote("student", evaluation.status.output.uri)
+    else:
+        say(f"  the gate failed: rolling the canary back ({'; '.join(evaluation.verdict.reasons)})")
+        final = steps.rollback("student")
+    rollout.update(seconds=round(time.time() - started, 2), serving_revision=final.serving_revision,
+                   traffic={r.number: r.traffic_percent for r in final.revisions if r.traffic_percent})  # fmt: skip
     return {
         "wall_seconds": time.time() - started,
         "inputs": inputs,
@@ -81,6 +101,7 @@ def run_flow(out_dir: Path, data_dir: Path) -> dict:
         "student_uri": student_uri,
         "int4_uri": int4_uri,
         "deployment_artifact": int4.artifact.uri,
+        "rollout": rollout,
         "evaluation": evaluation,
         "parameters": {
             "teacher": count_parameters(artifacts.local_path(teacher_uri)),

@@ -38,6 +38,16 @@ def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _rollout_line(rollout: dict[str, Any]) -> str:
+    if not rollout:
+        return "- Rollout: none."
+    n, pct = rollout["canary_revision"], rollout["canary_percent"]
+    done = (f"promoted to 100% in {rollout['seconds']:.1f} s" if rollout["serving_revision"] == n
+            else f"rolled back in {rollout['seconds']:.1f} s")  # fmt: skip
+    return (f"- Rollout: the int4 student ran as revision {n} of deployment `student`, a {pct}% canary beside the "
+            f"fp32 student; after the gate {'passed' if rollout['evaluation_passed'] else 'failed'} it was {done}.")
+
+
 def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
     evaluation = flow["evaluation"]
     results = {r.name: r for r in evaluation.results}
@@ -83,6 +93,7 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
         "evaluation_report_uri": evaluation.status.output.uri,
         "dataset_uri": flow["dataset_uri"],
         "lineage_of_int4_deployment": lineage,
+        "rollout": flow.get("rollout", {}),
         "int4_verification": verification,
     }
     lines = [
@@ -112,12 +123,13 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
         f"int4 student {(int4['retention'] or 0):.1%}.",
         f"- Quality gate (int4 student keeps >= 50% of the teacher's accuracy): "
         f"{'passed' if verdict.passed else 'FAILED'}" + (f" ({'; '.join(verdict.reasons)})" if verdict.reasons else ""),
+        _rollout_line(flow.get("rollout", {})),
         _verification_line(verification),
         f"- Wall time: {report['wall_seconds']:.0f} s in all; trace id `{flow['trace_id']}` "
         f"with spans from {', '.join(f'{k} ({v})' for k, v in flow['trace_spans'].items())}.",
         f"- Full evaluation report (with plot): {evaluation.status.output.uri}",
         "",
-        "Lineage of the int4 deployment:",
+        "Lineage of the int4 revision:",
         "",
         *[f"{'  ' * i}- {entry['kind']}: {entry['uri']}" for i, entry in enumerate(lineage)],
         "",

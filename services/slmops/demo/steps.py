@@ -78,10 +78,9 @@ def convert(model_uri: str, extra_options: dict[str, str] | None = None) -> Any:
     return _job("conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), "conversion")
 
 
-def deploy(name: str, model_uri: str) -> serving_pb2.Deployment:
+def _settled(name: str) -> serving_pb2.Deployment:
+    """Follow a deployment's rollout until it settles; the deployment, READY or DemoFailed."""
     stub = client.stub("serving")
-    spec = serving_pb2.DeploymentSpec(name=name, model_uri=model_uri, labels={"app": "slmops-demo"})
-    client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
     for event in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=name)):
         say(f"  deploy      {name}: {event.message}")
     deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=name))
@@ -90,10 +89,52 @@ def deploy(name: str, model_uri: str) -> serving_pb2.Deployment:
     return deployment
 
 
-def evaluate(dataset_uri: str, targets: list[tuple[str, str]], reference: str, candidate: str,
+def deploy(name: str, model_uri: str) -> serving_pb2.Deployment:
+    stub = client.stub("serving")
+    spec = serving_pb2.DeploymentSpec(name=name, model_uri=model_uri, labels={"app": "slmops-demo"})
+    client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
+    return _settled(name)
+
+
+def canary(name: str, model_uri: str, percent: int) -> tuple[serving_pb2.Deployment, serving_pb2.Revision]:
+    """A new revision of `name` with `percent` of its traffic; the deployment and the canary revision."""
+    request = serving_pb2.UpdateDeploymentRequest(name=name, model_uri=model_uri, canary_traffic_percent=percent)
+    client.call(client.stub("serving").UpdateDeployment, request)
+    deployment = _settled(name)
+    revision = revision_of(deployment, deployment.latest_revision)
+    if revision.state != serving_pb2.DEPLOYMENT_READY:
+        raise DemoFailed(f"the canary of {name} failed: {revision.reason}")
+    return deployment, revision
+
+
+def revision_of(deployment: serving_pb2.Deployment, number: int) -> serving_pb2.Revision:
+    return next(r for r in deployment.revisions if r.number == number)
+
+
+def promote(name: str, report_uri: str) -> serving_pb2.Deployment:
+    request = serving_pb2.PromoteDeploymentRequest(name=name, evaluation_report_uri=report_uri)
+    client.call(client.stub("serving").PromoteDeployment, request)
+    return _settled(name)
+
+
+def rollback(name: str) -> serving_pb2.Deployment:
+    client.call(client.stub("serving").RollbackDeployment, serving_pb2.RollbackDeploymentRequest(name=name))
+    return _settled(name)
+
+
+def target(name: str, deployment: str = "", revision: serving_pb2.Revision | None = None,
+           model: str = "") -> evaluation_pb2.EvalTarget:
+    """An evaluation target: a deployment by name, or one revision of it by its own URL."""
+    if revision is None:
+        return evaluation_pb2.EvalTarget(name=name, deployment=deployment)
+    return evaluation_pb2.EvalTarget(name=name, base_url=f"{revision.url}/openai/v1", model=model,
+                                     model_uri=revision.model_uri)  # fmt: skip
+
+
+def evaluate(dataset_uri: str, targets: list[evaluation_pb2.EvalTarget], reference: str, candidate: str,
              max_tokens: int, min_retention: float) -> Any:
     spec = evaluation_pb2.EvaluationSpec(
-        targets=[evaluation_pb2.EvalTarget(name=name, deployment=deployment) for name, deployment in targets],
+        targets=targets,
         dataset_uri=dataset_uri,
         reference=reference,
         metric="exact_match",
