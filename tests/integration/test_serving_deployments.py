@@ -264,11 +264,23 @@ async def test_bad_rollouts_are_refused_and_the_gate_blocks_a_failed_promotion(e
         with pytest.raises(Conflict, match="no earlier revision"):
             await deployments.rollback("tiny")
 
+        # A canary whose predictor cannot start fails, with its log, and the serving revision keeps everything.
+        broken = tmp_path / "broken-model"
+        broken.mkdir()
+        (broken / "genai_config.json").write_text("{}")
+        await deployments.update("tiny", str(broken), [], 30)
+        await until(lambda: deployments.store.get(revision_id("tiny", 2)).state == "FAILED", 60)
+        assert "before it was ready" in deployments.store.get(revision_id("tiny", 2)).reason
+        await until(lambda: settled(deployments, "tiny"), 30)
+        assert deployments.get("tiny").state == "READY" and deployments.get("tiny").result["traffic"] == {"1": 100}
+        with pytest.raises(Conflict, match="no canary"):
+            await deployments.promote("tiny")
+
         await deployments.update("tiny", str(model), [], 30)
         with pytest.raises(Conflict, match="already runs a canary"):
             await deployments.update("tiny", str(model), [], 10)
         events = [e.message async for e in deployments.watch("tiny")]
-        assert "revision 2: canary at 30%" in events and "traffic: revision 1: 70%, revision 2: 30%" in events, events
+        assert "revision 3: canary at 30%" in events and "traffic: revision 1: 70%, revision 3: 30%" in events, events
         with pytest.raises(Conflict) as info:
             await deployments.promote("tiny", _report(tmp_path / "bad-report", passed=False))
         assert "retention 0.200 < min 0.500" in str(info.value) and "accuracy" not in str(info.value)
@@ -276,9 +288,9 @@ async def test_bad_rollouts_are_refused_and_the_gate_blocks_a_failed_promotion(e
         with pytest.raises(NotFound):
             await deployments.promote("tiny", str(tmp_path / "no-report"))
         promoted = await deployments.promote("tiny", _report(tmp_path / "good-report", passed=True))
-        assert promoted.config["serving"] == 2 and "gate passed" in promoted.message
+        assert promoted.config["serving"] == 3 and "gate passed" in promoted.message
         await until(lambda: settled(deployments, "tiny"), 60)
-        assert deployments.get("tiny").result["traffic"] == {"2": 100}
-        assert deployments.get("tiny").output_uri.endswith("/deployments/tiny-2")
+        assert deployments.get("tiny").result["traffic"] == {"3": 100}
+        assert deployments.get("tiny").output_uri.endswith("/deployments/tiny-3")
     finally:
         await deployments.close()

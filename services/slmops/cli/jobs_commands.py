@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,10 +202,11 @@ def _adapter_refs(flags: list[str]) -> list[serving_pb2.AdapterRef]:
     return refs
 
 
-def _settle(stub, name: str) -> int:
-    """Follow the deployment until its rollout settles; print where it stands; 0 when READY."""
+def _settle(stub, name: str, since: float) -> int:
+    """Follow the deployment until its rollout settles (events from `since`); where it stands; 0 when READY."""
     for event in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=name)):
-        print(f"  {name}: {event.message}", file=sys.stderr)
+        if event.time.ToSeconds() >= since - 1:
+            print(f"  {name}: {event.message}", file=sys.stderr)
     deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=name))
     print_deployment(deployment)
     return 0 if deployment.state == serving_pb2.DEPLOYMENT_READY else 1
@@ -234,7 +236,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise SystemExit("error: --model is required to deploy")
-    adapters = _adapter_refs(args.adapter)
+    adapters, since = _adapter_refs(args.adapter), time.time()
     if args.canary is not None:  # a new revision of an existing deployment
         request = serving_pb2.UpdateDeploymentRequest(name=args.name, model_uri=_uri(args.model), adapters=adapters,
                                                       canary_traffic_percent=args.canary)  # fmt: skip
@@ -243,21 +245,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         spec = serving_pb2.DeploymentSpec(name=args.name, model_uri=_uri(args.model), port=args.port,
                                           adapters=adapters)  # fmt: skip
         client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
-    return _settle(stub, args.name)
+    return _settle(stub, args.name, since)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     stub = client.stub("serving")
     report = _uri(args.require_report) if args.require_report else ""
     request = serving_pb2.PromoteDeploymentRequest(name=args.name, evaluation_report_uri=report)
+    since = time.time()
     client.call(stub.PromoteDeployment, request)
-    return _settle(stub, args.name)
+    return _settle(stub, args.name, since)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    stub = client.stub("serving")
+    stub, since = client.stub("serving"), time.time()
     client.call(stub.RollbackDeployment, serving_pb2.RollbackDeploymentRequest(name=args.name))
-    return _settle(stub, args.name)
+    return _settle(stub, args.name, since)
 
 
 def _target(text: str) -> evaluation_pb2.EvalTarget:

@@ -78,11 +78,12 @@ def convert(model_uri: str, extra_options: dict[str, str] | None = None) -> Any:
     return _job("conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), "conversion")
 
 
-def _settled(name: str) -> serving_pb2.Deployment:
-    """Follow a deployment's rollout until it settles; the deployment, READY or DemoFailed."""
+def _settled(name: str, since: float) -> serving_pb2.Deployment:
+    """Follow a deployment's rollout (events from `since` on) until it settles; READY or DemoFailed."""
     stub = client.stub("serving")
     for event in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=name)):
-        say(f"  deploy      {name}: {event.message}")
+        if event.time.ToSeconds() >= since - 1:
+            say(f"  deploy      {name}: {event.message}")
     deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=name))
     if deployment.state != serving_pb2.DEPLOYMENT_READY:
         raise DemoFailed(f"deployment {name} failed: {deployment.reason}")
@@ -90,17 +91,18 @@ def _settled(name: str) -> serving_pb2.Deployment:
 
 
 def deploy(name: str, model_uri: str) -> serving_pb2.Deployment:
-    stub = client.stub("serving")
+    stub, since = client.stub("serving"), time.time()
     spec = serving_pb2.DeploymentSpec(name=name, model_uri=model_uri, labels={"app": "slmops-demo"})
     client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
-    return _settled(name)
+    return _settled(name, since)
 
 
 def canary(name: str, model_uri: str, percent: int) -> tuple[serving_pb2.Deployment, serving_pb2.Revision]:
     """A new revision of `name` with `percent` of its traffic; the deployment and the canary revision."""
     request = serving_pb2.UpdateDeploymentRequest(name=name, model_uri=model_uri, canary_traffic_percent=percent)
+    since = time.time()
     client.call(client.stub("serving").UpdateDeployment, request)
-    deployment = _settled(name)
+    deployment = _settled(name, since)
     revision = revision_of(deployment, deployment.latest_revision)
     if revision.state != serving_pb2.DEPLOYMENT_READY:
         raise DemoFailed(f"the canary of {name} failed: {revision.reason}")
@@ -113,13 +115,15 @@ def revision_of(deployment: serving_pb2.Deployment, number: int) -> serving_pb2.
 
 def promote(name: str, report_uri: str) -> serving_pb2.Deployment:
     request = serving_pb2.PromoteDeploymentRequest(name=name, evaluation_report_uri=report_uri)
+    since = time.time()
     client.call(client.stub("serving").PromoteDeployment, request)
-    return _settled(name)
+    return _settled(name, since)
 
 
 def rollback(name: str) -> serving_pb2.Deployment:
+    since = time.time()
     client.call(client.stub("serving").RollbackDeployment, serving_pb2.RollbackDeploymentRequest(name=name))
-    return _settled(name)
+    return _settled(name, since)
 
 
 def target(name: str, deployment: str = "", revision: serving_pb2.Revision | None = None,
