@@ -43,7 +43,8 @@ def resolve_deployments(config: EvaluationConfig) -> EvaluationConfig:
             raise Conflict(f"{field}: deployment {target.deployment!r} is {state}, not READY")
         target.base_url = f"{deployment.url}/openai/v1"
         target.model = target.model or deployment.name
-        target.model_uri = target.model_uri or deployment.spec.model_uri
+        serving = [r.model_uri for r in deployment.revisions if r.number == deployment.serving_revision]
+        target.model_uri = target.model_uri or (serving[0] if serving else deployment.spec.model_uri)
     return config
 
 
