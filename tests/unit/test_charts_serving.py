@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from slmops.serving import deployments
+from slmops.serving import deployments, validation
 from slmops.serving.backends.kserve import KServeBackend
 from tests.unit.test_charts import ROOT, SERVICES, check, container_env, install_helm, one
 
@@ -52,14 +52,14 @@ def _accepts(env: dict[str, str], monkeypatch) -> str:
     for key, value in env.items():
         if key.startswith("SLMOPS_") and isinstance(value, str):
             monkeypatch.setenv(key, value)
-    backend = deployments.configured_backend()
-    assert backend in deployments.BACKENDS
+    backend = validation.configured_backend()
+    assert backend in validation.BACKENDS
     built = deployments.make_backend()
     uri = "s3://models/student-int4" if backend == "KSERVE" else ""
     if backend == "KSERVE":
         assert isinstance(built, KServeBackend)
         assert (built.namespace, built.runtime) == (env["SLMOPS_KSERVE_NAMESPACE"], env["SLMOPS_KSERVE_RUNTIME"])
-        config = deployments.validate({"name": "student", "model_uri": uri})
+        config = validation.validate({"name": "student", "model_uri": uri})
         assert (config["backend"], config["storage_uri"]) == ("KSERVE", uri)
     return backend
 

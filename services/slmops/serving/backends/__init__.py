@@ -68,6 +68,15 @@ class BackendStatus:
     revisions: dict[int, RevisionStatus] = field(default_factory=dict)
 
 
+def split(serving: int, latest: int, percent: int) -> dict[int, int]:
+    """The traffic asked for: the latest revision's `percent`, the serving (rolled-out) one the rest."""
+    if latest == serving or percent >= 100:
+        return {latest: 100}
+    if percent <= 0:
+        return {serving: 100}
+    return {serving: 100 - percent, latest: percent}
+
+
 @runtime_checkable
 class ServingBackend(Protocol):
     """Runs a deployment's revisions and splits traffic between them."""

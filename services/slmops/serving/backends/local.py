@@ -46,7 +46,8 @@ from slmops.serving.backends import (
     BackendStatus,
     Revision,
     RevisionStatus,
-)  # fmt: skip
+    split,
+)
 from slmops.serving.router import Router, RouterServer, serve_router
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,7 @@ class _Deployment:
         return self.server.router
 
     def desired(self) -> dict[int, int]:
-        if self.latest == self.serving or self.percent >= 100:
-            return {self.latest: 100}
-        if self.percent <= 0:
-            return {self.serving: 100}
-        return {self.serving: 100 - self.percent, self.latest: self.percent}
+        return split(self.serving, self.latest, self.percent)
 
 
 class LocalBackend:

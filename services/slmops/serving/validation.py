@@ -1,0 +1,145 @@
+"""What a deployment request may ask for: names, models, adapters, the backend, and the evaluation gate.
+
+Every check reports the field it concerns; validate() reports every problem of a
+spec at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from slmops.core import artifacts, settings
+from slmops.core.errors import Conflict, InvalidSpec, NotFound, collect
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+SERVABLE_KINDS = ("onnx-model", "checkpoint")
+BACKENDS = ("LOCAL", "KSERVE")
+
+
+def configured_backend() -> str:
+    return settings.get("serving_backend").upper()
+
+
+def resolve_model(uri: str, backend: str, field: str = "spec.model_uri") -> tuple[str, str]:
+    """(confined URI, what the backend loads) for an artifact or a model folder."""
+    full = artifacts.confine(uri, settings.allowed_roots(), field)
+    if backend == "KSERVE":
+        if full.startswith("file://"):
+            raise InvalidSpec(field, f"{uri!r} is on this machine; the kserve backend needs a URI the cluster's "
+                                     "storage initializer can read (s3://, gs://, pvc://, https://)")  # fmt: skip
+        return full, full
+    if not full.startswith("file://"):
+        raise InvalidSpec(field, f"{uri!r}: the local backend serves models from this machine's filesystem")
+    artifacts.open_input(full, field, verify=False)  # hashes are checked before the predictor starts
+    path = artifacts.local_path(full)
+    if not path.exists():
+        raise NotFound("model", uri)
+    if not path.is_dir():
+        raise InvalidSpec(field, f"{uri!r} is not a folder")
+    if artifacts.is_artifact(full):
+        kind = artifacts.read_manifest(full).kind
+        if kind not in SERVABLE_KINDS:
+            raise InvalidSpec(field, f"artifact kind {kind!r} cannot be served; one of {', '.join(SERVABLE_KINDS)}")
+    if not (path / "genai_config.json").exists() and not (path / "config.json").exists():
+        raise InvalidSpec(field, f"{uri!r} holds neither an ONNX Runtime GenAI model nor a Hugging Face checkpoint")
+    return full, full
+
+
+def resolve_adapters(adapters: list[dict[str, Any]], backend: str) -> list[list[str]]:
+    """[[name, URI the predictor loads]] for the request's adapters; InvalidSpec naming each bad one."""
+    problems: list[tuple[str, str]] = []
+    resolved: list[list[str]] = []
+    seen: set[str] = set()
+    for i, adapter in enumerate(adapters):
+        field = f"adapters[{i}]"
+        name, uri = adapter.get("name", ""), adapter.get("uri", "")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", name):
+            problems.append((f"{field}.name", "letters, digits, '.', '_' and '-', at most 64"))
+            continue
+        if name in seen:
+            problems.append((f"{field}.name", f"{name!r} is named twice"))
+        seen.add(name)
+        if backend == "KSERVE":
+            problems.append((field, "the kserve backend serves the adapters converted into the model "
+                                    "(slmops convert --adapter); they load from its adapters/ folder"))  # fmt: skip
+            continue
+        try:
+            full = artifacts.confine(uri, settings.allowed_roots(), f"{field}.uri")
+            artifacts.open_input(full, f"{field}.uri", verify=False)
+            path = artifacts.local_path(full)
+            if path.is_dir():  # an artifact of converted adapters: the one named so, or the only one
+                files = sorted(path.glob("**/*.onnx_adapter"))
+                named = [f for f in files if f.stem == name] or files
+                if len(named) == 1:
+                    full = artifacts.to_uri(named[0])
+                elif files:
+                    raise InvalidSpec(f"{field}.uri", f"holds {len(files)} adapters; name the file")
+            elif not path.exists():
+                raise NotFound("adapter", uri)
+            resolved.append([name, full])
+        except InvalidSpec as exc:
+            problems.extend(exc.problems)
+    collect(problems)
+    return resolved
+
+
+def validate(spec: dict[str, Any]) -> dict[str, Any]:
+    """Check a deployment spec (plain dict of the proto) and report every problem at once."""
+    problems: list[tuple[str, str]] = []
+    name = spec.get("name", "")
+    if not NAME_RE.match(name):
+        problems.append(("spec.name", "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63"))
+    backend = spec.get("backend", "SERVING_BACKEND_UNSPECIFIED")
+    configured = configured_backend()
+    if backend == "SERVING_BACKEND_UNSPECIFIED":
+        backend = configured
+    if backend != configured:
+        problems.append(("spec.backend", f"this service runs the {configured} backend, not {backend}"))
+    canary = int(spec.get("canary_traffic_percent", 0))
+    if not 0 <= canary <= 100:
+        problems.append(("spec.canary_traffic_percent", "must be between 0 and 100"))
+    elif canary not in (0, 100):
+        problems.append(("spec.canary_traffic_percent", "a canary needs a deployment to run beside: create the "
+                                                        "deployment first, then update it with a canary"))  # fmt: skip
+    port = int(spec.get("port", 0))
+    if not 0 <= port <= 65535:
+        problems.append(("spec.port", "must be between 0 and 65535"))
+    model_uri = storage_uri = ""
+    adapters: list[list[str]] = []
+    try:
+        adapters = resolve_adapters(spec.get("adapters", []), backend)
+    except InvalidSpec as exc:
+        problems.extend((f"spec.{f}", p) for f, p in exc.problems)
+    if not spec.get("model_uri"):
+        problems.append(("spec.model_uri", "is required"))
+    elif not problems:  # NotFound is reported on its own, once the spec is otherwise right
+        try:
+            model_uri, storage_uri = resolve_model(spec["model_uri"], backend)
+        except InvalidSpec as exc:
+            problems.extend(exc.problems)
+    collect(problems)
+    return {"name": name, "backend": backend, "port": port, "model_uri": model_uri, "storage_uri": storage_uri,
+            "adapters": adapters}  # fmt: skip
+
+
+def check_gate(report_uri: str) -> list[str]:
+    """The reasons a passing evaluation report gives; Conflict naming the failed checks otherwise."""
+    full = artifacts.confine(report_uri, settings.allowed_roots(), "evaluation_report_uri")
+    path = artifacts.local_path(full)
+    report = path / "report.json" if path.is_dir() else path
+    if not report.is_file():
+        raise NotFound("evaluation report", report_uri)
+    try:
+        verdict = json.loads(report.read_text())["verdict"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidSpec("evaluation_report_uri", f"{report} is not an evaluation report ({exc})") from None
+    if not verdict.get("evaluated"):
+        raise Conflict(f"evaluation report {report_uri} has no gate verdict (no gate was configured); "
+                       "a promotion that requires the gate needs one")  # fmt: skip
+    reasons = [str(r) for r in verdict.get("reasons", [])]
+    if not verdict.get("passed"):
+        failed = [r for r in reasons if "FAILED" in r] or reasons
+        raise Conflict(f"the evaluation gate failed ({report_uri}): " + "; ".join(failed))
+    return reasons
