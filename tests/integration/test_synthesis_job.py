@@ -79,7 +79,8 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
 
     metrics = result["metrics"]
     assert result["output_uri"] == artifacts.to_uri(out)
-    assert metrics["num_prompts"] == 12 and metrics["failed"] == 0
+    assert metrics["num_prompts"] == 12 and metrics["answered"] == 12 and metrics["rejected"] == 0
+    assert metrics["retries"] == 1 and metrics["attempts"] == 13
     assert metrics["num_train"] == 9 and metrics["num_validation"] == 3
     # One 503, then every prompt answered once: 13 requests, each carrying the job's trace.
     statuses = [r["status"] for r in teacher.requests]
@@ -106,7 +107,8 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     assert manifest.kind == "dataset"
     assert manifest.parents == [artifacts.to_uri(workdir / "prompts.jsonl")]
     assert manifest.trace_id == TRACE_ID
-    assert set(manifest.hashes) == {"train.jsonl", "validation.jsonl", "stats.json"}
+    assert set(manifest.hashes) == {"train.jsonl", "validation.jsonl", "stats.json", "rejects.jsonl"}
+    assert (out / "rejects.jsonl").read_text() == ""
     stats = json.loads((out / "stats.json").read_text())
     assert stats["num_prompts"] == 12 and stats["teacher"]["base_url"] == teacher.base_url
 
@@ -116,21 +118,32 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     assert events[-1][0] == 1.0
 
 
-def test_synthesis_job_fails_when_most_prompts_fail(ray_local, teacher, workdir):
+def test_rejects_are_kept_with_their_reasons_and_too_many_fail_the_job(ray_local, workdir):
+    """Every prompt ends answered or rejected; past the threshold the job fails and keeps both, with the cost."""
     from slmops.synthesis.job import run
 
-    teacher.fail_next(1000, status=429)
-    try:
-        with pytest.raises(Unavailable, match=r"failed on \d+ of 12 prompts .*line \d+"):
-            run(
-                _config(teacher, workdir / "prompts.jsonl", max_retries=1, backoff_s=0.01),
-                str(workdir / "dataset"),
-                lambda *a, **k: None,
-            )
-    finally:
-        teacher.fail_next(0)
-        teacher._failures.clear()
-    assert not (workdir / "dataset" / "manifest.json").exists()
+    poisoned = {"q0-3", "q1-2", "q2-1"}  # their prompts always get a 500
+    lines = [json.dumps({**p, "prompt": ("poison " if p["id"] in poisoned else "") + p["prompt"]}) for p in PROMPTS]
+    (workdir / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    with StandinServer(faults={429: 0.2, 502: 0.1}, retry_after="0", fail_prompts=("poison",), seed=1) as server:
+        config = _config(server, workdir / "prompts.jsonl", max_attempts=3, backoff_s=0.01,
+                         price_prompt_per_million=2.0, price_completion_per_million=8.0)  # fmt: skip
+        config["max_reject_fraction"] = 0.2
+        with pytest.raises(Unavailable, match=r"failed on 3 of 12 prompts .*line \d+, 3 attempts.* kept in"):
+            run(config, str(workdir / "dataset"), lambda *a, **k: None)
+        requests = len(server.requests)
+    out = workdir / "dataset"
+    assert artifacts.is_artifact(artifacts.to_uri(out))  # what was answered is kept, sealed
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"].split()[0] for r in rejects) == ["poison"] * 3
+    assert all(r["status"] == 500 and r["attempts"] == 3 and "500" in r["reason"] for r in rejects)
+    answered = [json.loads(line) for name in ("train.jsonl", "validation.jsonl")
+                for line in (out / name).read_text().splitlines()]  # fmt: skip
+    assert sorted(r["id"] for r in answered) == sorted(p["id"] for p in PROMPTS if p["id"] not in poisoned)
+    metrics = artifacts.read_manifest(artifacts.to_uri(out)).metrics
+    assert (metrics["answered"], metrics["rejected"], metrics["attempts"]) == (9, 3, requests)
+    expected = (metrics["prompt_tokens"] * 2.0 + metrics["teacher_completion_tokens"] * 8.0) / 1e6
+    assert metrics["cost"] == pytest.approx(expected) and metrics["cost"] > 0
 
 
 def test_synthesis_job_stores_token_ids_with_the_teachers_tokenizer(ray_local, workdir):

@@ -6,6 +6,8 @@ server in this process standing in for a remote paid teacher.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from slmops.core.endpoints import resolve_api_key
@@ -31,9 +33,8 @@ def standin(server):
 
 
 def _teacher(server, sampling=None, **overrides) -> EndpointTeacher:
-    config = EndpointTeacherConfig(
-        base_url=server.base_url, model="t", backoff_s=0.001, max_retries=2, **overrides
-    )
+    config = EndpointTeacherConfig(**{"base_url": server.base_url, "model": "t", "backoff_s": 0.001,
+                                      "max_attempts": 3, **overrides})  # fmt: skip
     return EndpointTeacher(config, sampling or SamplingConfig(max_tokens=8), threads=2)
 
 
@@ -75,19 +76,20 @@ def test_chat_with_system_prompt_and_top_logprobs(standin):
     assert body["logprobs"] is True and body["top_logprobs"] == 2 and body["stop"] == ["\n"]
 
 
-def test_503_and_429_are_retried(standin):
-    standin.fail_next(1, 503)
-    standin.fail_next(1, 429)
-    [result] = _teacher(standin).generate(["1+1="])
-    assert result["completion"] == "2"
-    assert [r["status"] for r in standin.requests] == [503, 429, 200]
+def test_429_500_502_503_504_are_retried(standin):
+    for status in (503, 429, 500, 502, 504):
+        standin.fail_next(1, status)
+    [result] = _teacher(standin, max_attempts=6).generate(["1+1="])
+    assert result["completion"] == "2" and result["attempts"] == 6
+    assert [r["status"] for r in standin.requests] == [503, 429, 500, 502, 504, 200]
+    assert result["prompt_tokens"] == 4 and result["completion_tokens"] == 1  # the stand-in's usage
 
 
 def test_retries_are_bounded_and_other_errors_fail_fast(standin):
     standin.fail_next(10, 503)
     [result] = _teacher(standin).generate(["1+1="])
     assert "error" in result and "503" in result["error"]
-    assert len(standin.requests) == 3  # max_retries=2: three attempts
+    assert len(standin.requests) == 3 and result["attempts"] == 3 and result["status"] == 503
 
     standin._failures.clear()
     standin.requests.clear()
@@ -98,7 +100,7 @@ def test_retries_are_bounded_and_other_errors_fail_fast(standin):
 
 def test_connection_errors_are_retried_then_reported():
     config = EndpointTeacherConfig(
-        base_url="http://127.0.0.1:9/v1", model="t", backoff_s=0.001, max_retries=1
+        base_url="http://127.0.0.1:9/v1", model="t", backoff_s=0.001, max_attempts=2
     )
     [result] = EndpointTeacher(config, SamplingConfig()).generate(["x"])
     assert result["error"].startswith("APIConnectionError") and "127.0.0.1:9" in result["error"]
@@ -331,3 +333,55 @@ def test_local_teacher_logprobs_are_raw_and_a_stop_string_cuts_the_tokens(tiny_m
     top = result["top_logprobs"]
     assert result["completion_tokens"] == len(top["token_ids"]) == 1  # no EOS: the stop cut first
     _check_against_forward_pass(tiny_model, top)
+
+
+# -- retries, rate limits, rejects ---------------------------------------------
+
+
+def test_retry_after_is_honoured_up_to_its_bound():
+    with StandinServer(faults={429: 1.0}, retry_after="0.4") as server:
+        server.faults = {}
+        server.fail_next(1, 429)
+        started = time.monotonic()
+        [result] = _teacher(server).generate(["1+1="])
+        assert result["completion"] == "2" and time.monotonic() - started >= 0.4  # not the 1 ms backoff
+    with StandinServer(retry_after="30") as server:
+        server.fail_next(2, 429)
+        started = time.monotonic()
+        [result] = _teacher(server, retry_after_max_s=0.2).generate(["1+1="])
+        assert result["completion"] == "2" and time.monotonic() - started < 10  # 30 s asked, 0.2 s honoured
+
+
+def test_timeouts_are_retried_then_rejected_with_their_attempts():
+    with StandinServer(slow=(1.0, 1.0)) as server:
+        [result] = _teacher(server, timeout_s=0.2, max_attempts=2).generate(["1+1="])
+    assert result["finish_reason"] == "error" and result["attempts"] == 2 and result["status"] == 0
+    assert "Timeout" in result["error"]
+    assert len(server.requests) == 2
+
+
+def test_every_prompt_ends_answered_or_rejected_under_faults():
+    prompts = [f"{a}+{a}=" for a in range(40)] + ["poison 1+1="]
+    with StandinServer(faults={429: 0.15, 500: 0.1, 502: 0.05}, retry_after="0", fail_prompts=("poison",),
+                       seed=3) as server:  # fmt: skip
+        results = _teacher(server, max_attempts=8).generate(prompts)
+    assert [r["completion"] for r in results[:40]] == [str(2 * a) for a in range(40)]
+    assert results[40]["error"] and results[40]["status"] == 500 and results[40]["attempts"] == 8
+    retried = [r for r in results[:40] if r["attempts"] > 1]
+    assert retried and sum(r["attempts"] for r in results) == len(server.requests)
+
+
+def test_a_rate_limit_spaces_the_requests():
+    with StandinServer() as server:
+        started = time.monotonic()
+        results = _teacher(server, requests_per_minute=120).generate([f"{a}+1=" for a in range(6)])
+        elapsed = time.monotonic() - started
+    assert all(r["completion"] for r in results)
+    assert elapsed >= 1.5  # 2 per second: the last of six waits about two seconds
+    # A worker with half of the job's limit keeps to half of it.
+    with StandinServer() as server:
+        teacher = EndpointTeacher(EndpointTeacherConfig(base_url=server.base_url, model="t", requests_per_minute=240),
+                                  SamplingConfig(max_tokens=8), threads=4, share=0.5)  # fmt: skip
+        started = time.monotonic()
+        teacher.generate([f"{a}+1=" for a in range(6)])
+        assert time.monotonic() - started >= 1.5

@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+import fsspec
 import numpy as np
 
 from slmops.core import artifacts, tracing
@@ -24,6 +25,7 @@ from slmops.synthesis.spec import EndpointTeacherConfig, SynthesisConfig
 from slmops.synthesis.teacher import make_teacher
 from slmops.synthesis.token_table import load_token_table
 
+REJECTS_FILE = "rejects.jsonl"
 ENDPOINT_ACTOR_CPUS = 0.25  # an HTTP client mostly waits
 LOCAL_ACTOR_CPUS = 1.0
 
@@ -31,16 +33,11 @@ LOCAL_ACTOR_CPUS = 1.0
 class TeacherWorker:
     """A Ray Data callable class: one teacher per actor, one shard per call."""
 
-    def __init__(self, config: dict[str, Any], traceparent: str = "", threads: int = 1):
+    def __init__(self, config: dict[str, Any], traceparent: str = "", threads: int = 1, share: float = 1.0):
         tracing.setup_tracing("synthesis-worker")
         cfg = SynthesisConfig.model_validate(config)
-        self.teacher = make_teacher(
-            cfg.teacher,
-            cfg.sampling,
-            system_prompt=cfg.system_prompt,
-            traceparent=traceparent,
-            threads=threads,
-        )
+        self.teacher = make_teacher(cfg.teacher, cfg.sampling, system_prompt=cfg.system_prompt,
+                                    traceparent=traceparent, threads=threads, share=share)  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.teacher.generate([str(p) for p in batch["prompt"]])
@@ -68,14 +65,37 @@ def pool_shape(cfg: SynthesisConfig, num_shards: int) -> tuple[int, int, dict[st
     return actors, threads, resources
 
 
-def check_failures(num_prompts: int, failures: list[tuple[int, str]]) -> None:
-    """Fail the job when more than half of the prompts got no answer."""
-    if len(failures) * 2 > num_prompts:
-        line, error = failures[0]
+def reject_record(line: int, prompt: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A prompt the teacher did not answer, with why and after how many attempts (rejects.jsonl)."""
+    return {"line": line, "prompt": prompt, "reason": result["error"], "status": int(result.get("status", 0)),
+            "attempts": int(result.get("attempts", 1))}  # fmt: skip
+
+
+def check_rejects(num_prompts: int, rejects: list[dict[str, Any]], max_fraction: float, kept_uri: str) -> None:
+    """Fail the job when more than max_fraction of the prompts were rejected (what was answered is kept)."""
+    if num_prompts and len(rejects) > max_fraction * num_prompts:
+        first = rejects[0]
         raise Unavailable(
-            f"the teacher failed on {len(failures)} of {num_prompts} prompts (more than half); "
-            f"first failure (prompts line {line}): {error}"
+            f"the teacher failed on {len(rejects)} of {num_prompts} prompts (more than "
+            f"{max_fraction:.0%}); first failure (prompts line {first['line']}, {first['attempts']} attempts): "
+            f"{first['reason']}. The {num_prompts - len(rejects)} answered and the rejects are kept in {kept_uri}"
         )
+
+
+def usage(results: list[dict[str, Any]], cfg: SynthesisConfig) -> dict[str, float]:
+    """Attempts, retries and the teacher's tokens over every prompt; cost when prices are known."""
+    prompt_tokens = sum(int(r.get("prompt_tokens", 0)) for r in results)
+    completion_tokens = sum(int(r.get("completion_tokens", 0)) for r in results)
+    attempts = sum(int(r.get("attempts", 1)) for r in results)
+    found: dict[str, float] = {"prompt_tokens": float(prompt_tokens), "teacher_completion_tokens":
+                               float(completion_tokens), "attempts": float(attempts),
+                               "retries": float(attempts - len(results))}  # fmt: skip
+    teacher = cfg.teacher
+    if isinstance(teacher, EndpointTeacherConfig) and (teacher.price_prompt_per_million
+                                                       or teacher.price_completion_per_million):  # fmt: skip
+        found["cost"] = (prompt_tokens * teacher.price_prompt_per_million
+                         + completion_tokens * teacher.price_completion_per_million) / 1e6  # fmt: skip
+    return found
 
 
 def _answer_all(
@@ -96,6 +116,7 @@ def _answer_all(
             "config": cfg.model_dump(mode="json"),
             "traceparent": traceparent,
             "threads": threads,
+            "share": 1.0 / actors,  # each actor keeps to its share of the job's rate limits
         },
         batch_size=None,
         batch_format="numpy",
@@ -163,13 +184,13 @@ def run(
     teacher_seconds = time.perf_counter() - start
 
     teacher_model = cfg.teacher.model
-    records, failures = [], []
+    records, rejects = [], []
     for prompt, result in zip(prompts, results):
         if "error" in result:
-            failures.append((prompt.line, result["error"]))
+            rejects.append(reject_record(prompt.line, prompt.fields["prompt"], result))
         else:
             records.append(dataset_record(prompt.fields, result, teacher_model))
-    check_failures(len(prompts), failures)
+    spent = usage(results, cfg)
     # Records whose log-probabilities lost their ids: a token the tokenizer has no id for.
     unmapped = sum(1 for r in results if r.get("unmapped_tokens"))
 
@@ -187,18 +208,22 @@ def run(
             seed=cfg.seed,
             extra_stats={
                 "num_prompts": len(prompts),
-                "failed": len(failures),
-                "failures": [{"line": line, "error": error} for line, error in failures[:20]],
+                "answered": len(records),
+                "rejected": len(rejects),
                 "teacher": teacher_info,
+                "teacher_usage": spent,
                 "teacher_seconds": teacher_seconds,
                 **({"unmapped_logprob_records": unmapped} if maps_ids else {}),
             },
         )
+        _write_rejects(staging, rejects)
     metrics = {
         "num_prompts": float(len(prompts)),
         "num_train": float(stats["num_train"]),
         "num_validation": float(stats["num_validation"]),
-        "failed": float(len(failures)),
+        "answered": float(len(records)),
+        "rejected": float(len(rejects)),
+        **spent,
         "teacher_seconds": teacher_seconds,
         "completion_tokens": float(stats["completion_tokens"]),
     }
@@ -212,9 +237,21 @@ def run(
         metrics=metrics,
         trace_id=trace_id,
     )
+    check_rejects(len(prompts), rejects, cfg.max_reject_fraction, output_uri)
+    cost = f", cost {metrics['cost']:.4f}" if "cost" in metrics else ""
     progress(
         1.0,
-        f"dataset written: {stats['num_train']} train, {stats['num_validation']} validation",
+        f"dataset written: {stats['num_train']} train, {stats['num_validation']} validation, "
+        f"{len(rejects)} rejected; teacher tokens {int(spent['prompt_tokens'])} in, "
+        f"{int(spent['teacher_completion_tokens'])} out{cost}",
         **metrics,
     )
     return {"output_uri": output_uri, "metrics": metrics}
+
+
+def _write_rejects(uri: str, rejects: list[dict[str, Any]]) -> None:
+    """Every prompt the teacher did not answer, with its reason and attempts (empty file when none)."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    with fs.open(f"{root}/{REJECTS_FILE}", "w", encoding="utf-8") as fh:
+        for reject in rejects:
+            fh.write(json.dumps(reject, ensure_ascii=False) + "\n")

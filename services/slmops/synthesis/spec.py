@@ -39,10 +39,16 @@ class EndpointTeacherConfig(BaseModel):
     timeout_s: float = 60.0
     # The teacher's tokenizer (file:// URI or hub id): top-k log-probabilities get token ids.
     tokenizer: str = ""
-    # Retries of 429/503/connection errors: attempts = max_retries + 1.
-    max_retries: int = 4
+    # Retries of 429, 500, 502, 503, 504, timeouts and connection errors (endpoint_teacher.py).
+    max_attempts: int = 6
     backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 120.0
+    # Rate limits of the whole job (0: none); prices in money per million tokens (0: unknown).
+    requests_per_minute: float = 0.0
+    tokens_per_minute: float = 0.0
+    price_prompt_per_million: float = 0.0
+    price_completion_per_million: float = 0.0
 
 
 class LocalTeacherConfig(BaseModel):
@@ -70,6 +76,8 @@ class SynthesisConfig(BaseModel):
     output_uri: str = ""
     system_prompt: str = ""
     num_shards: int = 2
+    # The job fails when more than this share of the prompts is rejected (what was answered is kept).
+    max_reject_fraction: float = 0.5
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -94,6 +102,13 @@ def _endpoint(msg: synthesis_pb2.TeacherEndpoint, problems: Problems) -> Endpoin
                 f"must be in (0, 3600] seconds (0 means 60), got {msg.timeout_s}",
             )
         )
+    if not 0 <= msg.max_attempts <= 100:
+        problems.append((f"{field}.max_attempts", f"must be in 1..100 (0 means 6), got {msg.max_attempts}"))
+    for name in ("backoff_s", "backoff_max_s", "retry_after_max_s", "requests_per_minute", "tokens_per_minute",
+                 "price_prompt_per_million", "price_completion_per_million"):  # fmt: skip
+        if getattr(msg, name) < 0:
+            problems.append((f"{field}.{name}", f"must not be negative, got {getattr(msg, name)}"))
+    defaults = EndpointTeacherConfig(base_url="http://x", model="x")
     return EndpointTeacherConfig(
         base_url=msg.base_url.rstrip("/"),
         model=msg.model.strip(),
@@ -102,6 +117,14 @@ def _endpoint(msg: synthesis_pb2.TeacherEndpoint, problems: Problems) -> Endpoin
         max_concurrency=msg.max_concurrency or 4,
         timeout_s=msg.timeout_s or 60.0,
         tokenizer=_tokenizer(msg.tokenizer.strip(), f"{field}.tokenizer", problems),
+        max_attempts=msg.max_attempts or defaults.max_attempts,
+        backoff_s=msg.backoff_s or defaults.backoff_s,
+        backoff_max_s=msg.backoff_max_s or defaults.backoff_max_s,
+        retry_after_max_s=msg.retry_after_max_s or defaults.retry_after_max_s,
+        requests_per_minute=msg.requests_per_minute,
+        tokens_per_minute=msg.tokens_per_minute,
+        price_prompt_per_million=msg.price_prompt_per_million,
+        price_completion_per_million=msg.price_completion_per_million,
     )
 
 
@@ -233,6 +256,9 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
             ("spec.resources.gpus_per_worker", "asks for GPUs but spec.teacher.local.device is cpu")
         )
     memory = parse_memory(res.memory, "spec.resources.memory", problems)
+    if not 0 <= spec.max_reject_fraction <= 1:
+        problems.append(("spec.max_reject_fraction", f"must be in [0, 1] (0 means 0.5), got "
+                                                     f"{spec.max_reject_fraction}"))  # fmt: skip
 
     collect(problems)
     assert teacher is not None
@@ -245,6 +271,7 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         output_uri=output_uri,
         system_prompt=spec.system_prompt,
         num_shards=spec.num_shards or 2,
+        max_reject_fraction=spec.max_reject_fraction or 0.5,
         resources=ResourcesConfig(
             num_workers=res.num_workers or 1,
             cpus_per_worker=res.cpus_per_worker,

@@ -1,14 +1,15 @@
 """Teachers: the model whose answers become the dataset.
 
-`EndpointTeacher` calls an OpenAI-compatible HTTP API with the official
-`openai` client (completions, or chat completions), retrying only 429, 503 and
-connection errors with bounded exponential backoff, and sending the W3C
+`EndpointTeacher` (endpoint_teacher.py) calls an OpenAI-compatible HTTP API
+with the official `openai` client (completions, or chat completions),
+concurrently, within rate limits and with bounded retries, sending the W3C
 `traceparent` of the current span on every request. `LocalTeacher` generates
 with transformers from a model folder. Both answer `generate(prompts)` with one
 dict per prompt: completion, finish_reason, completion_tokens, top_logprobs
 (the form `slmops.synthesis.logprobs` describes, or None), vocab_size when
 top_logprobs carries token ids, unmapped_tokens when an endpoint's tokens were
-mapped to ids (how many had none), and `error` when the prompt failed for good.
+mapped to ids (how many had none), and `error` when the prompt failed for good
+(endpoint results also carry `attempts`, `prompt_tokens` and, on error, `status`).
 
 The local teacher's log-probabilities come from the model's raw logits (before
 temperature and top-p), one position per completion token, plus the EOS token
@@ -20,192 +21,20 @@ token whose text reaches the cut.
 from __future__ import annotations
 
 import logging
-import random
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-import openai
-
-from slmops.core import tracing
-from slmops.core.endpoints import describe_error, resolve_api_key
 from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis import logprobs
+from slmops.synthesis.endpoint_teacher import EndpointTeacher, backoff_delay, is_retryable
 from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
-from slmops.synthesis.token_table import load_token_table
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = frozenset({429, 503})
+__all__ = ["EndpointTeacher", "LocalTeacher", "Teacher", "backoff_delay", "is_retryable", "make_teacher"]
 
 
 class Teacher(Protocol):
     def generate(self, prompts: list[str]) -> list[dict[str, Any]]: ...
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """429, 503 and connection errors (timeouts included) are worth another try; nothing else."""
-    if isinstance(exc, openai.APIConnectionError):
-        return True
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in RETRYABLE_STATUS
-
-
-def backoff_delay(
-    attempt: int, base_s: float, max_s: float, exc: BaseException | None = None
-) -> float:
-    """Exponential backoff with jitter for retry number attempt (0-based), bounded by max_s.
-
-    A server's Retry-After (seconds) is honoured when it is longer, still bounded by max_s.
-    """
-    delay = base_s * (2**attempt) * (0.5 + random.random() / 2)
-    response = getattr(exc, "response", None)
-    retry_after = response.headers.get("retry-after") if response is not None else None
-    if retry_after:
-        try:
-            delay = max(delay, float(retry_after))
-        except ValueError:
-            pass
-    return min(delay, max_s)
-
-
-class EndpointTeacher:
-    """A teacher behind an OpenAI-compatible API."""
-
-    def __init__(
-        self,
-        config: EndpointTeacherConfig,
-        sampling: SamplingConfig,
-        *,
-        system_prompt: str = "",
-        traceparent: str = "",
-        threads: int = 1,
-    ):
-        self.config = config
-        self.sampling = sampling
-        self.system_prompt = system_prompt
-        self.traceparent = traceparent
-        self.threads = max(1, threads)
-        # Retries are ours (explicit codes, explicit bound), so the client's are off.
-        self.client = openai.OpenAI(
-            base_url=config.base_url,
-            api_key=resolve_api_key(config.api_key_env),
-            timeout=config.timeout_s,
-            max_retries=0,
-        )
-        # Top-k tokens are mapped to ids only with the teacher's tokenizer.
-        self.table = None
-        if config.tokenizer and sampling.top_logprobs:
-            self.table = load_token_table(config.tokenizer)
-
-    def generate(self, prompts: list[str]) -> list[dict[str, Any]]:
-        if self.threads == 1 or len(prompts) <= 1:
-            return [self.complete_safely(p) for p in prompts]
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            return list(pool.map(self.complete_safely, prompts))
-
-    def complete_safely(self, prompt: str) -> dict[str, Any]:
-        """complete(prompt), or a result carrying `error` once retries are spent."""
-        try:
-            return self.complete(prompt)
-        except openai.OpenAIError as exc:
-            return {
-                "completion": "",
-                "finish_reason": "error",
-                "completion_tokens": 0,
-                "top_logprobs": None,
-                "error": describe_error(exc, self.config.base_url),
-            }
-
-    def complete(self, prompt: str) -> dict[str, Any]:
-        """One prompt, retried on 429/503/connection errors up to max_retries times."""
-        attempt = 0
-        while True:
-            with tracing.span_from(
-                "synthesis.teacher_request",
-                self.traceparent,
-                {"teacher.model": self.config.model, "attempt": attempt},
-            ) as span:
-                try:
-                    result = self._request(prompt)
-                except openai.OpenAIError as exc:
-                    reason = describe_error(exc)
-                    span.set_attribute("error", reason)
-                    if not is_retryable(exc) or attempt >= self.config.max_retries:
-                        raise
-                    delay = backoff_delay(
-                        attempt, self.config.backoff_s, self.config.backoff_max_s, exc
-                    )
-                else:
-                    span.set_attribute("completion_tokens", result["completion_tokens"])
-                    return result
-            log.info(
-                "teacher: %s; retry %d of %d in %.2fs",
-                reason,
-                attempt + 1,
-                self.config.max_retries,
-                delay,
-            )
-            time.sleep(delay)
-            attempt += 1
-
-    def _request(self, prompt: str) -> dict[str, Any]:
-        s = self.sampling
-        common: dict[str, Any] = {
-            "model": self.config.model,
-            "max_tokens": s.max_tokens,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "extra_headers": tracing.http_headers(),
-        }
-        if s.stop:
-            common["stop"] = s.stop
-        if s.seed is not None:
-            common["seed"] = s.seed
-        ask = self._ask_chat if self.config.chat else self._ask_completion
-        response, text, positions = ask(prompt, common)
-        choice = response.choices[0]
-        usage = getattr(response, "usage", None)
-        result: dict[str, Any] = {
-            "completion": text,
-            "finish_reason": choice.finish_reason or "",
-            "completion_tokens": int(usage.completion_tokens) if usage else 0,
-            "top_logprobs": None,
-        }
-        if positions is not None:
-            top, unmapped = logprobs.from_positions(positions, self.table)
-            result["top_logprobs"] = top
-            if self.table is not None:
-                result["unmapped_tokens"] = unmapped
-                if top["token_ids"] is not None:
-                    result["vocab_size"] = self.table.vocab_size
-        return result
-
-    def _ask_chat(self, prompt: str, common: dict[str, Any]) -> tuple[Any, str, list | None]:
-        """(response, text, log-probability positions or None) from /chat/completions."""
-        messages = [{"role": "user", "content": prompt}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        k = self.sampling.top_logprobs
-        if k:
-            common = {**common, "logprobs": True, "top_logprobs": k}
-        response = self.client.chat.completions.create(messages=messages, **common)
-        choice = response.choices[0]
-        positions = None
-        if k and choice.logprobs and choice.logprobs.content:
-            positions = logprobs.chat_positions(choice.logprobs.content)
-        return response, choice.message.content or "", positions
-
-    def _ask_completion(self, prompt: str, common: dict[str, Any]) -> tuple[Any, str, list | None]:
-        """(response, text, log-probability positions or None) from /completions."""
-        k = self.sampling.top_logprobs
-        if k:
-            common = {**common, "logprobs": k}
-        response = self.client.completions.create(prompt=prompt, **common)
-        choice, positions = response.choices[0], None
-        lp = choice.logprobs
-        if k and lp and lp.tokens and lp.top_logprobs:
-            positions = logprobs.completion_positions(lp.tokens, lp.top_logprobs)
-        return response, choice.text or "", positions
 
 
 class LocalTeacher:
@@ -307,9 +136,9 @@ def make_teacher(
     system_prompt: str = "",
     traceparent: str = "",
     threads: int = 1,
+    share: float = 1.0,
 ) -> Teacher:
     if isinstance(teacher, EndpointTeacherConfig):
-        return EndpointTeacher(
-            teacher, sampling, system_prompt=system_prompt, traceparent=traceparent, threads=threads
-        )
+        return EndpointTeacher(teacher, sampling, system_prompt=system_prompt, traceparent=traceparent,
+                               threads=threads, share=share)  # fmt: skip
     return LocalTeacher(teacher, sampling)

@@ -9,7 +9,11 @@ one character; given a `tokenizer` folder, one token is a token of that
 tokenizer, with its exact bytes. Log-probabilities, when asked for, are fixed:
 the answer's token first (-0.01), then the same alternatives every time
 (-4, -5, ...). `fail_next(n, status)` makes the next n completion requests fail
-with that HTTP status, to exercise clients' retries. Every request is recorded.
+with that HTTP status, to exercise clients' retries. Faults at chosen rates
+(`faults={429: 0.1, 500: 0.05}`, seeded): a 429 carries `Retry-After:
+retry_after` when set; `slow=(rate, seconds)` delays that share of answers;
+a prompt containing one of `fail_prompts` always gets a 500. Every request is
+recorded.
 """
 
 from __future__ import annotations
@@ -53,9 +57,19 @@ class StandinServer:
         host: str = "127.0.0.1",
         delay_s: float = 0.0,
         tokenizer: str | None = None,
+        faults: dict[int, float] | None = None,
+        retry_after: str = "",
+        slow: tuple[float, float] = (0.0, 0.0),
+        fail_prompts: tuple[str, ...] = (),
+        seed: int = 0,
     ):
+        import random
+
         self.answer = answer
         self.delay_s = delay_s
+        self.faults, self.retry_after, self.slow = dict(faults or {}), retry_after, slow
+        self.fail_prompts = fail_prompts
+        self._rng = random.Random(seed)
         self._tokenizer = None
         self._alternatives: list[Piece] = [(c, c.encode()) for c in "0123456789?"]
         if tokenizer:
@@ -93,6 +107,24 @@ class StandinServer:
     def fail_next(self, count: int, status: int = 503) -> None:
         with self._lock:
             self._failures.extend([status] * count)
+
+    def _draw_fault(self, body: dict[str, Any]) -> int | None:
+        """A failure status for this request: always for fail_prompts, else drawn at the fault rates."""
+        text = json.dumps(body.get("prompt", body.get("messages", "")))
+        if any(marker in text for marker in self.fail_prompts):
+            return 500
+        with self._lock:
+            draw = self._rng.random()
+        for status, rate in self.faults.items():
+            if draw < rate:
+                return status
+            draw -= rate
+        return None
+
+    def _slow_now(self) -> float:
+        rate, seconds = self.slow
+        with self._lock:
+            return seconds if rate and self._rng.random() < rate else 0.0
 
     def _take_failure(self) -> int | None:
         with self._lock:
@@ -199,9 +231,12 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return None
 
-        def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+        def _send(self, status: int, payload: Any, content_type: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:  # fmt: skip
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -241,7 +276,7 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             if path not in ("/v1/completions", "/v1/chat/completions"):
                 self._send(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
                 return
-            failure = server._take_failure()
+            failure = server._take_failure() or server._draw_fault(body)
             server._record(
                 {
                     "path": path,
@@ -253,13 +288,12 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 }
             )
             if failure:
-                self._send(
-                    failure,
-                    {"error": {"message": "stand-in failure on request", "type": "server_error"}},
-                )
+                headers = {"Retry-After": server.retry_after} if failure == 429 and server.retry_after else {}
+                self._send(failure, {"error": {"message": f"stand-in failure ({failure})", "type": "server_error"}},
+                           headers=headers)  # fmt: skip
                 return
-            if server.delay_s:
-                time.sleep(server.delay_s)
+            if server.delay_s or server.slow[0]:
+                time.sleep(server.delay_s + server._slow_now())
             self._send(200, server.complete(body, chat))
 
     return Handler

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TeacherEndpoint(_message.Message):
-    __slots__ = ("base_url", "model", "api_key_env", "chat", "max_concurrency", "timeout_s", "tokenizer")
+    __slots__ = ("base_url", "model", "api_key_env", "chat", "max_concurrency", "timeout_s", "tokenizer", "max_attempts", "backoff_s", "backoff_max_s", "retry_after_max_s", "requests_per_minute", "tokens_per_minute", "price_prompt_per_million", "price_completion_per_million")
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ENV_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,14 @@ class TeacherEndpoint(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_S_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_MAX_S_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MAX_S_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_PROMPT_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    PRICE_COMPLETION_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
     base_url: str
     model: str
     api_key_env: str
@@ -24,7 +32,15 @@ class TeacherEndpoint(_message.Message):
     max_concurrency: int
     timeout_s: float
     tokenizer: str
-    def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., timeout_s: _Optional[float] = ..., tokenizer: _Optional[str] = ...) -> None: ...
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    retry_after_max_s: float
+    requests_per_minute: float
+    tokens_per_minute: float
+    price_prompt_per_million: float
+    price_completion_per_million: float
+    def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., timeout_s: _Optional[float] = ..., tokenizer: _Optional[str] = ..., max_attempts: _Optional[int] = ..., backoff_s: _Optional[float] = ..., backoff_max_s: _Optional[float] = ..., retry_after_max_s: _Optional[float] = ..., requests_per_minute: _Optional[float] = ..., tokens_per_minute: _Optional[float] = ..., price_prompt_per_million: _Optional[float] = ..., price_completion_per_million: _Optional[float] = ...) -> None: ...
 
 class LocalTeacher(_message.Message):
     __slots__ = ("model", "device")
@@ -35,7 +51,7 @@ class LocalTeacher(_message.Message):
     def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class SynthesisSpec(_message.Message):
-    __slots__ = ("prompts_uri", "endpoint", "local", "sampling", "validation_fraction", "seed", "output_uri", "system_prompt", "num_shards", "resources", "labels")
+    __slots__ = ("prompts_uri", "endpoint", "local", "sampling", "validation_fraction", "seed", "output_uri", "system_prompt", "num_shards", "resources", "labels", "max_reject_fraction")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +70,7 @@ class SynthesisSpec(_message.Message):
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REJECT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     prompts_uri: str
     endpoint: TeacherEndpoint
     local: LocalTeacher
@@ -65,7 +82,8 @@ class SynthesisSpec(_message.Message):
     num_shards: int
     resources: _common_pb2.ResourceRequest
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, prompts_uri: _Optional[str] = ..., endpoint: _Optional[_Union[TeacherEndpoint, _Mapping]] = ..., local: _Optional[_Union[LocalTeacher, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., output_uri: _Optional[str] = ..., system_prompt: _Optional[str] = ..., num_shards: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    max_reject_fraction: float
+    def __init__(self, prompts_uri: _Optional[str] = ..., endpoint: _Optional[_Union[TeacherEndpoint, _Mapping]] = ..., local: _Optional[_Union[LocalTeacher, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., output_uri: _Optional[str] = ..., system_prompt: _Optional[str] = ..., num_shards: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_reject_fraction: _Optional[float] = ...) -> None: ...
 
 class SynthesisJob(_message.Message):
     __slots__ = ("id", "spec", "status")
