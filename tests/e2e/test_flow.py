@@ -58,7 +58,7 @@ def test_synthesis_to_evaluation_through_the_services(stack, capsys):
         assert (artifacts.local_path(onnx.status.output.uri) / "genai_config.json").exists()
         deployed = steps.deploy("student-int4", onnx.status.output.uri)
         evaluation = steps.evaluate(
-            artifacts.to_uri(held_out), [("teacher", "teacher"), ("student-int4", "student-int4")],
+            artifacts.to_uri(held_out), [steps.target("teacher", "teacher"), steps.target("student-int4", "student-int4")],
             reference="teacher", candidate="student-int4", max_tokens=3, min_retention=0.0,
         )
     names = [r.name for r in evaluation.results]
