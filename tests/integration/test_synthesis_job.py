@@ -215,3 +215,31 @@ def test_a_teacher_served_by_slmops_gives_top_k_with_token_ids(ray_local, workdi
         assert top["token_ids"] == ids
         assert top["top_ids"] == [[i for i, _ in e.top] for e in expected.logprobs]
         assert top["top_logprobs"][0] == pytest.approx([lp for _, lp in expected.logprobs[0].top], abs=1e-4)
+
+
+def test_a_job_that_dies_midway_asks_again_only_for_what_it_had_not_committed(ray_local, workdir):
+    from slmops.synthesis.job import run
+
+    class Died(Exception):
+        """The job's process going away right after its first shard was committed."""
+
+    def die_after_the_first_shard(fraction, message, **metrics):
+        if message.startswith("shard "):
+            raise Died
+
+    out, parts = workdir / "dataset", workdir / ".dataset.parts"
+    with StandinServer() as server:
+        config = _config(server, workdir / "prompts.jsonl")
+        with pytest.raises(Died):
+            run(config, str(out), die_after_the_first_shard)
+        committed = sum(len(p.read_text().splitlines()) for p in parts.glob("part-*.jsonl"))
+        assert 0 < committed < len(PROMPTS) and not out.exists()
+        before, messages = len(server.requests), []
+        result = run(config, str(out), lambda fraction, message, **metrics: messages.append(message))
+        asked_again = [r["body"]["prompt"] for r in server.requests[before:]]
+    assert len(asked_again) == len(PROMPTS) - committed  # nothing committed was bought twice
+    assert any(m.startswith(f"resuming: {committed} of {len(PROMPTS)}") for m in messages)
+    assert result["metrics"]["answered"] == len(PROMPTS) and not parts.exists()
+    records = [json.loads(line) for name in ("train.jsonl", "validation.jsonl")
+               for line in (out / name).read_text().splitlines()]  # fmt: skip
+    assert sorted(r["id"] for r in records) == sorted(p["id"] for p in PROMPTS)

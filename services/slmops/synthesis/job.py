@@ -2,8 +2,10 @@
 
 Prompts are split into `num_shards` blocks; a pool of Ray actors, each holding
 one teacher, answers them (for an endpoint teacher at most `max_concurrency`
-requests are in flight in total). The driver collects the answers as shards
-complete, writes the dataset folder and seals it with a manifest.
+requests are in flight in total). The driver commits the answers as shards
+complete (checkpoint.py: a rerun asks only for what is missing), writes the
+dataset folder and seals it with a manifest. Every prompt ends answered or in
+`rejects.jsonl`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from slmops.core.datasets import dataset_record, read_prompts
 from slmops.core.endpoints import resolve_api_key
 from slmops.core.errors import Unavailable
 from slmops.core.progress import Progress
+from slmops.synthesis.checkpoint import Checkpoint
 from slmops.synthesis.dataset import write_dataset
 from slmops.synthesis.spec import EndpointTeacherConfig, SynthesisConfig
 from slmops.synthesis.teacher import make_teacher
@@ -99,17 +102,32 @@ def usage(results: list[dict[str, Any]], cfg: SynthesisConfig) -> dict[str, floa
 
 
 def _answer_all(
-    cfg: SynthesisConfig, prompts: list[str], traceparent: str, progress: Progress
+    cfg: SynthesisConfig, prompts: list[str], traceparent: str, progress: Progress, checkpoint: Checkpoint
 ) -> list[dict]:
-    """Run the teacher over every prompt on Ray Data; results in prompt order."""
+    """Run the teacher over every prompt not answered yet on Ray Data; results in prompt order.
+
+    Each batch of answers is committed to the checkpoint as it arrives.
+    """
+    results: list[dict | None] = [None] * len(prompts)
+    for index, result in checkpoint.load().items():
+        if index < len(prompts):
+            results[index] = result
+    done = sum(r is not None for r in results)
+    failed = sum(1 for r in results if r is not None and "error" in r)
+    if done:
+        progress(0.05 + 0.9 * done / len(prompts), f"resuming: {done} of {len(prompts)} prompts were answered "
+                 "before; asking the teacher for the rest", answered=done, failed=failed)  # fmt: skip
+    pending = [i for i, r in enumerate(results) if r is None]
+    if not pending:
+        return results  # type: ignore[return-value]
     import ray
 
     if not ray.is_initialized():
         ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    num_shards = max(1, min(cfg.num_shards, len(prompts)))
+    num_shards = max(1, min(cfg.num_shards, len(pending)))
     actors, threads, resources = pool_shape(cfg, num_shards)
-    items = [{"index": i, "prompt": p} for i, p in enumerate(prompts)]
+    items = [{"index": i, "prompt": prompts[i]} for i in pending]
     answered = ray.data.from_items(items, override_num_blocks=num_shards).map_batches(
         TeacherWorker,
         fn_constructor_kwargs={
@@ -123,16 +141,15 @@ def _answer_all(
         compute=ray.data.ActorPoolStrategy(size=actors),
         **resources,
     )
-    results: list[dict | None] = [None] * len(prompts)
-    done = failed = 0
     for shards, batch in enumerate(
         answered.iter_batches(batch_size=None, batch_format="numpy"), start=1
     ):
-        for index, encoded in zip(batch["index"], batch["result"]):
-            result = json.loads(encoded)
-            results[int(index)] = result
+        answers = [(int(index), json.loads(encoded)) for index, encoded in zip(batch["index"], batch["result"])]
+        checkpoint.commit(answers)
+        for index, result in answers:
+            results[index] = result
             failed += "error" in result
-        done += len(batch["index"])
+        done += len(answers)
         progress(
             0.05 + 0.9 * done / len(prompts),
             f"shard {shards} answered ({done}/{len(prompts)} prompts)",
@@ -178,8 +195,9 @@ def run(
     prompts = read_prompts(cfg.prompts_uri)
     progress(0.05, f"asking the teacher for {len(prompts)} answers")
     start = time.perf_counter()
+    checkpoint = Checkpoint(output_uri, cfg.model_dump(mode="json"))
     results = _answer_all(
-        cfg, [p.fields["prompt"] for p in prompts], tracing.current_traceparent(), progress
+        cfg, [p.fields["prompt"] for p in prompts], tracing.current_traceparent(), progress, checkpoint
     )
     teacher_seconds = time.perf_counter() - start
 
@@ -237,6 +255,7 @@ def run(
         metrics=metrics,
         trace_id=trace_id,
     )
+    checkpoint.clear()  # the answers are in the sealed dataset now
     check_rejects(len(prompts), rejects, cfg.max_reject_fraction, output_uri)
     cost = f", cost {metrics['cost']:.4f}" if "cost" in metrics else ""
     progress(
