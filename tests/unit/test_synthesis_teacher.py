@@ -385,3 +385,14 @@ def test_a_rate_limit_spaces_the_requests():
         started = time.monotonic()
         teacher.generate([f"{a}+1=" for a in range(6)])
         assert time.monotonic() - started >= 1.5
+
+
+def test_an_unreachable_teacher_fails_the_probe_and_a_reachable_one_passes(standin, monkeypatch):
+    from slmops.synthesis.endpoint_teacher import probe
+
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match=r"127.0.0.1:9/v1 cannot be reached .*nothing was asked"):
+        probe(EndpointTeacherConfig(base_url="http://127.0.0.1:9/v1", model="t"))
+    assert time.monotonic() - started < 10
+    probe(EndpointTeacherConfig(base_url=standin.base_url, model="t"))
+    assert not standin.requests  # the probe lists models; it buys no completion

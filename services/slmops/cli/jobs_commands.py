@@ -54,14 +54,36 @@ def cmd_synth(args: argparse.Namespace) -> int:
     spec = synthesis_pb2.SynthesisSpec(
         prompts_uri=_uri(args.prompts),
         endpoint=synthesis_pb2.TeacherEndpoint(
-            base_url=args.teacher_url, model=args.teacher_model, api_key_env=args.api_key_env or "", chat=args.chat
+            base_url=args.teacher_url, model=args.teacher_model, api_key_env=args.api_key_env or "", chat=args.chat,
+            max_concurrency=args.max_concurrency, max_attempts=args.max_attempts,
+            requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
+            price_prompt_per_million=args.price_in, price_completion_per_million=args.price_out,
         ),
         sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                                            top_logprobs=args.top_logprobs),
         validation_fraction=args.validation_fraction,
         output_uri=args.output or "",
-    )
+        max_reject_fraction=args.max_reject_fraction,
+    )  # fmt: skip
     return _run_job("synthesis", "SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest(spec=spec), args)
+
+
+SYNTH_SUMMARY = (  # (metric, label) in the order a glance wants them
+    ("num_prompts", "prompts"), ("answered", "answered"), ("rejected", "rejected"), ("retries", "retries"),
+    ("num_train", "train records"), ("num_validation", "validation records"),
+    ("prompt_tokens", "teacher prompt tokens"), ("teacher_completion_tokens", "teacher completion tokens"),
+    ("cost", "cost"), ("teacher_seconds", "teacher seconds"),
+)  # fmt: skip
+
+
+def synth_summary(metrics: dict[str, float]) -> str:
+    """The synthesis job's figures as a two-column table."""
+    rows = [(label, metrics[key]) for key, label in SYNTH_SUMMARY if key in metrics]
+    rows += [(f"filtered: {key.removeprefix('filtered_')}", value) for key, value in sorted(metrics.items())
+             if key.startswith("filtered_")]  # fmt: skip
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"  {label:<{width}}  {value:>14,.4f}" if label == "cost" else
+                     f"  {label:<{width}}  {value:>14,.0f}" for label, value in rows)  # fmt: skip
 
 
 METHODS = ("sft_distill", "full", "lora", "qlora", "logit_distill", "multi_adapter")
@@ -367,6 +389,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-logprobs", type=int, default=0)
     p.add_argument("--validation-fraction", type=float, default=0.0)
+    p.add_argument("--max-concurrency", type=int, default=0, help="requests in flight (0: 4)")
+    p.add_argument("--max-attempts", type=int, default=0, help="attempts per prompt (0: 6)")
+    p.add_argument("--requests-per-minute", type=float, default=0.0, help="rate limit (0: none)")
+    p.add_argument("--tokens-per-minute", type=float, default=0.0, help="rate limit (0: none)")
+    p.add_argument("--price-in", type=float, default=0.0, help="price per million prompt tokens")
+    p.add_argument("--price-out", type=float, default=0.0, help="price per million completion tokens")
+    p.add_argument("--max-reject-fraction", type=float, default=0.0,
+                   help="fail past this share of rejected prompts (0: 0.5; 1: never)")
     _job_flags(p)
     p.set_defaults(func=cmd_synth)
 

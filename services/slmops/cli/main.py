@@ -24,8 +24,13 @@ def _print_job(job: Any, as_json: bool) -> int:
         print(f"{job.id}: {state}" + (f" - {status.reason}" if status.reason else ""))
         if status.output.uri:
             print(f"output: {status.output.uri}")
-        for key, value in sorted(status.metrics.items()):
-            print(f"  {key} = {value:.6g}")
+        if job.DESCRIPTOR.name == "SynthesisJob":
+            from slmops.cli.jobs_commands import synth_summary
+
+            print(synth_summary(dict(status.metrics)))
+        else:
+            for key, value in sorted(status.metrics.items()):
+                print(f"  {key} = {value:.6g}")
     return 0 if status.state == common_pb2.SUCCEEDED else 1
 
 

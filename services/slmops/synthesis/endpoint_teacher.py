@@ -25,12 +25,14 @@ import random
 import time
 from typing import Any
 
+import httpx
 import openai
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from slmops.core import tracing
 from slmops.core.endpoints import describe_error, resolve_api_key
+from slmops.core.errors import Unavailable
 from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis import logprobs
 from slmops.synthesis.spec import EndpointTeacherConfig
@@ -79,6 +81,19 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, exc: BaseException 
     if asked is not None:
         delay = max(delay, min(asked, max_s if retry_after_max_s is None else retry_after_max_s))
     return delay
+
+
+def probe(config: EndpointTeacherConfig) -> None:
+    """One request before any work: a teacher that cannot be reached, or refuses the key, fails the job now."""
+    headers = {"Authorization": f"Bearer {resolve_api_key(config.api_key_env)}"}
+    try:
+        response = httpx.get(f"{config.base_url}/models", headers=headers, timeout=min(config.timeout_s, 15.0))
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"the teacher at {config.base_url} cannot be reached ({type(exc).__name__}: {exc}); "
+                          "nothing was asked") from None  # fmt: skip
+    if response.status_code in (401, 403):
+        key = f"the key in {config.api_key_env}" if config.api_key_env else "no API key"
+        raise Unavailable(f"the teacher at {config.base_url} refused {key} (HTTP {response.status_code})")
 
 
 def limiter(per_minute: float) -> AsyncLimiter:

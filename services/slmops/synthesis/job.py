@@ -24,6 +24,7 @@ from slmops.core.errors import Unavailable
 from slmops.core.progress import Progress
 from slmops.synthesis.checkpoint import Checkpoint
 from slmops.synthesis.dataset import write_dataset
+from slmops.synthesis.endpoint_teacher import probe
 from slmops.synthesis.spec import EndpointTeacherConfig, SynthesisConfig
 from slmops.synthesis.teacher import make_teacher
 from slmops.synthesis.token_table import load_token_table
@@ -141,6 +142,7 @@ def _answer_all(
         compute=ray.data.ActorPoolStrategy(size=actors),
         **resources,
     )
+    started, asked, retries = time.monotonic(), 0, 0
     for shards, batch in enumerate(
         answered.iter_batches(batch_size=None, batch_format="numpy"), start=1
     ):
@@ -150,12 +152,16 @@ def _answer_all(
             results[index] = result
             failed += "error" in result
         done += len(answers)
+        retries += sum(int(r.get("attempts", 1)) - 1 for _, r in answers)
+        asked += len(answers)
+        rate = asked / max(time.monotonic() - started, 1e-6)
+        eta = (len(prompts) - done) / rate if rate else 0.0
         progress(
             0.05 + 0.9 * done / len(prompts),
-            f"shard {shards} answered ({done}/{len(prompts)} prompts)",
-            answered=done,
-            failed=failed,
-        )
+            f"shard {shards} answered: {done}/{len(prompts)} prompts, {rate:.1f}/s, ETA {eta:.0f}s, "
+            f"{retries} retries, {failed} rejected",
+            answered=done, failed=failed, retries=retries, prompts_per_second=rate, eta_seconds=eta,
+        )  # fmt: skip
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:
         raise Unavailable(f"Ray Data returned no answer for {len(missing)} prompts")
@@ -187,6 +193,8 @@ def run(
     )
     if isinstance(cfg.teacher, EndpointTeacherConfig):
         resolve_api_key(cfg.teacher.api_key_env)  # a missing key fails before any work
+        progress(0.0, f"asking the teacher at {cfg.teacher.base_url} whether it answers")
+        probe(cfg.teacher)  # so does a teacher that cannot be reached
     _check_inputs(cfg)
     if maps_ids:
         load_token_table(cfg.teacher.tokenizer)  # so does a tokenizer that cannot be loaded
