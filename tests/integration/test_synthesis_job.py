@@ -107,7 +107,7 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     assert manifest.kind == "dataset"
     assert manifest.parents == [artifacts.to_uri(workdir / "prompts.jsonl")]
     assert manifest.trace_id == TRACE_ID
-    assert set(manifest.hashes) == {"train.jsonl", "validation.jsonl", "stats.json", "rejects.jsonl"}
+    assert set(manifest.hashes) == {"train.jsonl", "validation.jsonl", "stats.json", "rejects.jsonl", "filtered.jsonl"}
     assert (out / "rejects.jsonl").read_text() == ""
     stats = json.loads((out / "stats.json").read_text())
     assert stats["num_prompts"] == 12 and stats["teacher"]["base_url"] == teacher.base_url
@@ -243,3 +243,27 @@ def test_a_job_that_dies_midway_asks_again_only_for_what_it_had_not_committed(ra
     records = [json.loads(line) for name in ("train.jsonl", "validation.jsonl")
                for line in (out / name).read_text().splitlines()]  # fmt: skip
     assert sorted(r["id"] for r in records) == sorted(p["id"] for p in PROMPTS)
+
+
+def test_filters_drop_answers_into_filtered_jsonl_with_their_counts(ray_local, workdir):
+    from slmops.synthesis.job import run
+    from slmops.testing.standin import arithmetic_answer
+
+    def answer(model: str, prompt: str) -> str:
+        if prompt.startswith("0+"):
+            return "I'm sorry, but I can't help with that."
+        return "" if prompt.startswith("1+0") else arithmetic_answer(model, prompt)
+
+    with StandinServer(answer) as server:
+        config = _config(server, workdir / "prompts.jsonl")
+        config["sampling"] = {"max_tokens": 64}
+        config["filters"] = {"reference_column": "answer", "duplicates": "exact"}
+        result = run(config, str(workdir / "dataset"), lambda *a, **k: None)
+    metrics = result["metrics"]
+    # 0+b: four refusals; 1+0: one empty; of the rest, answers already given once are duplicates.
+    assert (metrics["filtered_refusal"], metrics["filtered_empty"], metrics["filtered_reference"]) == (4, 1, 0)
+    filtered = [json.loads(line) for line in (workdir / "dataset" / "filtered.jsonl").read_text().splitlines()]
+    by_filter = {name: [f for f in filtered if f["filter"] == name] for name in ("refusal", "empty", "duplicate")}
+    assert len(by_filter["refusal"]) == 4 and by_filter["refusal"][0]["why"].startswith("matches")
+    assert metrics["filtered_duplicate"] == len(by_filter["duplicate"]) > 0
+    assert metrics["answered"] == len(PROMPTS) and metrics["accepted"] + len(filtered) == len(PROMPTS)

@@ -69,7 +69,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 SYNTH_SUMMARY = (  # (metric, label) in the order a glance wants them
-    ("num_prompts", "prompts"), ("answered", "answered"), ("rejected", "rejected"), ("retries", "retries"),
+    ("num_prompts", "prompts"), ("answered", "answered"), ("rejected", "rejected"), ("accepted", "accepted"),
+    ("retries", "retries"),
     ("num_train", "train records"), ("num_validation", "validation records"),
     ("prompt_tokens", "teacher prompt tokens"), ("teacher_completion_tokens", "teacher completion tokens"),
     ("cost", "cost"), ("teacher_seconds", "teacher seconds"),

@@ -25,11 +25,13 @@ from slmops.core.progress import Progress
 from slmops.synthesis.checkpoint import Checkpoint
 from slmops.synthesis.dataset import write_dataset
 from slmops.synthesis.endpoint_teacher import probe
+from slmops.synthesis.filters import AnswerFilter
 from slmops.synthesis.spec import EndpointTeacherConfig, SynthesisConfig
 from slmops.synthesis.teacher import make_teacher
 from slmops.synthesis.token_table import load_token_table
 
 REJECTS_FILE = "rejects.jsonl"
+FILTERED_FILE = "filtered.jsonl"
 ENDPOINT_ACTOR_CPUS = 0.25  # an HTTP client mostly waits
 LOCAL_ACTOR_CPUS = 1.0
 
@@ -210,10 +212,14 @@ def run(
     teacher_seconds = time.perf_counter() - start
 
     teacher_model = cfg.teacher.model
-    records, rejects = [], []
+    records, rejects, filtered = [], [], []
+    answers = AnswerFilter(cfg.filters)
     for prompt, result in zip(prompts, results):
         if "error" in result:
             rejects.append(reject_record(prompt.line, prompt.fields["prompt"], result))
+        elif (dropped := answers.check(prompt.fields, result)) is not None:
+            filtered.append({"line": prompt.line, "prompt": prompt.fields["prompt"],
+                             "completion": result["completion"], "filter": dropped[0], "why": dropped[1]})  # fmt: skip
         else:
             records.append(dataset_record(prompt.fields, result, teacher_model))
     spent = usage(results, cfg)
@@ -234,21 +240,26 @@ def run(
             seed=cfg.seed,
             extra_stats={
                 "num_prompts": len(prompts),
-                "answered": len(records),
+                "answered": len(records) + len(filtered),
+                "accepted": len(records),
                 "rejected": len(rejects),
+                "filtered": answers.metrics(),
                 "teacher": teacher_info,
                 "teacher_usage": spent,
                 "teacher_seconds": teacher_seconds,
                 **({"unmapped_logprob_records": unmapped} if maps_ids else {}),
             },
         )
-        _write_rejects(staging, rejects)
+        _write_jsonl(staging, REJECTS_FILE, rejects)
+        _write_jsonl(staging, FILTERED_FILE, filtered)
     metrics = {
         "num_prompts": float(len(prompts)),
         "num_train": float(stats["num_train"]),
         "num_validation": float(stats["num_validation"]),
-        "answered": float(len(records)),
+        "answered": float(len(records) + len(filtered)),  # every prompt is answered or rejected
         "rejected": float(len(rejects)),
+        "accepted": float(len(records)),  # answered and through the filters: the dataset's records
+        **answers.metrics(),
         **spent,
         "teacher_seconds": teacher_seconds,
         "completion_tokens": float(stats["completion_tokens"]),
@@ -269,16 +280,16 @@ def run(
     progress(
         1.0,
         f"dataset written: {stats['num_train']} train, {stats['num_validation']} validation, "
-        f"{len(rejects)} rejected; teacher tokens {int(spent['prompt_tokens'])} in, "
+        f"{len(rejects)} rejected, {len(filtered)} filtered; teacher tokens {int(spent['prompt_tokens'])} in, "
         f"{int(spent['teacher_completion_tokens'])} out{cost}",
         **metrics,
     )
     return {"output_uri": output_uri, "metrics": metrics}
 
 
-def _write_rejects(uri: str, rejects: list[dict[str, Any]]) -> None:
-    """Every prompt the teacher did not answer, with its reason and attempts (empty file when none)."""
+def _write_jsonl(uri: str, name: str, entries: list[dict[str, Any]]) -> None:
+    """rejects.jsonl (prompts the teacher did not answer) or filtered.jsonl (answers a filter dropped)."""
     fs, root = fsspec.core.url_to_fs(uri)
-    with fs.open(f"{root}/{REJECTS_FILE}", "w", encoding="utf-8") as fh:
-        for reject in rejects:
-            fh.write(json.dumps(reject, ensure_ascii=False) + "\n")
+    with fs.open(f"{root}/{name}", "w", encoding="utf-8") as fh:
+        for entry in entries:
+            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")

@@ -7,9 +7,10 @@ each named by its proto path (`spec.teacher.endpoint.base_url`, ...).
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +26,7 @@ from slmops.core.spec_checks import (
     parse_memory,
     sampling_from_proto,
 )
+from slmops.synthesis.filters import DEFAULT_REFUSALS, FiltersConfig
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -78,6 +80,7 @@ class SynthesisConfig(BaseModel):
     num_shards: int = 2
     # The job fails when more than this share of the prompts is rejected (what was answered is kept).
     max_reject_fraction: float = 0.5
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -176,18 +179,61 @@ def _local(msg: synthesis_pb2.LocalTeacher, problems: Problems) -> LocalTeacherC
     return LocalTeacherConfig(model=model, device=device)
 
 
+def _filters(msg: synthesis_pb2.AnswerFilters, first_prompt: dict[str, Any] | None,
+             problems: Problems) -> FiltersConfig:  # fmt: skip
+    field = "spec.filters"
+    patterns = list(msg.refusal_patterns) or list(DEFAULT_REFUSALS)
+    for i, pattern in enumerate(msg.refusal_patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            problems.append((f"{field}.refusal_patterns[{i}]", f"is not a regular expression: {exc}"))
+    if msg.min_chars < 0 or msg.max_chars < 0:
+        problems.append((f"{field}.min_chars", "min_chars and max_chars must not be negative"))
+    elif msg.max_chars and msg.min_chars > msg.max_chars:
+        problems.append((f"{field}.max_chars", f"is below min_chars ({msg.max_chars} < {msg.min_chars})"))
+    schema = None
+    if msg.json_schema:
+        try:
+            import jsonschema
+
+            schema = json.loads(msg.json_schema)
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except ValueError as exc:
+            problems.append((f"{field}.json_schema", f"is not JSON: {exc}"))
+        except jsonschema.SchemaError as exc:
+            problems.append((f"{field}.json_schema", f"is not a valid JSON Schema: {exc.message}"))
+    if msg.reference_match not in ("", "exact", "normalized", "contains"):
+        problems.append((f"{field}.reference_match", f"must be exact, normalized or contains, not {msg.reference_match!r}"))
+    if msg.duplicates not in ("", "keep", "exact", "near"):
+        problems.append((f"{field}.duplicates", f"must be keep, exact or near, not {msg.duplicates!r}"))
+    if msg.reference_column and first_prompt is not None and msg.reference_column not in first_prompt:
+        problems.append((f"{field}.reference_column", f"{msg.reference_column!r} is not a field of the prompts "
+                                                      f"(they have {', '.join(sorted(first_prompt))})"))  # fmt: skip
+    return FiltersConfig(
+        keep_empty=msg.keep_empty, drop_truncated=msg.drop_truncated, refusal_patterns=patterns,
+        keep_refusals=msg.keep_refusals, min_chars=max(msg.min_chars, 0), max_chars=max(msg.max_chars, 0),
+        json_schema=schema if isinstance(schema, dict) else None, reference_column=msg.reference_column,
+        reference_match=msg.reference_match if msg.reference_match in ("exact", "contains") else "normalized",
+        duplicates=msg.duplicates if msg.duplicates in ("exact", "near") else "keep",
+    )  # fmt: skip
+
+
 def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
     """Validate a SynthesisSpec completely; raise one InvalidSpec listing every problem."""
     problems: Problems = []
+    first_prompt: dict[str, Any] | None = None
     prompts_uri = check_local_uri(spec.prompts_uri, "spec.prompts_uri", problems, want="file")
     if not problems and prompts_uri.startswith("file://"):
         # A local file is cheap to check now: bad lines are reported before any work.
         from slmops.core.datasets import read_prompts
 
         try:
-            read_prompts(prompts_uri, "spec.prompts_uri")
+            first_prompt = read_prompts(prompts_uri, "spec.prompts_uri")[0].fields
         except InvalidSpec as exc:
             problems.extend(exc.problems)
+        except IndexError:
+            pass
 
     which = spec.WhichOneof("teacher")
     teacher: EndpointTeacherConfig | LocalTeacherConfig | None = None
@@ -256,6 +302,7 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
             ("spec.resources.gpus_per_worker", "asks for GPUs but spec.teacher.local.device is cpu")
         )
     memory = parse_memory(res.memory, "spec.resources.memory", problems)
+    filters = _filters(spec.filters, first_prompt, problems)
     if not 0 <= spec.max_reject_fraction <= 1:
         problems.append(("spec.max_reject_fraction", f"must be in [0, 1] (0 means 0.5), got "
                                                      f"{spec.max_reject_fraction}"))  # fmt: skip
@@ -272,6 +319,7 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         system_prompt=spec.system_prompt,
         num_shards=spec.num_shards or 2,
         max_reject_fraction=spec.max_reject_fraction or 0.5,
+        filters=filters,
         resources=ResourcesConfig(
             num_workers=res.num_workers or 1,
             cpus_per_worker=res.cpus_per_worker,

@@ -50,8 +50,32 @@ class LocalTeacher(_message.Message):
     device: str
     def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
+class AnswerFilters(_message.Message):
+    __slots__ = ("keep_empty", "drop_truncated", "refusal_patterns", "keep_refusals", "min_chars", "max_chars", "json_schema", "reference_column", "reference_match", "duplicates")
+    KEEP_EMPTY_FIELD_NUMBER: _ClassVar[int]
+    DROP_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    MIN_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_MATCH_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    keep_empty: bool
+    drop_truncated: bool
+    refusal_patterns: _containers.RepeatedScalarFieldContainer[str]
+    keep_refusals: bool
+    min_chars: int
+    max_chars: int
+    json_schema: str
+    reference_column: str
+    reference_match: str
+    duplicates: str
+    def __init__(self, keep_empty: _Optional[bool] = ..., drop_truncated: _Optional[bool] = ..., refusal_patterns: _Optional[_Iterable[str]] = ..., keep_refusals: _Optional[bool] = ..., min_chars: _Optional[int] = ..., max_chars: _Optional[int] = ..., json_schema: _Optional[str] = ..., reference_column: _Optional[str] = ..., reference_match: _Optional[str] = ..., duplicates: _Optional[str] = ...) -> None: ...
+
 class SynthesisSpec(_message.Message):
-    __slots__ = ("prompts_uri", "endpoint", "local", "sampling", "validation_fraction", "seed", "output_uri", "system_prompt", "num_shards", "resources", "labels", "max_reject_fraction")
+    __slots__ = ("prompts_uri", "endpoint", "local", "sampling", "validation_fraction", "seed", "output_uri", "system_prompt", "num_shards", "resources", "labels", "max_reject_fraction", "filters")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +95,7 @@ class SynthesisSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MAX_REJECT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     prompts_uri: str
     endpoint: TeacherEndpoint
     local: LocalTeacher
@@ -83,7 +108,8 @@ class SynthesisSpec(_message.Message):
     resources: _common_pb2.ResourceRequest
     labels: _containers.ScalarMap[str, str]
     max_reject_fraction: float
-    def __init__(self, prompts_uri: _Optional[str] = ..., endpoint: _Optional[_Union[TeacherEndpoint, _Mapping]] = ..., local: _Optional[_Union[LocalTeacher, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., output_uri: _Optional[str] = ..., system_prompt: _Optional[str] = ..., num_shards: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_reject_fraction: _Optional[float] = ...) -> None: ...
+    filters: AnswerFilters
+    def __init__(self, prompts_uri: _Optional[str] = ..., endpoint: _Optional[_Union[TeacherEndpoint, _Mapping]] = ..., local: _Optional[_Union[LocalTeacher, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., output_uri: _Optional[str] = ..., system_prompt: _Optional[str] = ..., num_shards: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_reject_fraction: _Optional[float] = ..., filters: _Optional[_Union[AnswerFilters, _Mapping]] = ...) -> None: ...
 
 class SynthesisJob(_message.Message):
     __slots__ = ("id", "spec", "status")
