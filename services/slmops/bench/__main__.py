@@ -11,6 +11,7 @@ import sys
 import slmops.bench.conversion  # noqa: F401  (registers its benchmarks)
 import slmops.bench.decode  # noqa: F401  (registers its benchmark)
 import slmops.bench.serving  # noqa: F401  (registers its benchmarks)
+import slmops.bench.synthesis  # noqa: F401  (registers its benchmarks)
 import slmops.bench.training  # noqa: F401  (registers its benchmarks)
 from slmops.bench.registry import REGISTRY, run_benchmarks
 

@@ -64,6 +64,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction,
         output_uri=args.output or "",
         max_reject_fraction=args.max_reject_fraction,
+        prompt_template=args.template or "",
+        system_prompt=args.system_prompt or "",
     )  # fmt: skip
     return _run_job("synthesis", "SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest(spec=spec), args)
 
@@ -381,7 +383,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("synth", help="a teacher answers a prompts file into a dataset")
-    p.add_argument("--prompts", required=True, help="JSONL file of {\"prompt\": ...}")
+    p.add_argument("--prompts", required=True, help="JSONL, Parquet or CSV: one prompt per row")
+    p.add_argument("--template", default=None, help="makes each row's prompt from its columns, e.g. "
+                   "'Question: {question}' (default: the row's prompt column)")
+    p.add_argument("--system-prompt", default=None, help="chat teachers: the system message")
     p.add_argument("--teacher-url", required=True, help="OpenAI-compatible base URL, e.g. http://host/v1")
     p.add_argument("--teacher-model", required=True)
     p.add_argument("--api-key-env", default=None, help="name of the env var holding the teacher's API key")

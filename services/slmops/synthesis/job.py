@@ -18,7 +18,7 @@ import fsspec
 import numpy as np
 
 from slmops.core import artifacts, tracing
-from slmops.core.datasets import dataset_record, read_prompts
+from slmops.core.datasets import dataset_record
 from slmops.core.endpoints import resolve_api_key
 from slmops.core.errors import Unavailable
 from slmops.core.progress import Progress
@@ -26,6 +26,7 @@ from slmops.synthesis.checkpoint import Checkpoint
 from slmops.synthesis.dataset import write_dataset
 from slmops.synthesis.endpoint_teacher import probe
 from slmops.synthesis.filters import AnswerFilter
+from slmops.synthesis.inputs import read_inputs
 from slmops.synthesis.spec import EndpointTeacherConfig, SynthesisConfig
 from slmops.synthesis.teacher import make_teacher
 from slmops.synthesis.token_table import load_token_table
@@ -57,7 +58,8 @@ def pool_shape(cfg: SynthesisConfig, num_shards: int) -> tuple[int, int, dict[st
     res = cfg.resources
     resources: dict[str, Any] = {}
     if isinstance(cfg.teacher, EndpointTeacherConfig):
-        actors = max(1, min(cfg.teacher.max_concurrency, num_shards))
+        # One asyncio actor holds many requests in flight: more actors only for more than one machine.
+        actors = max(1, min(res.num_workers, num_shards, cfg.teacher.max_concurrency))
         threads = max(1, cfg.teacher.max_concurrency // actors)
         resources["num_cpus"] = res.cpus_per_worker or ENDPOINT_ACTOR_CPUS
     else:
@@ -202,7 +204,7 @@ def run(
         load_token_table(cfg.teacher.tokenizer)  # so does a tokenizer that cannot be loaded
 
     progress(0.0, "reading prompts")
-    prompts = read_prompts(cfg.prompts_uri)
+    prompts = read_inputs(cfg.prompts_uri, cfg.prompt_template)
     progress(0.05, f"asking the teacher for {len(prompts)} answers")
     start = time.perf_counter()
     checkpoint = Checkpoint(output_uri, cfg.model_dump(mode="json"))

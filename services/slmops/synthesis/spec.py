@@ -80,6 +80,7 @@ class SynthesisConfig(BaseModel):
     num_shards: int = 2
     # The job fails when more than this share of the prompts is rejected (what was answered is kept).
     max_reject_fraction: float = 0.5
+    prompt_template: str = ""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -225,11 +226,11 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
     first_prompt: dict[str, Any] | None = None
     prompts_uri = check_local_uri(spec.prompts_uri, "spec.prompts_uri", problems, want="file")
     if not problems and prompts_uri.startswith("file://"):
-        # A local file is cheap to check now: bad lines are reported before any work.
-        from slmops.core.datasets import read_prompts
+        # A local file is cheap to check now: bad rows and columns are reported before any work.
+        from slmops.synthesis.inputs import read_inputs
 
         try:
-            first_prompt = read_prompts(prompts_uri, "spec.prompts_uri")[0].fields
+            first_prompt = read_inputs(prompts_uri, spec.prompt_template, "spec.prompts_uri")[0].fields
         except InvalidSpec as exc:
             problems.extend(exc.problems)
         except IndexError:
@@ -320,6 +321,7 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         num_shards=spec.num_shards or 2,
         max_reject_fraction=spec.max_reject_fraction or 0.5,
         filters=filters,
+        prompt_template=spec.prompt_template,
         resources=ResourcesConfig(
             num_workers=res.num_workers or 1,
             cpus_per_worker=res.cpus_per_worker,

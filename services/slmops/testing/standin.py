@@ -62,6 +62,7 @@ class StandinServer:
         slow: tuple[float, float] = (0.0, 0.0),
         fail_prompts: tuple[str, ...] = (),
         seed: int = 0,
+        capacity: int = 0,
     ):
         import random
 
@@ -70,6 +71,8 @@ class StandinServer:
         self.faults, self.retry_after, self.slow = dict(faults or {}), retry_after, slow
         self.fail_prompts = fail_prompts
         self._rng = random.Random(seed)
+        # At most `capacity` completions at once (0: no bound); one more gets a 429, as a provider's would.
+        self.capacity, self.in_flight, self.peak_in_flight = capacity, 0, 0
         self._tokenizer = None
         self._alternatives: list[Piece] = [(c, c.encode()) for c in "0123456789?"]
         if tokenizer:
@@ -120,6 +123,19 @@ class StandinServer:
                 return status
             draw -= rate
         return None
+
+    def _admit(self) -> int | None:
+        """None when a slot is free (taken now), 429 when `capacity` completions are under way."""
+        with self._lock:
+            if self.capacity and self.in_flight >= self.capacity:
+                return 429
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            return None
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def _slow_now(self) -> float:
         rate, seconds = self.slow
@@ -276,7 +292,7 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             if path not in ("/v1/completions", "/v1/chat/completions"):
                 self._send(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
                 return
-            failure = server._take_failure() or server._draw_fault(body)
+            failure = server._take_failure() or server._draw_fault(body) or server._admit()
             server._record(
                 {
                     "path": path,
@@ -292,8 +308,11 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 self._send(failure, {"error": {"message": f"stand-in failure ({failure})", "type": "server_error"}},
                            headers=headers)  # fmt: skip
                 return
-            if server.delay_s or server.slow[0]:
-                time.sleep(server.delay_s + server._slow_now())
-            self._send(200, server.complete(body, chat))
+            try:
+                if server.delay_s or server.slow[0]:
+                    time.sleep(server.delay_s + server._slow_now())
+                self._send(200, server.complete(body, chat))
+            finally:
+                server._leave()
 
     return Handler

@@ -75,7 +75,7 @@ class AnswerFilters(_message.Message):
     def __init__(self, keep_empty: _Optional[bool] = ..., drop_truncated: _Optional[bool] = ..., refusal_patterns: _Optional[_Iterable[str]] = ..., keep_refusals: _Optional[bool] = ..., min_chars: _Optional[int] = ..., max_chars: _Optional[int] = ..., json_schema: _Optional[str] = ..., reference_column: _Optional[str] = ..., reference_match: _Optional[str] = ..., duplicates: _Optional[str] = ...) -> None: ...
 
 class SynthesisSpec(_message.Message):
-    __slots__ = ("prompts_uri", "endpoint", "local", "sampling", "validation_fraction", "seed", "output_uri", "system_prompt", "num_shards", "resources", "labels", "max_reject_fraction", "filters")
+    __slots__ = ("prompts_uri", "endpoint", "local", "sampling", "validation_fraction", "seed", "output_uri", "system_prompt", "num_shards", "resources", "labels", "max_reject_fraction", "filters", "prompt_template")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class SynthesisSpec(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MAX_REJECT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     prompts_uri: str
     endpoint: TeacherEndpoint
     local: LocalTeacher
@@ -109,7 +110,8 @@ class SynthesisSpec(_message.Message):
     labels: _containers.ScalarMap[str, str]
     max_reject_fraction: float
     filters: AnswerFilters
-    def __init__(self, prompts_uri: _Optional[str] = ..., endpoint: _Optional[_Union[TeacherEndpoint, _Mapping]] = ..., local: _Optional[_Union[LocalTeacher, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., output_uri: _Optional[str] = ..., system_prompt: _Optional[str] = ..., num_shards: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_reject_fraction: _Optional[float] = ..., filters: _Optional[_Union[AnswerFilters, _Mapping]] = ...) -> None: ...
+    prompt_template: str
+    def __init__(self, prompts_uri: _Optional[str] = ..., endpoint: _Optional[_Union[TeacherEndpoint, _Mapping]] = ..., local: _Optional[_Union[LocalTeacher, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., output_uri: _Optional[str] = ..., system_prompt: _Optional[str] = ..., num_shards: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_reject_fraction: _Optional[float] = ..., filters: _Optional[_Union[AnswerFilters, _Mapping]] = ..., prompt_template: _Optional[str] = ...) -> None: ...
 
 class SynthesisJob(_message.Message):
     __slots__ = ("id", "spec", "status")
