@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -118,21 +119,39 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     assert events[-1][0] == 1.0
 
 
-def test_rejects_are_kept_with_their_reasons_and_too_many_fail_the_job(ray_local, workdir):
-    """Every prompt ends answered or rejected; past the threshold the job fails and keeps both, with the cost."""
+def test_rejects_are_kept_with_their_reasons_and_too_many_fail_the_job(ray_local, workdir, monkeypatch):
+    """Every prompt ends answered or rejected; past the threshold the job fails and keeps both, with the cost.
+
+    The teacher's API key is sent on every request and written nowhere: not in the dataset, the rejects,
+    the spans or the logs under the data folder.
+    """
     from slmops.synthesis.job import run
+    from tests.integration.conftest import TEST_TEACHER_KEY as secret
+
+    monkeypatch.setenv("TEST_TEACHER_API_KEY", secret)  # the job's own process (its probe) sees it too
 
     poisoned = {"q0-3", "q1-2", "q2-1"}  # their prompts always get a 500
     lines = [json.dumps({**p, "prompt": ("poison " if p["id"] in poisoned else "") + p["prompt"]}) for p in PROMPTS]
     (workdir / "prompts.jsonl").write_text("\n".join(lines) + "\n")
     with StandinServer(faults={429: 0.2, 502: 0.1}, retry_after="0", fail_prompts=("poison",), seed=1) as server:
         config = _config(server, workdir / "prompts.jsonl", max_attempts=3, backoff_s=0.01,
-                         price_prompt_per_million=2.0, price_completion_per_million=8.0)  # fmt: skip
+                         price_prompt_per_million=2.0, price_completion_per_million=8.0,
+                         api_key_env="TEST_TEACHER_API_KEY")  # fmt: skip
         config["max_reject_fraction"] = 0.2
         with pytest.raises(Unavailable, match=r"failed on 3 of 12 prompts .*line \d+, 3 attempts.* kept in"):
             run(config, str(workdir / "dataset"), lambda *a, **k: None)
         requests = len(server.requests)
+        assert all(r["authorization"] == f"Bearer {secret}" for r in server.requests)
     out = workdir / "dataset"
+    tracing.shutdown_tracing()
+    time.sleep(1.0)  # the workers flush their spans every 0.5 s
+    # The workers' spans go to their own data folder (the default one: the test's folder is this process's).
+    spans = [f for f in (*workdir.rglob("spans.jsonl"), Path.home() / ".slmops" / "traces" / "spans.jsonl")
+             if f.is_file()]  # fmt: skip
+    assert any("synthesis.teacher_request" in f.read_text() for f in spans)
+    written = [f for f in workdir.rglob("*") if f.is_file()] + spans
+    assert any(f.name == "rejects.jsonl" for f in written)
+    assert not [f for f in written if secret.encode() in f.read_bytes()]
     assert artifacts.is_artifact(artifacts.to_uri(out))  # what was answered is kept, sealed
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert sorted(r["prompt"].split()[0] for r in rejects) == ["poison"] * 3
