@@ -152,7 +152,18 @@ async def test_canary_split_promote_and_rollback_without_a_failed_request(env):
 
 async def test_a_killed_predictor_comes_back_and_a_restart_never_starts_two(env):
     model, db = env
+    opened: list[Deployments] = []
+    try:
+        await _killed_and_restarted(model, db, opened)
+    finally:
+        for deployments in opened:
+            await deployments.close()
+
+
+async def _killed_and_restarted(model, db, opened: list[Deployments]) -> None:
+    """The test's body; every Deployments it opens is closed, with its predictors, however it ends."""
     first = Deployments(JobStore(db), poll_s=0.5)
+    opened.append(first)
     first.resume()
     await first.create({"name": "tiny", "model_uri": str(model)})
     await until(lambda: settled(first, "tiny"), 120)
@@ -186,6 +197,7 @@ async def test_a_killed_predictor_comes_back_and_a_restart_never_starts_two(env)
     await first.close(stop_predictors=True)
     await until(lambda: not ready(url), 15)
     second = Deployments(JobStore(db), poll_s=0.5)
+    opened.append(second)
     second.resume()
     await until(lambda: settled(second, "tiny") and ready(url), 90)
     again = {n: second.store.get(revision_id("tiny", n)).result["runtime"]["pid"] for n in (1, 2)}
@@ -193,6 +205,7 @@ async def test_a_killed_predictor_comes_back_and_a_restart_never_starts_two(env)
     await second.close(stop_predictors=False)  # the predictors keep running
 
     third = Deployments(JobStore(db), poll_s=0.5)
+    opened.append(third)
     third.resume()
     await until(lambda: settled(third, "tiny") and ready(url), 30)
     await asyncio.sleep(1.5)

@@ -128,6 +128,8 @@ class BackendEngine:
             self.backend.apply(name, as_revision(latest, config, port), self.record_dir(name))
         except InvalidSpec as exc:
             raise Unavailable(str(exc)) from None
+        if self.store.get(name).state in ("DELETED", "FAILED"):  # deleted while this started it: undo
+            self.backend.delete(name)
 
     async def poll(self, record: JobRecord) -> Update:
         try:
@@ -368,6 +370,7 @@ class Deployments(Lifecycle):
                 await self.event(name, "DELETED", 1.0, "deleted")
             else:
                 await self.cancel(name)
+                await self.engine.stop(record)  # also when it was deleted while its start was under way
                 await asyncio.to_thread(self.store.update, name, message="deleted")
             for rev in await asyncio.to_thread(self.revisions, name):
                 if rev.state not in (RETIRED, FAILED):
