@@ -1,8 +1,9 @@
 """Synthesis throughput against an endpoint with a known capacity.
 
-The endpoint is the OpenAI-compatible stand-in (slmops.testing.standin) with a
-fixed 200 ms latency per request and room for 32 requests at once (a 33rd gets
-a 429): at most 160 requests/s. The synthesis job (`synthesis.job.run`: Ray
+The endpoint is the OpenAI-compatible stand-in (slmops.testing.standin), in a
+process of its own as a remote teacher would be, with a fixed 200 ms latency
+per request and room for 32 requests at once (a 33rd gets a 429): at most 160
+requests/s. The synthesis job (`synthesis.job.run`: Ray
 Data, the asyncio teacher with 32 requests in flight, the checkpoint, the
 dataset written and sealed) answers PROMPTS prompts; the Ray head is started
 first and not timed.
@@ -19,6 +20,8 @@ import atexit
 import functools
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,28 +39,31 @@ SHARDS = 4
 
 @functools.cache
 def measurements() -> dict[str, Any]:
+    import httpx
     import openai
 
     from slmops.core import artifacts
     from slmops.synthesis.job import run
-    from slmops.testing.standin import StandinServer
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-synth-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"{i % 97}+{i // 97}="}) + "\n" for i in range(PROMPTS)))
-    with StandinServer(delay_s=LATENCY_S, capacity=CAPACITY, retry_after="0.2") as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+    # The endpoint runs in its own process, as a remote teacher would: it shares no interpreter with the job.
+    endpoint = subprocess.Popen([sys.executable, "-m", "slmops.testing.standin", "--delay", str(LATENCY_S),
+                                 "--capacity", str(CAPACITY), "--retry-after", str(LATENCY_S)],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        base_url = endpoint.stdout.readline().strip()
+        client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
         started = time.perf_counter()
         for i in range(SEQUENTIAL):
             client.completions.create(model="teacher", prompt=f"{i}+1=", max_tokens=8)
         sequential = SEQUENTIAL / (time.perf_counter() - started)
-        server.requests.clear()
-
+        before = httpx.get(f"{base_url.removesuffix('/v1')}/standin/stats").json()
         config = {
             "prompts_uri": artifacts.to_uri(prompts),
-            "teacher": {"kind": "endpoint", "base_url": server.base_url, "model": "teacher",
-                        "max_concurrency": CAPACITY},
+            "teacher": {"kind": "endpoint", "base_url": base_url, "model": "teacher", "max_concurrency": CAPACITY},
             "sampling": {"max_tokens": 8}, "num_shards": SHARDS, "max_reject_fraction": 1.0,
         }  # fmt: skip
         with local_ray():
@@ -67,16 +73,20 @@ def measurements() -> dict[str, Any]:
             started = time.perf_counter()
             result = run(config, str(work / "dataset"), lambda *a, **k: None)
             seconds = time.perf_counter() - started
-        requests, peak = len(server.requests), server.peak_in_flight
-        turned_away = sum(1 for r in server.requests if r["status"] == 429)
+        after = httpx.get(f"{base_url.removesuffix('/v1')}/standin/stats").json()
+    finally:
+        endpoint.terminate()
+        endpoint.wait(10)
     metrics = result["metrics"]
+    requests = after["requests"] - before["requests"]
     return {
         "sequential_samples_per_second": sequential,
         "pipeline_samples_per_second": metrics["accepted"] / seconds,
         "pipeline_requests_per_second": requests / seconds,
         "capacity_requests_per_second": CAPACITY / LATENCY_S,
         "seconds": seconds, "prompts": PROMPTS, "accepted": metrics["accepted"], "requests": requests,
-        "turned_away_429": turned_away, "peak_in_flight": peak, "teacher_seconds": metrics["teacher_seconds"],
+        "turned_away_429": after["status_429"] - before["status_429"], "peak_in_flight": after["peak_in_flight"],
+        "teacher_seconds": metrics["teacher_seconds"],
     }  # fmt: skip
 
 

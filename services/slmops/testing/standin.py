@@ -267,6 +267,11 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                     f"process_resident_memory_bytes {float(_rss_bytes())}\n"
                 )
                 self._send(200, text.encode(), "text/plain; version=0.0.4")
+            elif path == "/standin/stats":  # for a caller in another process
+                with server._lock:
+                    statuses = [r["status"] for r in server.requests]
+                self._send(200, {"requests": len(statuses), "ok": statuses.count(200),
+                                 "status_429": statuses.count(429), "peak_in_flight": server.peak_in_flight})
             elif path == "/v1/models":
                 self._send(
                     200,
@@ -316,3 +321,21 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 server._leave()
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m slmops.testing.standin`: serve the stand-in in its own process until stopped."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m slmops.testing.standin", description=main.__doc__)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--capacity", type=int, default=0, help="completions at once; one more gets a 429")
+    parser.add_argument("--retry-after", default="", help="Retry-After sent with a 429")
+    args = parser.parse_args(argv)
+    with StandinServer(delay_s=args.delay, capacity=args.capacity, retry_after=args.retry_after) as server:
+        print(server.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
