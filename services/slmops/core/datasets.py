@@ -35,9 +35,12 @@ class Prompt(NamedTuple):
     fields: dict[str, Any]
 
 
-def parse_prompts(lines: list[str], field: str = "spec.prompts_uri") -> list[Prompt]:
-    """Parse JSONL lines into prompts; one InvalidSpec names every bad line by its number."""
-    prompts: list[Prompt] = []
+def json_object_lines(
+    lines: list[str], field: str, like: str = ""
+) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[str, str]]]:
+    """(line number, object) for each non-blank JSONL line, and a problem naming each line that is
+    not a JSON object (`like` shows what one looks like)."""
+    rows: list[tuple[int, dict[str, Any]]] = []
     problems: list[tuple[str, str]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -50,13 +53,22 @@ def parse_prompts(lines: list[str], field: str = "spec.prompts_uri") -> list[Pro
             )
             continue
         if not isinstance(value, dict):
-            problems.append(
-                (field, f'line {number}: must be a JSON object like {{"prompt": "..."}}')
-            )
-        elif not isinstance(value.get("prompt"), str) or not value["prompt"].strip():
+            problems.append((field, f"line {number}: must be a JSON object{like}"))
+        else:
+            rows.append((number, value))
+    return rows, problems
+
+
+def parse_prompts(lines: list[str], field: str = "spec.prompts_uri") -> list[Prompt]:
+    """Parse JSONL lines into prompts; one InvalidSpec names every bad line by its number."""
+    prompts: list[Prompt] = []
+    rows, problems = json_object_lines(lines, field, ' like {"prompt": "..."}')
+    for number, value in rows:
+        if not isinstance(value.get("prompt"), str) or not value["prompt"].strip():
             problems.append((field, f'line {number}: needs a non-empty string field "prompt"'))
         else:
             prompts.append(Prompt(number, value))
+    problems.sort(key=lambda problem: int(problem[1].split(":", 1)[0].removeprefix("line ")))
     if len(problems) > MAX_REPORTED:
         more = len(problems) - MAX_REPORTED
         problems = problems[:MAX_REPORTED] + [(field, f"... and {more} more bad lines")]

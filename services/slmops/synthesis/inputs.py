@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 
-from slmops.core.datasets import MAX_REPORTED, Prompt, read_prompts
+from slmops.core.datasets import MAX_REPORTED, Prompt, json_object_lines, read_prompts
 from slmops.core.errors import InvalidSpec
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
@@ -94,19 +94,7 @@ def _rows(uri: str, kind: str, field: str) -> list[tuple[int, dict[str, Any]]]:
     if kind == "csv":
         reader = csv.DictReader(io.StringIO(text))
         return [(reader.line_num, _plain(row)) for row in reader]
-    rows, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append((field, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})"))
-            continue
-        if not isinstance(value, dict):
-            problems.append((field, f"line {number}: must be a JSON object"))
-            continue
-        rows.append((number, value))
+    rows, problems = json_object_lines(text.splitlines(), field)
     if problems:
         raise InvalidSpec(*problems[0], *problems[1:MAX_REPORTED])
     return rows

@@ -112,7 +112,7 @@ def _endpoint(msg: synthesis_pb2.TeacherEndpoint, problems: Problems) -> Endpoin
                  "price_prompt_per_million", "price_completion_per_million"):  # fmt: skip
         if getattr(msg, name) < 0:
             problems.append((f"{field}.{name}", f"must not be negative, got {getattr(msg, name)}"))
-    defaults = EndpointTeacherConfig(base_url="http://x", model="x")
+    default = {name: f.default for name, f in EndpointTeacherConfig.model_fields.items()}
     return EndpointTeacherConfig(
         base_url=msg.base_url.rstrip("/"),
         model=msg.model.strip(),
@@ -121,10 +121,10 @@ def _endpoint(msg: synthesis_pb2.TeacherEndpoint, problems: Problems) -> Endpoin
         max_concurrency=msg.max_concurrency or 4,
         timeout_s=msg.timeout_s or 60.0,
         tokenizer=_tokenizer(msg.tokenizer.strip(), f"{field}.tokenizer", problems),
-        max_attempts=msg.max_attempts or defaults.max_attempts,
-        backoff_s=msg.backoff_s or defaults.backoff_s,
-        backoff_max_s=msg.backoff_max_s or defaults.backoff_max_s,
-        retry_after_max_s=msg.retry_after_max_s or defaults.retry_after_max_s,
+        max_attempts=msg.max_attempts or default["max_attempts"],
+        backoff_s=msg.backoff_s or default["backoff_s"],
+        backoff_max_s=msg.backoff_max_s or default["backoff_max_s"],
+        retry_after_max_s=msg.retry_after_max_s or default["retry_after_max_s"],
         requests_per_minute=msg.requests_per_minute,
         tokens_per_minute=msg.tokens_per_minute,
         price_prompt_per_million=msg.price_prompt_per_million,
