@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from slmops.core import artifacts, tracing
+from slmops.core.datasets import read_split
 from slmops.core.errors import Unavailable
 from slmops.testing.standin import StandinServer, arithmetic_answer
 
@@ -42,6 +43,11 @@ def workdir(tmp_path, monkeypatch) -> Path:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     return tmp_path
+
+
+def _records(out: Path) -> list[dict]:
+    """Every record of a dataset folder, train then validation."""
+    return read_split(artifacts.to_uri(out), "train") + read_split(artifacts.to_uri(out))
 
 
 def _config(teacher: StandinServer, prompts: Path, **teacher_overrides) -> dict:
@@ -91,8 +97,7 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
         for r in teacher.requests
     )
 
-    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
-    validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    train, validation = read_split(artifacts.to_uri(out), "train"), read_split(artifacts.to_uri(out))
     records = train + validation
     assert sorted(r["id"] for r in records) == sorted(p["id"] for p in PROMPTS)
     for record in records:
@@ -108,7 +113,8 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
     assert manifest.kind == "dataset"
     assert manifest.parents == [artifacts.to_uri(workdir / "prompts.jsonl")]
     assert manifest.trace_id == TRACE_ID
-    assert set(manifest.hashes) == {"train.jsonl", "validation.jsonl", "stats.json", "rejects.jsonl", "filtered.jsonl"}
+    assert set(manifest.hashes) == {"data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet",
+                                    "preview.jsonl", "stats.json", "rejects.jsonl", "filtered.jsonl"}  # fmt: skip
     assert (out / "rejects.jsonl").read_text() == ""
     stats = json.loads((out / "stats.json").read_text())
     assert stats["num_prompts"] == 12 and stats["teacher"]["base_url"] == teacher.base_url
@@ -156,8 +162,7 @@ def test_rejects_are_kept_with_their_reasons_and_too_many_fail_the_job(ray_local
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert sorted(r["prompt"].split()[0] for r in rejects) == ["poison"] * 3
     assert all(r["status"] == 500 and r["attempts"] == 3 and "500" in r["reason"] for r in rejects)
-    answered = [json.loads(line) for name in ("train.jsonl", "validation.jsonl")
-                for line in (out / name).read_text().splitlines()]  # fmt: skip
+    answered = _records(out)
     assert sorted(r["id"] for r in answered) == sorted(p["id"] for p in PROMPTS if p["id"] not in poisoned)
     metrics = artifacts.read_manifest(artifacts.to_uri(out)).metrics
     assert (metrics["answered"], metrics["rejected"], metrics["attempts"]) == (9, 3, requests)
@@ -186,11 +191,7 @@ def test_synthesis_job_stores_token_ids_with_the_teachers_tokenizer(ray_local, w
     stats = json.loads((out / "stats.json").read_text())
     assert stats["unmapped_logprob_records"] == 1 and stats["teacher"]["tokenizer"]
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    records = [
-        json.loads(line)
-        for name in ("train.jsonl", "validation.jsonl")
-        for line in (out / name).read_text().splitlines()
-    ]
+    records = _records(out)
     for record in records:
         top = record["top_logprobs"]
         if record["prompt"] == "0+0=":
@@ -220,11 +221,7 @@ def test_a_teacher_served_by_slmops_gives_top_k_with_token_ids(ray_local, workdi
         server.stop()
     assert result["metrics"]["unmapped_logprob_records"] == 0
     engine = load_engine(checkpoint)
-    records = [
-        json.loads(line)
-        for name in ("train.jsonl", "validation.jsonl")
-        for line in (workdir / "dataset" / name).read_text().splitlines()
-    ]
+    records = _records(workdir / "dataset")
     assert len(records) == len(PROMPTS)
     for record in records:
         top = record["top_logprobs"]
@@ -259,8 +256,7 @@ def test_a_job_that_dies_midway_asks_again_only_for_what_it_had_not_committed(ra
     assert len(asked_again) == len(PROMPTS) - committed  # nothing committed was bought twice
     assert any(m.startswith(f"resuming: {committed} of {len(PROMPTS)}") for m in messages)
     assert result["metrics"]["answered"] == len(PROMPTS) and not parts.exists()
-    records = [json.loads(line) for name in ("train.jsonl", "validation.jsonl")
-               for line in (out / name).read_text().splitlines()]  # fmt: skip
+    records = _records(out)
     assert sorted(r["id"] for r in records) == sorted(p["id"] for p in PROMPTS)
 
 

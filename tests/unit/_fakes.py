@@ -12,6 +12,7 @@ class FakeRay:
     def __init__(self) -> None:
         self.total: dict[str, float] | None = {"CPU": 4.0, "GPU": 0.0}  # None: Ray cannot be asked
         self.submitted: list[str] = []
+        self.stopped: set[str] = set()
 
     def cluster_resources(self) -> dict[str, float]:
         if self.total is None:
@@ -23,12 +24,13 @@ class FakeRay:
         return f"ray-{job_id}"
 
     def status(self, submission_id: str) -> RayJobStatus:
-        return RayJobStatus("PENDING", "")
+        return RayJobStatus("STOPPED" if submission_id in self.stopped else "PENDING", "")
 
     def logs(self, submission_id: str) -> str:
         return ""
 
     def stop(self, submission_id: str) -> bool:
+        self.stopped.add(submission_id)
         return True
 
     def find(self, stage: str, job_id: str) -> str:

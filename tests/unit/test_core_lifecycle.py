@@ -29,9 +29,9 @@ class FakeRay:
         self.fail_polls = 0
         self.stoppable = True
 
-    def submit(self, stage, job_id, config, output_uri, traceparent="") -> str:
+    def submit(self, stage, job_id, config, output_uri, traceparent="", restart=0) -> str:
         self.submits[job_id] += 1
-        submission = f"slmops-{job_id}"
+        submission = f"slmops-{job_id}" + (f"-r{restart}" if restart else "")
         self.jobs[submission] = {"state": "PENDING", "log": ""}
         return submission
 
@@ -183,3 +183,33 @@ async def test_two_replicas_share_the_jobs_and_one_takes_over_from_a_dead_one(db
         messages = [e.message for e in events]
         assert messages.count("working") == 1 and messages.count("almost") == 1  # no line reported twice
     await b.close()
+
+
+async def test_a_synthesis_job_whose_process_died_is_started_again_a_bounded_number_of_times(db):
+    ray = FakeRay()
+    jobs = StageJobs("synthesis", JobStore(db), ray, poll_s=0.02, lease_s=0.6, owner="a")
+    record = await jobs.create({}, {}, "", {})
+    await until(lambda: ray.submits[record.id] == 1)
+    first = f"slmops-{record.id}"
+    ray.advance(first, "FAILED", progress_line(0.4, "shard 2 answered"))  # killed: no SLMOPS_ERROR line
+    await until(lambda: ray.submits[record.id] == 2)
+    await until(lambda: any("started it again (1 of 2" in e.message for e in jobs.store.events(record.id, 0)))
+    assert jobs.get(record.id).ray_job_id == f"{first}-r1"
+    # The restarted job's own log is read from its start.
+    ray.advance(f"{first}-r1", "SUCCEEDED", progress_line(0.9, "resuming"), result_line("file:///out"))
+    await until(lambda: jobs.get(record.id).finished)
+    assert jobs.get(record.id).state == "SUCCEEDED"
+
+    # A job that says why it failed is not restarted; nor is one restarted twice already.
+    told = await jobs.create({}, {}, "", {})
+    await until(lambda: ray.submits[told.id] == 1)
+    ray.advance(f"slmops-{told.id}", "FAILED", "SLMOPS_ERROR Unavailable: the teacher cannot be reached")
+    await until(lambda: jobs.get(told.id).finished)
+    assert ray.submits[told.id] == 1 and "cannot be reached" in jobs.get(told.id).reason
+    dies = await jobs.create({}, {}, "", {})
+    for submission in (f"slmops-{dies.id}", f"slmops-{dies.id}-r1", f"slmops-{dies.id}-r2"):
+        await until(lambda s=submission: s in ray.jobs and jobs.get(dies.id).ray_job_id == s)
+        ray.advance(submission, "FAILED")
+    await until(lambda: jobs.get(dies.id).finished)
+    assert ray.submits[dies.id] == 3 and "after 2 restarts" in jobs.get(dies.id).reason
+    await jobs.close()

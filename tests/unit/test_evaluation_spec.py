@@ -99,7 +99,7 @@ def test_targets_dataset_folder_and_gate(dataset, tmp_path):
         gate=evaluation_pb2.QualityGate(),
     )
     problems = _problems(spec)
-    assert "without validation.jsonl" in problems["spec.dataset_uri"]
+    assert "without a validation split" in problems["spec.dataset_uri"]
     assert "is required" in problems["spec.gate.candidate"]
     (folder / "validation.jsonl").write_text(dataset.read_text())
     spec.gate.candidate = "t"

@@ -1,4 +1,5 @@
-"""Prompt reading (bad lines by number), the deterministic split, and the dataset folder."""
+"""Prompt reading (bad lines by number), the deterministic and stratified splits, and the dataset
+folder (Parquet shards, preview, stats)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,19 @@ import json
 
 import pytest
 
-from slmops.core.datasets import dataset_record, parse_prompts, read_prompts, read_split, top_logprobs_has_ids
+from slmops.core.datasets import (
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    dataset_record,
+    parse_prompts,
+    read_prompts,
+    read_records,
+    read_split,
+    split_exists,
+    top_logprobs_has_ids,
+)
 from slmops.core.errors import InvalidSpec
-from slmops.synthesis.dataset import split_indices, write_dataset
+from slmops.synthesis.dataset import split_indices, stratified_indices, write_dataset
 
 
 def test_prompts_keep_extra_fields_and_line_numbers(tmp_path):
@@ -105,3 +116,57 @@ def test_dataset_folder(tmp_path):
     # Same seed, same split.
     write_dataset(f"file://{tmp_path}/ds2", records, validation_fraction=0.3, seed=1)
     assert read_split(f"file://{tmp_path}/ds2") == validation
+
+
+def _record(i: int, **fields) -> dict:
+    return dataset_record({"prompt": f"q{i}", **fields}, {"completion": f"a{i}", "finish_reason": "stop",
+                                                          "completion_tokens": 2}, "teacher")  # fmt: skip
+
+
+def test_splits_are_parquet_shards_with_a_preview_and_read_back_as_written(tmp_path):
+    # Fields of mixed types (an int here, a string there) are kept as JSON text and come back as written.
+    records = [_record(i, answer=i if i % 2 else str(i), tags=["x"] * (i % 3)) for i in range(25)]
+    uri = f"file://{tmp_path}/ds"
+    stats = write_dataset(uri, records, validation_fraction=0.2, seed=0, rows_per_shard=8)
+    assert stats["shards"]["train"] == [f"data/train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert stats["shards"]["validation"] == ["data/validation-00000-of-00001.parquet"]
+    assert not (tmp_path / "ds" / "train.jsonl").exists()
+    back = read_split(uri, "train") + read_split(uri, "validation")
+    assert sorted(back, key=lambda r: r["prompt"]) == sorted(records, key=lambda r: r["prompt"])
+    # The readers of training and evaluation see the split and check its rows.
+    assert split_exists(uri, TRAIN_FILE) and split_exists(uri, VALIDATION_FILE)
+    assert len(read_records(uri, TRAIN_FILE)) == 20
+    preview = [json.loads(line) for line in (tmp_path / "ds" / "preview.jsonl").read_text().splitlines()]
+    assert preview == read_split(uri, "train")  # fewer records than a preview holds: all of train
+
+    import pyarrow.parquet as pq  # any Parquet reader sees real columns
+
+    table = pq.read_table(tmp_path / "ds" / "data" / "train-00000-of-00003.parquet")
+    assert table.num_rows == 8 and {"prompt", "completion", "teacher"} <= set(table.column_names)
+
+
+def test_a_row_without_a_completion_is_named_by_its_shard_and_row(tmp_path):
+    import pyarrow.parquet as pq
+
+    from slmops.core.datasets import to_arrow
+
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    pq.write_table(to_arrow([_record(0), {"prompt": "q1"}]), tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    uri = f"file://{tmp_path}/ds"
+    with pytest.raises(InvalidSpec, match=r"data/train-00000-of-00001.parquet row 2 lacks string field"):
+        read_records(uri, TRAIN_FILE)
+
+
+def test_a_named_label_keeps_its_share_in_both_splits(tmp_path):
+    labels = ["billing"] * 60 + ["shipping"] * 30 + ["returns"] * 10
+    records = [_record(i, intent=label) for i, label in enumerate(labels)]
+    uri = f"file://{tmp_path}/ds"
+    stats = write_dataset(uri, records, validation_fraction=0.2, seed=3, label_column="intent")
+    assert stats["labels"]["validation"] == {"billing": 12, "shipping": 6, "returns": 2}
+    assert stats["labels"]["train"] == {"billing": 48, "shipping": 24, "returns": 8}
+    # Deterministic, complete and disjoint; with one record a label stays in train.
+    train, validation = stratified_indices(labels, 0.2, seed=3)
+    assert (train, validation) == stratified_indices(labels, 0.2, seed=3)
+    assert sorted(train + validation) == list(range(100))
+    train, validation = stratified_indices(["a"] * 9 + ["b"], 0.3, seed=0)
+    assert len(validation) == 3 and 9 not in validation

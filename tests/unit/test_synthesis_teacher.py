@@ -335,6 +335,101 @@ def test_local_teacher_logprobs_are_raw_and_a_stop_string_cuts_the_tokens(tiny_m
     _check_against_forward_pass(tiny_model, top)
 
 
+def _same_answer(batched, alone):
+    """Equal answers: text, ids and finish exactly, log-probabilities to float noise."""
+    assert {k: v for k, v in batched.items() if k != "top_logprobs"} == {
+        k: v for k, v in alone.items() if k != "top_logprobs"
+    }
+    top, single = batched["top_logprobs"], alone["top_logprobs"]
+    assert {k: v for k, v in top.items() if k != "top_logprobs"} == {
+        k: v for k, v in single.items() if k != "top_logprobs"
+    }
+    for row, expected in zip(top["top_logprobs"], single["top_logprobs"]):
+        assert row == pytest.approx(expected, abs=1e-4)
+
+
+def test_local_teacher_batches_prompts_of_different_lengths_like_one_at_a_time(tiny_model):
+    from transformers import AutoTokenizer
+
+    prompts = ["13+17=", PROMPT, "5+5=", "19+18=", PROMPT]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert len({len(tok.encode(p)) for p in prompts[:3]}) > 1  # the first batch is left padded
+    sampling = SamplingConfig(max_tokens=6, top_logprobs=3)
+    config = LocalTeacherConfig(model=f"file://{tiny_model}", batch_size=3)
+    batched = LocalTeacher(config, sampling).generate(prompts)
+    alone = LocalTeacher(config.model_copy(update={"batch_size": 1}), sampling)
+    assert len(batched) == len(prompts)
+    for prompt, result in zip(prompts, batched):
+        [expected] = alone.generate([prompt])
+        _same_answer(result, expected)
+        assert "samples" not in result  # one answer per prompt
+    assert batched[1]["completion"] == batched[4]["completion"] == ANSWER
+    _check_against_forward_pass(tiny_model, batched[1]["top_logprobs"])
+    # Rows of a batch end on EOS at different steps: the shorter ones go on as padding.
+    assert len({r["completion_tokens"] for r in batched[:3]}) > 1
+
+
+def test_local_teacher_gives_several_samples_per_prompt(tiny_model):
+    sampling = SamplingConfig(max_tokens=6, top_logprobs=2, temperature=1.0, seed=3)
+    config = LocalTeacherConfig(model=f"file://{tiny_model}", batch_size=2)
+    teacher = LocalTeacher(config, sampling, samples=3)
+    results = teacher.generate(["13+17=", PROMPT, "5+5="])
+    assert results == teacher.generate(["13+17=", PROMPT, "5+5="])  # the seed fixes the draws
+    for result in results:
+        answers = result["samples"]
+        assert len(answers) == 3
+        assert result["completion_tokens"] == sum(a["completion_tokens"] for a in answers)
+        first = {k: v for k, v in answers[0].items() if k != "completion_tokens"}
+        assert {k: v for k, v in result.items() if k not in ("completion_tokens", "samples")} == first
+        for answer in answers:
+            top = answer["top_logprobs"]
+            on_eos = answer["finish_reason"] == "stop"  # no stop strings: stop means EOS
+            assert len(top["token_ids"]) == answer["completion_tokens"] + on_eos
+            assert answer["vocab_size"] == result["vocab_size"]
+    # The second prompt's answers are rows 3 to 5 of the first batch: each its own logits.
+    for answer in results[1]["samples"]:
+        _check_against_forward_pass(tiny_model, answer["top_logprobs"])
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+@pytest.fixture
+def chat_model(tiny_model, tmp_path):
+    """The tiny model with a chat template."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_model, tmp_path / "chat")
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}))
+    return folder
+
+
+def test_local_teacher_renders_prompts_through_the_chat_template(chat_model):
+    sampling = SamplingConfig(max_tokens=5, top_logprobs=2)
+    plain = LocalTeacher(LocalTeacherConfig(model=f"file://{chat_model}"), sampling)
+    chat_config = LocalTeacherConfig(model=f"file://{chat_model}", chat=True)
+    with_system = LocalTeacher(chat_config, sampling, system_prompt="Add.")
+    without = LocalTeacher(chat_config, sampling)
+    assert with_system.generate([PROMPT, "5+5="]) == plain.generate(
+        [f"system: Add.\nuser: {PROMPT}\nassistant: ", "system: Add.\nuser: 5+5=\nassistant: "]
+    )
+    assert without.generate([PROMPT]) == plain.generate([f"user: {PROMPT}\nassistant: "])
+    assert with_system.generate([PROMPT]) != without.generate([PROMPT])
+
+
+def test_local_chat_without_a_chat_template_is_an_invalid_spec(tiny_model):
+    config = LocalTeacherConfig(model=f"file://{tiny_model}", chat=True)
+    with pytest.raises(InvalidSpec) as info:
+        LocalTeacher(config, SamplingConfig(max_tokens=4))
+    assert info.value.field == "spec.teacher.local.chat" and "no chat template" in str(info.value)
+
+
 # -- retries, rate limits, rejects ---------------------------------------------
 
 

@@ -16,7 +16,6 @@ the result.
 
 from __future__ import annotations
 
-import json
 import queue
 import shutil
 import tempfile
@@ -37,6 +36,7 @@ from slmops.conversion.olive_convert import (
 from slmops.conversion.spec import ConversionConfig, VerifySettings
 from slmops.conversion.verify import thresholds_for, verify
 from slmops.core import artifacts
+from slmops.core.datasets import VALIDATION_FILE, read_split, split_exists
 from slmops.core.errors import InvalidSpec, NotFound
 from slmops.core.progress import Progress, scaled
 
@@ -54,17 +54,10 @@ def lineage_prompts(model_uri: str, limit: int) -> list[str]:
             seen.add(uri)
             manifest = artifacts.read_manifest(uri)
             if manifest.kind == "dataset":
-                path = artifacts.local_path(uri) / "validation.jsonl"
-                if not path.is_file():
+                if not split_exists(uri, VALIDATION_FILE):
                     return []
-                prompts = []
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    prompt = json.loads(line).get("prompt")
-                    if isinstance(prompt, str) and prompt.strip():
-                        prompts.append(prompt)
-                    if len(prompts) >= limit:
-                        break
-                return prompts
+                prompts = [r["prompt"] for r in read_split(uri) if isinstance(r.get("prompt"), str)]
+                return [p for p in prompts if p.strip()][:limit]
             todo.extend(p for p in manifest.parents if p not in seen and p.startswith("file://"))
     except (NotFound, OSError, ValueError):
         return []

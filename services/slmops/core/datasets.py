@@ -3,9 +3,16 @@
 A prompts file is JSONL: one object per line with a non-empty string
 `prompt`; every other field (an `answer`, an `id`, ...) is kept.
 
-A dataset folder holds `train.jsonl` and `validation.jsonl` (each record: the
+A dataset folder holds two splits, `train` and `validation` (each record: the
 prompt's fields, the teacher's `completion`, and `teacher` metadata, made by
-`dataset_record`) and `stats.json`. Training may also read `{"text": str}`
+`dataset_record`) and `stats.json`. A split is either one JSONL file
+(`train.jsonl`, one record per line: what a person writes by hand) or Parquet
+shards under `data/` (`data/train-00000-of-00002.parquet`, ...: what synthesis
+writes, beside a `preview.jsonl` of the first records to read at a glance).
+Readers take either; the splits are still named by their JSONL names
+(`TRAIN_FILE`). In Parquet, every record field is a column; a field whose
+values Arrow cannot hold in one type is stored as JSON text and named in the
+file's `slmops.json_columns` metadata. Training may also read `{"text": str}`
 records for full fine-tuning on plain text.
 
 When the synthesis job asked for top-k log-probabilities, a record also holds
@@ -20,6 +27,7 @@ a tokenizer, or a token that could not be mapped); when they are known,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import fsspec
@@ -28,6 +36,8 @@ from slmops.core.errors import InvalidSpec
 
 TRAIN_FILE, VALIDATION_FILE, STATS_FILE = "train.jsonl", "validation.jsonl", "stats.json"
 MAX_REPORTED = 20  # bad lines listed in one error; the rest are counted
+DATA_DIR, PREVIEW_FILE = "data", "preview.jsonl"
+JSON_COLUMNS_KEY = b"slmops.json_columns"
 
 
 class Prompt(NamedTuple):
@@ -123,44 +133,103 @@ def split_uri(dataset_uri: str, name: str) -> str:
     return dataset_uri.rstrip("/") + "/" + name
 
 
+def shard_uris(dataset_uri: str, name: str) -> list[str]:
+    """The Parquet shards of split `name` (train.jsonl or train), in order; [] when it has none."""
+    split = name.removesuffix(".jsonl")
+    fs, root = fsspec.core.url_to_fs(dataset_uri)
+    found = sorted(fs.glob(f"{root.rstrip('/')}/{DATA_DIR}/{split}-*.parquet"))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return [path if protocol == "file" else f"{protocol}://{path}" for path in found]
+
+
 def split_exists(dataset_uri: str, name: str) -> bool:
     fs, path = fsspec.core.url_to_fs(split_uri(dataset_uri, name))
-    return bool(fs.exists(path))
+    return bool(fs.exists(path)) or bool(shard_uris(dataset_uri, name))
+
+
+def to_arrow(records: list[dict[str, Any]]) -> Any:
+    """An Arrow table of records: one column per field (JSON text where one type cannot hold it)."""
+    import pyarrow as pa
+
+    keys: dict[str, None] = {"prompt": None, "completion": None}
+    for record in records:
+        keys.update(dict.fromkeys(record))
+    columns: dict[str, Any] = {}
+    as_json: list[str] = []
+    for key in keys:
+        values = [record.get(key) for record in records]
+        try:
+            columns[key] = pa.array(values, type=None if records else pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            columns[key] = pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
+            as_json.append(key)
+    table = pa.table(columns)
+    return table.replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(as_json).encode()})
+
+
+def from_arrow(table: Any) -> list[dict[str, Any]]:
+    """Records back from `to_arrow`'s table: JSON columns decoded, absent fields (null) left out."""
+    as_json = json.loads((table.schema.metadata or {}).get(JSON_COLUMNS_KEY, b"[]"))
+    records = []
+    for row in table.to_pylist():
+        record = {k: (json.loads(v) if k in as_json and v is not None else v) for k, v in row.items() if v is not None}
+        if isinstance(record.get("teacher"), dict):
+            record["teacher"] = {k: v for k, v in record["teacher"].items() if v is not None}
+        records.append(record)
+    return records
+
+
+def _split_rows(dataset_uri: str, name: str) -> Iterator[tuple[str, Any]]:
+    """(where, row) for each row of a split: a JSONL line's text, or a Parquet row's record."""
+    uri = split_uri(dataset_uri, name)
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        with fsspec.open(uri, "r", encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield f"{name} line {number}", line
+        return
+    import pyarrow.parquet as pq
+
+    for shard in shard_uris(dataset_uri, name):
+        with fsspec.open(shard, "rb") as fh:
+            table = pq.read_table(fh)
+        short = shard.rsplit("/", 2)
+        for number, record in enumerate(from_arrow(table), start=1):
+            yield f"{'/'.join(short[-2:])} row {number}", record
 
 
 def read_records(
     dataset_uri: str, name: str, field_name: str = "spec.dataset_uri", allow_text: bool = False, limit: int = 0
 ) -> list[dict[str, Any]]:
-    """The records of one split; InvalidSpec naming the file and line of any malformed one.
+    """The records of one split (JSONL or Parquet shards); InvalidSpec naming the file and line
+    (or row) of any malformed one.
 
     With allow_text, a record may hold a `text` string instead of prompt and
     completion. With limit, only the first records are read (a quick look).
     """
-    uri = split_uri(dataset_uri, name)
     records: list[dict[str, Any]] = []
     problems: list[tuple[str, str]] = []
-    with fsspec.open(uri, "r", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{name} line {number}"
+    for where, row in _split_rows(dataset_uri, name):
+        record = row
+        if isinstance(row, str):
             try:
-                record = json.loads(line)
+                record = json.loads(row)
             except json.JSONDecodeError as exc:
                 problems.append((field_name, f"{where} is not JSON ({exc.msg})"))
                 continue
-            if not isinstance(record, dict):
-                problems.append((field_name, f"{where} is not a JSON object"))
-                continue
-            missing = [k for k in ("prompt", "completion") if not isinstance(record.get(k), str)]
-            if allow_text and isinstance(record.get("text"), str):
-                missing = []
-            if missing:
-                problems.append((field_name, f"{where} lacks string field(s) {', '.join(missing)}"))
-                continue
-            records.append(record)
-            if len(problems) >= 10 or (limit and len(records) >= limit):
-                break
+        if not isinstance(record, dict):
+            problems.append((field_name, f"{where} is not a JSON object"))
+            continue
+        missing = [k for k in ("prompt", "completion") if not isinstance(record.get(k), str)]
+        if allow_text and isinstance(record.get("text"), str):
+            missing = []
+        if missing:
+            problems.append((field_name, f"{where} lacks string field(s) {', '.join(missing)}"))
+            continue
+        records.append(record)
+        if len(problems) >= 10 or (limit and len(records) >= limit):
+            break
     if problems:
         raise InvalidSpec(*problems[0], *problems[1:])
     return records
@@ -173,6 +242,5 @@ def has_topk_ids(record: dict[str, Any]) -> bool:
 
 
 def read_split(uri: str, split: str = "validation") -> list[dict[str, Any]]:
-    """The records of one split of a dataset folder."""
-    with fsspec.open(f"{uri.rstrip('/')}/{split}.jsonl", "r", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """The records of one split of a dataset folder (JSONL or Parquet shards), unchecked."""
+    return [json.loads(row) if isinstance(row, str) else row for _, row in _split_rows(uri, f"{split}.jsonl")]

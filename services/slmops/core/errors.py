@@ -45,6 +45,11 @@ class Unavailable(SlmopsError):
     """A dependency (Ray, a teacher, a predictor) cannot be reached. Maps to UNAVAILABLE."""
 
 
+class JobCancelled(BaseException):
+    """Raised in a job's main thread when it is asked to stop (SIGTERM): a job may keep what it has
+    finished before it exits. A BaseException, so that no `except Exception` swallows it."""
+
+
 def collect(problems: list[tuple[str, str]]) -> None:
     """Raise one InvalidSpec reporting every problem at once, if there are any."""
     if problems:

@@ -2,7 +2,9 @@
 
 Reads the job's config and output URI from the environment, continues the
 caller's trace, runs `slmops.<stage>.job.run`, and prints the result as the
-last log line for the service to collect.
+last log line for the service to collect. SIGTERM (how Ray stops a job)
+raises `JobCancelled` in the job, which may keep what it has finished during
+Ray's grace period before the SIGKILL.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 
 from slmops.core import tracing
+from slmops.core.errors import JobCancelled
 from slmops.core.progress import emit_result, stdout_progress
 
 STAGES = ("synthesis", "training", "conversion", "evaluation")
@@ -32,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     job_id = os.environ.get("SLMOPS_JOB_ID", "")
     tracing.setup_tracing(f"{stage}-job")
     module = importlib.import_module(f"slmops.{stage}.job")
+    signal.signal(signal.SIGTERM, _cancelled)  # Ray stops a job with SIGTERM, then SIGKILL after a grace
     try:
         with tracing.span_from_env(f"{stage}.job", {"slmops.job_id": job_id, "slmops.stage": stage}):
             result = module.run(config, output_uri, stdout_progress, trace_id=tracing.current_trace_id())
+    except JobCancelled as exc:
+        print(f"SLMOPS_ERROR cancelled: {exc}", flush=True)
+        return 128 + signal.SIGTERM
     except Exception as exc:
         traceback.print_exc()
         print(f"SLMOPS_ERROR {type(exc).__name__}: {exc}", flush=True)
@@ -43,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         tracing.shutdown_tracing()
     emit_result(result or {})
     return 0
+
+
+def _cancelled(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise JobCancelled("the job was asked to stop")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ class Update:
     reason: str = ""  # why it FAILED
     cursor: int | None = None  # the engine's read position (e.g. log offset), kept in the record
     message: str = ""  # says what a change of state means ("ready at http://...")
+    handle: str = ""  # the work's new handle, when the engine restarted it
 
 
 class Engine(Protocol):
@@ -297,6 +298,8 @@ class Lifecycle:
         changes: dict[str, Any] = {}
         if update.cursor is not None and update.cursor != record.log_offset:
             changes["log_offset"] = update.cursor
+        if update.handle:
+            changes["ray_job_id"] = update.handle
         if update.result is not None:
             changes["result"] = update.result
         current = record.state

@@ -68,8 +68,9 @@ class RayJobs:
         traceparent: str = "",
         resources: dict[str, float] | None = None,
         extra_env: dict[str, str] | None = None,
+        restart: int = 0,
     ) -> str:
-        """Start the stage's job; returns the Ray submission id."""
+        """Start the stage's job (its `restart`-th restart when above 0); returns the Ray submission id."""
         import os
 
         env = {name: os.environ[name] for name in _FORWARDED if name in os.environ}
@@ -84,7 +85,7 @@ class RayJobs:
         )
         env.update(extra_env or {})
         entrypoint = f"{shlex.quote(settings.job_python())} -m slmops.core.job_entry {shlex.quote(stage)}"
-        submission_id = f"slmops-{job_id}"
+        submission_id = f"slmops-{job_id}" + (f"-r{restart}" if restart else "")
         kwargs: dict[str, Any] = {}
         if resources:
             if resources.get("cpus"):

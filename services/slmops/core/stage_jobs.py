@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 import uuid
 from typing import Any
 
 from slmops.core import artifacts, settings, tracing
+from slmops.core.errors import Unavailable
 from slmops.core.jobstore import JobRecord, JobStore
 from slmops.core.lifecycle import LEASE_S, Lifecycle, Update
 from slmops.core.progress import parse_line
@@ -23,6 +26,11 @@ from slmops.core.ray_jobs import RayJobs
 log = logging.getLogger(__name__)
 
 # The artifact kind each stage writes.
+# Stages whose job continues from what it had committed when started again (synthesis: its checkpoint),
+# so a job whose process died without a word (killed, out of memory) is restarted, at most MAX_RESTARTS times.
+RESTARTABLE = frozenset({"synthesis"})
+MAX_RESTARTS = 2
+STOP_WAIT_S = 10.0  # how long Cancel waits for a signalled job to end (Ray's grace is 3 s, then SIGKILL)
 OUTPUT_KIND = {"synthesis": "dataset", "training": "checkpoint", "conversion": "onnx-model", "evaluation": "report"}
 
 
@@ -73,10 +81,38 @@ class RayEngine:
                                       str(payload.get("message", "")), payload.get("metrics") or {}))  # fmt: skip
         if status.state in ("FAILED", "STOPPED"):
             update.reason = _error_reason(logs, status.message)
+        if status.state == "FAILED" and self.stage in RESTARTABLE and "SLMOPS_ERROR " not in logs:
+            return await self._restart(record, update)
         return update
+
+    async def _restart(self, record: JobRecord, died: Update) -> Update:
+        """Start a job whose process died again (it continues from its checkpoint), or let it fail."""
+        match = re.search(r"-r(\d+)$", record.ray_job_id)
+        restarts = int(match.group(1)) if match else 0
+        if restarts >= MAX_RESTARTS:
+            died.reason = f"{died.reason} (after {restarts} restarts)"
+            return died
+        handle = await asyncio.to_thread(self.ray.submit, self.stage, record.id, record.config, record.output_uri,
+                                         record.traceparent, restart=restarts + 1)  # fmt: skip
+        fraction = died.events[-1][0] if died.events else record.fraction
+        said = (f"the job's process ended without finishing ({died.reason}); started it again "
+                f"({restarts + 1} of {MAX_RESTARTS} restarts): it continues from what it had committed")  # fmt: skip
+        log.warning("%s %s: %s", self.stage, record.id, said)
+        return Update(state="RUNNING", events=[*died.events, (fraction, said, {})], cursor=0, handle=handle)
 
     async def stop(self, record: JobRecord) -> bool:
         if await asyncio.to_thread(self.ray.stop, record.ray_job_id) is not False:
+            # Ray signals the job and returns: wait (a little) for it to end, so what the job keeps
+            # on its way out (a synthesis job seals what was answered) is there when Cancel answers.
+            deadline = time.monotonic() + STOP_WAIT_S
+            while time.monotonic() < deadline:
+                try:
+                    status = await asyncio.to_thread(self.ray.status, record.ray_job_id)
+                except Unavailable:
+                    break
+                if status.state not in ("PENDING", "RUNNING"):
+                    break
+                await asyncio.sleep(0.25)
             return True
         status = await asyncio.to_thread(self.ray.status, record.ray_job_id)
         return status.state not in ("PENDING", "RUNNING")  # it had ended by itself

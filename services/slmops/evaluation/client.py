@@ -21,7 +21,7 @@ import httpx
 import openai
 
 from slmops.core import artifacts, tracing
-from slmops.core.datasets import parse_prompts
+from slmops.core.datasets import VALIDATION_FILE, Prompt, parse_prompts, read_records
 from slmops.core.endpoints import describe_error, resolve_api_key
 from slmops.core.errors import InvalidSpec, NotFound, Unavailable
 from slmops.core.progress import Progress, null_progress
@@ -70,9 +70,12 @@ def load_examples(dataset_uri: str, max_prompts: int = 0) -> list[Example]:
     The expected answer is a record's `answer`; without one, the teacher's `completion`.
     """
     fs, path = fsspec.core.url_to_fs(dataset_uri)
-    source = f"{dataset_uri.rstrip('/')}/validation.jsonl" if fs.isdir(path) else dataset_uri
-    with fsspec.open(source, "r", encoding="utf-8") as fh:
-        prompts = parse_prompts(fh.read().splitlines(), "spec.dataset_uri")
+    if fs.isdir(path):  # a dataset folder: its validation split, JSONL or Parquet
+        records = read_records(dataset_uri, VALIDATION_FILE, "spec.dataset_uri")
+        prompts = [Prompt(number, record) for number, record in enumerate(records, start=1)]
+    else:
+        with fsspec.open(dataset_uri, "r", encoding="utf-8") as fh:
+            prompts = parse_prompts(fh.read().splitlines(), "spec.dataset_uri")
     examples, problems = [], []
     for prompt in prompts:
         expected = prompt.fields.get("answer", prompt.fields.get("completion"))

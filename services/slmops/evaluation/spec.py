@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from slmops.api.v1 import evaluation_pb2
 from slmops.core import artifacts, settings
+from slmops.core.datasets import VALIDATION_FILE, split_exists
 from slmops.core.errors import InvalidSpec, collect
 from slmops.core.spec_checks import (
     Problems,
@@ -111,11 +112,11 @@ def _dataset(value: str, problems: Problems) -> str:
     uri = check_local_uri(value, field, problems)
     if uri.startswith("file://") and not any(p[0] == field for p in problems):
         path = artifacts.local_path(uri)
-        if path.is_dir() and not (path / "validation.jsonl").is_file():
+        if path.is_dir() and not split_exists(uri, VALIDATION_FILE):
             problems.append(
                 (
                     field,
-                    f"{value!r} is a folder without validation.jsonl (want a dataset or a JSONL file)",
+                    f"{value!r} is a folder without a validation split (want a dataset or a JSONL file)",
                 )
             )
     return uri

@@ -14,6 +14,11 @@ slot. Anything else fails at once. A prompt that fails for good comes back as
 a result with `error`, its HTTP `status` (0 without one) and `attempts`; every
 result says how many attempts it took, and the prompt and completion tokens
 the teacher reported (what its bill counts).
+
+With `samples` > 1 each request asks for that many answers (`n`): the result
+describes the first and lists all of them in `samples` (each with its
+completion, finish_reason, completion_tokens and top_logprobs); the result's
+completion_tokens is the response's total.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from slmops.synthesis.token_table import load_token_table
 
 log = logging.getLogger(__name__)
 
+Answer = tuple[str, str | None, list | None]  # an answer's text, finish_reason and top-k positions
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 CHARS_PER_TOKEN = 4  # a prompt's tokens, estimated before the teacher counts them
 
@@ -124,8 +130,10 @@ class EndpointTeacher:
         traceparent: str = "",
         threads: int = 1,
         share: float = 1.0,
+        samples: int = 1,
     ):
         self.config, self.sampling = config, sampling
+        self.samples = max(1, samples)
         self.system_prompt, self.traceparent = system_prompt, traceparent
         self.concurrency = max(1, threads)
         self.share = min(max(share, 1e-6), 1.0)
@@ -169,12 +177,12 @@ class EndpointTeacher:
                         if rpm is not None:
                             await rpm.acquire()
                         if tpm is not None:
-                            estimate = len(prompt) // CHARS_PER_TOKEN + self.sampling.max_tokens
+                            estimate = len(prompt) // CHARS_PER_TOKEN + self.sampling.max_tokens * self.samples
                             await tpm.acquire(min(estimate, tpm.max_rate))
                         result = await self._traced(client, prompt, attempts)
             result["attempts"] = attempts
             return result
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, Unavailable) as exc:  # Unavailable: an answer without choices
             return failed(exc, self.config.base_url, attempts)
 
     async def _traced(self, client: openai.AsyncOpenAI, prompt: str, attempt: int) -> dict[str, Any]:
@@ -197,26 +205,38 @@ class EndpointTeacher:
             common["stop"] = s.stop
         if s.seed is not None:
             common["seed"] = s.seed
+        if self.samples > 1:
+            common["n"] = self.samples
         ask = self._ask_chat if self.config.chat else self._ask_completion
-        response, text, positions = await ask(client, prompt, common)
-        choice, usage = response.choices[0], getattr(response, "usage", None)
-        result: dict[str, Any] = {
-            "completion": text, "finish_reason": choice.finish_reason or "",
-            "completion_tokens": int(usage.completion_tokens) if usage else 0,
-            "prompt_tokens": int(usage.prompt_tokens or 0) if usage else 0, "top_logprobs": None,
-        }  # fmt: skip
-        if positions is not None:
-            top, unmapped = logprobs.from_positions(positions, self.table)
-            result["top_logprobs"] = top
-            if self.table is not None:
-                result["unmapped_tokens"] = unmapped
-                if top["token_ids"] is not None:
-                    result["vocab_size"] = self.table.vocab_size
+        response, answers = await ask(client, prompt, common)
+        usage = getattr(response, "usage", None)
+        completion_tokens = int(usage.completion_tokens or 0) if usage else 0
+        samples = [self._sample(text, finish, positions) for text, finish, positions in answers]
+        if not samples:
+            raise Unavailable(f"the teacher at {self.config.base_url} answered with no choices")
+        share_tokens(samples, completion_tokens)
+        result: dict[str, Any] = {**samples[0], "completion_tokens": completion_tokens,
+                                  "prompt_tokens": int(usage.prompt_tokens or 0) if usage else 0}  # fmt: skip
+        if self.samples > 1:
+            result["samples"] = samples
         return result
 
+    def _sample(self, text: str, finish: str | None, positions: list | None) -> dict[str, Any]:
+        """One answer of a response: its text, why it ended, and its top-k when asked for."""
+        sample: dict[str, Any] = {"completion": text, "finish_reason": finish or "", "top_logprobs": None}
+        if positions is not None:
+            top, unmapped = logprobs.from_positions(positions, self.table)
+            sample["top_logprobs"] = top
+            sample["completion_tokens"] = len(positions)
+            if self.table is not None:
+                sample["unmapped_tokens"] = unmapped
+                if top["token_ids"] is not None:
+                    sample["vocab_size"] = self.table.vocab_size
+        return sample
+
     async def _ask_chat(self, client: openai.AsyncOpenAI, prompt: str,
-                        common: dict[str, Any]) -> tuple[Any, str, list | None]:  # fmt: skip
-        """(response, text, log-probability positions or None) from /chat/completions."""
+                        common: dict[str, Any]) -> tuple[Any, list[Answer]]:  # fmt: skip
+        """The response from /chat/completions and its answers."""
         messages = [{"role": "user", "content": prompt}]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
@@ -224,20 +244,38 @@ class EndpointTeacher:
         if k:
             common = {**common, "logprobs": True, "top_logprobs": k}
         response = await client.chat.completions.create(messages=messages, **common)
-        choice, positions = response.choices[0], None
-        if k and choice.logprobs and choice.logprobs.content:
-            positions = logprobs.chat_positions(choice.logprobs.content)
-        return response, choice.message.content or "", positions
+        answers = []
+        for choice in sorted(response.choices or [], key=lambda c: c.index):
+            positions = None
+            if k and choice.logprobs and choice.logprobs.content:
+                positions = logprobs.chat_positions(choice.logprobs.content)
+            answers.append((choice.message.content or "", choice.finish_reason, positions))
+        return response, answers
 
     async def _ask_completion(self, client: openai.AsyncOpenAI, prompt: str,
-                              common: dict[str, Any]) -> tuple[Any, str, list | None]:  # fmt: skip
-        """(response, text, log-probability positions or None) from /completions."""
+                              common: dict[str, Any]) -> tuple[Any, list[Answer]]:  # fmt: skip
+        """The response from /completions and its answers."""
         k = self.sampling.top_logprobs
         if k:
             common = {**common, "logprobs": k}
         response = await client.completions.create(prompt=prompt, **common)
-        choice, positions = response.choices[0], None
-        lp = choice.logprobs
-        if k and lp and lp.tokens and lp.top_logprobs:
-            positions = logprobs.completion_positions(lp.tokens, lp.top_logprobs)
-        return response, choice.text or "", positions
+        answers = []
+        for choice in sorted(response.choices or [], key=lambda c: c.index):
+            positions, lp = None, choice.logprobs
+            if k and lp and lp.tokens and lp.top_logprobs:
+                positions = logprobs.completion_positions(lp.tokens, lp.top_logprobs)
+            answers.append((choice.text or "", choice.finish_reason, positions))
+        return response, answers
+
+
+def share_tokens(samples: list[dict[str, Any]], total: int) -> None:
+    """Give each answer its completion_tokens: counted from its log-probabilities when it has them,
+    else the response's total shared among the answers by their length (one answer: the total)."""
+    if len(samples) == 1 and "completion_tokens" not in samples[0]:
+        samples[0]["completion_tokens"] = total
+        return
+    unknown = [s for s in samples if "completion_tokens" not in s]
+    left = max(0, total - sum(int(s.get("completion_tokens", 0)) for s in samples))
+    chars = sum(len(s["completion"]) for s in unknown) or len(unknown)
+    for sample in unknown:
+        sample["completion_tokens"] = round(left * (len(sample["completion"]) or 1) / chars) if chars else 0

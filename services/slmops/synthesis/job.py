@@ -5,7 +5,9 @@ one teacher, answers them (for an endpoint teacher at most `max_concurrency`
 requests are in flight in total). The driver commits the answers as shards
 complete (checkpoint.py: a rerun asks only for what is missing), writes the
 dataset folder and seals it with a manifest. Every prompt ends answered or in
-`rejects.jsonl`.
+`rejects.jsonl`. With several samples per prompt each accepted answer is a
+record (with its `sample` number). A job asked to stop (JobCancelled) seals
+what was answered as a dataset whose stats say it is not complete.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import fsspec
 import numpy as np
 
 from slmops.core import artifacts, tracing
-from slmops.core.datasets import dataset_record
+from slmops.core.datasets import Prompt, dataset_record
 from slmops.core.endpoints import resolve_api_key
-from slmops.core.errors import Unavailable
+from slmops.core.errors import JobCancelled, Unavailable
 from slmops.core.progress import Progress
 from slmops.synthesis.checkpoint import Checkpoint
 from slmops.synthesis.dataset import write_dataset
@@ -44,7 +46,8 @@ class TeacherWorker:
         tracing.setup_tracing("synthesis-worker")
         cfg = SynthesisConfig.model_validate(config)
         self.teacher = make_teacher(cfg.teacher, cfg.sampling, system_prompt=cfg.system_prompt,
-                                    traceparent=traceparent, threads=threads, share=share)  # fmt: skip
+                                    traceparent=traceparent, threads=threads, share=share,
+                                    samples=cfg.samples_per_prompt)  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.teacher.generate([str(p) for p in batch["prompt"]])
@@ -106,25 +109,34 @@ def usage(results: list[dict[str, Any]], cfg: SynthesisConfig) -> dict[str, floa
     return found
 
 
-def _answer_all(
-    cfg: SynthesisConfig, prompts: list[str], traceparent: str, progress: Progress, checkpoint: Checkpoint
-) -> list[dict]:
-    """Run the teacher over every prompt not answered yet on Ray Data; results in prompt order.
+def samples_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The answers of one prompt's result: its `samples`, or the result itself."""
+    return result.get("samples") or [result]
 
-    Each batch of answers is committed to the checkpoint as it arrives.
+
+def _answer_all(cfg: SynthesisConfig, prompts: list[Prompt], results: list[dict | None], traceparent: str,
+                progress: Progress, checkpoint: Checkpoint) -> None:  # fmt: skip
+    """Fill results (prompt order) with the teacher's answers to every prompt not answered yet, on Ray Data.
+
+    Each batch of answers is committed to the checkpoint as it arrives, and run
+    through the filters for live counts (in arrival order; the dataset's own
+    counts are taken in prompt order, so duplicates may differ by a few).
     """
-    results: list[dict | None] = [None] * len(prompts)
+    live = AnswerFilter(cfg.filters)
     for index, result in checkpoint.load().items():
         if index < len(prompts):
             results[index] = result
     done = sum(r is not None for r in results)
-    failed = sum(1 for r in results if r is not None and "error" in r)
+    failed = 0
+    for index, result in enumerate(results):
+        if result is not None:
+            failed += _tally(live, prompts[index], result)
     if done:
         progress(0.05 + 0.9 * done / len(prompts), f"resuming: {done} of {len(prompts)} prompts were answered "
                  "before; asking the teacher for the rest", answered=done, failed=failed)  # fmt: skip
     pending = [i for i, r in enumerate(results) if r is None]
     if not pending:
-        return results  # type: ignore[return-value]
+        return
     import ray
 
     if not ray.is_initialized():
@@ -132,7 +144,7 @@ def _answer_all(
     ray.data.DataContext.get_current().enable_progress_bars = False
     num_shards = max(1, min(cfg.num_shards, len(pending)))
     actors, threads, resources = pool_shape(cfg, num_shards)
-    items = [{"index": i, "prompt": prompts[i]} for i in pending]
+    items = [{"index": i, "prompt": prompts[i].fields["prompt"]} for i in pending]
     answered = ray.data.from_items(items, override_num_blocks=num_shards).map_batches(
         TeacherWorker,
         fn_constructor_kwargs={
@@ -154,22 +166,33 @@ def _answer_all(
         checkpoint.commit(answers)
         for index, result in answers:
             results[index] = result
-            failed += "error" in result
+            failed += _tally(live, prompts[index], result)
         done += len(answers)
         retries += sum(int(r.get("attempts", 1)) - 1 for _, r in answers)
         asked += len(answers)
         rate = asked / max(time.monotonic() - started, 1e-6)
         eta = (len(prompts) - done) / rate if rate else 0.0
+        counts = live.metrics()
+        dropped = ", ".join(f"{k.removeprefix('filtered_')} {int(v)}" for k, v in counts.items() if v)
         progress(
             0.05 + 0.9 * done / len(prompts),
             f"shard {shards} answered: {done}/{len(prompts)} prompts, {rate:.1f}/s, ETA {eta:.0f}s, "
-            f"{retries} retries, {failed} rejected",
-            answered=done, failed=failed, retries=retries, prompts_per_second=rate, eta_seconds=eta,
+            f"{retries} retries, {failed} rejected, {int(sum(counts.values()))} filtered"
+            + (f" ({dropped})" if dropped else ""),
+            answered=done, failed=failed, retries=retries, prompts_per_second=rate, eta_seconds=eta, **counts,
         )  # fmt: skip
-    missing = [i for i, r in enumerate(results) if r is None]
+    missing = sum(r is None for r in results)
     if missing:
-        raise Unavailable(f"Ray Data returned no answer for {len(missing)} prompts")
-    return results  # type: ignore[return-value]
+        raise Unavailable(f"Ray Data returned no answer for {missing} prompts")
+
+
+def _tally(live: AnswerFilter, prompt: Prompt, result: dict[str, Any]) -> int:
+    """Run a result's answers through the live filters; 1 when the prompt was rejected."""
+    if "error" in result:
+        return 1
+    for sample in samples_of(result):
+        live.check(prompt.fields, sample)
+    return 0
 
 
 def _check_inputs(cfg: SynthesisConfig) -> None:
@@ -208,25 +231,36 @@ def run(
     progress(0.05, f"asking the teacher for {len(prompts)} answers")
     start = time.perf_counter()
     checkpoint = Checkpoint(output_uri, cfg.model_dump(mode="json"))
-    results = _answer_all(
-        cfg, [p.fields["prompt"] for p in prompts], tracing.current_traceparent(), progress, checkpoint
-    )
+    results: list[dict[str, Any] | None] = [None] * len(prompts)
+    cancelled: JobCancelled | None = None
+    try:
+        _answer_all(cfg, prompts, results, tracing.current_traceparent(), progress, checkpoint)
+    except JobCancelled as exc:  # keep what was answered: seal it before Ray's grace period ends
+        cancelled = exc
+        progress(0.95, f"cancelled: sealing the {sum(r is not None for r in results)} prompts answered so far")
     teacher_seconds = time.perf_counter() - start
 
     teacher_model = cfg.teacher.model
     records, rejects, filtered = [], [], []
     answers = AnswerFilter(cfg.filters)
-    for prompt, result in zip(prompts, results):
+    asked = [(prompt, result) for prompt, result in zip(prompts, results) if result is not None]
+    for prompt, result in asked:
         if "error" in result:
             rejects.append(reject_record(prompt.line, prompt.fields["prompt"], result))
-        elif (dropped := answers.check(prompt.fields, result)) is not None:
-            filtered.append({"line": prompt.line, "prompt": prompt.fields["prompt"],
-                             "completion": result["completion"], "filter": dropped[0], "why": dropped[1]})  # fmt: skip
-        else:
-            records.append(dataset_record(prompt.fields, result, teacher_model))
-    spent = usage(results, cfg)
+            continue
+        for number, sample in enumerate(samples_of(result)):
+            if (dropped := answers.check(prompt.fields, sample)) is not None:
+                filtered.append({"line": prompt.line, "prompt": prompt.fields["prompt"],
+                                 "completion": sample["completion"], "filter": dropped[0], "why": dropped[1]})  # fmt: skip
+                continue
+            record = dataset_record(prompt.fields, sample, teacher_model)
+            if cfg.samples_per_prompt > 1:
+                record["sample"] = number
+            records.append(record)
+    spent = usage([result for _, result in asked], cfg)
     # Records whose log-probabilities lost their ids: a token the tokenizer has no id for.
-    unmapped = sum(1 for r in results if r.get("unmapped_tokens"))
+    unmapped = sum(1 for _, r in asked for sample in samples_of(r) if sample.get("unmapped_tokens"))
+    not_asked = len(prompts) - len(asked)
 
     progress(0.96, "writing the dataset")
     teacher_info = {"kind": cfg.teacher.kind, "model": teacher_model}
@@ -234,17 +268,22 @@ def run(
         teacher_info["base_url"] = cfg.teacher.base_url
         if cfg.teacher.tokenizer:
             teacher_info["tokenizer"] = cfg.teacher.tokenizer
+    answered = len(asked) - len(rejects)
     with artifacts.staged(output_uri) as staging:
         stats = write_dataset(
             staging,
             records,
             validation_fraction=cfg.validation_fraction,
             seed=cfg.seed,
+            label_column=cfg.label_column,
             extra_stats={
                 "num_prompts": len(prompts),
-                "answered": len(records) + len(filtered),
+                "answered": answered,
                 "accepted": len(records),
                 "rejected": len(rejects),
+                "complete": cancelled is None,
+                "not_asked": not_asked,
+                "samples_per_prompt": cfg.samples_per_prompt,
                 "filtered": answers.metrics(),
                 "teacher": teacher_info,
                 "teacher_usage": spent,
@@ -258,14 +297,16 @@ def run(
         "num_prompts": float(len(prompts)),
         "num_train": float(stats["num_train"]),
         "num_validation": float(stats["num_validation"]),
-        "answered": float(len(records) + len(filtered)),  # every prompt is answered or rejected
+        "answered": float(answered),  # every prompt asked is answered or rejected
         "rejected": float(len(rejects)),
-        "accepted": float(len(records)),  # answered and through the filters: the dataset's records
+        "accepted": float(len(records)),  # answers through the filters: the dataset's records
         **answers.metrics(),
         **spent,
         "teacher_seconds": teacher_seconds,
         "completion_tokens": float(stats["completion_tokens"]),
     }
+    if cancelled is not None:
+        metrics["not_asked"] = float(not_asked)
     if maps_ids:
         metrics["unmapped_logprob_records"] = float(unmapped)
     artifacts.finalize(
@@ -277,6 +318,10 @@ def run(
         trace_id=trace_id,
     )
     checkpoint.clear()  # the answers are in the sealed dataset now
+    if cancelled is not None:
+        progress(1.0, f"cancelled: {answered} answered prompts ({len(records)} records) kept in {output_uri}; "
+                 f"{not_asked} prompts were not asked", **metrics)  # fmt: skip
+        raise cancelled
     check_rejects(len(prompts), rejects, cfg.max_reject_fraction, output_uri)
     cost = f", cost {metrics['cost']:.4f}" if "cost" in metrics else ""
     progress(

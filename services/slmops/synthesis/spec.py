@@ -57,6 +57,8 @@ class LocalTeacherConfig(BaseModel):
     kind: Literal["local"] = "local"
     model: str
     device: str = "cpu"
+    chat: bool = False  # prompts (and the system prompt) through the model's chat template
+    batch_size: int = 8  # prompts generated together
 
 
 TeacherConfig = Annotated[EndpointTeacherConfig | LocalTeacherConfig, Field(discriminator="kind")]
@@ -81,6 +83,8 @@ class SynthesisConfig(BaseModel):
     # The job fails when more than this share of the prompts is rejected (what was answered is kept).
     max_reject_fraction: float = 0.5
     prompt_template: str = ""
+    samples_per_prompt: int = 1
+    label_column: str = ""  # the split keeps this field's values in proportion
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -177,7 +181,9 @@ def _local(msg: synthesis_pb2.LocalTeacher, problems: Problems) -> LocalTeacherC
     device = msg.device.strip() or "cpu"
     if not re.match(r"^(cpu|cuda(:\d+)?)$", device):
         problems.append((f"{field}.device", f"must be cpu or cuda[:N], got {msg.device!r}"))
-    return LocalTeacherConfig(model=model, device=device)
+    if not 0 <= msg.batch_size <= 1024:
+        problems.append((f"{field}.batch_size", f"must be in 1..1024 (0 means 8), got {msg.batch_size}"))
+    return LocalTeacherConfig(model=model, device=device, chat=msg.chat, batch_size=msg.batch_size or 8)
 
 
 def _filters(msg: synthesis_pb2.AnswerFilters, first_prompt: dict[str, Any] | None,
@@ -262,13 +268,21 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         problems.append(
             ("spec.num_shards", f"must be in 1..1024 (0 means 2), got {spec.num_shards}")
         )
-    if spec.system_prompt and not (isinstance(teacher, EndpointTeacherConfig) and teacher.chat):
+    if spec.system_prompt and not (teacher is not None and getattr(teacher, "chat", False)):
         problems.append(
             (
                 "spec.system_prompt",
-                "is only used by chat teachers: set spec.teacher.endpoint.chat or leave it empty",
+                "is only used by chat teachers: set spec.teacher.endpoint.chat (or local.chat) or leave it empty",
             )
         )
+    if not 0 <= spec.samples_per_prompt <= 16:
+        problems.append(("spec.samples_per_prompt", f"must be in 1..16 (0 means 1), got {spec.samples_per_prompt}"))
+    elif spec.samples_per_prompt > 1 and sampling.temperature == 0:
+        problems.append(("spec.samples_per_prompt", "more than one answer per prompt needs sampling: "
+                                                    "set spec.sampling.temperature above 0"))  # fmt: skip
+    if spec.label_column and first_prompt is not None and spec.label_column not in first_prompt:
+        problems.append(("spec.label_column", f"{spec.label_column!r} is not a field of the prompts "
+                                              f"(they have {', '.join(sorted(first_prompt))})"))  # fmt: skip
     endpoint = teacher if isinstance(teacher, EndpointTeacherConfig) else None
     if endpoint and endpoint.tokenizer and not sampling.top_logprobs:
         problems.append(
@@ -322,6 +336,8 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         max_reject_fraction=spec.max_reject_fraction or 0.5,
         filters=filters,
         prompt_template=spec.prompt_template,
+        samples_per_prompt=spec.samples_per_prompt or 1,
+        label_column=spec.label_column,
         resources=ResourcesConfig(
             num_workers=res.num_workers or 1,
             cpus_per_worker=res.cpus_per_worker,

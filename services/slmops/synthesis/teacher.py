@@ -4,12 +4,18 @@
 with the official `openai` client (completions, or chat completions),
 concurrently, within rate limits and with bounded retries, sending the W3C
 `traceparent` of the current span on every request. `LocalTeacher` generates
-with transformers from a model folder. Both answer `generate(prompts)` with one
+with transformers from a model folder, `batch_size` prompts at a time (left
+padded, so a greedy answer is the one the prompt gets alone), through the
+model's chat template (with the system prompt) when `chat` is set, a model
+without one being an invalid spec. Both answer `generate(prompts)` with one
 dict per prompt: completion, finish_reason, completion_tokens, top_logprobs
 (the form `slmops.synthesis.logprobs` describes, or None), vocab_size when
 top_logprobs carries token ids, unmapped_tokens when an endpoint's tokens were
 mapped to ids (how many had none), and `error` when the prompt failed for good
 (endpoint results also carry `attempts`, `prompt_tokens` and, on error, `status`).
+With `samples` > 1 both ask for that many answers per prompt: the result
+describes the first, lists each (completion, finish_reason, completion_tokens,
+top_logprobs, vocab_size) in `samples`, and its completion_tokens is their total.
 
 The local teacher's log-probabilities come from the model's raw logits (before
 temperature and top-p), one position per completion token, plus the EOS token
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from slmops.core.errors import InvalidSpec
 from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis import logprobs
 from slmops.synthesis.endpoint_teacher import EndpointTeacher, backoff_delay, is_retryable
@@ -40,38 +47,57 @@ class Teacher(Protocol):
 class LocalTeacher:
     """A teacher generating with transformers from a model folder (or hub id) on this worker."""
 
-    def __init__(self, config: LocalTeacherConfig, sampling: SamplingConfig):
+    def __init__(self, config: LocalTeacherConfig, sampling: SamplingConfig, *, system_prompt: str = "",
+                 samples: int = 1):  # fmt: skip
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from slmops.core import artifacts
 
-        path = (
-            str(artifacts.local_path(config.model))
-            if config.model.startswith("file://")
-            else config.model
-        )
+        path = str(artifacts.local_path(config.model)) if config.model.startswith("file://") else config.model
         self.torch = torch
-        self.sampling = sampling
+        self.config, self.sampling = config, sampling
+        self.system_prompt = system_prompt
+        self.samples = max(1, samples)
         self.device = config.device
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path).to(config.device).eval()
+        if config.chat and not self.tokenizer.chat_template:
+            raise InvalidSpec("spec.teacher.local.chat", f"the model has no chat template ({config.model}): "
+                                                         "turn chat off or use a model that has one")  # fmt: skip
+        # Left padding: every row of a batch ends at its prompt's last token, where generation continues.
+        self.tokenizer.padding_side = "left"
         self.eos_id = self.tokenizer.eos_token_id
-        pad_id = self.tokenizer.pad_token_id
-        self.pad_id = pad_id if pad_id is not None else self.eos_id
+        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id = self.tokenizer.pad_token_id
+        self.model = AutoModelForCausalLM.from_pretrained(path).to(config.device).eval()
         model_vocab = self.model.config.get_text_config().vocab_size or 0
         self.vocab_size = max(len(self.tokenizer), model_vocab)
 
     def generate(self, prompts: list[str]) -> list[dict[str, Any]]:
-        return [self.complete(p) for p in prompts]
+        """One result per prompt, in order, generated config.batch_size prompts at a time."""
+        size = max(1, self.config.batch_size)
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(prompts), size):
+            results.extend(self._batch(prompts[start : start + size]))
+        return results
 
     def complete(self, prompt: str) -> dict[str, Any]:
-        torch, s = self.torch, self.sampling
-        inputs = self.tokenizer(prompt, return_tensors="pt").to(self.device)
+        """The result for one prompt."""
+        return self._batch([prompt])[0]
+
+    def _batch(self, prompts: list[str]) -> list[dict[str, Any]]:
+        """Generate for prompts together: samples answers each, rows prompt after prompt."""
+        torch, s, chat = self.torch, self.sampling, self.config.chat
+        texts = [self._render(p) for p in prompts] if chat else prompts
+        # A chat template writes its own special tokens: the tokenizer adds none again.
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        inputs = inputs.to(self.device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": s.max_tokens,
             "pad_token_id": self.pad_id,
             "eos_token_id": self.eos_id,
+            "num_return_sequences": self.samples,
             "return_dict_in_generate": True,
             # Raw logits, not `scores`: scores come after the temperature and top-p processors.
             "output_logits": bool(s.top_logprobs),
@@ -84,22 +110,41 @@ class LocalTeacher:
             torch.manual_seed(s.seed)
         with torch.no_grad():
             out = self.model.generate(**inputs, **kwargs)
-        generated = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+        width = inputs["input_ids"].shape[1]
+        results = []
+        for i in range(len(prompts)):
+            answers = [self._answer(out, i * self.samples + j, width) for j in range(self.samples)]
+            # Like the endpoint teacher: the first answer, and the tokens of all of them.
+            result = {**answers[0], "completion_tokens": sum(a["completion_tokens"] for a in answers)}
+            if self.samples > 1:
+                result["samples"] = answers
+            results.append(result)
+        return results
+
+    def _render(self, prompt: str) -> str:
+        """The prompt (after the system prompt, when there is one) through the model's chat template."""
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _answer(self, out: Any, row: int, width: int) -> dict[str, Any]:
+        """The answer in row `row` of generate's output (prompts `width` tokens wide, padding included)."""
+        generated = out.sequences[row, width:].tolist()
         new_ids, text, finish, on_eos = self._cut(generated)
-        result: dict[str, Any] = {
+        answer: dict[str, Any] = {
             "completion": text,
             "finish_reason": finish,
             "completion_tokens": len(new_ids),
             "top_logprobs": None,
         }
-        if s.top_logprobs:
+        k = self.sampling.top_logprobs
+        if k:
             positions = new_ids + ([self.eos_id] if on_eos else [])
-            logits = [step[0] for step in out.logits]
-            result["top_logprobs"] = logprobs.from_logits(
-                positions, logits, s.top_logprobs, self._decode_each
-            )
-            result["vocab_size"] = self.vocab_size
-        return result
+            logits = [step[row] for step in out.logits[: len(positions)]]
+            answer["top_logprobs"] = logprobs.from_logits(positions, logits, k, self._decode_each)
+            answer["vocab_size"] = self.vocab_size
+        return answer
 
     def _cut(self, generated: list[int]) -> tuple[list[int], str, str, bool]:
         """(completion ids, completion, finish_reason, stopped on EOS) for the generated ids."""
@@ -137,8 +182,9 @@ def make_teacher(
     traceparent: str = "",
     threads: int = 1,
     share: float = 1.0,
+    samples: int = 1,
 ) -> Teacher:
     if isinstance(teacher, EndpointTeacherConfig):
         return EndpointTeacher(teacher, sampling, system_prompt=system_prompt, traceparent=traceparent,
-                               threads=threads, share=share)  # fmt: skip
-    return LocalTeacher(teacher, sampling)
+                               threads=threads, share=share, samples=samples)  # fmt: skip
+    return LocalTeacher(teacher, sampling, system_prompt=system_prompt, samples=samples)

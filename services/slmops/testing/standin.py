@@ -193,10 +193,11 @@ class StandinServer:
         if len(pieces) > max_tokens:
             pieces, finish = pieces[:max_tokens], "length"
             text = b"".join(data for _, data in pieces).decode(errors="replace")
+        n = max(1, int(body.get("n") or 1))  # n answers, the same each time
         usage = {
             "prompt_tokens": len(prompt),
-            "completion_tokens": len(pieces),
-            "total_tokens": len(prompt) + len(pieces),
+            "completion_tokens": n * len(pieces),
+            "total_tokens": len(prompt) + n * len(pieces),
         }
         base = {
             "id": "cmpl-" + uuid.uuid4().hex[:12],
@@ -214,7 +215,7 @@ class StandinServer:
                 k = int(body.get("top_logprobs") or 1)
                 content = [_chat_logprob(p, self._top(p, k)) for p in pieces]
                 choice["logprobs"] = {"content": content}
-            return {**base, "object": "chat.completion", "choices": [choice]}
+            return {**base, "object": "chat.completion", "choices": [{**choice, "index": i} for i in range(n)]}
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         if body.get("logprobs"):
             k = int(body["logprobs"])
@@ -225,7 +226,7 @@ class StandinServer:
                 "top_logprobs": [{t: lp for t, _, lp in self._top(p, k)} for p in pieces],
                 "text_offset": offsets,
             }
-        return {**base, "object": "text_completion", "choices": [choice]}
+        return {**base, "object": "text_completion", "choices": [{**choice, "index": i} for i in range(n)]}
 
 
 def _chat_logprob(piece: Piece, top: list[tuple[str, bytes, float]]) -> dict[str, Any]:

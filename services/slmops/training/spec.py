@@ -292,8 +292,9 @@ def check_local_input(value: str, field: str, required_file: str, problems: list
     except InvalidSpec as exc:
         problems.extend(exc.problems)
         return value
-    folder = artifacts.local_path(uri)
-    if not (folder / required_file).is_file():
+    from slmops.core.datasets import split_exists
+
+    if not split_exists(uri, required_file):  # a JSONL file, or a split's Parquet shards
         problems.append((field, f"{value!r} has no {required_file}"))
     return uri
 

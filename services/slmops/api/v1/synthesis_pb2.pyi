@@ -43,12 +43,16 @@ class TeacherEndpoint(_message.Message):
     def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., timeout_s: _Optional[float] = ..., tokenizer: _Optional[str] = ..., max_attempts: _Optional[int] = ..., backoff_s: _Optional[float] = ..., backoff_max_s: _Optional[float] = ..., retry_after_max_s: _Optional[float] = ..., requests_per_minute: _Optional[float] = ..., tokens_per_minute: _Optional[float] = ..., price_prompt_per_million: _Optional[float] = ..., price_completion_per_million: _Optional[float] = ...) -> None: ...
 
 class LocalTeacher(_message.Message):
-    __slots__ = ("model", "device")
+    __slots__ = ("model", "device", "chat", "batch_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     device: str
-    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    chat: bool
+    batch_size: int
+    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., chat: _Optional[bool] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class AnswerFilters(_message.Message):
     __slots__ = ("keep_empty", "drop_truncated", "refusal_patterns", "keep_refusals", "min_chars", "max_chars", "json_schema", "reference_column", "reference_match", "duplicates")
@@ -75,7 +79,7 @@ class AnswerFilters(_message.Message):
     def __init__(self, keep_empty: _Optional[bool] = ..., drop_truncated: _Optional[bool] = ..., refusal_patterns: _Optional[_Iterable[str]] = ..., keep_refusals: _Optional[bool] = ..., min_chars: _Optional[int] = ..., max_chars: _Optional[int] = ..., json_schema: _Optional[str] = ..., reference_column: _Optional[str] = ..., reference_match: _Optional[str] = ..., duplicates: _Optional[str] = ...) -> None: ...
 
 class SynthesisSpec(_message.Message):
-    __slots__ = ("prompts_uri", "endpoint", "local", "sampling", "validation_fraction", "seed", "output_uri", "system_prompt", "num_shards", "resources", "labels", "max_reject_fraction", "filters", "prompt_template")
+    __slots__ = ("prompts_uri", "endpoint", "local", "sampling", "validation_fraction", "seed", "output_uri", "system_prompt", "num_shards", "resources", "labels", "max_reject_fraction", "filters", "prompt_template", "samples_per_prompt", "label_column")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +101,8 @@ class SynthesisSpec(_message.Message):
     MAX_REJECT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_COLUMN_FIELD_NUMBER: _ClassVar[int]
     prompts_uri: str
     endpoint: TeacherEndpoint
     local: LocalTeacher
@@ -111,7 +117,9 @@ class SynthesisSpec(_message.Message):
     max_reject_fraction: float
     filters: AnswerFilters
     prompt_template: str
-    def __init__(self, prompts_uri: _Optional[str] = ..., endpoint: _Optional[_Union[TeacherEndpoint, _Mapping]] = ..., local: _Optional[_Union[LocalTeacher, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., output_uri: _Optional[str] = ..., system_prompt: _Optional[str] = ..., num_shards: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_reject_fraction: _Optional[float] = ..., filters: _Optional[_Union[AnswerFilters, _Mapping]] = ..., prompt_template: _Optional[str] = ...) -> None: ...
+    samples_per_prompt: int
+    label_column: str
+    def __init__(self, prompts_uri: _Optional[str] = ..., endpoint: _Optional[_Union[TeacherEndpoint, _Mapping]] = ..., local: _Optional[_Union[LocalTeacher, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., output_uri: _Optional[str] = ..., system_prompt: _Optional[str] = ..., num_shards: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_reject_fraction: _Optional[float] = ..., filters: _Optional[_Union[AnswerFilters, _Mapping]] = ..., prompt_template: _Optional[str] = ..., samples_per_prompt: _Optional[int] = ..., label_column: _Optional[str] = ...) -> None: ...
 
 class SynthesisJob(_message.Message):
     __slots__ = ("id", "spec", "status")
