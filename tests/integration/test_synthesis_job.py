@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,26 @@ def test_filters_drop_answers_into_filtered_jsonl_with_their_counts(ray_local, w
     assert len(by_filter["refusal"]) == 4 and by_filter["refusal"][0]["why"].startswith("matches")
     assert metrics["filtered_duplicate"] == len(by_filter["duplicate"]) > 0
     assert metrics["answered"] == len(PROMPTS) and metrics["accepted"] + len(filtered) == len(PROMPTS)
+
+
+def test_several_answers_per_prompt_each_a_record_and_a_split_stratified_by_label(ray_local, workdir):
+    from slmops.synthesis.job import run
+
+    labelled = workdir / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({**p, "kind": "zero" if p["prompt"].startswith("0+") else "other"}) + "\n"
+                                for p in PROMPTS))  # fmt: skip
+    with StandinServer() as server:
+        config = _config(server, labelled)
+        config["sampling"] = {"max_tokens": 8, "temperature": 0.7}
+        config.update(samples_per_prompt=3, label_column="kind", validation_fraction=0.25)
+        result = run(config, str(workdir / "dataset"), lambda *a, **k: None)
+        bodies = [r["body"] for r in server.requests]
+    assert len(bodies) == len(PROMPTS) and all(b["n"] == 3 for b in bodies)  # one request per prompt
+    metrics = result["metrics"]
+    assert metrics["accepted"] == 3 * len(PROMPTS) and metrics["answered"] == len(PROMPTS)
+    records = _records(workdir / "dataset")
+    assert Counter((r["id"], r["sample"]) for r in records) == Counter((p["id"], s) for p in PROMPTS for s in range(3))
+    assert all(r["teacher"]["completion_tokens"] == len(r["answer"]) for r in records)
+    assert metrics["teacher_completion_tokens"] == sum(r["teacher"]["completion_tokens"] for r in records)
+    stats = json.loads((workdir / "dataset" / "stats.json").read_text())
+    assert stats["labels"]["validation"] == {"zero": 3, "other": 6}  # a quarter of each: 12 and 24 records

@@ -34,6 +34,9 @@ containers:
     env:
       - name: OTEL_SERVICE_NAME
         value: slmops-ray
+      # A stopped job gets this long after SIGTERM to keep what it finished (a synthesis job seals it).
+      - name: RAY_JOB_STOP_WAIT_TIME_S
+        value: "10"
       {{- include "slmops.sharedEnv" $root | nindent 6 }}
     {{- with include "slmops.artifactEnvFrom" $root }}
     {{- . | trim | nindent 4 }}

@@ -19,7 +19,7 @@ import traceback
 
 from slmops.core import tracing
 from slmops.core.errors import JobCancelled
-from slmops.core.progress import emit_result, stdout_progress
+from slmops.core.progress import cancel_on_sigterm, emit_result, stdout_progress
 
 STAGES = ("synthesis", "training", "conversion", "evaluation")
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     job_id = os.environ.get("SLMOPS_JOB_ID", "")
     tracing.setup_tracing(f"{stage}-job")
     module = importlib.import_module(f"slmops.{stage}.job")
-    signal.signal(signal.SIGTERM, _cancelled)  # Ray stops a job with SIGTERM, then SIGKILL after a grace
+    cancel_on_sigterm(install=True)  # Ray stops a job with SIGTERM, then SIGKILL after a grace
     try:
         with tracing.span_from_env(f"{stage}.job", {"slmops.job_id": job_id, "slmops.stage": stage}):
             result = module.run(config, output_uri, stdout_progress, trace_id=tracing.current_trace_id())
@@ -51,11 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         tracing.shutdown_tracing()
     emit_result(result or {})
     return 0
-
-
-def _cancelled(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    raise JobCancelled("the job was asked to stop")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel
 
 from slmops.api.v1 import common_pb2
+from slmops.core import artifacts
 from slmops.core.errors import InvalidSpec
 from slmops.core.jobstore import Event, JobRecord
 from slmops.core.ray_jobs import RayJobs
@@ -52,7 +53,8 @@ def status_proto(record: JobRecord, output_kind: str) -> common_pb2.JobStatus:
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             status.metrics[key] = float(value)
-    if record.state == "SUCCEEDED" and record.output_uri:
+    kept = record.state == "CANCELLED" and record.output_uri and artifacts.is_artifact(record.output_uri)
+    if (record.state == "SUCCEEDED" or kept) and record.output_uri:  # a cancelled job may keep what it finished
         # A job that can write several kinds (training: checkpoint or adapter) names its own.
         kind = (record.result or {}).get("kind") or output_kind
         status.output.CopyFrom(common_pb2.ArtifactRef(uri=record.output_uri, kind=str(kind)))

@@ -107,6 +107,9 @@ def temp_dir_for(data_dir: Path) -> str:
     return f"/tmp/slmops-ray-{digest}"
 
 
+JOB_STOP_GRACE_S = 10
+
+
 def start_head(
     data_dir: Path,
     *,
@@ -142,6 +145,8 @@ def start_head(
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.update(auth_env(data_dir))
+    # A stopped job gets this long after SIGTERM to keep what it finished (a synthesis job seals it).
+    env["RAY_JOB_STOP_WAIT_TIME_S"] = str(JOB_STOP_GRACE_S)
     # The job entrypoints run `python`; make it this environment's interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with open(log_path, "ab") as log_file:

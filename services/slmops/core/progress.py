@@ -8,10 +8,13 @@ on a laptop and in a cluster, with nothing shared but the log stream.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from slmops.core.errors import JobCancelled
 
 PREFIX = "SLMOPS_PROGRESS "
 RESULT_PREFIX = "SLMOPS_RESULT "
@@ -60,3 +63,20 @@ def scaled(progress: Progress, start: float, end: float) -> Callable[..., None]:
         progress(start + (end - start) * fraction, message, **metrics)
 
     return report
+
+
+_cancellable = False
+
+
+def cancel_on_sigterm(install: bool = False) -> None:
+    """Make SIGTERM raise JobCancelled in this process (install: the job entrypoint), or do so again
+    after something replaced the handler (ray.init installs its own); a no-op outside a job."""
+    global _cancellable
+    _cancellable = _cancellable or install
+    if _cancellable:
+        signal.signal(signal.SIGTERM, _cancelled)
+
+
+def _cancelled(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise JobCancelled("the job was asked to stop")

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # so a job whose process died without a word (killed, out of memory) is restarted, at most MAX_RESTARTS times.
 RESTARTABLE = frozenset({"synthesis"})
 MAX_RESTARTS = 2
-STOP_WAIT_S = 10.0  # how long Cancel waits for a signalled job to end (Ray's grace is 3 s, then SIGKILL)
+STOP_WAIT_S = 15.0  # how long Cancel waits for a signalled job to end (the stack gives it 10 s, then SIGKILL)
 OUTPUT_KIND = {"synthesis": "dataset", "training": "checkpoint", "conversion": "onnx-model", "evaluation": "report"}
 
 

@@ -23,7 +23,7 @@ from slmops.core import artifacts, tracing
 from slmops.core.datasets import Prompt, dataset_record
 from slmops.core.endpoints import resolve_api_key
 from slmops.core.errors import JobCancelled, Unavailable
-from slmops.core.progress import Progress
+from slmops.core.progress import Progress, cancel_on_sigterm
 from slmops.synthesis.checkpoint import Checkpoint
 from slmops.synthesis.dataset import write_dataset
 from slmops.synthesis.endpoint_teacher import probe
@@ -141,6 +141,7 @@ def _answer_all(cfg: SynthesisConfig, prompts: list[Prompt], results: list[dict 
 
     if not ray.is_initialized():
         ray.init()
+        cancel_on_sigterm()  # ray.init replaced the job's SIGTERM handler
     ray.data.DataContext.get_current().enable_progress_bars = False
     num_shards = max(1, min(cfg.num_shards, len(pending)))
     actors, threads, resources = pool_shape(cfg, num_shards)
