@@ -140,21 +140,39 @@ class EndpointTeacher:
         self.api_key = resolve_api_key(config.api_key_env)
         # Top-k tokens are mapped to ids only with the teacher's tokenizer.
         self.table = load_token_table(config.tokenizer) if config.tokenizer and sampling.top_logprobs else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: openai.AsyncOpenAI | None = None
+        self._limits: tuple[AsyncLimiter | None, AsyncLimiter | None] | None = None
 
     def generate(self, prompts: list[str]) -> list[dict[str, Any]]:
-        """One result per prompt, in order; never raises for a prompt the teacher did not answer."""
-        return asyncio.run(self._generate(prompts))
+        """One result per prompt, in order; never raises for a prompt the teacher did not answer.
+
+        Calls share one event loop and one client, so a worker answering shard
+        after shard keeps its connections to the teacher open between them.
+        """
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(self._generate(prompts))
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            if self._client is not None:
+                self._loop.run_until_complete(self._client.close())
+            self._loop.close()
+        self._client = None
 
     async def _generate(self, prompts: list[str]) -> list[dict[str, Any]]:
         cfg = self.config
-        # Retries are tenacity's (explicit codes, explicit bound), so the client's are off.
-        client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=self.api_key, timeout=cfg.timeout_s,
-                                    max_retries=0)  # fmt: skip
+        if self._client is None:
+            # Retries are tenacity's (explicit codes, explicit bound), so the client's are off.
+            self._client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=self.api_key, timeout=cfg.timeout_s,
+                                              max_retries=0)  # fmt: skip
         slots = asyncio.Semaphore(self.concurrency)
-        rpm = limiter(cfg.requests_per_minute * self.share) if cfg.requests_per_minute else None
-        tpm = limiter(cfg.tokens_per_minute * self.share) if cfg.tokens_per_minute else None
-        async with client:
-            return list(await asyncio.gather(*(self._answer(client, p, slots, rpm, tpm) for p in prompts)))
+        if self._limits is None:  # the rate limits hold across calls
+            self._limits = (limiter(cfg.requests_per_minute * self.share) if cfg.requests_per_minute else None,
+                            limiter(cfg.tokens_per_minute * self.share) if cfg.tokens_per_minute else None)  # fmt: skip
+        rpm, tpm = self._limits
+        return list(await asyncio.gather(*(self._answer(self._client, p, slots, rpm, tpm) for p in prompts)))
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -47,6 +47,10 @@ def _rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # a client opening many connections at once is queued, not reset, as by a real server
+
+
 class StandinServer:
     """Start with `with StandinServer() as server:`; point clients at server.base_url."""
 
@@ -80,7 +84,7 @@ class StandinServer:
         self.requests: list[dict[str, Any]] = []
         self._failures: list[int] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, 0), _handler(self))
+        self._httpd = _Server((host, 0), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -271,8 +275,10 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             elif path == "/standin/stats":  # for a caller in another process
                 with server._lock:
                     statuses = [r["status"] for r in server.requests]
+                    times = [r["time"] for r in server.requests]
                 self._send(200, {"requests": len(statuses), "ok": statuses.count(200),
-                                 "status_429": statuses.count(429), "peak_in_flight": server.peak_in_flight})
+                                 "status_429": statuses.count(429), "peak_in_flight": server.peak_in_flight,
+                                 "last_request_time": max(times, default=0.0)})  # fmt: skip
             elif path == "/v1/models":
                 self._send(
                     200,
@@ -307,6 +313,7 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                     "traceparent": self.headers.get("traceparent"),
                     "authorization": self.headers.get("authorization"),
                     "status": failure or 200,
+                    "time": time.time(),
                 }
             )
             if failure:
