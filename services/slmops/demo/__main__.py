@@ -21,6 +21,7 @@ from pathlib import Path
 
 from slmops.cli import client
 from slmops.cli import stack as local_stack
+from slmops.cli.jobs_commands import synth_summary
 from slmops.core import artifacts, settings, tracing
 from slmops.demo import steps, task
 from slmops.demo.report import count_trace_spans, write_demo_report
@@ -48,6 +49,7 @@ def prepare_inputs(inputs: Path) -> dict[str, str]:
 
 
 CANARY_PERCENT = 20
+EXAMPLE_PRICE = (3.0, 3.0)  # per million prompt and completion tokens: a hosted large teacher's order of price
 
 
 def run_flow(out_dir: Path, data_dir: Path) -> dict:
@@ -61,8 +63,12 @@ def run_flow(out_dir: Path, data_dir: Path) -> dict:
     teacher = steps.deploy("teacher", teacher_uri)
     say(f"  teacher: {teacher.url}/openai/v1")
     say("[3/7] synthesis: the teacher answers the prompts over the OpenAI API")
-    dataset_job = steps.synthesize(inputs["prompts"], f"{teacher.url}/openai/v1", "teacher", max_tokens=6)
+    dataset_job = steps.synthesize(inputs["prompts"], f"{teacher.url}/openai/v1", "teacher", max_tokens=6,
+                                   price_per_million=EXAMPLE_PRICE)
     dataset_uri = dataset_job.status.output.uri
+    say(f"  what the teacher was asked and what was kept (cost at an example price of ${EXAMPLE_PRICE[0]:g} / "
+        f"${EXAMPLE_PRICE[1]:g} per million prompt / completion tokens):")
+    say(synth_summary(dict(dataset_job.status.metrics)))
     say("[4/7] distilling a smaller student on the teacher's answers")
     student_job = steps.train("student", "SFT_DISTILL", teacher_uri, dataset_uri, task.STUDENT_HPARAMS,
                               task.RESOURCES, from_config=True, overrides=task.STUDENT_OVERRIDES)
