@@ -306,3 +306,35 @@ def test_several_answers_per_prompt_each_a_record_and_a_split_stratified_by_labe
     assert metrics["teacher_completion_tokens"] == sum(r["teacher"]["completion_tokens"] for r in records)
     stats = json.loads((workdir / "dataset" / "stats.json").read_text())
     assert stats["labels"]["validation"] == {"zero": 3, "other": 6}  # a quarter of each: 12 and 24 records
+
+
+def test_a_local_teacher_answers_in_batches_on_ray_with_token_ids(ray_local, workdir):
+    """A Hugging Face teacher inside the job's Ray workers: batched, chat-templated, top-k with ids."""
+    from transformers import AutoTokenizer
+
+    from slmops.synthesis.job import run
+    from slmops.testing.tiny import build_model, train_tokenizer
+
+    tokenizer = train_tokenizer([p["prompt"] + p["answer"] for p in PROMPTS], workdir / "tok", 260)
+    model = build_model(workdir / "teacher", tokenizer, hidden_size=32, num_hidden_layers=1, seed=0)
+    config_file = model / "tokenizer_config.json"
+    settings = json.loads(config_file.read_text())
+    settings["chat_template"] = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    config_file.write_text(json.dumps(settings))
+    config = {
+        "prompts_uri": artifacts.to_uri(workdir / "prompts.jsonl"),
+        "teacher": {"kind": "local", "model": artifacts.to_uri(model), "chat": True, "batch_size": 5},
+        "sampling": {"max_tokens": 4, "top_logprobs": 3},
+        "system_prompt": "Add.",
+        "num_shards": 2,
+    }
+    result = run(config, str(workdir / "dataset"), lambda *a, **k: None)
+    assert result["metrics"]["answered"] == len(PROMPTS)
+    tok = AutoTokenizer.from_pretrained(model)
+    records = _records(workdir / "dataset") + [json.loads(line) for line in
+                                               (workdir / "dataset" / "filtered.jsonl").read_text().splitlines()]  # fmt: skip
+    assert len(records) == len(PROMPTS)
+    for record in _records(workdir / "dataset"):
+        top = record["top_logprobs"]  # the teacher's own ids, k per position
+        assert tok.decode(top["token_ids"], skip_special_tokens=True).startswith(record["completion"])
+        assert all(len(ids) == 3 for ids in top["top_ids"]) and record["teacher"]["vocab_size"] == len(tok)
