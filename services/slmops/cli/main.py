@@ -100,6 +100,38 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+# A job id starts with its stage's first five letters (core/stage_jobs.py): which service holds it.
+JOB_SERVICES = {"synth": ("synthesis", "SynthesisJob"), "train": ("training", "TrainingJob"),
+                "conve": ("conversion", "ConversionJob"), "evalu": ("evaluation", "EvaluationJob")}  # fmt: skip
+
+
+def _job_service(job_id: str) -> tuple[str, str]:
+    found = JOB_SERVICES.get(job_id.split("-", 1)[0])
+    if found is None:
+        raise SystemExit(f"slmops: {job_id!r} is not a job id (synth-..., train-..., conve-..., evalu-...)")
+    return found
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from slmops.api.v1 import common_pb2
+    from slmops.cli import client
+
+    service, noun = _job_service(args.job_id)
+    stub = client.stub(service)
+    job = client.call(getattr(stub, f"Cancel{noun}"), common_pb2.CancelJobRequest(id=args.job_id))
+    _print_job(job, args.json)
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    from slmops.api.v1 import common_pb2
+    from slmops.cli import client
+
+    service, noun = _job_service(args.job_id)
+    stub = client.stub(service)
+    return _print_job(client.call(getattr(stub, f"Get{noun}"), common_pb2.GetJobRequest(id=args.job_id)), args.json)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -138,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lineage", help="print the chain from an artifact back to its source")
     p.add_argument("uri")
     p.set_defaults(func=_cmd_lineage)
+    p = sub.add_parser("get", help="a job's state, output and figures")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_get)
+    p = sub.add_parser("cancel", help="stop a job (a synthesis job keeps what was answered)")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cancel)
     p = sub.add_parser("serve", help="serve a model folder with the predictor (OpenAI API + OIP v2)")
     p.add_argument("model_dir")
     p.add_argument("--name", default=None)
