@@ -64,7 +64,7 @@ def run_flow(out_dir: Path, data_dir: Path) -> dict:
     say(f"  teacher: {teacher.url}/openai/v1")
     say("[3/7] synthesis: the teacher answers the prompts over the OpenAI API")
     dataset_job = steps.synthesize(inputs["prompts"], f"{teacher.url}/openai/v1", "teacher", max_tokens=6,
-                                   price_per_million=EXAMPLE_PRICE)
+                                   price_per_million=EXAMPLE_PRICE, drop_truncated=True)
     dataset_uri = dataset_job.status.output.uri
     say(f"  what the teacher was asked and what was kept (cost at an example price of ${EXAMPLE_PRICE[0]:g} / "
         f"${EXAMPLE_PRICE[1]:g} per million prompt / completion tokens):")

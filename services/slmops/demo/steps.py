@@ -60,15 +60,15 @@ def train(label: str, method: str, base: str, dataset_uri: str, hparams: dict[st
 
 
 def synthesize(prompts_uri: str, teacher_url: str, teacher_model: str, max_tokens: int,
-               price_per_million: tuple[float, float] = (0.0, 0.0)) -> Any:
-    """A synthesis job; prices (prompt, completion) per million tokens give its cost. Answers cut at
-    max_tokens are filtered out, besides the default filters (empty answers, refusals)."""
+               price_per_million: tuple[float, float] = (0.0, 0.0), drop_truncated: bool = False) -> Any:
+    """A synthesis job; prices (prompt, completion) per million tokens give its cost. With
+    drop_truncated, answers cut at max_tokens are filtered out too (besides empty answers and refusals)."""
     spec = synthesis_pb2.SynthesisSpec(
         prompts_uri=prompts_uri,
         endpoint=synthesis_pb2.TeacherEndpoint(base_url=teacher_url, model=teacher_model, max_concurrency=4,
                                                price_prompt_per_million=price_per_million[0],
                                                price_completion_per_million=price_per_million[1]),
-        filters=synthesis_pb2.AnswerFilters(drop_truncated=True),
+        filters=synthesis_pb2.AnswerFilters(drop_truncated=drop_truncated),
         sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
         validation_fraction=0.1,
         num_shards=10,  # progress every tenth of the prompts
