@@ -56,6 +56,9 @@ def test_one_teacher_is_required_and_bad_values_are_named(prompts):
         _spec("--prompts", prompts)
     with pytest.raises(SystemExit, match="--teacher-model"):
         _spec("--prompts", prompts, "--teacher-url", "https://api.example.com/v1")
+    with pytest.raises(SystemExit, match="--api-key-env, --price-in only apply to an endpoint teacher"):
+        _spec("--prompts", prompts, "--teacher-model-path", "org/teacher", "--api-key-env", "X_API_KEY",
+              "--price-in", "1")  # fmt: skip
     spec = _spec("--prompts", prompts, "--teacher-url", "https://api.example.com/v1", "--teacher-model", "big",
                  "--samples", "2", "--label-column", "topic")  # fmt: skip
     with pytest.raises(InvalidSpec) as caught:

@@ -63,6 +63,14 @@ def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
             price_prompt_per_million=args.price_in, price_completion_per_million=args.price_out,
         )  # fmt: skip
     else:
+        endpoint_only = [flag for flag, value in (
+            ("--teacher-model", args.teacher_model), ("--api-key-env", args.api_key_env),
+            ("--max-concurrency", args.max_concurrency), ("--max-attempts", args.max_attempts),
+            ("--requests-per-minute", args.requests_per_minute), ("--tokens-per-minute", args.tokens_per_minute),
+            ("--price-in", args.price_in), ("--price-out", args.price_out)) if value]  # fmt: skip
+        if endpoint_only:
+            raise SystemExit(f"slmops synth: {', '.join(endpoint_only)} only apply to an endpoint teacher "
+                             "(--teacher-url), not to --teacher-model-path")  # fmt: skip
         teacher["local"] = synthesis_pb2.LocalTeacher(model=_uri(args.teacher_model_path), device=args.device,
                                                       chat=args.chat, batch_size=args.batch_size)  # fmt: skip
     spec = synthesis_pb2.SynthesisSpec(
