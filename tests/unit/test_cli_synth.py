@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from slmops.cli.jobs_commands import synth_spec, synth_summary
 from slmops.cli.main import build_parser
+from slmops.cli.synth_commands import synth_spec, synth_summary
 from slmops.core.errors import InvalidSpec
 from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig, from_proto
 

@@ -25,7 +25,7 @@ def _print_job(job: Any, as_json: bool) -> int:
         if status.output.uri:
             print(f"output: {status.output.uri}")
         if job.DESCRIPTOR.name == "SynthesisJob":
-            from slmops.cli.jobs_commands import synth_summary
+            from slmops.cli.synth_commands import synth_summary
 
             print(synth_summary(dict(status.metrics)))
         else:

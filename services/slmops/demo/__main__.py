@@ -21,7 +21,7 @@ from pathlib import Path
 
 from slmops.cli import client
 from slmops.cli import stack as local_stack
-from slmops.cli.jobs_commands import synth_summary
+from slmops.cli.synth_commands import synth_summary
 from slmops.core import artifacts, settings, tracing
 from slmops.demo import steps, task
 from slmops.demo.report import count_trace_spans, write_demo_report

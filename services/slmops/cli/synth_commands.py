@@ -1,0 +1,114 @@
+"""`slmops synth`: a teacher answers a prompts file into a dataset; the flags, the spec, the summary."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from slmops.api.v1 import common_pb2, synthesis_pb2
+from slmops.cli.jobs_commands import _job_flags, _run_job, _uri
+
+
+def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
+    """The SynthesisSpec of `slmops synth` flags (0 and empty leave the service's defaults)."""
+    teacher: dict[str, Any] = {}
+    if args.teacher_url:
+        if not args.teacher_model:
+            raise SystemExit("slmops synth: --teacher-url needs --teacher-model (the model name the endpoint serves)")
+        teacher["endpoint"] = synthesis_pb2.TeacherEndpoint(
+            base_url=args.teacher_url, model=args.teacher_model, api_key_env=args.api_key_env or "", chat=args.chat,
+            max_concurrency=args.max_concurrency, max_attempts=args.max_attempts,
+            requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
+            price_prompt_per_million=args.price_in, price_completion_per_million=args.price_out,
+        )  # fmt: skip
+    else:
+        endpoint_only = [flag for flag, value in (
+            ("--teacher-model", args.teacher_model), ("--api-key-env", args.api_key_env),
+            ("--max-concurrency", args.max_concurrency), ("--max-attempts", args.max_attempts),
+            ("--requests-per-minute", args.requests_per_minute), ("--tokens-per-minute", args.tokens_per_minute),
+            ("--price-in", args.price_in), ("--price-out", args.price_out)) if value]  # fmt: skip
+        if endpoint_only:
+            raise SystemExit(f"slmops synth: {', '.join(endpoint_only)} only apply to an endpoint teacher "
+                             "(--teacher-url), not to --teacher-model-path")  # fmt: skip
+        teacher["local"] = synthesis_pb2.LocalTeacher(model=_uri(args.teacher_model_path), device=args.device,
+                                                      chat=args.chat, batch_size=args.batch_size)  # fmt: skip
+    spec = synthesis_pb2.SynthesisSpec(
+        prompts_uri=_uri(args.prompts),
+        **teacher,
+        sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                           top_p=args.top_p, top_logprobs=args.top_logprobs, stop=args.stop,
+                                           seed=args.seed),
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        output_uri=args.output or "",
+        max_reject_fraction=args.max_reject_fraction,
+        prompt_template=args.template or "",
+        system_prompt=args.system_prompt or "",
+        samples_per_prompt=args.samples,
+        label_column=args.label_column or "",
+        num_shards=args.num_shards,
+    )  # fmt: skip
+    return spec
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    spec = synth_spec(args)
+    return _run_job("synthesis", "SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest(spec=spec), args)
+
+
+SYNTH_SUMMARY = (  # (metric, label) in the order a glance wants them
+    ("num_prompts", "prompts"), ("answered", "answered"), ("rejected", "rejected"),
+    ("not_asked", "not asked (cancelled)"), ("accepted", "accepted"),
+    ("retries", "retries"),
+    ("num_train", "train records"), ("num_validation", "validation records"),
+    ("prompt_tokens", "teacher prompt tokens"), ("teacher_completion_tokens", "teacher completion tokens"),
+    ("cost", "cost"), ("teacher_seconds", "teacher seconds"),
+)  # fmt: skip
+
+
+def synth_summary(metrics: dict[str, float]) -> str:
+    """The synthesis job's figures as a two-column table."""
+    rows = [(label, metrics[key]) for key, label in SYNTH_SUMMARY if key in metrics]
+    rows += [(f"filtered: {key.removeprefix('filtered_')}", value) for key, value in sorted(metrics.items())
+             if key.startswith("filtered_")]  # fmt: skip
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"  {label:<{width}}  {value:>14,.4f}" if label == "cost" else
+                     f"  {label:<{width}}  {value:>14,.0f}" for label, value in rows)  # fmt: skip
+
+
+def add_synth_command(sub: Any) -> None:
+    p = sub.add_parser("synth", help="a teacher answers a prompts file into a dataset")
+    p.add_argument("--prompts", required=True, help="JSONL, Parquet or CSV: one prompt per row")
+    p.add_argument("--template", default=None, help="makes each row's prompt from its columns, e.g. "
+                   "'Question: {question}' (default: the row's prompt column)")
+    p.add_argument("--system-prompt", default=None, help="chat teachers: the system message")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--teacher-url", help="OpenAI-compatible base URL of the teacher, e.g. http://host/v1")
+    which.add_argument("--teacher-model-path", help="or a Hugging Face teacher (model folder or hub id) run on the "
+                       "job's Ray workers")  # fmt: skip
+    p.add_argument("--teacher-model", default=None, help="the model name the endpoint serves (with --teacher-url)")
+    p.add_argument("--device", default="cpu", help="local teacher: cpu or cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=0, help="local teacher: prompts generated together (0: 8)")
+    p.add_argument("--api-key-env", default=None, help="name of the env var holding the teacher's API key")
+    p.add_argument("--chat", action="store_true", help="chat completions (a local teacher: its chat template)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=0.0, help="0: 1.0")
+    p.add_argument("--top-logprobs", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and the train/validation split")
+    p.add_argument("--samples", type=int, default=0, help="answers per prompt, each a record (0: 1; needs "
+                   "--temperature above 0)")  # fmt: skip
+    p.add_argument("--validation-fraction", type=float, default=0.0)
+    p.add_argument("--label-column", default=None, help="a prompt field the split keeps in proportion")
+    p.add_argument("--num-shards", type=int, default=0, help="prompt shards, each committed when answered (0: 2)")
+    p.add_argument("--max-concurrency", type=int, default=0, help="requests in flight (0: 4)")
+    p.add_argument("--max-attempts", type=int, default=0, help="attempts per prompt (0: 6)")
+    p.add_argument("--requests-per-minute", type=float, default=0.0, help="rate limit (0: none)")
+    p.add_argument("--tokens-per-minute", type=float, default=0.0, help="rate limit (0: none)")
+    p.add_argument("--price-in", type=float, default=0.0, help="price per million prompt tokens")
+    p.add_argument("--price-out", type=float, default=0.0, help="price per million completion tokens")
+    p.add_argument("--max-reject-fraction", type=float, default=0.0,
+                   help="fail past this share of rejected prompts (0: 0.5; 1: never)")
+    _job_flags(p)
+    p.set_defaults(func=cmd_synth)
