@@ -86,27 +86,5 @@ def test_synthesis_to_evaluation_through_the_services(stack, capsys):
         spans = [json.loads(line) for line in (data_dir / "traces" / "spans.jsonl").read_text().splitlines()]
         services = {s["service"] for s in spans if s["trace_id"] == trace_id}
     assert wanted <= services, wanted - services
-    # The same stages again, driven by a pipeline file through the pipeline service and the CLI.
-    pipeline_file = inputs / "pipeline.yaml"
-    pipeline_file.write_text(
-        f"""
-name: convert-serve-evaluate
-conversion: {{model_uri: "{student.status.output.uri}", precision: INT4}}
-serving: {{name: student-pipe}}
-evaluation:
-  dataset_uri: "{artifacts.to_uri(held_out)}"
-  reference: teacher
-  targets: [{{name: teacher, deployment: teacher}}]
-  sampling: {{max_tokens: 3}}
-"""
-    )
-    capsys.readouterr()
-    assert cli_main(["pipeline", "run", str(pipeline_file), "--json"]) == 0
-    run = json.loads(capsys.readouterr().out)
-    assert [stage["name"] for stage in run["stages"]] == ["conversion", "serving", "evaluation"]
-    assert all(stage["state"] == "SUCCEEDED" for stage in run["stages"])
-    report = artifacts.local_path(run["status"]["output"]["uri"]) / "report.json"
-    assert {r["name"] for r in json.loads(report.read_text())["results"]} == {"teacher", "student-pipe"}
-
     deleted = client.call(client.stub("serving").DeleteDeployment, serving_pb2.DeleteDeploymentRequest(name="teacher"))
     assert deleted.state == serving_pb2.DEPLOYMENT_DELETED

@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         with tracing.tracer().start_as_current_span(f"cli.{args.command}"):
             return int(args.func(args) or 0)
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        details = exc.details() or ""
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "; spec." in details:
+            details = "\n  " + details.replace("; spec.", "\n  spec.")  # one problem per line
+        print(f"error: {exc.code().name}: {details}", file=sys.stderr)
         return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
     except Exception as exc:  # errors a user can act on, without a stack trace
         from slmops.core.errors import SlmopsError

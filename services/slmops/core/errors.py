@@ -50,6 +50,22 @@ class JobCancelled(BaseException):
     finished before it exits. A BaseException, so that no `except Exception` swallows it."""
 
 
+def _under(field: str, pending: str) -> bool:
+    return field == pending or field.startswith((pending + ".", pending + "["))
+
+
+def validate_pending(check, spec, pending: list[str] | tuple[str, ...] = ()):
+    """check(spec), except that problems under a pending field (one that an earlier pipeline
+    stage fills) are not reported; None when only such problems were found."""
+    try:
+        return check(spec)
+    except InvalidSpec as exc:
+        left = [p for p in exc.problems if not any(_under(p[0], f) for f in pending)]
+        if left or not pending:
+            raise InvalidSpec(*left[0], *left[1:]) from None
+        return None
+
+
 def collect(problems: list[tuple[str, str]]) -> None:
     """Raise one InvalidSpec reporting every problem at once, if there are any."""
     if problems:

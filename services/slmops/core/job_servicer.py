@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from slmops.api.v1 import common_pb2
 from slmops.core import artifacts
-from slmops.core.errors import InvalidSpec
+from slmops.core.errors import InvalidSpec, validate_pending
 from slmops.core.jobstore import Event, JobRecord
 from slmops.core.ray_jobs import RayJobs
 from slmops.core.stage_jobs import OUTPUT_KIND, StageJobs
@@ -87,6 +87,7 @@ class JobServicer:
     `validate` turns the spec into the job's config (InvalidSpec otherwise);
     the optional `precheck(config, ray)` then refuses what the cluster can
     never run (Conflict). Both run in a worker thread, before the job is recorded.
+    A request with `validate_only` runs them, records nothing and answers a job with no id.
     """
 
     job_cls: type[Message]
@@ -106,6 +107,12 @@ class JobServicer:
     async def create(self, request: Any, context: Any) -> Message:
         if not request.HasField("spec"):
             raise InvalidSpec("spec", "is required")
+        if request.validate_only:
+            config = await asyncio.to_thread(validate_pending, self.validate, request.spec,
+                                             list(request.pending_fields))  # fmt: skip
+            if config is not None and self.precheck is not None:
+                await asyncio.to_thread(self.precheck, config, self.jobs.ray)
+            return self.job_cls(spec=request.spec)
         config = await asyncio.to_thread(self.validate, request.spec)
         if self.precheck is not None:
             await asyncio.to_thread(self.precheck, config, self.jobs.ray)

@@ -1,9 +1,13 @@
 """Drive one target over the OpenAI API and measure it.
 
-For each target: a few warm-up requests, then every example with greedy
-decoding, timing each request (wall clock) and checking its answer. After the
-run, the predictor's resident memory is read from its Prometheus `/metrics`,
-and size on disk and parameter count come from the target's model_uri.
+For each target: a few warm-up requests, then every example once at the
+lowest concurrency level, streamed and greedy: its answer is checked and the
+request timed (latency, time to the first token, time per output token after
+it). Then the same prompts again at each higher level of the concurrency sweep,
+for throughput and latency under load. After the run, the predictor's resident
+memory is read from its Prometheus `/metrics`, and size on disk and parameter
+count come from the target's model_uri. A target that cannot be reached is
+`failed` with the reason; the others are measured all the same.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from slmops.core.endpoints import describe_error, resolve_api_key
 from slmops.core.errors import InvalidSpec, NotFound, Unavailable
 from slmops.core.progress import Progress, null_progress
 from slmops.core.spec_checks import SamplingConfig
+from slmops.evaluation import metrics
 from slmops.evaluation.spec import TargetConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,36 @@ MEMORY_METRIC = "process_resident_memory_bytes"
 class Example:
     prompt: str
     expected: str
+    choices: list[str] | None = None  # multiple choice: the options, in letter order
+
+
+@dataclass
+class Timed:
+    """One streamed request: its text, completion tokens and timings (ms), or its error."""
+
+    text: str = ""
+    tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float = 0.0
+    error: str = ""
+
+    @property
+    def tpot_ms(self) -> float:
+        """Time per output token after the first (0 for answers of one token)."""
+        return (self.latency_ms - self.ttft_ms) / (self.tokens - 1) if self.tokens > 1 else 0.0
+
+
+@dataclass
+class Level:
+    """One level of the concurrency sweep: every prompt sent with `concurrency` in flight."""
+
+    concurrency: int
+    requests: int = 0
+    errors: int = 0
+    wall_s: float = 0.0
+    tokens: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -44,24 +79,32 @@ class Measurement:
 
     name: str
     model_uri: str = ""
+    status: str = "ok"  # or failed, with the reason
+    reason: str = ""
     latencies_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+    tpot_ms: list[float] = field(default_factory=list)
     completion_tokens: list[int] = field(default_factory=list)
     correct: list[bool] = field(default_factory=list)
     completions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    sweep: list[Level] = field(default_factory=list)
+    quality: dict[str, float] = field(default_factory=dict)
+    perplexity: float = 0.0
     memory_bytes: int = 0
     size_bytes: int = 0
     parameters: int = 0
     notes: list[str] = field(default_factory=list)
 
 
-def is_correct(expected: str, completion: str, metric: str = "exact_match") -> bool:
-    """exact_match: the completion, stripped and cut at its first newline, equals expected
-    stripped. contains: expected (stripped) occurs in the completion."""
+def is_correct(expected: str, completion: str, metric: str = "exact_match", *, pattern: str = "",
+               choices: list[str] | None = None) -> bool:  # fmt: skip
+    """contains: expected (stripped) occurs in the completion; exact_match, normalized, regex and
+    choice: as metrics.accuracy_check judges them."""
     if metric == "contains":
         return expected.strip() in completion
-    first_line = completion.strip().split("\n", 1)[0].strip()
-    return first_line == expected.strip()
+    kind = {"exact_match": "exact"}.get(metric, metric)
+    return metrics.accuracy_check(kind, expected, completion, pattern=pattern, choices=choices)
 
 
 def load_examples(dataset_uri: str, max_prompts: int = 0) -> list[Example]:
@@ -84,7 +127,9 @@ def load_examples(dataset_uri: str, max_prompts: int = 0) -> list[Example]:
                 ("spec.dataset_uri", f'line {prompt.line}: needs "answer" or "completion"')
             )
         else:
-            examples.append(Example(prompt.fields["prompt"], str(expected)))
+            choices = prompt.fields.get("choices")
+            examples.append(Example(prompt.fields["prompt"], str(expected),
+                                    [str(c) for c in choices] if isinstance(choices, list) else None))
     if problems:
         raise InvalidSpec(*problems[0], *problems[1:])
     return examples[:max_prompts] if max_prompts else examples
@@ -144,7 +189,7 @@ def model_footprint(model_uri: str) -> tuple[int, int]:
 
 
 class TargetClient:
-    """Greedy requests to one target, each timed and traced."""
+    """Greedy streamed requests to one target, each timed and traced."""
 
     def __init__(self, target: TargetConfig, sampling: SamplingConfig, traceparent: str = ""):
         if not target.base_url:
@@ -174,34 +219,73 @@ class TargetClient:
             raise Unavailable(f"target {self.target.name}: {self.target.base_url} serves no model")
         return models[0].id
 
-    def complete(self, prompt: str) -> tuple[str, int, float]:
-        """(completion, completion tokens, latency in ms) for one greedy request."""
+    def _kwargs(self) -> dict[str, Any]:
         s = self.sampling
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": s.max_tokens,
-            "temperature": 0.0,
-        }
+        kwargs: dict[str, Any] = {"model": self.model, "max_tokens": s.max_tokens, "temperature": 0.0,
+                                  "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
         if s.stop:
             kwargs["stop"] = s.stop
         if s.seed is not None:
             kwargs["seed"] = s.seed
-        with tracing.span_from(
-            "evaluation.request", self.traceparent, {"target": self.target.name}
-        ):
+        return kwargs
+
+    def request(self, prompt: str) -> Timed:
+        """One greedy streamed request: text, tokens (the usage chunk's, else one per chunk), timings."""
+        kwargs = self._kwargs()
+        with tracing.span_from("evaluation.request", self.traceparent, {"target": self.target.name}):
             kwargs["extra_headers"] = tracing.http_headers()
             start = time.perf_counter()
+            first = 0.0
+            pieces: list[str] = []
+            chunks = usage_tokens = 0
             if self.target.chat:
-                response = self.client.chat.completions.create(
+                stream = self.client.chat.completions.create(
                     messages=[{"role": "user", "content": prompt}], **kwargs
                 )
-                text = response.choices[0].message.content or ""
             else:
-                response = self.client.completions.create(prompt=prompt, **kwargs)
-                text = response.choices[0].text or ""
-            latency_ms = (time.perf_counter() - start) * 1000.0
-        usage = getattr(response, "usage", None)
-        return text, int(usage.completion_tokens) if usage else 0, latency_ms
+                stream = self.client.completions.create(prompt=prompt, **kwargs)
+            for chunk in stream:
+                if chunk.choices:
+                    choice = chunk.choices[0]
+                    piece = (choice.delta.content if self.target.chat else choice.text) or ""
+                    if piece:
+                        first = first or time.perf_counter()
+                        pieces.append(piece)
+                        chunks += 1
+                if getattr(chunk, "usage", None):
+                    usage_tokens = int(chunk.usage.completion_tokens)
+            end = time.perf_counter()
+        return Timed(text="".join(pieces), tokens=usage_tokens or chunks, latency_ms=(end - start) * 1000.0,
+                     ttft_ms=((first or end) - start) * 1000.0)  # fmt: skip
+
+    def timed(self, prompt: str) -> Timed:
+        try:
+            return self.request(prompt)
+        except openai.OpenAIError as exc:
+            return Timed(error=describe_error(exc, self.target.base_url))
+
+
+def _level(client: TargetClient, prompts: list[str], concurrency: int,
+           on_done: Any = None) -> tuple[Level, list[Timed]]:  # fmt: skip
+    """Send every prompt with `concurrency` requests in flight; the level's figures and each request."""
+    level = Level(concurrency=concurrency)
+    start = time.perf_counter()
+    done: list[Timed] = []
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for i, timed in enumerate(pool.map(client.timed, prompts), start=1):
+            done.append(timed)
+            if on_done is not None:
+                on_done(i)
+    level.wall_s = time.perf_counter() - start
+    for timed in done:
+        level.requests += 1
+        if timed.error:
+            level.errors += 1
+        else:
+            level.tokens += timed.tokens
+            level.latencies_ms.append(timed.latency_ms)
+            level.ttft_ms.append(timed.ttft_ms)
+    return level, done
 
 
 def measure_target(
@@ -210,55 +294,61 @@ def measure_target(
     sampling: SamplingConfig,
     *,
     metric: str = "exact_match",
-    concurrency: int = 1,
+    answer_pattern: str = "",
+    concurrency_levels: list[int] | tuple[int, ...] = (1,),
     warmup_requests: int = 2,
     traceparent: str = "",
     progress: Progress = null_progress,
 ) -> Measurement:
-    """Warm up, run every example, then read memory and footprint."""
+    """Warm up, answer every example at the lowest level, sweep the others, then read memory and
+    footprint. A target that cannot be reached raises Unavailable (the job marks it failed)."""
     client = TargetClient(target, sampling, traceparent)
     result = Measurement(name=target.name, model_uri=target.model_uri)
     for i in range(warmup_requests):
-        try:
-            client.complete(examples[i % len(examples)].prompt)
-        except openai.OpenAIError as exc:
-            raise Unavailable(
-                f"target {target.name}: warm-up request failed: {describe_error(exc, target.base_url)}"
-            ) from exc
+        timed = client.timed(examples[i % len(examples)].prompt)
+        if timed.error:
+            raise Unavailable(f"target {target.name}: warm-up request failed: {timed.error}")
 
-    def one(example: Example) -> tuple[str, int, float, str]:
-        try:
-            return (*client.complete(example.prompt), "")
-        except openai.OpenAIError as exc:
-            return "", 0, 0.0, describe_error(exc, target.base_url)
+    levels = sorted(set(concurrency_levels)) or [1]
+    prompts = [example.prompt for example in examples]
+    total = len(prompts) * len(levels)
+    step = max(1, len(prompts) // 10)
+    for index, concurrency in enumerate(levels):
 
-    step = max(1, len(examples) // 10)
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for i, (example, (text, tokens, latency_ms, error)) in enumerate(
-            zip(examples, pool.map(one, examples)), start=1
-        ):
-            result.completions.append(text)
-            result.correct.append(not error and is_correct(example.expected, text, metric))
-            if error:
-                result.errors.append(error)
+        def on_done(i: int, index: int = index, concurrency: int = concurrency) -> None:
+            if i % step == 0 or i == len(prompts):
+                progress((index * len(prompts) + i) / total,
+                         f"{target.name}: {i}/{len(prompts)} prompts at concurrency {concurrency}")  # fmt: skip
+
+        level, done = _level(client, prompts, concurrency, on_done)
+        result.sweep.append(level)
+        if index:
+            continue
+        for example, timed in zip(examples, done):  # the quality pass
+            result.completions.append(timed.text)
+            result.correct.append(not timed.error and is_correct(
+                example.expected, timed.text, metric, pattern=answer_pattern, choices=example.choices))
+            if timed.error:
+                result.errors.append(timed.error)
             else:
-                result.latencies_ms.append(latency_ms)
-                result.completion_tokens.append(tokens)
-            if i % step == 0 or i == len(examples):
-                progress(
-                    i / len(examples),
-                    f"{target.name}: {i}/{len(examples)} prompts",
-                    correct=float(sum(result.correct)),
-                )
-    if len(result.errors) * 2 > len(examples):
-        raise Unavailable(
-            f"target {target.name}: {len(result.errors)} of {len(examples)} requests failed; "
-            f"first: {result.errors[0]}"
-        )
+                result.latencies_ms.append(timed.latency_ms)
+                result.ttft_ms.append(timed.ttft_ms)
+                result.completion_tokens.append(timed.tokens)
+                if timed.tokens > 1:
+                    result.tpot_ms.append(timed.tpot_ms)
+        if len(result.errors) * 2 > len(examples):
+            raise Unavailable(
+                f"target {target.name}: {len(result.errors)} of {len(examples)} requests failed; "
+                f"first: {result.errors[0]}"
+            )
     if result.errors:
         result.notes.append(
             f"{len(result.errors)} requests failed (counted as wrong); first: {result.errors[0]}"
         )
+    for level in result.sweep[1:]:
+        if level.errors:
+            result.notes.append(f"{level.errors} of {level.requests} requests failed at concurrency "
+                                f"{level.concurrency}")  # fmt: skip
 
     result.memory_bytes, note = scrape_memory(target.base_url)
     if note:

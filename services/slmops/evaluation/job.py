@@ -1,7 +1,9 @@
 """The evaluation job: measure every target on the same prompts, judge the gate, write a report artifact.
 
 Requests are sent from this process (the Ray job's driver), one target after
-another, so each target's latency is measured without the others' load.
+another, so each target's latency is measured without the others' load. A
+target that cannot be reached is reported failed with the reason, and the
+others are measured all the same; the job fails only when every target does.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from dataclasses import asdict
 from typing import Any
 
 from slmops.core import artifacts, tracing
+from slmops.core.errors import Unavailable
 from slmops.core.progress import Progress, scaled
-from slmops.evaluation.client import load_examples, measure_target
+from slmops.evaluation.client import Measurement, load_examples, measure_target
+from slmops.evaluation.quality import add_quality
 from slmops.evaluation.report import TargetResult, judge, set_retention, summarize, write_report
 from slmops.evaluation.spec import EvaluationConfig
 
@@ -21,6 +25,9 @@ RESULT_METRICS = (
     "latency_p50_ms",
     "latency_p95_ms",
     "tokens_per_second",
+    "latency_p99_ms",
+    "ttft_p50_ms",
+    "tpot_p50_ms",
     "memory_bytes",
     "size_bytes",
     "parameters",
@@ -56,8 +63,12 @@ def report_parents(cfg: EvaluationConfig) -> list[str]:
 def flat_metrics(
     results: list[TargetResult], gate_evaluated: bool, gate_passed: bool
 ) -> dict[str, float]:
-    metrics = {f"{r.name}.{key}": float(getattr(r, key)) for r in results for key in RESULT_METRICS}
-    metrics["num_prompts"] = float(results[0].num_prompts) if results else 0.0
+    metrics = {f"{r.name}.{key}": float(getattr(r, key)) for r in results if r.ok for key in RESULT_METRICS}
+    for r in results:
+        if r.ok:
+            metrics.update({f"{r.name}.quality.{k}": float(v) for k, v in r.quality.items()})
+        metrics[f"{r.name}.failed"] = 0.0 if r.ok else 1.0
+    metrics["num_prompts"] = float(max((r.num_prompts for r in results), default=0))
     if gate_evaluated:
         metrics["gate_passed"] = 1.0 if gate_passed else 0.0
     return metrics
@@ -76,23 +87,36 @@ def run(
     progress(0.0, "reading the dataset")
     _check_inputs(cfg)
     examples = load_examples(cfg.dataset_uri, cfg.max_prompts)
-    measurements = []
+    measurements: list[Measurement] = []
     n = len(cfg.targets)
     for i, target in enumerate(cfg.targets):
-        start, end = 0.05 + 0.85 * i / n, 0.05 + 0.85 * (i + 1) / n
-        progress(start, f"evaluating {target.name} on {len(examples)} prompts")
-        measurements.append(
-            measure_target(
-                target,
-                examples,
-                cfg.sampling,
-                metric=cfg.metric,
-                concurrency=cfg.concurrency,
-                warmup_requests=cfg.warmup_requests,
-                traceparent=traceparent,
-                progress=scaled(progress, start, end),
+        start, end = 0.05 + 0.8 * i / n, 0.05 + 0.8 * (i + 1) / n
+        progress(start, f"evaluating {target.name} on {len(examples)} prompts at concurrency "
+                        f"{', '.join(map(str, cfg.concurrency_levels))}")  # fmt: skip
+        try:
+            measurements.append(
+                measure_target(
+                    target,
+                    examples,
+                    cfg.sampling,
+                    metric=cfg.metric,
+                    answer_pattern=cfg.answer_pattern,
+                    concurrency_levels=cfg.concurrency_levels,
+                    warmup_requests=cfg.warmup_requests,
+                    traceparent=traceparent,
+                    progress=scaled(progress, start, end),
+                )
             )
-        )
+        except Unavailable as exc:
+            progress(end, f"{target.name} failed: {exc}")
+            measurements.append(Measurement(name=target.name, model_uri=target.model_uri, status="failed",
+                                            reason=str(exc)))  # fmt: skip
+    failed = [m for m in measurements if m.status != "ok"]
+    if len(failed) == len(measurements):
+        raise Unavailable("every target failed: " + "; ".join(m.reason for m in failed))
+    progress(0.86, f"quality metrics: accuracy, {', '.join(cfg.quality_metrics)}"
+                   + (", judge" if cfg.judge else ""))  # fmt: skip
+    add_quality(cfg, examples, measurements)
 
     results = [summarize(m) for m in measurements]
     set_retention(results, cfg.reference)
@@ -106,6 +130,7 @@ def run(
             reference=cfg.reference,
             metric=cfg.metric,
             dataset_uri=cfg.dataset_uri,
+            candidate=candidate_name(cfg),
         )
     metrics = flat_metrics(results, verdict.evaluated, verdict.passed)
     artifacts.finalize(
@@ -116,7 +141,7 @@ def run(
         metrics=metrics,
         trace_id=trace_id,
     )
-    summary = "; ".join(f"{r.name} accuracy {r.accuracy:.1%}" for r in results)
+    summary = "; ".join(f"{r.name} accuracy {r.accuracy:.1%}" if r.ok else f"{r.name} failed" for r in results)
     if verdict.evaluated:
         summary += f"; gate {'passed' if verdict.passed else 'failed'}"
     progress(1.0, summary, **metrics)

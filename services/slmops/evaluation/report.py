@@ -1,9 +1,11 @@
 """From measurements to results, a gate verdict, and the report files.
 
 A report folder holds `report.json` (everything, machine-readable),
-`report.md` (a table readable at a glance, each target's headline ratios
-against the reference, the verdict) and `report.png` (accuracy and p50
-latency per target), which report.md shows.
+`report.md` (tables readable at a glance, each target's headline ratios
+against the reference, the verdict), `report.png` (accuracy and p50 latency
+per target), which report.md shows, and `report.html`: one self-contained page
+with the tables and three plots (quality against size, latency distributions,
+tokens/s against concurrency) that reads offline.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import fsspec
 
-from slmops.evaluation.client import Measurement
-from slmops.evaluation.spec import GateConfig
+from slmops.evaluation.client import Level, Measurement
+from slmops.evaluation.spec import RETENTION_METRICS, GateConfig
 
 
 @dataclass
@@ -34,6 +37,23 @@ class TargetResult:
     model_uri: str
     num_prompts: int
     notes: list[str] = field(default_factory=list)
+    status: str = "ok"
+    reason: str = ""
+    latency_p99_ms: float = 0.0
+    ttft_p50_ms: float = 0.0
+    ttft_p95_ms: float = 0.0
+    tpot_p50_ms: float = 0.0
+    quality: dict[str, float] = field(default_factory=dict)
+    retentions: dict[str, float] = field(default_factory=dict)
+    perplexity: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)  # per request, lowest concurrency
+    ttft_ms: list[float] = field(default_factory=list)
+    tpot_ms: list[float] = field(default_factory=list)
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 @dataclass
@@ -53,13 +73,38 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """p50, p95, p99 and mean of a list of timings (zeros when empty)."""
+    mean = sum(values) / len(values) if values else 0.0
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "p99": percentile(values, 99),
+            "mean": mean}  # fmt: skip
+
+
+def level_summary(level: Level) -> dict[str, Any]:
+    """One sweep level: throughput over its wall time, latency and TTFT percentiles."""
+    wall = level.wall_s
+    return {
+        "concurrency": level.concurrency,
+        "requests": level.requests,
+        "errors": level.errors,
+        "tokens_per_second": level.tokens / wall if wall > 0 else 0.0,
+        "requests_per_second": (level.requests - level.errors) / wall if wall > 0 else 0.0,
+        "latency_ms": spread(level.latencies_ms),
+        "ttft_ms": spread(level.ttft_ms),
+    }
+
+
 def summarize(m: Measurement) -> TargetResult:
-    """Accuracy, latency percentiles and decode speed of one target (retention is set later)."""
+    """Quality, latency percentiles and decode speed of one target (retention is set later).
+
+    tokens_per_second is one request's decode speed, unloaded: completion tokens over the time
+    the requests took at the lowest concurrency; the sweep gives throughput under load."""
     seconds = sum(m.latencies_ms) / 1000.0
     tokens = sum(m.completion_tokens)
+    accuracy = (sum(m.correct) / len(m.correct)) if m.correct else 0.0
     return TargetResult(
         name=m.name,
-        accuracy=(sum(m.correct) / len(m.correct)) if m.correct else 0.0,
+        accuracy=accuracy,
         latency_p50_ms=percentile(m.latencies_ms, 50),
         latency_p95_ms=percentile(m.latencies_ms, 95),
         tokens_per_second=(tokens / seconds) if seconds > 0 else 0.0,
@@ -70,14 +115,39 @@ def summarize(m: Measurement) -> TargetResult:
         model_uri=m.model_uri,
         num_prompts=len(m.correct),
         notes=list(m.notes),
+        status=m.status,
+        reason=m.reason,
+        latency_p99_ms=percentile(m.latencies_ms, 99),
+        ttft_p50_ms=percentile(m.ttft_ms, 50),
+        ttft_p95_ms=percentile(m.ttft_ms, 95),
+        tpot_p50_ms=percentile(m.tpot_ms, 50),
+        quality={"accuracy": accuracy, **m.quality} if m.status == "ok" else {},
+        perplexity=m.perplexity,
+        latencies_ms=[round(v, 3) for v in m.latencies_ms],
+        ttft_ms=[round(v, 3) for v in m.ttft_ms],
+        tpot_ms=[round(v, 3) for v in m.tpot_ms],
+        sweep=[level_summary(level) for level in m.sweep],
     )
 
 
 def set_retention(results: list[TargetResult], reference: str) -> None:
-    """retention = accuracy / the reference's accuracy (0 when the reference scored 0)."""
+    """Per quality metric (higher is better; perplexity is not one): value / the reference's
+    value. `retention` is accuracy's (0 when the reference scored 0, or failed)."""
     ref = next(r for r in results if r.name == reference)
+    if not ref.ok:
+        for result in results:
+            if result.ok:
+                result.notes.append(f"reference {reference} failed: no retention ({ref.reason})")
+        return
     for result in results:
-        result.retention = (result.accuracy / ref.accuracy) if ref.accuracy > 0 else 0.0
+        if not result.ok:
+            continue
+        result.retentions = {
+            metric: value / ref.quality[metric]
+            for metric, value in result.quality.items()
+            if metric in RETENTION_METRICS and ref.quality.get(metric, 0) > 0
+        }
+        result.retention = result.retentions.get("accuracy", 0.0)
         if ref.accuracy == 0 and result is ref:
             result.notes.append("reference accuracy is 0: retention is undefined and reported as 0")
 
@@ -90,6 +160,8 @@ def judge(gate: GateConfig | None, results: list[TargetResult]) -> Verdict:
     if gate is None:
         return Verdict(evaluated=False, passed=False, reasons=["no gate configured"])
     c = next(r for r in results if r.name == gate.candidate)
+    if not c.ok:
+        return Verdict(True, False, [f"{c.name}: FAILED: it could not be evaluated: {c.reason}"])
     checks: list[tuple[bool, str]] = []
     if gate.min_retention:
         ok = c.retention >= gate.min_retention - EPSILON
@@ -110,6 +182,20 @@ def judge(gate: GateConfig | None, results: list[TargetResult]) -> Verdict:
                 f"latency p95 {c.latency_p95_ms:.1f} ms {sign} max {gate.max_latency_p95_ms:.1f} ms",
             )
         )
+    for metric, minimum in sorted(gate.min_retention_by_metric.items()):
+        if not minimum:
+            continue
+        value = c.retentions.get(metric)
+        if value is None:
+            checks.append((False, f"retention of {metric} unknown (not measured, or the reference scored 0 or "
+                                  f"failed) < min {minimum:.3f}"))  # fmt: skip
+        else:
+            ok = value >= minimum - EPSILON
+            checks.append((ok, f"retention of {metric} {value:.3f} {'>=' if ok else '<'} min {minimum:.3f}"))
+    if gate.min_tokens_per_second:
+        ok = c.tokens_per_second >= gate.min_tokens_per_second - EPSILON
+        checks.append((ok, f"tokens/s {c.tokens_per_second:.1f} {'>=' if ok else '<'} min "
+                           f"{gate.min_tokens_per_second:.1f}"))  # fmt: skip
     if not checks:
         return Verdict(True, True, [f"{c.name}: no thresholds set"])
     passed = all(ok for ok, _ in checks)
@@ -162,6 +248,24 @@ def _factor(value: float | None) -> str:
     return f"{1 / value:.2f}x higher ({1 / value - 1:.0%} more)"
 
 
+def _quality_cell(result: TargetResult, metric: str) -> str:
+    value = result.quality.get(metric)
+    if value is None:
+        return "n/a"
+    text = f"{value:.1%}" if metric in PERCENT_METRICS else f"{value:.2f}"
+    retention = result.retentions.get(metric)
+    return f"{text} ({retention:.0%})" if retention is not None else text
+
+
+PERCENT_METRICS = ("accuracy", "rouge_l", "semantic_similarity", "judge")
+
+
+def quality_metrics(results: list[TargetResult]) -> list[str]:
+    """The quality metrics measured, accuracy first, in a stable order."""
+    seen = {metric for r in results for metric in r.quality}
+    return [m for m in RETENTION_METRICS if m in seen]
+
+
 def markdown(
     results: list[TargetResult],
     verdict: Verdict,
@@ -172,30 +276,61 @@ def markdown(
     figure: str = "report.png",
 ) -> str:
     ref = next(r for r in results if r.name == reference)
+    ok = [r for r in results if r.ok]
+    metrics = quality_metrics(ok)
+    prompts = max((r.num_prompts for r in ok), default=0)
     lines = [
         "# Evaluation report",
         "",
-        f"Dataset: `{dataset_uri}` ({ref.num_prompts} prompts), metric: `{metric}`, reference: **{reference}**.",
+        f"Dataset: `{dataset_uri}` ({prompts} prompts), accuracy: `{metric}`, reference: **{reference}**.",
+        "Quality cells show the value and, in brackets, its retention against the reference. "
+        "The full report with plots is report.html.",
         "",
-        "| target | accuracy | retention | p50 ms | p95 ms | tokens/s | size | memory | parameters |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | " + " | ".join(metrics + ["perplexity"]) + " |",
+        "| --- |" + " ---: |" * (len(metrics) + 1),
     ]
-    for r in results:
+    for r in ok:
+        cells = [_quality_cell(r, m) for m in metrics] + [f"{r.perplexity:.2f}" if r.perplexity else "n/a"]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| target | accuracy | retention | p50 ms | p95 ms | p99 ms | TTFT p50 ms | TPOT p50 ms | tokens/s | size "
+        "| memory | parameters |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in ok:
         lines.append(
             f"| {r.name} | {r.accuracy:.1%} | {r.retention:.1%} | {r.latency_p50_ms:.1f} | {r.latency_p95_ms:.1f} "
-            f"| {r.tokens_per_second:.1f} | {_bytes(r.size_bytes)} | {_bytes(r.memory_bytes)} | {_count(r.parameters)} |"
+            f"| {r.latency_p99_ms:.1f} | {r.ttft_p50_ms:.1f} | {r.tpot_p50_ms:.2f} | {r.tokens_per_second:.1f} "
+            f"| {_bytes(r.size_bytes)} | {_bytes(r.memory_bytes)} | {_count(r.parameters)} |"
         )
+    levels = sorted({level["concurrency"] for r in ok for level in r.sweep})
+    if len(levels) > 1:
+        lines += ["", "Throughput under load: tokens/s (latency p95 ms) at each concurrency.", "",
+                  "| target | " + " | ".join(f"concurrency {c}" for c in levels) + " |",
+                  "| --- |" + " ---: |" * len(levels)]  # fmt: skip
+        for r in ok:
+            by_level = {level["concurrency"]: level for level in r.sweep}
+            cells = [f"{by_level[c]['tokens_per_second']:.1f} ({by_level[c]['latency_ms']['p95']:.0f})"
+                     if c in by_level else "n/a" for c in levels]  # fmt: skip
+            lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        lines += ["", "## Failed targets", "", *[f"- **{r.name}**: {r.reason}" for r in failed]]
     lines += ["", f"## Against the reference ({reference})", ""]
-    for r in results:
-        if r.name == reference:
-            continue
-        h = headlines(r, ref)
-        lines.append(
-            f"- **{r.name}**: retention {r.retention:.1%}; latency p50 {_factor(h['latency_reduction'])}; "
-            f"memory {_factor(h['memory_reduction'])}; size {_factor(h['size_reduction'])}"
-        )
-    if len(results) == 1:
-        lines.append("- (only the reference was evaluated)")
+    if ref.ok:
+        for r in ok:
+            if r.name == reference:
+                continue
+            h = headlines(r, ref)
+            lines.append(
+                f"- **{r.name}**: retention {r.retention:.1%}; latency p50 {_factor(h['latency_reduction'])}; "
+                f"memory {_factor(h['memory_reduction'])}; size {_factor(h['size_reduction'])}"
+            )
+        if len(ok) == 1:
+            lines.append("- (only the reference was evaluated)")
+    else:
+        lines.append(f"- the reference failed: {ref.reason}")
     lines += ["", "## Quality gate", ""]
     if verdict.evaluated:
         lines.append(f"**{'PASSED' if verdict.passed else 'FAILED'}**")
@@ -216,6 +351,7 @@ def figure_png(results: list[TargetResult]) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    results = [r for r in results if r.ok]
     names = [r.name for r in results]
     fig = Figure(figsize=(8, 3.2), dpi=100)
     ax_acc, ax_lat = fig.subplots(1, 2)
@@ -232,6 +368,48 @@ def figure_png(results: list[TargetResult]) -> bytes:
     return buffer.getvalue()
 
 
+def document(
+    results: list[TargetResult],
+    verdict: Verdict,
+    *,
+    reference: str,
+    metric: str,
+    dataset_uri: str,
+    candidate: str = "",
+) -> dict[str, Any]:
+    """report.json: every result in full, the verdict, the headlines, and what the HTML page plots."""
+    ref = next(r for r in results if r.name == reference)
+    ok = [r for r in results if r.ok]
+    targets = []
+    for r in results:
+        entry: dict[str, Any] = {"name": r.name, "status": r.status, "reason": r.reason, "model_uri": r.model_uri,
+                                 "notes": list(r.notes)}  # fmt: skip
+        if r.ok:
+            entry.update(
+                size_bytes=r.size_bytes, parameters=r.parameters, memory_bytes=r.memory_bytes,
+                quality=dict(r.quality), retention=dict(r.retentions), perplexity=r.perplexity or None,
+                latency_ms=spread(r.latencies_ms), ttft_ms=spread(r.ttft_ms), tpot_ms=spread(r.tpot_ms),
+                tokens_per_second=r.tokens_per_second, latencies_ms=list(r.latencies_ms), sweep=list(r.sweep),
+            )  # fmt: skip
+        targets.append(entry)
+    return {
+        "title": "Evaluation report",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "reference": reference,
+        "candidate": candidate,
+        "metric": metric,
+        "primary_metric": "accuracy",
+        "quality_metrics": quality_metrics(ok),
+        "concurrency_levels": sorted({level["concurrency"] for r in ok for level in r.sweep}),
+        "dataset_uri": dataset_uri,
+        "num_prompts": max((r.num_prompts for r in ok), default=0),
+        "targets": targets,
+        "results": [asdict(r) for r in results],
+        "verdict": asdict(verdict),
+        "headlines": {r.name: headlines(r, ref) for r in ok if r.name != reference} if ref.ok else {},
+    }
+
+
 def write_report(
     uri: str,
     results: list[TargetResult],
@@ -240,24 +418,22 @@ def write_report(
     reference: str,
     metric: str,
     dataset_uri: str,
+    candidate: str = "",
 ) -> None:
-    """Write report.json, report.md and report.png under uri (any fsspec URI)."""
+    """Write report.json, report.md, report.png and report.html under uri (any fsspec URI)."""
+    from slmops.evaluation.html import render_html
+
     fs, root = fsspec.core.url_to_fs(uri)
     fs.makedirs(root, exist_ok=True)
-    ref = next(r for r in results if r.name == reference)
-    document: dict[str, Any] = {
-        "reference": reference,
-        "metric": metric,
-        "dataset_uri": dataset_uri,
-        "results": [asdict(r) for r in results],
-        "verdict": asdict(verdict),
-        "headlines": {r.name: headlines(r, ref) for r in results if r.name != reference},
-    }
+    doc = document(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri,
+                   candidate=candidate)  # fmt: skip
     with fs.open(f"{root}/report.json", "w", encoding="utf-8") as fh:
-        json.dump(document, fh, indent=2)
+        json.dump(doc, fh, indent=2)
     with fs.open(f"{root}/report.md", "w", encoding="utf-8") as fh:
         fh.write(
             markdown(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri)
         )
     with fs.open(f"{root}/report.png", "wb") as fh:
         fh.write(figure_png(results))
+    with fs.open(f"{root}/report.html", "w", encoding="utf-8") as fh:
+        fh.write(render_html(doc))

@@ -14,7 +14,7 @@ import grpc
 
 from slmops.api.v1 import evaluation_pb2, evaluation_pb2_grpc, serving_pb2
 from slmops.core import clients as client
-from slmops.core.errors import Conflict, InvalidSpec, Unavailable
+from slmops.core.errors import Conflict, InvalidSpec, Unavailable, validate_pending
 from slmops.core.job_servicer import JobServicer, message_to_dict
 from slmops.core.jobstore import JobRecord
 from slmops.core.server import Registration
@@ -57,6 +57,9 @@ class EvaluationServicer(JobServicer, evaluation_pb2_grpc.EvaluationServiceServi
     async def create(self, request: Any, context: Any) -> Any:
         if not request.HasField("spec"):
             raise InvalidSpec("spec", "is required")
+        if request.validate_only:  # deployments a pipeline has yet to create are not resolved
+            await asyncio.to_thread(validate_pending, from_proto, request.spec, list(request.pending_fields))
+            return self.job_cls(spec=request.spec)
         config = await asyncio.to_thread(resolve_deployments, from_proto(request.spec))
         record = await self.jobs.create(
             config.model_dump(mode="json"), message_to_dict(request.spec), request.spec.output_uri,

@@ -26,7 +26,11 @@ from slmops.core.spec_checks import (
     sampling_from_proto,
 )
 
-METRICS = ("exact_match", "contains")
+METRICS = ("exact_match", "normalized", "regex", "choice", "contains")
+QUALITY_METRICS = ("rouge_l", "chrf", "bleu", "semantic_similarity", "perplexity")
+DEFAULT_QUALITY = ("rouge_l", "chrf", "bleu")
+RETENTION_METRICS = ("accuracy", "rouge_l", "chrf", "bleu", "semantic_similarity", "judge")
+MAX_CONCURRENCY = 64
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _DEPLOYMENT = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -47,16 +51,29 @@ class GateConfig(BaseModel):
     min_retention: float = 0.0  # 0: not checked
     min_accuracy: float = 0.0  # 0: not checked
     max_latency_p95_ms: float = 0.0  # 0: not checked
+    min_retention_by_metric: dict[str, float] = Field(default_factory=dict)
+    min_tokens_per_second: float = 0.0  # 0: not checked
+
+
+class JudgeConfig(BaseModel):
+    base_url: str
+    model: str
+    api_key_env: str = ""
+    chat: bool = True
 
 
 class EvaluationConfig(BaseModel):
     targets: list[TargetConfig]
     dataset_uri: str
     reference: str  # the target whose accuracy is 100% retention
-    metric: Literal["exact_match", "contains"] = "exact_match"
+    metric: Literal["exact_match", "normalized", "regex", "choice", "contains"] = "exact_match"
+    answer_pattern: str = ""
+    quality_metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_QUALITY))
+    judge: JudgeConfig | None = None
     max_prompts: int = 0  # 0: all
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     concurrency: int = 1
+    concurrency_levels: list[int] = Field(default_factory=lambda: [1])
     warmup_requests: int = 2
     output_uri: str = ""
     gate: GateConfig | None = None
@@ -144,12 +161,51 @@ def _gate(msg: evaluation_pb2.QualityGate, names: set[str], problems: Problems) 
         problems.append(
             ("spec.gate.max_latency_p95_ms", f"must not be negative, got {msg.max_latency_p95_ms}")
         )
+    if msg.min_tokens_per_second < 0:
+        problems.append(
+            ("spec.gate.min_tokens_per_second", f"must not be negative, got {msg.min_tokens_per_second}")
+        )
+    for metric, value in sorted(msg.min_retention_by_metric.items()):
+        field = f"spec.gate.min_retention_by_metric[{metric}]"
+        if metric not in RETENTION_METRICS:
+            problems.append((field, f"unknown metric; one of {', '.join(RETENTION_METRICS)}"))
+        elif value < 0:
+            problems.append((field, f"must not be negative, got {value}"))
     return GateConfig(
         candidate=msg.candidate,
         min_retention=msg.min_retention,
         min_accuracy=msg.min_accuracy,
         max_latency_p95_ms=msg.max_latency_p95_ms,
+        min_retention_by_metric=dict(msg.min_retention_by_metric),
+        min_tokens_per_second=msg.min_tokens_per_second,
     )
+
+
+def _judge(msg: evaluation_pb2.JudgeSpec, problems: Problems) -> JudgeConfig:
+    check_http_url(msg.base_url, "spec.judge.base_url", problems)
+    if not msg.model:
+        problems.append(("spec.judge.model", "is required (the judge model's name at the endpoint)"))
+    check_api_key_env(msg.api_key_env, "spec.judge.api_key_env", problems)
+    return JudgeConfig(base_url=msg.base_url.rstrip("/"), model=msg.model, api_key_env=msg.api_key_env,
+                       chat=msg.chat)  # fmt: skip
+
+
+def _quality(spec: evaluation_pb2.EvaluationSpec, problems: Problems) -> list[str]:
+    names = list(spec.quality_metrics) or list(DEFAULT_QUALITY)
+    for index, name in enumerate(spec.quality_metrics):
+        if name not in QUALITY_METRICS:
+            problems.append((f"spec.quality_metrics[{index}]",
+                             f"{name!r} is not a quality metric; one of {', '.join(QUALITY_METRICS)} "
+                             "(accuracy is always measured; judge is added by spec.judge)"))  # fmt: skip
+    return [n for n in dict.fromkeys(names) if n in QUALITY_METRICS]
+
+
+def _levels(spec: evaluation_pb2.EvaluationSpec, problems: Problems) -> list[int]:
+    levels = list(spec.concurrency_levels) or [spec.concurrency or 1]
+    for index, level in enumerate(spec.concurrency_levels):
+        if not 1 <= level <= MAX_CONCURRENCY:
+            problems.append((f"spec.concurrency_levels[{index}]", f"must be in 1..{MAX_CONCURRENCY}, got {level}"))
+    return sorted({level for level in levels if 1 <= level <= MAX_CONCURRENCY}) or [1]
 
 
 def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
@@ -173,6 +229,19 @@ def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
         problems.append(
             ("spec.metric", f"must be one of {', '.join(METRICS)}, got {spec.metric!r}")
         )
+    if metric == "regex":
+        if not spec.answer_pattern:
+            problems.append(("spec.answer_pattern", "is required with metric regex (the answer's pattern)"))
+        else:
+            try:
+                re.compile(spec.answer_pattern)
+            except re.error as exc:
+                problems.append(("spec.answer_pattern", f"is not a regular expression: {exc}"))
+    elif spec.answer_pattern:
+        problems.append(("spec.answer_pattern", "is used only with metric regex"))
+    quality = _quality(spec, problems)
+    levels = _levels(spec, problems)
+    judge = _judge(spec.judge, problems) if spec.HasField("judge") else None
     if spec.max_prompts < 0:
         problems.append(
             ("spec.max_prompts", f"must not be negative (0 means all), got {spec.max_prompts}")
@@ -206,9 +275,13 @@ def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
         dataset_uri=dataset_uri,
         reference=reference,
         metric=metric,  # type: ignore[arg-type]
+        answer_pattern=spec.answer_pattern,
+        quality_metrics=quality,
+        judge=judge,
         max_prompts=spec.max_prompts,
         sampling=sampling,
         concurrency=spec.concurrency or 1,
+        concurrency_levels=levels,
         warmup_requests=spec.warmup_requests or 2,
         output_uri=output_uri,
         gate=gate,

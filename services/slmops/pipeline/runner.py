@@ -1,163 +1,237 @@
-"""Runs a pipeline: each stage through its own service over gRPC, outputs wired onward.
+"""Runs a pipeline: each stage through its own service, in file order, reusing what has not changed.
 
-Runs inside the pipeline service as an asyncio task per run; the run record
-holds each stage's job id and state, so `Get` shows where a run is and a
-cancelled run cancels the stage job in flight. A runner made with the stages
-a run recorded (`PipelineRunner(..., recorded=...)`) resumes it: finished
-stages keep their outputs and the stage in flight is re-attached by its job
-id (a deployment by its name), never created a second time.
+Every stage has a key: the sha256 of its kind, its settings and the keys of
+the stages it names (for an input file or folder, its content's hashes). A
+stage whose key a finished run recorded, and whose output still exists, is
+reused, not run again: a rerun of an unchanged file runs nothing; a changed
+training config reruns training and what follows it, nothing before; after a
+failure, the rerun starts at the failed stage.
+
+The run record holds each stage's state, job id and output, so `Get` shows
+where a run is, and a runner made with the stages a run recorded
+(`recorded=...`) resumes it after the pipeline service restarts: finished
+stages keep their outputs and the stage in flight is re-attached by its job id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
-import grpc
-
-from slmops.api.v1 import (
-    common_pb2,
-    conversion_pb2,
-    evaluation_pb2,
-    serving_pb2,
-    synthesis_pb2,
-    training_pb2,
-)
-from slmops.core import clients as client
+from slmops.core import artifacts, settings, tracing
 from slmops.core.jobstore import JobStore
+from slmops.pipeline import stages as kinds
 from slmops.pipeline.definition import Definition
+from slmops.pipeline.stages import Outcome, StageFailed
 
 log = logging.getLogger(__name__)
-
-_JOB_STAGES = {
-    "synthesis": ("SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest),
-    "training": ("TrainingJob", training_pb2.CreateTrainingJobRequest),
-    "conversion": ("ConversionJob", conversion_pb2.CreateConversionJobRequest),
-    "evaluation": ("EvaluationJob", evaluation_pb2.CreateEvaluationJobRequest),
-}
+INPUT_KINDS = ("prompts", "dataset", "model")
 
 
-class StageFailed(Exception):
-    pass
+class StageCache:
+    """Outputs of finished stages by key: one JSON file per key under the pipeline service's data dir."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or settings.data_dir() / "pipeline" / "stages"
+
+    def get(self, key: str) -> Outcome | None:
+        try:
+            entry = json.loads((self.root / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return Outcome(output=entry.get("output", ""), detail=dict(entry.get("detail", {})))
+
+    def put(self, key: str, stage: str, kind: str, outcome: Outcome, run_id: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        entry = {"stage": stage, "kind": kind, "output": outcome.output, "detail": outcome.detail,
+                 "run_id": run_id, "time": time.time()}  # fmt: skip
+        tmp = self.root / f".{key}.tmp"
+        tmp.write_text(json.dumps(entry, indent=2))
+        tmp.replace(self.root / f"{key}.json")
+
+
+def input_uri(uri: str) -> str:
+    """An input stage's URI as stages take it: local paths as file:// URIs; a hub id as it is."""
+    if "://" in uri or uri.startswith("/"):
+        return artifacts.to_uri(uri)
+    return uri  # e.g. Qwen/Qwen2.5-0.5B: a hub id, resolved by the stage that reads it
+
+
+def content_key(uri: str) -> str:
+    """The sha256 of an input's content (every file under a folder); the URI itself for a hub id."""
+    if "://" not in uri:
+        return hashlib.sha256(uri.encode()).hexdigest()
+    try:
+        hashes = artifacts.hash_files(uri)
+    except (OSError, ValueError) as exc:
+        raise StageFailed(f"cannot read {uri}: {exc}") from None
+    if not hashes:
+        raise StageFailed(f"{uri} does not exist or is empty")
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
 
 
 class PipelineRunner:
     def __init__(self, store: JobStore, run_id: str, definition: Definition,
-                 recorded: list[dict[str, Any]] | None = None):  # fmt: skip
+                 recorded: list[dict[str, Any]] | None = None, cache: StageCache | None = None,
+                 traceparent: str = ""):  # fmt: skip
         self.store, self.run_id, self.definition = store, run_id, definition
         self.stages: list[dict[str, Any]] = []
         self.recorded = {stage["name"]: stage for stage in recorded or []}
+        self.cache = cache or StageCache()
+        self.traceparent = traceparent
         self.current_job: tuple[str, str] | None = None
+        self.extra: dict[str, Any] = {}
 
     def _save(self, **changes: Any) -> None:
-        self.store.update(self.run_id, result={"stages": self.stages}, **changes)
+        self.store.update(self.run_id, result={"stages": self.stages, **self.extra}, **changes)
 
     def _event(self, fraction: float, message: str) -> None:
         self.store.add_event(self.run_id, "RUNNING", fraction, message)
         self._save(fraction=fraction, message=message)
 
+    def key(self, name: str, keys: dict[str, str], content: str = "") -> str:
+        stage = self.definition.stages[name]
+        inputs = {field: [keys[ref] for ref in refs] for field, refs in self.definition.refs(name).items()}
+        body = {"kind": stage.kind, "stage": stage.model_dump(mode="json"), "inputs": inputs, "content": content}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
     async def run(self) -> None:
+        with tracing.span_from("pipeline.run", self.traceparent, {"slmops.run_id": self.run_id}):
+            await self._run()
+
+    async def _run(self) -> None:
         order = self.definition.order()
-        outputs: dict[str, str] = {}
+        done: dict[str, Outcome] = {}
+        keys: dict[str, str] = {}
         self.store.update(self.run_id, state="RUNNING")
         try:
-            for index, stage in enumerate(order):
-                spec = self.definition.stages[stage]
-                self._wire(stage, spec, outputs)
-                before = self.recorded.get(stage, {})
-                if before.get("state") == "SUCCEEDED" and before.get("output"):
-                    self.stages.append(dict(before))
-                    outputs[stage] = before["output"]
-                    self._event((index + 1) / len(order), f"{stage}: done before the restart -> {outputs[stage]}")
-                    continue
-                job_id = before.get("job_id", "") if before.get("state") == "RUNNING" else ""
-                self.stages.append({"name": stage, "job_id": job_id, "state": "RUNNING", "output": "", "reason": ""})
-                self._event(index / len(order), f"{stage}: {'re-attached to ' + job_id if job_id else 'started'}")
-                outputs[stage] = await self._run_stage(stage, spec, index, len(order), job_id)
-                self.stages[-1].update(state="SUCCEEDED", output=outputs[stage])
-                self._event((index + 1) / len(order), f"{stage}: done -> {outputs[stage]}")
+            for index, name in enumerate(order):
+                stage = self.definition.stages[name]
+                content = ""
+                if stage.kind in INPUT_KINDS:
+                    uri = input_uri(stage.uri)
+                    content = await asyncio.to_thread(content_key, uri)
+                keys[name] = self.key(name, keys, content)
+                entry = {"name": name, "kind": stage.kind, "key": keys[name], "job_id": "", "state": "RUNNING",
+                         "output": "", "reason": "", "reused": False, "message": "", "seconds": 0.0, "detail": {}}
+                self.stages.append(entry)
+                started = time.time()
+                outcome, how = await self._resume_or_reuse(name, keys[name])
+                if outcome is None:
+                    before = self.recorded.get(name, {})
+                    attach = before.get("job_id") if before.get("state") == "RUNNING" and before.get("key") == keys[name] else ""
+                    self._event(index / len(order), f"{name}: {'re-attached to ' + attach if attach else 'started'}")
+                    outcome = await self._execute(name, index, len(order), done)
+                    how = "done"
+                    await asyncio.to_thread(self.cache.put, keys[name], name, stage.kind, outcome, self.run_id)
+                done[name] = outcome
+                entry.update(state="SUCCEEDED", output=outcome.output, detail=outcome.detail,
+                             reused=how == "reused", seconds=round(time.time() - started, 2),
+                             message=self._says(name, outcome, how))  # fmt: skip
+                self._event((index + 1) / len(order), f"{name}: {entry['message']}")
         except StageFailed as exc:
-            self.stages[-1].update(state="FAILED", reason=str(exc))
-            self._save(state="FAILED", reason=str(exc), message=str(exc))
-            self.store.add_event(self.run_id, "FAILED", 0.0, str(exc))
+            self.stages[-1].update(state="FAILED", reason=str(exc), message=str(exc))
+            self._finish("FAILED", str(exc), done)
             return
-        last = outputs[order[-1]] if order else ""
-        self._save(state="SUCCEEDED", fraction=1.0, message="done", output_uri=last)
-        self.store.add_event(self.run_id, "SUCCEEDED", 1.0, "done")
+        failed_gates = [n for n in order if self.definition.stages[n].kind == "gate" and n in done
+                        and done[n].detail.get("passed") != "true"]  # fmt: skip
+        if failed_gates:
+            rolled = [n for n in order if self.definition.stages[n].kind == "rollout"
+                      and done[n].detail.get("action") == "rolled back"]  # fmt: skip
+            reason = "; ".join(f"gate {n} failed: {done[n].detail.get('reasons', '')}" for n in failed_gates)
+            if rolled:
+                reason += "; the canary was rolled back"
+            self._finish("FAILED", reason, done)
+            return
+        self._finish("SUCCEEDED", "", done)
 
-    def _wire(self, stage: str, spec: Any, outputs: dict[str, str]) -> None:
-        if stage == "training" and not spec.dataset_uri:
-            spec.dataset_uri = outputs["synthesis"]
-        if stage == "conversion" and not spec.model_uri:
-            spec.model_uri = outputs["training"]
-        if stage == "serving" and not spec.model_uri:
-            spec.model_uri = outputs.get("conversion") or outputs["training"]
-        if stage == "evaluation":
-            if not spec.dataset_uri:
-                spec.dataset_uri = outputs["synthesis"]
-            if "serving" in outputs:
-                name = self.definition.stages["serving"].name
-                if all(t.name != name for t in spec.targets):
-                    spec.targets.append(evaluation_pb2.EvalTarget(
-                        name=name, deployment=name, model_uri=self.definition.stages["serving"].model_uri))
+    def _finish(self, state: str, reason: str, done: dict[str, Outcome]) -> None:
+        order = self.definition.order()
+        evaluations = [n for n in order if self.definition.stages[n].kind == "evaluate" and n in done]
+        if evaluations:
+            self.extra["report_uri"] = done[evaluations[-1]].output
+        deployed = [n for n in order if self.definition.stages[n].kind == "deploy" and n in done]
+        if deployed:
+            served = done[deployed[-1]].output
+            self.extra["lineage"] = [{"kind": m.kind, "uri": m.uri} for m in artifacts.lineage(served)]
+        reused = sum(1 for s in self.stages if s.get("reused"))
+        message = reason or f"done: {len(self.stages)} stages, {reused} reused"
+        last = done[order[-1]].output if order and order[-1] in done else ""
+        finished = {"fraction": 1.0} if state == "SUCCEEDED" else {}
+        self._save(state=state, reason=reason, message=message, output_uri=last, **finished)
+        self.store.add_event(self.run_id, state, 1.0 if state == "SUCCEEDED" else 0.0, message)
 
-    async def _run_stage(self, stage: str, spec: Any, index: int, total: int, job_id: str = "") -> str:
-        """Run the stage's job (or follow job_id, already created) to its end; its output URI."""
-        if stage == "serving":
-            return await asyncio.to_thread(self._deploy, spec)
-        noun, request_cls = _JOB_STAGES[stage]
-        stub = client.stub(stage)
-        if not job_id:
-            try:
-                job = await asyncio.to_thread(client.call, getattr(stub, f"Create{noun}"), request_cls(spec=spec))
-            except grpc.RpcError as exc:
-                raise StageFailed(f"{stage}: {exc.code().name}: {exc.details()}") from None
-            job_id = job.id
-        self.stages[-1]["job_id"] = job_id
-        self.current_job = (stage, job_id)
-        self._save()
-        while True:
-            try:
-                job = await asyncio.to_thread(client.call, getattr(stub, f"Get{noun}"), common_pb2.GetJobRequest(id=job_id))
-            except grpc.RpcError as exc:
-                raise StageFailed(f"{stage}: job {job_id}: {exc.code().name}: {exc.details()}") from None
-            if job.status.state in (common_pb2.SUCCEEDED, common_pb2.FAILED, common_pb2.CANCELLED):
-                break
-            self._save(fraction=(index + job.status.fraction) / total, message=f"{stage}: {job.status.message}")
-            await asyncio.sleep(1.0)
+    @staticmethod
+    def _says(name: str, outcome: Outcome, how: str) -> str:
+        d = outcome.detail
+        if "action" in d:
+            what = f"{d['action']} (revision {d['canary_revision']}); serving revision {d['serving_revision']}"
+        elif "passed" in d and "reasons" in d:
+            what = f"{'PASSED' if d['passed'] == 'true' else 'FAILED'}: {d['reasons']}"
+        elif "revision" in d:
+            what = f"{d['deployment']} revision {d['revision']} at {d['url']}"
+        else:
+            what = outcome.output
+        prefix = {"reused": "reused", "resumed": "done before the restart"}.get(how, "done")
+        return f"{prefix} -> {what}"
+
+    async def _resume_or_reuse(self, name: str, key: str) -> tuple[Outcome | None, str]:
+        """An outcome recorded before a restart, or an unchanged earlier run's; (None, '') to run it."""
+        before = self.recorded.get(name, {})
+        if before.get("state") == "SUCCEEDED" and before.get("key") == key:
+            return Outcome(before.get("output", ""), dict(before.get("detail", {}))), "resumed"
+        kind = self.definition.stages[name].kind
+        cached = await asyncio.to_thread(self.cache.get, key)
+        if cached is None:
+            return None, ""
+        if kind in kinds.JOBS and not await asyncio.to_thread(artifacts.is_artifact, cached.output):
+            return None, ""  # the output was deleted
+        if kind == "deploy" and not await asyncio.to_thread(kinds.still_deployed, cached):
+            return None, ""
+        return cached, "reused"
+
+    async def _execute(self, name: str, index: int, total: int, done: dict[str, Outcome]) -> Outcome:
+        stage = self.definition.stages[name]
+        entry = self.stages[-1]
+        if stage.kind in INPUT_KINDS:
+            return Outcome(output=input_uri(stage.uri))
+        if stage.kind == "gate":
+            return await asyncio.to_thread(kinds.gate, name, done[stage.evaluation])
+        if stage.kind == "rollout":
+            return await asyncio.to_thread(kinds.rollout, name, done[stage.canary], done[stage.gate])
+        spec = kinds.wired_spec(self.definition, name, done)
+        if stage.kind == "deploy":
+            entry["job_id"] = spec.name
+            self._save()
+            percent = stage.canary_percent if stage.canary_of else 0
+            return await asyncio.to_thread(kinds.deploy, name, spec, percent)
+        before = self.recorded.get(name, {})
+        job_id = before.get("job_id", "") if before.get("state") == "RUNNING" and before.get("key") == entry["key"] else ""
+
+        def on_job(job: str) -> None:
+            entry["job_id"] = job
+            self.current_job = (stage.kind, job)
+            self._save()
+
+        def on_progress(fraction: float, message: str) -> None:
+            entry["message"] = message
+            self._save(fraction=(index + fraction) / total, message=f"{name}: {message}")
+
+        outcome, job = await asyncio.to_thread(kinds.run_job, name, stage.kind, spec, job_id, on_job, on_progress)
         self.current_job = None
-        if job.status.state != common_pb2.SUCCEEDED:
-            raise StageFailed(f"{stage} job {job.id} {common_pb2.JobState.Name(job.status.state)}: {job.status.reason}")
-        return job.status.output.uri
-
-    def _deploy(self, spec: serving_pb2.DeploymentSpec) -> str:
-        stub = client.stub("serving")
-        try:
-            try:
-                client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.ALREADY_EXISTS or spec.name not in self.recorded_names():
-                    raise
-            for _ in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=spec.name)):
-                pass
-            deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=spec.name))
-        except grpc.RpcError as exc:
-            raise StageFailed(f"serving: {exc.code().name}: {exc.details()}") from None
-        if deployment.state != serving_pb2.DEPLOYMENT_READY:
-            raise StageFailed(f"serving: deployment {spec.name} {deployment.reason}")
-        return deployment.artifact.uri
-
-    def recorded_names(self) -> set[str]:
-        """Deployments a resumed run had started: an existing one of those names is the run's own."""
-        serving = self.recorded.get("serving", {})
-        return {self.definition.stages["serving"].name} if serving.get("state") == "RUNNING" else set()
+        if stage.kind == "evaluate":
+            outcome.detail = kinds.evaluation_detail(job)
+        return outcome
 
     def cancel_current(self) -> None:
         if self.current_job:
-            stage, job_id = self.current_job
-            noun, _ = _JOB_STAGES[stage]
+            kind, job_id = self.current_job
             try:
-                client.call(getattr(client.stub(stage), f"Cancel{noun}"), common_pb2.CancelJobRequest(id=job_id))
-            except grpc.RpcError as exc:
-                log.warning("could not cancel %s job %s: %s", stage, job_id, exc.details())
+                kinds.cancel_job(kind, job_id)
+            except Exception as exc:  # noqa: BLE001 - best effort while the run stops
+                log.warning("could not cancel %s job %s: %s", kind, job_id, exc)

@@ -22,7 +22,8 @@ from slmops.core.jobstore import JobRecord, JobStore
 from slmops.core.lifecycle import Lifecycle, Update
 from slmops.core.server import Registration
 from slmops.pipeline.definition import parse
-from slmops.pipeline.runner import PipelineRunner
+from slmops.pipeline.runner import PipelineRunner, StageCache
+from slmops.pipeline.stages import validate_all
 
 SERVICE_NAME = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
 KIND = "pipeline"
@@ -36,8 +37,9 @@ class PipelineEngine:
     submitting again resumes the run from the stages its record holds.
     """
 
-    def __init__(self, store: JobStore):
+    def __init__(self, store: JobStore, cache: StageCache | None = None):
         self.store = store
+        self.cache = cache or StageCache()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.runners: dict[str, PipelineRunner] = {}
 
@@ -51,7 +53,8 @@ class PipelineEngine:
     async def submit(self, record: JobRecord) -> str:
         definition = parse(record.spec.get("definition_yaml", ""))
         recorded = record.result.get("stages", [])
-        runner = PipelineRunner(self.store, record.id, definition, recorded=recorded)
+        runner = PipelineRunner(self.store, record.id, definition, recorded=recorded, cache=self.cache,
+                                traceparent=record.traceparent)  # fmt: skip
         if recorded:
             await asyncio.to_thread(self.store.add_event, record.id, "RUNNING", record.fraction,
                                     "resumed after the pipeline service restarted")  # fmt: skip
@@ -89,14 +92,23 @@ class PipelineEngine:
 class PipelineRuns(Lifecycle):
     """Pipeline runs on the shared lifecycle (no gRPC here)."""
 
-    def __init__(self, store: JobStore, **options: Any):
-        super().__init__(KIND, store, PipelineEngine(store), **{"poll_s": 0.5, **options})
+    def __init__(self, store: JobStore, cache: StageCache | None = None, *, check_stages: bool = True,
+                 **options: Any):  # fmt: skip
+        super().__init__(KIND, store, PipelineEngine(store, cache), **{"poll_s": 0.5, **options})
+        self.check_stages = check_stages
 
-    async def create(self, spec: dict[str, Any]) -> JobRecord:
+    async def create(self, spec: dict[str, Any], validate_only: bool = False) -> JobRecord | None:
+        """Check the file, then every stage's spec with its own service, before anything runs."""
         definition = parse(spec.get("definition_yaml", ""))
+        if self.check_stages:
+            await asyncio.to_thread(validate_all, definition)
+        if validate_only:
+            return None
         run_id = f"pipe-{uuid.uuid4().hex[:12]}"
-        record = JobRecord(id=run_id, kind=KIND, spec=spec, labels=dict(spec.get("labels", {})),
-                           trace_id=tracing.current_trace_id(), message="queued")  # fmt: skip
+        with tracing.tracer().start_as_current_span("pipeline.create", attributes={"slmops.run_id": run_id}):
+            record = JobRecord(id=run_id, kind=KIND, spec=spec, labels=dict(spec.get("labels", {})),
+                               trace_id=tracing.current_trace_id(), traceparent=tracing.current_traceparent(),
+                               message="queued")  # fmt: skip
         await self.record(record, f"stages: {', '.join(definition.order())}")
         return await asyncio.to_thread(self.store.get, run_id)
 
@@ -107,11 +119,17 @@ class PipelineRuns(Lifecycle):
 
 def run_proto(record: JobRecord) -> pipeline_pb2.PipelineRun:
     spec = json_format.ParseDict(record.spec, pipeline_pb2.PipelineSpec(), ignore_unknown_fields=True)
-    run = pipeline_pb2.PipelineRun(id=record.id, spec=spec, status=status_proto(record, ""))
+    run = pipeline_pb2.PipelineRun(id=record.id, spec=spec, status=status_proto(record, ""),
+                                   report_uri=record.result.get("report_uri", ""))  # fmt: skip
     for stage in record.result.get("stages", []):
         run.stages.append(pipeline_pb2.StageStatus(
             name=stage["name"], job_id=stage.get("job_id", ""), state=common_pb2.JobState.Value(stage["state"]),
-            output=common_pb2.ArtifactRef(uri=stage.get("output", "")), reason=stage.get("reason", "")))
+            output=common_pb2.ArtifactRef(uri=stage.get("output", "")), reason=stage.get("reason", ""),
+            kind=stage.get("kind", ""), reused=bool(stage.get("reused")), key=stage.get("key", ""),
+            message=stage.get("message", ""), seconds=float(stage.get("seconds", 0.0)),
+            detail={k: str(v) for k, v in stage.get("detail", {}).items()}))  # fmt: skip
+    for entry in record.result.get("lineage", []):
+        run.lineage.append(common_pb2.ArtifactRef(uri=entry["uri"], kind=entry["kind"]))
     return run
 
 
@@ -122,7 +140,10 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     async def CreatePipelineRun(self, request: pipeline_pb2.CreatePipelineRunRequest, context: Any):
         if not request.HasField("spec"):
             raise InvalidSpec("spec", "is required")
-        return run_proto(await self.runs.create(message_to_dict(request.spec)))
+        record = await self.runs.create(message_to_dict(request.spec), validate_only=request.validate_only)
+        if record is None:
+            return pipeline_pb2.PipelineRun(spec=request.spec)
+        return run_proto(record)
 
     async def GetPipelineRun(self, request: common_pb2.GetJobRequest, context: Any):
         return run_proto(await asyncio.to_thread(self.runs.store.get, require_id(request.id), KIND))

@@ -9,11 +9,12 @@ from typing import Any
 from google.protobuf import json_format
 
 from slmops.api.v1 import common_pb2, serving_pb2, serving_pb2_grpc
-from slmops.core.errors import InvalidSpec
+from slmops.core.errors import InvalidSpec, validate_pending
 from slmops.core.job_servicer import message_to_dict, timestamp
 from slmops.core.jobstore import Event, JobRecord
 from slmops.core.server import Registration
 from slmops.serving.deployments import Deployments
+from slmops.serving.validation import validate
 
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name
 # Deployment states as job states, for the shared ProgressEvent message.
@@ -74,6 +75,9 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
             raise InvalidSpec("spec", "is required")
         spec = message_to_dict(request.spec)
         spec.setdefault("name", "")
+        if request.validate_only:
+            await asyncio.to_thread(validate_pending, validate, spec, list(request.pending_fields))
+            return serving_pb2.Deployment(name=request.spec.name, spec=request.spec)
         return await self._proto(await self.deployments.create(spec))
 
     async def GetDeployment(self, request: serving_pb2.GetDeploymentRequest, context: Any):

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from slmops.api.v1 import common_pb2 as slmops_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aslmops/v1/conversion.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\xa8\x04\n\x0e\x43onversionSpec\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\'\n\tprecision\x18\x02 \x01(\x0e\x32\x14.slmops.v1.Precision\x12\x38\n\x12\x65xecution_provider\x18\x03 \x01(\x0e\x32\x1c.slmops.v1.ExecutionProvider\x12\x12\n\noutput_uri\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x64\x61pter_uris\x18\x05 \x03(\t\x12\x16\n\x0emerge_adapters\x18\x06 \x01(\x08\x12\x42\n\rextra_options\x18\x07 \x03(\x0b\x32+.slmops.v1.ConversionSpec.ExtraOptionsEntry\x12\x1d\n\x15\x66oundry_local_package\x18\x08 \x01(\x08\x12-\n\tresources\x18\t \x01(\x0b\x32\x1a.slmops.v1.ResourceRequest\x12\x35\n\x06labels\x18\n \x03(\x0b\x32%.slmops.v1.ConversionSpec.LabelsEntry\x12\x31\n\x0cverification\x18\x0b \x01(\x0b\x32\x1b.slmops.v1.VerificationSpec\x1a\x33\n\x11\x45xtraOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x01\n\x10VerificationSpec\x12\x1b\n\x13min_token_agreement\x18\x01 \x01(\x01\x12\x1c\n\x14max_logits_rel_error\x18\x02 \x01(\x01\x12\x0e\n\x06max_kl\x18\x03 \x01(\x01\x12\x12\n\nnew_tokens\x18\x04 \x01(\x05\x12\x13\n\x0bmax_prompts\x18\x05 \x01(\x05\"j\n\rConversionJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.slmops.v1.ConversionSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\"E\n\x1a\x43reateConversionJobRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.slmops.v1.ConversionSpec\"]\n\x1aListConversionJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.slmops.v1.ConversionJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*X\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x08\n\x04INT4\x10\x01\x12\x08\n\x04INT8\x10\x02\x12\x08\n\x04\x46P16\x10\x03\x12\x08\n\x04\x46P32\x10\x04\x12\x08\n\x04\x42\x46\x31\x36\x10\x05*S\n\x11\x45xecutionProvider\x12\"\n\x1e\x45XECUTION_PROVIDER_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43PU\x10\x01\x12\x08\n\x04\x43UDA\x10\x02\x12\x07\n\x03\x44ML\x10\x03\x32\xa8\x03\n\x11\x43onversionService\x12V\n\x13\x43reateConversionJob\x12%.slmops.v1.CreateConversionJobRequest\x1a\x18.slmops.v1.ConversionJob\x12\x46\n\x10GetConversionJob\x12\x18.slmops.v1.GetJobRequest\x1a\x18.slmops.v1.ConversionJob\x12W\n\x12ListConversionJobs\x12\x1a.slmops.v1.ListJobsRequest\x1a%.slmops.v1.ListConversionJobsResponse\x12L\n\x13\x43\x61ncelConversionJob\x12\x1b.slmops.v1.CancelJobRequest\x1a\x18.slmops.v1.ConversionJob\x12L\n\x12WatchConversionJob\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aslmops/v1/conversion.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\xa8\x04\n\x0e\x43onversionSpec\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\'\n\tprecision\x18\x02 \x01(\x0e\x32\x14.slmops.v1.Precision\x12\x38\n\x12\x65xecution_provider\x18\x03 \x01(\x0e\x32\x1c.slmops.v1.ExecutionProvider\x12\x12\n\noutput_uri\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x64\x61pter_uris\x18\x05 \x03(\t\x12\x16\n\x0emerge_adapters\x18\x06 \x01(\x08\x12\x42\n\rextra_options\x18\x07 \x03(\x0b\x32+.slmops.v1.ConversionSpec.ExtraOptionsEntry\x12\x1d\n\x15\x66oundry_local_package\x18\x08 \x01(\x08\x12-\n\tresources\x18\t \x01(\x0b\x32\x1a.slmops.v1.ResourceRequest\x12\x35\n\x06labels\x18\n \x03(\x0b\x32%.slmops.v1.ConversionSpec.LabelsEntry\x12\x31\n\x0cverification\x18\x0b \x01(\x0b\x32\x1b.slmops.v1.VerificationSpec\x1a\x33\n\x11\x45xtraOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x01\n\x10VerificationSpec\x12\x1b\n\x13min_token_agreement\x18\x01 \x01(\x01\x12\x1c\n\x14max_logits_rel_error\x18\x02 \x01(\x01\x12\x0e\n\x06max_kl\x18\x03 \x01(\x01\x12\x12\n\nnew_tokens\x18\x04 \x01(\x05\x12\x13\n\x0bmax_prompts\x18\x05 \x01(\x05\"j\n\rConversionJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.slmops.v1.ConversionSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\"t\n\x1a\x43reateConversionJobRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.slmops.v1.ConversionSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"]\n\x1aListConversionJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.slmops.v1.ConversionJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*X\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x08\n\x04INT4\x10\x01\x12\x08\n\x04INT8\x10\x02\x12\x08\n\x04\x46P16\x10\x03\x12\x08\n\x04\x46P32\x10\x04\x12\x08\n\x04\x42\x46\x31\x36\x10\x05*S\n\x11\x45xecutionProvider\x12\"\n\x1e\x45XECUTION_PROVIDER_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43PU\x10\x01\x12\x08\n\x04\x43UDA\x10\x02\x12\x07\n\x03\x44ML\x10\x03\x32\xa8\x03\n\x11\x43onversionService\x12V\n\x13\x43reateConversionJob\x12%.slmops.v1.CreateConversionJobRequest\x1a\x18.slmops.v1.ConversionJob\x12\x46\n\x10GetConversionJob\x12\x18.slmops.v1.GetJobRequest\x1a\x18.slmops.v1.ConversionJob\x12W\n\x12ListConversionJobs\x12\x1a.slmops.v1.ListJobsRequest\x1a%.slmops.v1.ListConversionJobsResponse\x12L\n\x13\x43\x61ncelConversionJob\x12\x1b.slmops.v1.CancelJobRequest\x1a\x18.slmops.v1.ConversionJob\x12L\n\x12WatchConversionJob\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSIONSPEC_EXTRAOPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_CONVERSIONSPEC_LABELSENTRY']._loaded_options = None
   _globals['_CONVERSIONSPEC_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PRECISION']._serialized_start=1031
-  _globals['_PRECISION']._serialized_end=1119
-  _globals['_EXECUTIONPROVIDER']._serialized_start=1121
-  _globals['_EXECUTIONPROVIDER']._serialized_end=1204
+  _globals['_PRECISION']._serialized_start=1078
+  _globals['_PRECISION']._serialized_end=1166
+  _globals['_EXECUTIONPROVIDER']._serialized_start=1168
+  _globals['_EXECUTIONPROVIDER']._serialized_end=1251
   _globals['_CONVERSIONSPEC']._serialized_start=66
   _globals['_CONVERSIONSPEC']._serialized_end=618
   _globals['_CONVERSIONSPEC_EXTRAOPTIONSENTRY']._serialized_start=520
@@ -52,9 +52,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSIONJOB']._serialized_start=757
   _globals['_CONVERSIONJOB']._serialized_end=863
   _globals['_CREATECONVERSIONJOBREQUEST']._serialized_start=865
-  _globals['_CREATECONVERSIONJOBREQUEST']._serialized_end=934
-  _globals['_LISTCONVERSIONJOBSRESPONSE']._serialized_start=936
-  _globals['_LISTCONVERSIONJOBSRESPONSE']._serialized_end=1029
-  _globals['_CONVERSIONSERVICE']._serialized_start=1207
-  _globals['_CONVERSIONSERVICE']._serialized_end=1631
+  _globals['_CREATECONVERSIONJOBREQUEST']._serialized_end=981
+  _globals['_LISTCONVERSIONJOBSRESPONSE']._serialized_start=983
+  _globals['_LISTCONVERSIONJOBSRESPONSE']._serialized_end=1076
+  _globals['_CONVERSIONSERVICE']._serialized_start=1254
+  _globals['_CONVERSIONSERVICE']._serialized_end=1678
 # @@protoc_insertion_point(module_scope)

@@ -100,10 +100,14 @@ class ConversionJob(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[ConversionSpec, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ...) -> None: ...
 
 class CreateConversionJobRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "validate_only", "pending_fields")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELDS_FIELD_NUMBER: _ClassVar[int]
     spec: ConversionSpec
-    def __init__(self, spec: _Optional[_Union[ConversionSpec, _Mapping]] = ...) -> None: ...
+    validate_only: bool
+    pending_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec: _Optional[_Union[ConversionSpec, _Mapping]] = ..., validate_only: _Optional[bool] = ..., pending_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListConversionJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")

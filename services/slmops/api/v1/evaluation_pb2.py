@@ -26,33 +26,47 @@ _sym_db = _symbol_database.Default()
 from slmops.api.v1 import common_pb2 as slmops_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aslmops/v1/evaluation.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\x85\x01\n\nEvalTarget\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x11\n\tmodel_uri\x18\x05 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x06 \x01(\t\x12\x0c\n\x04\x63hat\x18\x07 \x01(\x08\"i\n\x0bQualityGate\x12\x11\n\tcandidate\x18\x01 \x01(\t\x12\x15\n\rmin_retention\x18\x02 \x01(\x01\x12\x14\n\x0cmin_accuracy\x18\x03 \x01(\x01\x12\x1a\n\x12max_latency_p95_ms\x18\x04 \x01(\x01\"\x80\x03\n\x0e\x45valuationSpec\x12&\n\x07targets\x18\x01 \x03(\x0b\x32\x15.slmops.v1.EvalTarget\x12\x13\n\x0b\x64\x61taset_uri\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x13\n\x0bmax_prompts\x18\x05 \x01(\x05\x12+\n\x08sampling\x18\x06 \x01(\x0b\x32\x19.slmops.v1.SamplingParams\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\x05\x12\x17\n\x0fwarmup_requests\x18\x08 \x01(\x05\x12\x12\n\noutput_uri\x18\t \x01(\t\x12$\n\x04gate\x18\n \x01(\x0b\x32\x16.slmops.v1.QualityGate\x12\x35\n\x06labels\x18\x0b \x03(\x0b\x32%.slmops.v1.EvaluationSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf2\x01\n\x0cTargetResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x04 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\x01\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x03\x12\x12\n\nparameters\x18\x08 \x01(\x03\x12\x11\n\tretention\x18\t \x01(\x01\x12\x11\n\tmodel_uri\x18\n \x01(\t\x12\x13\n\x0bnum_prompts\x18\x0b \x01(\x05\"A\n\x0bGateVerdict\x12\x11\n\tevaluated\x18\x01 \x01(\x08\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"\xbd\x01\n\rEvaluationJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.slmops.v1.EvaluationSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\x12(\n\x07results\x18\x04 \x03(\x0b\x32\x17.slmops.v1.TargetResult\x12\'\n\x07verdict\x18\x05 \x01(\x0b\x32\x16.slmops.v1.GateVerdict\"E\n\x1a\x43reateEvaluationJobRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.slmops.v1.EvaluationSpec\"]\n\x1aListEvaluationJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.slmops.v1.EvaluationJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa8\x03\n\x11\x45valuationService\x12V\n\x13\x43reateEvaluationJob\x12%.slmops.v1.CreateEvaluationJobRequest\x1a\x18.slmops.v1.EvaluationJob\x12\x46\n\x10GetEvaluationJob\x12\x18.slmops.v1.GetJobRequest\x1a\x18.slmops.v1.EvaluationJob\x12W\n\x12ListEvaluationJobs\x12\x1a.slmops.v1.ListJobsRequest\x1a%.slmops.v1.ListEvaluationJobsResponse\x12L\n\x13\x43\x61ncelEvaluationJob\x12\x1b.slmops.v1.CancelJobRequest\x1a\x18.slmops.v1.EvaluationJob\x12L\n\x12WatchEvaluationJob\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aslmops/v1/evaluation.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\x85\x01\n\nEvalTarget\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x11\n\tmodel_uri\x18\x05 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x06 \x01(\t\x12\x0c\n\x04\x63hat\x18\x07 \x01(\x08\"\x98\x02\n\x0bQualityGate\x12\x11\n\tcandidate\x18\x01 \x01(\t\x12\x15\n\rmin_retention\x18\x02 \x01(\x01\x12\x14\n\x0cmin_accuracy\x18\x03 \x01(\x01\x12\x1a\n\x12max_latency_p95_ms\x18\x04 \x01(\x01\x12Q\n\x17min_retention_by_metric\x18\x05 \x03(\x0b\x32\x30.slmops.v1.QualityGate.MinRetentionByMetricEntry\x12\x1d\n\x15min_tokens_per_second\x18\x06 \x01(\x01\x1a;\n\x19MinRetentionByMetricEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"O\n\tJudgeSpec\x12\x10\n\x08\x62\x61se_url\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x03 \x01(\t\x12\x0c\n\x04\x63hat\x18\x04 \x01(\x08\"\xf2\x03\n\x0e\x45valuationSpec\x12&\n\x07targets\x18\x01 \x03(\x0b\x32\x15.slmops.v1.EvalTarget\x12\x13\n\x0b\x64\x61taset_uri\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x13\n\x0bmax_prompts\x18\x05 \x01(\x05\x12+\n\x08sampling\x18\x06 \x01(\x0b\x32\x19.slmops.v1.SamplingParams\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\x05\x12\x17\n\x0fwarmup_requests\x18\x08 \x01(\x05\x12\x12\n\noutput_uri\x18\t \x01(\t\x12$\n\x04gate\x18\n \x01(\x0b\x32\x16.slmops.v1.QualityGate\x12\x35\n\x06labels\x18\x0b \x03(\x0b\x32%.slmops.v1.EvaluationSpec.LabelsEntry\x12\x17\n\x0fquality_metrics\x18\x0c \x03(\t\x12\x16\n\x0e\x61nswer_pattern\x18\r \x01(\t\x12\x1a\n\x12\x63oncurrency_levels\x18\x0e \x03(\x05\x12#\n\x05judge\x18\x0f \x01(\x0b\x32\x14.slmops.v1.JudgeSpec\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd4\x04\n\x0cTargetResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x04 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\x01\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x03\x12\x12\n\nparameters\x18\x08 \x01(\x03\x12\x11\n\tretention\x18\t \x01(\x01\x12\x11\n\tmodel_uri\x18\n \x01(\t\x12\x13\n\x0bnum_prompts\x18\x0b \x01(\x05\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x16\n\x0elatency_p99_ms\x18\x0e \x01(\x01\x12\x13\n\x0bttft_p50_ms\x18\x0f \x01(\x01\x12\x13\n\x0bttft_p95_ms\x18\x10 \x01(\x01\x12\x13\n\x0btpot_p50_ms\x18\x11 \x01(\x01\x12\x35\n\x07quality\x18\x12 \x03(\x0b\x32$.slmops.v1.TargetResult.QualityEntry\x12;\n\nretentions\x18\x13 \x03(\x0b\x32\'.slmops.v1.TargetResult.RetentionsEntry\x12\x12\n\nperplexity\x18\x14 \x01(\x01\x1a.\n\x0cQualityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0fRetentionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"A\n\x0bGateVerdict\x12\x11\n\tevaluated\x18\x01 \x01(\x08\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"\xbd\x01\n\rEvaluationJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.slmops.v1.EvaluationSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\x12(\n\x07results\x18\x04 \x03(\x0b\x32\x17.slmops.v1.TargetResult\x12\'\n\x07verdict\x18\x05 \x01(\x0b\x32\x16.slmops.v1.GateVerdict\"t\n\x1a\x43reateEvaluationJobRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.slmops.v1.EvaluationSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"]\n\x1aListEvaluationJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.slmops.v1.EvaluationJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa8\x03\n\x11\x45valuationService\x12V\n\x13\x43reateEvaluationJob\x12%.slmops.v1.CreateEvaluationJobRequest\x1a\x18.slmops.v1.EvaluationJob\x12\x46\n\x10GetEvaluationJob\x12\x18.slmops.v1.GetJobRequest\x1a\x18.slmops.v1.EvaluationJob\x12W\n\x12ListEvaluationJobs\x12\x1a.slmops.v1.ListJobsRequest\x1a%.slmops.v1.ListEvaluationJobsResponse\x12L\n\x13\x43\x61ncelEvaluationJob\x12\x1b.slmops.v1.CancelJobRequest\x1a\x18.slmops.v1.EvaluationJob\x12L\n\x12WatchEvaluationJob\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slmops.v1.evaluation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_QUALITYGATE_MINRETENTIONBYMETRICENTRY']._loaded_options = None
+  _globals['_QUALITYGATE_MINRETENTIONBYMETRICENTRY']._serialized_options = b'8\001'
   _globals['_EVALUATIONSPEC_LABELSENTRY']._loaded_options = None
   _globals['_EVALUATIONSPEC_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_TARGETRESULT_QUALITYENTRY']._loaded_options = None
+  _globals['_TARGETRESULT_QUALITYENTRY']._serialized_options = b'8\001'
+  _globals['_TARGETRESULT_RETENTIONSENTRY']._loaded_options = None
+  _globals['_TARGETRESULT_RETENTIONSENTRY']._serialized_options = b'8\001'
   _globals['_EVALTARGET']._serialized_start=66
   _globals['_EVALTARGET']._serialized_end=199
-  _globals['_QUALITYGATE']._serialized_start=201
-  _globals['_QUALITYGATE']._serialized_end=306
-  _globals['_EVALUATIONSPEC']._serialized_start=309
-  _globals['_EVALUATIONSPEC']._serialized_end=693
-  _globals['_EVALUATIONSPEC_LABELSENTRY']._serialized_start=648
-  _globals['_EVALUATIONSPEC_LABELSENTRY']._serialized_end=693
-  _globals['_TARGETRESULT']._serialized_start=696
-  _globals['_TARGETRESULT']._serialized_end=938
-  _globals['_GATEVERDICT']._serialized_start=940
-  _globals['_GATEVERDICT']._serialized_end=1005
-  _globals['_EVALUATIONJOB']._serialized_start=1008
-  _globals['_EVALUATIONJOB']._serialized_end=1197
-  _globals['_CREATEEVALUATIONJOBREQUEST']._serialized_start=1199
-  _globals['_CREATEEVALUATIONJOBREQUEST']._serialized_end=1268
-  _globals['_LISTEVALUATIONJOBSRESPONSE']._serialized_start=1270
-  _globals['_LISTEVALUATIONJOBSRESPONSE']._serialized_end=1363
-  _globals['_EVALUATIONSERVICE']._serialized_start=1366
-  _globals['_EVALUATIONSERVICE']._serialized_end=1790
+  _globals['_QUALITYGATE']._serialized_start=202
+  _globals['_QUALITYGATE']._serialized_end=482
+  _globals['_QUALITYGATE_MINRETENTIONBYMETRICENTRY']._serialized_start=423
+  _globals['_QUALITYGATE_MINRETENTIONBYMETRICENTRY']._serialized_end=482
+  _globals['_JUDGESPEC']._serialized_start=484
+  _globals['_JUDGESPEC']._serialized_end=563
+  _globals['_EVALUATIONSPEC']._serialized_start=566
+  _globals['_EVALUATIONSPEC']._serialized_end=1064
+  _globals['_EVALUATIONSPEC_LABELSENTRY']._serialized_start=1019
+  _globals['_EVALUATIONSPEC_LABELSENTRY']._serialized_end=1064
+  _globals['_TARGETRESULT']._serialized_start=1067
+  _globals['_TARGETRESULT']._serialized_end=1663
+  _globals['_TARGETRESULT_QUALITYENTRY']._serialized_start=1566
+  _globals['_TARGETRESULT_QUALITYENTRY']._serialized_end=1612
+  _globals['_TARGETRESULT_RETENTIONSENTRY']._serialized_start=1614
+  _globals['_TARGETRESULT_RETENTIONSENTRY']._serialized_end=1663
+  _globals['_GATEVERDICT']._serialized_start=1665
+  _globals['_GATEVERDICT']._serialized_end=1730
+  _globals['_EVALUATIONJOB']._serialized_start=1733
+  _globals['_EVALUATIONJOB']._serialized_end=1922
+  _globals['_CREATEEVALUATIONJOBREQUEST']._serialized_start=1924
+  _globals['_CREATEEVALUATIONJOBREQUEST']._serialized_end=2040
+  _globals['_LISTEVALUATIONJOBSRESPONSE']._serialized_start=2042
+  _globals['_LISTEVALUATIONJOBSRESPONSE']._serialized_end=2135
+  _globals['_EVALUATIONSERVICE']._serialized_start=2138
+  _globals['_EVALUATIONSERVICE']._serialized_end=2562
 # @@protoc_insertion_point(module_scope)

@@ -27,19 +27,42 @@ class EvalTarget(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_url: _Optional[str] = ..., deployment: _Optional[str] = ..., model: _Optional[str] = ..., model_uri: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ...) -> None: ...
 
 class QualityGate(_message.Message):
-    __slots__ = ("candidate", "min_retention", "min_accuracy", "max_latency_p95_ms")
+    __slots__ = ("candidate", "min_retention", "min_accuracy", "max_latency_p95_ms", "min_retention_by_metric", "min_tokens_per_second")
+    class MinRetentionByMetricEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     MIN_RETENTION_FIELD_NUMBER: _ClassVar[int]
     MIN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     MAX_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_RETENTION_BY_METRIC_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     candidate: str
     min_retention: float
     min_accuracy: float
     max_latency_p95_ms: float
-    def __init__(self, candidate: _Optional[str] = ..., min_retention: _Optional[float] = ..., min_accuracy: _Optional[float] = ..., max_latency_p95_ms: _Optional[float] = ...) -> None: ...
+    min_retention_by_metric: _containers.ScalarMap[str, float]
+    min_tokens_per_second: float
+    def __init__(self, candidate: _Optional[str] = ..., min_retention: _Optional[float] = ..., min_accuracy: _Optional[float] = ..., max_latency_p95_ms: _Optional[float] = ..., min_retention_by_metric: _Optional[_Mapping[str, float]] = ..., min_tokens_per_second: _Optional[float] = ...) -> None: ...
+
+class JudgeSpec(_message.Message):
+    __slots__ = ("base_url", "model", "api_key_env", "chat")
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ENV_FIELD_NUMBER: _ClassVar[int]
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    base_url: str
+    model: str
+    api_key_env: str
+    chat: bool
+    def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ...) -> None: ...
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("targets", "dataset_uri", "reference", "metric", "max_prompts", "sampling", "concurrency", "warmup_requests", "output_uri", "gate", "labels")
+    __slots__ = ("targets", "dataset_uri", "reference", "metric", "max_prompts", "sampling", "concurrency", "warmup_requests", "output_uri", "gate", "labels", "quality_metrics", "answer_pattern", "concurrency_levels", "judge")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +81,10 @@ class EvaluationSpec(_message.Message):
     OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_METRICS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
     targets: _containers.RepeatedCompositeFieldContainer[EvalTarget]
     dataset_uri: str
     reference: str
@@ -69,10 +96,28 @@ class EvaluationSpec(_message.Message):
     output_uri: str
     gate: QualityGate
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, targets: _Optional[_Iterable[_Union[EvalTarget, _Mapping]]] = ..., dataset_uri: _Optional[str] = ..., reference: _Optional[str] = ..., metric: _Optional[str] = ..., max_prompts: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., concurrency: _Optional[int] = ..., warmup_requests: _Optional[int] = ..., output_uri: _Optional[str] = ..., gate: _Optional[_Union[QualityGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    quality_metrics: _containers.RepeatedScalarFieldContainer[str]
+    answer_pattern: str
+    concurrency_levels: _containers.RepeatedScalarFieldContainer[int]
+    judge: JudgeSpec
+    def __init__(self, targets: _Optional[_Iterable[_Union[EvalTarget, _Mapping]]] = ..., dataset_uri: _Optional[str] = ..., reference: _Optional[str] = ..., metric: _Optional[str] = ..., max_prompts: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., concurrency: _Optional[int] = ..., warmup_requests: _Optional[int] = ..., output_uri: _Optional[str] = ..., gate: _Optional[_Union[QualityGate, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., quality_metrics: _Optional[_Iterable[str]] = ..., answer_pattern: _Optional[str] = ..., concurrency_levels: _Optional[_Iterable[int]] = ..., judge: _Optional[_Union[JudgeSpec, _Mapping]] = ...) -> None: ...
 
 class TargetResult(_message.Message):
-    __slots__ = ("name", "accuracy", "latency_p50_ms", "latency_p95_ms", "tokens_per_second", "size_bytes", "memory_bytes", "parameters", "retention", "model_uri", "num_prompts")
+    __slots__ = ("name", "accuracy", "latency_p50_ms", "latency_p95_ms", "tokens_per_second", "size_bytes", "memory_bytes", "parameters", "retention", "model_uri", "num_prompts", "status", "reason", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "quality", "retentions", "perplexity")
+    class QualityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class RetentionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +129,15 @@ class TargetResult(_message.Message):
     RETENTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    RETENTIONS_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     accuracy: float
     latency_p50_ms: float
@@ -95,7 +149,16 @@ class TargetResult(_message.Message):
     retention: float
     model_uri: str
     num_prompts: int
-    def __init__(self, name: _Optional[str] = ..., accuracy: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., size_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., parameters: _Optional[int] = ..., retention: _Optional[float] = ..., model_uri: _Optional[str] = ..., num_prompts: _Optional[int] = ...) -> None: ...
+    status: str
+    reason: str
+    latency_p99_ms: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    tpot_p50_ms: float
+    quality: _containers.ScalarMap[str, float]
+    retentions: _containers.ScalarMap[str, float]
+    perplexity: float
+    def __init__(self, name: _Optional[str] = ..., accuracy: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., size_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., parameters: _Optional[int] = ..., retention: _Optional[float] = ..., model_uri: _Optional[str] = ..., num_prompts: _Optional[int] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., latency_p99_ms: _Optional[float] = ..., ttft_p50_ms: _Optional[float] = ..., ttft_p95_ms: _Optional[float] = ..., tpot_p50_ms: _Optional[float] = ..., quality: _Optional[_Mapping[str, float]] = ..., retentions: _Optional[_Mapping[str, float]] = ..., perplexity: _Optional[float] = ...) -> None: ...
 
 class GateVerdict(_message.Message):
     __slots__ = ("evaluated", "passed", "reasons")
@@ -122,10 +185,14 @@ class EvaluationJob(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TargetResult, _Mapping]]] = ..., verdict: _Optional[_Union[GateVerdict, _Mapping]] = ...) -> None: ...
 
 class CreateEvaluationJobRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "validate_only", "pending_fields")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELDS_FIELD_NUMBER: _ClassVar[int]
     spec: EvaluationSpec
-    def __init__(self, spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ...) -> None: ...
+    validate_only: bool
+    pending_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., validate_only: _Optional[bool] = ..., pending_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListEvaluationJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from slmops.api.v1 import common_pb2 as slmops_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slmops/v1/pipeline.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\x89\x02\n\x0cPipelineSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_yaml\x18\x02 \x01(\t\x12;\n\nparameters\x18\x03 \x03(\x0b\x32\'.slmops.v1.PipelineSpec.ParametersEntry\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.slmops.v1.PipelineSpec.LabelsEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x0bStageStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.slmops.v1.JobState\x12&\n\x06output\x18\x04 \x01(\x0b\x32\x16.slmops.v1.ArtifactRef\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x8e\x01\n\x0bPipelineRun\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.slmops.v1.PipelineSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\x12&\n\x06stages\x18\x04 \x03(\x0b\x32\x16.slmops.v1.StageStatus\"A\n\x18\x43reatePipelineRunRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.slmops.v1.PipelineSpec\"Y\n\x18ListPipelineRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.slmops.v1.PipelineRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x92\x03\n\x0fPipelineService\x12P\n\x11\x43reatePipelineRun\x12#.slmops.v1.CreatePipelineRunRequest\x1a\x16.slmops.v1.PipelineRun\x12\x42\n\x0eGetPipelineRun\x12\x18.slmops.v1.GetJobRequest\x1a\x16.slmops.v1.PipelineRun\x12S\n\x10ListPipelineRuns\x12\x1a.slmops.v1.ListJobsRequest\x1a#.slmops.v1.ListPipelineRunsResponse\x12H\n\x11\x43\x61ncelPipelineRun\x12\x1b.slmops.v1.CancelJobRequest\x1a\x16.slmops.v1.PipelineRun\x12J\n\x10WatchPipelineRun\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slmops/v1/pipeline.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\x89\x02\n\x0cPipelineSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_yaml\x18\x02 \x01(\t\x12;\n\nparameters\x18\x03 \x03(\x0b\x32\'.slmops.v1.PipelineSpec.ParametersEntry\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.slmops.v1.PipelineSpec.LabelsEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x02\n\x0bStageStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.slmops.v1.JobState\x12&\n\x06output\x18\x04 \x01(\x0b\x32\x16.slmops.v1.ArtifactRef\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x0e\n\x06reused\x18\x07 \x01(\x08\x12\x0b\n\x03key\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12\x0f\n\x07seconds\x18\n \x01(\x01\x12\x32\n\x06\x64\x65tail\x18\x0b \x03(\x0b\x32\".slmops.v1.StageStatus.DetailEntry\x1a-\n\x0b\x44\x65tailEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcb\x01\n\x0bPipelineRun\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.slmops.v1.PipelineSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\x12&\n\x06stages\x18\x04 \x03(\x0b\x32\x16.slmops.v1.StageStatus\x12\x12\n\nreport_uri\x18\x05 \x01(\t\x12\'\n\x07lineage\x18\x06 \x03(\x0b\x32\x16.slmops.v1.ArtifactRef\"p\n\x18\x43reatePipelineRunRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.slmops.v1.PipelineSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"Y\n\x18ListPipelineRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.slmops.v1.PipelineRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x92\x03\n\x0fPipelineService\x12P\n\x11\x43reatePipelineRun\x12#.slmops.v1.CreatePipelineRunRequest\x1a\x16.slmops.v1.PipelineRun\x12\x42\n\x0eGetPipelineRun\x12\x18.slmops.v1.GetJobRequest\x1a\x16.slmops.v1.PipelineRun\x12S\n\x10ListPipelineRuns\x12\x1a.slmops.v1.ListJobsRequest\x1a#.slmops.v1.ListPipelineRunsResponse\x12H\n\x11\x43\x61ncelPipelineRun\x12\x1b.slmops.v1.CancelJobRequest\x1a\x16.slmops.v1.PipelineRun\x12J\n\x10WatchPipelineRun\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESPEC_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_PIPELINESPEC_LABELSENTRY']._loaded_options = None
   _globals['_PIPELINESPEC_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_STAGESTATUS_DETAILENTRY']._loaded_options = None
+  _globals['_STAGESTATUS_DETAILENTRY']._serialized_options = b'8\001'
   _globals['_PIPELINESPEC']._serialized_start=64
   _globals['_PIPELINESPEC']._serialized_end=329
   _globals['_PIPELINESPEC_PARAMETERSENTRY']._serialized_start=233
@@ -44,13 +46,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESPEC_LABELSENTRY']._serialized_start=284
   _globals['_PIPELINESPEC_LABELSENTRY']._serialized_end=329
   _globals['_STAGESTATUS']._serialized_start=332
-  _globals['_STAGESTATUS']._serialized_end=467
-  _globals['_PIPELINERUN']._serialized_start=470
-  _globals['_PIPELINERUN']._serialized_end=612
-  _globals['_CREATEPIPELINERUNREQUEST']._serialized_start=614
-  _globals['_CREATEPIPELINERUNREQUEST']._serialized_end=679
-  _globals['_LISTPIPELINERUNSRESPONSE']._serialized_start=681
-  _globals['_LISTPIPELINERUNSRESPONSE']._serialized_end=770
-  _globals['_PIPELINESERVICE']._serialized_start=773
-  _globals['_PIPELINESERVICE']._serialized_end=1175
+  _globals['_STAGESTATUS']._serialized_end=643
+  _globals['_STAGESTATUS_DETAILENTRY']._serialized_start=598
+  _globals['_STAGESTATUS_DETAILENTRY']._serialized_end=643
+  _globals['_PIPELINERUN']._serialized_start=646
+  _globals['_PIPELINERUN']._serialized_end=849
+  _globals['_CREATEPIPELINERUNREQUEST']._serialized_start=851
+  _globals['_CREATEPIPELINERUNREQUEST']._serialized_end=963
+  _globals['_LISTPIPELINERUNSRESPONSE']._serialized_start=965
+  _globals['_LISTPIPELINERUNSRESPONSE']._serialized_end=1054
+  _globals['_PIPELINESERVICE']._serialized_start=1057
+  _globals['_PIPELINESERVICE']._serialized_end=1459
 # @@protoc_insertion_point(module_scope)

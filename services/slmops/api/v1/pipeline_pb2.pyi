@@ -35,36 +35,63 @@ class PipelineSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., definition_yaml: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StageStatus(_message.Message):
-    __slots__ = ("name", "job_id", "state", "output", "reason")
+    __slots__ = ("name", "job_id", "state", "output", "reason", "kind", "reused", "key", "message", "seconds", "detail")
+    class DetailEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     job_id: str
     state: _common_pb2.JobState
     output: _common_pb2.ArtifactRef
     reason: str
-    def __init__(self, name: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    kind: str
+    reused: bool
+    key: str
+    message: str
+    seconds: float
+    detail: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., reason: _Optional[str] = ..., kind: _Optional[str] = ..., reused: _Optional[bool] = ..., key: _Optional[str] = ..., message: _Optional[str] = ..., seconds: _Optional[float] = ..., detail: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PipelineRun(_message.Message):
-    __slots__ = ("id", "spec", "status", "stages")
+    __slots__ = ("id", "spec", "status", "stages", "report_uri", "lineage")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
+    REPORT_URI_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: PipelineSpec
     status: _common_pb2.JobStatus
     stages: _containers.RepeatedCompositeFieldContainer[StageStatus]
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[PipelineSpec, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ...) -> None: ...
+    report_uri: str
+    lineage: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[PipelineSpec, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., report_uri: _Optional[str] = ..., lineage: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ...) -> None: ...
 
 class CreatePipelineRunRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "validate_only", "pending_fields")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELDS_FIELD_NUMBER: _ClassVar[int]
     spec: PipelineSpec
-    def __init__(self, spec: _Optional[_Union[PipelineSpec, _Mapping]] = ...) -> None: ...
+    validate_only: bool
+    pending_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec: _Optional[_Union[PipelineSpec, _Mapping]] = ..., validate_only: _Optional[bool] = ..., pending_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListPipelineRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")

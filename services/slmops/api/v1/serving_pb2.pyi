@@ -128,10 +128,14 @@ class Deployment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., reason: _Optional[str] = ..., url: _Optional[str] = ..., revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., serving_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "validate_only", "pending_fields")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELDS_FIELD_NUMBER: _ClassVar[int]
     spec: DeploymentSpec
-    def __init__(self, spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ...) -> None: ...
+    validate_only: bool
+    pending_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., validate_only: _Optional[bool] = ..., pending_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetDeploymentRequest(_message.Message):
     __slots__ = ("name",)

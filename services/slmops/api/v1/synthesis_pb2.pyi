@@ -132,10 +132,14 @@ class SynthesisJob(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[SynthesisSpec, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ...) -> None: ...
 
 class CreateSynthesisJobRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "validate_only", "pending_fields")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELDS_FIELD_NUMBER: _ClassVar[int]
     spec: SynthesisSpec
-    def __init__(self, spec: _Optional[_Union[SynthesisSpec, _Mapping]] = ...) -> None: ...
+    validate_only: bool
+    pending_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec: _Optional[_Union[SynthesisSpec, _Mapping]] = ..., validate_only: _Optional[bool] = ..., pending_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListSynthesisJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")

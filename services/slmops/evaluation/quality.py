@@ -1,0 +1,88 @@
+"""Quality metrics of every measured target, on the answers it gave (besides accuracy).
+
+Text metrics compare each answer with the expected one: ROUGE-L (mean over
+examples), chrF and BLEU (corpus scores, sacrebleu's 0..100 scale), semantic
+similarity (mean cosine of MiniLM embeddings). Perplexity is the model's on the
+held-out text itself (each prompt followed by its expected answer), read from
+the target's model files (Hugging Face or ONNX Runtime GenAI), so it needs a
+local model_uri. The judge, when configured, rates each answer 1..10 against the
+expected one through its OpenAI-compatible endpoint; mean score in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+
+import openai
+
+from slmops.core import artifacts
+from slmops.core.endpoints import describe_error, resolve_api_key
+from slmops.evaluation import metrics
+from slmops.evaluation.client import Example, Measurement
+from slmops.evaluation.spec import EvaluationConfig
+
+log = logging.getLogger(__name__)
+
+
+def _model_folder(uri: str) -> str:
+    """The local folder of a model artifact; '' when it is not local."""
+    if not uri or not uri.startswith("file://"):
+        return ""
+    path = artifacts.local_path(uri)
+    return str(path) if path.is_dir() else ""
+
+
+def text_metrics(names: list[str], examples: list[Example], completions: list[str]) -> dict[str, float]:
+    expected = [e.expected for e in examples]
+    values: dict[str, float] = {}
+    if "rouge_l" in names:
+        values["rouge_l"] = metrics.mean([metrics.rouge_l(e, c) for e, c in zip(expected, completions)]) or 0.0
+    if "chrf" in names:
+        values["chrf"] = metrics.chrf(completions, expected)
+    if "bleu" in names:
+        values["bleu"] = metrics.bleu(completions, expected)
+    if "semantic_similarity" in names:
+        scores = metrics.semantic_similarity().scores(expected, completions)
+        values["semantic_similarity"] = metrics.mean(scores) or 0.0
+    return values
+
+
+def judge_mean(cfg: EvaluationConfig, examples: list[Example], completions: list[str]) -> tuple[float | None, str]:
+    """The judge's mean score and a note ('' when every answer was scored)."""
+    judge = cfg.judge
+    assert judge is not None
+    client = openai.OpenAI(base_url=judge.base_url, api_key=resolve_api_key(judge.api_key_env), max_retries=2,
+                           timeout=120.0)  # fmt: skip
+    items = [(e.prompt, e.expected, c) for e, c in zip(examples, completions)]
+    try:
+        scores = metrics.judge_scores(client, judge.model, items, chat=judge.chat)
+    except openai.OpenAIError as exc:
+        return None, f"judge unavailable: {describe_error(exc, judge.base_url)}"
+    unscored = sum(score is None for score in scores)
+    note = f"the judge gave no score for {unscored} of {len(scores)} answers" if unscored else ""
+    return metrics.mean(scores), note
+
+
+def add_quality(cfg: EvaluationConfig, examples: list[Example], measured: list[Measurement]) -> None:
+    """Fill each measured target's quality (and perplexity) in place."""
+    names = cfg.quality_metrics
+    held_out = [f"{e.prompt}{e.expected}" for e in examples]
+    for m in measured:
+        if m.status != "ok":
+            continue
+        m.quality.update(text_metrics(names, examples, m.completions))
+        if "perplexity" in names:
+            folder = _model_folder(m.model_uri)
+            if not folder:
+                m.notes.append("perplexity needs the target's model_uri as a local model folder")
+            else:
+                try:
+                    m.perplexity = metrics.perplexity(folder, held_out)
+                except (ValueError, OSError, RuntimeError) as exc:
+                    m.notes.append(f"perplexity not measured: {exc}")
+        if cfg.judge is not None:
+            score, note = judge_mean(cfg, examples, m.completions)
+            if score is not None:
+                m.quality["judge"] = score
+            if note:
+                m.notes.append(note)

@@ -1,0 +1,151 @@
+"""The demo pipeline from its YAML, through the pipeline service and the CLI, on tiny models.
+
+The file is examples/demo-pipeline.yaml with its inputs and sizes made tiny: a
+random teacher of a few thousand parameters, 24 prompts, a few training steps,
+and an fp32 conversion (random weights are too fragile for int4 to be judged).
+The evaluation's held-out prompts are the synthesized dataset's validation
+split, whose expected answers are the teacher's own, so the teacher scores
+100% and a student is judged by how well it keeps the teacher's answers.
+
+1. A first run runs every stage; the student (the teacher's weights, barely
+   tuned) keeps the teacher's answers, the gate passes and the canary is promoted.
+2. A second run of the same file reuses every stage and runs nothing.
+3. A changed training config (a new random student) reruns training and what
+   follows, nothing before; the gate fails and the canary is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slmops.api.v1 import common_pb2, serving_pb2
+from slmops.cli import client
+from slmops.cli.main import main as cli_main
+from slmops.core import artifacts
+from slmops.demo import task
+from slmops.testing.tiny import build_model, train_tokenizer
+
+pytestmark = pytest.mark.e2e
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "demo-pipeline.yaml"
+AFTER_TRAINING = ["student", "student-int4", "student-endpoint", "canary", "evaluate", "gate", "rollout"]
+
+
+def tiny_pipeline(folder: Path) -> dict:
+    """The demo pipeline with tiny inputs and sizes (everything else as in the example)."""
+    tokenizer = train_tokenizer(task.tokenizer_corpus(), folder / "tok", task.TOKENIZER_VOCAB_SIZE)
+    build_model(folder / "teacher-config", tokenizer, hidden_size=32, num_hidden_layers=1, intermediate_size=64,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)  # fmt: skip
+    examples = task.make_examples(60, seed=5)
+    task.write_dataset(examples[:32], examples[32:36], folder / "ground-truth")
+    task.write_prompts(examples[36:], folder / "prompts.jsonl")
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    stages = data["stages"]
+    stages["ground-truth"]["uri"] = "ground-truth"
+    stages["teacher-config"]["uri"] = "teacher-config"
+    stages["prompts"]["uri"] = "prompts.jsonl"
+    small = {"max_steps": 2, "batch_size": 8, "max_seq_length": 16, "learning_rate": 1e-3, "seed": 1}
+    resources = {"num_workers": 1, "cpus_per_worker": 1}
+    stages["teacher"]["spec"].update(hyperparameters=small, resources=resources)
+    # The student starts from the teacher's weights and barely moves: it keeps the teacher's answers.
+    stages["student"]["spec"].update(base={}, hyperparameters={**small, "learning_rate": 1e-7}, resources=resources)
+    stages["answers"]["spec"].update(sampling={"max_tokens": 3, "temperature": 0.0}, filters={}, num_shards=2,
+                                     validation_fraction=0.34)  # fmt: skip
+    stages["student-int4"]["spec"] = {"precision": "FP32", "execution_provider": "CPU"}
+    del stages["held-out"]
+    stages["evaluate"]["dataset"] = "answers"  # expected answers: the teacher's
+    stages["evaluate"]["spec"].update(
+        sampling={"max_tokens": 3}, concurrency_levels=[1, 4], quality_metrics=["rouge_l", "chrf", "bleu"],
+        gate={"candidate": "student-int4", "min_retention_by_metric": {"chrf": 0.6}},
+    )  # fmt: skip
+    return data
+
+
+def run_file(data: dict, path: Path, capsys) -> tuple[int, dict, float]:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    capsys.readouterr()
+    started = time.time()
+    code = cli_main(["pipeline", "run", str(path), "--json"])
+    took = time.time() - started
+    return code, json.loads(capsys.readouterr().out), took
+
+
+def stage_map(run: dict) -> dict[str, dict]:
+    return {s["name"]: s for s in run["stages"]}
+
+
+def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(stack, capsys, tmp_path):
+    data = tiny_pipeline(tmp_path)
+    path = tmp_path / "pipeline.yaml"
+
+    code, first, took_first = run_file(data, path, capsys)
+    assert code == 0, first["status"]
+    stages = stage_map(first)
+    assert list(stages) == list(data["stages"])
+    assert all(s["state"] == "SUCCEEDED" and not s.get("reused") for s in stages.values()), first["stages"]
+    assert stages["gate"]["detail"]["passed"] == "true"
+    assert stages["rollout"]["detail"]["action"] == "promoted"
+    deployment = client.call(client.stub("serving").GetDeployment, serving_pb2.GetDeploymentRequest(name="student"))
+    assert deployment.serving_revision == int(stages["canary"]["detail"]["revision"])
+    report = artifacts.local_path(first["report_uri"])
+    assert (report / "report.html").exists()
+    results = {r["name"]: r for r in json.loads((report / "report.json").read_text())["results"]}
+    assert results["teacher"]["quality"]["accuracy"] == 1.0
+    assert [level["concurrency"] for level in results["student-int4"]["sweep"]] == [1, 4]
+    # The served revision's lineage goes back to the prompts file.
+    kinds = [ref["kind"] for ref in first["lineage"]]
+    assert kinds[:4] == ["deployment", "onnx-model", "checkpoint", "dataset"] and kinds[-1] == "file"
+    assert first["lineage"][-1]["uri"].endswith("prompts.jsonl")
+
+    code, second, took_second = run_file(data, path, capsys)
+    assert code == 0
+    assert all(s["reused"] for s in second["stages"]), [s["name"] for s in second["stages"] if not s.get("reused")]
+    assert [s["output"]["uri"] for s in second["stages"]] == [s["output"]["uri"] for s in first["stages"]]
+    assert took_second < took_first / 3
+
+    # A new random student: training and everything after it run again, nothing before.
+    data["stages"]["student"]["spec"].update(
+        base={"from_config": True, "config_overrides": {"hidden_size": "16", "intermediate_size": "32"}},
+        hyperparameters={"max_steps": 1, "batch_size": 8, "max_seq_length": 16, "learning_rate": 1e-7, "seed": 7},
+    )  # fmt: skip
+    code, third, _ = run_file(data, path, capsys)
+    stages = stage_map(third)
+    assert code == 3, third["status"]  # the gate failed
+    reused = [name for name, s in stages.items() if s.get("reused")]
+    assert reused == [n for n in data["stages"] if n not in AFTER_TRAINING]
+    assert stages["gate"]["detail"]["passed"] == "false" and "chrf" in stages["gate"]["detail"]["reasons"]
+    assert stages["rollout"]["detail"]["action"] == "rolled back"
+    assert "rolled back" in third["status"]["reason"]
+    deployment = client.call(client.stub("serving").GetDeployment, serving_pb2.GetDeploymentRequest(name="student"))
+    canary = int(stages["canary"]["detail"]["revision"])
+    assert deployment.serving_revision == int(stages["student-endpoint"]["detail"]["revision"]) != canary
+    assert all(r.traffic_percent == 0 for r in deployment.revisions if r.number == canary)
+
+
+def test_bad_input_is_rejected_before_any_stage_runs(stack, capsys, tmp_path):
+    data = tiny_pipeline(tmp_path)
+    data["stages"]["student"]["dataset"] = "answerz"  # a missing stage
+    data["stages"]["teacher"]["spec"]["hyperparameters"]["epochs"] = "many"  # a wrong type
+    data["stages"]["canary"]["colour"] = "red"  # an unknown key
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    capsys.readouterr()
+    assert cli_main(["pipeline", "run", str(path)]) == 2
+    text = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in text and "stages.student.dataset" in text and "answerz" in text
+    assert "stages.teacher.spec" in text and "stages.canary.colour" in text
+
+    # A spec that only its own service can judge: the training service names the field.
+    data = tiny_pipeline(tmp_path)
+    data["stages"]["student"]["spec"]["hyperparameters"]["learning_rate"] = -1
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert cli_main(["pipeline", "run", str(path)]) == 2
+    text = capsys.readouterr().err
+    assert "stages.student.spec.hyperparameters.learning_rate" in text
+    runs = client.call(client.stub("pipeline").ListPipelineRuns, common_pb2.ListJobsRequest())
+    assert all(run.spec.name != "bad" for run in runs.runs)  # nothing was started
