@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import pytest
 
 from slmops.api.v1 import common_pb2, conversion_pb2, synthesis_pb2, training_pb2
 from slmops.core.jobstore import JobStore
-from slmops.pipeline import runner as runner_module
+from slmops.pipeline import stages as stages_module
+from slmops.pipeline.runner import StageCache
 from slmops.pipeline.service import KIND, PipelineRuns
 
 DEFINITION = """
 name: distill
-synthesis: {prompts_uri: /data/p.jsonl, endpoint: {base_url: "http://t/v1", model: big}}
-training: {method: SFT_DISTILL, base: {model: m, from_config: true}}
-conversion: {precision: INT4}
+stages:
+  answers: {kind: synthesize, spec: {prompts_uri: /data/p.jsonl, endpoint: {base_url: "http://t/v1", model: big}}}
+  student: {kind: train, dataset: answers, spec: {method: SFT_DISTILL, base: {model: m, from_config: true}}}
+  int4: {kind: convert, model: student, spec: {precision: INT4}}
 """
 JOBS = {"synthesis": synthesis_pb2.SynthesisJob, "training": training_pb2.TrainingJob,
         "conversion": conversion_pb2.ConversionJob}  # fmt: skip
+SERVICE = {"answers": "synthesis", "student": "training", "int4": "conversion"}
 
 
 class FakeStage:
@@ -32,8 +36,10 @@ class FakeStage:
     ids = itertools.count(1)
 
     def __init__(self, stage: str):
-        self.stage, self.noun = stage, runner_module._JOB_STAGES[stage][0]
+        self.stage = stage
+        self.noun = next(noun for service, noun, _ in stages_module.JOBS.values() if service == stage)
         self.created: list[str] = []
+        self.checked: list[list[str]] = []
         self.states: dict[str, int] = {}
 
     def __getattr__(self, name: str):
@@ -44,6 +50,9 @@ class FakeStage:
         raise AttributeError(name)
 
     def create(self, request, timeout=None):
+        if request.validate_only:  # the spec check before the run: nothing is created
+            self.checked.append(list(request.pending_fields))
+            return JOBS[self.stage](spec=request.spec)
         job_id = f"{self.stage[:5]}-{next(self.ids)}"
         self.created.append(job_id)
         self.states[job_id] = common_pb2.RUNNING
@@ -60,10 +69,10 @@ class FakeStage:
 @pytest.fixture
 def stages(monkeypatch):
     fakes = {name: FakeStage(name) for name in JOBS}
-    monkeypatch.setattr(runner_module.client, "stub", lambda stage: fakes[stage])
-    monkeypatch.setattr(runner_module.client, "call", lambda method, request, **_: method(request))
-    real_sleep = asyncio.sleep
-    monkeypatch.setattr(runner_module.asyncio, "sleep", lambda s: real_sleep(0.01))
+    monkeypatch.setattr(stages_module.client, "stub", lambda stage: fakes[stage])
+    monkeypatch.setattr(stages_module.client, "call", lambda method, request, **_: method(request))
+    real_sleep = time.sleep
+    monkeypatch.setattr(stages_module.time, "sleep", lambda s: real_sleep(0.01))
     return fakes
 
 
@@ -77,17 +86,21 @@ async def until(predicate, timeout: float = 5.0) -> None:
 
 async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(tmp_path, stages):
     db = f"sqlite:///{tmp_path}/pipeline.db"
-    first = PipelineRuns(JobStore(db), poll_s=0.02)
+    cache = StageCache(tmp_path / "cache")
+    first = PipelineRuns(JobStore(db), cache, poll_s=0.02)
     run = await first.create({"definition_yaml": DEFINITION})
+    # Every stage was checked by its service first, the fields earlier stages fill left pending.
+    assert stages["training"].checked == [["spec.dataset_uri"]] and stages["conversion"].checked == [["spec.model_uri"]]
     await until(lambda: stages["synthesis"].created)
     synth = stages["synthesis"].created[0]
     stages["synthesis"].states[synth] = common_pb2.SUCCEEDED
-    await until(lambda: stages["training"].created)
+    await until(lambda: stages["training"].created or first.store.get(run.id).finished)
+    assert not first.store.get(run.id).finished, first.store.get(run.id).reason
     training_job = stages["training"].created[0]
     await first.close()  # the service stops with training in flight
     await asyncio.sleep(0.05)
 
-    second = PipelineRuns(JobStore(db), poll_s=0.02)
+    second = PipelineRuns(JobStore(db), cache, poll_s=0.02)
     second.resume()
     await until(lambda: second.store.get(run.id).owner == second.owner)
     stages["training"].states[training_job] = common_pb2.SUCCEEDED
@@ -101,6 +114,51 @@ async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(
     assert [s["job_id"] for s in record.result["stages"]] == [synth, training_job, stages["conversion"].created[0]]
     messages = [e.message for e in second.store.events(run.id)]
     assert "resumed after the pipeline service restarted" in messages
-    assert any(m.startswith("synthesis: done before the restart") for m in messages)
-    assert f"training: re-attached to {training_job}" in messages
+    assert any(m.startswith("answers: done before the restart") for m in messages)
+    assert f"student: re-attached to {training_job}" in messages
     await second.close()
+
+
+async def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_from_it(tmp_path, stages, monkeypatch):
+    """Outputs are real sealed artifacts; a stage is reused only while its output still exists."""
+    from slmops.core import artifacts
+
+    def sealed(job_id: str) -> str:
+        folder = tmp_path / "out" / job_id
+        folder.mkdir(parents=True)
+        (folder / "payload.txt").write_text(job_id)
+        artifacts.finalize(f"file://{folder}", "dataset")
+        return f"file://{folder}"
+
+    for fake in stages.values():
+        original = fake.get
+
+        def get(request, timeout=None, fake=fake, original=original):
+            fake.states[request.id] = common_pb2.SUCCEEDED  # every job finishes at once
+            job = original(request)
+            job.status.output.uri = sealed(request.id) if not (tmp_path / "out" / request.id).exists() \
+                else f"file://{tmp_path / 'out' / request.id}"
+            return job
+
+        monkeypatch.setattr(fake, "get", get, raising=False)
+    runs = PipelineRuns(JobStore(f"sqlite:///{tmp_path}/p.db"), StageCache(tmp_path / "cache"), poll_s=0.02)
+
+    async def run(definition: str) -> dict:
+        record = await runs.create({"definition_yaml": definition})
+        await until(lambda: runs.store.get(record.id).finished, timeout=10)
+        return runs.store.get(record.id, KIND)
+
+    first = await run(DEFINITION)
+    assert first.state == "SUCCEEDED" and not any(s["reused"] for s in first.result["stages"])
+    created = {name: list(fake.created) for name, fake in stages.items()}
+
+    second = await run(DEFINITION)
+    assert second.state == "SUCCEEDED" and all(s["reused"] for s in second.result["stages"])
+    assert {name: list(fake.created) for name, fake in stages.items()} == created  # nothing ran
+    assert [s["output"] for s in second.result["stages"]] == [s["output"] for s in first.result["stages"]]
+
+    changed = await run(DEFINITION.replace("from_config: true", "from_config: true, config_overrides: {a: '1'}"))
+    assert [s["reused"] for s in changed.result["stages"]] == [True, False, False]
+    assert len(stages["synthesis"].created) == 1 and len(stages["training"].created) == 2
+    assert len(stages["conversion"].created) == 2
+    await runs.close()

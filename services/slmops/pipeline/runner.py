@@ -44,12 +44,13 @@ class StageCache:
             entry = json.loads((self.root / f"{key}.json").read_text())
         except (OSError, ValueError):
             return None
-        return Outcome(output=entry.get("output", ""), detail=dict(entry.get("detail", {})))
+        return Outcome(output=entry.get("output", ""), detail=dict(entry.get("detail", {})),
+                       job_id=entry.get("job_id", ""))
 
     def put(self, key: str, stage: str, kind: str, outcome: Outcome, run_id: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         entry = {"stage": stage, "kind": kind, "output": outcome.output, "detail": outcome.detail,
-                 "run_id": run_id, "time": time.time()}  # fmt: skip
+                 "job_id": outcome.job_id, "run_id": run_id, "time": time.time()}  # fmt: skip
         tmp = self.root / f".{key}.tmp"
         tmp.write_text(json.dumps(entry, indent=2))
         tmp.replace(self.root / f"{key}.json")
@@ -131,6 +132,7 @@ class PipelineRunner:
                     await asyncio.to_thread(self.cache.put, keys[name], name, stage.kind, outcome, self.run_id)
                 done[name] = outcome
                 entry.update(state="SUCCEEDED", output=outcome.output, detail=outcome.detail,
+                             job_id=outcome.job_id or entry["job_id"],
                              reused=how == "reused", seconds=round(time.time() - started, 2),
                              message=self._says(name, outcome, how))  # fmt: skip
                 self._event((index + 1) / len(order), f"{name}: {entry['message']}")
@@ -184,7 +186,7 @@ class PipelineRunner:
         """An outcome recorded before a restart, or an unchanged earlier run's; (None, '') to run it."""
         before = self.recorded.get(name, {})
         if before.get("state") == "SUCCEEDED" and before.get("key") == key:
-            return Outcome(before.get("output", ""), dict(before.get("detail", {}))), "resumed"
+            return Outcome(before.get("output", ""), dict(before.get("detail", {})), before.get("job_id", "")), "resumed"
         kind = self.definition.stages[name].kind
         cached = await asyncio.to_thread(self.cache.get, key)
         if cached is None:

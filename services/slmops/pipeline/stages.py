@@ -45,6 +45,7 @@ class StageFailed(Exception):
 class Outcome:
     output: str = ""
     detail: dict[str, str] = field(default_factory=dict)
+    job_id: str = ""  # the stage service's job, or the deployment's name
 
 
 def rpc_error(stage: str, exc: grpc.RpcError) -> StageFailed:
@@ -168,7 +169,7 @@ def run_job(name: str, kind: str, spec: Message, job_id: str, on_job: Callable[[
     if job.status.state != common_pb2.SUCCEEDED:
         state = common_pb2.JobState.Name(job.status.state)
         raise StageFailed(f"{name}: job {job.id} {state}: {job.status.reason}")
-    return Outcome(output=job.status.output.uri), job
+    return Outcome(output=job.status.output.uri, job_id=job.id), job
 
 
 def cancel_job(kind: str, job_id: str) -> None:
@@ -194,7 +195,7 @@ def _settle(name: str) -> serving_pb2.Deployment:
 
 def _revision_outcome(deployment: serving_pb2.Deployment, number: int) -> Outcome:
     revision = next(r for r in deployment.revisions if r.number == number)
-    return Outcome(output=revision.artifact.uri or revision.model_uri, detail={
+    return Outcome(output=revision.artifact.uri or revision.model_uri, job_id=deployment.name, detail={
         "deployment": deployment.name, "revision": str(number), "url": revision.url,
         "deployment_url": deployment.url, "model_uri": revision.model_uri,
     })  # fmt: skip
