@@ -108,7 +108,7 @@ def stage_rows(run: pipeline_pb2.PipelineRun, pending: list[tuple[str, str]]) ->
     return lines
 
 
-def _stages_of(text: str) -> list[tuple[str, str]]:
+def stages_of(text: str) -> list[tuple[str, str]]:
     try:
         stages = yaml.safe_load(text).get("stages", {})
         return [(str(n), str(s.get("kind", "?"))) for n, s in stages.items()]
@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(run.id)
         return 0
-    run = follow(run.id, _stages_of(spec.definition_yaml))
+    run = follow(run.id, stages_of(spec.definition_yaml))
     if args.json:
         from google.protobuf import json_format
 
@@ -215,7 +215,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = pipeline_spec(args.file)
     request = pipeline_pb2.CreatePipelineRunRequest(spec=spec, validate_only=True)
     client.call(client.stub("pipeline").CreatePipelineRun, request, timeout=120.0)
-    print(f"{args.file}: valid ({len(_stages_of(spec.definition_yaml))} stages, each checked by its service)")
+    print(f"{args.file}: valid ({len(stages_of(spec.definition_yaml))} stages, each checked by its service)")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The demo's report: one table of teacher, student and int4 student, and the headline ratios."""
+"""The demo's report: the pipeline's stages (first run and reused rerun), the evaluation's table of
+teacher, student and int4 student, the headline ratios, the rollout, and the lineage."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from slmops.api.v1 import common_pb2, pipeline_pb2
 from slmops.core import artifacts
 
 
@@ -27,129 +29,114 @@ def count_trace_spans(data_dir: Path, trace_id: str) -> dict[str, int]:
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.2f} MB"
+    return numerator / denominator if numerator and denominator else None
 
 
 def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def _rollout_line(rollout: dict[str, Any]) -> str:
-    if not rollout:
-        return "- Rollout: none."
-    n, pct = rollout["canary_revision"], rollout["canary_percent"]
-    done = (f"promoted to 100% in {rollout['seconds']:.1f} s" if rollout["serving_revision"] == n
-            else f"rolled back in {rollout['seconds']:.1f} s")  # fmt: skip
-    return (f"- Rollout: the int4 student ran as revision {n} of deployment `student`, a {pct}% canary beside the "
-            f"fp32 student; after the gate {'passed' if rollout['evaluation_passed'] else 'failed'} it was {done}.")
+def _stages(run: pipeline_pb2.PipelineRun) -> list[dict[str, Any]]:
+    return [{"name": s.name, "kind": s.kind, "state": common_pb2.JobState.Name(s.state), "reused": s.reused,
+             "seconds": round(s.seconds, 1), "output": s.output.uri, "message": s.message or s.reason}
+            for s in run.stages]  # fmt: skip
+
+
+def _evaluation(run: pipeline_pb2.PipelineRun) -> dict[str, Any]:
+    if not run.report_uri:
+        return {}
+    path = artifacts.local_path(run.report_uri) / "report.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
-    evaluation = flow["evaluation"]
-    results = {r.name: r for r in evaluation.results}
-    uris = {"teacher": flow["teacher_uri"], "student": flow["student_uri"], "student-int4": flow["int4_uri"]}
-    models = []
-    for name, uri in uris.items():
-        r = results.get(name)
-        models.append({
-            "name": name,
-            "artifact_uri": uri,
-            "parameters": int(r.parameters) if r and r.parameters else flow["parameters"].get(name, 0),
-            "size_bytes": int(r.size_bytes) if r else artifacts.size_bytes(uri),
-            "accuracy": r.accuracy if r else None,
-            "retention": r.retention if r else None,
-            "latency_p50_ms": r.latency_p50_ms if r else None,
-            "latency_p95_ms": r.latency_p95_ms if r else None,
-            "tokens_per_second": r.tokens_per_second if r else None,
-            "memory_bytes": int(r.memory_bytes) if r else None,
-        })
-    by_name = {m["name"]: m for m in models}
-    teacher, student, int4 = by_name["teacher"], by_name["student"], by_name["student-int4"]
+    first: pipeline_pb2.PipelineRun = flow["first"]
+    second: pipeline_pb2.PipelineRun = flow["second"]
+    evaluation = _evaluation(first)
+    targets = {t["name"]: t for t in evaluation.get("targets", [])}
+    teacher, student, int4 = (targets.get(n, {}) for n in ("teacher", "student", "student-int4"))
+    p95 = lambda t: t.get("latency_ms", {}).get("p95", 0.0)  # noqa: E731
     headline = {
-        "parameter_reduction": _ratio(teacher["parameters"], student["parameters"]),
-        "latency_reduction_int4_vs_teacher": _ratio(teacher["latency_p50_ms"] or 0, int4["latency_p50_ms"] or 0),
-        "memory_reduction_int4_vs_teacher": _ratio(teacher["memory_bytes"] or 0, int4["memory_bytes"] or 0),
-        "size_reduction_int4_vs_teacher": _ratio(teacher["size_bytes"], int4["size_bytes"]),
-        "retention_student": student["retention"],
-        "retention_int4": int4["retention"],
+        "parameter_reduction": _ratio(teacher.get("parameters", 0), student.get("parameters", 0)),
+        "latency_p95_reduction_int4_vs_teacher": _ratio(p95(teacher), p95(int4)),
+        "memory_reduction_int4_vs_teacher": _ratio(teacher.get("memory_bytes", 0), int4.get("memory_bytes", 0)),
+        "size_reduction_int4_vs_teacher": _ratio(teacher.get("size_bytes", 0), int4.get("size_bytes", 0)),
+        "retention_student": student.get("retention", {}).get("accuracy"),
+        "retention_int4": int4.get("retention", {}).get("accuracy"),
     }
-    lineage = [{"kind": m.kind, "id": m.id, "uri": m.uri} for m in artifacts.lineage(flow["deployment_artifact"])]
-    verdict = evaluation.verdict
-    checked = artifacts.read_manifest(flow["int4_uri"]).extra.get("verification", {})
-    verification = {k: v for k, v in checked.items() if k != "prompts"}
-    verification["num_prompts"] = len(checked.get("prompts", []))
+    rollout = next((s for s in first.stages if s.kind == "rollout"), None)
+    html = str(artifacts.local_path(first.report_uri) / "report.html") if first.report_uri else ""
+    reused = sum(1 for s in second.stages if s.reused)
     report = {
         "wall_seconds": round(flow["total_seconds"], 1),
-        "flow_seconds": round(flow["wall_seconds"], 1),
+        "first_run": {"id": first.id, "state": common_pb2.JobState.Name(first.status.state),
+                      "reason": first.status.reason, "seconds": round(flow["first_seconds"], 1),
+                      "stages": _stages(first)},
+        "rerun": {"id": second.id, "state": common_pb2.JobState.Name(second.status.state),
+                  "seconds": round(flow["second_seconds"], 1), "reused": reused, "stages": _stages(second)},
         "trace_id": flow["trace_id"],
         "trace_spans_by_service": flow["trace_spans"],
-        "models": models,
         "headline": headline,
-        "gate": {"passed": verdict.passed, "evaluated": verdict.evaluated, "reasons": list(verdict.reasons)},
-        "evaluation_report_uri": evaluation.status.output.uri,
-        "dataset_uri": flow["dataset_uri"],
-        "lineage_of_int4_deployment": lineage,
-        "rollout": flow.get("rollout", {}),
-        "int4_verification": verification,
-    }
+        "gate": dict(next((s.detail for s in first.stages if s.kind == "gate"), {})),
+        "rollout": dict(rollout.detail) if rollout else {},
+        "evaluation_report_uri": first.report_uri,
+        "evaluation_report_html": html,
+        "lineage": [{"kind": ref.kind, "uri": ref.uri} for ref in first.lineage],
+    }  # fmt: skip
     lines = [
-        "# slmops demo: teacher -> student -> int4 student",
+        "# slmops demo: teacher -> student -> int4 student, as one pipeline",
         "",
         "Task: two-digit addition (`23+45=` -> `68`), exact-match accuracy on "
-        f"{int(evaluation.results[0].num_prompts) if evaluation.results else 0} held-out prompts.",
-        "The teacher was trained here from scratch: no pretrained weights can be downloaded on this machine.",
+        f"{evaluation.get('num_prompts', 0)} held-out prompts. The teacher was trained here from scratch: "
+        "no pretrained weights can be downloaded on this machine.",
         "",
-        "| model | parameters | size on disk | accuracy | retention | p50 latency | p95 latency | tokens/s | memory (RSS) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"First run `{first.id}`: {report['first_run']['state']} in {flow['first_seconds']:.0f} s. "
+        f"Rerun of the same file `{second.id}`: {report['rerun']['state']} in {flow['second_seconds']:.1f} s, "
+        f"{reused} of {len(second.stages)} stages reused.",
+        "",
+        "| stage | kind | first run | rerun |",
+        "| --- | --- | ---: | --- |",
     ]
-    for m in models:
-        lines.append(
-            f"| {m['name']} | {m['parameters']:,} | {_mb(m['size_bytes'])} | "
-            f"{(m['accuracy'] or 0):.1%} | {(m['retention'] or 0):.1%} | {(m['latency_p50_ms'] or 0):.1f} ms | "
-            f"{(m['latency_p95_ms'] or 0):.1f} ms | {(m['tokens_per_second'] or 0):.0f} | "
-            f"{_mb(m['memory_bytes'] or 0)} |"
-        )
+    again = {s.name: s for s in second.stages}
+    for s in first.stages:
+        rerun = again.get(s.name)
+        lines.append(f"| {s.name} | {s.kind} | {s.seconds:.1f} s | "
+                     f"{'reused' if rerun and rerun.reused else 'ran' if rerun else '-'} |")  # fmt: skip
+    tables = _tables(first)
+    if tables:
+        lines += ["", tables]
     lines += [
         "",
         f"- Student is {_x(headline['parameter_reduction'])} smaller than the teacher in parameters.",
-        f"- Per-response latency (p50): int4 student {_x(headline['latency_reduction_int4_vs_teacher'])} faster than the teacher.",
-        f"- Predictor memory (RSS): int4 student {_x(headline['memory_reduction_int4_vs_teacher'])} less than the teacher.",
-        f"- Size on disk: int4 student {_x(headline['size_reduction_int4_vs_teacher'])} smaller than the teacher.",
-        f"- Retention of the teacher's accuracy: student {(student['retention'] or 0):.1%}, "
-        f"int4 student {(int4['retention'] or 0):.1%}.",
-        f"- Quality gate (int4 student keeps >= 50% of the teacher's accuracy): "
-        f"{'passed' if verdict.passed else 'FAILED'}" + (f" ({'; '.join(verdict.reasons)})" if verdict.reasons else ""),
-        _rollout_line(flow.get("rollout", {})),
-        _verification_line(verification),
-        f"- Wall time: {report['wall_seconds']:.0f} s in all; trace id `{flow['trace_id']}` "
-        f"with spans from {', '.join(f'{k} ({v})' for k, v in flow['trace_spans'].items())}.",
-        f"- Full evaluation report (with plot): {evaluation.status.output.uri}",
+        f"- Latency p95: int4 student {_x(headline['latency_p95_reduction_int4_vs_teacher'])} lower than the teacher.",
+        f"- Predictor memory (RSS): int4 student {_x(headline['memory_reduction_int4_vs_teacher'])} less.",
+        f"- Size on disk: int4 student {_x(headline['size_reduction_int4_vs_teacher'])} smaller.",
+        f"- Gate: {'PASSED' if report['gate'].get('passed') == 'true' else 'FAILED'} "
+        f"({report['gate'].get('reasons', '')}).",
+        f"- Rollout: the int4 canary was {report['rollout'].get('action', 'not rolled out')}; deployment `student` "
+        f"serves revision {report['rollout'].get('serving_revision', '?')}.",
+        f"- Wall time: {report['wall_seconds']:.0f} s in all; trace id `{flow['trace_id']}` with spans from "
+        + ", ".join(f"{k} ({v})" for k, v in flow["trace_spans"].items()) + ".",
+        f"- The evaluation's page, with its plots: {html}",
         "",
-        "Lineage of the int4 revision:",
+        "Lineage of the served revision:",
         "",
-        *[f"{'  ' * i}- {entry['kind']}: {entry['uri']}" for i, entry in enumerate(lineage)],
+        *[f"{'  ' * i}- {entry['kind']}: {entry['uri']}" for i, entry in enumerate(report["lineage"])],
         "",
     ]
     markdown = "\n".join(lines)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown)
-    ok = bool(headline["parameter_reduction"] and headline["parameter_reduction"] >= 5)
-    return {"markdown": markdown, "ok": ok, "report": report}
+    finished = all(s.state == common_pb2.SUCCEEDED for s in first.stages) and len(first.stages) > 0
+    ok = finished and bool(html) and bool(headline["parameter_reduction"] and headline["parameter_reduction"] >= 5)
+    return {"markdown": markdown, "ok": ok, "report": report, "html": html}
 
 
-def _verification_line(v: dict) -> str:
-    """The int4 conversion's proof against the student, from its manifest."""
-    if not v or "token_agreement" not in v:
-        return "- Conversion: not verified (" + str(v.get("skipped", "no figures in the manifest")) + ")."
-    t = v["thresholds"]
-    return (
-        f"- Conversion verified against the student on {v.get('num_prompts', 0)} "
-        f"{v.get('prompt_source', 'prompts')}: greedy token agreement {v['token_agreement']:.1%} "
-        f"(min {t['min_token_agreement']:.0%}), logits relative error {v['logits_rel_error']:.3g} "
-        f"(max {t['max_logits_rel_error']:g}), KL {v['mean_kl']:.3g} (max {t['max_kl']:g})."
-    )
+def _tables(run: pipeline_pb2.PipelineRun) -> str:
+    from slmops.cli.pipeline_commands import report_tables
+
+    return report_tables(run.report_uri)
