@@ -146,10 +146,14 @@ def test_report_files(tmp_path):
     assert document["verdict"]["passed"] is False
     assert document["headlines"]["student"]["size_reduction"] == 4.0
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "| student | 60.0% | 75.0% | 20.0 | 31.0 | 227.3 | 250.0 kB | 1.0 MB | 100 |" in text
+    assert "| student | 60.0% | 75.0% | 20.0 | 31.0 | 38.2 | 0.0 | 0.00 | 227.3 | 250.0 kB | 1.0 MB | 100 |" in text
     assert "latency p50 5.00x lower (80% less)" in text and "size 4.00x lower (75% less)" in text
     assert "**FAILED**" in text and "![accuracy and p50 latency per target](report.png)" in text
     assert (tmp_path / "report" / "report.png").read_bytes().startswith(b"\x89PNG")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3
+    assert [t["name"] for t in document["targets"]] == ["teacher", "student"]
+    assert document["targets"][1]["retention"]["accuracy"] == pytest.approx(0.75)
     assert "only the reference" in markdown(
         results[:1], verdict, reference="teacher", metric="m", dataset_uri="d"
     )
@@ -189,3 +193,35 @@ def test_footprint_from_a_manifest(tmp_path):
     artifacts.finalize(f"file://{folder}", "onnx-model", metrics={"parameters": 4321})
     assert model_footprint(str(folder)) == (1234, 4321)
     assert model_footprint("") == (0, 0)
+
+
+def test_a_failed_target_is_reported_and_fails_a_gate_on_it():
+    teacher, student = _results()
+    offline = summarize(Measurement(name="offline", status="failed", reason="cannot list models: refused"))
+    results = [teacher, student, offline]
+    set_retention(results, "teacher")
+    assert offline.retentions == {} and offline.quality == {}
+    verdict = judge(GateConfig(candidate="offline", min_retention=0.1), results)
+    assert verdict.evaluated and not verdict.passed and "could not be evaluated" in verdict.reasons[0]
+    text = markdown(results, verdict, reference="teacher", metric="exact_match", dataset_uri="d")
+    assert "## Failed targets" in text and "**offline**: cannot list models: refused" in text
+
+
+def test_gate_on_other_metrics_and_throughput():
+    teacher = summarize(_measurement("teacher", [True] * 10, [100.0] * 10, [5] * 10))
+    student = summarize(_measurement("student", [True] * 10, [50.0] * 10, [5] * 10))
+    teacher.quality.update(rouge_l=0.8, chrf=60.0)
+    student.quality.update(rouge_l=0.6, chrf=57.0)
+    results = [teacher, student]
+    set_retention(results, "teacher")
+    assert student.retentions["rouge_l"] == pytest.approx(0.75) and student.retentions["chrf"] == pytest.approx(0.95)
+    gate = GateConfig(candidate="student", min_retention_by_metric={"rouge_l": 0.8, "chrf": 0.9, "judge": 0.5},
+                      min_tokens_per_second=200.0)
+    verdict = judge(gate, results)
+    assert not verdict.passed
+    assert verdict.reasons == [
+        "student: FAILED: retention of chrf 0.950 >= min 0.900".replace("FAILED", "ok"),
+        "student: FAILED: retention of judge unknown (not measured, or the reference scored 0 or failed) < min 0.500",
+        "student: FAILED: retention of rouge_l 0.750 < min 0.800",
+        "student: FAILED: tokens/s 100.0 < min 200.0",
+    ]

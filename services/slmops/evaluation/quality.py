@@ -3,7 +3,7 @@
 Text metrics compare each answer with the expected one: ROUGE-L (mean over
 examples), chrF and BLEU (corpus scores, sacrebleu's 0..100 scale), semantic
 similarity (mean cosine of MiniLM embeddings). Perplexity is the model's on the
-held-out text itself (each prompt followed by its expected answer), read from
+held-out answers (each expected answer given its prompt), read from
 the target's model files (Hugging Face or ONNX Runtime GenAI), so it needs a
 local model_uri. The judge, when configured, rates each answer 1..10 against the
 expected one through its OpenAI-compatible endpoint; mean score in [0, 1].
@@ -66,7 +66,7 @@ def judge_mean(cfg: EvaluationConfig, examples: list[Example], completions: list
 def add_quality(cfg: EvaluationConfig, examples: list[Example], measured: list[Measurement]) -> None:
     """Fill each measured target's quality (and perplexity) in place."""
     names = cfg.quality_metrics
-    held_out = [f"{e.prompt}{e.expected}" for e in examples]
+    held_out = [(e.prompt, e.expected) for e in examples]
     for m in measured:
         if m.status != "ok":
             continue
