@@ -10,8 +10,11 @@ split, whose expected answers are the teacher's own, so the teacher scores
 1. A first run runs every stage; the student (the teacher's weights, barely
    tuned) keeps the teacher's answers, the gate passes and the canary is promoted.
 2. A second run of the same file reuses every stage and runs nothing.
-3. A changed training config (a new random student) reruns training and what
-   follows, nothing before; the gate fails and the canary is rolled back.
+3. A changed training config reruns training and what follows, nothing before:
+   a new random student whose output layer is not tied to its embeddings (a
+   random model with tied embeddings echoes its last input token, as the tiny
+   teacher does, and would keep the teacher's answers by accident); it does not
+   keep the teacher's answers, the gate fails and the canary is rolled back.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def tiny_pipeline(folder: Path) -> dict:
                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)  # fmt: skip
     examples = task.make_examples(60, seed=5)
     task.write_dataset(examples[:32], examples[32:36], folder / "ground-truth")
-    task.write_prompts(examples[36:], folder / "prompts.jsonl")
+    # Prompts only: the expected answers of the evaluation are then the teacher's own.
+    (folder / "prompts.jsonl").write_text("".join(json.dumps({"prompt": e["prompt"]}) + "\n" for e in examples[36:]))
 
     data = yaml.safe_load(EXAMPLE.read_text())
     stages = data["stages"]
@@ -72,7 +76,9 @@ def run_file(data: dict, path: Path, capsys) -> tuple[int, dict, float]:
     started = time.time()
     code = cli_main(["pipeline", "run", str(path), "--json"])
     took = time.time() - started
-    return code, json.loads(capsys.readouterr().out), took
+    out = capsys.readouterr()
+    assert out.out, f"exit {code}: {out.err[-3000:]}"
+    return code, json.loads(out.out), took
 
 
 def stage_map(run: dict) -> dict[str, dict]:
@@ -110,7 +116,7 @@ def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(stack, capsys, t
 
     # A new random student: training and everything after it run again, nothing before.
     data["stages"]["student"]["spec"].update(
-        base={"from_config": True, "config_overrides": {"hidden_size": "16", "intermediate_size": "32"}},
+        base={"from_config": True, "config_overrides": {"tie_word_embeddings": "false"}},
         hyperparameters={"max_steps": 1, "batch_size": 8, "max_seq_length": 16, "learning_rate": 1e-7, "seed": 7},
     )  # fmt: skip
     code, third, _ = run_file(data, path, capsys)

@@ -208,6 +208,8 @@ class Definition:
         """Spec fields this stage's references fill when it runs (validate_only leaves them)."""
         stage = self.stages[name]
         pending = [path for (kind, field), path in FILLS.items() if kind == stage.kind and getattr(stage, field)]
+        if stage.kind == "synthesize" and stage.teacher:
+            pending.append("spec.teacher")  # the synthesis service names the oneof: spec.teacher.endpoint...
         if stage.kind == "deploy" and stage.canary_of:
             pending.append("spec.name")
         if stage.kind == "evaluate":
