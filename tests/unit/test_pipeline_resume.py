@@ -15,7 +15,6 @@ import pytest
 from slmops.api.v1 import common_pb2, conversion_pb2, synthesis_pb2, training_pb2
 from slmops.core.jobstore import JobStore
 from slmops.pipeline import stages as stages_module
-from slmops.pipeline.runner import StageCache
 from slmops.pipeline.service import KIND, PipelineRuns
 
 DEFINITION = """
@@ -86,8 +85,7 @@ async def until(predicate, timeout: float = 5.0) -> None:
 
 async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(tmp_path, stages):
     db = f"sqlite:///{tmp_path}/pipeline.db"
-    cache = StageCache(tmp_path / "cache")
-    first = PipelineRuns(JobStore(db), cache, poll_s=0.02)
+    first = PipelineRuns(JobStore(db), poll_s=0.02)
     run = await first.create({"definition_yaml": DEFINITION})
     # Every stage was checked by its service first, the fields earlier stages fill left pending.
     assert stages["training"].checked == [["spec.dataset_uri"]] and stages["conversion"].checked == [["spec.model_uri"]]
@@ -100,7 +98,7 @@ async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(
     await first.close()  # the service stops with training in flight
     await asyncio.sleep(0.05)
 
-    second = PipelineRuns(JobStore(db), cache, poll_s=0.02)
+    second = PipelineRuns(JobStore(db), poll_s=0.02)
     second.resume()
     await until(lambda: second.store.get(run.id).owner == second.owner)
     stages["training"].states[training_job] = common_pb2.SUCCEEDED
@@ -141,7 +139,7 @@ async def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_fr
             return job
 
         monkeypatch.setattr(fake, "get", get, raising=False)
-    runs = PipelineRuns(JobStore(f"sqlite:///{tmp_path}/p.db"), StageCache(tmp_path / "cache"), poll_s=0.02)
+    runs = PipelineRuns(JobStore(f"sqlite:///{tmp_path}/p.db"), poll_s=0.02)
 
     async def run(definition: str) -> dict:
         record = await runs.create({"definition_yaml": definition})

@@ -137,8 +137,10 @@ def follow(run_id: str, pending: list[tuple[str, str]], out: Any = sys.stderr) -
                 line = f"{_MARK.get(s.state, '?')}|{s.message}|{s.reason}"
                 if last.get(s.name) != line:
                     last[s.name] = line
-                    state = "reused" if s.reused else _MARK.get(s.state, "?")
-                    print(f"  {s.name}: {state}: {s.reason or s.message}", file=out, flush=True)
+                    text = s.reason or s.message
+                    if s.state == common_pb2.RUNNING:
+                        text = f"running: {text}" if text else "running"
+                    print(f"  {s.name}: {text}", file=out, flush=True)
         if run.status.state in (common_pb2.SUCCEEDED, common_pb2.FAILED, common_pb2.CANCELLED):
             return run
         time.sleep(1.0)

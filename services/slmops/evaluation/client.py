@@ -35,6 +35,7 @@ from slmops.evaluation.spec import TargetConfig
 
 log = logging.getLogger(__name__)
 MEMORY_METRIC = "process_resident_memory_bytes"
+PEAK_MEMORY_METRIC = "slmops_predictor_peak_resident_memory_bytes"  # preferred: the high-water mark
 
 
 @dataclass
@@ -148,12 +149,17 @@ def scrape_memory(base_url: str, timeout_s: float = 5.0) -> tuple[int, str]:
         response.raise_for_status()
     except httpx.HTTPError as exc:
         return 0, f"memory unknown: {url} unavailable ({type(exc).__name__})"
+    values: dict[str, int] = {}
     for line in response.text.splitlines():
-        if line.startswith(MEMORY_METRIC) and not line.startswith(MEMORY_METRIC + "_"):
+        name = line.split(None, 1)[0] if line and not line.startswith("#") else ""
+        if name in (MEMORY_METRIC, PEAK_MEMORY_METRIC):
             try:
-                return int(float(line.rsplit(None, 1)[-1])), ""
+                values[name] = int(float(line.rsplit(None, 1)[-1]))
             except ValueError:
-                break
+                continue
+    for name in (PEAK_MEMORY_METRIC, MEMORY_METRIC):
+        if values.get(name):
+            return values[name], ""
     return 0, f"memory unknown: {url} has no {MEMORY_METRIC}"
 
 

@@ -20,11 +20,11 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-from slmops.core import artifacts, settings, tracing
-from slmops.core.jobstore import JobStore
+from slmops.core import artifacts, tracing
+from slmops.core.errors import NotFound
+from slmops.core.jobstore import JobRecord, JobStore
 from slmops.pipeline import stages as kinds
 from slmops.pipeline.definition import Definition
 from slmops.pipeline.stages import Outcome, StageFailed
@@ -34,26 +34,30 @@ INPUT_KINDS = ("prompts", "dataset", "model")
 
 
 class StageCache:
-    """Outputs of finished stages by key: one JSON file per key under the pipeline service's data dir."""
+    """Outputs of finished stages by key, kept in the pipeline service's job store (records of kind
+    `pipeline-stage`, id = key), so that every replica, and a restarted service, can reuse them."""
 
-    def __init__(self, root: Path | None = None):
-        self.root = root or settings.data_dir() / "pipeline" / "stages"
+    KIND = "pipeline-stage"
+
+    def __init__(self, store: JobStore):
+        self.store = store
 
     def get(self, key: str) -> Outcome | None:
         try:
-            entry = json.loads((self.root / f"{key}.json").read_text())
-        except (OSError, ValueError):
+            entry = self.store.get(key, self.KIND).result
+        except NotFound:
             return None
         return Outcome(output=entry.get("output", ""), detail=dict(entry.get("detail", {})),
-                       job_id=entry.get("job_id", ""))
+                       job_id=entry.get("job_id", ""))  # fmt: skip
 
     def put(self, key: str, stage: str, kind: str, outcome: Outcome, run_id: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        entry = {"stage": stage, "kind": kind, "output": outcome.output, "detail": outcome.detail,
-                 "job_id": outcome.job_id, "run_id": run_id, "time": time.time()}  # fmt: skip
-        tmp = self.root / f".{key}.tmp"
-        tmp.write_text(json.dumps(entry, indent=2))
-        tmp.replace(self.root / f"{key}.json")
+        result = {"stage": stage, "kind": kind, "output": outcome.output, "detail": outcome.detail,
+                  "job_id": outcome.job_id, "run_id": run_id}  # fmt: skip
+        try:
+            self.store.update(key, result=result, output_uri=outcome.output)
+        except NotFound:
+            self.store.create(JobRecord(id=key, kind=self.KIND, state="SUCCEEDED", spec={"stage": stage, "kind": kind},
+                                        result=result, output_uri=outcome.output, message=f"{stage} of {run_id}"))
 
 
 def input_uri(uri: str) -> str:
@@ -83,7 +87,7 @@ class PipelineRunner:
         self.store, self.run_id, self.definition = store, run_id, definition
         self.stages: list[dict[str, Any]] = []
         self.recorded = {stage["name"]: stage for stage in recorded or []}
-        self.cache = cache or StageCache()
+        self.cache = cache or StageCache(store)
         self.traceparent = traceparent
         self.current_job: tuple[str, str] | None = None
         self.extra: dict[str, Any] = {}

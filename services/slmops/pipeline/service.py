@@ -39,7 +39,7 @@ class PipelineEngine:
 
     def __init__(self, store: JobStore, cache: StageCache | None = None):
         self.store = store
-        self.cache = cache or StageCache()
+        self.cache = cache or StageCache(store)
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.runners: dict[str, PipelineRunner] = {}
 

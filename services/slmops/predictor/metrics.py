@@ -1,8 +1,9 @@
 """Prometheus metrics of the predictor, served by KServe's `/metrics` route.
 
 Everything registers in prometheus_client's default registry, which KServe
-exposes. Evaluation reads `process_resident_memory_bytes` (the process
-collector) and the token counters below.
+exposes. Evaluation reads `slmops_predictor_peak_resident_memory_bytes` (the
+process's high-water mark), else `process_resident_memory_bytes` (the process
+collector), and the token counters below.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ FIRST_TOKEN = Histogram(
     ["model", "endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PEAK_MEMORY = Gauge(
+    "slmops_predictor_peak_resident_memory_bytes",
+    "The highest resident memory of the predictor process so far (getrusage ru_maxrss).",
+)
+
+
+def _peak_rss() -> float:
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
+
+
+PEAK_MEMORY.set_function(_peak_rss)
 PROMPT_TOKENS = Counter("slmops_predictor_prompt_tokens", "Prompt tokens processed.", ["model"])
 GENERATED_TOKENS = Counter("slmops_predictor_generated_tokens", "Tokens generated.", ["model"])
 
