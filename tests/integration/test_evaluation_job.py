@@ -82,12 +82,15 @@ def test_evaluation_job_reports_two_targets(servers, models, tmp_path, monkeypat
                 "chat": True,
                 "model_uri": artifacts.to_uri(models["student"]),
             },
+            {"name": "offline", "base_url": "http://127.0.0.1:9/v1", "model": "x"},  # nothing listens
         ],
         "dataset_uri": artifacts.to_uri(dataset),
         "reference": "teacher",
         "metric": "exact_match",
         "sampling": {"max_tokens": 16},
         "warmup_requests": 2,
+        "concurrency_levels": [1, 4],
+        "quality_metrics": ["rouge_l", "chrf", "bleu", "perplexity"],
         "gate": {"candidate": "student", "min_retention": 0.9, "min_accuracy": 0.5},
     }
     events = []
@@ -118,8 +121,20 @@ def test_evaluation_job_reports_two_targets(servers, models, tmp_path, monkeypat
     assert result["metrics"]["gate_passed"] == 0.0
     assert result["metrics"]["student.accuracy"] == pytest.approx(expected_student)
 
-    # 2 warm-ups + one request per example, each with a W3C traceparent of the job's trace.
-    assert len(teacher.requests) == 2 + len(EXAMPLES)
+    # The unreachable target is reported failed with its reason; the others are measured.
+    assert by_name["offline"]["status"] == "failed" and "127.0.0.1:9" in by_name["offline"]["reason"]
+    assert result["metrics"]["offline.failed"] == 1.0 and result["metrics"]["teacher.failed"] == 0.0
+    # Streamed requests: time to first token before the end, time per token after it.
+    assert 0 < by_name["teacher"]["ttft_p50_ms"] <= by_name["teacher"]["latency_p50_ms"]
+    assert by_name["teacher"]["quality"]["chrf"] == pytest.approx(100.0)
+    assert 0 < by_name["student"]["retentions"]["chrf"] < 1
+    assert by_name["teacher"]["perplexity"] > 1  # from the teacher's checkpoint
+    assert [level["concurrency"] for level in by_name["teacher"]["sweep"]] == [1, 4]
+    assert all(level["tokens_per_second"] > 0 for level in by_name["student"]["sweep"])
+
+    # 2 warm-ups + one request per example at each concurrency level, each with a W3C
+    # traceparent of the job's trace.
+    assert len(teacher.requests) == 2 + 2 * len(EXAMPLES)
     assert all(
         re.match(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-[0-9a-f]{{2}}$", r["traceparent"] or "")
         for r in teacher.requests
@@ -136,6 +151,9 @@ def test_evaluation_job_reports_two_targets(servers, models, tmp_path, monkeypat
         and "](report.png)" in markdown
     )
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Failed targets" in markdown and "**offline**" in markdown
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 3 and "offline" in page
     manifest = artifacts.read_manifest(artifacts.to_uri(out))
     assert manifest.kind == "report" and manifest.trace_id == TRACE_ID
     assert manifest.parents == [

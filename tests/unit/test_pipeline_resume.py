@@ -160,3 +160,43 @@ async def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_fr
     assert len(stages["synthesis"].created) == 1 and len(stages["training"].created) == 2
     assert len(stages["conversion"].created) == 2
     await runs.close()
+
+
+async def test_a_failed_stage_is_retried_alone_by_the_next_run(tmp_path, stages, monkeypatch):
+    from slmops.core import artifacts
+
+    failing = {"training": 1}  # the first training job fails
+
+    for fake in stages.values():
+        original = fake.get
+
+        def get(request, timeout=None, fake=fake, original=original):
+            if failing.get(fake.stage) and request.id == fake.created[0]:
+                fake.states[request.id] = common_pb2.FAILED
+            else:
+                fake.states[request.id] = common_pb2.SUCCEEDED
+            job = original(request)
+            folder = tmp_path / "out" / request.id
+            if job.status.state == common_pb2.SUCCEEDED and not folder.exists():
+                folder.mkdir(parents=True)
+                (folder / "x").write_text(request.id)
+                artifacts.finalize(f"file://{folder}", "dataset")
+            job.status.output.uri = f"file://{folder}"
+            return job
+
+        monkeypatch.setattr(fake, "get", get, raising=False)
+    runs = PipelineRuns(JobStore(f"sqlite:///{tmp_path}/p.db"), poll_s=0.02)
+
+    async def run() -> dict:
+        record = await runs.create({"definition_yaml": DEFINITION})
+        await until(lambda: runs.store.get(record.id).finished, timeout=10)
+        return runs.store.get(record.id, KIND)
+
+    first = await run()
+    assert first.state == "FAILED" and first.result["stages"][-1]["name"] == "student"
+    assert "FAILED" in first.reason
+    second = await run()
+    assert second.state == "SUCCEEDED"
+    assert [s["reused"] for s in second.result["stages"]] == [True, False, False]
+    assert len(stages["synthesis"].created) == 1 and len(stages["training"].created) == 2
+    await runs.close()

@@ -324,9 +324,41 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             try:
                 if server.delay_s or server.slow[0]:
                     time.sleep(server.delay_s + server._slow_now())
-                self._send(200, server.complete(body, chat))
+                answer = server.complete(body, chat)
+                if body.get("stream"):
+                    self._stream(answer, chat, bool((body.get("stream_options") or {}).get("include_usage")))
+                else:
+                    self._send(200, answer)
             finally:
                 server._leave()
+
+        def _stream(self, answer: dict[str, Any], chat: bool, include_usage: bool) -> None:
+            """The answer as server-sent events, one chunk per character (a token, for the stand-in's
+            purposes), then the usage chunk when asked, then [DONE]."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            choice = answer["choices"][0]
+            text = choice["message"]["content"] if chat else choice["text"]
+            kind = "chat.completion.chunk" if chat else "text_completion"
+            base = {"id": answer["id"], "created": answer["created"], "model": answer["model"], "object": kind}
+
+            def event(payload: dict[str, Any]) -> None:
+                self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+                self.wfile.flush()
+
+            for i, char in enumerate(text):
+                if chat:
+                    delta = {"content": char, **({"role": "assistant"} if i == 0 else {})}
+                    event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                else:
+                    event({**base, "choices": [{"index": 0, "text": char, "finish_reason": None}]})
+            last = {"index": 0, "finish_reason": choice["finish_reason"]}
+            event({**base, "choices": [{**last, "delta": {}} if chat else {**last, "text": ""}]})
+            if include_usage:
+                event({**base, "choices": [], "usage": answer["usage"]})
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
 
     return Handler
 
