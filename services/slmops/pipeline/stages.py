@@ -25,7 +25,7 @@ from slmops.api.v1 import (
 )
 from slmops.core import artifacts
 from slmops.core import clients as client
-from slmops.core.errors import InvalidSpec
+from slmops.core.errors import InvalidSpec, Unavailable
 from slmops.pipeline.definition import FIELD, Definition
 
 JOBS: dict[str, tuple[str, str, type[Message]]] = {
@@ -133,11 +133,11 @@ def validate_all(definition: Definition) -> None:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 problems += [(f"{FIELD}.stages.{name}.{where}", problem) for where, problem in _problems(exc.details())]
-            elif exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                raise InvalidSpec(f"{FIELD}.stages.{name}",
-                                  f"its service could not check it: {exc.code().name}: {exc.details()}") from None
-            else:
+            elif exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # e.g. more than the cluster can run
                 problems.append((f"{FIELD}.stages.{name}", exc.details()))
+            else:
+                raise Unavailable(f"stage {name}: its service could not check it: {exc.code().name}: "
+                                  f"{exc.details()}") from None
     if problems:
         raise InvalidSpec(*problems[0], *problems[1:])
 
