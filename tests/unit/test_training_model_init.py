@@ -76,3 +76,19 @@ def test_missing_model_and_dataset_fail_before_any_training(base_dir, tmp_path):
     assert info.value.field == "spec.dataset_uri" and "train.jsonl" in str(info.value)
     assert not (tmp_path / "out").exists()
 
+
+
+def test_init_seed_seeds_the_fresh_weights_apart_from_the_data_order(base_dir):
+    """from_config with init_seed 0 rebuilds exactly the weights build_model(seed=0) saved."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    saved = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    same = model_init.load_model(ModelInitConfig(model=str(base_dir), from_config=True, init_seed=0),
+                                 str(base_dir), tokenizer, seed=1)  # fmt: skip
+    other = model_init.load_model(ModelInitConfig(model=str(base_dir), from_config=True), str(base_dir), tokenizer,
+                                  seed=1)  # fmt: skip
+    weights = dict(saved.named_parameters())
+    assert all(torch.equal(p, weights[name]) for name, p in same.named_parameters())
+    assert not all(torch.equal(p, weights[name]) for name, p in other.named_parameters())

@@ -133,7 +133,7 @@ def load_model(init: ModelInitConfig, model_dir: str, tokenizer: Any, seed: int)
     if init.from_config:
         config = model_config(init, model_dir)
         set_special_tokens(config, tokenizer)
-        torch.manual_seed(seed)
+        torch.manual_seed(seed if init.init_seed is None else init.init_seed)
         model = AutoModelForCausalLM.from_config(config)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

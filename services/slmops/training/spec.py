@@ -45,6 +45,7 @@ class ModelInitConfig(BaseModel):
     model: str
     from_config: bool = False
     config_overrides: dict[str, OverrideValue] = Field(default_factory=dict)
+    init_seed: int | None = None  # from_config: the fresh weights' seed; None: hyperparameters.seed
 
 
 class Hyperparameters(BaseModel):
@@ -180,7 +181,11 @@ def _base(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]]) -> d
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append((f"spec.base.config_overrides[{key}]", "must be a positive integer"))
-    return {"model": base.model.strip(), "from_config": base.from_config, "config_overrides": overrides}
+    init_seed = base.init_seed if base.HasField("init_seed") else None
+    if init_seed is not None and not base.from_config:
+        problems.append(("spec.base.init_seed", "seeds fresh weights: it applies only with spec.base.from_config"))
+    return {"model": base.model.strip(), "from_config": base.from_config, "config_overrides": overrides,
+            "init_seed": init_seed}  # fmt: skip
 
 
 def _hyperparameters(hp: training_pb2.Hyperparameters) -> dict[str, Any]:

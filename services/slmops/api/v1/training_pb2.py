@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from slmops.api.v1 import common_pb2 as slmops_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slmops/v1/training.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\xac\x01\n\tModelInit\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_config\x18\x02 \x01(\x08\x12\x43\n\x10\x63onfig_overrides\x18\x03 \x03(\x0b\x32).slmops.v1.ModelInit.ConfigOverridesEntry\x1a\x36\n\x14\x43onfigOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x03\n\x0fHyperparameters\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\x12\x11\n\tmax_steps\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12#\n\x1bgradient_accumulation_steps\x18\x05 \x01(\x05\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x14\n\x0cwarmup_ratio\x18\x07 \x01(\x01\x12\x16\n\x0emax_seq_length\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x11\n\tprecision\x18\n \x01(\t\x12\x1b\n\x13\x64istill_temperature\x18\x0b \x01(\x01\x12\x15\n\rdistill_alpha\x18\x0c \x01(\x01\x12\x18\n\x10\x63heckpoint_every\x18\r \x01(\x05\x12\x12\n\neval_every\x18\x0e \x01(\x05\x12\x1f\n\x17\x65\x61rly_stopping_patience\x18\x0f \x01(\x05\x12\x1e\n\x16gradient_checkpointing\x18\x10 \x01(\x08\x12\x0f\n\x07packing\x18\x11 \x01(\x08\"w\n\nLoraConfig\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\r\n\x05\x61lpha\x18\x02 \x01(\x05\x12\x0f\n\x07\x64ropout\x18\x03 \x01(\x01\x12\x16\n\x0etarget_modules\x18\x04 \x03(\t\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x05 \x01(\t\x12\r\n\x05merge\x18\x06 \x01(\x08\"@\n\rDistillConfig\x12\x0f\n\x07teacher\x18\x01 \x01(\t\x12\x0c\n\x04loss\x18\x02 \x01(\t\x12\x10\n\x08jsd_beta\x18\x03 \x01(\x01\"0\n\x0b\x41\x64\x61pterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61taset_uri\x18\x02 \x01(\t\"`\n\x0fSearchDimension\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x02 \x01(\t\x12\x0b\n\x03low\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x0e\n\x06values\x18\x05 \x03(\t\"\x9a\x01\n\nSearchSpec\x12)\n\x05space\x18\x01 \x03(\x0b\x32\x1a.slmops.v1.SearchDimension\x12\x0e\n\x06trials\x18\x02 \x01(\x05\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x1d\n\x15max_concurrent_trials\x18\x05 \x01(\x05\x12\x14\n\x0cgrace_period\x18\x06 \x01(\x05\"\x85\x04\n\x0cTrainingSpec\x12)\n\x06method\x18\x01 \x01(\x0e\x32\x19.slmops.v1.TrainingMethod\x12\"\n\x04\x62\x61se\x18\x02 \x01(\x0b\x32\x14.slmops.v1.ModelInit\x12\x13\n\x0b\x64\x61taset_uri\x18\x03 \x01(\t\x12\x33\n\x0fhyperparameters\x18\x04 \x01(\x0b\x32\x1a.slmops.v1.Hyperparameters\x12#\n\x04lora\x18\x05 \x01(\x0b\x32\x15.slmops.v1.LoraConfig\x12-\n\tresources\x18\x06 \x01(\x0b\x32\x1a.slmops.v1.ResourceRequest\x12\x12\n\noutput_uri\x18\x07 \x01(\t\x12\x33\n\x06labels\x18\x08 \x03(\x0b\x32#.slmops.v1.TrainingSpec.LabelsEntry\x12)\n\x07\x64istill\x18\t \x01(\x0b\x32\x18.slmops.v1.DistillConfig\x12(\n\x08\x61\x64\x61pters\x18\n \x03(\x0b\x32\x16.slmops.v1.AdapterSpec\x12%\n\x06search\x18\x0b \x01(\x0b\x32\x15.slmops.v1.SearchSpec\x12\x14\n\x0cmax_failures\x18\x0c \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x0bTrainingJob\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.slmops.v1.TrainingSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\"p\n\x18\x43reateTrainingJobRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.slmops.v1.TrainingSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"Y\n\x18ListTrainingJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.slmops.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x87\x01\n\x0eTrainingMethod\x12\x1f\n\x1bTRAINING_METHOD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSFT_DISTILL\x10\x01\x12\x11\n\rLOGIT_DISTILL\x10\x02\x12\x08\n\x04\x46ULL\x10\x03\x12\x08\n\x04LORA\x10\x04\x12\t\n\x05QLORA\x10\x05\x12\x11\n\rMULTI_ADAPTER\x10\x06\x32\x92\x03\n\x0fTrainingService\x12P\n\x11\x43reateTrainingJob\x12#.slmops.v1.CreateTrainingJobRequest\x1a\x16.slmops.v1.TrainingJob\x12\x42\n\x0eGetTrainingJob\x12\x18.slmops.v1.GetJobRequest\x1a\x16.slmops.v1.TrainingJob\x12S\n\x10ListTrainingJobs\x12\x1a.slmops.v1.ListJobsRequest\x1a#.slmops.v1.ListTrainingJobsResponse\x12H\n\x11\x43\x61ncelTrainingJob\x12\x1b.slmops.v1.CancelJobRequest\x1a\x16.slmops.v1.TrainingJob\x12J\n\x10WatchTrainingJob\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slmops/v1/training.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\xd2\x01\n\tModelInit\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_config\x18\x02 \x01(\x08\x12\x43\n\x10\x63onfig_overrides\x18\x03 \x03(\x0b\x32).slmops.v1.ModelInit.ConfigOverridesEntry\x12\x16\n\tinit_seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x1a\x36\n\x14\x43onfigOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_init_seed\"\x9d\x03\n\x0fHyperparameters\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\x12\x11\n\tmax_steps\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12#\n\x1bgradient_accumulation_steps\x18\x05 \x01(\x05\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x14\n\x0cwarmup_ratio\x18\x07 \x01(\x01\x12\x16\n\x0emax_seq_length\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x11\n\tprecision\x18\n \x01(\t\x12\x1b\n\x13\x64istill_temperature\x18\x0b \x01(\x01\x12\x15\n\rdistill_alpha\x18\x0c \x01(\x01\x12\x18\n\x10\x63heckpoint_every\x18\r \x01(\x05\x12\x12\n\neval_every\x18\x0e \x01(\x05\x12\x1f\n\x17\x65\x61rly_stopping_patience\x18\x0f \x01(\x05\x12\x1e\n\x16gradient_checkpointing\x18\x10 \x01(\x08\x12\x0f\n\x07packing\x18\x11 \x01(\x08\"w\n\nLoraConfig\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\r\n\x05\x61lpha\x18\x02 \x01(\x05\x12\x0f\n\x07\x64ropout\x18\x03 \x01(\x01\x12\x16\n\x0etarget_modules\x18\x04 \x03(\t\x12\x14\n\x0c\x61\x64\x61pter_name\x18\x05 \x01(\t\x12\r\n\x05merge\x18\x06 \x01(\x08\"@\n\rDistillConfig\x12\x0f\n\x07teacher\x18\x01 \x01(\t\x12\x0c\n\x04loss\x18\x02 \x01(\t\x12\x10\n\x08jsd_beta\x18\x03 \x01(\x01\"0\n\x0b\x41\x64\x61pterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61taset_uri\x18\x02 \x01(\t\"`\n\x0fSearchDimension\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x02 \x01(\t\x12\x0b\n\x03low\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x0e\n\x06values\x18\x05 \x03(\t\"\x9a\x01\n\nSearchSpec\x12)\n\x05space\x18\x01 \x03(\x0b\x32\x1a.slmops.v1.SearchDimension\x12\x0e\n\x06trials\x18\x02 \x01(\x05\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x1d\n\x15max_concurrent_trials\x18\x05 \x01(\x05\x12\x14\n\x0cgrace_period\x18\x06 \x01(\x05\"\x85\x04\n\x0cTrainingSpec\x12)\n\x06method\x18\x01 \x01(\x0e\x32\x19.slmops.v1.TrainingMethod\x12\"\n\x04\x62\x61se\x18\x02 \x01(\x0b\x32\x14.slmops.v1.ModelInit\x12\x13\n\x0b\x64\x61taset_uri\x18\x03 \x01(\t\x12\x33\n\x0fhyperparameters\x18\x04 \x01(\x0b\x32\x1a.slmops.v1.Hyperparameters\x12#\n\x04lora\x18\x05 \x01(\x0b\x32\x15.slmops.v1.LoraConfig\x12-\n\tresources\x18\x06 \x01(\x0b\x32\x1a.slmops.v1.ResourceRequest\x12\x12\n\noutput_uri\x18\x07 \x01(\t\x12\x33\n\x06labels\x18\x08 \x03(\x0b\x32#.slmops.v1.TrainingSpec.LabelsEntry\x12)\n\x07\x64istill\x18\t \x01(\x0b\x32\x18.slmops.v1.DistillConfig\x12(\n\x08\x61\x64\x61pters\x18\n \x03(\x0b\x32\x16.slmops.v1.AdapterSpec\x12%\n\x06search\x18\x0b \x01(\x0b\x32\x15.slmops.v1.SearchSpec\x12\x14\n\x0cmax_failures\x18\x0c \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x0bTrainingJob\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.slmops.v1.TrainingSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\"p\n\x18\x43reateTrainingJobRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.slmops.v1.TrainingSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"Y\n\x18ListTrainingJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.slmops.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x87\x01\n\x0eTrainingMethod\x12\x1f\n\x1bTRAINING_METHOD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSFT_DISTILL\x10\x01\x12\x11\n\rLOGIT_DISTILL\x10\x02\x12\x08\n\x04\x46ULL\x10\x03\x12\x08\n\x04LORA\x10\x04\x12\t\n\x05QLORA\x10\x05\x12\x11\n\rMULTI_ADAPTER\x10\x06\x32\x92\x03\n\x0fTrainingService\x12P\n\x11\x43reateTrainingJob\x12#.slmops.v1.CreateTrainingJobRequest\x1a\x16.slmops.v1.TrainingJob\x12\x42\n\x0eGetTrainingJob\x12\x18.slmops.v1.GetJobRequest\x1a\x16.slmops.v1.TrainingJob\x12S\n\x10ListTrainingJobs\x12\x1a.slmops.v1.ListJobsRequest\x1a#.slmops.v1.ListTrainingJobsResponse\x12H\n\x11\x43\x61ncelTrainingJob\x12\x1b.slmops.v1.CancelJobRequest\x1a\x16.slmops.v1.TrainingJob\x12J\n\x10WatchTrainingJob\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +37,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINIT_CONFIGOVERRIDESENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGSPEC_LABELSENTRY']._loaded_options = None
   _globals['_TRAININGSPEC_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TRAININGMETHOD']._serialized_start=1976
-  _globals['_TRAININGMETHOD']._serialized_end=2111
+  _globals['_TRAININGMETHOD']._serialized_start=2014
+  _globals['_TRAININGMETHOD']._serialized_end=2149
   _globals['_MODELINIT']._serialized_start=64
-  _globals['_MODELINIT']._serialized_end=236
-  _globals['_MODELINIT_CONFIGOVERRIDESENTRY']._serialized_start=182
-  _globals['_MODELINIT_CONFIGOVERRIDESENTRY']._serialized_end=236
-  _globals['_HYPERPARAMETERS']._serialized_start=239
-  _globals['_HYPERPARAMETERS']._serialized_end=652
-  _globals['_LORACONFIG']._serialized_start=654
-  _globals['_LORACONFIG']._serialized_end=773
-  _globals['_DISTILLCONFIG']._serialized_start=775
-  _globals['_DISTILLCONFIG']._serialized_end=839
-  _globals['_ADAPTERSPEC']._serialized_start=841
-  _globals['_ADAPTERSPEC']._serialized_end=889
-  _globals['_SEARCHDIMENSION']._serialized_start=891
-  _globals['_SEARCHDIMENSION']._serialized_end=987
-  _globals['_SEARCHSPEC']._serialized_start=990
-  _globals['_SEARCHSPEC']._serialized_end=1144
-  _globals['_TRAININGSPEC']._serialized_start=1147
-  _globals['_TRAININGSPEC']._serialized_end=1664
-  _globals['_TRAININGSPEC_LABELSENTRY']._serialized_start=1619
-  _globals['_TRAININGSPEC_LABELSENTRY']._serialized_end=1664
-  _globals['_TRAININGJOB']._serialized_start=1666
-  _globals['_TRAININGJOB']._serialized_end=1768
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=1770
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=1882
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1884
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1973
-  _globals['_TRAININGSERVICE']._serialized_start=2114
-  _globals['_TRAININGSERVICE']._serialized_end=2516
+  _globals['_MODELINIT']._serialized_end=274
+  _globals['_MODELINIT_CONFIGOVERRIDESENTRY']._serialized_start=206
+  _globals['_MODELINIT_CONFIGOVERRIDESENTRY']._serialized_end=260
+  _globals['_HYPERPARAMETERS']._serialized_start=277
+  _globals['_HYPERPARAMETERS']._serialized_end=690
+  _globals['_LORACONFIG']._serialized_start=692
+  _globals['_LORACONFIG']._serialized_end=811
+  _globals['_DISTILLCONFIG']._serialized_start=813
+  _globals['_DISTILLCONFIG']._serialized_end=877
+  _globals['_ADAPTERSPEC']._serialized_start=879
+  _globals['_ADAPTERSPEC']._serialized_end=927
+  _globals['_SEARCHDIMENSION']._serialized_start=929
+  _globals['_SEARCHDIMENSION']._serialized_end=1025
+  _globals['_SEARCHSPEC']._serialized_start=1028
+  _globals['_SEARCHSPEC']._serialized_end=1182
+  _globals['_TRAININGSPEC']._serialized_start=1185
+  _globals['_TRAININGSPEC']._serialized_end=1702
+  _globals['_TRAININGSPEC_LABELSENTRY']._serialized_start=1657
+  _globals['_TRAININGSPEC_LABELSENTRY']._serialized_end=1702
+  _globals['_TRAININGJOB']._serialized_start=1704
+  _globals['_TRAININGJOB']._serialized_end=1806
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=1808
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=1920
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1922
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=2011
+  _globals['_TRAININGSERVICE']._serialized_start=2152
+  _globals['_TRAININGSERVICE']._serialized_end=2554
 # @@protoc_insertion_point(module_scope)

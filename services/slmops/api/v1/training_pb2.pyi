@@ -27,7 +27,7 @@ QLORA: TrainingMethod
 MULTI_ADAPTER: TrainingMethod
 
 class ModelInit(_message.Message):
-    __slots__ = ("model", "from_config", "config_overrides")
+    __slots__ = ("model", "from_config", "config_overrides", "init_seed")
     class ConfigOverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,10 +38,12 @@ class ModelInit(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FROM_CONFIG_FIELD_NUMBER: _ClassVar[int]
     CONFIG_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    INIT_SEED_FIELD_NUMBER: _ClassVar[int]
     model: str
     from_config: bool
     config_overrides: _containers.ScalarMap[str, str]
-    def __init__(self, model: _Optional[str] = ..., from_config: _Optional[bool] = ..., config_overrides: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    init_seed: int
+    def __init__(self, model: _Optional[str] = ..., from_config: _Optional[bool] = ..., config_overrides: _Optional[_Mapping[str, str]] = ..., init_seed: _Optional[int] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("learning_rate", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "max_seq_length", "seed", "precision", "distill_temperature", "distill_alpha", "checkpoint_every", "eval_every", "early_stopping_patience", "gradient_checkpointing", "packing")
