@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
-# Debian's chromium for the tests that render the evaluation report (headless, no download
-# from anywhere but the Debian archive). Called by `make setup`; quick when it is there.
+# Debian's chromium for the tests that render the evaluation report in a headless browser.
+# Called by `make setup`; returns at once when chromium is on PATH. It installs only from the
+# Debian archive apt is configured with (no browser download from anywhere else), as root or
+# through sudo.
 set -euo pipefail
+
 if command -v chromium >/dev/null 2>&1; then
   exit 0
 fi
+
 if [ "$(id -u)" -eq 0 ]; then
-  SUDO=""
+  as_root=()
 elif command -v sudo >/dev/null 2>&1; then
-  SUDO="sudo"
+  as_root=(sudo)
 else
-  echo "install_chromium: chromium is missing; install Debian's 'chromium' package (as root: apt-get install chromium)" >&2
+  echo "install_chromium: chromium is missing and this user cannot install it." >&2
+  echo "install_chromium: as root, run: apt-get install --no-install-recommends chromium" >&2
   exit 1
 fi
-echo "installing Debian's chromium package (for the HTML report tests)"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
-command -v chromium >/dev/null
+
+echo "install_chromium: installing Debian's chromium package (for the HTML report tests)"
+"${as_root[@]}" apt-get update -qq
+# env, not a plain assignment: sudo drops the caller's environment.
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "install_chromium: apt-get installed chromium but it is not on PATH" >&2
+  exit 1
+fi

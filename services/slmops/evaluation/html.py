@@ -5,8 +5,10 @@ The verdict first, then the quality table (each value with its retention of
 the reference's), the performance table, the throughput sweep, and three plots
 drawn by matplotlib as inline SVG: quality against size, latency distributions,
 and tokens/s against concurrency. No script, no external file, font or URL:
-the page is a document, not an app. Failed targets appear in the tables with
-their reason and are left out of the plots.
+the page is a document, not an app. Failed targets appear in the tables,
+greyed out, with their reason, and are left out of the plots. Each target keeps
+one colour everywhere. The page reads only the report document (report.json's
+dict), so an old report.json can be rendered again.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from html import escape
 from typing import Any
 
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
-PERCENT_METRICS = ("accuracy", "rouge_l", "semantic_similarity", "judge")
+PERCENT_METRICS = ("accuracy", "rouge_l", "semantic_similarity", "judge")  # as report.md shows them
+P95_COLOR = "#cf222e"
 
 CSS = """
 body { font: 15px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1f2328; margin: 0;
        background: #f6f8fa; }
 main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
 h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 28px 0 10px; }
-.meta { color: #57606a; font-size: 13px; margin-bottom: 18px; word-break: break-all; }
+.meta { color: #57606a; font-size: 13px; margin: 0 0 18px; overflow-wrap: anywhere; }
 .verdict { display: flex; gap: 18px; align-items: flex-start; padding: 14px 18px; border-radius: 8px; }
 .verdict.pass { background: #dafbe1; border: 1px solid #4ac26b; }
 .verdict.fail { background: #ffebe9; border: 1px solid #ff8182; }
@@ -37,11 +40,12 @@ th, td { border-bottom: 1px solid #d8dee4; padding: 6px 10px; text-align: right;
 th:first-child, td:first-child { text-align: left; }
 th { background: #f6f8fa; font-weight: 600; }
 tr.failed td { color: #8c959f; font-style: italic; }
+td.reason { text-align: left; white-space: normal; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
-.ref { font-size: 11px; color: #57606a; margin-left: 4px; }
+.small { font-size: 11px; color: #57606a; margin-left: 4px; }
 .plots { display: grid; grid-template-columns: 1fr; gap: 18px; }
 figure { margin: 0; border: 1px solid #d8dee4; border-radius: 8px; padding: 10px; }
-figure svg { width: 100%; height: auto; }
+figure svg { display: block; width: 100%; height: auto; }
 figcaption { color: #57606a; font-size: 13px; margin-top: 6px; }
 .notes li { color: #57606a; font-size: 13px; }
 """
@@ -67,221 +71,275 @@ def _fmt_count(n: Any) -> str:
     return str(n)
 
 
+def _fmt_ms(spread: dict[str, Any] | None, key: str, digits: int = 1) -> str:
+    value = (spread or {}).get(key)
+    return "n/a" if value is None else f"{value:.{digits}f} ms"
+
+
 def _metric_value(metric: str, value: Any) -> str:
     if value is None:
         return "n/a"
     return f"{value:.1%}" if metric in PERCENT_METRICS else f"{value:.2f}"
 
 
-def _colors(targets: list[dict[str, Any]]) -> dict[str, str]:
-    return {t["name"]: PALETTE[i % len(PALETTE)] for i, t in enumerate(targets)}
+def target_colors(targets: list[dict[str, Any]]) -> dict[str, str]:
+    """One colour per target, by its place in the report, the same in every table and plot."""
+    return {t.get("name", ""): PALETTE[i % len(PALETTE)] for i, t in enumerate(targets)}
 
 
-def _svg(fig: Any) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    text = re.sub(r"^<\?xml[^>]*>\s*", "", text)
-    text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text)
-    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
+def _measured(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in doc.get("targets", []) if t.get("status") == "ok"]
+
+
+# -- plots ----------------------------------------------------------------------------
 
 
 def _figure(width: float = 9.0, height: float = 3.6) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
-    matplotlib.rcParams["svg.fonttype"] = "path"  # glyphs as paths: no font to fetch
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100)
 
 
+def _svg(fig: Any, prefix: str) -> str:
+    """The figure as an inline <svg>: no prolog, no metadata, glyphs drawn as paths (no font to
+    fetch), and its ids prefixed so that three plots on one page never share one."""
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": prefix}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg") :]  # drops the XML prolog and the DOCTYPE
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', text)
+    text = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', text)
+    return re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", text)
+
+
 def plot_quality_size(doc: dict[str, Any], colors: dict[str, str]) -> str:
-    targets = [t for t in doc["targets"] if t.get("status") == "ok"]
+    """Scatter: the primary quality metric against size on disk, the reference as a star."""
     metric = doc.get("primary_metric", "accuracy")
+    scale = 100 if metric in PERCENT_METRICS else 1
+    points = [(t, t["size_bytes"] / 1e6, t["quality"][metric] * scale) for t in _measured(doc)
+              if t.get("size_bytes") and (t.get("quality") or {}).get(metric) is not None]  # fmt: skip
     fig = _figure()
     ax = fig.subplots()
-    sizes = [max(t.get("size_bytes", 0), 1) / 1e6 for t in targets]
-    for t, size in zip(targets, sizes):
-        value = t.get("quality", {}).get(metric, 0.0) * (100 if metric in PERCENT_METRICS else 1)
-        marker = "*" if t["name"] == doc.get("reference") else "o"
-        ax.scatter([size], [value], s=220 if marker == "*" else 110, color=colors[t["name"]], marker=marker,
-                   edgecolors="#1f2328", linewidths=0.6, zorder=3)  # fmt: skip
-        ax.annotate(t["name"], (size, value), textcoords="offset points", xytext=(8, 6), fontsize=10)
+    for t, size, value in points:
+        reference = t["name"] == doc.get("reference")
+        ax.scatter([size], [value], s=260 if reference else 110, color=colors[t["name"]],
+                   marker="*" if reference else "o", edgecolors="#1f2328", linewidths=0.6, zorder=3)  # fmt: skip
+        ax.annotate(t["name"], (size, value), textcoords="offset points", xytext=(9, 7), fontsize=10)
+    sizes = [size for _, size, _ in points]
     if sizes and max(sizes) / min(sizes) > 10:
-        from matplotlib.ticker import FuncFormatter, NullFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("size on disk (MB)")
-    ax.set_ylabel(f"{metric} (%)" if metric in PERCENT_METRICS else metric)
-    if metric in PERCENT_METRICS:
+    ax.margins(x=0.15, y=0.1)
+    if scale == 100:
         ax.set_ylim(0, 105)
+    ax.set_xlabel("size on disk (MB)" + (", log scale" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel(f"{metric} (%)" if scale == 100 else metric)
     ax.grid(True, alpha=0.3)
     ax.set_title(f"Quality against size ({metric}; the star is the reference)")
     fig.tight_layout()
-    return _svg(fig)
+    return _svg(fig, "quality-size")
 
 
 def plot_latency(doc: dict[str, Any], colors: dict[str, str]) -> str:
-    targets = [t for t in doc["targets"] if t.get("status") == "ok" and t.get("latencies_ms")]
-    fig = _figure()
+    """Horizontal box plots of per-request latency at concurrency 1, p95 as a red diamond."""
+    targets = [t for t in _measured(doc) if t.get("latencies_ms")]
+    fig = _figure(height=0.9 + 0.8 * max(len(targets), 2))
     ax = fig.subplots()
     if targets:
-        data = [t["latencies_ms"] for t in targets]
-        box = ax.boxplot(data, orientation="horizontal", patch_artist=True, widths=0.55, showfliers=True,
-                         tick_labels=[t["name"] for t in targets])  # fmt: skip
+        box = ax.boxplot([t["latencies_ms"] for t in targets], orientation="horizontal", patch_artist=True,
+                         widths=0.55, tick_labels=[t["name"] for t in targets],
+                         medianprops={"color": "#1f2328", "linewidth": 1.5},
+                         flierprops={"markersize": 4, "markeredgecolor": "#57606a"})  # fmt: skip
         for patch, t in zip(box["boxes"], targets):
             patch.set_facecolor(colors[t["name"]])
-            patch.set_alpha(0.75)
-        for i, t in enumerate(targets, start=1):
-            p95 = t.get("latency_ms", {}).get("p95", 0.0)
-            ax.plot([p95], [i], marker="|", markersize=22, color="#cf222e", zorder=4)
-        ax.plot([], [], marker="|", markersize=12, linestyle="none", color="#cf222e", label="p95")
-        ax.legend(loc="lower right", fontsize=9)
-    ax.set_xlabel("latency per request (ms), lowest concurrency")
+            patch.set_alpha(0.8)
+        p95 = [(t.get("latency_ms") or {}).get("p95") for t in targets]
+        marked = [(value, row) for row, value in enumerate(p95, start=1) if value is not None]
+        ax.scatter([v for v, _ in marked], [row for _, row in marked], marker="D", s=40, color=P95_COLOR,
+                   edgecolors="white", linewidths=0.8, zorder=4, label="p95")  # fmt: skip
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+        ax.invert_yaxis()  # the first target on top, as in the tables
+    ax.set_xlabel("latency per request (ms), concurrency 1")
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title("Latency distributions")
     fig.tight_layout()
-    return _svg(fig)
+    return _svg(fig, "latency")
 
 
 def plot_throughput(doc: dict[str, Any], colors: dict[str, str]) -> str:
-    targets = [t for t in doc["targets"] if t.get("status") == "ok" and t.get("sweep")]
+    """One line per target: tokens/s over all requests in flight at each concurrency of the sweep."""
+    targets = [t for t in _measured(doc) if t.get("sweep")]
     fig = _figure()
     ax = fig.subplots()
     levels = sorted({level["concurrency"] for t in targets for level in t["sweep"]})
     for t in targets:
         sweep = sorted(t["sweep"], key=lambda level: level["concurrency"])
-        ax.plot([level["concurrency"] for level in sweep], [level["tokens_per_second"] for level in sweep],
+        ax.plot([level["concurrency"] for level in sweep], [level.get("tokens_per_second", 0.0) for level in sweep],
                 marker="o", linewidth=2, color=colors[t["name"]], label=t["name"])  # fmt: skip
     if levels:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(levels)
-        ax.set_xticklabels([str(level) for level in levels])
+        ax.set_xticks(levels, [str(level) for level in levels])
+        ax.minorticks_off()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
     ax.set_xlabel("requests in flight (concurrency)")
     ax.set_ylabel("tokens/s (all requests)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    if targets:
-        ax.legend(fontsize=9)
     ax.set_title("Throughput against concurrency")
     fig.tight_layout()
-    return _svg(fig)
+    return _svg(fig, "throughput")
+
+
+# -- page -----------------------------------------------------------------------------
 
 
 def _verdict(doc: dict[str, Any]) -> str:
     verdict = doc.get("verdict") or {}
     if not verdict.get("evaluated"):
-        return '<section class="verdict none"><div class="badge">NO GATE</div><div>No gate was configured.</div></section>'
+        return ('<section class="verdict none"><div class="badge">NO GATE</div>'
+                "<div>No gate was configured: nothing was judged.</div></section>")  # fmt: skip
     passed = bool(verdict.get("passed"))
     reasons = "".join(f"<li>{escape(str(r))}</li>" for r in verdict.get("reasons", []))
-    candidate = escape(str(doc.get("candidate", "")))
+    candidate = escape(str(doc.get("candidate") or "the candidate"))
     return (f'<section class="verdict {"pass" if passed else "fail"}"><div class="badge">{"PASS" if passed else "FAIL"}'
-            f'</div><div><strong>Gate on {candidate}</strong><ul>{reasons}</ul></div></section>')  # fmt: skip
+            f"</div><div><strong>Gate on {candidate}</strong><ul>{reasons}</ul></div></section>")  # fmt: skip
 
 
 def _name_cell(t: dict[str, Any], colors: dict[str, str], reference: str) -> str:
-    ref = '<span class="ref">reference</span>' if t["name"] == reference else ""
-    return f'<td><span class="swatch" style="background:{colors[t["name"]]}"></span>{escape(t["name"])}{ref}</td>'
+    name = t.get("name", "")
+    ref = '<span class="small">reference</span>' if name == reference else ""
+    return f'<td><span class="swatch" style="background:{colors[name]}"></span>{escape(name)}{ref}</td>'
+
+
+def _failed_row(t: dict[str, Any], colors: dict[str, str], doc: dict[str, Any], columns: int) -> str:
+    reason = escape(str(t.get("reason") or "no reason given"))
+    return (f'<tr class="failed">{_name_cell(t, colors, doc.get("reference", ""))}'
+            f'<td class="reason" colspan="{columns}">failed: {reason}</td></tr>')  # fmt: skip
+
+
+def _table(head: list[str], rows: list[str]) -> str:
+    header = "".join(f"<th>{escape(h)}</th>" for h in ["target", *head])
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _quality_table(doc: dict[str, Any], colors: dict[str, str]) -> str:
     metrics = list(doc.get("quality_metrics", []))
-    head = "".join(f"<th>{escape(m)}</th>" for m in metrics) + "<th>perplexity</th>"
     rows = []
-    for t in doc["targets"]:
+    for t in doc.get("targets", []):
         if t.get("status") != "ok":
-            cols = len(metrics) + 1
-            rows.append(f'<tr class="failed">{_name_cell(t, colors, doc.get("reference", ""))}'
-                        f'<td colspan="{cols}">failed: {escape(str(t.get("reason", "")))}</td></tr>')  # fmt: skip
+            rows.append(_failed_row(t, colors, doc, len(metrics) + 1))
             continue
         cells = []
         for m in metrics:
-            value = t.get("quality", {}).get(m)
-            kept = t.get("retention", {}).get(m)
-            extra = f' <span class="ref">({kept:.0%})</span>' if kept is not None else ""
-            cells.append(f"<td>{_metric_value(m, value)}{extra}</td>")
+            kept = (t.get("retention") or {}).get(m)
+            extra = f' <span class="small">({kept:.0%})</span>' if kept is not None else ""
+            cells.append(f"<td>{_metric_value(m, (t.get('quality') or {}).get(m))}{extra}</td>")
         ppl = t.get("perplexity")
         cells.append(f"<td>{ppl:.2f}</td>" if ppl else "<td>n/a</td>")
         rows.append(f"<tr>{_name_cell(t, colors, doc.get('reference', ''))}{''.join(cells)}</tr>")
-    return f"<table><tr><th>target</th>{head}</tr>{''.join(rows)}</table>"
+    return _table([*metrics, "perplexity"], rows)
 
 
 def _performance_table(doc: dict[str, Any], colors: dict[str, str]) -> str:
-    head = ("<th>TTFT p50</th><th>TTFT p95</th><th>TPOT p50</th><th>latency p50</th><th>p95</th><th>p99</th>"
-            "<th>tokens/s</th><th>size</th><th>memory</th><th>parameters</th>")  # fmt: skip
+    head = ["TTFT p50", "TTFT p95", "TPOT p50", "latency p50", "p95", "p99", "tokens/s", "size", "memory",
+            "parameters"]  # fmt: skip
     rows = []
-    for t in doc["targets"]:
+    for t in doc.get("targets", []):
         if t.get("status") != "ok":
-            rows.append(f'<tr class="failed">{_name_cell(t, colors, doc.get("reference", ""))}'
-                        f'<td colspan="10">failed</td></tr>')  # fmt: skip
+            rows.append(_failed_row(t, colors, doc, len(head)))
             continue
-        ttft, tpot, lat = t.get("ttft_ms", {}), t.get("tpot_ms", {}), t.get("latency_ms", {})
-        cells = [f"{ttft.get('p50', 0):.1f} ms", f"{ttft.get('p95', 0):.1f} ms", f"{tpot.get('p50', 0):.2f} ms",
-                 f"{lat.get('p50', 0):.1f} ms", f"{lat.get('p95', 0):.1f} ms", f"{lat.get('p99', 0):.1f} ms",
-                 f"{t.get('tokens_per_second', 0):.1f}", _fmt_bytes(t.get("size_bytes")),
-                 _fmt_bytes(t.get("memory_bytes")), _fmt_count(t.get("parameters"))]  # fmt: skip
+        ttft, tpot, lat = t.get("ttft_ms"), t.get("tpot_ms"), t.get("latency_ms")
+        tps = t.get("tokens_per_second")
+        cells = [_fmt_ms(ttft, "p50"), _fmt_ms(ttft, "p95"), _fmt_ms(tpot, "p50", 2), _fmt_ms(lat, "p50"),
+                 _fmt_ms(lat, "p95"), _fmt_ms(lat, "p99"), "n/a" if tps is None else f"{tps:.1f}",
+                 _fmt_bytes(t.get("size_bytes")), _fmt_bytes(t.get("memory_bytes")),
+                 _fmt_count(t.get("parameters"))]  # fmt: skip
         rows.append(f"<tr>{_name_cell(t, colors, doc.get('reference', ''))}"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
-    return f"<table><tr><th>target</th>{head}</tr>{''.join(rows)}</table>"
+    return _table(head, rows)
 
 
 def _sweep_table(doc: dict[str, Any], colors: dict[str, str]) -> str:
     levels = doc.get("concurrency_levels") or []
-    if not levels:
-        return ""
-    head = "".join(f"<th>concurrency {c}</th>" for c in levels)
     rows = []
-    for t in doc["targets"]:
-        if t.get("status") != "ok":
-            continue
+    for t in _measured(doc):
         by_level = {level["concurrency"]: level for level in t.get("sweep", [])}
         cells = []
         for c in levels:
             level = by_level.get(c)
-            cells.append("<td>n/a</td>" if level is None else
-                         f"<td>{level['tokens_per_second']:.1f} tok/s<br><span class='ref'>p95 "
-                         f"{level['latency_ms']['p95']:.0f} ms</span></td>")  # fmt: skip
+            if level is None:
+                cells.append("<td>n/a</td>")
+                continue
+            p95 = _fmt_ms(level.get("latency_ms"), "p95", 0)
+            errors = f", {level['errors']} errors" if level.get("errors") else ""
+            cells.append(f"<td>{level.get('tokens_per_second', 0.0):.1f} tok/s<br>"
+                         f'<span class="small">p95 {p95}{errors}</span></td>')  # fmt: skip
         rows.append(f"<tr>{_name_cell(t, colors, doc.get('reference', ''))}{''.join(cells)}</tr>")
-    return f"<table><tr><th>target</th>{head}</tr>{''.join(rows)}</table>"
+    return _table([f"concurrency {c}" for c in levels], rows)
 
 
-def render_html(doc: dict[str, Any]) -> str:
+def _meta(doc: dict[str, Any]) -> str:
+    parts = [f"Dataset <code>{escape(str(doc.get('dataset_uri', '')))}</code> ({int(doc.get('num_prompts') or 0)} prompts)",
+             f"primary metric: <code>{escape(str(doc.get('primary_metric', 'accuracy')))}</code>"]  # fmt: skip
+    if doc.get("metric"):
+        parts.append(f"accuracy by <code>{escape(str(doc['metric']))}</code>")
+    parts.append(f"reference: <strong>{escape(str(doc.get('reference', '')))}</strong>")
+    if doc.get("created"):
+        parts.append(escape(str(doc["created"])))
+    return " · ".join(parts)
+
+
+def render_html(document: dict[str, Any]) -> str:
     """The report document (report.json) as one self-contained HTML page."""
-    colors = _colors(doc.get("targets", []))
+    doc = document
+    colors = target_colors(doc.get("targets", []))
     title = escape(str(doc.get("title", "Evaluation report")))
-    meta = (f"Dataset <code>{escape(str(doc.get('dataset_uri', '')))}</code> ({int(doc.get('num_prompts', 0))} "
-            f"prompts) · accuracy: <code>{escape(str(doc.get('metric', 'exact_match')))}</code> · reference: "
-            f"<strong>{escape(str(doc.get('reference', '')))}</strong> · {escape(str(doc.get('created', '')))}")  # fmt: skip
     figures = [
         ("plot-quality-size", plot_quality_size(doc, colors),
-         "Quality against size on disk: up and to the left is better."),
+         "Quality against size on disk: up and to the left is better. Failed targets are left out."),
         ("plot-latency", plot_latency(doc, colors),
-         "Per-request latency at the lowest concurrency: boxes span p25 to p75, whiskers 1.5 IQR; the red tick is p95."),
+         "Per-request latency at concurrency 1: boxes span p25 to p75 with the median, whiskers reach "
+         "1.5 IQR, dots are outliers; the red diamond is p95."),
         ("plot-throughput", plot_throughput(doc, colors),
          "Tokens per second over all requests in flight, at each level of the concurrency sweep."),
     ]  # fmt: skip
-    notes = [f"<li><strong>{escape(t['name'])}</strong>: {escape(str(n))}</li>"
-             for t in doc.get("targets", []) for n in t.get("notes", [])]  # fmt: skip
+    notes = [f"<li><strong>{escape(str(t.get('name', '')))}</strong>: {escape(str(n))}</li>"
+             for t in doc.get("targets", []) for n in t.get("notes") or []]  # fmt: skip
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{title}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{title}</h1>",
-        f'<div class="meta">{meta}</div>',
+        f'<p class="meta">{_meta(doc)}</p>',
         _verdict(doc),
         "<h2>Quality</h2>",
-        "<p class='meta'>Each value with, in brackets, its retention of the reference's value.</p>",
+        '<p class="meta">Each value with, in brackets, its retention of the reference\'s value.</p>',
         _quality_table(doc, colors),
         "<h2>Speed and footprint</h2>",
+        '<p class="meta">Timings at concurrency 1: time to first token (TTFT), time per output token '
+        "(TPOT) and whole-request latency; tokens/s is one request's decode speed.</p>",
         _performance_table(doc, colors),
-        "<h2>Throughput under load</h2>" + _sweep_table(doc, colors) if doc.get("concurrency_levels") else "",
+        ("<h2>Throughput under load</h2>" + _sweep_table(doc, colors))
+        if doc.get("concurrency_levels")
+        else "",
         "<h2>Plots</h2>",
         '<div class="plots">',
-        *[f'<figure id="{fid}">{svg}<figcaption>{escape(caption)}</figcaption></figure>' for fid, svg, caption in figures],
+        *[
+            f'<figure id="{fid}">{svg}<figcaption>{escape(caption)}</figcaption></figure>'
+            for fid, svg, caption in figures
+        ],
         "</div>",
         f'<h2>Notes</h2><ul class="notes">{"".join(notes)}</ul>' if notes else "",
         "</main></body></html>",
