@@ -116,9 +116,10 @@ def stages_of(text: str) -> list[tuple[str, str]]:
         return []
 
 
-def follow(run_id: str, pending: list[tuple[str, str]], out: Any = sys.stderr) -> pipeline_pb2.PipelineRun:
+def follow(run_id: str, pending: list[tuple[str, str]], out: Any = None) -> pipeline_pb2.PipelineRun:
     """Poll the run until it ends, redrawing the stage table in place on a terminal (line changes
-    otherwise)."""
+    otherwise). out: sys.stderr as it is at the call."""
+    out = out if out is not None else sys.stderr
     stub = client.stub("pipeline")
     live = out.isatty()
     drawn = 0
