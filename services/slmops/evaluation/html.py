@@ -18,8 +18,9 @@ import re
 from html import escape
 from typing import Any
 
+from slmops.evaluation.formats import PERCENT_METRICS, count_text, metric_text, size_text
+
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
-PERCENT_METRICS = ("accuracy", "rouge_l", "semantic_similarity", "judge")  # as report.md shows them
 P95_COLOR = "#cf222e"
 
 CSS = """
@@ -51,35 +52,9 @@ figcaption { color: #57606a; font-size: 13px; margin-top: 6px; }
 """
 
 
-def _fmt_bytes(n: Any) -> str:
-    n = int(n or 0)
-    if not n:
-        return "n/a"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-def _fmt_count(n: Any) -> str:
-    n = int(n or 0)
-    if not n:
-        return "n/a"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
-
-
 def _fmt_ms(spread: dict[str, Any] | None, key: str, digits: int = 1) -> str:
     value = (spread or {}).get(key)
     return "n/a" if value is None else f"{value:.{digits}f} ms"
-
-
-def _metric_value(metric: str, value: Any) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.1%}" if metric in PERCENT_METRICS else f"{value:.2f}"
 
 
 def target_colors(targets: list[dict[str, Any]]) -> dict[str, str]:
@@ -244,7 +219,7 @@ def _quality_table(doc: dict[str, Any], colors: dict[str, str]) -> str:
         for m in metrics:
             kept = (t.get("retention") or {}).get(m)
             extra = f' <span class="small">({kept:.0%})</span>' if kept is not None else ""
-            cells.append(f"<td>{_metric_value(m, (t.get('quality') or {}).get(m))}{extra}</td>")
+            cells.append(f"<td>{metric_text(m, (t.get('quality') or {}).get(m))}{extra}</td>")
         ppl = t.get("perplexity")
         cells.append(f"<td>{ppl:.2f}</td>" if ppl else "<td>n/a</td>")
         rows.append(f"<tr>{_name_cell(t, colors, doc.get('reference', ''))}{''.join(cells)}</tr>")
@@ -263,8 +238,8 @@ def _performance_table(doc: dict[str, Any], colors: dict[str, str]) -> str:
         tps = t.get("tokens_per_second")
         cells = [_fmt_ms(ttft, "p50"), _fmt_ms(ttft, "p95"), _fmt_ms(tpot, "p50", 2), _fmt_ms(lat, "p50"),
                  _fmt_ms(lat, "p95"), _fmt_ms(lat, "p99"), "n/a" if tps is None else f"{tps:.1f}",
-                 _fmt_bytes(t.get("size_bytes")), _fmt_bytes(t.get("memory_bytes")),
-                 _fmt_count(t.get("parameters"))]  # fmt: skip
+                 size_text(t.get("size_bytes")), size_text(t.get("memory_bytes")),
+                 count_text(t.get("parameters"))]  # fmt: skip
         rows.append(f"<tr>{_name_cell(t, colors, doc.get('reference', ''))}"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
     return _table(head, rows)

@@ -20,6 +20,7 @@ from typing import Any
 import fsspec
 
 from slmops.evaluation.client import Level, Measurement
+from slmops.evaluation.formats import count_text, metric_text, size_text
 from slmops.evaluation.spec import RETENTION_METRICS, GateConfig
 
 
@@ -221,24 +222,6 @@ def headlines(result: TargetResult, reference: TargetResult) -> dict[str, float 
 # -- files --------------------------------------------------------------------------
 
 
-def _bytes(n: int) -> str:
-    if not n:
-        return "n/a"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-def _count(n: int) -> str:
-    if not n:
-        return "n/a"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
-
-
 def _factor(value: float | None) -> str:
     """A reference/target ratio in words: '2.50x lower (60% less)'."""
     if value is None:
@@ -252,12 +235,10 @@ def _quality_cell(result: TargetResult, metric: str) -> str:
     value = result.quality.get(metric)
     if value is None:
         return "n/a"
-    text = f"{value:.1%}" if metric in PERCENT_METRICS else f"{value:.2f}"
+    text = metric_text(metric, value)
     retention = result.retentions.get(metric)
     return f"{text} ({retention:.0%})" if retention is not None else text
 
-
-PERCENT_METRICS = ("accuracy", "rouge_l", "semantic_similarity", "judge")
 
 
 def quality_metrics(results: list[TargetResult]) -> list[str]:
@@ -302,7 +283,7 @@ def markdown(
         lines.append(
             f"| {r.name} | {r.accuracy:.1%} | {r.retention:.1%} | {r.latency_p50_ms:.1f} | {r.latency_p95_ms:.1f} "
             f"| {r.latency_p99_ms:.1f} | {r.ttft_p50_ms:.1f} | {r.tpot_p50_ms:.2f} | {r.tokens_per_second:.1f} "
-            f"| {_bytes(r.size_bytes)} | {_bytes(r.memory_bytes)} | {_count(r.parameters)} |"
+            f"| {size_text(r.size_bytes)} | {size_text(r.memory_bytes)} | {count_text(r.parameters)} |"
         )
     levels = sorted({level["concurrency"] for r in ok for level in r.sweep})
     if len(levels) > 1:
