@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,train-extra,cluster]'
 	$(PY) scripts/install_helm.py
-	bash scripts/install_chromium.sh
+	bash scripts/install_system_packages.sh
 	@touch $(STAMP)
 
 test: setup

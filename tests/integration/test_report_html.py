@@ -1,7 +1,7 @@
 """The evaluation's HTML page rendered by headless Chromium: it reads offline and its plots are drawn.
 
 Chromium is Debian's package, which `make setup` installs where it is missing
-(scripts/install_chromium.sh); this test is not skipped without it.
+(scripts/install_system_packages.sh); this test is not skipped without it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_the_report_renders_with_its_plots_in_chromium(tmp_path):
     try:
         dom = dump_dom(page)
     except RuntimeError as exc:
-        pytest.fail(f"{exc}\n(`make setup` installs Debian's chromium: scripts/install_chromium.sh)")
+        pytest.fail(f"{exc}\n(`make setup` installs Debian's chromium: scripts/install_system_packages.sh)")
     assert "<script" not in dom.lower()
     for attribute in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', dom):
         assert attribute.startswith("#"), f"the page points outside itself: {attribute}"

@@ -24,7 +24,7 @@ def chromium() -> str:
     found = DEBIAN_CHROMIUM if Path(DEBIAN_CHROMIUM).exists() else shutil.which("chromium")
     if not found:
         raise RuntimeError("chromium is not installed: `make setup` installs Debian's chromium package "
-                           "(scripts/install_chromium.sh)")  # fmt: skip
+                           "(scripts/install_system_packages.sh)")  # fmt: skip
     return found
 
 
