@@ -252,6 +252,7 @@ def test_all_on_values_turn_everything_on(all_on_docs):
         "postgresql+psycopg://slmops:$(SLMOPS_DB_PASSWORD)@slmops-postgresql.slmops.svc:5432/slmops"
     )
     assert env["SLMOPS_ARTIFACT_ROOT"] == "s3://slmops-artifacts/prod"
+    assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
     assert env["RAY_AUTH_TOKEN"]["secretKeyRef"]["name"] == "slmops-ray-auth"
     assert pipeline["containers"][0]["envFrom"] == [
         {"secretRef": {"name": "slmops-artifact-store"}}
@@ -267,6 +268,7 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["rayStartParams"] == {"num-gpus": "1"}
     assert container_env(gpu_container)["RAY_AUTH_MODE"] == "token"
+    assert container_env(gpu_container)["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
     # Collector: both exporters in the pipelines.
     config = yaml.safe_load(
         one(all_on_docs, "ConfigMap", "slmops-otel-collector")["data"]["config.yaml"]

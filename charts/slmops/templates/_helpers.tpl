@@ -164,6 +164,10 @@ Environment shared by service pods and Ray pods: artifacts, tracing, Ray auth.
 - name: SLMOPS_ARTIFACT_ROOT
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.artifacts.endpoint }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- if .Values.artifacts.sharedClaim }}
 - name: SLMOPS_ALLOWED_ROOTS
   value: {{ .Values.artifacts.sharedMountPath | quote }}
