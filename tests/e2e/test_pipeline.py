@@ -1,4 +1,9 @@
-"""The demo pipeline from its YAML, through the pipeline service and the CLI, on tiny models.
+"""The demo pipeline from its YAML, through the pipeline service and the CLI, on tiny models,
+on the production parts: every service's job store on one PostgreSQL database and
+the artifact root on an S3 API (moto's server on loopback), so every stage writes
+its artifact to S3 and the next stage reads it from there; the local serving
+backend fetches each model from S3 into its cache (checking the manifest's hashes)
+before it serves it.
 
 The file is examples/demo-pipeline.yaml with its inputs and sizes made tiny: a
 random teacher of a few thousand parameters, 24 prompts, a few training steps,
@@ -35,6 +40,7 @@ from slmops.testing.tiny import build_model, train_tokenizer
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "demo-pipeline.yaml"
+JOB_KINDS = ("synthesize", "train", "convert", "evaluate")
 AFTER_TRAINING = ["student", "student-int4", "student-endpoint", "canary", "evaluate", "gate", "rollout"]
 
 
@@ -81,11 +87,29 @@ def run_file(data: dict, path: Path, capsys) -> tuple[int, dict, float]:
     return code, json.loads(out.out), took
 
 
+def job_kinds(database_url: str) -> set[str]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(sqlalchemy.text("SELECT DISTINCT kind FROM jobs")).scalars())
+    finally:
+        engine.dispose()
+
+
 def stage_map(run: dict) -> dict[str, dict]:
     return {s["name"]: s for s in run["stages"]}
 
 
-def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(stack, capsys, tmp_path):
+def read_report(uri: str) -> dict:
+    import fsspec
+
+    with fsspec.open(f"{uri}/report.json", "r") as fh:
+        return json.load(fh)
+
+
+def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(production_stack, capsys, tmp_path):
     data = tiny_pipeline(tmp_path)
     path = tmp_path / "pipeline.yaml"
 
@@ -98,15 +122,26 @@ def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(stack, capsys, t
     assert stages["rollout"]["detail"]["action"] == "promoted"
     deployment = client.call(client.stub("serving").GetDeployment, serving_pb2.GetDeploymentRequest(name="student"))
     assert deployment.serving_revision == int(stages["canary"]["detail"]["revision"])
-    report = artifacts.local_path(first["report_uri"])
-    assert (report / "report.html").exists()
-    results = {r["name"]: r for r in json.loads((report / "report.json").read_text())["results"]}
+    bucket = production_stack["bucket"]
+    outputs = [s["output"]["uri"] for s in stages.values() if data["stages"][s["name"]]["kind"] in JOB_KINDS]
+    assert len(outputs) == 5 and all(uri.startswith(f"{bucket}/artifacts/") for uri in outputs), outputs
+    assert first["report_uri"].startswith(f"{bucket}/") and artifacts.is_artifact(first["report_uri"])
+    assert artifacts.size_bytes(f"{first['report_uri']}/report.html") > 0
+    results = {r["name"]: r for r in read_report(first["report_uri"])["results"]}
     assert results["teacher"]["quality"]["accuracy"] == 1.0
     assert [level["concurrency"] for level in results["student-int4"]["sweep"]] == [1, 4]
     # The served revision's lineage goes back to the prompts file.
     kinds = [ref["kind"] for ref in first["lineage"]]
     assert kinds[:4] == ["deployment", "onnx-model", "checkpoint", "dataset"] and kinds[-1] == "file"
     assert first["lineage"][-1]["uri"].endswith("prompts.jsonl")
+    assert all(ref["uri"].startswith(f"{bucket}/") for ref in first["lineage"][:4])
+    # The served revision was fetched from S3 into the serving cache, and the deployment records the S3 URI.
+    served = next(r for r in deployment.revisions if r.number == deployment.serving_revision)
+    assert served.model_uri == stages["student-int4"]["output"]["uri"]
+    cached = production_stack["data_dir"] / "cache" / "models" / artifacts.read_manifest(served.model_uri).id
+    assert (cached / "genai_config.json").is_file()
+    # Every job of every service is one row in the one PostgreSQL database.
+    assert job_kinds(production_stack["database_url"]) >= {"synthesis", "training", "conversion", "evaluation"}
 
     code, second, took_second = run_file(data, path, capsys)
     assert code == 0
@@ -133,7 +168,7 @@ def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(stack, capsys, t
     assert all(r.traffic_percent == 0 for r in deployment.revisions if r.number == canary)
 
 
-def test_bad_input_is_rejected_before_any_stage_runs(stack, capsys, tmp_path):
+def test_bad_input_is_rejected_before_any_stage_runs(production_stack, capsys, tmp_path):
     data = tiny_pipeline(tmp_path)
     data["stages"]["student"]["dataset"] = "answerz"  # a missing stage
     data["stages"]["teacher"]["spec"]["hyperparameters"]["epochs"] = "many"  # a wrong type

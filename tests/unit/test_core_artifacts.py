@@ -59,3 +59,10 @@ def test_confine_keeps_paths_inside_roots(tmp_path):
     assert artifacts.confine("s3://bucket/x", [root]) == "s3://bucket/x"
     with pytest.raises(InvalidSpec, match="empty"):
         artifacts.confine("", [root])
+
+
+def test_hash_files_of_a_single_file_keys_it_by_the_empty_path(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "1+1="}\n')
+    hashes = artifacts.hash_files(artifacts.to_uri(path))
+    assert list(hashes) == [""] and len(hashes[""]) == 64

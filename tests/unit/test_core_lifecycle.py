@@ -1,21 +1,25 @@
-"""The stage job lifecycle in process: submit, follow, cancel, restart, two replicas on one SQLite file.
+"""The stage job lifecycle in process: submit, follow, cancel, restart, two replicas on one database.
 
 Ray is a stand-in here (FakeRay: a cluster's job table in memory, shared by
-the replicas as one cluster would be); the job store and StageJobs are real.
+the replicas as one cluster would be); the job store and StageJobs are real,
+and every test runs on a SQLite file and on PostgreSQL (`store_url`). One
+restarts PostgreSQL under a running job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 
 import pytest
 
 from slmops.core.errors import Unavailable
-from slmops.core.jobstore import JobRecord, JobStore
+from slmops.core.jobstore import JobRecord, JobStore, LeaseLost
+from slmops.core.lifecycle import Update
 from slmops.core.progress import PREFIX, RESULT_PREFIX
-from slmops.core.ray_jobs import RayJobStatus
+from slmops.core.ray_jobs import RayJobs, RayJobStatus
 from slmops.core.stage_jobs import StageJobs
 
 
@@ -30,8 +34,9 @@ class FakeRay:
         self.stoppable = True
 
     def submit(self, stage, job_id, config, output_uri, traceparent="", restart=0) -> str:
-        self.submits[job_id] += 1
         submission = f"slmops-{job_id}" + (f"-r{restart}" if restart else "")
+        assert submission not in self.jobs, f"{submission} submitted twice"  # Ray refuses a second one
+        self.submits[job_id] += 1
         self.jobs[submission] = {"state": "PENDING", "log": ""}
         return submission
 
@@ -80,9 +85,9 @@ def replica(db: str, ray: FakeRay, name: str, lease_s: float = 0.6) -> StageJobs
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
+def db(store_url, tmp_path, monkeypatch):
     monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path))
-    return f"sqlite:///{tmp_path}/jobs.db"
+    return store_url
 
 
 async def test_a_job_is_submitted_once_followed_and_watched_to_the_end(db):
@@ -213,3 +218,86 @@ async def test_a_synthesis_job_whose_process_died_is_started_again_a_bounded_num
     await until(lambda: jobs.get(dies.id).finished)
     assert ray.submits[dies.id] == 3 and "after 2 restarts" in jobs.get(dies.id).reason
     await jobs.close()
+
+
+async def test_a_replica_whose_lease_ran_out_cannot_finish_the_job_another_follows(db):
+    ray = FakeRay()
+    a, b = replica(db, ray, "a", lease_s=0.3), replica(db, ray, "b", lease_s=2.0)  # b renews with room to spare
+    record = await a.create({}, {}, "", {})
+    await until(lambda: ray.submits[record.id] == 1)
+    ray.advance(f"slmops-{record.id}", "RUNNING", progress_line(0.3, "working"))
+    await until(lambda: a.get(record.id).state == "RUNNING")
+    for task in list(a._tasks.values()):  # a stalls (a long pause, a partition): its lease runs out
+        task.cancel()
+    await asyncio.sleep(0.4)
+    b.resume()
+    await until(lambda: b.store.get(record.id).owner == "b")
+
+    # What a saw before it stalled arrives late: it may neither fail the job nor finish it.
+    stale = a.get(record.id)
+    with pytest.raises(LeaseLost):
+        await asyncio.to_thread(a._apply, stale, Update(state="FAILED", reason="stale news"))
+    await a._fail(record.id, "a's view of an error")  # logged, not kept
+    assert not a.get(record.id).finished and a.get(record.id).owner == "b"
+
+    # A user's Cancel, through any replica, still finishes it.
+    cancelled = await a.cancel(record.id)
+    assert cancelled.state == "CANCELLED" and "stale" not in cancelled.reason
+    assert [e.state for e in a.store.events(record.id)].count("CANCELLED") == 1
+    await b.close()
+    await a.close()
+
+
+async def test_a_second_submission_of_the_same_job_follows_the_first(monkeypatch):
+    """Two replicas may both submit a job (one lost its lease mid-submit): Ray refuses the second
+    submission id, and that replica follows the job Ray runs, rather than failing it."""
+
+    class Client:
+        def __init__(self) -> None:
+            self.submitted: list[str] = []
+
+        def submit_job(self, *, submission_id, **_):
+            if submission_id in self.submitted:
+                raise RuntimeError(f"Request failed with status code 400: Job with submission_id {submission_id} "
+                                   "already exists. Please use a different submission_id.")  # fmt: skip
+            self.submitted.append(submission_id)
+            return submission_id
+
+    ray = RayJobs("http://127.0.0.1:1")
+    ray._client = Client()
+    assert ray.submit("training", "train-x", {}, "file:///out") == "slmops-train-x"
+    assert ray.submit("training", "train-x", {}, "file:///out") == "slmops-train-x"
+    assert ray._client.submitted == ["slmops-train-x"]
+
+
+async def test_a_job_keeps_going_through_a_postgres_restart(postgres, tmp_path, monkeypatch, caplog):
+    """PostgreSQL restarts while a job runs: the follower waits, reconnects, and the job ends SUCCEEDED
+    with every event kept once, numbered 1..n."""
+    monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path))
+    url = postgres.database("t_lifecycle_restart")
+    ray = FakeRay()
+    jobs = StageJobs("training", JobStore(url), ray, poll_s=0.05, lease_s=3.0, owner="a")
+    record = await jobs.create({}, {}, "", {})
+    submission = f"slmops-{record.id}"
+    await until(lambda: ray.submits[record.id] == 1)
+    ray.advance(submission, "RUNNING", progress_line(0.3, "before"))
+    await until(lambda: any(e.message == "before" for e in jobs.store.events(record.id)))
+
+    caplog.set_level(logging.WARNING, "slmops.core.lifecycle")
+    try:
+        await asyncio.to_thread(postgres.stop)
+        ray.advance(submission, "RUNNING", progress_line(0.6, "during"))
+        await until(lambda: "job store is unreachable" in caplog.text, timeout=10)
+    finally:
+        await asyncio.to_thread(postgres.start)
+    ray.advance(submission, "SUCCEEDED", progress_line(0.9, "after"), result_line("file:///out"))
+    await until(lambda: jobs.get(record.id).finished, timeout=20)
+
+    done = jobs.get(record.id)
+    assert done.state == "SUCCEEDED" and ray.submits[record.id] == 1
+    events = jobs.store.events(record.id)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    messages = [e.message for e in events]
+    assert [messages.count(m) for m in ("before", "during", "after", "done")] == [1, 1, 1, 1]
+    await jobs.close()
+    jobs.store.engine.dispose()

@@ -35,10 +35,11 @@ from slmops.conversion.olive_convert import (
 )
 from slmops.conversion.spec import ConversionConfig, VerifySettings
 from slmops.conversion.verify import thresholds_for, verify
-from slmops.core import artifacts
+from slmops.core import artifact_cache, artifacts
 from slmops.core.datasets import VALIDATION_FILE, read_split, split_exists
 from slmops.core.errors import InvalidSpec, NotFound
 from slmops.core.progress import Progress, scaled
+from slmops.core.stores import filesystem, store_errors
 
 
 def _is_local(uri: str) -> bool:
@@ -112,15 +113,23 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> Path:
     return out
 
 
-def _fetch(uri: str, scratch: Path, name: str) -> Path:
-    """A local folder holding uri's files (downloaded into scratch when remote)."""
-    import fsspec
+def _fetch(uri: str, scratch: Path, name: str, field: str = "spec.model_uri") -> Path:
+    """A local folder holding uri's files (downloaded into scratch when remote).
 
+    A sealed artifact on an object store is checked file by file against its
+    manifest's hashes while it downloads (InvalidSpec naming a file that changed).
+    """
     if _is_local(uri):
         return artifacts.local_path(artifacts.to_uri(uri))
-    fs, path = fsspec.core.url_to_fs(uri)
     local = scratch / name
-    fs.get(path.rstrip("/") + "/", str(local), recursive=True)
+    try:
+        if artifacts.is_artifact(uri):
+            return artifact_cache.download(uri, local, field)
+        fs, path = filesystem(uri)
+        with store_errors(uri, "fetching"):
+            fs.get(path.rstrip("/") + "/", str(local), recursive=True)
+    except InvalidSpec as exc:
+        raise ConversionError(str(exc)) from None
     return local
 
 
@@ -218,7 +227,8 @@ def _convert_and_verify(cfg: ConversionConfig, output_uri: str, progress: Progre
         with artifacts.staged(output_uri) as staging:
             target = artifacts.local_path(staging) if _is_local(output_uri) else scratch / "output"
             source = _fetch(cfg.model_uri, scratch, "source")
-            adapters = {ref.name: artifacts.local_path(ref.uri) for ref in cfg.adapters}
+            adapters = {ref.name: _fetch(ref.uri, scratch, f"adapter-{i}", f"spec.adapter_uris ({ref.name})")
+                        for i, ref in enumerate(cfg.adapters)}  # fmt: skip
             model_dir = source
             if cfg.merge_adapters and adapters:
                 name, folder = next(iter(adapters.items()))

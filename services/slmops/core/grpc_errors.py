@@ -2,7 +2,8 @@
 
 InvalidSpec -> INVALID_ARGUMENT (naming the field), NotFound -> NOT_FOUND,
 Conflict -> FAILED_PRECONDITION, AlreadyExists -> ALREADY_EXISTS,
-Unavailable -> UNAVAILABLE. Anything else is logged with its traceback and
+Unavailable -> UNAVAILABLE, and so does an outage of the job store's database
+(a PostgreSQL restart: clients retry UNAVAILABLE). Anything else is logged with its traceback and
 answered INTERNAL with a short message: never a stack trace, never UNKNOWN.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import grpc
 
 from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable
+from slmops.core.jobstore import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ def status_for(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     for error_type, code in _CODES:
         if isinstance(exc, error_type):
             return code, str(exc)
+    if is_transient(exc):
+        log.warning("%s: the job store is unreachable: %s", method, exc)
+        return grpc.StatusCode.UNAVAILABLE, "the job store is unreachable for now; try again"
     log.exception("unexpected error in %s", method)
     return grpc.StatusCode.INTERNAL, f"internal error in {method.rsplit('/', 1)[-1]}; see the service log"
 

@@ -9,8 +9,15 @@ holding its *owner lease* (`claim`: one atomic UPDATE that succeeds only for
 the current owner or when the lease has expired), renewed while it follows;
 a replica that dies stops renewing and another takes the job over. Event
 sequence numbers are unique per job (a unique index), so two writers can
-never give two events one number. The schema is kept by Alembic migrations
-(core/migrations), applied when a store opens.
+never give two events one number; `apply` keeps a change of the record and
+its events in one transaction, so a write cut off by a lost connection leaves
+all of it or none. The schema is kept by Alembic migrations (core/migrations),
+applied when a store opens; on PostgreSQL under an advisory lock, so replicas
+starting together migrate one after the other.
+
+On PostgreSQL, pooled connections are checked before use (`pool_pre_ping`), so
+a store outlives a server restart; `is_transient` tells the errors of such an
+outage (worth a retry) from the others.
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, Index, Integer, String, Text, create_engine, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Float, Index, Integer, String, Text, create_engine, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from slmops.core.errors import InvalidSpec, NotFound
@@ -40,7 +48,7 @@ class _Base(DeclarativeBase):
 
 class _Job(_Base):
     __tablename__ = "jobs"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     spec_json: Mapped[str] = mapped_column(Text, default="{}")
@@ -57,7 +65,7 @@ class _Job(_Base):
     log_offset: Mapped[int] = mapped_column(Integer, default=0)
     created: Mapped[float] = mapped_column(Float, index=True)
     updated: Mapped[float] = mapped_column(Float)
-    owner: Mapped[str] = mapped_column(String(64), default="")
+    owner: Mapped[str] = mapped_column(String(128), default="")
     lease_expires: Mapped[float] = mapped_column(Float, default=0.0)
 
 
@@ -65,7 +73,7 @@ class _Event(_Base):
     __tablename__ = "job_events"
     __table_args__ = (Index("uq_job_events_job_sequence", "job_id", "sequence", unique=True),)
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    job_id: Mapped[str] = mapped_column(String(128), index=True)
     sequence: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))
     fraction: Mapped[float] = mapped_column(Float, default=0.0)
@@ -115,22 +123,44 @@ class Event:
 _JSON_FIELDS = {"spec": "spec_json", "config": "config_json", "result": "result_json", "labels": "labels_json"}
 UNFINISHED = ("PENDING", "RUNNING")
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x736C6D6F7073  # PostgreSQL advisory lock key ("slmops") held while migrating
+POOL_RECYCLE_S = 300  # reopen pooled server connections older than this (idle timeouts of proxies)
+EventRow = tuple[str, float, str, dict[str, float]]  # (state, fraction, message, metrics) of an event to append
 
 
 class LeaseLost(Exception):
     """Another replica owns the job now: this one must stop following it."""
 
 
-def migrate(engine: Any) -> None:
-    """Bring the database to the newest schema with Alembic (a store made before migrations included)."""
-    from alembic import command
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error is one of an outage (server restarting, connection dropped): retry it."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def migration_config(connection: Any = None) -> Any:
+    """Alembic's configuration for the store's migrations, running on connection."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Any) -> None:
+    """Bring the database to the newest schema with Alembic (a store made before migrations included).
+
+    One transaction; on PostgreSQL it first takes an advisory lock, so a second
+    replica starting at the same time waits, then finds the schema current.
+    """
+    from alembic import command
+
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        command.upgrade(migration_config(connection), "head")
 
 
 def _to_record(row: _Job) -> JobRecord:
@@ -148,11 +178,14 @@ class JobStore:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:  # a server: connections may break under the pool (restart, failover)
+            kwargs.update(pool_pre_ping=True, pool_recycle=POOL_RECYCLE_S)
         self.engine = create_engine(url, **kwargs)
         migrate(self.engine)
         self._lock = threading.Lock()
 
-    def create(self, record: JobRecord) -> JobRecord:
+    def create(self, record: JobRecord, events: Iterable[EventRow] = ()) -> JobRecord:
+        """Keep a new record, with its first events in the same transaction."""
         now = time.time()
         record.created = record.created or now
         record.updated = now
@@ -166,6 +199,8 @@ class JobStore:
         )
         with self._lock, Session(self.engine) as session:
             session.add(row)
+            session.flush()
+            self._append(session, record.id, list(events))
             session.commit()
         return record
 
@@ -179,18 +214,55 @@ class JobStore:
 
     def update(self, job_id: str, *, owner: str | None = None, **changes: Any) -> JobRecord:
         """Change fields of a job; with owner, only while that owner holds its lease (else LeaseLost)."""
-        with self._lock, Session(self.engine) as session:
-            row = session.get(_Job, job_id, with_for_update=owner is not None)
-            if row is None:
-                raise NotFound("job", job_id)
-            if owner is not None and row.owner != owner:
-                raise LeaseLost(f"job {job_id} is followed by {row.owner or 'nobody'} now")
-            for name, value in changes.items():
-                column = _JSON_FIELDS.get(name)
-                setattr(row, column or name, json.dumps(value) if column else value)
-            row.updated = time.time()
-            session.commit()
-            return _to_record(row)
+        return self.apply(job_id, owner=owner, **changes)
+
+    def apply(
+        self, job_id: str, *, owner: str | None = None, events: Iterable[EventRow] = (), release: bool = False,
+        if_unfinished: bool = False, **changes: Any,
+    ) -> JobRecord:  # fmt: skip
+        """Change fields of a job and append events, in one transaction: all of it is kept, or none.
+
+        owner: only while that owner holds the lease (else LeaseLost). release:
+        give the lease up too. if_unfinished: change nothing when the job has
+        finished already (the record is returned as it is).
+        """
+        events = list(events)
+        for _ in range(10):
+            with self._lock, Session(self.engine) as session:
+                row = session.get(_Job, job_id, with_for_update=True)
+                if row is None:
+                    raise NotFound("job", job_id)
+                if owner is not None and row.owner != owner:
+                    raise LeaseLost(f"job {job_id} is followed by {row.owner or 'nobody'} now")
+                if if_unfinished and row.state in TERMINAL:
+                    return _to_record(row)
+                for name, value in changes.items():
+                    column = _JSON_FIELDS.get(name)
+                    setattr(row, column or name, json.dumps(value) if column else value)
+                row.updated = time.time()
+                if release:
+                    row.owner, row.lease_expires = "", 0.0
+                self._append(session, job_id, events)
+                try:
+                    session.commit()
+                except IntegrityError:  # another writer took an event number first
+                    session.rollback()
+                    continue
+                return _to_record(row)
+        raise RuntimeError(f"could not number the events of job {job_id}: too many concurrent writers")
+
+    @staticmethod
+    def _append(session: Session, job_id: str, events: list[EventRow]) -> list[_Event]:
+        """Add events with the job's next sequence numbers to the session (the unique index guards them)."""
+        if not events:
+            return []
+        last = session.scalar(select(func.max(_Event.sequence)).where(_Event.job_id == job_id)) or 0
+        now = time.time()
+        rows = [_Event(job_id=job_id, sequence=last + i, state=state, fraction=fraction, message=message,
+                       metrics_json=json.dumps(metrics or {}), time=now)
+                for i, (state, fraction, message, metrics) in enumerate(events, 1)]  # fmt: skip
+        session.add_all(rows)
+        return rows
 
     def list(
         self,
@@ -276,10 +348,7 @@ class JobStore:
         """Append an event with the job's next sequence number (unique: a racing writer retries)."""
         for _ in range(10):
             with self._lock, Session(self.engine) as session:
-                last = session.scalar(select(func.max(_Event.sequence)).where(_Event.job_id == job_id))
-                event = _Event(job_id=job_id, sequence=(last or 0) + 1, state=state, fraction=fraction,
-                               message=message, metrics_json=json.dumps(metrics or {}), time=time.time())  # fmt: skip
-                session.add(event)
+                (event,) = self._append(session, job_id, [(state, fraction, message, metrics or {})])
                 try:
                     session.commit()
                 except IntegrityError:

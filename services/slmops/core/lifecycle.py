@@ -18,7 +18,12 @@ What the lifecycle guarantees, whatever the engine:
   asked whether the record's work exists already (`find`), so a replica
   killed between starting the work and recording its handle finds it again.
 - A failed status poll is retried with backoff, never taken as the work's
-  failure. Cancel reports CANCELLED only once the engine has stopped the work.
+  failure; so is a database outage (a PostgreSQL restart): following resumes
+  from what was committed, since what one poll saw is kept in one transaction.
+  Cancel reports CANCELLED only once the engine has stopped the work.
+- Only the lease holder finishes a record it follows: a replica whose lease ran
+  out gets LeaseLost instead of overwriting the new owner's work. Cancel, a
+  user's command, finishes a record from any replica.
 - Database calls run in worker threads, off the event loop; Watch wakes on
   this replica's own events and polls slowly for other replicas' writes.
 """
@@ -36,13 +41,13 @@ from typing import Any, Protocol
 
 from slmops.core import settings
 from slmops.core.errors import Conflict, Unavailable
-from slmops.core.jobstore import Event, JobRecord, JobStore, LeaseLost
+from slmops.core.jobstore import Event, EventRow, JobRecord, JobStore, LeaseLost, is_transient
 
 log = logging.getLogger(__name__)
 
-LEASE_S = 30.0  # how long a claim lasts without renewal
 WATCH_POLL_S = 1.0  # how often Watch looks for events written by other replicas
 MAX_POLL_BACKOFF_S = 30.0
+WATCH_OUTAGE_S = 60.0  # how long Watch rides over a database outage before it answers Unavailable
 
 
 @dataclass(frozen=True)
@@ -105,12 +110,12 @@ class Lifecycle:
 
     def __init__(
         self, kind: str, store: JobStore, engine: Engine, *, poll_s: float | None = None,
-        lease_s: float = LEASE_S, owner: str = "", states: States = JOB_STATES,
+        lease_s: float | None = None, owner: str = "", states: States = JOB_STATES,
     ):  # fmt: skip
         self.kind, self.store, self.engine, self.states = kind, store, engine, states
         self.poll_s = poll_s if poll_s is not None else float(settings.get("job_poll_s"))
-        self.lease_s = lease_s
-        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease_s = lease_s if lease_s is not None else float(settings.get("lease_s"))
+        self.owner = owner or f"{socket.gethostname()[:100]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._changed: dict[str, asyncio.Event] = {}
@@ -120,8 +125,8 @@ class Lifecycle:
     async def record(self, record: JobRecord, first_message: str = "queued") -> JobRecord:
         """Keep a new record and start following it here."""
         record.state = self.states.pending
-        await asyncio.to_thread(self.store.create, record)
-        await self.event(record.id, self.states.pending, 0.0, first_message)
+        await asyncio.to_thread(self.store.create, record, [(self.states.pending, 0.0, first_message, {})])
+        self.notify(record.id)
         if await self._claim(record.id):
             self._follow(record.id)
         return record
@@ -155,14 +160,26 @@ class Lifecycle:
         await asyncio.to_thread(self.store.get, record_id, self.kind)  # NotFound before streaming anything
         sequence = after_sequence
         changed = self._changed.setdefault(record_id, asyncio.Event())
+        outage_since: float | None = None
         while True:
             changed.clear()
-            for event in await asyncio.to_thread(self.store.events, record_id, sequence):
-                sequence = event.sequence
-                yield event
-            record = await asyncio.to_thread(self.store.get, record_id)
-            if done(record) and not await asyncio.to_thread(self.store.events, record_id, sequence):
-                return
+            try:
+                for event in await asyncio.to_thread(self.store.events, record_id, sequence):
+                    sequence = event.sequence
+                    yield event
+                record = await asyncio.to_thread(self.store.get, record_id)
+                if done(record) and not await asyncio.to_thread(self.store.events, record_id, sequence):
+                    return
+                outage_since = None
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                now = asyncio.get_running_loop().time()
+                outage_since = outage_since if outage_since is not None else now
+                if now - outage_since > WATCH_OUTAGE_S:
+                    raise Unavailable(f"the job store is unreachable: {type(exc).__name__}") from exc
+                log.warning("%s %s: watching paused, the job store is unreachable (%s)", self.kind, record_id,
+                            type(exc).__name__)  # fmt: skip
             try:
                 await asyncio.wait_for(changed.wait(), WATCH_POLL_S)
             except TimeoutError:
@@ -178,17 +195,22 @@ class Lifecycle:
         if changed is not None:
             changed.set()
 
-    def finish(self, record_id: str, state: str, reason: str, **changes: Any) -> None:
-        """End a record (once) with its state and reason, and give its lease up."""
+    def finish(self, record_id: str, state: str, reason: str, *, owner: str | None = None,
+               events: list[EventRow] | None = None, **changes: Any) -> None:  # fmt: skip
+        """End a record (once) with its state and reason, and give its lease up, in one transaction.
+
+        owner: only while that owner holds the lease (LeaseLost otherwise): the
+        follower passes its own, Cancel none. events: ones to keep before the last.
+        """
         record = self.store.get(record_id)
         if record.finished:
             return
         message = changes.pop("message", reason)
-        self.store.update(record_id, state=state, reason=reason if state != self.states.succeeded else "",
-                          message=message, **changes)  # fmt: skip
-        self.store.add_event(record_id, state, changes.get("fraction", record.fraction), message,
-                             _numbers(changes.get("result", {}).get("metrics", {})))  # fmt: skip
-        self.store.release(record_id, record.owner)
+        last = (state, changes.get("fraction", record.fraction), message,
+                _numbers(changes.get("result", {}).get("metrics", {})))  # fmt: skip
+        self.store.apply(record_id, owner=owner, events=[*(events or []), last], release=True, if_unfinished=True,
+                         state=state, reason=reason if state != self.states.succeeded else "", message=message,
+                         **changes)  # fmt: skip
 
     # -- following --------------------------------------------------------
 
@@ -237,22 +259,48 @@ class Lifecycle:
 
     async def _run(self, record_id: str) -> None:
         try:
-            await self._start(await asyncio.to_thread(self.store.get, record_id))
-            await self._poll(record_id)
+            await self._follow_through_outages(record_id)
         except asyncio.CancelledError:
             raise
         except LeaseLost as exc:
             log.info("%s %s: %s; no longer following it", self.kind, record_id, exc)
         except Unavailable as exc:
             log.warning("%s %s: %s", self.kind, record_id, exc)
-            await asyncio.to_thread(self.finish, record_id, self.states.failed, str(exc))
+            await self._fail(record_id, str(exc))
         except Exception as exc:
             log.exception("%s %s: unexpected error while following it", self.kind, record_id)
-            await asyncio.to_thread(self.finish, record_id, self.states.failed,
-                                    f"internal error: {type(exc).__name__}: {exc}")  # fmt: skip
+            await self._fail(record_id, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            self._tasks.pop(record_id, None)
+            if self._tasks.get(record_id) is asyncio.current_task():
+                self._tasks.pop(record_id, None)
             self.notify(record_id)
+
+    async def _follow_through_outages(self, record_id: str) -> None:
+        """Start and poll the record's work; a database outage pauses it (with backoff), never fails it.
+
+        Starting again is safe (the engine finds the work it started) and so is
+        polling again (each poll's effects were committed whole, or not at all).
+        """
+        backoff = max(self.poll_s, 0.1)
+        while True:
+            try:
+                await self._start(await asyncio.to_thread(self.store.get, record_id))
+                await self._poll(record_id)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("%s %s: the job store is unreachable (%s); trying again in %.1fs", self.kind,
+                            record_id, type(exc).__name__, backoff)  # fmt: skip
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_POLL_BACKOFF_S, self.lease_s / 3)
+
+    async def _fail(self, record_id: str, reason: str) -> None:
+        """Finish the record FAILED, if this replica still holds its lease."""
+        try:
+            await asyncio.to_thread(self.finish, record_id, self.states.failed, reason, owner=self.owner)
+        except LeaseLost as exc:
+            log.info("%s %s: not marked failed (%s): %s", self.kind, record_id, exc, reason)
 
     async def _start(self, record: JobRecord) -> None:
         """Make sure the record's work runs: still attached, found again, or submitted once."""
@@ -302,29 +350,32 @@ class Lifecycle:
             changes["ray_job_id"] = update.handle
         if update.result is not None:
             changes["result"] = update.result
+        events: list[EventRow] = []
         current = record.state
         if state in self.states.active and state != current:  # between the active states, both ways (a restart)
             said = update.message or state.lower()
-            self.store.update(record.id, owner=self.owner, state=state, message=said, **changes)
-            self.store.add_event(record.id, state, 1.0 if update.message and state == self.states.running
-                                 else record.fraction, said)  # fmt: skip
-            current, changes = state, {}
+            changes.update(state=state, message=said)
+            events.append((state, 1.0 if update.message and state == self.states.running else record.fraction,
+                           said, {}))  # fmt: skip
+            current = state
         fraction, message = record.fraction, record.message
         for fraction, message, metrics in update.events:
-            self.store.add_event(record.id, current, fraction, message, metrics)
+            events.append((current, fraction, message, metrics))
         if update.events:
             changes.update(fraction=fraction, message=message)
-        if changes:
-            self.store.update(record.id, owner=self.owner, **changes)
         result = update.result if update.result is not None else record.result
         if state == self.states.succeeded:
             output = (result or {}).get("output_uri") or record.output_uri
-            self.finish(record.id, state, "", fraction=1.0, message=update.message or "done", result=result or {},
-                        output_uri=output)  # fmt: skip
+            changes.update(fraction=1.0, message=update.message or "done", result=result or {}, output_uri=output)
+            self.finish(record.id, state, "", owner=self.owner, events=events, **changes)
             return True
         if state in (self.states.failed, self.states.cancelled):
-            self.finish(record.id, state, update.reason or f"the work ended {update.state}")
+            changes.pop("message", None)  # the reason is the last word
+            self.finish(record.id, state, update.reason or f"the work ended {update.state}", owner=self.owner,
+                        events=events, **changes)  # fmt: skip
             return True
+        if changes or events:  # what this poll saw, kept whole: a poll cut off is read again from the cursor
+            self.store.apply(record.id, owner=self.owner, events=events, **changes)
         return False
 
 

@@ -29,6 +29,7 @@ _FORWARDED = (
     "SLMOPS_ALLOWED_ROOTS",
     "SLMOPS_ALLOWED_SCHEMES",
     "SLMOPS_ALLOWED_SECRET_ENV",
+    "AWS_ENDPOINT_URL",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "HF_HUB_OFFLINE",
 )
@@ -105,6 +106,11 @@ class RayJobs:
             except Unavailable:
                 raise
             except Exception as exc:
+                if "already exists" in str(exc):
+                    # Submission ids are deterministic: another replica (one whose lease ran out
+                    # while it submitted) started this very job. Ray ran it once; follow that one.
+                    log.info("Ray job %s was submitted already; following it", submission_id)
+                    return submission_id
                 # A head that has just started has no job agent yet: that one is worth a wait.
                 if "No available agent" in str(exc) and time.monotonic() < deadline:
                     time.sleep(1.0)

@@ -19,7 +19,7 @@ from typing import Any
 from slmops.core import artifacts, settings, tracing
 from slmops.core.errors import Unavailable
 from slmops.core.jobstore import JobRecord, JobStore
-from slmops.core.lifecycle import LEASE_S, Lifecycle, Update
+from slmops.core.lifecycle import Lifecycle, Update
 from slmops.core.progress import parse_line
 from slmops.core.ray_jobs import RayJobs
 
@@ -126,7 +126,7 @@ class StageJobs(Lifecycle):
         ray: RayJobs,
         *,
         poll_s: float | None = None,
-        lease_s: float = LEASE_S,
+        lease_s: float | None = None,
         owner: str = "",
     ):
         super().__init__(stage, store, RayEngine(stage, ray), poll_s=poll_s, lease_s=lease_s, owner=owner)

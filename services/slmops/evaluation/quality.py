@@ -15,8 +15,9 @@ import logging
 
 import openai
 
-from slmops.core import artifacts
+from slmops.core import artifact_cache, artifacts
 from slmops.core.endpoints import describe_error, resolve_api_key
+from slmops.core.errors import SlmopsError
 from slmops.evaluation import metrics
 from slmops.evaluation.client import Example, Measurement
 from slmops.evaluation.spec import EvaluationConfig
@@ -25,9 +26,18 @@ log = logging.getLogger(__name__)
 
 
 def _model_folder(uri: str) -> str:
-    """The local folder of a model artifact; '' when it is not local."""
-    if not uri or not uri.startswith("file://"):
+    """The local folder of a model: itself, or the checked local copy of a sealed artifact on an object store;
+    '' when there is none."""
+    if not uri:
         return ""
+    if not uri.startswith("file://"):
+        if "://" not in uri or not artifacts.is_artifact(uri):
+            return ""  # a hub id or an unsealed remote folder: nothing to check a copy by
+        try:
+            return str(artifact_cache.fetch(uri, "model_uri"))
+        except SlmopsError as exc:
+            log.warning("perplexity: could not fetch %s: %s", uri, exc)
+            return ""
     path = artifacts.local_path(uri)
     return str(path) if path.is_dir() else ""
 
@@ -74,7 +84,7 @@ def add_quality(cfg: EvaluationConfig, examples: list[Example], measured: list[M
         if "perplexity" in names:
             folder = _model_folder(m.model_uri)
             if not folder:
-                m.notes.append("perplexity needs the target's model_uri as a local model folder")
+                m.notes.append("perplexity needs the target's model_uri: a local model folder or a sealed artifact")
             else:
                 try:
                     m.perplexity = metrics.perplexity(folder, held_out)

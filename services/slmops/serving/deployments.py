@@ -39,6 +39,7 @@ from slmops.core.errors import (
 )
 from slmops.core.jobstore import MAX_PAGE, Event, JobRecord, JobStore
 from slmops.core.lifecycle import Lifecycle, States, Update
+from slmops.core.stores import filesystem
 from slmops.serving.backends import (
     DEPLOYING,
     FAILED,
@@ -454,12 +455,11 @@ def _write_artifact(name: str, number: int, model_uri: str, adapters: list[list[
     """The revision's deployment artifact: what it serves, with the model (and adapters) as parents."""
     root = settings.artifact_root().rstrip("/")
     uri = f"{root}/deployments/{name}-{number}"
-    with artifacts.staged(uri) as staging:
-        folder = artifacts.local_path(staging)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "deployment.json").write_text(json.dumps(
+    with artifacts.staged(uri) as staging:  # any fsspec URI: the artifact root may be an object store
+        fs, folder = filesystem(staging)
+        fs.pipe_file(f"{folder}/deployment.json", json.dumps(
             {"name": name, "revision": number, "model_uri": model_uri, "adapters": adapters, "backend": backend},
-            indent=2))  # fmt: skip
+            indent=2).encode())  # fmt: skip
     artifacts.finalize(uri, "deployment", spec={"name": name, "revision": number, "model_uri": model_uri},
                        parents=[model_uri, *(uri for _, uri in adapters)], trace_id=trace_id)  # fmt: skip
     return uri

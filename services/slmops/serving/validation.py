@@ -1,7 +1,9 @@
 """What a deployment request may ask for: names, models, adapters, the backend, and the evaluation gate.
 
 Every check reports the field it concerns; validate() reports every problem of a
-spec at once.
+spec at once. For the local backend a model or adapter on an object store is
+fetched into this machine's cache, checked against its manifest, and served
+from there (core/artifact_cache.py); the records keep the model's own URI.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import json
 import re
 from typing import Any
 
-from slmops.core import artifacts, settings
+from slmops.core import artifact_cache, artifacts, settings
 from slmops.core.errors import Conflict, InvalidSpec, NotFound, collect
+from slmops.core.stores import filesystem, is_local, store_errors
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SERVABLE_KINDS = ("onnx-model", "checkpoint")
@@ -30,21 +33,20 @@ def resolve_model(uri: str, backend: str, field: str = "spec.model_uri") -> tupl
             raise InvalidSpec(field, f"{uri!r} is on this machine; the kserve backend needs a URI the cluster's "
                                      "storage initializer can read (s3://, gs://, pvc://, https://)")  # fmt: skip
         return full, full
-    if not full.startswith("file://"):
-        raise InvalidSpec(field, f"{uri!r}: the local backend serves models from this machine's filesystem")
-    artifacts.open_input(full, field, verify=False)  # hashes are checked before the predictor starts
-    path = artifacts.local_path(full)
-    if not path.exists():
-        raise NotFound("model", uri)
-    if not path.is_dir():
-        raise InvalidSpec(field, f"{uri!r} is not a folder")
+    artifacts.open_input(full, field, verify=False)  # a remote artifact's hashes are checked as it is fetched
     if artifacts.is_artifact(full):
         kind = artifacts.read_manifest(full).kind
         if kind not in SERVABLE_KINDS:
             raise InvalidSpec(field, f"artifact kind {kind!r} cannot be served; one of {', '.join(SERVABLE_KINDS)}")
+    # A model on an object store is served from its checked copy in this machine's cache.
+    path = artifact_cache.localize(full, field)
+    if not path.exists():
+        raise NotFound("model", uri)
+    if not path.is_dir():
+        raise InvalidSpec(field, f"{uri!r} is not a folder")
     if not (path / "genai_config.json").exists() and not (path / "config.json").exists():
         raise InvalidSpec(field, f"{uri!r} holds neither an ONNX Runtime GenAI model nor a Hugging Face checkpoint")
-    return full, full
+    return full, full if is_local(full) else artifacts.to_uri(path)
 
 
 def resolve_adapters(adapters: list[dict[str, Any]], backend: str) -> list[list[str]]:
@@ -68,7 +70,9 @@ def resolve_adapters(adapters: list[dict[str, Any]], backend: str) -> list[list[
         try:
             full = artifacts.confine(uri, settings.allowed_roots(), f"{field}.uri")
             artifacts.open_input(full, f"{field}.uri", verify=False)
-            path = artifacts.local_path(full)
+            path = artifact_cache.localize(full, f"{field}.uri")  # a remote adapter: its checked local copy
+            if not is_local(full):
+                full = artifacts.to_uri(path)
             if path.is_dir():  # an artifact of converted adapters: the one named so, or the only one
                 files = sorted(path.glob("**/*.onnx_adapter"))
                 named = [f for f in files if f.stem == name] or files
@@ -127,13 +131,16 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
 def check_gate(report_uri: str) -> list[str]:
     """The reasons a passing evaluation report gives; Conflict naming the failed checks otherwise."""
     full = artifacts.confine(report_uri, settings.allowed_roots(), "evaluation_report_uri")
-    path = artifacts.local_path(full)
-    report = path / "report.json" if path.is_dir() else path
-    if not report.is_file():
-        raise NotFound("evaluation report", report_uri)
+    with store_errors(full, "reading the evaluation report"):
+        fs, path = filesystem(full)
+        report = f"{path.rstrip('/')}/report.json" if fs.isdir(path) else path
+        if not fs.isfile(report):
+            raise NotFound("evaluation report", report_uri)
+        text = fs.cat_file(report).decode("utf-8", errors="replace")
+    report = fs.unstrip_protocol(report)
     try:
-        verdict = json.loads(report.read_text())["verdict"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        verdict = json.loads(text)["verdict"]
+    except (ValueError, KeyError, TypeError) as exc:
         raise InvalidSpec("evaluation_report_uri", f"{report} is not an evaluation report ({exc})") from None
     if not verdict.get("evaluated"):
         raise Conflict(f"evaluation report {report_uri} has no gate verdict (no gate was configured); "

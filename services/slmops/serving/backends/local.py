@@ -18,6 +18,10 @@ after it had been ready, fails a revision whose predictor exits before it was
 ever ready, and stops what no longer serves. A pid is signalled only while it
 is still the process that was started (same creation time), never a stranger
 that reused the number.
+
+A model on an object store is served from its checked copy in this machine's
+cache (core/artifact_cache.py), fetched when the deployment is validated and
+again if the cache lost it.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from typing import Any
 import httpx
 import psutil
 
-from slmops.core import artifacts
-from slmops.core.errors import Conflict, InvalidSpec, NotFound
+from slmops.core import artifact_cache, artifacts
+from slmops.core.errors import Conflict, InvalidSpec, NotFound, SlmopsError
 from slmops.core.local_ray import free_port, stop_group
+from slmops.core.stores import is_local
 from slmops.serving.backends import (
     DEPLOYING,
     FAILED,
@@ -214,7 +219,7 @@ class LocalBackend:
         return deployment
 
     def _process(self, name: str, revision: Revision, port: int) -> _Process:
-        return _Process(revision, str(artifacts.local_path(revision.storage_uri)), port or free_port(),
+        return _Process(revision, str(_model_dir(revision)), port or free_port(),
                         self.logs_dir / f"predictor-{name}-{revision.number}.log")  # fmt: skip
 
     def _url(self, port: int) -> str:
@@ -335,6 +340,18 @@ class LocalBackend:
                           "waiting for a predictor to be ready")  # fmt: skip
         return BackendStatus(state=state, url=deployment.server.url, ready_revision=max(ready) if ready else None,
                              traffic=dict(deployment.effective), reason=reason, revisions=revisions)  # fmt: skip
+
+
+def _model_dir(revision: Revision) -> Path:
+    """The folder a revision's predictor loads: its storage URI, fetched again from the model's
+    object store if it is not on this machine (a cleared cache, another node)."""
+    path = artifacts.local_path(revision.storage_uri) if is_local(revision.storage_uri) else None
+    if (path is None or not path.exists()) and not is_local(revision.model_uri):
+        try:
+            path = artifact_cache.localize(revision.model_uri, "model_uri")
+        except SlmopsError as exc:  # the predictor fails to start and reports it
+            log.warning("revision %d: cannot fetch %s: %s", revision.number, revision.model_uri, exc)
+    return path if path is not None else Path(revision.storage_uri)
 
 
 def predictor_command(model_dir: str, name: str, host: str, port: int, grpc_port: int) -> list[str]:
