@@ -184,3 +184,65 @@ def test_the_training_jobs_copy_to_the_store_works_on_s3(bucket, tmp_path):
     manifest = artifacts.finalize(out, "checkpoint")
     assert set(manifest.hashes) == {"config.json", "sub/model.safetensors"}
     assert keys(bucket) == ["ckpt/config.json", "ckpt/manifest.json", "ckpt/sub/model.safetensors"]
+
+
+def test_the_store_stopping_during_a_conversion_jobs_upload_fails_it_and_the_next_run_succeeds(
+    s3_env, bucket, tmp_path_factory, tmp_path, monkeypatch
+):
+    """`job.run` in this process (Ray's task is the generator itself): the store goes away after
+    verification, right before the converted folder is uploaded to its staging prefix."""
+    import shutil
+    import types
+
+    import ray
+    from s3fs import S3FileSystem
+
+    from slmops.conversion import job
+    from tests.integration._models import tiny_checkpoint
+
+    store = tmp_path / "store"
+    base = shutil.copytree(tiny_checkpoint(tmp_path_factory), store / "base")  # hidden 64: head size 16
+    artifacts.finalize(str(base), "checkpoint")
+    monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(store))
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "remote", lambda **_: lambda task: types.SimpleNamespace(remote=task))
+    monkeypatch.setattr(ray, "get", lambda event: event)
+    config = {"model_uri": artifacts.to_uri(base), "precision": "fp32", "execution_provider": "cpu"}
+    out = f"{bucket}/onnx/model"
+
+    real = job._convert_and_verify
+    stopped: list[float] = []
+
+    def stop_before_the_upload(cfg, output_uri, progress):
+        def report(fraction, message, **metrics):
+            progress(fraction, message, **metrics)
+            # verification's last step (0.95) is the last report before fs.put of the converted folder
+            if fraction >= 0.95 - 1e-9 and message.startswith("verification") and not stopped:
+                s3_env.stop()
+                stopped.append(time.monotonic())
+
+        return real(cfg, output_uri, report)
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(job, "_convert_and_verify", stop_before_the_upload)
+            with pytest.raises(Unavailable) as caught:
+                job.run(config, out, lambda *a, **k: None)
+        assert stopped, "the job never reported the end of its verification"
+        took = time.monotonic() - stopped[0]
+    finally:
+        if not s3_env.running:
+            s3_env.start()
+    message = str(caught.value)
+    assert s3_env.endpoint in message and out in message and "writing the payload of" in message, message
+    assert took < 90, f"an outage took {took:.0f}s to fail the job"
+
+    s3_env.make_bucket(bucket.removeprefix("s3://"))  # moto keeps buckets in memory: the restart emptied them
+    S3FileSystem.clear_instance_cache()
+    assert "onnx/model/manifest.json" not in keys(bucket) and not artifacts.is_artifact(out)
+
+    result = job.run(config, out, lambda *a, **k: None)
+    assert result["output_uri"] == out and artifacts.is_artifact(out)
+    manifest = artifacts.open_input(out, "x")
+    assert manifest.id == result["artifact_id"] and manifest.kind == "onnx-model"
+    assert {"model.onnx", "genai_config.json"} <= set(manifest.hashes)

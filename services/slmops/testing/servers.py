@@ -137,8 +137,12 @@ class S3Server:
         log.close()
         _wait_port(self.port, 60, self._proc)
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self.running:
             self._proc.kill()
             self._proc.wait(timeout=10)
         self._proc = None
