@@ -117,7 +117,10 @@ def _submissions(cluster: dict) -> Counter[str]:
     """How often Ray was given each job: submissions per slmops job id (restarts counted apart)."""
     from ray.job_submission import JobSubmissionClient
 
-    jobs = JobSubmissionClient(cluster["head"].address).list_jobs()
+    # This head's token, sent explicitly: Ray caches the token a process loaded first (another stack's, when
+    # the session's stack ran before this module), whatever RAY_AUTH_TOKEN_PATH says now.
+    token = Path(cluster["env"]["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    jobs = JobSubmissionClient(cluster["head"].address, headers={"authorization": f"Bearer {token}"}).list_jobs()
     return Counter(j.submission_id for j in jobs if (j.submission_id or "").startswith("slmops-"))
 
 

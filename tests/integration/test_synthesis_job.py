@@ -152,9 +152,8 @@ def test_rejects_are_kept_with_their_reasons_and_too_many_fail_the_job(ray_local
     out = workdir / "dataset"
     tracing.shutdown_tracing()
     time.sleep(1.0)  # the workers flush their spans every 0.5 s
-    # The workers' spans go to their own data folder (the default one: the test's folder is this process's).
-    spans = [f for f in (*workdir.rglob("spans.jsonl"), Path.home() / ".slmops" / "traces" / "spans.jsonl")
-             if f.is_file()]  # fmt: skip
+    # The workers' spans go to their own data folder (the one Ray started with: the test's folder is this process's).
+    spans = [f for f in (*workdir.rglob("spans.jsonl"), ray_local / "traces" / "spans.jsonl") if f.is_file()]
     assert any("synthesis.teacher_request" in f.read_text() for f in spans)
     written = [f for f in workdir.rglob("*") if f.is_file()] + spans
     assert any(f.name == "rejects.jsonl" for f in written)
