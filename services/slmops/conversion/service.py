@@ -9,6 +9,7 @@ from slmops.api.v1 import conversion_pb2, conversion_pb2_grpc
 from slmops.conversion.spec import ConversionConfig, from_proto
 from slmops.core.errors import Conflict, Unavailable
 from slmops.core.job_servicer import JobServicer
+from slmops.core.ray_capacity import cluster_capacity
 from slmops.core.server import Registration
 from slmops.core.stage_jobs import StageJobs
 
@@ -17,18 +18,31 @@ log = logging.getLogger(__name__)
 
 
 def check_gpu(config: ConversionConfig, ray: Any) -> None:
-    """A CUDA conversion where the Ray cluster has no GPU is refused (FAILED_PRECONDITION)."""
+    """A CUDA conversion the Ray cluster can never give a GPU to is refused (FAILED_PRECONDITION).
+
+    The cluster's GPUs are its live nodes' or, when the worker groups are known,
+    what its head and every group at its most replicas have (core/ray_capacity.py);
+    the conversion task's GPUs must then also fit on one node or pod.
+    """
     if config.execution_provider != "cuda":
         return
     try:
-        gpus = ray.cluster_resources().get("GPU", 0.0)
+        cap = cluster_capacity(ray)
     except Unavailable as exc:
         log.warning("not checking the cluster for a GPU: %s", exc)
         return
-    if gpus < max(config.resources.num_gpus, 1.0):
+    needed = max(config.resources.num_gpus, 1.0)
+    gpus = cap.total.get("GPU", 0.0)
+    where = "can have at most" if cap.shapes else "has"
+    if gpus < needed:
         raise Conflict(
-            f"spec.execution_provider: CUDA needs a GPU and the Ray cluster has {gpus:g}; "
+            f"spec.execution_provider: CUDA needs a GPU and the Ray cluster {where} {gpus:g}; "
             "convert for CPU, or add a GPU node"
+        )
+    if not cap.fits_one({"GPU": needed}):
+        raise Conflict(
+            f"spec.resources.num_gpus: the conversion needs {needed:g} GPUs on one node and the largest Ray node "
+            f"or worker group pod has {cap.largest('GPU'):g}"
         )
 
 

@@ -335,6 +335,12 @@ class JobStore:
         with Session(self.engine) as session:
             return list(session.scalars(query.order_by(_Job.created)))
 
+    def count_by_state(self, kind: str) -> dict[str, int]:
+        """How many jobs of kind are in each state (states with none are left out)."""
+        query = select(_Job.state, func.count()).where(_Job.kind == kind).group_by(_Job.state)
+        with Session(self.engine) as session:
+            return {state: int(count) for state, count in session.execute(query)}
+
     def unfinished(self, kind: str | None = None) -> list[JobRecord]:
         query = select(_Job).where(_Job.state.in_(UNFINISHED))
         if kind:

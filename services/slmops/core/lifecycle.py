@@ -119,6 +119,7 @@ class Lifecycle:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._changed: dict[str, asyncio.Event] = {}
+        self.takeovers = 0  # records taken over from another replica whose lease ran out (core/metrics.py)
 
     # -- commands ---------------------------------------------------------
 
@@ -238,8 +239,14 @@ class Lifecycle:
                                                          self.states.active):  # fmt: skip
                     if record_id in self._tasks:
                         continue
+                    before = await asyncio.to_thread(self.store.get, record_id)
                     if await self._claim(record_id):
-                        log.info("%s %s: following it (owner %s)", self.kind, record_id, self.owner)
+                        if before.owner and before.owner != self.owner:
+                            self.takeovers += 1
+                            log.info("%s %s: took it over from %s, whose lease ran out (owner %s)", self.kind,
+                                     record_id, before.owner, self.owner)  # fmt: skip
+                        else:
+                            log.info("%s %s: following it (owner %s)", self.kind, record_id, self.owner)
                         self._follow(record_id)
             except asyncio.CancelledError:
                 raise

@@ -3,6 +3,13 @@
 A job's entrypoint is `python -m slmops.core.job_entry <stage>`; its config,
 output URI and the caller's W3C trace context travel as environment variables
 of the job's runtime environment, so the job continues the caller's trace.
+
+Every job's driver is submitted with the entrypoint resources the settings
+give (SLMOPS_JOB_ENTRYPOINT_CPUS, SLMOPS_JOB_ENTRYPOINT_MEMORY): on KubeRay,
+whose head offers no CPUs, one CPU places drivers on a worker and lets the
+autoscaler add one when none is up. Those settings and the worker groups
+(SLMOPS_RAY_WORKER_GROUPS) are read when the client is made, so a malformed
+value stops the service at start-up, naming the variable.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 
 from slmops.core import settings
 from slmops.core.errors import Unavailable
+from slmops.core.ray_capacity import NodeResources, WorkerGroup, worker_groups
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,30 @@ _FORWARDED = (
 )
 
 
+@dataclass(frozen=True)
+class EntrypointResources:
+    """What every job's driver reserves; 0 reserves nothing (Ray's default)."""
+
+    cpus: float = 0.0
+    memory: int = 0  # bytes
+
+
+def entrypoint_resources(cpus: str | None = None, memory: str | None = None) -> EntrypointResources:
+    """The drivers' resources from the settings; ValueError naming the variable when one is malformed."""
+    values: list[float] = []
+    for name, override, integer in (("job_entrypoint_cpus", cpus, False), ("job_entrypoint_memory", memory, True)):
+        text = settings.get(name, override).strip() or "0"
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = -1
+        if not value >= 0 or value == float("inf"):
+            kind = "a whole number of bytes" if integer else "a number of CPUs"
+            raise ValueError(f"{settings.VARS[name].env} must be {kind} >= 0, not {text!r}")
+        values.append(value)
+    return EntrypointResources(float(values[0]), int(values[1]))
+
+
 @dataclass
 class RayJobStatus:
     state: str  # PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED
@@ -44,8 +76,11 @@ class RayJobStatus:
 class RayJobs:
     """A thin client of the Ray Jobs API at one address."""
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None, *, entrypoint: EntrypointResources | None = None,
+                 groups: tuple[WorkerGroup, ...] | None = None):  # fmt: skip
         self.address = settings.ray_address(address)
+        self.entrypoint = entrypoint if entrypoint is not None else entrypoint_resources()
+        self.worker_groups = groups if groups is not None else worker_groups()
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -87,12 +122,7 @@ class RayJobs:
         env.update(extra_env or {})
         entrypoint = f"{shlex.quote(settings.job_python())} -m slmops.core.job_entry {shlex.quote(stage)}"
         submission_id = f"slmops-{job_id}" + (f"-r{restart}" if restart else "")
-        kwargs: dict[str, Any] = {}
-        if resources:
-            if resources.get("cpus"):
-                kwargs["entrypoint_num_cpus"] = resources["cpus"]
-            if resources.get("gpus"):
-                kwargs["entrypoint_num_gpus"] = resources["gpus"]
+        kwargs = self.entrypoint_kwargs(resources)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -116,6 +146,20 @@ class RayJobs:
                     time.sleep(1.0)
                     continue
                 raise Unavailable(f"could not submit the {stage} job to Ray at {self.address}: {exc}") from exc
+
+    def entrypoint_kwargs(self, resources: dict[str, float] | None = None) -> dict[str, Any]:
+        """submit_job's entrypoint_* arguments: the job's own resources, else the drivers' settings."""
+        resources = resources or {}
+        kwargs: dict[str, Any] = {}
+        cpus = resources.get("cpus") or self.entrypoint.cpus
+        if cpus:
+            kwargs["entrypoint_num_cpus"] = cpus
+        if resources.get("gpus"):
+            kwargs["entrypoint_num_gpus"] = resources["gpus"]
+        memory = int(resources.get("memory") or self.entrypoint.memory)
+        if memory:
+            kwargs["entrypoint_memory"] = memory
+        return kwargs
 
     def status(self, submission_id: str) -> RayJobStatus:
         try:
@@ -150,7 +194,15 @@ class RayJobs:
             return False
 
     def cluster_resources(self) -> dict[str, float]:
-        """Total CPU and GPU of the cluster's alive nodes.
+        """Total CPU and GPU of the cluster's alive nodes; Unavailable when Ray cannot be asked."""
+        totals = {"CPU": 0.0, "GPU": 0.0}
+        for node in self.node_resources():
+            for name in totals:
+                totals[name] += float(node.resources.get(name, 0.0))
+        return totals
+
+    def node_resources(self) -> list[NodeResources]:
+        """Each alive node: whether it is the head, and its total CPU, GPU and memory.
 
         Asks Ray's state API (`GET /api/v0/nodes`, what `ray list nodes` reads)
         through the Jobs client, so the request carries the client's headers,
@@ -168,9 +220,10 @@ class RayJobs:
             raise
         except Exception as exc:
             raise Unavailable(f"Ray cluster resources at {self.address} unavailable: {exc}") from exc
-        totals = {"CPU": 0.0, "GPU": 0.0}
-        for node in nodes:
-            if node.get("state") == "ALIVE":
-                for name in totals:
-                    totals[name] += float((node.get("resources_total") or {}).get(name, 0.0))
-        return totals
+        alive = [node for node in nodes if node.get("state") == "ALIVE"]
+        return [
+            NodeResources(bool(node.get("is_head_node")),
+                          {name: float((node.get("resources_total") or {}).get(name, 0.0))
+                           for name in ("CPU", "GPU", "memory")})
+            for node in alive
+        ]  # fmt: skip
