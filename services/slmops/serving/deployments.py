@@ -127,7 +127,7 @@ class BackendEngine:
         except NotFound:  # nothing there (an InferenceService deleted behind our back): apply it again
             latest = next(r for r in revisions if r.config["number"] == int(config["latest"]))
             self.backend.apply(name, as_revision(latest, config, port), self.record_dir(name))
-        except InvalidSpec as exc:
+        except (InvalidSpec, Conflict) as exc:  # a spec the backend refuses, an object that is not ours
             raise Unavailable(str(exc)) from None
         if self.store.get(name).state in ("DELETED", "FAILED"):  # deleted while this started it: undo
             self.backend.delete(name)
@@ -137,6 +137,8 @@ class BackendEngine:
             status = await asyncio.to_thread(self.backend.status, record.id)
         except NotFound as exc:
             raise Unavailable(f"the backend does not know deployment {record.id!r} ({exc}); asking again") from None
+        except Conflict as exc:  # replaced by an object this service does not manage: never touched again
+            return Update(state="FAILED", reason=str(exc))
         return await asyncio.to_thread(self.observe, record, status)
 
     def observe(self, record: JobRecord, status: BackendStatus) -> Update:
@@ -151,19 +153,22 @@ class BackendEngine:
             number = rev.config["number"]
             seen = status.revisions.get(number)
             state, url, reason = rev.state, rev.result.get("url", ""), rev.reason
+            external = rev.result.get("external_url", "")
             if seen is not None:
-                state, url, reason = seen.state, seen.url, seen.reason or ""
+                state, url, reason, external = seen.state, seen.url, seen.reason or "", seen.external_url
             elif number == status.ready_revision or (number != latest and status.traffic.get(number)):
-                state, url, reason = READY, status.url, ""
+                state, url, reason, external = READY, status.url, "", status.external_url
             elif number == latest and status.state == FAILED:
                 state, reason = FAILED, status.reason
             if number not in active and state != FAILED and not status.traffic.get(number):
-                state, url = RETIRED, ""
+                state, url, external = RETIRED, "", ""
             if state == RETIRED:  # why, as the command said (rolled back), before the backend's words
                 reason = rev.config.get("retired_because") or reason or "no longer serving"
             traffic = int(status.traffic.get(number, 0))
             runtime = seen.runtime if seen is not None else rev.result.get("runtime", {})
             result = {**rev.result, "url": url, "traffic_percent": traffic, "runtime": runtime}
+            if external or "external_url" in result:
+                result["external_url"] = external
             if state != rev.state or result != rev.result or reason != rev.reason:
                 self.store.update(rev.id, state=state, result=result, reason=reason if state != READY else "")
                 if state != rev.state:
@@ -177,14 +182,21 @@ class BackendEngine:
         settled = serves and (traffic == {n: p for n, p in desired.items() if p > 0} or latest_failed)
         result = {**record.result, "url": status.url, "traffic": {str(n): p for n, p in traffic.items()},
                   "settled": int(config.get("generation", 0)) if settled else -1}  # fmt: skip
+        if status.external_url:
+            result["external_url"] = status.external_url
         if status.url and urlsplit(status.url).port:
             result["port"] = urlsplit(status.url).port
         if traffic != {int(n): p for n, p in record.result.get("traffic", {}).items()} and traffic:
             self.store.add_event(name, record.state, 1.0, f"traffic: {_traffic_text(traffic)}")
         result = result if result != record.result else None
         if serves:
-            return Update(state="RUNNING", result=result, message=f"ready at {status.url}")
+            external = f" (outside the cluster: {status.external_url})" if status.external_url not in ("", status.url) \
+                else ""  # fmt: skip
+            return Update(state="RUNNING", result=result, message=f"ready at {status.url}{external}")
         if status.state == FAILED:
+            left = getattr(self.backend, "failed_note", None)
+            if left is not None:  # the backend's objects stay to be inspected (kserve: the InferenceService)
+                return Update(state="FAILED", result=result, reason=f"{status.reason}; {left(name)}")
             try:
                 self.backend.delete(name)
             except SlmopsError as exc:
@@ -197,6 +209,8 @@ class BackendEngine:
             await asyncio.to_thread(self.backend.delete, record.id)
         except NotFound:
             pass
+        except Conflict as exc:  # an object of that name that is not ours: left alone, the record still goes
+            log.warning("deployment %s: %s", record.id, exc)
         return True
 
 
@@ -213,9 +227,12 @@ def revisions_of(store: JobStore, name: str) -> list[JobRecord]:
 def as_revision(rev: JobRecord, config: dict[str, Any], port: int) -> Revision:
     number = rev.config["number"]
     desired = desired_split(config)
+    resources = config.get("resources") or {}
     return Revision(number=number, model_uri=rev.config["model_uri"], storage_uri=rev.config["storage_uri"],
                     traffic_percent=desired.get(number, 0) if number != int(config["serving"]) else 100,
-                    adapters=tuple(tuple(a) for a in rev.config.get("adapters", [])), port=port)  # fmt: skip
+                    adapters=tuple(tuple(a) for a in rev.config.get("adapters", [])), port=port,
+                    cpus=float(resources.get("cpus", 0)), memory=str(resources.get("memory", "")),
+                    gpus=int(resources.get("gpus", 0)))  # fmt: skip
 
 
 # -- the deployments ---------------------------------------------------------------
@@ -246,6 +263,9 @@ class Deployments(Lifecycle):
             if existing and existing.state != "DELETED":
                 raise AlreadyExists(f"deployment {name!r} exists ({existing.state}); deploy a new revision with "
                                     "--canary (UpdateDeployment), or delete it first")  # fmt: skip
+            check_owner = getattr(self.backend, "check_owner", None)
+            if check_owner is not None:  # kserve: an InferenceService of this name that is not ours is left alone
+                await asyncio.to_thread(check_owner, name)
             number = await asyncio.to_thread(self._next_number, name)
             config.update(serving=number, latest=number, percent=100, rolled_out=[number], generation=1)
             record = JobRecord(
@@ -284,6 +304,9 @@ class Deployments(Lifecycle):
         resolved = await asyncio.to_thread(resolve_adapters, adapters, backend)
         model_uri, storage_uri = await asyncio.to_thread(resolve_model, model_uri, backend, "model_uri")
         percent = percent if 0 < percent < 100 else 100
+        check_traffic = getattr(self.backend, "check_traffic", None)
+        if check_traffic is not None:  # kserve: a canary needs Knative mode
+            check_traffic(percent)
         async with self._lock(name):
             record = await asyncio.to_thread(self.store.get, name)
             if record.state not in ("READY", "DEPLOYING"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from slmops.core import artifact_cache, artifacts, settings
@@ -17,6 +18,7 @@ from slmops.core.errors import Conflict, InvalidSpec, NotFound, collect
 from slmops.core.stores import filesystem, is_local, store_errors
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")  # a Kubernetes memory quantity
 SERVABLE_KINDS = ("onnx-model", "checkpoint")
 BACKENDS = ("LOCAL", "KSERVE")
 
@@ -30,8 +32,7 @@ def resolve_model(uri: str, backend: str, field: str = "spec.model_uri") -> tupl
     full = artifacts.confine(uri, settings.allowed_roots(), field)
     if backend == "KSERVE":
         if full.startswith("file://"):
-            raise InvalidSpec(field, f"{uri!r} is on this machine; the kserve backend needs a URI the cluster's "
-                                     "storage initializer can read (s3://, gs://, pvc://, https://)")  # fmt: skip
+            return full, shared_claim_uri(uri, full, field)
         return full, full
     artifacts.open_input(full, field, verify=False)  # a remote artifact's hashes are checked as it is fetched
     if artifacts.is_artifact(full):
@@ -47,6 +48,63 @@ def resolve_model(uri: str, backend: str, field: str = "spec.model_uri") -> tupl
     if not (path / "genai_config.json").exists() and not (path / "config.json").exists():
         raise InvalidSpec(field, f"{uri!r} holds neither an ONNX Runtime GenAI model nor a Hugging Face checkpoint")
     return full, full if is_local(full) else artifacts.to_uri(path)
+
+
+def shared_claim_uri(uri: str, full: str, field: str) -> str:
+    """pvc://<claim>/<path> for a file:// model on the shared claim (SLMOPS_SHARED_CLAIM at SLMOPS_SHARED_MOUNT_PATH)."""
+    claim, mount = settings.get("shared_claim"), settings.get("shared_mount_path")
+    if not claim or not mount:
+        raise InvalidSpec(field, f"{uri!r} is on this machine; the kserve backend needs a URI the cluster's storage "
+                                 "initializer can read (s3://, gs://, az://), or artifacts on a shared claim: set "
+                                 "SLMOPS_SHARED_CLAIM and SLMOPS_SHARED_MOUNT_PATH")  # fmt: skip
+    path, root = artifacts.local_path(full).resolve(), Path(mount).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise InvalidSpec(field, f"{uri!r} is not under {root} (SLMOPS_SHARED_MOUNT_PATH, where the claim "
+                                 f"{claim!r} is mounted); KServe can read only what is on the claim")  # fmt: skip
+    if not path.exists():
+        raise NotFound("model", uri)
+    return f"pvc://{claim}/{path.relative_to(root).as_posix()}"
+
+
+def check_resources(resources: dict[str, Any], backend: str, *, runtime_gpu: str | None = None) -> list[tuple[str, str]]:
+    """Problems with a deployment's resources: the kserve backend reserves them per predictor replica;
+    the local backend cannot reserve any, so it refuses them rather than ignore them."""
+    asked = {k: v for k, v in resources.items() if v not in (0, 0.0, "", None)}
+    if not asked:
+        return []
+    if backend != "KSERVE":
+        return [("spec.resources", "the local backend runs predictors as processes on this machine and cannot "
+                                   "reserve CPUs, memory or GPUs; leave resources empty, or use the kserve backend")]
+    problems = []
+    if int(asked.get("num_workers", 1)) != 1:
+        problems.append(("spec.resources.num_workers", "a deployment's replicas are scaled by KServe's autoscaler; "
+                                                       "leave num_workers 0 (or 1)"))  # fmt: skip
+    cpus, gpus = float(asked.get("cpus_per_worker", 0)), float(asked.get("gpus_per_worker", 0))
+    if cpus < 0:
+        problems.append(("spec.resources.cpus_per_worker", "must not be negative"))
+    if gpus < 0 or not gpus.is_integer():
+        problems.append(("spec.resources.gpus_per_worker", "must be a whole number of GPUs (nvidia.com/gpu)"))
+    elif gpus and not settings.get("kserve_runtime_gpu", runtime_gpu):
+        problems.append(("spec.resources.gpus_per_worker", f"asks for {gpus:g} GPU(s), but this service has no GPU "
+                                                           "runtime (SLMOPS_KSERVE_RUNTIME_GPU is empty)"))  # fmt: skip
+    memory = str(asked.get("memory", ""))
+    if memory and not QUANTITY_RE.match(memory):
+        problems.append(("spec.resources.memory", f"{memory!r} is not a Kubernetes quantity such as 4Gi or 512Mi"))
+    return problems
+
+
+def check_namespace(namespace: str, backend: str) -> list[tuple[str, str]]:
+    """The kserve backend serves its configured namespace only (its RBAC is namespace-scoped)."""
+    if not namespace:
+        return []
+    if backend != "KSERVE":
+        return [("spec.namespace", "only the kserve backend has namespaces; leave it empty")]
+    configured = settings.get("kserve_namespace")
+    if namespace != configured:
+        return [("spec.namespace", f"this serving service manages InferenceServices in namespace {configured!r} "
+                                   f"only (SLMOPS_KSERVE_NAMESPACE; its RBAC is namespace-scoped), not {namespace!r}: "
+                                   "leave it empty or deploy with the slmops release of that namespace")]  # fmt: skip
+    return []
 
 
 def resolve_adapters(adapters: list[dict[str, Any]], backend: str) -> list[list[str]]:
@@ -110,6 +168,9 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     port = int(spec.get("port", 0))
     if not 0 <= port <= 65535:
         problems.append(("spec.port", "must be between 0 and 65535"))
+    resources = dict(spec.get("resources") or {})
+    problems += check_resources(resources, backend)
+    problems += check_namespace(spec.get("namespace", ""), backend)
     model_uri = storage_uri = ""
     adapters: list[list[str]] = []
     try:
@@ -124,8 +185,14 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
         except InvalidSpec as exc:
             problems.extend(exc.problems)
     collect(problems)
-    return {"name": name, "backend": backend, "port": port, "model_uri": model_uri, "storage_uri": storage_uri,
-            "adapters": adapters}  # fmt: skip
+    config = {"name": name, "backend": backend, "port": port, "model_uri": model_uri, "storage_uri": storage_uri,
+              "adapters": adapters}  # fmt: skip
+    if backend == "KSERVE":
+        config["namespace"] = spec.get("namespace") or settings.get("kserve_namespace")
+        config["resources"] = {"cpus": float(resources.get("cpus_per_worker", 0)),
+                               "memory": str(resources.get("memory", "")),
+                               "gpus": int(float(resources.get("gpus_per_worker", 0)))}  # fmt: skip
+    return config
 
 
 def check_gate(report_uri: str) -> list[str]:

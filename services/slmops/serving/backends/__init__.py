@@ -5,6 +5,12 @@ it; the serving service keeps the records (revisions, traffic, state) and asks
 its backend to act. Two backends implement the protocol: `local` (supervised
 predictor processes behind the router) and `kserve` (an InferenceService per
 deployment, see `kserve.py`).
+
+A backend may also offer, and the deployments use when it does:
+`check_owner(name)` (Conflict when the name is taken by something it must not
+touch), `check_traffic(percent)` (InvalidSpec when it cannot split traffic so)
+and `failed_note(name)` (a deployment whose first revision failed keeps its
+objects for inspection; the note says so and how to remove them).
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ class Revision:
     the serving revision, less starts a canary next to it. `adapters` are
     (name, storage location) pairs served beside the base model; `port` is
     where the deployment is reached when the backend lets the caller choose
-    (local: the router's port; 0 picks a free one).
+    (local: the router's port; 0 picks a free one). `cpus`, `memory` and `gpus`
+    are what each of its replicas asks for (0 / "": the backend's default); a
+    backend that cannot reserve them refuses them.
     """
 
     number: int
@@ -39,16 +47,25 @@ class Revision:
     traffic_percent: int = 100
     adapters: tuple[tuple[str, str], ...] = ()
     port: int = 0
+    cpus: float = 0.0
+    memory: str = ""
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
 class RevisionStatus:
-    """Where one revision stands; `runtime` is what the backend needs to take it over again (local: pid)."""
+    """Where one revision stands; `runtime` is what the backend needs to take it over again (local: pid).
+
+    `url` reaches this revision alone from where the serving service runs (for
+    KServe: the cluster-local address); `external_url`, when the backend has
+    one, is the same revision through the cluster's ingress.
+    """
 
     state: str
     url: str = ""
     reason: str = ""
     runtime: dict[str, Any] = field(default_factory=dict)
+    external_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,11 +74,14 @@ class BackendStatus:
 
     `traffic` maps revision numbers to the percent of requests they receive;
     `ready_revision` is the newest revision that is ready to answer (None while
-    none is); `reason` says why a deployment is not READY.
+    none is); `reason` says why a deployment is not READY. `url` is where
+    callers beside the serving service reach the deployment (for KServe: the
+    cluster-local `status.address.url`), `external_url` its external route.
     """
 
     state: str
     url: str = ""
+    external_url: str = ""
     ready_revision: int | None = None
     traffic: dict[int, int] = field(default_factory=dict)
     reason: str = ""
