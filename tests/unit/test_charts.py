@@ -7,6 +7,7 @@ kubernetes-validate run for real; no cluster is involved.
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def helm() -> Path:
 
 @pytest.fixture(scope="session")
 def default_docs(helm) -> list[dict[str, Any]]:
+    """The defaults plus the one required choice, an artifact store (ci/store-values.yaml)."""
     return check.helm_template()
 
 
@@ -124,9 +126,24 @@ def test_install_helm_is_idempotent(helm):
     assert install_helm.helm_version(helm).startswith(install_helm.HELM_VERSION)
 
 
-@pytest.mark.parametrize("values", [[], [check.ALL_ON_VALUES]], ids=["default", "all-on"])
+@pytest.mark.parametrize(
+    "values", [[check.STORE_VALUES], [check.ALL_ON_VALUES]], ids=["default", "all-on"]
+)
 def test_helm_lint_strict_passes(helm, values):
     assert check.helm_lint(values) == []
+
+
+def test_an_install_without_an_artifact_store_is_refused_with_the_choice_to_make(helm):
+    message = "set artifacts.root (s3://, gs:// or az://bucket/prefix) or artifacts.sharedClaim"
+    with pytest.raises(check.ToolError, match=re.escape(message)):
+        check.helm_template([])
+    (lint,) = check.helm_lint([])
+    assert message in lint
+    # Either choice alone is enough; a per-pod file:// root is not a store.
+    assert check.helm_template([], set_values=["artifacts.root=gs://bucket/prefix"])
+    assert check.helm_template([], set_values=["artifacts.sharedClaim=shared"])
+    with pytest.raises(check.ToolError, match="artifacts/root"):
+        check.helm_template([], set_values=["artifacts.root=file:///var/lib/slmops/artifacts"])
 
 
 @pytest.mark.parametrize("fixture", ["default_docs", "all_on_docs"])
@@ -145,7 +162,7 @@ def test_validation_catches_mistakes(kubernetes_validate, all_on_docs):
     ]
     problems = check.validate_manifests([deployment, ray])
     assert any("imagePullPolice" in p for p in problems)
-    assert any("rayStartParams must be a map of strings" in p for p in problems)
+    assert any("rayStartParams.num-cpus: 0 is not of type 'string'" in p for p in problems)
     assert any("containerPort" in p for p in problems)
 
 
@@ -157,7 +174,7 @@ def test_every_service_serves_grpc_with_grpc_probes(request, fixture):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["command"] == ["python", "-m", f"slmops.{svc}"]
         assert container["args"] == ["--host", "0.0.0.0", "--port", str(port)]
-        assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+        assert container["ports"][0] == {"name": "grpc", "containerPort": port, "protocol": "TCP"}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"] == {"port": port}, (svc, probe)
         service = one(docs, "Service", f"slmops-{svc}")
@@ -182,6 +199,7 @@ def test_services_are_wired_to_each_other_ray_and_the_collector(default_docs):
         for other, port in SERVICES.items():
             assert env[f"SLMOPS_{other.upper()}_ADDR"] == f"slmops-{other}.slmops.svc:{port}"
         assert "SLMOPS_DATABASE_URL" not in env  # no database by default: SQLite on the data volume
+        assert env["SLMOPS_ARTIFACT_ROOT"] == "s3://slmops-artifacts/default"
 
 
 def _all_manifests(default_docs, all_on_docs, kustomized) -> list[tuple[str, dict]]:
@@ -228,11 +246,9 @@ def test_images_are_pinned_by_tag(default_docs, all_on_docs, kustomized):
 def test_optional_parts_are_off_by_default(default_docs):
     kinds = {d["kind"] for d in default_docs}
     assert not kinds & {"StatefulSet", "PodDisruptionBudget"}
-    # On by default (tests/unit/test_charts_auth.py): the gRPC and Ray tokens, NetworkPolicies.
-    assert {d["metadata"]["name"] for d in find(default_docs, "Secret")} == {
-        "slmops-grpc-auth",
-        "slmops-ray-auth",
-    }
+    # On by default (tests/unit/test_charts_auth.py): the gRPC token, NetworkPolicies; KubeRay
+    # makes the Ray token (spec.authOptions).
+    assert {d["metadata"]["name"] for d in find(default_docs, "Secret")} == {"slmops-grpc-auth"}
     ray = one(default_docs, "RayCluster", "slmops-ray")
     assert "enableInTreeAutoscaling" not in ray["spec"]
     assert ray["spec"]["rayVersion"] == "2.60.0"
@@ -253,11 +269,17 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     )
     assert env["SLMOPS_ARTIFACT_ROOT"] == "s3://slmops-artifacts/prod"
     assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
-    assert env["RAY_AUTH_TOKEN"]["secretKeyRef"]["name"] == "slmops-ray-auth"
+    assert env["RAY_AUTH_TOKEN_PATH"] == "/var/run/slmops/ray/token"
     assert pipeline["containers"][0]["envFrom"] == [
         {"secretRef": {"name": "slmops-artifact-store"}}
     ]
-    assert {v["name"] for v in pipeline["volumes"]} == {"tmp", "data", "artifacts", "grpc-auth"}
+    assert {v["name"] for v in pipeline["volumes"]} == {
+        "tmp",
+        "data",
+        "artifacts",
+        "grpc-auth",
+        "ray-auth",
+    }
     # Ray: autoscaler (head keeps its service account token), a GPU group on the CUDA image.
     ray = one(all_on_docs, "RayCluster", "slmops-ray")["spec"]
     assert ray["enableInTreeAutoscaling"] is True
@@ -267,7 +289,8 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     assert gpu_container["image"] == "registry.example.com/ml/slmops-ray-cuda:0.1.0"
     assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["rayStartParams"] == {"num-gpus": "1"}
-    assert container_env(gpu_container)["RAY_AUTH_MODE"] == "token"
+    assert ray["authOptions"] == {"mode": "token"}  # KubeRay sets the token on every Ray container
+    assert "RAY_AUTH_TOKEN" not in container_env(gpu_container)
     assert container_env(gpu_container)["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
     # Collector: both exporters in the pipelines.
     config = yaml.safe_load(
@@ -275,12 +298,8 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     )
     assert config["service"]["pipelines"]["traces"]["exporters"] == ["debug", "otlp/tempo"]
     assert "otlp/tempo" in config["exporters"]
-    assert len(find(all_on_docs, "NetworkPolicy")) == 4
-    assert {d["metadata"]["name"] for d in find(all_on_docs, "PodDisruptionBudget")} == {
-        "slmops-serving",
-        "slmops-pipeline",
-    }
-    assert one(all_on_docs, "ClusterServingRuntime", "slmops-predictor-prod")
+    pdbs = {d["metadata"]["name"] for d in find(all_on_docs, "PodDisruptionBudget")}
+    assert {f"slmops-{svc}" for svc in SERVICES} & pdbs == {"slmops-serving", "slmops-pipeline"}
     serving = one(all_on_docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]
     assert container_env(serving["containers"][0])["SLMOPS_KSERVE_SERVICE_ACCOUNT"] == "kserve-s3"
 
@@ -300,13 +319,13 @@ def test_notes_warn_when_there_is_no_database_or_artifact_store(helm):
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return out.split("NOTES:", 1)[1]
 
-    default = notes()
+    default = notes("-f", str(check.STORE_VALUES))
     assert "slmops-pipeline.slmops.svc:50056" in default
     assert "WARNING: no database is configured" in default
-    assert "WARNING: artifacts.root is empty" in default
+    assert "Artifacts go to s3://slmops-artifacts/default" in default
     all_on = notes("-f", str(check.ALL_ON_VALUES))
     assert "WARNING" not in all_on
-    assert 'ClusterServingRuntime "slmops-predictor-prod"' in all_on
+    assert "Artifacts go to s3://slmops-artifacts/prod" in all_on
 
 
 def test_an_external_ray_cluster_replaces_the_raycluster(helm):
@@ -322,8 +341,13 @@ def test_an_external_ray_cluster_replaces_the_raycluster(helm):
         one(docs, "Deployment", "slmops-training")["spec"]["template"]["spec"]["containers"][0]
     )
     assert env["RAY_ADDRESS"] == "http://ray.example:8265"
-    assert env["RAY_AUTH_TOKEN"]["secretKeyRef"]["name"] == "ray-example-token"
-    assert "slmops-ray-auth" not in {d["metadata"]["name"] for d in find(docs, "Secret")}
+    assert env["RAY_AUTH_TOKEN_PATH"] == "/var/run/slmops/ray/token"
+    pod = one(docs, "Deployment", "slmops-training")["spec"]["template"]["spec"]
+    ray_auth = next(v for v in pod["volumes"] if v["name"] == "ray-auth")["secret"]
+    assert ray_auth["secretName"] == "ray-example-token"
+    assert ray_auth["items"] == [{"key": "auth_token", "path": "token"}]
+    assert "SLMOPS_RAY_WORKER_GROUPS" not in env  # the chart does not know that cluster's groups
+    assert not find(docs, "Secret", "slmops-ray")
 
 
 @pytest.mark.parametrize(
@@ -422,7 +446,13 @@ def test_chart_and_kustomize_run_the_same_containers(default_docs, kustomized):
         b = kube[svc]["spec"]["template"]["spec"]["containers"][0]
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}, svc
         assert a["image"] == b["image"]
-    chart_runtime = one(default_docs, "ClusterServingRuntime", "slmops-predictor")["spec"]
+    serving_env = container_env(chart["serving"]["spec"]["template"]["spec"]["containers"][0])
+    (chart_runtime,) = [
+        d["spec"]
+        for d in default_docs
+        if d["kind"] in ("ClusterServingRuntime", "ServingRuntime")
+        and d["metadata"]["name"] == serving_env["SLMOPS_KSERVE_RUNTIME"]
+    ]
     kube_runtime = one(kustomized["cluster"], "ClusterServingRuntime", "slmops-predictor")["spec"]
     assert chart_runtime["containers"][0]["args"] == kube_runtime["containers"][0]["args"]
     assert chart_runtime["supportedModelFormats"] == kube_runtime["supportedModelFormats"]

@@ -236,19 +236,24 @@ def _lay_out_secrets(pod: dict, root: Path, secrets: dict[str, dict[str, bytes]]
             (folder / item["path"]).write_bytes(data[item["key"]])
 
 
-@pytest.mark.parametrize("values", [[], [check.MTLS_VALUES]], ids=["own-certificate", "client-secret"])
+@pytest.mark.parametrize(
+    "values", [[check.STORE_VALUES], [check.MTLS_VALUES]], ids=["own-certificate", "client-secret"]
+)
 async def test_the_rendered_tls_probe_passes_only_with_the_rendered_credentials(
     helm, tmp_path, monkeypatch, values
 ):
     svc, port = "training", SERVICES["training"]
-    docs = await asyncio.to_thread(check.helm_template, values, [] if values else MTLS)
+    docs = await asyncio.to_thread(
+        check.helm_template, values, MTLS if values == [check.STORE_VALUES] else []
+    )
     pod = _pod(docs, svc)
     pem = _certificates([f"slmops-{svc}.{RELEASE_NS}.svc"])
     tls = {"tls.crt": pem["server"], "tls.key": pem["server_key"], "ca.crt": pem["ca"]}
     client = {"tls.crt": pem["client"], "tls.key": pem["client_key"], "ca.crt": pem["ca"]}
     token = {"token": b"s3cret-token\n"}
     _lay_out_secrets(pod, tmp_path, {"slmops-tls": tls, "slmops-grpc-tls": tls, "slmops-grpc-client": client,
-                                     "slmops-grpc-auth": token, "slmops-grpc-token": token})  # fmt: skip
+                                     "slmops-grpc-auth": token, "slmops-grpc-token": token,
+                                     "slmops-ray": {"auth_token": b"ray-token"}})  # fmt: skip
     env = container_env(pod["containers"][0])
     monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path / "data"))
     for name in (*TLS_ENV, "SLMOPS_AUTH_TOKEN_FILE"):
@@ -355,15 +360,24 @@ OUTSIDERS = {
 }  # fmt: skip
 
 
+RAY_TOKEN_FILE = f"{MOUNTS}/ray/token"
+
+
 def test_ray_auth_is_on_and_only_release_pods_reach_the_ray_head(default_docs):
-    assert one(default_docs, "Secret", "slmops-ray-auth")["data"]["token"]
+    # KubeRay generates the token: Secret <RayCluster name>, key auth_token, and sets
+    # RAY_AUTH_MODE/RAY_AUTH_TOKEN on head, workers and the autoscaler itself.
+    ray = one(default_docs, "RayCluster", "slmops-ray")
+    assert ray["spec"]["authOptions"] == {"mode": "token"}
+    assert not find(default_docs, "Secret", "slmops-ray")  # nothing random in the chart
     for svc in SERVICES:
-        env = container_env(_pod(default_docs, svc)["containers"][0])
+        pod = _pod(default_docs, svc)
+        env = container_env(pod["containers"][0])
         assert env["RAY_AUTH_MODE"] == "token"
-        assert env["RAY_AUTH_TOKEN"]["secretKeyRef"] == {"name": "slmops-ray-auth", "key": "token"}
-    ray = one(default_docs, "RayCluster", "slmops-ray")["spec"]
-    for group in [ray["headGroupSpec"], *ray["workerGroupSpecs"]]:
-        assert container_env(group["template"]["spec"]["containers"][0])["RAY_AUTH_MODE"] == "token"
+        assert env["RAY_AUTH_TOKEN_PATH"] == RAY_TOKEN_FILE and "RAY_AUTH_TOKEN" not in env
+        assert _mounted_secret_file(pod, RAY_TOKEN_FILE) == (ray["metadata"]["name"], "auth_token")
+    for group in [ray["spec"]["headGroupSpec"], *ray["spec"]["workerGroupSpecs"]]:
+        env = container_env(group["template"]["spec"]["containers"][0])
+        assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & env.keys()
 
     policies = find(default_docs, "NetworkPolicy")
     pods = _pods(default_docs)
@@ -382,7 +396,7 @@ def test_grpc_ports_stay_open_to_release_pods_and_allowed_clients(helm, tmp_path
     values = tmp_path / "values.yaml"
     gateway = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-ingress"}}}
     values.write_text(yaml.safe_dump({"networkPolicy": {"allowedClients": [gateway]}}))
-    docs = check.helm_template([values])
+    docs = check.helm_template([check.STORE_VALUES, values])
     policies = find(docs, "NetworkPolicy")
     pods = _pods(docs)
     client = {"namespace": "istio-ingress", "labels": {"app": "istio-ingressgateway"}}
@@ -414,7 +428,8 @@ def test_an_external_ray_cluster_without_token_auth(helm):
         set_values=["ray.create=false", "ray.address=http://ray.example:8265", "ray.auth.enabled=false"]
     )
     env = container_env(_pod(docs, "training")["containers"][0])
-    assert "RAY_AUTH_MODE" not in env and not find(docs, "Secret", "slmops-ray-auth")
+    assert "RAY_AUTH_MODE" not in env and "RAY_AUTH_TOKEN_PATH" not in env
+    assert "ray-auth" not in _volumes(_pod(docs, "training"))
 
 
 # --- NOTES -------------------------------------------------------------------
@@ -422,6 +437,7 @@ def test_an_external_ray_cluster_without_token_auth(helm):
 
 def _notes(helm: Path, *set_values: str) -> str:
     cmd = [str(helm), "install", "slmops", str(check.CHART), "-n", RELEASE_NS, "--dry-run=client"]
+    cmd += ["-f", str(check.STORE_VALUES)]
     for item in set_values:
         cmd += ["--set", item]
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split("NOTES:", 1)[1]

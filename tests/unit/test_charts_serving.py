@@ -3,20 +3,37 @@
 The chart renders with the real helm (see test_charts.py). The serving
 service's settings as rendered are given to the service's own validation and
 backend factory: whichever backend the chart selects, the service accepts it.
+The predictor runtimes are named per release and validated against KServe's
+CRDs (scripts/check_charts.py).
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from slmops.serving import deployments, validation
 from slmops.serving.backends.kserve import KServeBackend
-from tests.unit.test_charts import ROOT, SERVICES, check, container_env, install_helm, one
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import check_charts as check  # noqa: E402
+import install_helm  # noqa: E402
+
+SERVICES = ("synthesis", "training", "conversion", "serving", "evaluation", "pipeline")
 
 PREDICTOR_ARGS = ["--model-dir=/mnt/models", "--name={{.Name}}", "--http-port=8080", "--host=0.0.0.0",
                   "--grpc-port=8081"]  # fmt: skip
 READINESS = {"httpGet": {"path": "/v2/health/ready", "port": 8080}, "periodSeconds": 5, "failureThreshold": 3}
+STORE = "artifacts.root=s3://bucket/prefix"  # the chart requires an artifact store
+RUNTIME_KINDS = ("ServingRuntime", "ClusterServingRuntime")
+# Kinds without a namespace: two releases must never render the same one.
+CLUSTER_SCOPED = {"ClusterServingRuntime", "ClusterRole", "ClusterRoleBinding", "Namespace",
+                  "PriorityClass", "StorageClass", "CustomResourceDefinition"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +44,13 @@ def helm():
         pytest.fail(f"helm could not be installed: {exc}")
 
 
+def render(*set_values: str, release: str = check.RELEASE, namespace: str = check.NAMESPACE, values=()):
+    return check.helm_template(list(values), [STORE, *set_values], release=release, namespace=namespace)
+
+
 @pytest.fixture(scope="module")
 def default_docs(helm):
-    return check.helm_template()
+    return render()
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +63,23 @@ def kustomized():
     return {path.name: check.kustomize_build(path) for path in check.kustomize_dirs()}
 
 
-def _serving_env(docs) -> dict[str, str]:
-    pod = one(docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def container_env(container: dict) -> dict[str, Any]:
+    """name -> value (or the valueFrom mapping)."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def runtimes(docs) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] in RUNTIME_KINDS}
+
+
+def _serving_env(docs, prefix: str = "slmops") -> dict[str, str]:
+    pod = one(docs, "Deployment", f"{prefix}-serving")["spec"]["template"]["spec"]
     return container_env(pod["containers"][0])
 
 
@@ -58,7 +94,10 @@ def _accepts(env: dict[str, str], monkeypatch) -> str:
     uri = "s3://models/student-int4" if backend == "KSERVE" else ""
     if backend == "KSERVE":
         assert isinstance(built, KServeBackend)
-        assert (built.namespace, built.runtime) == (env["SLMOPS_KSERVE_NAMESPACE"], env["SLMOPS_KSERVE_RUNTIME"])
+        assert (built.namespace, built.runtime) == (
+            env["SLMOPS_KSERVE_NAMESPACE"],
+            env["SLMOPS_KSERVE_RUNTIME"],
+        )
         config = validation.validate({"name": "student", "model_uri": uri})
         assert (config["backend"], config["storage_uri"]) == ("KSERVE", uri)
     return backend
@@ -75,10 +114,10 @@ def test_every_backend_the_chart_offers_is_accepted(helm, monkeypatch, tmp_path)
     assert sorted(offered) == ["kserve", "local"]
     for backend in offered:
         monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path / backend))
-        docs = check.helm_template(set_values=[f"serving.backend={backend}"])
+        docs = render(f"serving.backend={backend}", "serving.kserve.runtime.gpu.enabled=true")
         assert _accepts(_serving_env(docs), monkeypatch) == backend.upper()
         # The kserve parts render only for the kserve backend.
-        assert bool([d for d in docs if d and d.get("kind") == "ClusterServingRuntime"]) == (backend == "kserve")
+        assert bool(runtimes(docs)) == (backend == "kserve")
 
 
 def test_kustomize_selects_a_backend_the_service_accepts(kustomized, monkeypatch, tmp_path):
@@ -101,10 +140,98 @@ def test_kustomize_selects_a_backend_the_service_accepts(kustomized, monkeypatch
             assert _accepts(env, monkeypatch) in ("KSERVE", "LOCAL"), name
 
 
+# --- the serving service's KServe settings ---------------------------------
+
+
+@pytest.mark.parametrize("release,fullname", [("slmops", "slmops"), ("team-a", "team-a-slmops")])
+def test_the_serving_service_names_this_releases_runtimes_and_owner(helm, release, fullname):
+    docs = render("serving.kserve.runtime.gpu.enabled=true", release=release)
+    env = _serving_env(docs, fullname)
+    found = runtimes(docs)
+    assert env["SLMOPS_KSERVE_RUNTIME"] == f"{fullname}-predictor"
+    assert env["SLMOPS_KSERVE_RUNTIME_GPU"] == f"{fullname}-predictor-cuda"
+    assert set(found) == {env["SLMOPS_KSERVE_RUNTIME"], env["SLMOPS_KSERVE_RUNTIME_GPU"]}
+    assert env["SLMOPS_KSERVE_OWNER"] == fullname
+    assert env["SLMOPS_KSERVE_DEPLOYMENT_MODE"] == "Standard"
+    assert env["SLMOPS_KSERVE_NAMESPACE"] == "slmops"
+    # The other services do not manage InferenceServices.
+    for svc in set(SERVICES) - {"serving"}:
+        other = container_env(
+            one(docs, "Deployment", f"{fullname}-{svc}")["spec"]["template"]["spec"]["containers"][0]
+        )
+        assert not {"SLMOPS_KSERVE_OWNER", "SLMOPS_KSERVE_RUNTIME_GPU"} & set(other), svc
+
+
+def test_without_gpu_serving_the_gpu_runtime_setting_is_empty(default_docs):
+    env = _serving_env(default_docs)
+    assert env["SLMOPS_KSERVE_RUNTIME_GPU"] == ""
+    assert set(runtimes(default_docs)) == {env["SLMOPS_KSERVE_RUNTIME"]} == {"slmops-predictor"}
+
+
+def test_the_deployment_mode_is_a_value_knative_or_standard(helm):
+    schema = yaml.safe_load((ROOT / "charts/slmops/values.schema.json").read_text())
+    kserve = schema["properties"]["serving"]["properties"]["kserve"]["properties"]
+    assert sorted(kserve["deploymentMode"]["enum"]) == ["Knative", "Standard"]
+    assert (
+        _serving_env(render("serving.kserve.deploymentMode=Knative"))["SLMOPS_KSERVE_DEPLOYMENT_MODE"]
+        == "Knative"
+    )
+    with pytest.raises(check.ToolError, match="deploymentMode"):
+        render("serving.kserve.deploymentMode=Serverless")  # KServe's old name: refused, not passed on
+
+
+def test_two_releases_in_one_namespace_share_no_object(helm):
+    """A second release installs: no name it renders is already taken by the first, cluster-wide ones included."""
+    for kind in RUNTIME_KINDS:
+        docs = {rel: render("serving.kserve.runtime.gpu.enabled=true", f"serving.kserve.runtime.kind={kind}",
+                            release=rel) for rel in ("alpha", "beta")}  # fmt: skip
+
+        def identities(rendered):
+            return {
+                (d["kind"], "" if d["kind"] in CLUSTER_SCOPED else d["metadata"].get("namespace", "slmops"),
+                 d["metadata"]["name"])
+                for d in rendered
+            }  # fmt: skip
+
+        first, second = identities(docs["alpha"]), identities(docs["beta"])
+        assert first and second and not first & second, first & second
+        for rel in ("alpha", "beta"):
+            names = {d["metadata"]["name"] for d in docs[rel] if d["kind"] == kind}
+            assert names == {f"{rel}-slmops-predictor", f"{rel}-slmops-predictor-cuda"}
+            env = _serving_env(docs[rel], f"{rel}-slmops")
+            assert {env["SLMOPS_KSERVE_RUNTIME"], env["SLMOPS_KSERVE_RUNTIME_GPU"]} == names
+
+
+@pytest.mark.parametrize("kind", RUNTIME_KINDS)
+def test_runtimes_are_namespaced_in_the_inferenceservices_namespace_or_cluster_wide(helm, kind):
+    docs = check.helm_template([check.ALL_ON_VALUES], [f"serving.kserve.runtime.kind={kind}"])
+    found = runtimes(docs)
+    assert set(found) == {"slmops-predictor", "slmops-predictor-cuda"}
+    for runtime in found.values():
+        assert runtime["kind"] == kind
+        expected = "slmops-serving" if kind == "ServingRuntime" else None
+        assert runtime["metadata"].get("namespace") == expected
+    # Both pass KServe's own CRD schema.
+    assert check.validate_manifests(found.values()) == []
+
+
+def test_an_existing_runtime_can_be_named_instead(helm):
+    with pytest.raises(check.ToolError, match="existingName is required"):
+        render("serving.kserve.runtime.create=false")
+    docs = render(
+        "serving.kserve.runtime.create=false", "serving.kserve.runtime.existingName=slmops-predictor-shared"
+    )
+    assert not runtimes(docs)
+    assert _serving_env(docs)["SLMOPS_KSERVE_RUNTIME"] == "slmops-predictor-shared"
+
+
+# --- the runtimes ------------------------------------------------------------
+
+
 @pytest.mark.parametrize("source", ["chart", "k8s/cluster"])
 def test_serving_runtime_runs_the_predictor_on_all_interfaces_with_a_readiness_probe(default_docs, source):
     if source == "chart":
-        runtime = one(default_docs, "ClusterServingRuntime", "slmops-predictor")
+        runtime = one(default_docs, "ServingRuntime", "slmops-predictor")
     else:
         docs = list(yaml.safe_load_all((ROOT / "k8s/cluster/serving-runtime.yaml").read_text()))
         runtime = next(d for d in docs if d and d.get("kind") == "ClusterServingRuntime")
@@ -118,37 +245,69 @@ def test_serving_runtime_runs_the_predictor_on_all_interfaces_with_a_readiness_p
     assert formats["onnx-genai"]["autoSelect"] is True and "huggingface" in formats
     assert runtime["spec"]["protocolVersions"] == ["v2"]
     # The kserve backend's InferenceServices name this runtime and its model format.
-    body = KServeBackend(namespace="slmops").build(
+    body = KServeBackend(namespace="slmops", runtime=runtime["metadata"]["name"]).build(
         "student", deployments.Revision(1, "s3://m/x", "s3://m/x"))  # fmt: skip
     model = body["spec"]["predictor"]["model"]
     assert (model["runtime"], model["modelFormat"]["name"]) == (runtime["metadata"]["name"], "onnx-genai")
     if source == "chart":
         assert container["image"] == "ghcr.io/slmops/slmops-predictor:0.1.0"
         assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8080"
+        assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+
+
+def test_the_gpu_runtime_runs_the_cuda_image_on_a_gpu(helm, tmp_path):
+    gpu_values = {"enabled": True, "gpus": 2, "image": {"tag": "0.2.0-cuda"},
+                  "nodeSelector": {"nvidia.com/gpu.present": "true"}}  # fmt: skip
+    values = tmp_path / "gpu.yaml"
+    values.write_text(yaml.safe_dump({"serving": {"kserve": {"runtime": {"gpu": gpu_values}}}}))
+    docs = render(values=[values])
+    cpu, gpu = (
+        one(docs, "ServingRuntime", "slmops-predictor"),
+        one(docs, "ServingRuntime", "slmops-predictor-cuda"),
+    )
+    (container,) = gpu["spec"]["containers"]
+    assert container["image"] == "ghcr.io/slmops/slmops-predictor-cuda:0.2.0-cuda"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert container["resources"]["limits"]["memory"] == "16Gi"  # the values' limits kept beside the GPU
+    assert gpu["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # The same predictor, flags and probe as the CPU runtime.
+    (cpu_container,) = cpu["spec"]["containers"]
+    for key in ("command", "args", "ports", "readinessProbe", "securityContext"):
+        assert container[key] == cpu_container[key], key
+    # Only an InferenceService that names it lands on a GPU: KServe never auto-selects it.
+    assert [f["autoSelect"] for f in gpu["spec"]["supportedModelFormats"]] == [False, False]
+    assert {f["name"] for f in gpu["spec"]["supportedModelFormats"]} == {
+        f["name"] for f in cpu["spec"]["supportedModelFormats"]}  # fmt: skip
+    assert "nvidia.com/gpu" not in cpu_container["resources"]["limits"]
+    assert check.validate_manifests([cpu, gpu]) == []
 
 
 def test_the_predictor_api_key_comes_from_a_mounted_secret(default_docs, all_on_docs):
-    (plain,) = one(default_docs, "ClusterServingRuntime", "slmops-predictor")["spec"]["containers"]
+    (plain,) = one(default_docs, "ServingRuntime", "slmops-predictor")["spec"]["containers"]
     assert not any(a.startswith("--api-key-file") for a in plain["args"])
-    runtime = one(all_on_docs, "ClusterServingRuntime", "slmops-predictor-prod")["spec"]
-    (container,) = runtime["containers"]
-    assert "--api-key-file=/var/run/secrets/slmops-predictor/api-key" in container["args"]
-    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-key")
-    assert mount == {"name": "api-key", "mountPath": "/var/run/secrets/slmops-predictor", "readOnly": True}
-    volume = next(v for v in runtime["volumes"] if v["name"] == "api-key")
-    assert volume["secret"]["secretName"] == "slmops-predictor-api-key"
+    for name in ("slmops-predictor", "slmops-predictor-cuda"):
+        runtime = one(all_on_docs, "ServingRuntime", name)["spec"]
+        (container,) = runtime["containers"]
+        assert "--api-key-file=/var/run/secrets/slmops-predictor/api-key" in container["args"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "api-key")
+        assert mount == {
+            "name": "api-key",
+            "mountPath": "/var/run/secrets/slmops-predictor",
+            "readOnly": True,
+        }
+        volume = next(v for v in runtime["volumes"] if v["name"] == "api-key")
+        assert volume["secret"]["secretName"] == "slmops-predictor-api-key"
 
 
-@pytest.mark.parametrize(
-    "fixture,namespace", [("default_docs", "slmops"), ("all_on_docs", "slmops-serving")]
-)
+@pytest.mark.parametrize("fixture,namespace", [("default_docs", "slmops"), ("all_on_docs", "slmops-serving")])
 def test_rbac_lets_the_serving_service_manage_inferenceservices(request, fixture, namespace):
     docs = request.getfixturevalue(fixture)
     role = one(docs, "Role", "slmops-serving")
     assert role["metadata"]["namespace"] == namespace
     rule = next(r for r in role["rules"] if "inferenceservices" in r["resources"])
     assert rule["apiGroups"] == ["serving.kserve.io"]
-    assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= set(rule["verbs"])
+    # The exact verbs follow the backend's calls (test_charts_contract.py).
+    assert {"get", "create", "patch", "delete"} <= set(rule["verbs"])
     binding = one(docs, "RoleBinding", "slmops-serving")
     assert binding["roleRef"]["name"] == "slmops-serving"
     assert binding["subjects"] == [
@@ -158,7 +317,9 @@ def test_rbac_lets_the_serving_service_manage_inferenceservices(request, fixture
     assert pod["serviceAccountName"] == "slmops-serving"
     assert pod["automountServiceAccountToken"] is True
     assert _serving_env(docs)["SLMOPS_KSERVE_NAMESPACE"] == namespace
+    # The runtimes live where the InferenceServices are.
+    assert {r["metadata"]["namespace"] for r in runtimes(docs).values()} == {namespace}
     # The other services have no API access.
-    for svc in SERVICES.keys() - {"serving"}:
+    for svc in set(SERVICES) - {"serving"}:
         other = one(docs, "Deployment", f"slmops-{svc}")["spec"]["template"]["spec"]
         assert other["serviceAccountName"] == "slmops" and other["automountServiceAccountToken"] is False

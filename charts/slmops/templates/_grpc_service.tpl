@@ -28,6 +28,9 @@ spec:
       targetPort: grpc
       protocol: TCP
       appProtocol: grpc
+    {{- with include "slmops.metricsServicePort" $root }}
+    {{- . | trim | nindent 4 }}
+    {{- end }}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -75,11 +78,12 @@ spec:
             - name: grpc
               containerPort: {{ $svc.port }}
               protocol: TCP
+            {{- with include "slmops.metricsContainerPort" $root }}
+            {{- . | trim | nindent 12 }}
+            {{- end }}
           env:
             - name: SLMOPS_HOST
               value: 0.0.0.0
-            - name: SLMOPS_JOB_PYTHON
-              value: python
             - name: HOME
               value: /tmp
             - name: XDG_CACHE_HOME
@@ -94,12 +98,13 @@ spec:
               value: {{ $root.Values.serving.backend | quote }}
             - name: SLMOPS_KSERVE_NAMESPACE
               value: {{ include "slmops.kserveNamespace" $root | quote }}
-            - name: SLMOPS_KSERVE_RUNTIME
-              value: {{ $root.Values.serving.kserve.runtime.name | quote }}
-            {{- with $root.Values.serving.kserve.serviceAccountName }}
-            - name: SLMOPS_KSERVE_SERVICE_ACCOUNT
-              value: {{ . | quote }}
+            {{- with include "slmops.servingEnv" (dict "root" $root "service" $name) }}
+            {{- . | trim | nindent 12 }}
             {{- end }}
+            {{- with include "slmops.artifactEnv" $root }}
+            {{- . | trim | nindent 12 }}
+            {{- end }}
+            {{- include "slmops.rayClientEnv" $root | trim | nindent 12 }}
             {{- range $other, $o := $root.Values.services }}
             {{- if $o.enabled }}
             - name: SLMOPS_{{ upper $other }}_ADDR
@@ -148,6 +153,9 @@ spec:
             {{- with include "slmops.grpcAuthVolumeMounts" $root }}
             {{- . | trim | nindent 12 }}
             {{- end }}
+            {{- with include "slmops.rayAuthVolumeMounts" $root }}
+            {{- . | trim | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir: {}
@@ -165,6 +173,9 @@ spec:
             claimName: {{ $root.Values.artifacts.sharedClaim }}
         {{- end }}
         {{- with include "slmops.grpcAuthVolumes" $root }}
+        {{- . | trim | nindent 8 }}
+        {{- end }}
+        {{- with include "slmops.rayAuthVolumes" $root }}
         {{- . | trim | nindent 8 }}
         {{- end }}
       {{- with $defaults.nodeSelector }}

@@ -1,10 +1,18 @@
 {{/*
-A Ray pod's spec (head or worker): (dict "root" $ "name" "ray-head" "image" {...}
-"resources" {...} "gpus" 0 "nodeSelector" {...} "tolerations" [...] "head" true)
+A Ray pod's spec (head or a worker group):
+  (dict "root" $ "group" <ray.head or a worker group> "name" "ray-head" "head" true "gpus" 0 "image" {...})
 The Ray image runs as user ray (uid 1000, gid 100); Ray writes under /tmp/ray.
+fsGroup and the supplemental group 10001 (the services' group) let Ray jobs and
+the services write the same shared artifact claim.
+KubeRay adds the Ray token (RAY_AUTH_MODE, RAY_AUTH_TOKEN) to the Ray container
+itself when spec.authOptions asks for it, so none is set here.
 */}}
 {{- define "slmops.rayPodSpec" -}}
 {{- $root := .root }}
+{{- $group := .group }}
+{{- with include "slmops.rayServiceAccountName" (dict "root" $root "group" $group "head" .head) }}
+serviceAccountName: {{ . }}
+{{- end }}
 {{- with include "slmops.imagePullSecrets" $root }}
 {{ . | trim }}
 {{- end }}
@@ -14,7 +22,8 @@ securityContext:
   runAsNonRoot: true
   runAsUser: 1000
   runAsGroup: 100
-  fsGroup: 100
+  fsGroup: 10001
+  supplementalGroups: [10001]
   seccompProfile: {type: RuntimeDefault}
 containers:
   - name: {{ .name }}
@@ -38,11 +47,23 @@ containers:
       - name: RAY_JOB_STOP_WAIT_TIME_S
         value: "10"
       {{- include "slmops.sharedEnv" $root | nindent 6 }}
-    {{- with include "slmops.artifactEnvFrom" $root }}
-    {{- . | trim | nindent 4 }}
+      {{- with $group.env }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    {{- $envFrom := list }}
+    {{- with $root.Values.artifacts.credentialsSecret }}
+    {{- $envFrom = append $envFrom (dict "secretRef" (dict "name" .)) }}
+    {{- end }}
+    {{- range $root.Values.ray.secrets }}
+    {{- $envFrom = append $envFrom (dict "secretRef" (dict "name" .)) }}
+    {{- end }}
+    {{- $envFrom = concat $envFrom ($group.envFrom | default list) }}
+    {{- with $envFrom }}
+    envFrom:
+      {{- toYaml . | nindent 6 }}
     {{- end }}
     resources:
-      {{- $resources := deepCopy (.resources | default dict) }}
+      {{- $resources := deepCopy ($group.resources | default dict) }}
       {{- if gt (int .gpus) 0 }}
       {{- $limits := merge (dict "nvidia.com/gpu" (int .gpus)) ($resources.limits | default dict) }}
       {{- $_ := set $resources "limits" $limits }}
@@ -62,6 +83,9 @@ containers:
       - name: artifacts
         mountPath: {{ $root.Values.artifacts.sharedMountPath }}
       {{- end }}
+      {{- with $group.volumeMounts }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
 volumes:
   - name: ray-logs
     emptyDir: {}
@@ -72,14 +96,30 @@ volumes:
     persistentVolumeClaim:
       claimName: {{ $root.Values.artifacts.sharedClaim }}
   {{- end }}
-{{- with .nodeSelector }}
+  {{- with $group.volumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with $group.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .tolerations }}
+{{- with $group.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- with $group.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Annotations of a Ray pod template: the job code's version (the image the jobs
+run), so a new image changes the template and KubeRay's upgradeStrategy
+Recreate replaces the pods. (dict "root" $ "image" <override> "gpus" n)
+*/}}
+{{- define "slmops.rayPodAnnotations" -}}
+slmops.io/job-code: {{ include "slmops.image" (dict "root" .root "component" (ternary "ray-cuda" "ray" (gt (int .gpus) 0)) "override" .image) | sha256sum | trunc 16 | quote }}
 {{- end }}
 
 {{/* A map with every value quoted (KubeRay's rayStartParams are strings); {} when empty. */}}
