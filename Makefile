@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration demo bench protos protos-check lint charts clean
+.PHONY: setup test test-unit test-integration demo bench protos protos-check lint charts clean images images-smoke images-push
 
 setup: $(STAMP)
 
@@ -45,6 +45,26 @@ lint: setup
 
 charts: setup
 	$(PY) scripts/check_charts.py
+	$(PY) -m pytest -q tests/unit/test_charts.py tests/unit/test_charts_auth.py tests/unit/test_charts_serving.py \
+	  tests/unit/test_charts_observability.py tests/unit/test_charts_contract.py tests/unit/test_kustomize_contract.py \
+	  tests/unit/test_crd_schemas.py tests/unit/test_dockerfiles.py
+
+# Container images, built and run with buildah as root (no Docker engine needed; docker/README.md).
+# IMAGES: names to build (default all but CUDA); PYTHON_IMAGE: the base (default: made locally
+# with debootstrap by scripts/make_base_image.sh).
+TAG ?= 0.1.0
+REGISTRY ?=
+IMAGES ?=
+
+images:
+	$(PYTHON) scripts/images.py build --tag $(TAG) $(IMAGES)
+
+images-smoke: setup
+	$(PY) scripts/images.py smoke --tag $(TAG) $(IMAGES)
+
+images-push:
+	@test -n "$(REGISTRY)" || { echo "usage: make images-push REGISTRY=registry.example.com/ml [TAG=$(TAG)]"; exit 1; }
+	$(PYTHON) scripts/images.py push --registry $(REGISTRY) --tag $(TAG) $(IMAGES)
 
 clean:
 	rm -rf build .pytest_cache

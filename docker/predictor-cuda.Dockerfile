@@ -8,6 +8,8 @@ ARG BASE_IMAGE=ghcr.io/slmops/slmops-base-cuda:0.1.0
 FROM ${BASE_IMAGE}
 ARG ORT_GPU_VERSION=1.31.1
 ARG ORT_GENAI_VERSION=0.13.2
+# Unset unless given: the CA bundle of a TLS-intercepting proxy, for builds that reach PyPI only that way.
+ARG PIP_CERT
 LABEL org.opencontainers.image.title="slmops-predictor-cuda"
 USER 0:0
 RUN pip uninstall --yes onnxruntime onnxruntime-genai \

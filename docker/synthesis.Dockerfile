@@ -1,4 +1,5 @@
 # slmops synthesis service: gRPC on 50051, with grpc.health.v1.Health for Kubernetes probes.
+# Built on slmops-base, the machine-learning stack (CPU torch, ORT GenAI, Olive).
 # Build from the repository root, after the base image:
 #   docker build -f docker/synthesis.Dockerfile -t ghcr.io/slmops/slmops-synthesis:0.1.0 .
 ARG BASE_IMAGE=ghcr.io/slmops/slmops-base:0.1.0

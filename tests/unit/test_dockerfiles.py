@@ -1,5 +1,6 @@
-"""The Dockerfiles under docker/, checked statically (no Docker engine here):
-hadolint, and what each image runs, as whom, from which base.
+"""The Dockerfiles under docker/, checked statically (image builds are too slow for
+the tests; `make images` and `make images-smoke` build and run them): hadolint, what
+each image runs, as whom, from which base, and which Python dependencies it installs.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import importlib.util
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,23 @@ def _load_check():
     return module
 
 
+def _load_images():
+    spec = importlib.util.spec_from_file_location("images", ROOT / "scripts" / "images.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["images"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 check = _load_check()
+images = _load_images()
 DOCKERFILES = check.dockerfiles()
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+# The control plane: services that record jobs and drive Ray/KServe, never load a model.
+CONTROL = {"pipeline", "serving", "evaluation"}
+# The machine-learning stack none of the control-plane images may carry.
+ML_PACKAGES = {"torch", "transformers", "peft", "olive-ai", "onnxruntime", "onnxruntime-genai", "onnx",
+               "onnxscript", "accelerate", "datasets", "trl", "bitsandbytes"}  # fmt: skip
 VALUES = yaml.safe_load((ROOT / "charts" / "slmops" / "values.yaml").read_text())
 SERVICE_PORTS = {name: svc["port"] for name, svc in VALUES["services"].items()}
 
@@ -83,6 +100,43 @@ def from_images(path: Path) -> list[str]:
     return images
 
 
+def requirement_names(requirements: list[str]) -> set[str]:
+    """Project names of requirement strings, lower-cased ("ray[default]==2.60.0" -> "ray")."""
+    return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def extras_closure(extras: set[str]) -> set[str]:
+    """The extras an install of `.[extras]` pulls in, following `slmops[...]` self-references."""
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for req in PYPROJECT["optional-dependencies"][extra]:
+            if req.startswith("slmops["):
+                todo += req[len("slmops[") : req.index("]")].split(",")
+    return seen
+
+
+def installed_names(extras: set[str]) -> set[str]:
+    """Direct requirements of `pip install .[extras]`."""
+    names = requirement_names(PYPROJECT["dependencies"])
+    for extra in extras_closure(extras):
+        names |= requirement_names(PYPROJECT["optional-dependencies"][extra]) - {"slmops"}
+    return names
+
+
+def base_extras(image: str) -> set[str]:
+    """The extras the base.Dockerfile build under `image` (scripts/images.py) installs."""
+    entry = images.BY_NAME[image]
+    while entry.base is not None:
+        entry = images.BY_NAME[entry.base]
+    assert entry.dockerfile == "base.Dockerfile", entry
+    extras = entry.args.get("EXTRAS", arg_defaults(DOCKER / "base.Dockerfile")["EXTRAS"])
+    return set(extras.split(","))
+
+
 def constraint(package: str) -> str:
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line.lower().startswith(package + "=="):
@@ -119,7 +173,9 @@ def test_service_image_runs_its_grpc_service(service):
         str(port),
     ]
     assert args_of(path, "EXPOSE") == [str(port)]
-    assert from_images(path) == ["ghcr.io/slmops/slmops-base:0.1.0"]
+    base = "slmops-base-control" if service in CONTROL else "slmops-base"
+    assert from_images(path) == [f"ghcr.io/slmops/{base}:0.1.0"]
+    assert images.BY_NAME[service].base == base.removeprefix("slmops-")
 
 
 @pytest.mark.parametrize(
@@ -170,8 +226,12 @@ def test_base_image_installs_the_pinned_package_with_cpu_torch():
     assert set(from_images(path)) == {"python:3.11-slim"}  # build and runtime stages
     defaults = arg_defaults(path)
     assert defaults["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert defaults["EXTRAS"] == "ml,cluster"
     run = " ".join(args_of(path, "RUN"))
-    assert '-c constraints.txt --extra-index-url "${TORCH_INDEX_URL}"' in run
+    assert '-c constraints.txt --extra-index-url "${TORCH_INDEX_URL}" ".[${EXTRAS}]"' in run
+    # Build-only pip settings are declared without a value: a plain docker build leaves them unset.
+    assert "PIP_FIND_LINKS" in defaults and defaults["PIP_FIND_LINKS"] == ""
+    assert not any("PIP_FIND_LINKS" in env or "PIP_CERT" in env for env in args_of(path, "ENV"))
     assert constraint("torch") == "2.13.0"
     env = " ".join(args_of(path, "ENV"))
     assert "SLMOPS_DATA_DIR=/var/lib/slmops" in env and "SLMOPS_JOB_PYTHON=python" in env
@@ -181,7 +241,11 @@ def test_base_image_installs_the_pinned_package_with_cpu_torch():
 def test_ray_image_matches_the_pinned_ray_version():
     ray = constraint("ray")
     path = DOCKER / "ray.Dockerfile"
-    assert f"rayproject/ray:{ray}-py311-cpu" in from_images(path)
+    # The ML base carries Ray (pinned in constraints.txt) with the ML stack, as user ray (uid 1000).
+    assert from_images(path) == ["ghcr.io/slmops/slmops-base:0.1.0"]
+    assert "ml" in base_extras("ray") and "ray" in installed_names({"ml"})
+    assert args_of(path, "USER")[-1] == "1000:100"
+    assert "wget" in " ".join(args_of(path, "RUN"))  # KubeRay's probes
     assert VALUES["ray"]["rayVersion"] == ray
     kube = yaml.safe_load((ROOT / "k8s" / "base" / "raycluster.yaml").read_text())
     assert kube["spec"]["rayVersion"] == ray
@@ -212,3 +276,77 @@ def test_bake_file_builds_every_dockerfile():
         )
         assert f'"{name}"' in bake, name
     assert 'dockerfile = "docker/${svc}.Dockerfile"' in bake
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_dockerfile_takes_its_base_as_a_build_argument(dockerfile):
+    steps = instructions(dockerfile)
+    first_from = next(i for i, (kw, _) in enumerate(steps) if kw == "FROM")
+    global_args = {rest.partition("=")[0] for kw, rest in steps[:first_from] if kw == "ARG"}
+    stages = set()
+    for rest in args_of(dockerfile, "FROM"):
+        parts = rest.split()
+        if parts[0] not in stages:
+            match = re.fullmatch(r"\$\{(\w+)\}", parts[0])
+            assert match and match.group(1) in global_args, f"FROM {parts[0]}: name the base with an ARG"
+            assert arg_defaults(dockerfile)[match.group(1)], "the base ARG has a default"
+        if len(parts) == 3:
+            stages.add(parts[2])
+
+
+def test_images_script_builds_every_dockerfile_from_the_base_its_dockerfile_names():
+    assert {image.dockerfile for image in images.IMAGES} == {p.name for p in DOCKERFILES}
+    for image in images.IMAGES:
+        path = DOCKER / image.dockerfile
+        if image.base is None:
+            assert set(from_images(path)) == {"python:3.11-slim"}, image
+        elif not image.cuda:
+            assert from_images(path) == [f"ghcr.io/slmops/slmops-{image.base}:0.1.0"], image
+        assert set(image.args) <= set(arg_defaults(path)), f"{image.name}: undeclared build args"
+
+
+@pytest.mark.parametrize("service", sorted(CONTROL))
+def test_control_plane_images_carry_no_ml_stack(service):
+    path = DOCKER / f"{service}.Dockerfile"
+    # Nothing is installed on top of the control base, and that base installs no ML extra.
+    assert not [run for run in args_of(path, "RUN") if "pip" in run or "torch" in run]
+    assert images.BY_NAME[service].control
+    extras = base_extras(service)
+    assert "ml" not in extras_closure(extras)
+    assert installed_names(extras) & ML_PACKAGES == set()
+    bake = (DOCKER / "docker-bake.hcl").read_text()
+    control = re.search(r'target "control" \{(.*?)\n\}', bake, re.S).group(1)
+    assert f'"{service}"' in control and "target:base-control" in control
+    base_control = re.search(r'target "base-control" \{(.*?)\n\}', bake, re.S).group(1)
+    assert re.search(r'EXTRAS\s*=\s*"cluster"', base_control)
+
+
+def test_default_install_is_the_light_control_plane_and_setup_still_installs_everything():
+    assert requirement_names(PYPROJECT["dependencies"]) & ML_PACKAGES == set()
+    # The serving service's KServe backend and the Ray Jobs client live in the light set.
+    assert {"kserve", "kubernetes", "ray"} <= requirement_names(PYPROJECT["dependencies"])
+    assert {"torch", "onnxruntime-genai", "olive-ai", "transformers"} <= installed_names({"ml"})
+    makefile = (ROOT / "Makefile").read_text()
+    setup = re.search(r"-e '\.\[([\w,-]+)\]'", makefile).group(1)
+    assert ML_PACKAGES <= installed_names(set(setup.split(",")))
+
+
+@pytest.mark.parametrize("image", [i.name for i in images.IMAGES], ids=str)
+def test_images_that_read_artifacts_install_the_cluster_extra(image):
+    if images.BY_NAME[image].reads_artifacts:
+        assert "cluster" in base_extras(image)
+
+
+def test_cluster_extra_holds_a_driver_for_every_default_allowed_scheme():
+    from fsspec.registry import known_implementations
+
+    from slmops.core import settings
+
+    schemes = [s for s in settings.VARS["allowed_schemes"].default.split(",") if s != "file"]
+    assert {"s3", "gs", "gcs", "az", "abfs", "abfss"} <= set(schemes)
+    cluster = requirement_names(PYPROJECT["optional-dependencies"]["cluster"])
+    for scheme in schemes:
+        driver = known_implementations[scheme]["class"].split(".")[0]
+        assert driver in cluster, f"{scheme}:// needs {driver} in the cluster extra"
+        assert images.SCHEME_DRIVERS[scheme] == driver  # what make images-smoke imports
+        constraint(driver)  # pinned

@@ -45,7 +45,7 @@ VARS: dict[str, Var] = {
     "evaluation_addr": Var("SLMOPS_EVALUATION_ADDR", "127.0.0.1:50055", "Where the evaluation service listens."),
     "pipeline_addr": Var("SLMOPS_PIPELINE_ADDR", "127.0.0.1:50056", "Where the pipeline service listens."),
     "kserve_namespace": Var("SLMOPS_KSERVE_NAMESPACE", "default", "Namespace of InferenceServices (kserve backend)."),
-    "kserve_runtime": Var("SLMOPS_KSERVE_RUNTIME", "slmops-predictor", "ClusterServingRuntime the kserve backend uses."),
+    "kserve_runtime": Var("SLMOPS_KSERVE_RUNTIME", "slmops-predictor", "ServingRuntime (in the InferenceServices' namespace) or ClusterServingRuntime the kserve backend names on its InferenceServices (the chart: <fullname>-predictor)."),
     "kserve_service_account": Var("SLMOPS_KSERVE_SERVICE_ACCOUNT", "", "Service account whose secrets KServe's storage initializer reads."),
     "kserve_deployment_mode": Var("SLMOPS_KSERVE_DEPLOYMENT_MODE", "Standard", "KServe deployment mode of the InferenceServices the kserve backend creates: Standard (plain Deployments; no canary) or Knative (needed for canaries and per-revision URLs)."),
     "kserve_runtime_gpu": Var("SLMOPS_KSERVE_RUNTIME_GPU", "", "ServingRuntime/ClusterServingRuntime with the CUDA predictor, used when a deployment asks for GPUs; empty: GPU deployments are refused."),
