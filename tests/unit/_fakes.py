@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
 from slmops.core.errors import Unavailable
 from slmops.core.ray_jobs import RayJobStatus
 
@@ -35,3 +42,34 @@ class FakeRay:
 
     def find(self, stage: str, job_id: str) -> str:
         return ""
+
+
+# What Ray 2.60's dashboard answers to the version probe (GET /api/version).
+RAY_VERSION = {"version": "4", "ray_version": "2.60.0", "ray_commit": "x"}
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """An HTTP handler that answers JSON and logs nothing: the base of the stand-ins for Ray's dashboard."""
+
+    def reply(self, body: Any, status: int = 200) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """handler served on a free loopback port until the block ends; its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

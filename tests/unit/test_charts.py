@@ -6,7 +6,6 @@ kubernetes-validate run for real; no cluster is involved.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -16,28 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {
-    "synthesis": 50051,
-    "training": 50052,
-    "conversion": 50053,
-    "serving": 50054,
-    "evaluation": 50055,
-    "pipeline": 50056,
-}
+from tests.unit._charts import ROOT, SERVICES, check, container_env, find, helm_binary, install_helm, one
+
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-install_helm = _load_script("install_helm")
-check = _load_script("check_charts")
 
 
 # --- fixtures ---------------------------------------------------------------
@@ -45,10 +25,7 @@ check = _load_script("check_charts")
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    try:
-        return install_helm.ensure_helm()
-    except SystemExit as exc:
-        pytest.fail(f"helm could not be installed: {exc}")
+    return helm_binary()
 
 
 @pytest.fixture(scope="session")
@@ -75,23 +52,6 @@ def kubernetes_validate():
 
 
 # --- helpers ----------------------------------------------------------------
-
-
-def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
-    return [
-        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
-    ]
-
-
-def one(docs: list[dict], kind: str, name: str) -> dict:
-    found = find(docs, kind, name)
-    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-    return found[0]
-
-
-def container_env(container: dict) -> dict[str, Any]:
-    """name -> value (or the valueFrom mapping)."""
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
 def pod_specs(doc: dict) -> list[tuple[str, dict]]:

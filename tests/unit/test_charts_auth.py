@@ -20,7 +20,17 @@ import yaml
 from slmops.api.v1 import training_pb2, training_pb2_grpc
 from slmops.core import health_probe
 from slmops.core.server import Registration, start_server
-from tests.unit.test_charts import ROOT, SERVICES, check, container_env, find, install_helm, one
+from tests.unit._charts import (
+    ROOT,
+    SERVICES,
+    check,
+    container_env,
+    find,
+    helm_binary,
+    one,
+    reachable,
+    selects,
+)
 
 RELEASE_NS = "slmops"
 RAY_PORTS = (6379, 8265, 10001, 8080)  # GCS, dashboard and Jobs API, client, metrics
@@ -40,7 +50,7 @@ MTLS = ["grpcAuth.tls.existingSecret=slmops-tls", "grpcAuth.tls.requireClientCer
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    return install_helm.ensure_helm()
+    return helm_binary()
 
 
 @pytest.fixture(scope="module")
@@ -285,54 +295,6 @@ async def test_the_rendered_tls_probe_passes_only_with_the_rendered_credentials(
 # --- Ray and NetworkPolicies -------------------------------------------------
 
 
-def _selects(selector: dict, labels: dict[str, str]) -> bool:
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        holds = {
-            "In": labels.get(key) in values,
-            "NotIn": labels.get(key) not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }[op]
-        if not holds:
-            return False
-    return True
-
-
-def _peer_admits(peer: dict, source: dict, policy_namespace: str) -> bool:
-    if "ipBlock" in peer:
-        return True  # addresses, not pods: assume the worst
-    if "namespaceSelector" in peer:
-        ns_labels = {"kubernetes.io/metadata.name": source["namespace"]}
-        if not _selects(peer["namespaceSelector"], ns_labels):
-            return False
-    elif source["namespace"] != policy_namespace:
-        return False
-    return _selects(peer.get("podSelector") or {}, source["labels"])
-
-
-def reachable(policies: list[dict], target: dict, source: dict, port: int) -> bool:
-    """Whether NetworkPolicy lets source ({namespace, labels}) reach port on target (same form)."""
-    selecting = [
-        p for p in policies
-        if p["metadata"].get("namespace", RELEASE_NS) == target["namespace"]
-        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
-        and _selects(p["spec"]["podSelector"], target["labels"])
-    ]  # fmt: skip
-    if not selecting:
-        return True
-    for policy in selecting:
-        for rule in policy["spec"].get("ingress") or []:
-            if rule.get("ports") and not any(p.get("port") == port for p in rule["ports"]):
-                continue
-            peers = rule.get("from")
-            if not peers or any(_peer_admits(peer, source, target["namespace"]) for peer in peers):
-                return True
-    return False
-
-
 def _pods(docs: list[dict]) -> dict[str, dict]:
     """The release's pods as the NetworkPolicies see them (KubeRay adds its own labels)."""
 
@@ -382,7 +344,7 @@ def test_ray_auth_is_on_and_only_release_pods_reach_the_ray_head(default_docs):
     policies = find(default_docs, "NetworkPolicy")
     pods = _pods(default_docs)
     head = pods["ray-head"]
-    assert any(_selects(p["spec"]["podSelector"], head["labels"]) for p in policies)
+    assert any(selects(p["spec"]["podSelector"], head["labels"]) for p in policies)
     for port in RAY_PORTS:
         for name, outsider in OUTSIDERS.items():
             assert not reachable(policies, head, outsider, port), (name, port)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_charts import ROOT, SERVICES, check, container_env, find, install_helm, one
+from tests.unit._charts import ROOT, SERVICES, check, container_env, find, helm_binary, one
 
 KSERVE_BACKEND = ROOT / "services" / "slmops" / "serving" / "backends" / "kserve.py"
 RAY_TOKEN_FILE = "/var/run/slmops/ray/token"
@@ -90,7 +90,7 @@ PROFILES: dict[str, tuple[list[str], list[str]]] = {
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    return install_helm.ensure_helm()
+    return helm_binary()
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +142,7 @@ def _values(profile: str, gpu_values: Path) -> dict[str, Any]:
     for f in files:
         path = gpu_values if f == "<gpu>" else Path(f)
         _merge(merged, yaml.safe_load(path.read_text()))
-    for item in sets:
-        key, _, value = item.partition("=")
-        node = merged
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return merged
+    return _apply_sets(merged, sets)
 
 
 def _merge(into: dict, other: dict) -> None:
@@ -158,6 +151,18 @@ def _merge(into: dict, other: dict) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def _apply_sets(into: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """into with each `--set key.path=value` written into it, the value kept a string."""
+    for item in sets:
+        key, _, value = item.partition("=")
+        *parents, last = key.split(".")
+        node = into
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return into
 
 
 def _bytes(quantity: Any) -> int:
@@ -192,16 +197,8 @@ def _cpus(quantity: Any) -> float:
 @pytest.mark.parametrize("name", list(PROFILES))
 def test_every_profile_lints_strictly(helm, gpu_values, tmp_path, name):
     files, sets = PROFILES[name]
-    overrides: dict[str, Any] = {}
-    for item in sets:
-        key, _, value = item.partition("=")
-        *parents, last = key.split(".")
-        node = overrides
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
     extra = tmp_path / "profile.yaml"
-    extra.write_text(yaml.safe_dump(overrides))
+    extra.write_text(yaml.safe_dump(_apply_sets({}, sets)))
     paths = [gpu_values if f == "<gpu>" else Path(f) for f in files]
     assert check.helm_lint([*paths, extra]) == [], name
 

@@ -8,24 +8,25 @@ them (a pod selected by any policy takes only what some policy admits).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from typing import Any
-
 import pytest
 import yaml
 
 from slmops.serving import deployments
 from slmops.serving.backends.kserve import KServeBackend
+from tests.unit._charts import (
+    SERVICES,
+    STORE,
+    check,
+    container_env,
+    find,
+    helm_binary,
+    one,
+    reachable,
+    render,
+    selecting,
+    selects,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import check_charts as check  # noqa: E402
-import install_helm  # noqa: E402
-
-SERVICES = {"synthesis": 50051, "training": 50052, "conversion": 50053,
-            "serving": 50054, "evaluation": 50055, "pipeline": 50056}  # fmt: skip
-STORE = "artifacts.root=s3://bucket/prefix"  # the chart requires an artifact store
 NS = "slmops"
 MONITORS_ON = ["metrics.serviceMonitor.enabled=true", "metrics.podMonitor.predictors=true",
                "metrics.podMonitor.ray=true"]  # fmt: skip
@@ -35,14 +36,7 @@ KNATIVE_QUEUE_PORT = 8012  # Knative's queue-proxy, in front of the predictor in
 
 @pytest.fixture(scope="module")
 def helm():
-    try:
-        return install_helm.ensure_helm()
-    except SystemExit as exc:
-        pytest.fail(f"helm could not be installed: {exc}")
-
-
-def render(*set_values: str, values=(), release: str = check.RELEASE) -> list[dict[str, Any]]:
-    return check.helm_template(list(values), [STORE, *set_values], release=release, namespace=NS)
+    return helm_binary()
 
 
 @pytest.fixture(scope="module")
@@ -58,75 +52,6 @@ def monitored_docs(helm):
 @pytest.fixture(scope="module")
 def all_on_docs(helm):
     return check.helm_template([check.ALL_ON_VALUES])
-
-
-def find(docs, kind: str, name: str | None = None) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-
-
-def one(docs, kind: str, name: str) -> dict:
-    found = find(docs, kind, name)
-    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-    return found[0]
-
-
-def env_of(container: dict) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
-
-
-# --- label selectors and NetworkPolicy semantics ------------------------------
-
-
-def selects(selector: dict, labels: dict[str, str]) -> bool:
-    """A metav1.LabelSelector against a label set (an empty selector selects everything)."""
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        ok = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }[op]
-        if not ok:
-            return False
-    return True
-
-
-def _admits(peer: dict, source: dict, policy_ns: str) -> bool:
-    if "ipBlock" in peer:
-        return True
-    if "namespaceSelector" in peer:
-        if not selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": source["namespace"]}):
-            return False
-    elif source["namespace"] != policy_ns:
-        return False
-    return selects(peer.get("podSelector") or {}, source["labels"])
-
-
-def selecting(policies: list[dict], target: dict) -> list[dict]:
-    return [
-        p for p in policies
-        if p["metadata"].get("namespace", NS) == target["namespace"]
-        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
-        and selects(p["spec"]["podSelector"], target["labels"])
-    ]  # fmt: skip
-
-
-def reachable(policies: list[dict], target: dict, source: dict, port: int) -> bool:
-    """Whether source ({namespace, labels}) may open a connection to port on target (same form)."""
-    chosen = selecting(policies, target)
-    if not chosen:
-        return True
-    for policy in chosen:
-        for rule in policy["spec"].get("ingress") or []:
-            if rule.get("ports") and not any(p.get("port") == port for p in rule["ports"]):
-                continue
-            peers = rule.get("from")
-            if not peers or any(_admits(peer, source, target["namespace"]) for peer in peers):
-                return True
-    return False
 
 
 def pod(namespace: str, **labels: str) -> dict:
@@ -151,7 +76,7 @@ def predictor_pod(docs, namespace: str, isvc: str = "student") -> dict:
     """A predictor pod of an InferenceService the serving service builds with the rendered settings:
     KServe copies the InferenceService's labels onto its pods (pkg/controller/v1beta1/inferenceservice/
     components/predictor.go) and adds its own."""
-    env = env_of(one(docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]["containers"][0])
+    env = container_env(one(docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]["containers"][0])
     backend = KServeBackend(
         namespace=namespace, runtime=env["SLMOPS_KSERVE_RUNTIME"], owner=env["SLMOPS_KSERVE_OWNER"]
     )
@@ -168,7 +93,7 @@ def test_every_service_serves_metrics_on_a_named_port(default_docs):
     for svc, grpc_port in SERVICES.items():
         deployment = one(default_docs, "Deployment", f"slmops-{svc}")
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        assert env_of(container)["SLMOPS_METRICS_PORT"] == "9464", svc
+        assert container_env(container)["SLMOPS_METRICS_PORT"] == "9464", svc
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"grpc": grpc_port, "metrics": 9464}, svc
         service = one(default_docs, "Service", f"slmops-{svc}")
@@ -180,11 +105,11 @@ def test_every_service_serves_metrics_on_a_named_port(default_docs):
 def test_the_metrics_port_is_a_value_and_can_be_turned_off(helm):
     moved = render("metrics.port=9100")
     (container,) = one(moved, "Deployment", "slmops-training")["spec"]["template"]["spec"]["containers"]
-    assert env_of(container)["SLMOPS_METRICS_PORT"] == "9100"
+    assert container_env(container)["SLMOPS_METRICS_PORT"] == "9100"
     assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
     off = render("metrics.enabled=false")
     (container,) = one(off, "Deployment", "slmops-training")["spec"]["template"]["spec"]["containers"]
-    assert "SLMOPS_METRICS_PORT" not in env_of(container)
+    assert "SLMOPS_METRICS_PORT" not in container_env(container)
     assert [p["name"] for p in container["ports"]] == ["grpc"]
     assert [p["name"] for p in one(off, "Service", "slmops-training")["spec"]["ports"]] == ["grpc"]
     with pytest.raises(check.ToolError, match="needs metrics.enabled"):

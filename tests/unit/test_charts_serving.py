@@ -9,27 +9,16 @@ CRDs (scripts/check_charts.py).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from typing import Any
-
 import pytest
 import yaml
 
 from slmops.serving import deployments, validation
 from slmops.serving.backends.kserve import KServeBackend
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import check_charts as check  # noqa: E402
-import install_helm  # noqa: E402
-
-SERVICES = ("synthesis", "training", "conversion", "serving", "evaluation", "pipeline")
+from tests.unit._charts import ROOT, SERVICES, check, container_env, helm_binary, one, render
 
 PREDICTOR_ARGS = ["--model-dir=/mnt/models", "--name={{.Name}}", "--http-port=8080", "--host=0.0.0.0",
                   "--grpc-port=8081"]  # fmt: skip
 READINESS = {"httpGet": {"path": "/v2/health/ready", "port": 8080}, "periodSeconds": 5, "failureThreshold": 3}
-STORE = "artifacts.root=s3://bucket/prefix"  # the chart requires an artifact store
 RUNTIME_KINDS = ("ServingRuntime", "ClusterServingRuntime")
 # Kinds without a namespace: two releases must never render the same one.
 CLUSTER_SCOPED = {"ClusterServingRuntime", "ClusterRole", "ClusterRoleBinding", "Namespace",
@@ -38,14 +27,7 @@ CLUSTER_SCOPED = {"ClusterServingRuntime", "ClusterRole", "ClusterRoleBinding", 
 
 @pytest.fixture(scope="module")
 def helm():
-    try:
-        return install_helm.ensure_helm()
-    except SystemExit as exc:
-        pytest.fail(f"helm could not be installed: {exc}")
-
-
-def render(*set_values: str, release: str = check.RELEASE, namespace: str = check.NAMESPACE, values=()):
-    return check.helm_template(list(values), [STORE, *set_values], release=release, namespace=namespace)
+    return helm_binary()
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +43,6 @@ def all_on_docs(helm):
 @pytest.fixture(scope="module")
 def kustomized():
     return {path.name: check.kustomize_build(path) for path in check.kustomize_dirs()}
-
-
-def one(docs: list[dict], kind: str, name: str) -> dict:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-    return found[0]
-
-
-def container_env(container: dict) -> dict[str, Any]:
-    """name -> value (or the valueFrom mapping)."""
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
 def runtimes(docs) -> dict[str, dict]:

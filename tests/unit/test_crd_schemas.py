@@ -14,28 +14,15 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit._charts import ROOT, check, helm_binary
+
 FIXTURES = ROOT / "tests" / "fixtures" / "crds"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load_script("check_charts")
-install_helm = _load_script("install_helm")
 
 PROJECT_VERSIONS = {
     "RayCluster": "ray.io/v1",
@@ -197,7 +184,8 @@ def test_the_pinned_inferenceservice_records_the_deployment_mode_in_its_status()
 # --- what the validation accepts and refuses --------------------------------
 
 
-@pytest.mark.parametrize(
+# The smallest valid object of each kind (the checks read them, never change them).
+minimal_objects = pytest.mark.parametrize(
     "doc",
     [
         ray_cluster(),
@@ -208,6 +196,9 @@ def test_the_pinned_inferenceservice_records_the_deployment_mode_in_its_status()
     ],
     ids=lambda d: d["kind"],
 )
+
+
+@minimal_objects
 def test_a_valid_minimal_object_passes(doc):
     assert check.crd_schema_problems(doc) == []
     assert check.crd_problems(doc) == []
@@ -225,17 +216,7 @@ def test_without_the_files_nothing_is_reported_missing_and_the_source_says_what_
         check.load_crd.__wrapped__(kind)
 
 
-@pytest.mark.parametrize(
-    "doc",
-    [
-        ray_cluster(),
-        ray_job(),
-        inference_service(),
-        serving_runtime("ServingRuntime"),
-        serving_runtime("ClusterServingRuntime"),
-    ],
-    ids=lambda d: d["kind"],
-)
+@minimal_objects
 def test_a_valid_minimal_object_passes_the_fallback(doc, without_crds):
     assert check.crd_schema_problems(doc) == []
     assert check.crd_problems(doc) == []
@@ -586,10 +567,7 @@ def render(source: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    try:
-        return install_helm.ensure_helm()
-    except SystemExit as exc:
-        pytest.fail(f"helm could not be installed: {exc}")
+    return helm_binary()
 
 
 @pytest.mark.parametrize("source", sorted(RENDERS))

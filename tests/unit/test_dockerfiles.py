@@ -5,41 +5,19 @@ each image runs, as whom, from which base, and which Python dependencies it inst
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit._charts import ROOT, check, load_script
+
 DOCKER = ROOT / "docker"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
-
-
-def _load_check():
-    spec = importlib.util.spec_from_file_location(
-        "check_charts", ROOT / "scripts" / "check_charts.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_charts"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _load_images():
-    spec = importlib.util.spec_from_file_location("images", ROOT / "scripts" / "images.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["images"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load_check()
-images = _load_images()
+images = load_script("images")
 DOCKERFILES = check.dockerfiles()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # The control plane: services that record jobs and drive Ray/KServe, never load a model.

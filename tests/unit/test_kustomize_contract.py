@@ -11,12 +11,10 @@ No cluster is involved.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import posixpath
 import re
 import shutil
-import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,18 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit._charts import ROOT, SERVICES, check, find, one
+
 K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
-SERVICES = ("synthesis", "training", "conversion", "serving", "evaluation", "pipeline")
-SERVICE_PORTS = {
-    "synthesis": 50051,
-    "training": 50052,
-    "conversion": 50053,
-    "serving": 50054,
-    "evaluation": 50055,
-    "pipeline": 50056,
-}
 COMPONENT = "app.kubernetes.io/component"
 NS_NAME = "kubernetes.io/metadata.name"
 # KubeRay (ray-operator v1.5, raycluster_controller.go reconcileAuthSecret and
@@ -49,19 +39,6 @@ KUBERAY_NAME_LIMIT = 50
 KNATIVE_NAMESPACE = "knative-serving"
 GATEWAY_NAMESPACES = ("istio-system", "kourier-system")
 PREDICTOR_PORTS = (8012, 8080)
-
-
-def _load_check_charts():
-    if "check_charts" in sys.modules:
-        return sys.modules["check_charts"]
-    spec = importlib.util.spec_from_file_location("check_charts", ROOT / "scripts" / "check_charts.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_charts"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load_check_charts()
 
 
 # --- fixtures ---------------------------------------------------------------
@@ -81,16 +58,6 @@ def _copy_k8s(tmp_path: Path) -> Path:
 
 
 # --- reading the built objects ----------------------------------------------
-
-
-def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-
-
-def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
-    found = find(docs, kind, name)
-    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-    return found[0]
 
 
 def namespace_of(docs: list[dict]) -> str:
@@ -407,7 +374,7 @@ def test_prod_services_take_grpc_from_each_other_and_the_gateway_only(built):
     predictor = predictor_label_sets(docs, built["cluster"])[0]
     for component, template in services.items():
         target = labels_of(template)
-        port = SERVICE_PORTS[component]
+        port = SERVICES[component]
         assert ingress_allowed(
             docs, target, port, {"namespace": namespace, "labels": labels_of(services["pipeline"])}
         )

@@ -7,9 +7,7 @@ worker groups that may have scaled down to nothing.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -28,6 +26,7 @@ from slmops.core.ray_capacity import (
 from slmops.core.ray_jobs import EntrypointResources, RayJobs
 from slmops.training.capacity import check_capacity
 from slmops.training.spec import Resources, TrainingConfig
+from tests.unit._fakes import RAY_VERSION, JsonHandler, serving
 
 GIB = 1024**3
 HEAD = NodeResources(True, {"CPU": 0.0, "GPU": 0.0, "memory": 8 * GIB})
@@ -113,7 +112,7 @@ def test_capacity_counts_the_head_and_every_group_at_its_most_replicas():
     assert live.total == {"CPU": 2.0, "GPU": 0.0} and live.shapes == []
 
 
-class _Nodes(BaseHTTPRequestHandler):
+class _Nodes(JsonHandler):
     """Ray 2.60's dashboard as far as the node list goes: the version probe and GET /api/v0/nodes."""
 
     nodes: list[dict] = []
@@ -122,20 +121,12 @@ class _Nodes(BaseHTTPRequestHandler):
         from ray.util.state.common import ListApiResponse
 
         if self.path == "/api/version":
-            body = {"version": "4", "ray_version": "2.60.0", "ray_commit": "x"}
+            body = RAY_VERSION
         else:
             listed = ListApiResponse(total=len(self.nodes), num_after_truncation=len(self.nodes),
                                      num_filtered=len(self.nodes), result=self.nodes)  # fmt: skip
             body = {"result": True, "msg": "", "data": {"result": asdict(listed)}}
-        payload = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.reply(body)
 
 
 def test_a_real_client_counts_the_head_and_the_groups_not_the_live_workers_twice():
@@ -145,18 +136,12 @@ def test_a_real_client_counts_the_head_and_the_groups_not_the_live_workers_twice
          "resources_total": {"CPU": 4.0, "memory": 16.0 * GIB}},
         {"node_id": "d", "state": "DEAD", "is_head_node": False, "resources_total": {"CPU": 99.0, "GPU": 9.0}},
     ]  # fmt: skip
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Nodes)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        address = f"http://127.0.0.1:{server.server_address[1]}"
+    with serving(_Nodes) as address:
         ray = RayJobs(address, groups=(CPU_GROUP, GPU_GROUP))
         assert [n.head for n in ray.node_resources()] == [True, False]
         assert ray.cluster_resources() == {"CPU": 4.0, "GPU": 0.0}  # live: alive nodes only
         assert cluster_capacity(ray).total == {"CPU": 32.0, "GPU": 2.0}  # head + 4 x 4 + 2 x 8, not + live 4
         assert cluster_capacity(RayJobs(address, groups=())).total == {"CPU": 4.0, "GPU": 0.0}
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- training ----------------------------------------------------------------------

@@ -9,30 +9,21 @@ job manager would receive.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from slmops.core.ray_jobs import EntrypointResources, RayJobs, entrypoint_resources
+from tests.unit._fakes import RAY_VERSION, JsonHandler, serving
 
 
-class Dashboard(BaseHTTPRequestHandler):
+class Dashboard(JsonHandler):
     """Answers the version probe and job submissions as Ray 2.60's dashboard does, keeping each submission."""
 
     submitted: list[dict] = []
 
-    def _reply(self, body: dict) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         if self.path == "/api/version":
-            self._reply({"version": "4", "ray_version": "2.60.0", "ray_commit": "x"})
+            self.reply(RAY_VERSION)
         else:
             self.send_error(404)
 
@@ -42,21 +33,14 @@ class Dashboard(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         Dashboard.submitted.append(body)
-        self._reply({"job_id": body["submission_id"], "submission_id": body["submission_id"]})
-
-    def log_message(self, *args) -> None:
-        pass
+        self.reply({"job_id": body["submission_id"], "submission_id": body["submission_id"]})
 
 
 @pytest.fixture
 def dashboard():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     Dashboard.submitted = []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(Dashboard) as url:
+        yield url
 
 
 def test_drivers_are_submitted_with_the_configured_cpus_and_memory(dashboard, monkeypatch):

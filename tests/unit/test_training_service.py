@@ -8,9 +8,7 @@ reports the artifact kind its result names.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
@@ -25,7 +23,7 @@ from slmops.core.server import start_server
 from slmops.core.stage_jobs import StageJobs
 from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training.service import registration
-from tests.unit._fakes import FakeRay
+from tests.unit._fakes import RAY_VERSION, FakeRay, JsonHandler, serving
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +132,7 @@ def test_status_kind_falls_back_to_the_stage_kind():
 # -- RayJobs.cluster_resources against a fake dashboard -----------------------------
 
 
-class Dashboard(BaseHTTPRequestHandler):
+class Dashboard(JsonHandler):
     """Answers what JobSubmissionClient and the state API's node list ask, as Ray 2.60's dashboard does."""
 
     nodes: list[dict] = []
@@ -146,7 +144,7 @@ class Dashboard(BaseHTTPRequestHandler):
 
         Dashboard.seen.append((self.path, self.headers.get("Authorization", "")))
         if self.path == "/api/version":
-            body = {"version": "4", "ray_version": "2.60.0", "ray_commit": "x"}
+            body = RAY_VERSION
         elif self.path.startswith("/api/v0/nodes"):
             listed = ListApiResponse(
                 total=len(self.nodes),
@@ -163,22 +161,11 @@ class Dashboard(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        payload = json.dumps(body).encode()
-        self.send_response(self.status if self.path != "/api/version" else 200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.reply(body, self.status if self.path != "/api/version" else 200)
 
 
 @pytest.fixture
 def dashboard():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     Dashboard.seen, Dashboard.status = [], 200
     Dashboard.nodes = [
         {
@@ -189,9 +176,8 @@ def dashboard():
         {"node_id": "b", "state": "ALIVE", "resources_total": {"CPU": 2.0, "GPU": 1.0}},
         {"node_id": "c", "state": "DEAD", "resources_total": {"CPU": 16.0, "GPU": 8.0}},
     ]
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(Dashboard) as url:
+        yield url
 
 
 def test_cluster_resources_sums_alive_nodes_with_the_clients_auth(dashboard):

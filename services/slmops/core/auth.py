@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from slmops.core import settings
+from slmops.core.grpc_handlers import wrap_handler
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # probes need no credentials
 TOKEN_FILE = Path("auth") / "token"  # under the data dir, made by `slmops up`
@@ -115,14 +116,7 @@ def _denied(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # never reached: abort raises
 
-    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming, **codec)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary, **codec)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming, **codec)
-    return grpc.unary_unary_rpc_method_handler(unary, **codec)
+    return wrap_handler(handler, unary=lambda _inner: unary, stream=lambda _inner: streaming)
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable
+from slmops.core.grpc_handlers import wrap_handler
 from slmops.core.jobstore import is_transient
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return wrap_handler(
+            handler,
+            unary=lambda inner: _wrap_unary(inner, method),
+            stream=lambda inner: _wrap_stream(inner, method),
+        )
 
 
 def _wrap_unary(inner: Callable[..., Any], method: str) -> Callable[..., Any]:

@@ -19,9 +19,10 @@ benchmarks) keep their numbers apart. The series:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -30,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from slmops.core import settings
+from slmops.core.grpc_handlers import wrap_handler
 from slmops.core.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
@@ -146,55 +148,42 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method.lstrip("/")
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, method),
-                                                       handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._stream(handler.unary_stream, method),
-                                                        handler.request_deserializer, handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary, method),
-                                                        handler.request_deserializer, handler.response_serializer)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(self._stream(handler.stream_stream, method),
-                                                         handler.request_deserializer, handler.response_serializer)
-        return handler
+        return wrap_handler(
+            handler,
+            unary=lambda inner: self._unary(inner, method),
+            stream=lambda inner: self._stream(inner, method),
+        )
 
     def _unary(self, inner: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-            try:
-                response = await inner(request, context)
-                code = _code(context, grpc.StatusCode.OK)
-                return response
-            except grpc.aio.AbortError:
-                code = _code(context, grpc.StatusCode.UNKNOWN)
-                raise
-            except BaseException:
-                code = grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                self.metrics.observe(method, code, time.perf_counter() - start)
+            with self._observing(method, context):
+                return await inner(request, context)
 
         return call
 
     def _stream(self, inner: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-            try:
+            with self._observing(method, context):
                 async for item in inner(request, context):
                     yield item
-                code = _code(context, grpc.StatusCode.OK)
-            except grpc.aio.AbortError:
-                code = _code(context, grpc.StatusCode.UNKNOWN)
-                raise
-            except BaseException:
-                code = grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                self.metrics.observe(method, code, time.perf_counter() - start)
 
         return call
+
+    @contextlib.contextmanager
+    def _observing(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        """Times the block and counts it under the code the RPC ended with."""
+        start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+        try:
+            yield
+            code = _code(context, grpc.StatusCode.OK)
+        except grpc.aio.AbortError:
+            code = _code(context, grpc.StatusCode.UNKNOWN)
+            raise
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            self.metrics.observe(method, code, time.perf_counter() - start)
 
 
 def _code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
