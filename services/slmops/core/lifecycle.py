@@ -243,8 +243,8 @@ class Lifecycle:
                     if await self._claim(record_id):
                         if before.owner and before.owner != self.owner:
                             self.takeovers += 1
-                            log.info("%s %s: took it over from %s, whose lease ran out (owner %s)", self.kind,
-                                     record_id, before.owner, self.owner)  # fmt: skip
+                            log.info("%s %s: following it (owner %s), taken over from %s, whose lease ran out",
+                                     self.kind, record_id, self.owner, before.owner)  # fmt: skip
                         else:
                             log.info("%s %s: following it (owner %s)", self.kind, record_id, self.owner)
                         self._follow(record_id)
