@@ -9,23 +9,17 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.unit._charts import ROOT, SERVICES, check, container_env, find, helm_binary, install_helm, one
+from tests.unit._charts import ROOT, SERVICES, check, container_env, find, install_helm, one
 
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
 
 # --- fixtures ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    return helm_binary()
 
 
 @pytest.fixture(scope="session")

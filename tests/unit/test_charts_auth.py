@@ -26,7 +26,6 @@ from tests.unit._charts import (
     check,
     container_env,
     find,
-    helm_binary,
     one,
     reachable,
     selects,
@@ -46,11 +45,6 @@ TLS_ENV = (
     "SLMOPS_TLS_SERVER_NAME",
 )
 MTLS = ["grpcAuth.tls.existingSecret=slmops-tls", "grpcAuth.tls.requireClientCert=true"]
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    return helm_binary()
 
 
 @pytest.fixture(scope="module")

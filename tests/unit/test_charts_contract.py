@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit._charts import ROOT, SERVICES, check, container_env, find, helm_binary, one
+from tests.unit._charts import ROOT, SERVICES, check, container_env, find, one
 
 KSERVE_BACKEND = ROOT / "services" / "slmops" / "serving" / "backends" / "kserve.py"
 RAY_TOKEN_FILE = "/var/run/slmops/ray/token"
@@ -86,11 +86,6 @@ PROFILES: dict[str, tuple[list[str], list[str]]] = {
     "gpu": (["<gpu>"], ["artifacts.root=gs://bucket/prefix"]),
     "all-on": ([str(check.ALL_ON_VALUES)], []),
 }
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    return helm_binary()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from tests.unit._charts import (
     check,
     container_env,
     find,
-    helm_binary,
     one,
     reachable,
     render,
@@ -32,11 +31,6 @@ MONITORS_ON = ["metrics.serviceMonitor.enabled=true", "metrics.podMonitor.predic
                "metrics.podMonitor.ray=true"]  # fmt: skip
 RAY_METRICS = 8080  # KubeRay's `metrics` port on every Ray container
 KNATIVE_QUEUE_PORT = 8012  # Knative's queue-proxy, in front of the predictor in Knative mode
-
-
-@pytest.fixture(scope="module")
-def helm():
-    return helm_binary()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import yaml
 
 from slmops.serving import deployments, validation
 from slmops.serving.backends.kserve import KServeBackend
-from tests.unit._charts import ROOT, SERVICES, check, container_env, helm_binary, one, render
+from tests.unit._charts import ROOT, SERVICES, check, container_env, one, render
 
 PREDICTOR_ARGS = ["--model-dir=/mnt/models", "--name={{.Name}}", "--http-port=8080", "--host=0.0.0.0",
                   "--grpc-port=8081"]  # fmt: skip
@@ -23,11 +23,6 @@ RUNTIME_KINDS = ("ServingRuntime", "ClusterServingRuntime")
 # Kinds without a namespace: two releases must never render the same one.
 CLUSTER_SCOPED = {"ClusterServingRuntime", "ClusterRole", "ClusterRoleBinding", "Namespace",
                   "PriorityClass", "StorageClass", "CustomResourceDefinition"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def helm():
-    return helm_binary()
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,11 @@ import copy
 import functools
 import hashlib
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.unit._charts import ROOT, check, helm_binary
+from tests.unit._charts import ROOT, check
 
 FIXTURES = ROOT / "tests" / "fixtures" / "crds"
 
@@ -563,11 +562,6 @@ RENDERS = {
 @functools.cache
 def render(source: str) -> list[dict[str, Any]]:
     return RENDERS[source]()
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    return helm_binary()
 
 
 @pytest.mark.parametrize("source", sorted(RENDERS))
