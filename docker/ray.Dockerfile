@@ -1,6 +1,6 @@
 # slmops Ray image for the KubeRay RayCluster (head and workers): slmops-base (the
 # slmops package with the machine-learning stack and Ray's own dependencies, so Ray
-# jobs run `python -m slmops.core.job_entry <stage>`), plus what KubeRay expects of
+# jobs run `python -m slmops.core.jobs.entry <stage>`), plus what KubeRay expects of
 # a Ray image: bash, wget for its probes, and the user `ray` (uid 1000, gid 100).
 # The Ray version is pinned in constraints.txt, so head, workers and the services'
 # Jobs API clients agree. Build from the repository root, after the base image:

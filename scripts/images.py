@@ -22,7 +22,7 @@ Smoke tests (the host venv provides the probes and the tiny model): every servic
 answers grpc.health.v1 SERVING; the control-plane images lack torch and the ML stack;
 every image that reads artifacts has a filesystem driver for each allowed scheme; the
 predictor serves a tiny ORT GenAI model to the `openai` client; the Ray image imports
-slmops.core.job_entry and runs a Ray task.
+slmops.core.jobs.entry and runs a Ray task.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ print('KServe backend imports: kserve', version('kserve'), 'kubernetes', version
 """
 
 CHECK_RAY = """
-import slmops.core.job_entry
+import slmops.core.jobs.entry
 import ray, torch, onnxruntime_genai, transformers
 ray.init(address="local", num_cpus=1, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
          log_to_driver=False)

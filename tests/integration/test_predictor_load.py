@@ -20,7 +20,7 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from slmops.core.local_ray import free_port
+from slmops.core.jobs.local_ray import free_port
 from tests.integration._models import tiny_adapters, tiny_checkpoint, tiny_onnx, tiny_onnx_with_adapters
 from tests.integration.test_predictor_server import NAME, Predictor
 

@@ -24,7 +24,7 @@ import pytest
 from slmops.api.v1 import common_pb2, synthesis_pb2, synthesis_pb2_grpc
 from slmops.cli.stack import _start_service
 from slmops.core import artifacts, settings
-from slmops.core.local_ray import auth_env, free_port, start_head, stop_group
+from slmops.core.jobs.local_ray import auth_env, free_port, start_head, stop_group
 from slmops.testing.standin import StandinServer
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ import time
 import httpx
 import pytest
 
-from slmops.core.jobstore import JobStore
+from slmops.core.jobs.store import JobStore
 from slmops.serving.deployments import Deployments, revision_id
 from tests.integration._models import tiny_onnx
 

@@ -22,7 +22,7 @@ import pytest
 
 from slmops.core import artifact_cache, artifacts
 from slmops.core.errors import Conflict, InvalidSpec
-from slmops.core.jobstore import JobStore
+from slmops.core.jobs.store import JobStore
 from slmops.serving.deployments import Deployments, revision_id
 from slmops.serving.validation import check_gate, resolve_adapters, resolve_model
 from tests.integration._models import tiny_checkpoint

@@ -99,11 +99,11 @@ def test_cancel_stops_within_seconds_and_keeps_the_answered_prompts_as_a_sealed_
 
 
 def _driver(job_id: str) -> psutil.Process:
-    """The process of the job's Ray driver (`python -m slmops.core.job_entry synthesis`)."""
+    """The process of the job's Ray driver (`python -m slmops.core.jobs.entry synthesis`)."""
     for process in psutil.process_iter(["cmdline"]):
         args = process.info["cmdline"] or []
         try:  # the interpreter itself, not the shell Ray may start it from
-            if "-m" in args[:-1] and args[args.index("-m") + 1] == "slmops.core.job_entry" and \
+            if "-m" in args[:-1] and args[args.index("-m") + 1] == "slmops.core.jobs.entry" and \
                     process.environ().get("SLMOPS_JOB_ID") == job_id:  # fmt: skip
                 return process
         except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from slmops.core.errors import Unavailable
-from slmops.core.ray_jobs import RayJobStatus
+from slmops.core.jobs.ray_jobs import RayJobStatus
 
 
 class FakeRay:

@@ -11,9 +11,9 @@ import pytest
 from slmops.api.v1 import common_pb2, synthesis_pb2, synthesis_pb2_grpc
 from slmops.core import artifacts
 from slmops.core.errors import AlreadyExists, InvalidSpec
-from slmops.core.jobstore import JobStore
+from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.store import JobStore
 from slmops.core.server import start_server
-from slmops.core.stage_jobs import StageJobs
 from slmops.synthesis.service import registration
 from tests.unit._fakes import FakeRay
 

@@ -116,8 +116,8 @@ def test_secret_files_named_by_settings_are_refused(data, tmp_path, monkeypatch)
 
 def test_outputs_are_confined_too(data, tmp_path):
     """The output field goes through the same check (stage_jobs and the specs call confine)."""
-    from slmops.core.jobstore import JobStore
-    from slmops.core.stage_jobs import StageJobs
+    from slmops.core.jobs.stage import StageJobs
+    from slmops.core.jobs.store import JobStore
 
     jobs = StageJobs("training", JobStore(f"sqlite:///{tmp_path}/jobs.db"), ray=None, poll_s=1)  # type: ignore[arg-type]
     for uri in ("local:///tmp/x", "simplecache::s3://b/x", str(data / "db" / "out")):

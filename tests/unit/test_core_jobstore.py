@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from slmops.core.errors import InvalidSpec, NotFound
-from slmops.core.jobstore import JobRecord, JobStore, LeaseLost, migration_config
+from slmops.core.jobs.store import JobRecord, JobStore, LeaseLost, migration_config
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from collections import Counter
 import pytest
 
 from slmops.core.errors import Unavailable
-from slmops.core.jobstore import JobRecord, JobStore, LeaseLost
-from slmops.core.lifecycle import Update
+from slmops.core.jobs.lifecycle import Update
+from slmops.core.jobs.ray_jobs import RayJobs, RayJobStatus
+from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.store import JobRecord, JobStore, LeaseLost
 from slmops.core.progress import PREFIX, RESULT_PREFIX
-from slmops.core.ray_jobs import RayJobs, RayJobStatus
-from slmops.core.stage_jobs import StageJobs
 
 
 class FakeRay:
@@ -283,7 +283,7 @@ async def test_a_job_keeps_going_through_a_postgres_restart(postgres, tmp_path, 
     ray.advance(submission, "RUNNING", progress_line(0.3, "before"))
     await until(lambda: any(e.message == "before" for e in jobs.store.events(record.id)))
 
-    caplog.set_level(logging.WARNING, "slmops.core.lifecycle")
+    caplog.set_level(logging.WARNING, "slmops.core.jobs.lifecycle")
     try:
         await asyncio.to_thread(postgres.stop)
         ray.advance(submission, "RUNNING", progress_line(0.6, "during"))

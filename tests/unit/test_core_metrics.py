@@ -18,11 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from slmops.api.v1 import common_pb2, evaluation_pb2, evaluation_pb2_grpc
 from slmops.core import artifacts
-from slmops.core.jobstore import JobRecord, JobStore
-from slmops.core.lifecycle import Lifecycle
+from slmops.core.jobs.lifecycle import Lifecycle
+from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.core.metrics import port_setting
 from slmops.core.server import start_server
-from slmops.core.stage_jobs import StageJobs
 from slmops.evaluation.service import registration
 from tests.unit._fakes import FakeRay
 
@@ -182,7 +182,7 @@ class _Engine:
         return "work-1"
 
     async def poll(self, record):
-        from slmops.core.lifecycle import Update
+        from slmops.core.jobs.lifecycle import Update
 
         return Update(state="RUNNING")
 

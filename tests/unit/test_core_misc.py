@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from slmops.core import progress, settings
-from slmops.core.stage_jobs import _error_reason
+from slmops.core.jobs.stage import _error_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 

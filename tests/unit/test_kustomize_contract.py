@@ -595,7 +595,7 @@ def test_forwarded_settings_are_on_the_ray_pods_too(built, overlay):
     """A Ray job gets the services' values of ray_jobs._FORWARDED with its
     submission; Ray's own worker processes (Ray Data, Train workers started by
     the cluster) read the pod's environment, so the two must agree."""
-    from slmops.core import ray_jobs
+    from slmops.core.jobs import ray_jobs
 
     docs = built[overlay]
     services = service_pods(docs)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from slmops.api.v1 import common_pb2, conversion_pb2, synthesis_pb2, training_pb2
-from slmops.core.jobstore import JobStore
+from slmops.core.jobs.store import JobStore
 from slmops.pipeline import stages as stages_module
 from slmops.pipeline.service import KIND, PipelineRuns
 

@@ -15,6 +15,7 @@ from slmops.conversion.service import check_gpu
 from slmops.conversion.spec import ConversionConfig
 from slmops.conversion.spec import Resources as ConversionResources
 from slmops.core.errors import Conflict, Unavailable
+from slmops.core.jobs.ray_jobs import EntrypointResources, RayJobs
 from slmops.core.ray_capacity import (
     NodeResources,
     WorkerGroup,
@@ -23,7 +24,6 @@ from slmops.core.ray_capacity import (
     parse_worker_groups,
     worker_groups,
 )
-from slmops.core.ray_jobs import EntrypointResources, RayJobs
 from slmops.training.capacity import check_capacity
 from slmops.training.spec import Resources, TrainingConfig
 from tests.unit._fakes import RAY_VERSION, JsonHandler, serving

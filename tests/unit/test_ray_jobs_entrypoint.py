@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from slmops.core.ray_jobs import EntrypointResources, RayJobs, entrypoint_resources
+from slmops.core.jobs.ray_jobs import EntrypointResources, RayJobs, entrypoint_resources
 from tests.unit._fakes import RAY_VERSION, JsonHandler, serving
 
 
@@ -52,7 +52,7 @@ def test_drivers_are_submitted_with_the_configured_cpus_and_memory(dashboard, mo
     assert body["entrypoint_num_cpus"] == 1
     assert body["entrypoint_memory"] == 2 * 1024**3
     assert "entrypoint_num_gpus" not in body
-    assert body["entrypoint"].endswith("-m slmops.core.job_entry training")
+    assert body["entrypoint"].endswith("-m slmops.core.jobs.entry training")
     assert body["runtime_env"]["env_vars"]["SLMOPS_JOB_ID"] == "train-1"
     # A restart of the job reserves the same.
     ray.submit("synthesis", "synth-1", {}, "file:///out", restart=1)

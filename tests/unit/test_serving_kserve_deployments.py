@@ -17,7 +17,7 @@ import yaml
 from kubernetes import client as k8s
 
 from slmops.core.errors import Conflict, InvalidSpec, NotFound
-from slmops.core.jobstore import JobStore
+from slmops.core.jobs.store import JobStore
 from slmops.serving.backends.kserve import GROUP, PLURAL, VERSION, KServeBackend
 from slmops.serving.deployments import Deployments, revision_id
 from tests.unit.test_serving_kserve_backend import NS, _api_client, _Emulator, _foreign, _knative, _report

@@ -16,11 +16,11 @@ import pytest
 from slmops.api.v1 import common_pb2, training_pb2, training_pb2_grpc
 from slmops.core import artifacts
 from slmops.core.errors import Unavailable
-from slmops.core.job_servicer import status_proto
-from slmops.core.jobstore import JobRecord, JobStore
-from slmops.core.ray_jobs import RayJobs
+from slmops.core.jobs.ray_jobs import RayJobs
+from slmops.core.jobs.servicer import status_proto
+from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.core.server import start_server
-from slmops.core.stage_jobs import StageJobs
 from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training.service import registration
 from tests.unit._fakes import RAY_VERSION, FakeRay, JsonHandler, serving

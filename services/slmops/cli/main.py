@@ -100,7 +100,7 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
-# A job id starts with its stage's first five letters (core/stage_jobs.py): which service holds it.
+# A job id starts with its stage's first five letters (core/jobs/stage.py): which service holds it.
 JOB_SERVICES = {"synth": ("synthesis", "SynthesisJob"), "train": ("training", "TrainingJob"),
                 "conve": ("conversion", "ConversionJob"), "evalu": ("evaluation", "EvaluationJob")}  # fmt: skip
 

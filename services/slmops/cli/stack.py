@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from slmops.core import auth, settings
 from slmops.core.errors import Unavailable
-from slmops.core.local_ray import auth_env, free_port, start_head, stop_group
+from slmops.core.jobs.local_ray import auth_env, free_port, start_head, stop_group
 
 SERVICES = ("synthesis", "training", "conversion", "serving", "evaluation", "pipeline")
 READY_PREFIX = "SLMOPS_SERVICE_READY "

@@ -8,10 +8,10 @@ from typing import Any
 from slmops.api.v1 import conversion_pb2, conversion_pb2_grpc
 from slmops.conversion.spec import ConversionConfig, from_proto
 from slmops.core.errors import Conflict, Unavailable
-from slmops.core.job_servicer import JobServicer
+from slmops.core.jobs.servicer import JobServicer
+from slmops.core.jobs.stage import StageJobs
 from slmops.core.ray_capacity import cluster_capacity
 from slmops.core.server import Registration
-from slmops.core.stage_jobs import StageJobs
 
 SERVICE_NAME = conversion_pb2.DESCRIPTOR.services_by_name["ConversionService"].full_name
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import grpc
 
 from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable
 from slmops.core.grpc_handlers import wrap_handler
-from slmops.core.jobstore import is_transient
+from slmops.core.jobs.store import is_transient
 
 log = logging.getLogger(__name__)
 

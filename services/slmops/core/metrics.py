@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from slmops.core import settings
 from slmops.core.grpc_handlers import wrap_handler
-from slmops.core.lifecycle import Lifecycle
+from slmops.core.jobs.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from slmops.core import secret_refs, settings
-from slmops.core.jobstore import JobStore
-from slmops.core.ray_jobs import RayJobs
+from slmops.core.jobs.ray_jobs import RayJobs
+from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.store import JobStore
 from slmops.core.server import Registration, RunningServer, serve_forever, start_server
-from slmops.core.stage_jobs import StageJobs
 
 
 def parse_args(service: str, argv: list[str] | None = None) -> argparse.Namespace:

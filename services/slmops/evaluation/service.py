@@ -15,10 +15,10 @@ import grpc
 from slmops.api.v1 import evaluation_pb2, evaluation_pb2_grpc, serving_pb2
 from slmops.core import clients as client
 from slmops.core.errors import Conflict, InvalidSpec, Unavailable, validate_pending
-from slmops.core.job_servicer import JobServicer, message_to_dict
-from slmops.core.jobstore import JobRecord
+from slmops.core.jobs.servicer import JobServicer, message_to_dict
+from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.store import JobRecord
 from slmops.core.server import Registration
-from slmops.core.stage_jobs import StageJobs
 from slmops.evaluation.spec import EvaluationConfig, from_proto
 
 SERVICE_NAME = evaluation_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name

@@ -24,7 +24,7 @@ from typing import Any
 
 from slmops.core import artifacts, tracing
 from slmops.core.errors import NotFound
-from slmops.core.jobstore import JobRecord, JobStore
+from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.pipeline import stages as kinds
 from slmops.pipeline.definition import Definition
 from slmops.pipeline.stages import Outcome, StageFailed

@@ -11,15 +11,15 @@ from google.protobuf import json_format
 from slmops.api.v1 import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from slmops.core import tracing
 from slmops.core.errors import InvalidSpec
-from slmops.core.job_servicer import (
+from slmops.core.jobs.lifecycle import Lifecycle, Update
+from slmops.core.jobs.servicer import (
     event_proto,
     message_to_dict,
     require_id,
     state_name,
     status_proto,
 )
-from slmops.core.jobstore import JobRecord, JobStore
-from slmops.core.lifecycle import Lifecycle, Update
+from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.core.server import Registration
 from slmops.pipeline.definition import parse
 from slmops.pipeline.runner import PipelineRunner, StageCache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from slmops.core import settings
-from slmops.core.jobstore import JobStore
+from slmops.core.jobs.store import JobStore
 from slmops.core.server import RunningServer, start_server
 from slmops.core.service_main import run_service
 from slmops.serving.deployments import Deployments

@@ -1,7 +1,7 @@
 """Deployments and their revisions: records, rollouts, and the lifecycle's engine over a backend.
 
 A deployment record (kind "deployment", id = name) runs on the shared
-lifecycle (core/lifecycle.py): DEPLOYING until one of its revisions answers,
+lifecycle (core/jobs/lifecycle.py): DEPLOYING until one of its revisions answers,
 READY while one does, FAILED when its first revision cannot start, DELETED.
 Each revision has its own record (kind "revision", id "<name>.rev<n>"):
 model, adapters, state, URL, traffic, and its deployment artifact (lineage to
@@ -37,8 +37,8 @@ from slmops.core.errors import (
     SlmopsError,
     Unavailable,
 )
-from slmops.core.jobstore import MAX_PAGE, Event, JobRecord, JobStore
-from slmops.core.lifecycle import Lifecycle, States, Update
+from slmops.core.jobs.lifecycle import Lifecycle, States, Update
+from slmops.core.jobs.store import MAX_PAGE, Event, JobRecord, JobStore
 from slmops.core.stores import filesystem
 from slmops.serving.backends import (
     DEPLOYING,

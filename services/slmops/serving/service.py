@@ -10,8 +10,8 @@ from google.protobuf import json_format
 
 from slmops.api.v1 import common_pb2, serving_pb2, serving_pb2_grpc
 from slmops.core.errors import InvalidSpec, validate_pending
-from slmops.core.job_servicer import message_to_dict, timestamp
-from slmops.core.jobstore import Event, JobRecord
+from slmops.core.jobs.servicer import message_to_dict, timestamp
+from slmops.core.jobs.store import Event, JobRecord
 from slmops.core.server import Registration
 from slmops.serving.deployments import Deployments
 from slmops.serving.validation import validate

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from slmops.api.v1 import synthesis_pb2, synthesis_pb2_grpc
-from slmops.core.job_servicer import JobServicer
+from slmops.core.jobs.servicer import JobServicer
+from slmops.core.jobs.stage import StageJobs
 from slmops.core.server import Registration
-from slmops.core.stage_jobs import StageJobs
 from slmops.synthesis.spec import from_proto
 
 SERVICE_NAME = synthesis_pb2.DESCRIPTOR.services_by_name["SynthesisService"].full_name

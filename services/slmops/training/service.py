@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from slmops.api.v1 import training_pb2, training_pb2_grpc
-from slmops.core.job_servicer import JobServicer
+from slmops.core.jobs.servicer import JobServicer
+from slmops.core.jobs.stage import StageJobs
 from slmops.core.server import Registration
-from slmops.core.stage_jobs import StageJobs
 from slmops.training.capacity import check_capacity
 from slmops.training.spec import from_proto
 

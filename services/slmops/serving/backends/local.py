@@ -41,7 +41,7 @@ import psutil
 
 from slmops.core import artifact_cache, artifacts
 from slmops.core.errors import Conflict, InvalidSpec, NotFound, SlmopsError
-from slmops.core.local_ray import free_port, stop_group
+from slmops.core.jobs.local_ray import free_port, stop_group
 from slmops.core.stores import is_local
 from slmops.serving.backends import (
     DEPLOYING,

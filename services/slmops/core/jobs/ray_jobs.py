@@ -1,6 +1,6 @@
 """Submitting work to Ray through the Jobs API, the same way locally and on KubeRay.
 
-A job's entrypoint is `python -m slmops.core.job_entry <stage>`; its config,
+A job's entrypoint is `python -m slmops.core.jobs.entry <stage>`; its config,
 output URI and the caller's W3C trace context travel as environment variables
 of the job's runtime environment, so the job continues the caller's trace.
 
@@ -120,7 +120,7 @@ class RayJobs:
             }
         )
         env.update(extra_env or {})
-        entrypoint = f"{shlex.quote(settings.job_python())} -m slmops.core.job_entry {shlex.quote(stage)}"
+        entrypoint = f"{shlex.quote(settings.job_python())} -m slmops.core.jobs.entry {shlex.quote(stage)}"
         submission_id = f"slmops-{job_id}" + (f"-r{restart}" if restart else "")
         kwargs = self.entrypoint_kwargs(resources)
         deadline = time.monotonic() + 60

@@ -1,4 +1,4 @@
-"""Entrypoint of every Ray job: `python -m slmops.core.job_entry <stage>`.
+"""Entrypoint of every Ray job: `python -m slmops.core.jobs.entry <stage>`.
 
 Reads the job's config and output URI from the environment, continues the
 caller's trace, runs `slmops.<stage>.job.run`, and prints the result as the
@@ -27,7 +27,7 @@ STAGES = ("synthesis", "training", "conversion", "evaluation")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in STAGES:
-        print(f"usage: python -m slmops.core.job_entry {{{'|'.join(STAGES)}}}", file=sys.stderr)
+        print(f"usage: python -m slmops.core.jobs.entry {{{'|'.join(STAGES)}}}", file=sys.stderr)
         return 2
     stage = args[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

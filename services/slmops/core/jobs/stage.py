@@ -1,6 +1,6 @@
 """The control plane of one stage's jobs, shared by every job service: the lifecycle on Ray.
 
-`StageJobs` is the shared lifecycle (core/lifecycle.py: record, submit once,
+`StageJobs` is the shared lifecycle (core/jobs/lifecycle.py: record, submit once,
 follow under an owner lease, cancel, resume) with `RayEngine`: each job is a
 Ray job submitted under the id `slmops-<job id>`, whose log carries progress
 lines and the result. It knows nothing of gRPC: servicers translate protobuf
@@ -18,10 +18,10 @@ from typing import Any
 
 from slmops.core import artifacts, settings, tracing
 from slmops.core.errors import Unavailable
-from slmops.core.jobstore import JobRecord, JobStore
-from slmops.core.lifecycle import Lifecycle, Update
+from slmops.core.jobs.lifecycle import Lifecycle, Update
+from slmops.core.jobs.ray_jobs import RayJobs
+from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.core.progress import parse_line
-from slmops.core.ray_jobs import RayJobs
 
 log = logging.getLogger(__name__)
 

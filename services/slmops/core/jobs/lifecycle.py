@@ -10,7 +10,7 @@ A `Lifecycle` keeps records in a `JobStore` and drives each through an
 What the lifecycle guarantees, whatever the engine:
 
 - Replicas on one database share the work through owner leases
-  (core/jobstore): a replica follows only the records it has claimed, renews
+  (core/jobs/store): a replica follows only the records it has claimed, renews
   each lease while it follows, and a sweep every third of the lease claims
   unfinished records whose owner stopped renewing (a replica that died) or
   that nobody holds (after a restart).
@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from slmops.core import settings
 from slmops.core.errors import Conflict, Unavailable
-from slmops.core.jobstore import Event, EventRow, JobRecord, JobStore, LeaseLost, is_transient
+from slmops.core.jobs.store import Event, EventRow, JobRecord, JobStore, LeaseLost, is_transient
 
 log = logging.getLogger(__name__)
 

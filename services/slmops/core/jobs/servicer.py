@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from slmops.api.v1 import common_pb2
 from slmops.core import artifacts
 from slmops.core.errors import InvalidSpec, validate_pending
-from slmops.core.jobstore import Event, JobRecord
-from slmops.core.ray_jobs import RayJobs
-from slmops.core.stage_jobs import OUTPUT_KIND, StageJobs
+from slmops.core.jobs.ray_jobs import RayJobs
+from slmops.core.jobs.stage import OUTPUT_KIND, StageJobs
+from slmops.core.jobs.store import Event, JobRecord
 
 
 def timestamp(seconds: float) -> Timestamp:

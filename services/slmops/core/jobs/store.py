@@ -11,7 +11,7 @@ a replica that dies stops renewing and another takes the job over. Event
 sequence numbers are unique per job (a unique index), so two writers can
 never give two events one number; `apply` keeps a change of the record and
 its events in one transaction, so a write cut off by a lost connection leaves
-all of it or none. The schema is kept by Alembic migrations (core/migrations),
+all of it or none. The schema is kept by Alembic migrations (core/jobs/migrations),
 applied when a store opens; on PostgreSQL under an advisory lock, so replicas
 starting together migrate one after the other.
 
