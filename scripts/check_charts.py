@@ -64,13 +64,9 @@ class CheckResult:
 
 
 def _run(cmd: Sequence[str], cwd: Path = ROOT) -> str:
-    result = subprocess.run(
-        list(cmd), check=False, cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run(list(cmd), check=False, cwd=cwd, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
-        raise ToolError(
-            f"{' '.join(map(str, cmd))} failed:\n{result.stdout}{result.stderr}".strip()
-        )
+        raise ToolError(f"{' '.join(map(str, cmd))} failed:\n{result.stdout}{result.stderr}".strip())
     return result.stdout
 
 
@@ -650,7 +646,10 @@ def validate_manifests(docs: Iterable[dict[str, Any]]) -> list[str]:
             problems.append(f"not a Kubernetes object: {str(doc)[:80]}")
         elif doc["kind"] in CRD_KINDS:
             problems += crd_problems(doc)
-        elif doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] in ("ServiceMonitor", "PodMonitor"):
+        elif doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] in (
+            "ServiceMonitor",
+            "PodMonitor",
+        ):
             pass  # no vendored Prometheus Operator CRD: tests/unit/test_charts_observability.py checks these
         else:
             problems += _schema_problems(doc)

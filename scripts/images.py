@@ -47,7 +47,14 @@ BUILDAH = ["buildah", "--storage-driver", "vfs"]
 LOCAL_BASE = "localhost/slmops-debian:bookworm"
 BUILD_CA = "/run/build-ca.crt"  # where the host's CA bundle is mounted during a build
 # The default allowed artifact schemes (settings.VARS["allowed_schemes"]) and their fsspec drivers.
-SCHEME_DRIVERS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
+SCHEME_DRIVERS = {
+    "s3": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+}
 ML_MODULES = ("torch", "transformers", "olive", "onnxruntime", "onnxruntime_genai", "peft")
 
 
@@ -75,8 +82,13 @@ IMAGES: tuple[Image, ...] = (
     Image("pipeline", "pipeline.Dockerfile", base="base-control", port=50056, control=True),
     Image("predictor", "predictor.Dockerfile", base="base"),
     Image("ray", "ray.Dockerfile", base="base"),
-    Image("base-cuda", "base.Dockerfile", installs=True, cuda=True,
-          args={"EXTRAS": "ml,cluster", "TORCH_INDEX_URL": "https://pypi.org/simple"}),  # fmt: skip
+    Image(
+        "base-cuda",
+        "base.Dockerfile",
+        installs=True,
+        cuda=True,
+        args={"EXTRAS": "ml,cluster", "TORCH_INDEX_URL": "https://pypi.org/simple"},
+    ),  # fmt: skip
     Image("predictor-cuda", "predictor-cuda.Dockerfile", base="base-cuda", installs=True, cuda=True),
     Image("ray-cuda", "ray.Dockerfile", base="base-cuda", cuda=True),
 )
@@ -146,7 +158,8 @@ def pip_build_options(image: Image) -> list[str]:
         options += ["--build-arg", f"PIP_FIND_LINKS={' '.join(folders)}"]
         has_torch = any(any(Path(f).glob("torch-*.whl")) for f in folders)
         torch_index = os.environ.get("TORCH_INDEX_URL") or (
-            os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple") if has_torch else "")
+            os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple") if has_torch else ""
+        )
         if torch_index and "TORCH_INDEX_URL" not in image.args:
             options += ["--build-arg", f"TORCH_INDEX_URL={torch_index}"]
     return options
@@ -236,7 +249,9 @@ def run_args(ctr: str, argv: list[str], env: dict[str, str] | None = None,
     return [*cmd, ctr, "--", *argv]
 
 
-def run_in(ctr: str, argv: list[str], timeout: float = 300, **kw: dict[str, str]) -> subprocess.CompletedProcess:
+def run_in(
+    ctr: str, argv: list[str], timeout: float = 300, **kw: dict[str, str]
+) -> subprocess.CompletedProcess:
     return subprocess.run(run_args(ctr, argv, **kw), capture_output=True, text=True, timeout=timeout)
 
 
@@ -346,7 +361,9 @@ class Smoke:
         env = {"SLMOPS_DATA_DIR": "/data"}
         with container(ref(image.name, self.tag)) as ctr:
             status, start = "not started", time.monotonic()
-            with serve_in(ctr, argv, log_path, env=env, volumes={str(self.data_dir(image.name)): "/data"}) as proc:
+            with serve_in(
+                ctr, argv, log_path, env=env, volumes={str(self.data_dir(image.name)): "/data"}
+            ) as proc:
                 while time.monotonic() - start < 120 and proc.poll() is None:
                     status = check(port, timeout=2.0)
                     if status == "SERVING":

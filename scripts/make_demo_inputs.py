@@ -24,7 +24,9 @@ KEEP = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_co
 def main(out: Path) -> None:
     sets = task.demo_sets()
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = train_tokenizer(task.tokenizer_corpus(), Path(tmp) / "tokenizer", task.TOKENIZER_VOCAB_SIZE)
+        tokenizer = train_tokenizer(
+            task.tokenizer_corpus(), Path(tmp) / "tokenizer", task.TOKENIZER_VOCAB_SIZE
+        )
         model = build_model(Path(tmp) / "teacher", tokenizer, seed=task.SEED, **task.TEACHER_SHAPE)
         config_dir = out / "teacher-config"
         shutil.rmtree(config_dir, ignore_errors=True)
@@ -39,4 +41,6 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "examples" / "demo")
+    main(
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "examples" / "demo"
+    )

@@ -58,7 +58,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def production_stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, s3: S3Server) -> Iterator[dict[str, Any]]:
+def production_stack(
+    tmp_path_factory: pytest.TempPathFactory, pg_url: str, s3: S3Server
+) -> Iterator[dict[str, Any]]:
     """The local stack on production parts: every service's job store on one PostgreSQL database, and the
     artifact root on the S3 server (reached through AWS_ENDPOINT_URL and credentials, as AWS would be).
     While it runs, this process's env (and so the CLI and the client) points at it."""
@@ -84,7 +86,9 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(scope="module")
 def pg_url(postgres: Postgres, request: pytest.FixtureRequest) -> str:
     """A new, empty database for this test module; its SQLAlchemy URL."""
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.module.__name__.rsplit(".", 1)[-1]).lower()
+    name = (
+        "t_" + "".join(c if c.isalnum() else "_" for c in request.module.__name__.rsplit(".", 1)[-1]).lower()
+    )
     return postgres.database(name[:60])
 
 

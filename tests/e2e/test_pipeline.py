@@ -52,7 +52,9 @@ def tiny_pipeline(folder: Path) -> dict:
     examples = task.make_examples(60, seed=5)
     task.write_dataset(examples[:32], examples[32:36], folder / "ground-truth")
     # Prompts only: the expected answers of the evaluation are then the teacher's own.
-    (folder / "prompts.jsonl").write_text("".join(json.dumps({"prompt": e["prompt"]}) + "\n" for e in examples[36:]))
+    (folder / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": e["prompt"]}) + "\n" for e in examples[36:])
+    )
 
     data = yaml.safe_load(EXAMPLE.read_text())
     stages = data["stages"]
@@ -63,7 +65,9 @@ def tiny_pipeline(folder: Path) -> dict:
     resources = {"num_workers": 1, "cpus_per_worker": 1}
     stages["teacher"]["spec"].update(hyperparameters=small, resources=resources)
     # The student starts from the teacher's weights and barely moves: it keeps the teacher's answers.
-    stages["student"]["spec"].update(base={}, hyperparameters={**small, "learning_rate": 1e-7}, resources=resources)
+    stages["student"]["spec"].update(
+        base={}, hyperparameters={**small, "learning_rate": 1e-7}, resources=resources
+    )
     stages["answers"]["spec"].update(sampling={"max_tokens": 3, "temperature": 0.0}, filters={}, num_shards=2,
                                      validation_fraction=0.34)  # fmt: skip
     stages["student-int4"]["spec"] = {"precision": "FP32", "execution_provider": "CPU"}
@@ -120,7 +124,9 @@ def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(production_stack
     assert all(s["state"] == "SUCCEEDED" and not s.get("reused") for s in stages.values()), first["stages"]
     assert stages["gate"]["detail"]["passed"] == "true"
     assert stages["rollout"]["detail"]["action"] == "promoted"
-    deployment = client.call(client.stub("serving").GetDeployment, serving_pb2.GetDeploymentRequest(name="student"))
+    deployment = client.call(
+        client.stub("serving").GetDeployment, serving_pb2.GetDeploymentRequest(name="student")
+    )
     assert deployment.serving_revision == int(stages["canary"]["detail"]["revision"])
     bucket = production_stack["bucket"]
     outputs = [s["output"]["uri"] for s in stages.values() if data["stages"][s["name"]]["kind"] in JOB_KINDS]
@@ -141,11 +147,18 @@ def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(production_stack
     cached = production_stack["data_dir"] / "cache" / "models" / artifacts.read_manifest(served.model_uri).id
     assert (cached / "genai_config.json").is_file()
     # Every job of every service is one row in the one PostgreSQL database.
-    assert job_kinds(production_stack["database_url"]) >= {"synthesis", "training", "conversion", "evaluation"}
+    assert job_kinds(production_stack["database_url"]) >= {
+        "synthesis",
+        "training",
+        "conversion",
+        "evaluation",
+    }
 
     code, second, took_second = run_file(data, path, capsys)
     assert code == 0
-    assert all(s["reused"] for s in second["stages"]), [s["name"] for s in second["stages"] if not s.get("reused")]
+    assert all(s["reused"] for s in second["stages"]), [
+        s["name"] for s in second["stages"] if not s.get("reused")
+    ]
     assert [s["output"]["uri"] for s in second["stages"]] == [s["output"]["uri"] for s in first["stages"]]
     assert took_second < took_first / 3
 
@@ -162,7 +175,9 @@ def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(production_stack
     assert stages["gate"]["detail"]["passed"] == "false" and "chrf" in stages["gate"]["detail"]["reasons"]
     assert stages["rollout"]["detail"]["action"] == "rolled back"
     assert "rolled back" in third["status"]["reason"]
-    deployment = client.call(client.stub("serving").GetDeployment, serving_pb2.GetDeploymentRequest(name="student"))
+    deployment = client.call(
+        client.stub("serving").GetDeployment, serving_pb2.GetDeploymentRequest(name="student")
+    )
     canary = int(stages["canary"]["detail"]["revision"])
     assert deployment.serving_revision == int(stages["student-endpoint"]["detail"]["revision"]) != canary
     assert all(r.traffic_percent == 0 for r in deployment.revisions if r.number == canary)

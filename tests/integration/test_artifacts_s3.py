@@ -118,7 +118,10 @@ def test_an_outage_during_the_move_leaves_an_unsealed_output_the_next_run_replac
 
     with monkeypatch.context() as patch:
         patch.setattr(fs, "copy", copy_one_then_fail)
-        with pytest.raises(Unavailable, match="copying the payload into s3://"), artifacts.staged(out) as staging:
+        with (
+            pytest.raises(Unavailable, match="copying the payload into s3://"),
+            artifacts.staged(out) as staging,
+        ):
             write(staging, {"a.txt": b"a", "b.txt": b"b", "old-only.txt": b"old"})
     left = keys(bucket)
     assert artifacts.UNSEALED.lstrip("/") in [k.split("/", 1)[1] for k in left if k.startswith("ckpt/")]

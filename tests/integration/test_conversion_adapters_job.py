@@ -53,7 +53,10 @@ def test_a_base_and_two_adapters_become_one_model_and_two_verified_adapter_files
     result = _run(spec, tmp_path / "out", events)
 
     folder = tmp_path / "out"
-    assert sorted(p.name for p in (folder / "adapters").iterdir()) == ["alpha.onnx_adapter", "beta.onnx_adapter"]
+    assert sorted(p.name for p in (folder / "adapters").iterdir()) == [
+        "alpha.onnx_adapter",
+        "beta.onnx_adapter",
+    ]
     verification = result["verification"]
     assert verification["passed"] and verification["adapter"] is None
     for name in ("alpha", "beta"):  # each against the base with the same peft adapter
@@ -71,7 +74,9 @@ def test_a_base_and_two_adapters_become_one_model_and_two_verified_adapter_files
 
     engine = load_engine(folder)
     try:
-        answers = {m: engine.generate("hello world", max_tokens=8, adapter=m).text for m in (None, "alpha", "beta")}
+        answers = {
+            m: engine.generate("hello world", max_tokens=8, adapter=m).text for m in (None, "alpha", "beta")
+        }
     finally:
         engine.close()
     assert len(set(answers.values())) == 3  # each adapter changes the answer its own way

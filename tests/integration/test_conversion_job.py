@@ -122,8 +122,11 @@ def test_every_conversion_is_verified_and_a_model_that_misses_fails_with_nothing
     config = from_proto(conversion_pb2.ConversionSpec(model_uri=checkpoint_artifact, verification=strict))
     assert config.verification.thresholds.max_kl == 1e-30
     assert config.verification.thresholds.min_token_agreement == 0.4  # the default stays
-    with pytest.raises(ConversionError, match=r"failed verification \(the base model\): .*KL.*token_agreement=.*"
-                                              r"after 5 int4 layouts, all missed"):
+    with pytest.raises(
+        ConversionError,
+        match=r"failed verification \(the base model\): .*KL.*token_agreement=.*"
+        r"after 5 int4 layouts, all missed",
+    ):
         job.run(config.model_dump(mode="json"), artifacts.to_uri(tmp_path / "bad"), lambda *a, **k: None)
     assert not (tmp_path / "bad").exists()
 

@@ -46,17 +46,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from slmops.testing.tiny import build_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("models")
-    tok = train_tokenizer(
-        [e["prompt"] + e["answer"] for e in EXAMPLES], root / "tok", vocab_size=260
-    )
+    tok = train_tokenizer([e["prompt"] + e["answer"] for e in EXAMPLES], root / "tok", vocab_size=260)
     teacher = build_model(root / "teacher", tok, hidden_size=64, num_hidden_layers=2)
     student_ckpt = build_model(root / "student-ckpt", tok, hidden_size=32, num_hidden_layers=1)
     onnx = root / "student-onnx"
     onnx.mkdir()
     (onnx / "model.onnx.data").write_bytes(b"\0" * 50_000)
-    artifacts.finalize(
-        artifacts.to_uri(onnx), "onnx-model", parents=[artifacts.to_uri(student_ckpt)]
-    )
+    artifacts.finalize(artifacts.to_uri(onnx), "onnx-model", parents=[artifacts.to_uri(student_ckpt)])
     return {"teacher": teacher, "student-ckpt": student_ckpt, "student": onnx}
 
 
@@ -145,11 +141,7 @@ def test_evaluation_job_reports_two_targets(servers, models, tmp_path, monkeypat
     report = json.loads((out / "report.json").read_text())
     assert report["headlines"]["student"]["retention"] == pytest.approx(expected_student)
     markdown = (out / "report.md").read_text()
-    assert (
-        "| teacher | 100.0% |" in markdown
-        and "**FAILED**" in markdown
-        and "](report.png)" in markdown
-    )
+    assert "| teacher | 100.0% |" in markdown and "**FAILED**" in markdown and "](report.png)" in markdown
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Failed targets" in markdown and "**offline**" in markdown
     page = (out / "report.html").read_text()

@@ -43,9 +43,7 @@ class Predictor:
         self.url = ""
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        threading.Thread(
-            target=self._drain, args=(self.process.stderr, self.stderr), daemon=True
-        ).start()
+        threading.Thread(target=self._drain, args=(self.process.stderr, self.stderr), daemon=True).start()
 
     @staticmethod
     def _drain(stream, sink: list[str]) -> None:
@@ -107,9 +105,7 @@ def test_chat_completions_and_streaming_agree(client):
     messages = [{"role": "user", "content": "hi there"}]
     answer = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8)
     assert answer.choices[0].message.role == "assistant"
-    stream = client.chat.completions.create(
-        model=NAME, messages=messages, max_tokens=8, stream=True
-    )
+    stream = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, stream=True)
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert "".join(pieces) == answer.choices[0].message.content
     assert len([p for p in pieces if p]) > 1
@@ -129,9 +125,7 @@ def test_models_list_under_both_prefixes(client, predictor):
     assert [m.id for m in client.models.list()] == [NAME]
     other = _openai(f"{predictor.url}/v1")
     assert [m.id for m in other.models.list()] == [NAME]
-    assert (
-        other.completions.create(model=NAME, prompt="hi", max_tokens=2).usage.completion_tokens == 2
-    )
+    assert other.completions.create(model=NAME, prompt="hi", max_tokens=2).usage.completion_tokens == 2
 
 
 def test_wrong_model_is_404_and_bad_field_is_400(client):
@@ -139,9 +133,7 @@ def test_wrong_model_is_404_and_bad_field_is_400(client):
         client.completions.create(model="nope", prompt="x")
     assert missing.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(
-            model=NAME, messages=[{"role": "user", "content": "x"}], temperature=9
-        )
+        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "x"}], temperature=9)
     assert bad.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError) as long:
         client.completions.create(model=NAME, prompt="hello " * 400)
@@ -190,9 +182,7 @@ def test_traceparent_parents_the_request_span(tmp_path_factory, tmp_path):
     with httpx.Client(timeout=30, trust_env=False) as http:
         assert http.post(f"{server.url}/v1/completions", headers=headers, json=body).is_success
     assert server.stop() == 0
-    spans = [
-        json.loads(line) for line in (tmp_path / "traces" / "spans.jsonl").read_text().splitlines()
-    ]
+    spans = [json.loads(line) for line in (tmp_path / "traces" / "spans.jsonl").read_text().splitlines()]
     span = next(s for s in spans if s["name"] == "predictor.completions")
     assert (span["trace_id"], span["parent_span_id"]) == (trace_id, parent_id)
     assert span["attributes"]["model"] == NAME

@@ -47,7 +47,9 @@ class Replica:
     def create(self, prompts_uri: str, teacher: StandinServer) -> str:
         spec = synthesis_pb2.SynthesisSpec(
             prompts_uri=prompts_uri,
-            endpoint=synthesis_pb2.TeacherEndpoint(base_url=teacher.base_url, model="teacher", max_concurrency=1),
+            endpoint=synthesis_pb2.TeacherEndpoint(
+                base_url=teacher.base_url, model="teacher", max_concurrency=1
+            ),
             sampling=common_pb2.SamplingParams(max_tokens=8),
             num_shards=2,
         )
@@ -60,7 +62,10 @@ class Replica:
         return common_pb2.JobState.Name(self.get(job_id).status.state)
 
     def ids(self) -> list[str]:
-        return [job.id for job in self.stub.ListSynthesisJobs(common_pb2.ListJobsRequest(page_size=500), timeout=10).jobs]
+        return [
+            job.id
+            for job in self.stub.ListSynthesisJobs(common_pb2.ListJobsRequest(page_size=500), timeout=10).jobs
+        ]
 
     def kill(self) -> None:
         os.killpg(self.started.pid, signal.SIGKILL)
@@ -83,7 +88,9 @@ def cluster(postgres, tmp_path_factory) -> Iterator[dict]:
                SLMOPS_DATABASE_URL=postgres.database("t_replicas"), SLMOPS_LEASE_S=str(LEASE_S),
                SLMOPS_JOB_POLL_S="0.3", **auth_env(data_dir))  # fmt: skip
     env.pop(settings.VARS["auth_token_file"].env, None)
-    os.environ.update({k: env[k] for k in ("SLMOPS_DATA_DIR", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")})
+    os.environ.update(
+        {k: env[k] for k in ("SLMOPS_DATA_DIR", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    )
     started: list[Replica] = []
     try:
         yield {"data_dir": data_dir, "env": env, "head": head, "started": started}
@@ -109,7 +116,9 @@ def replicas(cluster) -> list[Replica]:
 def _prompts(folder: Path, count: int) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n" for i in range(count)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n" for i in range(count))
+    )
     return artifacts.to_uri(path)
 
 
@@ -120,7 +129,9 @@ def _submissions(cluster: dict) -> Counter[str]:
     # This head's token, sent explicitly: Ray caches the token a process loaded first (another stack's, when
     # the session's stack ran before this module), whatever RAY_AUTH_TOKEN_PATH says now.
     token = Path(cluster["env"]["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
-    jobs = JobSubmissionClient(cluster["head"].address, headers={"authorization": f"Bearer {token}"}).list_jobs()
+    jobs = JobSubmissionClient(
+        cluster["head"].address, headers={"authorization": f"Bearer {token}"}
+    ).list_jobs()
     return Counter(j.submission_id for j in jobs if (j.submission_id or "").startswith("slmops-"))
 
 

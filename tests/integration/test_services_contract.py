@@ -58,7 +58,9 @@ def test_the_local_stack_requires_its_token(stack):
         with grpc.insecure_channel(info["address"]) as channel:
             stub = client.STUBS[name](channel)
             method = getattr(stub, f"List{noun}s")
-            request = serving_pb2.ListDeploymentsRequest() if name == "serving" else common_pb2.ListJobsRequest()
+            request = (
+                serving_pb2.ListDeploymentsRequest() if name == "serving" else common_pb2.ListJobsRequest()
+            )
             code, details = _code(method, request)
             assert code == grpc.StatusCode.UNAUTHENTICATED, (name, code)
             assert "bearer token" in details
@@ -93,7 +95,9 @@ def test_job_rpcs_reject_bad_input(stack, service):
 
     code, _ = _code(getattr(stub, f"Watch{noun}"), common_pb2.WatchJobRequest(id="no-such-job"))
     assert code == grpc.StatusCode.NOT_FOUND
-    code, details = _code(getattr(stub, f"Watch{noun}"), common_pb2.WatchJobRequest(id="x", after_sequence=-1))
+    code, details = _code(
+        getattr(stub, f"Watch{noun}"), common_pb2.WatchJobRequest(id="x", after_sequence=-1)
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "after_sequence" in details
 
 
@@ -123,19 +127,32 @@ def test_serving_rpcs_reject_bad_input(stack, tmp_path):
 
 def test_pipeline_definition_errors_name_the_stage(stack):
     stub = client.stub("pipeline")
-    spec = pipeline_pb2.PipelineSpec(definition_yaml="stages:\n  s: {kind: train, spec: {method: NOPE}}\nbogus: 1\n")
+    spec = pipeline_pb2.PipelineSpec(
+        definition_yaml="stages:\n  s: {kind: train, spec: {method: NOPE}}\nbogus: 1\n"
+    )
     code, details = _code(stub.CreatePipelineRun, pipeline_pb2.CreatePipelineRunRequest(spec=spec))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "spec.definition_yaml.bogus" in details
 
     # Every Create takes validate_only: checked, answered, nothing created.
-    spec = training_pb2.TrainingSpec(method=training_pb2.FULL, base=training_pb2.ModelInit(model="m"),
-                                     hyperparameters=training_pb2.Hyperparameters(learning_rate=-1))
-    request = training_pb2.CreateTrainingJobRequest(spec=spec, validate_only=True, pending_fields=["spec.dataset_uri"])
+    spec = training_pb2.TrainingSpec(
+        method=training_pb2.FULL,
+        base=training_pb2.ModelInit(model="m"),
+        hyperparameters=training_pb2.Hyperparameters(learning_rate=-1),
+    )
+    request = training_pb2.CreateTrainingJobRequest(
+        spec=spec, validate_only=True, pending_fields=["spec.dataset_uri"]
+    )
     code, details = _code(client.stub("training").CreateTrainingJob, request)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "learning_rate" in details and "dataset_uri" not in details
+    assert (
+        code == grpc.StatusCode.INVALID_ARGUMENT
+        and "learning_rate" in details
+        and "dataset_uri" not in details
+    )
     spec = serving_pb2.DeploymentSpec(name="valid-only")
-    request = serving_pb2.CreateDeploymentRequest(spec=spec, validate_only=True, pending_fields=["spec.model_uri"])
+    request = serving_pb2.CreateDeploymentRequest(
+        spec=spec, validate_only=True, pending_fields=["spec.model_uri"]
+    )
     answer = client.call(client.stub("serving").CreateDeployment, request)
     assert answer.name == "valid-only" and answer.state == serving_pb2.DEPLOYMENT_STATE_UNSPECIFIED
     code, _ = _code(client.stub("serving").GetDeployment, serving_pb2.GetDeploymentRequest(name="valid-only"))

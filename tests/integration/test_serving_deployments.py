@@ -143,7 +143,11 @@ async def test_canary_split_promote_and_rollback_without_a_failed_request(env):
         assert len(load.answers) > 20
         await until(lambda: settled(deployments, "tiny"), 60)
         record = deployments.get("tiny")
-        assert (record.config["serving"], record.config["latest"], record.result["traffic"]) == (1, 1, {"1": 100})
+        assert (record.config["serving"], record.config["latest"], record.result["traffic"]) == (
+            1,
+            1,
+            {"1": 100},
+        )
         assert deployments.store.get(revision_id("tiny", 2)).state == "RETIRED"
         assert "rolled back" in deployments.store.get(revision_id("tiny", 2)).reason
     finally:
@@ -180,7 +184,11 @@ async def _killed_and_restarted(model, db, opened: list[Deployments]) -> None:
 
         def back() -> bool:
             rev = first.store.get(revision_id("tiny", 2))
-            return rev.state == "READY" and rev.result["runtime"]["pid"] not in (0, pid) and ready(rev.result["url"])
+            return (
+                rev.state == "READY"
+                and rev.result["runtime"]["pid"] not in (0, pid)
+                and ready(rev.result["url"])
+            )
 
         restart = await until(back, 30)
         await asyncio.sleep(1.0)
@@ -285,7 +293,9 @@ async def test_bad_rollouts_are_refused_and_the_gate_blocks_a_failed_promotion(e
         await until(lambda: deployments.store.get(revision_id("tiny", 2)).state == "FAILED", 60)
         assert "before it was ready" in deployments.store.get(revision_id("tiny", 2)).reason
         await until(lambda: settled(deployments, "tiny"), 30)
-        assert deployments.get("tiny").state == "READY" and deployments.get("tiny").result["traffic"] == {"1": 100}
+        assert deployments.get("tiny").state == "READY" and deployments.get("tiny").result["traffic"] == {
+            "1": 100
+        }
         with pytest.raises(Conflict, match="no canary"):
             await deployments.promote("tiny")
 
@@ -293,7 +303,9 @@ async def test_bad_rollouts_are_refused_and_the_gate_blocks_a_failed_promotion(e
         with pytest.raises(Conflict, match="already runs a canary"):
             await deployments.update("tiny", str(model), [], 10)
         events = [e.message async for e in deployments.watch("tiny")]
-        assert "revision 3: canary at 30%" in events and "traffic: revision 1: 70%, revision 3: 30%" in events, events
+        assert (
+            "revision 3: canary at 30%" in events and "traffic: revision 1: 70%, revision 3: 30%" in events
+        ), events
         with pytest.raises(Conflict) as info:
             await deployments.promote("tiny", _report(tmp_path / "bad-report", passed=False))
         assert "retention 0.200 < min 0.500" in str(info.value) and "accuracy" not in str(info.value)

@@ -64,7 +64,9 @@ def test_a_sealed_model_on_s3_is_fetched_checked_and_reused(bucket, tmp_path_fac
     assert json.loads((cached / "manifest.json").read_text())["uri"] == uri
     assert not [p for p in cached.parent.iterdir() if p.name.startswith(".")]  # no partial folder left
 
-    monkeypatch.setattr(artifact_cache, "_download", lambda *a: pytest.fail("a complete copy is fetched again"))
+    monkeypatch.setattr(
+        artifact_cache, "_download", lambda *a: pytest.fail("a complete copy is fetched again")
+    )
     assert resolve_model(uri, "LOCAL") == (full, storage)
 
 
@@ -97,16 +99,28 @@ def test_adapters_on_s3_resolve_to_their_checked_copy(bucket, tmp_path):
     upload(folder, f"{bucket}/onnx-adapters", "adapter")
     [[name, location]] = resolve_adapters([{"name": "math", "uri": f"{bucket}/onnx-adapters"}], "LOCAL")
     path = artifacts.local_path(location)
-    assert name == "math" and path.read_bytes() == b"adapter" and path.is_relative_to(artifact_cache.cache_root())
+    assert (
+        name == "math"
+        and path.read_bytes() == b"adapter"
+        and path.is_relative_to(artifact_cache.cache_root())
+    )
 
 
 def test_the_gate_reads_a_report_on_s3(bucket):
     fs, _ = fsspec.core.url_to_fs(bucket)
     name = bucket.removeprefix("s3://")
-    fs.pipe_file(f"{name}/good/report.json", json.dumps({"verdict": {"evaluated": True, "passed": True,
-                                                                     "reasons": ["accuracy 0.9 >= 0.5"]}}).encode())
-    fs.pipe_file(f"{name}/bad/report.json", json.dumps({"verdict": {"evaluated": True, "passed": False,
-                                                                    "reasons": ["accuracy FAILED 0.1 < 0.5"]}}).encode())
+    fs.pipe_file(
+        f"{name}/good/report.json",
+        json.dumps(
+            {"verdict": {"evaluated": True, "passed": True, "reasons": ["accuracy 0.9 >= 0.5"]}}
+        ).encode(),
+    )
+    fs.pipe_file(
+        f"{name}/bad/report.json",
+        json.dumps(
+            {"verdict": {"evaluated": True, "passed": False, "reasons": ["accuracy FAILED 0.1 < 0.5"]}}
+        ).encode(),
+    )
     assert check_gate(f"{bucket}/good") == ["accuracy 0.9 >= 0.5"]
     assert check_gate(f"{bucket}/good/report.json") == ["accuracy 0.9 >= 0.5"]
     with pytest.raises(Conflict, match="accuracy FAILED"):
@@ -118,7 +132,9 @@ async def test_a_deployment_serves_a_model_on_s3_and_records_its_uri(bucket, tmp
     model = tiny_checkpoint(tmp_path_factory)
     uri = f"{bucket}/ckpt"
     upload(model, uri, "checkpoint")
-    monkeypatch.setenv("SLMOPS_ARTIFACT_ROOT", f"{bucket}/artifacts")  # the deployment artifact goes to S3 too
+    monkeypatch.setenv(
+        "SLMOPS_ARTIFACT_ROOT", f"{bucket}/artifacts"
+    )  # the deployment artifact goes to S3 too
     deployments = Deployments(JobStore(f"sqlite:///{tmp_path}/serving.db"), poll_s=0.5)
     deployments.resume()
     try:

@@ -26,9 +26,7 @@ pytestmark = pytest.mark.integration
 TRACE_ID = "ab" * 16
 TRACEPARENT = f"00-{TRACE_ID}-{'e' * 16}-01"
 PROMPTS = [
-    {"prompt": f"{a}+{b}=", "answer": str(a + b), "id": f"q{a}-{b}"}
-    for a in range(3)
-    for b in range(4)
+    {"prompt": f"{a}+{b}=", "answer": str(a + b), "id": f"q{a}-{b}"} for a in range(3) for b in range(4)
 ]
 
 
@@ -138,9 +136,13 @@ def test_rejects_are_kept_with_their_reasons_and_too_many_fail_the_job(ray_local
     monkeypatch.setenv("TEST_TEACHER_API_KEY", secret)  # the job's own process (its probe) sees it too
 
     poisoned = {"q0-3", "q1-2", "q2-1"}  # their prompts always get a 500
-    lines = [json.dumps({**p, "prompt": ("poison " if p["id"] in poisoned else "") + p["prompt"]}) for p in PROMPTS]
+    lines = [
+        json.dumps({**p, "prompt": ("poison " if p["id"] in poisoned else "") + p["prompt"]}) for p in PROMPTS
+    ]
     (workdir / "prompts.jsonl").write_text("\n".join(lines) + "\n")
-    with StandinServer(faults={429: 0.2, 502: 0.1}, retry_after="0", fail_prompts=("poison",), seed=1) as server:
+    with StandinServer(
+        faults={429: 0.2, 502: 0.1}, retry_after="0", fail_prompts=("poison",), seed=1
+    ) as server:
         config = _config(server, workdir / "prompts.jsonl", max_attempts=3, backoff_s=0.01,
                          price_prompt_per_million=2.0, price_completion_per_million=8.0,
                          api_key_env="TEST_TEACHER_API_KEY")  # fmt: skip
@@ -276,9 +278,17 @@ def test_filters_drop_answers_into_filtered_jsonl_with_their_counts(ray_local, w
         result = run(config, str(workdir / "dataset"), lambda *a, **k: None)
     metrics = result["metrics"]
     # 0+b: four refusals; 1+0: one empty; of the rest, answers already given once are duplicates.
-    assert (metrics["filtered_refusal"], metrics["filtered_empty"], metrics["filtered_reference"]) == (4, 1, 0)
-    filtered = [json.loads(line) for line in (workdir / "dataset" / "filtered.jsonl").read_text().splitlines()]
-    by_filter = {name: [f for f in filtered if f["filter"] == name] for name in ("refusal", "empty", "duplicate")}
+    assert (metrics["filtered_refusal"], metrics["filtered_empty"], metrics["filtered_reference"]) == (
+        4,
+        1,
+        0,
+    )
+    filtered = [
+        json.loads(line) for line in (workdir / "dataset" / "filtered.jsonl").read_text().splitlines()
+    ]
+    by_filter = {
+        name: [f for f in filtered if f["filter"] == name] for name in ("refusal", "empty", "duplicate")
+    }
     assert len(by_filter["refusal"]) == 4 and by_filter["refusal"][0]["why"].startswith("matches")
     assert metrics["filtered_duplicate"] == len(by_filter["duplicate"]) > 0
     assert metrics["answered"] == len(PROMPTS) and metrics["accepted"] + len(filtered) == len(PROMPTS)
@@ -300,7 +310,9 @@ def test_several_answers_per_prompt_each_a_record_and_a_split_stratified_by_labe
     metrics = result["metrics"]
     assert metrics["accepted"] == 3 * len(PROMPTS) and metrics["answered"] == len(PROMPTS)
     records = _records(workdir / "dataset")
-    assert Counter((r["id"], r["sample"]) for r in records) == Counter((p["id"], s) for p in PROMPTS for s in range(3))
+    assert Counter((r["id"], r["sample"]) for r in records) == Counter(
+        (p["id"], s) for p in PROMPTS for s in range(3)
+    )
     assert all(r["teacher"]["completion_tokens"] == len(r["answer"]) for r in records)
     assert metrics["teacher_completion_tokens"] == sum(r["teacher"]["completion_tokens"] for r in records)
     stats = json.loads((workdir / "dataset" / "stats.json").read_text())

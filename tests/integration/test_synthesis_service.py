@@ -134,6 +134,8 @@ def test_a_job_whose_process_is_killed_is_started_again_and_asks_only_for_what_w
     assert set(asked) == {f"{i}+{i}=" for i in range(NUM_PROMPTS)}
     records = read_split(done.status.output.uri, "train") + read_split(done.status.output.uri)
     assert sorted(r["prompt"] for r in records) == sorted(asked)  # each prompt once in the dataset
-    events = [e.message for e in client.stub("synthesis").WatchSynthesisJob(common_pb2.WatchJobRequest(id=job.id))]
+    events = [
+        e.message for e in client.stub("synthesis").WatchSynthesisJob(common_pb2.WatchJobRequest(id=job.id))
+    ]
     assert any("started it again (1 of 2 restarts)" in m for m in events)
     assert any(m.startswith(f"resuming: {len(committed)} of {NUM_PROMPTS}") for m in events)

@@ -41,7 +41,9 @@ def _accuracy(model_dir, examples) -> float:
     with torch.no_grad():
         for example in examples:
             encoded = tokenizer(example["prompt"], return_tensors="pt", add_special_tokens=False)
-            out = model.generate(**encoded, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **encoded, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
             text = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
             correct += task.is_correct(example["answer"], text)
     return correct / len(examples)
@@ -74,7 +76,10 @@ def test_logit_distill_keeps_at_least_what_sft_distill_keeps(tmp_path):
             LocalTeacherConfig(model=teacher), SamplingConfig(max_tokens=4, top_logprobs=8)
         )
         prompts = sets["synthesis"][:2000]
-        records = [dataset_record({"prompt": p["prompt"]}, answerer.complete(p["prompt"]), "teacher") for p in prompts]
+        records = [
+            dataset_record({"prompt": p["prompt"]}, answerer.complete(p["prompt"]), "teacher")
+            for p in prompts
+        ]
         dataset = tmp_path / "synthesis"
         dataset.mkdir()
         for name, rows in (("train.jsonl", records[:1800]), ("validation.jsonl", records[1800:])):
@@ -82,8 +87,12 @@ def test_logit_distill_keeps_at_least_what_sft_distill_keeps(tmp_path):
 
         overrides = {key: parse_override(value) for key, value in task.STUDENT_OVERRIDES.items()}
         base = {"model": teacher, "from_config": True, "config_overrides": overrides}
-        common = {"base": base, "dataset_uri": artifacts.to_uri(dataset), "hyperparameters": STUDENT_BUDGET,
-                  "resources": task.RESOURCES}
+        common = {
+            "base": base,
+            "dataset_uri": artifacts.to_uri(dataset),
+            "hyperparameters": STUDENT_BUDGET,
+            "resources": task.RESOURCES,
+        }
         distill = {"loss": "forward_kl", "temperature": 2.0, "alpha": 0.5}
         runs = {
             "sft_distill": {"method": "sft_distill"},

@@ -61,14 +61,22 @@ def inputs(tmp_path_factory):
 
     # The base answers as a local teacher, keeping its top-4 log-probabilities with token ids.
     teacher = LocalTeacher(LocalTeacherConfig(model=str(base)), SamplingConfig(max_tokens=4, top_logprobs=4))
-    records = [dataset_record({"prompt": e["prompt"]}, teacher.complete(e["prompt"]), "base") for e in examples]
+    records = [
+        dataset_record({"prompt": e["prompt"]}, teacher.complete(e["prompt"]), "base") for e in examples
+    ]
     topk = root / "topk"
     topk.mkdir()
     for name, rows in (("train.jsonl", records[:80]), ("validation.jsonl", records[80:])):
         (topk / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     artifacts.finalize(str(topk), "dataset")
     uri = artifacts.to_uri
-    return {"base": uri(base), "dataset": uri(dataset), "second": uri(second), "topk": uri(topk), "root": root}
+    return {
+        "base": uri(base),
+        "dataset": uri(dataset),
+        "second": uri(second),
+        "topk": uri(topk),
+        "root": root,
+    }
 
 
 def _run(inputs, name: str, **config):
@@ -184,7 +192,11 @@ def test_logit_distill_from_a_teacher_model_or_stored_topk(ray_cluster, inputs, 
         inputs,
         f"kd-{mode}",
         method="logit_distill",
-        base={"model": inputs["base"], "from_config": True, "config_overrides": {"hidden_size": 32, "intermediate_size": 64}},
+        base={
+            "model": inputs["base"],
+            "from_config": True,
+            "config_overrides": {"hidden_size": 32, "intermediate_size": 64},
+        },
         dataset_uri=inputs["dataset"] if mode == "online" else inputs["topk"],
         distill=distill,
     )
@@ -195,7 +207,9 @@ def test_logit_distill_from_a_teacher_model_or_stored_topk(ray_cluster, inputs, 
     assert model.config.hidden_size == 32
     _generates(model, AutoTokenizer.from_pretrained(folder))
     parents = artifacts.read_manifest(result["output_uri"]).parents
-    assert (inputs["base"] in parents) and (inputs["dataset"] in parents if mode == "online" else inputs["topk"] in parents)
+    assert (inputs["base"] in parents) and (
+        inputs["dataset"] in parents if mode == "online" else inputs["topk"] in parents
+    )
 
 
 def test_multi_adapter_writes_named_adapters_side_by_side(ray_cluster, inputs):
@@ -208,7 +222,10 @@ def test_multi_adapter_writes_named_adapters_side_by_side(ray_cluster, inputs):
         method="multi_adapter",
         dataset_uri="",
         lora={"rank": 2, "alpha": 4},
-        adapters=[{"name": "low", "dataset_uri": inputs["dataset"]}, {"name": "high", "dataset_uri": inputs["second"]}],
+        adapters=[
+            {"name": "low", "dataset_uri": inputs["dataset"]},
+            {"name": "high", "dataset_uri": inputs["second"]},
+        ],
     )
     metrics = result["metrics"]
     assert metrics["adapters"] == 2
@@ -224,7 +241,11 @@ def test_multi_adapter_writes_named_adapters_side_by_side(ray_cluster, inputs):
     model.load_adapter(str(folder / "adapters" / "high"), adapter_name="high")
     model.set_adapter("high")
     _generates(model, AutoTokenizer.from_pretrained(folder))
-    assert artifacts.read_manifest(result["output_uri"]).parents == [inputs["dataset"], inputs["second"], inputs["base"]]
+    assert artifacts.read_manifest(result["output_uri"]).parents == [
+        inputs["dataset"],
+        inputs["second"],
+        inputs["base"],
+    ]
 
 
 def test_search_picks_the_trial_with_the_best_metric(ray_cluster, inputs):
@@ -240,7 +261,9 @@ def test_search_picks_the_trial_with_the_best_metric(ray_cluster, inputs):
         method="sft_distill",
         hyperparameters={**HPARAMS, "epochs": 2},
         search={
-            "space": [{"name": "learning_rate", "distribution": "choice", "values": ["1e-5", "3e-3", "3e-2"]}],
+            "space": [
+                {"name": "learning_rate", "distribution": "choice", "values": ["1e-5", "3e-3", "3e-2"]}
+            ],
             "trials": 3,
             "grace_period": 2,
         },

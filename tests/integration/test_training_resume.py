@@ -43,18 +43,33 @@ def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path, capfd):
     if started:
         ray.init(num_cpus=2, include_dashboard=False)
     try:
-        tokenizer = train_tokenizer(task.tokenizer_corpus(), tmp_path / "tok", vocab_size=task.TOKENIZER_VOCAB_SIZE)
-        base = build_model(tmp_path / "base", tokenizer, hidden_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, intermediate_size=256,
-                           max_position_embeddings=32)
+        tokenizer = train_tokenizer(
+            task.tokenizer_corpus(), tmp_path / "tok", vocab_size=task.TOKENIZER_VOCAB_SIZE
+        )
+        base = build_model(
+            tmp_path / "base",
+            tokenizer,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=256,
+            max_position_embeddings=32,
+        )
         examples = task.make_examples(640, seed=2)
         dataset = task.write_dataset(examples[:600], examples[600:], tmp_path / "dataset")
         config = {
             "method": "sft_distill",
             "base": {"model": artifacts.to_uri(base)},
             "dataset_uri": artifacts.to_uri(dataset),
-            "hyperparameters": {"learning_rate": 3e-3, "epochs": 2, "batch_size": 8, "max_seq_length": 16,
-                                "checkpoint_every": 15, "seed": 4},
+            "hyperparameters": {
+                "learning_rate": 3e-3,
+                "epochs": 2,
+                "batch_size": 8,
+                "max_seq_length": 16,
+                "checkpoint_every": 15,
+                "seed": 4,
+            },
             "resources": {"num_workers": 2, "cpus_per_worker": 1},
             "max_failures": 2,
         }

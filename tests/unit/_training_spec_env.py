@@ -93,5 +93,3 @@ def _problems(spec: pb.TrainingSpec, deep: bool = True) -> dict[str, str]:
     fields = [f for f, _ in problems]
     assert len(fields) == len(set(fields)), problems  # one problem per field in these specs
     return dict(problems)
-
-

@@ -139,7 +139,9 @@ def test_files_that_differ_from_the_manifest_are_refused(data, where):
     artifacts.open_input(str(sealed), "spec.base.model", verify=False)  # the cheap check at Create
     (sealed / "model.safetensors").unlink()
     (sealed / "pytorch_model.bin").write_text("smuggled")
-    with pytest.raises(InvalidSpec, match="model.safetensors is missing.*pytorch_model.bin is not in its manifest"):
+    with pytest.raises(
+        InvalidSpec, match="model.safetensors is missing.*pytorch_model.bin is not in its manifest"
+    ):
         artifacts.open_input(str(sealed), "spec.base.model")
 
 

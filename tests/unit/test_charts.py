@@ -40,9 +40,7 @@ def kustomized() -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="session")
 def kubernetes_validate():
-    return pytest.importorskip(
-        "kubernetes_validate", reason="kubernetes-validate is a dev dependency"
-    )
+    return pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev dependency")
 
 
 # --- helpers ----------------------------------------------------------------
@@ -57,8 +55,7 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
     if doc["kind"] == "RayCluster":
         pods = [(f"{name} head", spec["headGroupSpec"]["template"]["spec"])]
         pods += [
-            (f"{name} {g['groupName']}", g["template"]["spec"])
-            for g in spec.get("workerGroupSpecs", [])
+            (f"{name} {g['groupName']}", g["template"]["spec"]) for g in spec.get("workerGroupSpecs", [])
         ]
         return pods
     if doc["kind"] in ("ClusterServingRuntime", "ServingRuntime"):
@@ -80,9 +77,7 @@ def test_install_helm_is_idempotent(helm):
     assert install_helm.helm_version(helm).startswith(install_helm.HELM_VERSION)
 
 
-@pytest.mark.parametrize(
-    "values", [[check.STORE_VALUES], [check.ALL_ON_VALUES]], ids=["default", "all-on"]
-)
+@pytest.mark.parametrize("values", [[check.STORE_VALUES], [check.ALL_ON_VALUES]], ids=["default", "all-on"])
 def test_helm_lint_strict_passes(helm, values):
     assert check.helm_lint(values) == []
 
@@ -145,10 +140,7 @@ def test_services_are_wired_to_each_other_ray_and_the_collector(default_docs):
         assert env["RAY_ADDRESS"] == f"http://{head_svc}.slmops.svc:8265"
         assert env["SLMOPS_SERVING_BACKEND"] == "kserve"
         assert env["SLMOPS_JOB_PYTHON"] == "python"
-        assert (
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"]
-            == f"http://{collector['metadata']['name']}.slmops.svc:4317"
-        )
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{collector['metadata']['name']}.slmops.svc:4317"
         assert env["OTEL_SERVICE_NAME"] == f"slmops-{svc}"
         for other, port in SERVICES.items():
             assert env[f"SLMOPS_{other.upper()}_ADDR"] == f"slmops-{other}.slmops.svc:{port}"
@@ -189,9 +181,7 @@ def test_images_are_pinned_by_tag(default_docs, all_on_docs, kustomized):
             for container in pod["containers"] + pod.get("initContainers", []):
                 image = container["image"]
                 name, _, tag = image.rpartition(":")
-                assert name and "/" not in tag and tag not in ("", "latest"), (
-                    f"{source} {where}: {image}"
-                )
+                assert name and "/" not in tag and tag not in ("", "latest"), f"{source} {where}: {image}"
                 images.add(image)
     assert "ghcr.io/slmops/slmops-ray:0.1.0" in images
     assert "registry.example.com/ml/slmops-ray-cuda:0.1.0" in images
@@ -224,9 +214,7 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     assert env["SLMOPS_ARTIFACT_ROOT"] == "s3://slmops-artifacts/prod"
     assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
     assert env["RAY_AUTH_TOKEN_PATH"] == "/var/run/slmops/ray/token"
-    assert pipeline["containers"][0]["envFrom"] == [
-        {"secretRef": {"name": "slmops-artifact-store"}}
-    ]
+    assert pipeline["containers"][0]["envFrom"] == [{"secretRef": {"name": "slmops-artifact-store"}}]
     assert {v["name"] for v in pipeline["volumes"]} == {
         "tmp",
         "data",
@@ -247,9 +235,7 @@ def test_all_on_values_turn_everything_on(all_on_docs):
     assert "RAY_AUTH_TOKEN" not in container_env(gpu_container)
     assert container_env(gpu_container)["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
     # Collector: both exporters in the pipelines.
-    config = yaml.safe_load(
-        one(all_on_docs, "ConfigMap", "slmops-otel-collector")["data"]["config.yaml"]
-    )
+    config = yaml.safe_load(one(all_on_docs, "ConfigMap", "slmops-otel-collector")["data"]["config.yaml"])
     assert config["service"]["pipelines"]["traces"]["exporters"] == ["debug", "otlp/tempo"]
     assert "otlp/tempo" in config["exporters"]
     pdbs = {d["metadata"]["name"] for d in find(all_on_docs, "PodDisruptionBudget")}
@@ -335,15 +321,11 @@ def test_overlays_set_the_namespace_and_their_settings(kustomized, overlay, name
     assert one(docs, "Namespace", namespace)
     for doc in docs:
         if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == namespace, (
-                f"{doc['kind']}/{doc['metadata']['name']}"
-            )
+            assert doc["metadata"]["namespace"] == namespace, f"{doc['kind']}/{doc['metadata']['name']}"
     binding = one(docs, "RoleBinding", "slmops-serving")
     assert binding["subjects"][0]["namespace"] == namespace
     config = next(
-        d
-        for d in docs
-        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("slmops-config-")
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("slmops-config-")
     )
     deployments = service_deployments(docs, "slmops")
     for deployment in deployments.values():
@@ -375,11 +357,7 @@ def test_ray_pods_get_the_hashed_configmap_name(kustomized):
         docs = kustomized[overlay]
         ray_config = next(d for d in docs if d["metadata"]["name"].startswith("slmops-ray-config-"))
         for where, pod in pod_specs(one(docs, "RayCluster", "slmops-ray")):
-            refs = [
-                e["configMapRef"]["name"]
-                for e in pod["containers"][0]["envFrom"]
-                if "configMapRef" in e
-            ]
+            refs = [e["configMapRef"]["name"] for e in pod["containers"][0]["envFrom"] if "configMapRef" in e]
             assert refs == [ray_config["metadata"]["name"]], f"{overlay} {where}"
 
 

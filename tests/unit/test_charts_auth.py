@@ -76,7 +76,7 @@ def _mounted_secret_file(pod: dict, path: str) -> tuple[str, str]:
         if path.startswith(folder):
             assert mount.get("readOnly") is True, name
             secret = _volumes(pod)[name]["secret"]
-            filename = path[len(folder):]
+            filename = path[len(folder) :]
             items = secret.get("items")
             if items is None:
                 return secret["secretName"], filename
@@ -402,8 +402,7 @@ def _notes(helm: Path, *set_values: str) -> str:
 def test_notes_tell_how_to_read_the_token_and_the_ca(helm):
     default = _notes(helm)
     read = (
-        "kubectl -n slmops get secret slmops-grpc-auth -o jsonpath='{.data.token}'"
-        " | base64 -d > slmops.token"
+        "kubectl -n slmops get secret slmops-grpc-auth -o jsonpath='{.data.token}' | base64 -d > slmops.token"
     )
     assert read in default
     assert "export SLMOPS_AUTH_TOKEN_FILE=$PWD/slmops.token" in default

@@ -70,7 +70,9 @@ def predictor_pod(docs, namespace: str, isvc: str = "student") -> dict:
     """A predictor pod of an InferenceService the serving service builds with the rendered settings:
     KServe copies the InferenceService's labels onto its pods (pkg/controller/v1beta1/inferenceservice/
     components/predictor.go) and adds its own."""
-    env = container_env(one(docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]["containers"][0])
+    env = container_env(
+        one(docs, "Deployment", "slmops-serving")["spec"]["template"]["spec"]["containers"][0]
+    )
     backend = KServeBackend(
         namespace=namespace, runtime=env["SLMOPS_KSERVE_RUNTIME"], owner=env["SLMOPS_KSERVE_OWNER"]
     )

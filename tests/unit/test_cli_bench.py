@@ -48,7 +48,9 @@ class FakeEvaluation:
         job.status.output.uri = "file:///r"
         job.verdict.evaluated = True
         job.verdict.passed = self.passed
-        job.verdict.reasons.append("student: ok" if self.passed else "student: FAILED: retention 0.5 < min 0.9")
+        job.verdict.reasons.append(
+            "student: ok" if self.passed else "student: FAILED: retention 0.5 < min 0.9"
+        )
         job.results.append(evaluation_pb2.TargetResult(name="offline", status="failed", reason="refused"))
         return job
 

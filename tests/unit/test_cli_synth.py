@@ -35,7 +35,12 @@ def test_an_endpoint_teacher_with_samples_a_label_and_sampling(prompts):
                  "--samples", "3", "--label-column", "intent", "--num-shards", "16", "--price-in", "0.5")  # fmt: skip
     config = from_proto(spec)
     assert isinstance(config.teacher, EndpointTeacherConfig) and config.teacher.model == "big"
-    assert (config.samples_per_prompt, config.label_column, config.num_shards, config.seed) == (3, "intent", 16, 7)
+    assert (config.samples_per_prompt, config.label_column, config.num_shards, config.seed) == (
+        3,
+        "intent",
+        16,
+        7,
+    )
     assert (config.sampling.top_p, config.sampling.stop, config.sampling.seed) == (0.9, ["\n\n", "END"], 7)
     assert config.teacher.price_prompt_per_million == 0.5
 
@@ -68,5 +73,7 @@ def test_one_teacher_is_required_and_bad_values_are_named(prompts):
 
 
 def test_the_summary_says_what_a_cancel_left_unasked():
-    table = synth_summary({"num_prompts": 10, "answered": 4, "not_asked": 6, "filtered_empty": 1, "cost": 0.25})
+    table = synth_summary(
+        {"num_prompts": 10, "answered": 4, "not_asked": 6, "filtered_empty": 1, "cost": 0.25}
+    )
     assert "not asked (cancelled)" in table and "filtered: empty" in table and "0.2500" in table

@@ -43,7 +43,9 @@ def make_adapter(folder: Path, base: str, widths: dict[str, tuple[int, int]] | N
     """A peft-shaped LoRA folder (rank 4) on q_proj and down_proj of layer 0."""
     widths = widths or {"q_proj": (64, 64), "down_proj": (256, 64)}
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, **config}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, **config})
+    )
     (folder / "base_model.json").write_text(json.dumps({"base_model": base}))
     tensors = {}
     for proj, (fan_in, fan_out) in widths.items():
@@ -71,7 +73,9 @@ def test_adapters_are_named_and_resolved_from_single_and_multi_adapter_artifacts
         model_uri=str(base), adapter_uris=[f"chat={tmp_path / 'lora-job'}", str(multi)]))  # fmt: skip
     assert [(a.name, Path(artifacts.local_path(a.uri)).name) for a in config.adapters] == [
         ("chat", "lora-job"), ("billing", "billing"), ("support", "support")]  # fmt: skip
-    unnamed = from_proto(conversion_pb2.ConversionSpec(model_uri=str(base), adapter_uris=[str(tmp_path / "lora-job")]))
+    unnamed = from_proto(
+        conversion_pb2.ConversionSpec(model_uri=str(base), adapter_uris=[str(tmp_path / "lora-job")])
+    )
     assert unnamed.adapters[0].name == "lora-job"
 
 
@@ -98,7 +102,9 @@ def test_an_adapter_whose_base_has_other_weights_is_refused_and_a_copy_is_accept
     assert re.search(rf"trained on {sibling}, not on spec.model_uri .*weights differ", problem)
     copy = shutil.copytree(base, tmp_path / "copy")
     make_adapter(tmp_path / "ad2", str(copy))
-    assert from_proto(conversion_pb2.ConversionSpec(model_uri=str(base), adapter_uris=[str(tmp_path / "ad2")])).adapters
+    assert from_proto(
+        conversion_pb2.ConversionSpec(model_uri=str(base), adapter_uris=[str(tmp_path / "ad2")])
+    ).adapters
 
 
 def test_what_cannot_be_swapped_at_run_time_is_refused(tmp_path):
@@ -125,7 +131,9 @@ def test_run_time_adapters_need_cpu_int4_or_fp32_and_merging_takes_one(tmp_path)
     cuda = problems_of(model_uri=str(base), adapter_uris=[str(tmp_path / "a")],
                        execution_provider=conversion_pb2.CUDA, precision=conversion_pb2.FP16)  # fmt: skip
     assert "CPU INT4 or FP32, not CUDA FP16" in cuda["spec.adapter_uris"]
-    two = problems_of(model_uri=str(base), adapter_uris=[str(tmp_path / "a"), str(tmp_path / "b")], merge_adapters=True)
+    two = problems_of(
+        model_uri=str(base), adapter_uris=[str(tmp_path / "a"), str(tmp_path / "b")], merge_adapters=True
+    )
     assert "merges one adapter" in two["spec.merge_adapters"]
     assert "needs an adapter" in problems_of(model_uri=str(base), merge_adapters=True)["spec.merge_adapters"]
     merged = from_proto(conversion_pb2.ConversionSpec(
@@ -162,7 +170,9 @@ class GpuLessCluster:
 
 def test_cuda_without_a_gpu_in_the_cluster_is_a_failed_precondition(tmp_path):
     base = make_base(tmp_path / "base")
-    config = from_proto(conversion_pb2.ConversionSpec(model_uri=str(base), execution_provider=conversion_pb2.CUDA))
+    config = from_proto(
+        conversion_pb2.ConversionSpec(model_uri=str(base), execution_provider=conversion_pb2.CUDA)
+    )
     assert config.resources.num_gpus == 1.0
     with pytest.raises(Conflict, match="CUDA needs a GPU and the Ray cluster has 0"):
         check_gpu(config, GpuLessCluster(0))

@@ -117,9 +117,7 @@ def test_model_folder_must_exist_and_be_a_checkpoint(tmp_path, checkpoint):
     (tmp_path / "plain").mkdir()
     not_hf = _problems(conversion_pb2.ConversionSpec(model_uri=str(tmp_path / "plain")))
     assert "no config.json" in not_hf["spec.model_uri"]
-    same = _problems(
-        conversion_pb2.ConversionSpec(model_uri=str(checkpoint), output_uri=str(checkpoint))
-    )
+    same = _problems(conversion_pb2.ConversionSpec(model_uri=str(checkpoint), output_uri=str(checkpoint)))
     assert "must differ" in same["spec.output_uri"]
 
 
@@ -129,9 +127,7 @@ def test_remote_model_uris_are_left_to_the_job():
 
 
 def test_workflow_is_one_model_builder_pass_without_remote_code(tmp_path):
-    config = workflow_config(
-        tmp_path / "m", tmp_path / "w", "int4", "cuda", {"int4_block_size": "32"}
-    )
+    config = workflow_config(tmp_path / "m", tmp_path / "w", "int4", "cuda", {"int4_block_size": "32"})
     assert config["input_model"] == {"type": "HfModel", "model_path": str(tmp_path / "m")}
     builder = config["passes"]["builder"]
     assert builder["type"] == "ModelBuilder"
@@ -155,18 +151,14 @@ def _genai_folder(tmp_path: Path, model_ids: dict, tokenizer_config: dict) -> tu
 
 def test_null_special_token_ids_are_filled_from_the_tokenizer(tmp_path):
     nulls = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    out, src = _genai_folder(
-        tmp_path, nulls, {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
-    )
+    out, src = _genai_folder(tmp_path, nulls, {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"})
     fix_genai_config(out, src)
     model = json.loads((out / "genai_config.json").read_text())["model"]
     assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (0, 0, 1)
 
 
 def test_ids_already_set_are_kept_and_a_missing_eos_is_an_error(tmp_path):
-    out, src = _genai_folder(
-        tmp_path / "a", {"bos_token_id": 5, "eos_token_id": 6, "pad_token_id": 7}, {}
-    )
+    out, src = _genai_folder(tmp_path / "a", {"bos_token_id": 5, "eos_token_id": 6, "pad_token_id": 7}, {})
     fix_genai_config(out, src)
     assert json.loads((out / "genai_config.json").read_text())["model"]["eos_token_id"] == 6
     out, src = _genai_folder(tmp_path / "b", {"eos_token_id": None}, {})

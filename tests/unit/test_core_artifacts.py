@@ -13,8 +13,14 @@ def test_manifest_is_written_last_and_describes_payload(tmp_path):
     folder.mkdir()
     (folder / "train.jsonl").write_text('{"prompt": "1+1=", "completion": "2"}\n')
     assert not artifacts.is_artifact(str(folder))  # payload alone is not an artifact
-    manifest = artifacts.finalize(str(folder), "dataset", spec={"a": 1}, parents=[str(tmp_path / "p.jsonl")],
-                                  metrics={"n": 1}, trace_id="ab" * 16)
+    manifest = artifacts.finalize(
+        str(folder),
+        "dataset",
+        spec={"a": 1},
+        parents=[str(tmp_path / "p.jsonl")],
+        metrics={"n": 1},
+        trace_id="ab" * 16,
+    )
     assert artifacts.is_artifact(str(folder))
     data = json.loads((folder / "manifest.json").read_text())
     assert data["kind"] == "dataset" and data["spec"] == {"a": 1} and data["metrics"] == {"n": 1}

@@ -34,7 +34,9 @@ async def _start():
 
 def _get(channel: grpc.Channel, job_id: str = "x") -> grpc.StatusCode:
     try:
-        training_pb2_grpc.TrainingServiceStub(channel).GetTrainingJob(common_pb2.GetJobRequest(id=job_id), timeout=5)
+        training_pb2_grpc.TrainingServiceStub(channel).GetTrainingJob(
+            common_pb2.GetJobRequest(id=job_id), timeout=5
+        )
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
@@ -42,7 +44,11 @@ def _get(channel: grpc.Channel, job_id: str = "x") -> grpc.StatusCode:
 
 def _watch(channel: grpc.Channel) -> grpc.StatusCode:
     try:
-        list(training_pb2_grpc.TrainingServiceStub(channel).WatchTrainingJob(common_pb2.WatchJobRequest(id="x"), timeout=5))
+        list(
+            training_pb2_grpc.TrainingServiceStub(channel).WatchTrainingJob(
+                common_pb2.WatchJobRequest(id="x"), timeout=5
+            )
+        )
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
@@ -117,8 +123,12 @@ def _certificates(folder: Path) -> dict[str, Path]:
                    .issuer_name(ca_name).public_key(key.public_key()).serial_number(serial)
                    .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)))  # fmt: skip
         if role == "server":
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         cert = builder.sign(ca_key, hashes.SHA256())
         files[role] = folder / f"{role}.pem"
         files[role].write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -25,7 +25,12 @@ def data(tmp_path, monkeypatch):
     (tmp_path / "models" / "m" / "config.json").write_text("{}")
     monkeypatch.setenv("SLMOPS_DATA_DIR", str(data))
     monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(tmp_path / "models"))
-    for name in ("SLMOPS_ARTIFACT_ROOT", "SLMOPS_ALLOWED_SCHEMES", "SLMOPS_DATABASE_URL", "SLMOPS_TLS_KEY_FILE"):
+    for name in (
+        "SLMOPS_ARTIFACT_ROOT",
+        "SLMOPS_ALLOWED_SCHEMES",
+        "SLMOPS_DATABASE_URL",
+        "SLMOPS_TLS_KEY_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     return data
 
@@ -43,7 +48,9 @@ def test_paths_under_the_roots_are_accepted(data, tmp_path):
     assert artifacts.confine(f"file://{model}", None, "f") == f"file://{model}"
     assert artifacts.confine(str(data / "artifacts" / "new"), None, "f") == f"file://{data}/artifacts/new"
     assert artifacts.confine("s3://bucket/datasets/x", None, "f") == "s3://bucket/datasets/x"
-    assert artifacts.confine("abfs://container@account.dfs.core.windows.net/x", None, "f").startswith("abfs://")
+    assert artifacts.confine("abfs://container@account.dfs.core.windows.net/x", None, "f").startswith(
+        "abfs://"
+    )
 
 
 def test_local_scheme_is_refused(data, tmp_path):
@@ -93,7 +100,9 @@ def test_a_folder_holding_a_symlink_to_a_secret_is_refused(data, tmp_path, monke
     assert "platform's own state" in _refusal(str(model))
 
 
-@pytest.mark.parametrize("inside", ["db", "db/training.db", "auth/token", "ray", "logs", "traces", "stack.json"])
+@pytest.mark.parametrize(
+    "inside", ["db", "db/training.db", "auth/token", "ray", "logs", "traces", "stack.json"]
+)
 def test_the_data_dirs_own_state_is_refused(data, inside):
     assert "platform's own state" in _refusal(str(data / inside), "spec.dataset_uri")
 
@@ -139,15 +148,28 @@ def test_spec_modules_refuse_remote_uris_they_used_to_pass(data, tmp_path):
 
     found = problems(conversion_spec, conversion_pb2.ConversionSpec(model_uri="simplecache::s3://b/ckpt"))
     assert "chained" in found["spec.model_uri"]
-    found = problems(conversion_spec, conversion_pb2.ConversionSpec(
-        model_uri=str(tmp_path / "models" / "m"), adapter_uris=["local:///tmp/adapter"]))
+    found = problems(
+        conversion_spec,
+        conversion_pb2.ConversionSpec(
+            model_uri=str(tmp_path / "models" / "m"), adapter_uris=["local:///tmp/adapter"]
+        ),
+    )
     assert "local://" in found["spec.adapter_uris[0]"]
     prompts = tmp_path / "models" / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n")
-    found = problems(synthesis_spec, synthesis_pb2.SynthesisSpec(
-        prompts_uri=str(prompts), local=synthesis_pb2.LocalTeacher(model="memory://models/teacher")))
+    found = problems(
+        synthesis_spec,
+        synthesis_pb2.SynthesisSpec(
+            prompts_uri=str(prompts), local=synthesis_pb2.LocalTeacher(model="memory://models/teacher")
+        ),
+    )
     assert "'memory' is not allowed" in found["spec.teacher.local.model"]
-    found = problems(training_spec, training_pb2.TrainingSpec(
-        method=training_pb2.SFT_DISTILL, base=training_pb2.ModelInit(model="local:///models/base"),
-        dataset_uri="s3://b::simplecache::x"))
+    found = problems(
+        training_spec,
+        training_pb2.TrainingSpec(
+            method=training_pb2.SFT_DISTILL,
+            base=training_pb2.ModelInit(model="local:///models/base"),
+            dataset_uri="s3://b::simplecache::x",
+        ),
+    )
     assert "local://" in found["spec.base.model"] and "chained" in found["spec.dataset_uri"]

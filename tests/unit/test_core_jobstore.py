@@ -74,7 +74,9 @@ def test_apply_keeps_a_change_and_its_events_whole_and_only_for_the_lease_holder
     with pytest.raises(LeaseLost):
         store.apply("j1", owner="b", events=[("FAILED", 0.4, "stale", {})], state="FAILED")
     assert [(e.sequence, e.message) for e in store.events("j1")] == [(1, "queued"), (2, "one"), (3, "two")]
-    done = store.apply("j1", owner="a", events=[("SUCCEEDED", 1.0, "done", {})], release=True, state="SUCCEEDED")
+    done = store.apply(
+        "j1", owner="a", events=[("SUCCEEDED", 1.0, "done", {})], release=True, state="SUCCEEDED"
+    )
     assert (done.state, done.owner, done.lease_expires) == ("SUCCEEDED", "", 0.0)
     again = store.apply("j1", events=[("FAILED", 1.0, "late", {})], if_unfinished=True, state="FAILED")
     assert again.state == "SUCCEEDED" and [e.message for e in store.events("j1")][-1] == "done"
@@ -84,7 +86,10 @@ def test_long_ids_and_owners_fit(store):
     """A revision id is a 63-character deployment name plus `.rev<n>`; an owner a 63-character host name and more."""
     revision = "d" * 63 + ".rev12"
     owner = "h" * 63 + "-123456-abcdef"
-    store.create(JobRecord(id=revision, kind="serving-revision", state="DEPLOYING"), [("DEPLOYING", 0.0, "deploying", {})])
+    store.create(
+        JobRecord(id=revision, kind="serving-revision", state="DEPLOYING"),
+        [("DEPLOYING", 0.0, "deploying", {})],
+    )
     assert store.claim(revision, owner, ttl=60, active=("DEPLOYING",))
     assert store.get(revision).owner == owner and store.events(revision)[0].job_id == revision
 
@@ -96,7 +101,9 @@ def test_a_database_outage_is_answered_unavailable_so_that_clients_retry():
     from slmops.core.grpc_errors import status_for
 
     outage = OperationalError("SELECT 1", {}, Exception("the database system is shutting down"))
-    assert status_for(outage, "/slmops.v1.TrainingService/CreateTrainingJob")[0] == grpc.StatusCode.UNAVAILABLE
+    assert (
+        status_for(outage, "/slmops.v1.TrainingService/CreateTrainingJob")[0] == grpc.StatusCode.UNAVAILABLE
+    )
     broken = ProgrammingError("SELECT nope", {}, Exception("column nope does not exist"))
     assert status_for(broken, "/slmops.v1.TrainingService/CreateTrainingJob")[0] == grpc.StatusCode.INTERNAL
 

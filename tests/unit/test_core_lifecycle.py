@@ -222,7 +222,10 @@ async def test_a_synthesis_job_whose_process_died_is_started_again_a_bounded_num
 
 async def test_a_replica_whose_lease_ran_out_cannot_finish_the_job_another_follows(db):
     ray = FakeRay()
-    a, b = replica(db, ray, "a", lease_s=0.3), replica(db, ray, "b", lease_s=2.0)  # b renews with room to spare
+    a, b = (
+        replica(db, ray, "a", lease_s=0.3),
+        replica(db, ray, "b", lease_s=2.0),
+    )  # b renews with room to spare
     record = await a.create({}, {}, "", {})
     await until(lambda: ray.submits[record.id] == 1)
     ray.advance(f"slmops-{record.id}", "RUNNING", progress_line(0.3, "working"))

@@ -76,7 +76,9 @@ async def test_rpcs_are_counted_by_method_and_code_and_jobs_by_state(service):
     await stub.GetEvaluationJob(common_pb2.GetJobRequest(id=job.id))
     await stub.GetEvaluationJob(common_pb2.GetJobRequest(id=job.id))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.CreateEvaluationJob(evaluation_pb2.CreateEvaluationJobRequest(spec=evaluation_pb2.EvaluationSpec()))
+        await stub.CreateEvaluationJob(
+            evaluation_pb2.CreateEvaluationJobRequest(spec=evaluation_pb2.EvaluationSpec())
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.GetEvaluationJob(common_pb2.GetJobRequest(id="evalu-nope"))
@@ -92,7 +94,10 @@ async def test_rpcs_are_counted_by_method_and_code_and_jobs_by_state(service):
     assert requests("GetEvaluationJob", "NOT_FOUND") == 1
     assert requests("CreateEvaluationJob", "OK") == 1
     assert requests("CreateEvaluationJob", "INVALID_ARGUMENT") == 1
-    count = ("slmops_rpc_duration_seconds_count", (("method", METHOD + "GetEvaluationJob"), ("service", "evaluation")))
+    count = (
+        "slmops_rpc_duration_seconds_count",
+        (("method", METHOD + "GetEvaluationJob"), ("service", "evaluation")),
+    )
     assert samples[count] == 3
     assert samples[("slmops_jobs", (("service", "evaluation"), ("state", "PENDING")))] == 1
     assert samples[("slmops_jobs", (("service", "evaluation"), ("state", "FAILED")))] == 0
@@ -131,7 +136,9 @@ async def test_two_services_in_one_process_keep_their_numbers_apart(tmp_path, mo
     for name in ("a", "b"):
         jobs = StageJobs("evaluation", JobStore(f"sqlite:///{tmp_path}/{name}.db"), FakeRay())
         stores.append(jobs)
-        servers.append(await start_server(f"evaluation-{name}", [registration(jobs)], metrics_port=_free_port()))
+        servers.append(
+            await start_server(f"evaluation-{name}", [registration(jobs)], metrics_port=_free_port())
+        )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{servers[0].port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError):
@@ -211,7 +218,9 @@ async def test_a_lease_takeover_is_counted(tmp_path):
         assert store.get("evalu-1").owner == "replica-alive"
         value = metrics.registry.get_sample_value("slmops_lease_takeovers_total", {"service": "evaluation"})
         assert value == 1
-        running = metrics.registry.get_sample_value("slmops_jobs", {"service": "evaluation", "state": "RUNNING"})
+        running = metrics.registry.get_sample_value(
+            "slmops_jobs", {"service": "evaluation", "state": "RUNNING"}
+        )
         assert running == 1
     finally:
         await alive.close()
@@ -226,10 +235,16 @@ async def test_a_call_without_the_token_is_counted_unauthenticated(tmp_path, mon
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await evaluation_pb2_grpc.EvaluationServiceStub(channel).ListEvaluationJobs(common_pb2.ListJobsRequest())
+                await evaluation_pb2_grpc.EvaluationServiceStub(channel).ListEvaluationJobs(
+                    common_pb2.ListJobsRequest()
+                )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         samples = await _scrape(running.metrics_port)
-        labels = (("code", "UNAUTHENTICATED"), ("method", METHOD + "ListEvaluationJobs"), ("service", "evaluation"))
+        labels = (
+            ("code", "UNAUTHENTICATED"),
+            ("method", METHOD + "ListEvaluationJobs"),
+            ("service", "evaluation"),
+        )
         assert samples[("slmops_rpc_requests_total", labels)] == 1
         assert "s3cret" not in str(samples)
     finally:

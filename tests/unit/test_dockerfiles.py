@@ -156,9 +156,7 @@ def test_service_image_runs_its_grpc_service(service):
     assert images.BY_NAME[service].base == base.removeprefix("slmops-")
 
 
-@pytest.mark.parametrize(
-    "name,base", [("predictor", "slmops-base"), ("predictor-cuda", "slmops-base-cuda")]
-)
+@pytest.mark.parametrize("name,base", [("predictor", "slmops-base"), ("predictor-cuda", "slmops-base-cuda")])
 def test_predictor_image_runs_the_model_server_on_8080(name, base):
     path = DOCKER / f"{name}.Dockerfile"
     assert exec_form(args_of(path, "ENTRYPOINT")[-1]) == ["python", "-m", "slmops.predictor"]
@@ -249,9 +247,7 @@ def test_bake_file_builds_every_dockerfile():
     bake = (DOCKER / "docker-bake.hcl").read_text()
     for path in DOCKERFILES:
         name = path.name.removesuffix(".Dockerfile")
-        assert f'"docker/{path.name}"' in bake or (name in SERVICE_PORTS or name == "predictor"), (
-            name
-        )
+        assert f'"docker/{path.name}"' in bake or (name in SERVICE_PORTS or name == "predictor"), name
         assert f'"{name}"' in bake, name
     assert 'dockerfile = "docker/${svc}.Dockerfile"' in bake
 

@@ -54,9 +54,7 @@ def test_percentiles_interpolate_linearly():
 
 
 def _measurement(name, correct, latencies, tokens, **kw) -> Measurement:
-    return Measurement(
-        name=name, correct=correct, latencies_ms=latencies, completion_tokens=tokens, **kw
-    )
+    return Measurement(name=name, correct=correct, latencies_ms=latencies, completion_tokens=tokens, **kw)
 
 
 def _results():
@@ -127,9 +125,7 @@ def test_gate_verdicts():
         "student: ok: accuracy 0.600 >= min 0.500",
         "student: FAILED: latency p95 31.0 ms > max 30.0 ms",
     ]
-    assert judge(
-        GateConfig(candidate="student", min_retention=0.75), results
-    ).passed  # 0.6 / 0.8 meets 0.75
+    assert judge(GateConfig(candidate="student", min_retention=0.75), results).passed  # 0.6 / 0.8 meets 0.75
     assert judge(GateConfig(candidate="student"), results).passed
     assert not judge(None, results).evaluated
 
@@ -138,15 +134,16 @@ def test_report_files(tmp_path):
     results = _results()
     verdict = judge(GateConfig(candidate="student", min_retention=0.9), results)
     uri = f"file://{tmp_path}/report"
-    write_report(
-        uri, results, verdict, reference="teacher", metric="exact_match", dataset_uri="file:///d"
-    )
+    write_report(uri, results, verdict, reference="teacher", metric="exact_match", dataset_uri="file:///d")
     document = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [r["name"] for r in document["results"]] == ["teacher", "student"]
     assert document["verdict"]["passed"] is False
     assert document["headlines"]["student"]["size_reduction"] == 4.0
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "| student | 60.0% | 75.0% | 20.0 | 31.0 | 38.2 | 0.0 | 0.00 | 227.3 | 250.0 kB | 1.0 MB | 100 |" in text
+    assert (
+        "| student | 60.0% | 75.0% | 20.0 | 31.0 | 38.2 | 0.0 | 0.00 | 227.3 | 250.0 kB | 1.0 MB | 100 |"
+        in text
+    )
     assert "latency p50 5.00x lower (80% less)" in text and "size 4.00x lower (75% less)" in text
     assert "**FAILED**" in text and "![accuracy and p50 latency per target](report.png)" in text
     assert (tmp_path / "report" / "report.png").read_bytes().startswith(b"\x89PNG")
@@ -214,9 +211,14 @@ def test_gate_on_other_metrics_and_throughput():
     student.quality.update(rouge_l=0.6, chrf=57.0)
     results = [teacher, student]
     set_retention(results, "teacher")
-    assert student.retentions["rouge_l"] == pytest.approx(0.75) and student.retentions["chrf"] == pytest.approx(0.95)
-    gate = GateConfig(candidate="student", min_retention_by_metric={"rouge_l": 0.8, "chrf": 0.9, "judge": 0.5},
-                      min_tokens_per_second=200.0)
+    assert student.retentions["rouge_l"] == pytest.approx(0.75) and student.retentions[
+        "chrf"
+    ] == pytest.approx(0.95)
+    gate = GateConfig(
+        candidate="student",
+        min_retention_by_metric={"rouge_l": 0.8, "chrf": 0.9, "judge": 0.5},
+        min_tokens_per_second=200.0,
+    )
     verdict = judge(gate, results)
     assert not verdict.passed
     assert verdict.reasons == [

@@ -37,19 +37,12 @@ def test_defaults(dataset):
     )
     config = from_proto(spec)
     assert config.reference == "teacher"  # empty means the first target
-    assert (
-        config.metric == "exact_match" and config.concurrency == 1 and config.warmup_requests == 2
-    )
+    assert config.metric == "exact_match" and config.concurrency == 1 and config.warmup_requests == 2
     assert config.sampling.max_tokens == 64 and config.gate is None
     assert config.targets[0].base_url == "http://127.0.0.1:8000/v1"
     # A deployment target: its base URL is filled in by the service; model defaults to the deployment.
-    assert (
-        config.target("student").base_url == "" and config.target("student").model == "student-int4"
-    )
-    assert (
-        EvaluationConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json"))))
-        == config
-    )
+    assert config.target("student").base_url == "" and config.target("student").model == "student-int4"
+    assert EvaluationConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json")))) == config
 
 
 def test_every_problem_is_reported_at_once(dataset, tmp_path):

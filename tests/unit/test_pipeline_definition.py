@@ -51,8 +51,11 @@ def test_stages_parse_in_file_order_with_their_specs():
 
 
 def test_unknown_keys_wrong_types_and_missing_references_name_their_path():
-    text = GOOD.replace("canary_percent: 10", "canary_percent: ten").replace(
-        "dataset: answers", "dataset: answerz").replace("spec: {precision: INT4}", "spec: {precision: INT4}, colour: red")
+    text = (
+        GOOD.replace("canary_percent: 10", "canary_percent: ten")
+        .replace("dataset: answers", "dataset: answerz")
+        .replace("spec: {precision: INT4}", "spec: {precision: INT4}, colour: red")
+    )
     found = problems(text)
     assert "names no stage ('answerz')" in found["spec.definition_yaml.stages.student.dataset"]
     assert "integer" in found["spec.definition_yaml.stages.canary.canary_percent"]
@@ -95,7 +98,9 @@ def test_bad_files_are_invalid(text):
 
 def test_the_published_schema_is_the_files_schema():
     published = Path(__file__).resolve().parents[2] / "docs" / "pipeline.schema.json"
-    assert json.loads(published.read_text()) == schema(), "regenerate: slmops pipeline schema > docs/pipeline.schema.json"
+    assert json.loads(published.read_text()) == schema(), (
+        "regenerate: slmops pipeline schema > docs/pipeline.schema.json"
+    )
 
 
 @pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")))

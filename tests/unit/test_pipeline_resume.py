@@ -88,7 +88,9 @@ async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(
     first = PipelineRuns(JobStore(db), poll_s=0.02)
     run = await first.create({"definition_yaml": DEFINITION})
     # Every stage was checked by its service first, the fields earlier stages fill left pending.
-    assert stages["training"].checked == [["spec.dataset_uri"]] and stages["conversion"].checked == [["spec.model_uri"]]
+    assert stages["training"].checked == [["spec.dataset_uri"]] and stages["conversion"].checked == [
+        ["spec.model_uri"]
+    ]
     await until(lambda: stages["synthesis"].created)
     synth = stages["synthesis"].created[0]
     stages["synthesis"].states[synth] = common_pb2.SUCCEEDED
@@ -109,7 +111,11 @@ async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(
     record = second.store.get(run.id, KIND)
     assert record.state == "SUCCEEDED"
     assert stages["synthesis"].created == [synth] and stages["training"].created == [training_job]
-    assert [s["job_id"] for s in record.result["stages"]] == [synth, training_job, stages["conversion"].created[0]]
+    assert [s["job_id"] for s in record.result["stages"]] == [
+        synth,
+        training_job,
+        stages["conversion"].created[0],
+    ]
     messages = [e.message for e in second.store.events(run.id)]
     assert "resumed after the pipeline service restarted" in messages
     assert any(m.startswith("answers: done before the restart") for m in messages)
@@ -117,7 +123,9 @@ async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(
     await second.close()
 
 
-async def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_from_it(tmp_path, stages, monkeypatch):
+async def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_from_it(
+    tmp_path, stages, monkeypatch
+):
     """Outputs are real sealed artifacts; a stage is reused only while its output still exists."""
     from slmops.core import artifacts
 
@@ -134,8 +142,11 @@ async def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_fr
         def get(request, timeout=None, fake=fake, original=original):
             fake.states[request.id] = common_pb2.SUCCEEDED  # every job finishes at once
             job = original(request)
-            job.status.output.uri = sealed(request.id) if not (tmp_path / "out" / request.id).exists() \
+            job.status.output.uri = (
+                sealed(request.id)
+                if not (tmp_path / "out" / request.id).exists()
                 else f"file://{tmp_path / 'out' / request.id}"
+            )
             return job
 
         monkeypatch.setattr(fake, "get", get, raising=False)
@@ -155,7 +166,9 @@ async def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_fr
     assert {name: list(fake.created) for name, fake in stages.items()} == created  # nothing ran
     assert [s["output"] for s in second.result["stages"]] == [s["output"] for s in first.result["stages"]]
 
-    changed = await run(DEFINITION.replace("from_config: true", "from_config: true, config_overrides: {a: '1'}"))
+    changed = await run(
+        DEFINITION.replace("from_config: true", "from_config: true, config_overrides: {a: '1'}")
+    )
     assert [s["reused"] for s in changed.result["stages"]] == [True, False, False]
     assert len(stages["synthesis"].created) == 1 and len(stages["training"].created) == 2
     assert len(stages["conversion"].created) == 2

@@ -165,9 +165,7 @@ def test_bad_fields_are_400_naming_the_field(client, path, body, param):
 
 
 def test_streaming_request_with_a_bad_prompt_is_400_not_a_stream(client):
-    response = client.post(
-        "/v1/completions", json={"model": NAME, "prompt": "hi " * 300, "stream": True}
-    )
+    response = client.post("/v1/completions", json={"model": NAME, "prompt": "hi " * 300, "stream": True})
     assert _error(response, 400)["param"] == "prompt"
 
 
@@ -243,7 +241,9 @@ def test_a_request_past_its_timeout_gets_an_openai_error_and_frees_its_slot(engi
 
 def test_completions_take_a_list_of_prompts_as_one_batch(client, engine):
     prompts = ["hello world", "the quick"]
-    body = client.post("/v1/completions", json={"model": NAME, "prompt": prompts, "max_tokens": 5, "n": 2}).json()
+    body = client.post(
+        "/v1/completions", json={"model": NAME, "prompt": prompts, "max_tokens": 5, "n": 2}
+    ).json()
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
     expected = [engine.generate(p, max_tokens=5).text for p in prompts]
     assert [c["text"] for c in body["choices"]] == [expected[0], expected[0], expected[1], expected[1]]

@@ -177,10 +177,7 @@ def test_eos_ends_generation_with_stop(tmp_path_factory, tmp_path, hf_engine, or
 def test_fp32_conversion_matches_transformers_greedy_output(tmp_path_factory, hf_engine):
     ort = load_engine(tiny_onnx(tmp_path_factory, "fp32"))
     for prompt in (PROMPT, "the quick brown", "question: what is"):
-        assert (
-            ort.generate(prompt, max_tokens=12).text
-            == hf_engine.generate(prompt, max_tokens=12).text
-        )
+        assert ort.generate(prompt, max_tokens=12).text == hf_engine.generate(prompt, max_tokens=12).text
     ort.close()
 
 

@@ -17,7 +17,9 @@ PROMPTS = ["hello world", "the quick brown", "question: what is 2 + 3?", "user: 
 
 @pytest.fixture(scope="module", params=["ort-genai", "transformers"])
 def engine(request, tmp_path_factory):
-    folder = tiny_onnx(tmp_path_factory) if request.param == "ort-genai" else tiny_checkpoint(tmp_path_factory)
+    folder = (
+        tiny_onnx(tmp_path_factory) if request.param == "ort-genai" else tiny_checkpoint(tmp_path_factory)
+    )
     engine = load_engine(folder)
     yield engine
     engine.close()

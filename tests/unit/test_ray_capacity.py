@@ -54,12 +54,16 @@ class Cluster:
 
 
 def training(num_workers=1, cpus=1.0, gpus=0.0, memory=0) -> TrainingConfig:
-    resources = Resources(num_workers=num_workers, cpus_per_worker=cpus, gpus_per_worker=gpus, memory_bytes=memory)
+    resources = Resources(
+        num_workers=num_workers, cpus_per_worker=cpus, gpus_per_worker=gpus, memory_bytes=memory
+    )
     return TrainingConfig.model_construct(resources=resources)
 
 
 def conversion(gpus: float) -> ConversionConfig:
-    return ConversionConfig.model_construct(execution_provider="cuda", resources=ConversionResources(num_gpus=gpus))
+    return ConversionConfig.model_construct(
+        execution_provider="cuda", resources=ConversionResources(num_gpus=gpus)
+    )
 
 
 # -- the setting ------------------------------------------------------------------

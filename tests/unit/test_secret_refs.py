@@ -28,7 +28,9 @@ def prompts(tmp_path, monkeypatch):
 
 def _synthesis(prompts, **endpoint) -> dict[str, str]:
     endpoint = {"base_url": "https://api.example.com/v1", "model": "big", **endpoint}
-    spec = synthesis_pb2.SynthesisSpec(prompts_uri=str(prompts), endpoint=synthesis_pb2.TeacherEndpoint(**endpoint))
+    spec = synthesis_pb2.SynthesisSpec(
+        prompts_uri=str(prompts), endpoint=synthesis_pb2.TeacherEndpoint(**endpoint)
+    )
     with pytest.raises(InvalidSpec) as info:
         synthesis_spec(spec)
     return dict(info.value.problems)
@@ -43,8 +45,9 @@ def test_api_key_env_naming_a_variable_not_allowed_is_refused(prompts, name):
 def test_allowed_names_pass_and_the_operator_sets_the_patterns(prompts, monkeypatch):
     spec = synthesis_pb2.SynthesisSpec(
         prompts_uri=str(prompts),
-        endpoint=synthesis_pb2.TeacherEndpoint(base_url="https://api.example.com/v1", model="m",
-                                               api_key_env="TEACHER_API_KEY"),
+        endpoint=synthesis_pb2.TeacherEndpoint(
+            base_url="https://api.example.com/v1", model="m", api_key_env="TEACHER_API_KEY"
+        ),
     )
     assert synthesis_spec(spec).teacher.api_key_env == "TEACHER_API_KEY"
     monkeypatch.setenv("SLMOPS_ALLOWED_SECRET_ENV", "TEACHER_TOKEN, EVAL_*")
@@ -60,7 +63,10 @@ def test_evaluation_targets_follow_the_same_rule(prompts):
     )
     with pytest.raises(InvalidSpec) as info:
         evaluation_spec(spec)
-    assert "not an environment variable requests may name" in dict(info.value.problems)["spec.targets[0].api_key_env"]
+    assert (
+        "not an environment variable requests may name"
+        in dict(info.value.problems)["spec.targets[0].api_key_env"]
+    )
 
 
 def test_the_job_refuses_a_name_the_service_would_have_refused(monkeypatch):
@@ -76,7 +82,9 @@ def test_the_job_refuses_a_name_the_service_would_have_refused(monkeypatch):
         resolve_api_key("TEACHER_API_KEY")
 
 
-@pytest.mark.parametrize("url", ["https://user:s3cr3t@api.example.com/v1", "https://sk-token@api.example.com/v1"])
+@pytest.mark.parametrize(
+    "url", ["https://user:s3cr3t@api.example.com/v1", "https://sk-token@api.example.com/v1"]
+)
 def test_a_base_url_carrying_credentials_is_refused(prompts, url):
     problem = _synthesis(prompts, base_url=url)["spec.teacher.endpoint.base_url"]
     assert "must not carry credentials" in problem and "s3cr3t" not in problem and "sk-token" not in problem
@@ -92,9 +100,14 @@ def test_a_base_url_carrying_credentials_is_refused(prompts, url):
     ("text", "shown"),
     [
         ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
-        ("postgresql+psycopg://app:p@ss:w0rd@db.internal:5432/jobs?sslmode=require",
-         "postgresql+psycopg://app:***@db.internal:5432/jobs?sslmode=require"),
-        ("could not connect to mysql://root:hunter2@10.0.0.1/x, retrying", "could not connect to mysql://root:***@10.0.0.1/x, retrying"),
+        (
+            "postgresql+psycopg://app:p@ss:w0rd@db.internal:5432/jobs?sslmode=require",
+            "postgresql+psycopg://app:***@db.internal:5432/jobs?sslmode=require",
+        ),
+        (
+            "could not connect to mysql://root:hunter2@10.0.0.1/x, retrying",
+            "could not connect to mysql://root:***@10.0.0.1/x, retrying",
+        ),
         ("sqlite:////var/lib/slmops/db/training.db", "sqlite:////var/lib/slmops/db/training.db"),
         ("http://127.0.0.1:8265 and user@example.com", "http://127.0.0.1:8265 and user@example.com"),
     ],

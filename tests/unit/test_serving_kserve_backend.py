@@ -86,12 +86,16 @@ def api(cluster) -> k8s.ApiClient:
 @pytest.fixture()
 def backend(api) -> KServeBackend:
     """Standard mode, the default."""
-    return KServeBackend(api, namespace=NS, runtime="slmops-predictor", service_account="", owner="slmops-test")
+    return KServeBackend(
+        api, namespace=NS, runtime="slmops-predictor", service_account="", owner="slmops-test"
+    )
 
 
 @pytest.fixture()
 def knative(api) -> KServeBackend:
-    return KServeBackend(api, namespace=NS, runtime="slmops-predictor", deployment_mode="Knative", owner="slmops-test")
+    return KServeBackend(
+        api, namespace=NS, runtime="slmops-predictor", deployment_mode="Knative", owner="slmops-test"
+    )
 
 
 def _stored(api: k8s.ApiClient, name: str) -> dict:
@@ -100,17 +104,29 @@ def _stored(api: k8s.ApiClient, name: str) -> dict:
 
 def _report(api: k8s.ApiClient, name: str, status: dict) -> None:
     """What KServe's controller does: write the InferenceService's status subresource."""
-    k8s.CustomObjectsApi(api).patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, name,
-                                                                     {"status": status})
+    k8s.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, NS, PLURAL, name, {"status": status}
+    )
 
 
 def _rev(number: int, percent: int = 100) -> Revision:
-    return Revision(number, f"artifact://support-student/rev-{number}",
-                    f"s3://slmops-artifacts/prod/onnx-model/rev-{number:04d}", percent)
+    return Revision(
+        number,
+        f"artifact://support-student/rev-{number}",
+        f"s3://slmops-artifacts/prod/onnx-model/rev-{number:04d}",
+        percent,
+    )
 
 
-def _knative(api: k8s.ApiClient, name: str, latest: int, split: dict[int, int], *, rolled_out: int | None = None,
-             ready: bool = True) -> None:
+def _knative(
+    api: k8s.ApiClient,
+    name: str,
+    latest: int,
+    split: dict[int, int],
+    *,
+    rolled_out: int | None = None,
+    ready: bool = True,
+) -> None:
     """What KServe's controller writes in Knative mode with tag routing (the emulator runs no controller).
 
     `split` maps our revision numbers to percents; the latest revision's target is tagged "latest", the
@@ -122,8 +138,12 @@ def _knative(api: k8s.ApiClient, name: str, latest: int, split: dict[int, int], 
     traffic = []
     for number, percent in split.items():
         is_latest = number == latest
-        target = {"revisionName": f"{name}-predictor-{(ready_rev if is_latest else number):05d}", "percent": percent,
-                  "latestRevision": is_latest, "tag": "latest" if is_latest else "prev"}
+        target = {
+            "revisionName": f"{name}-predictor-{(ready_rev if is_latest else number):05d}",
+            "percent": percent,
+            "latestRevision": is_latest,
+            "tag": "latest" if is_latest else "prev",
+        }
         target["url"] = f"http://{target['tag']}-{name}-predictor.{NS}.example.com"
         traffic.append(target)
     _report(api, name, {
@@ -141,9 +161,14 @@ def _knative(api: k8s.ApiClient, name: str, latest: int, split: dict[int, int], 
 
 def _foreign(api: k8s.ApiClient, name: str, labels: dict[str, str] | None = None) -> dict:
     """An InferenceService someone else made (kubectl, another release): no slmops owner label."""
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
-            "metadata": {"name": name, "namespace": NS, "labels": labels or {"team": "search"}},
-            "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://theirs/model"}}}}
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": NS, "labels": labels or {"team": "search"}},
+        "spec": {
+            "predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://theirs/model"}}
+        },
+    }
     k8s.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
     return _stored(api, name)
 
@@ -269,7 +294,9 @@ def test_rollback_after_a_promotion_needs_only_the_annotations(api, tmp_path):
     assert annotations["serving.slmops.io/revision"] == "1"
     assert annotations["serving.slmops.io/rolled-out-revision"] == "1"
     assert annotations["slmops.io/rolled-out-revisions"] == "1"
-    assert annotations["slmops.io/revision-2-storage-uri"].endswith("/rev-0002")  # still there to go forward again
+    assert annotations["slmops.io/revision-2-storage-uri"].endswith(
+        "/rev-0002"
+    )  # still there to go forward again
     assert yaml.safe_load((empty / "inferenceservice.yaml").read_text())["spec"] == stored["spec"]
 
     with pytest.raises(Conflict, match="no earlier revision"):
@@ -325,20 +352,39 @@ def test_standard_mode_status_reads_the_address(backend, api):
 def test_failed_revision_is_reported_with_its_reason(knative, api):
     knative.apply("support-student", _rev(1))
     knative.apply("support-student", _rev(2, percent=10))
-    _report(api, "support-student", {
-        "conditions": [
-            {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed",
-             "message": 'Revision "support-student-predictor-00002" failed with message: container exited.'},
-            {"type": "Ready", "status": "False", "reason": "RevisionFailed",
-             "message": 'Revision "support-student-predictor-00002" failed with message: container exited.'},
-        ],
-        "components": {"predictor": {
-            "latestCreatedRevision": "support-student-predictor-00002",
-            "latestReadyRevision": "support-student-predictor-00001",
-            "traffic": [{"revisionName": "support-student-predictor-00001", "percent": 100,
-                         "latestRevision": False}],
-        }},
-    })
+    _report(
+        api,
+        "support-student",
+        {
+            "conditions": [
+                {
+                    "type": "PredictorReady",
+                    "status": "False",
+                    "reason": "RevisionFailed",
+                    "message": 'Revision "support-student-predictor-00002" failed with message: container exited.',
+                },
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "RevisionFailed",
+                    "message": 'Revision "support-student-predictor-00002" failed with message: container exited.',
+                },
+            ],
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": "support-student-predictor-00002",
+                    "latestReadyRevision": "support-student-predictor-00001",
+                    "traffic": [
+                        {
+                            "revisionName": "support-student-predictor-00001",
+                            "percent": 100,
+                            "latestRevision": False,
+                        }
+                    ],
+                }
+            },
+        },
+    )
     status = knative.status("support-student")
     assert status.state == FAILED
     assert "RevisionFailed" in status.reason and "container exited" in status.reason
@@ -370,9 +416,14 @@ def test_resources_and_the_gpu_runtime(api):
 @pytest.mark.parametrize("labels", [None, {"slmops.io/owner": "another-release"}])
 def test_an_inference_service_that_is_not_ours_is_never_patched_or_deleted(backend, api, labels):
     before = _foreign(api, "support-student", labels)
-    for act in (lambda: backend.apply("support-student", _rev(1)), lambda: backend.delete("support-student"),
-                lambda: backend.promote("support-student"), lambda: backend.rollback("support-student"),
-                lambda: backend.status("support-student"), lambda: backend.check_owner("support-student")):
+    for act in (
+        lambda: backend.apply("support-student", _rev(1)),
+        lambda: backend.delete("support-student"),
+        lambda: backend.promote("support-student"),
+        lambda: backend.rollback("support-student"),
+        lambda: backend.status("support-student"),
+        lambda: backend.check_owner("support-student"),
+    ):
         with pytest.raises(Conflict, match="exists and is not managed by this slmops"):
             act()
     after = _stored(api, "support-student")
@@ -389,7 +440,12 @@ def test_missing_inference_service_is_not_found(backend):
 def test_invalid_names_and_percents_are_refused_before_any_call(backend):
     with pytest.raises(InvalidSpec) as caught:
         backend.apply("Not_A_Name", Revision(0, "m", "", 150))
-    assert {field for field, _ in caught.value.problems} == {"name", "revision", "storage_uri", "traffic_percent"}
+    assert {field for field, _ in caught.value.problems} == {
+        "name",
+        "revision",
+        "storage_uri",
+        "traffic_percent",
+    }
 
 
 def test_unreachable_api_server_is_unavailable_quickly():
@@ -425,7 +481,8 @@ def test_built_inference_service_matches_the_project_manifests(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     check_charts = importlib.import_module("check_charts")
     canary = KServeBackend(k8s.ApiClient(), namespace=NS, deployment_mode="Knative").build(
-        "support-student", _rev(2, percent=10))
+        "support-student", _rev(2, percent=10)
+    )
     assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert check_charts.crd_problems(built) == [] and check_charts.crd_problems(canary) == []
 
@@ -530,7 +587,9 @@ def test_standard_mode_keeps_the_previous_revision_serving_while_the_next_rolls_
     address = {"url": f"http://support-student-predictor.{NS}.svc.cluster.local"}
     # KServe marks the predictor Unknown while the Deployment rolls (Progressing: ReplicaSetUpdated).
     rolling = {"type": "PredictorReady", "status": "Unknown", "reason": "ReplicaSetUpdated"}
-    _report(api, "support-student", {"address": address, "conditions": [rolling, {**rolling, "type": "Ready"}]})
+    _report(
+        api, "support-student", {"address": address, "conditions": [rolling, {**rolling, "type": "Ready"}]}
+    )
     status = backend.status("support-student")
     assert (status.state, status.ready_revision, status.traffic) == (READY, 1, {1: 100})
 

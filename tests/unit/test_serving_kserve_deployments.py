@@ -269,7 +269,9 @@ async def test_resources_reach_the_predictor_and_gpus_need_the_gpu_runtime(api, 
 
 
 async def test_an_unreachable_api_server_fails_the_deployment_with_the_reason(env):
-    backend = KServeBackend(_api_client("http://127.0.0.1:9"), namespace=NS, request_timeout_s=1.0, owner=OWNER)
+    backend = KServeBackend(
+        _api_client("http://127.0.0.1:9"), namespace=NS, request_timeout_s=1.0, owner=OWNER
+    )
     deployments = Deployments(JobStore(f"sqlite:///{env}/serving.db"), backend=backend, poll_s=0.2)
     deployments.resume()
     try:

@@ -35,7 +35,9 @@ def _problems(spec: dict) -> dict[str, str]:
 def test_a_model_on_the_shared_claim_is_given_to_kserve_as_pvc(shared):
     config = validate({"name": "student", "model_uri": f"file://{shared}/shared/onnx-model/student"})
     assert config["storage_uri"] == "pvc://slmops-artifacts/onnx-model/student"
-    assert config["model_uri"] == f"file://{shared}/shared/onnx-model/student"  # the records keep the user's URI
+    assert (
+        config["model_uri"] == f"file://{shared}/shared/onnx-model/student"
+    )  # the records keep the user's URI
     # A plain path is the same file:// URI.
     assert validate({"name": "student", "model_uri": str(shared / "shared/onnx-model/student")})["storage_uri"] \
         == "pvc://slmops-artifacts/onnx-model/student"  # fmt: skip
@@ -43,7 +45,10 @@ def test_a_model_on_the_shared_claim_is_given_to_kserve_as_pvc(shared):
 
 def test_a_local_model_off_the_claim_or_without_a_claim_is_refused(shared, monkeypatch):
     problems = _problems({"name": "student", "model_uri": str(shared / "elsewhere/model")})
-    assert "SLMOPS_SHARED_MOUNT_PATH" in problems["spec.model_uri"] and "slmops-artifacts" in problems["spec.model_uri"]
+    assert (
+        "SLMOPS_SHARED_MOUNT_PATH" in problems["spec.model_uri"]
+        and "slmops-artifacts" in problems["spec.model_uri"]
+    )
     with pytest.raises(NotFound):
         validate({"name": "student", "model_uri": str(shared / "shared/onnx-model/missing")})
 
@@ -55,12 +60,20 @@ def test_a_local_model_off_the_claim_or_without_a_claim_is_refused(shared, monke
 
 
 def test_resources_are_checked_and_kept(shared, monkeypatch):
-    spec = {"name": "student", "model_uri": "s3://b/m", "resources": {"cpus_per_worker": 2.5, "memory": "6Gi"}}
+    spec = {
+        "name": "student",
+        "model_uri": "s3://b/m",
+        "resources": {"cpus_per_worker": 2.5, "memory": "6Gi"},
+    }
     assert validate(spec)["resources"] == {"cpus": 2.5, "memory": "6Gi", "gpus": 0}
 
     problems = _problems({"name": "student", "model_uri": "s3://b/m", "resources": {
         "num_workers": 3, "gpus_per_worker": 0.5, "memory": "lots"}})  # fmt: skip
-    assert set(problems) == {"spec.resources.num_workers", "spec.resources.gpus_per_worker", "spec.resources.memory"}
+    assert set(problems) == {
+        "spec.resources.num_workers",
+        "spec.resources.gpus_per_worker",
+        "spec.resources.memory",
+    }
 
     problems = _problems({"name": "student", "model_uri": "s3://b/m", "resources": {"gpus_per_worker": 1}})
     assert "SLMOPS_KSERVE_RUNTIME_GPU" in problems["spec.resources.gpus_per_worker"]
@@ -70,7 +83,9 @@ def test_resources_are_checked_and_kept(shared, monkeypatch):
 
 
 def test_the_namespace_is_the_configured_one_or_refused(shared):
-    assert validate({"name": "student", "model_uri": "s3://b/m", "namespace": "slmops"})["namespace"] == "slmops"
+    assert (
+        validate({"name": "student", "model_uri": "s3://b/m", "namespace": "slmops"})["namespace"] == "slmops"
+    )
     assert validate({"name": "student", "model_uri": "s3://b/m"})["namespace"] == "slmops"
     problems = _problems({"name": "student", "model_uri": "s3://b/m", "namespace": "team-b"})
     assert "SLMOPS_KSERVE_NAMESPACE" in problems["spec.namespace"] and "team-b" in problems["spec.namespace"]

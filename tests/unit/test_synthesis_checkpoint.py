@@ -12,7 +12,9 @@ def test_parts_come_back_for_the_same_config_and_not_for_another(tmp_path):
     assert first.load() == {}
     first.commit([(3, {"completion": "a"}), (4, {"completion": "b"})])
     first.commit([(0, {"completion": "c", "error": "x"})])
-    (tmp_path / ".dataset.parts" / ".tmp-deadbeef").write_text('{"index": 9, "result": {}}\n')  # died mid-write
+    (tmp_path / ".dataset.parts" / ".tmp-deadbeef").write_text(
+        '{"index": 9, "result": {}}\n'
+    )  # died mid-write
     again = Checkpoint(out, {"seed": 1}).load()
     assert again == {3: {"completion": "a"}, 4: {"completion": "b"}, 0: {"completion": "c", "error": "x"}}
     assert Checkpoint(out, {"seed": 2}).load() == {}  # another configuration starts afresh

@@ -151,7 +151,9 @@ def test_a_row_without_a_completion_is_named_by_its_shard_and_row(tmp_path):
     from slmops.core.datasets import to_arrow
 
     (tmp_path / "ds" / "data").mkdir(parents=True)
-    pq.write_table(to_arrow([_record(0), {"prompt": "q1"}]), tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(
+        to_arrow([_record(0), {"prompt": "q1"}]), tmp_path / "ds" / "data" / "train-00000-of-00001.parquet"
+    )
     uri = f"file://{tmp_path}/ds"
     with pytest.raises(InvalidSpec, match=r"data/train-00000-of-00001.parquet row 2 lacks string field"):
         read_records(uri, TRAIN_FILE)

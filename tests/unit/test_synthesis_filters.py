@@ -12,7 +12,9 @@ from slmops.synthesis.filters import AnswerFilter, FiltersConfig
 from slmops.synthesis.spec import from_proto
 
 
-def _run(config: FiltersConfig, answers: list[tuple[str, str]], fields: dict | None = None) -> list[str | None]:
+def _run(
+    config: FiltersConfig, answers: list[tuple[str, str]], fields: dict | None = None
+) -> list[str | None]:
     checker = AnswerFilter(config)
     return [(lambda d: d and d[0])(checker.check(fields or {}, {"completion": text, "finish_reason": finish}))
             for text, finish in answers]  # fmt: skip
@@ -22,7 +24,9 @@ def test_the_defaults_drop_empty_answers_and_refusals_only():
     checker = AnswerFilter(FiltersConfig())
     cases = [("42", "stop"), ("  ", "stop"), ("I'm sorry, but I can't help with that.", "stop"),
              ("As an AI language model, I think 4.", "stop"), ("4", "length"), ("42", "stop")]  # fmt: skip
-    dropped = [(lambda d: d and d[0])(checker.check({}, {"completion": t, "finish_reason": f})) for t, f in cases]
+    dropped = [
+        (lambda d: d and d[0])(checker.check({}, {"completion": t, "finish_reason": f})) for t, f in cases
+    ]
     assert dropped == [None, "empty", "refusal", "refusal", None, None]  # truncated and duplicates are kept
     assert checker.metrics() == {"filtered_empty": 1.0, "filtered_refusal": 2.0}
 
@@ -33,7 +37,11 @@ def test_truncated_length_and_duplicates():
                ("a very long answer", "stop"), ("Rome", "stop")]  # fmt: skip
     assert _run(config, answers) == [None, "duplicate", "truncated", "length", "length", None]
     exact = FiltersConfig(duplicates="exact")
-    assert _run(exact, [("Paris.", "stop"), ("paris", "stop"), ("Paris.", "stop")]) == [None, None, "duplicate"]
+    assert _run(exact, [("Paris.", "stop"), ("paris", "stop"), ("Paris.", "stop")]) == [
+        None,
+        None,
+        "duplicate",
+    ]
 
 
 def test_json_schema_and_reference_answers():
@@ -59,9 +67,16 @@ def test_bad_filter_specs_are_refused_naming_the_field(tmp_path, monkeypatch):
     with pytest.raises(InvalidSpec) as info:
         from_proto(spec)
     fields = {field for field, _ in info.value.problems}
-    assert {"spec.filters.refusal_patterns[0]", "spec.filters.json_schema", "spec.filters.reference_column",
-            "spec.filters.duplicates", "spec.filters.max_chars"} <= fields, info.value.problems
+    assert {
+        "spec.filters.refusal_patterns[0]",
+        "spec.filters.json_schema",
+        "spec.filters.reference_column",
+        "spec.filters.duplicates",
+        "spec.filters.max_chars",
+    } <= fields, info.value.problems
     assert "'expected' is not a field of the prompts (they have answer, prompt)" in str(info.value)
-    spec.filters.CopyFrom(synthesis_pb2.AnswerFilters(reference_column="answer", json_schema='{"type": "object"}'))
+    spec.filters.CopyFrom(
+        synthesis_pb2.AnswerFilters(reference_column="answer", json_schema='{"type": "object"}')
+    )
     config = from_proto(spec)
     assert config.filters.reference_column == "answer" and config.filters.json_schema == {"type": "object"}

@@ -58,8 +58,11 @@ def test_the_spec_checks_the_template_against_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path))
     path = tmp_path / "prompts.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path)
-    spec = synthesis_pb2.SynthesisSpec(prompts_uri=str(path), prompt_template="{question} {missing}",
-                                       endpoint=synthesis_pb2.TeacherEndpoint(base_url="http://t/v1", model="m"))
+    spec = synthesis_pb2.SynthesisSpec(
+        prompts_uri=str(path),
+        prompt_template="{question} {missing}",
+        endpoint=synthesis_pb2.TeacherEndpoint(base_url="http://t/v1", model="m"),
+    )
     with pytest.raises(InvalidSpec) as info:
         from_proto(spec)
     assert info.value.field == "spec.prompt_template" and "'missing'" in str(info.value)

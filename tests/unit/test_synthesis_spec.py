@@ -43,16 +43,9 @@ def test_defaults_are_applied(prompts):
     assert config.teacher.base_url == "https://api.example.com/v1"
     assert (config.teacher.max_concurrency, config.teacher.timeout_s) == (4, 60.0)
     assert config.validation_fraction == 0.1 and config.num_shards == 2
-    assert (
-        config.sampling.max_tokens == 64
-        and config.sampling.top_p == 1.0
-        and config.sampling.seed is None
-    )
+    assert config.sampling.max_tokens == 64 and config.sampling.top_p == 1.0 and config.sampling.seed is None
     # The config survives the JSON round trip the job runner makes.
-    assert (
-        SynthesisConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json"))))
-        == config
-    )
+    assert SynthesisConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json")))) == config
 
 
 def test_every_problem_is_reported_at_once(prompts, tmp_path):
@@ -61,9 +54,7 @@ def test_every_problem_is_reported_at_once(prompts, tmp_path):
         endpoint=synthesis_pb2.TeacherEndpoint(
             base_url="ftp://x", api_key_env="not a name", max_concurrency=-1
         ),
-        sampling=common_pb2.SamplingParams(
-            temperature=3, top_p=1.5, max_tokens=9000, top_logprobs=21
-        ),
+        sampling=common_pb2.SamplingParams(temperature=3, top_p=1.5, max_tokens=9000, top_logprobs=21),
         validation_fraction=0.95,
         num_shards=-2,
         system_prompt="be brief",
@@ -149,9 +140,7 @@ def test_missing_prompts_file_and_memory_quantity(prompts, tmp_path):
 def _with_tokenizer(prompts, tokenizer: str, top_logprobs: int = 2):
     return synthesis_pb2.SynthesisSpec(
         prompts_uri=str(prompts),
-        endpoint=synthesis_pb2.TeacherEndpoint(
-            base_url="http://t:8000/v1", model="m", tokenizer=tokenizer
-        ),
+        endpoint=synthesis_pb2.TeacherEndpoint(base_url="http://t:8000/v1", model="m", tokenizer=tokenizer),
         sampling=common_pb2.SamplingParams(top_logprobs=top_logprobs),
     )
 

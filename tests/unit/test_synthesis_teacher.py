@@ -39,9 +39,7 @@ def _teacher(server, sampling=None, **overrides) -> EndpointTeacher:
 
 
 def test_completions_and_top_logprobs(standin):
-    results = _teacher(standin, SamplingConfig(max_tokens=8, top_logprobs=3)).generate(
-        ["12+30=", "3*4="]
-    )
+    results = _teacher(standin, SamplingConfig(max_tokens=8, top_logprobs=3)).generate(["12+30=", "3*4="])
     assert [r["completion"] for r in results] == ["42", "12"]
     assert results[0]["finish_reason"] == "stop" and results[0]["completion_tokens"] == 2
     # Without the teacher's tokenizer: strings and log-probabilities, no ids.

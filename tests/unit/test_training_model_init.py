@@ -77,7 +77,6 @@ def test_missing_model_and_dataset_fail_before_any_training(base_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-
 def test_init_seed_seeds_the_fresh_weights_apart_from_the_data_order(base_dir):
     """from_config with init_seed 0 rebuilds exactly the weights build_model(seed=0) saved."""
     import torch

@@ -19,12 +19,8 @@ from slmops.bench.registry import REGISTRY, run_benchmarks
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slmops.bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME", help="run only these benchmarks")
-    parser.add_argument(
-        "--out", default="build/bench", help="folder for results.json and report.md"
-    )
-    parser.add_argument(
-        "--only", action="append", default=[], metavar="NAME", help="run only this benchmark"
-    )
+    parser.add_argument("--out", default="build/bench", help="folder for results.json and report.md")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this benchmark")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -37,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
     chosen = [REGISTRY[name] for name in (names or REGISTRY)]
     document = run_benchmarks(chosen, args.out)
-    print(
-        f"wrote {args.out}/results.json and {args.out}/report.md ({len(document['results'])} results)"
-    )
+    print(f"wrote {args.out}/results.json and {args.out}/report.md ({len(document['results'])} results)")
     return 0
 
 

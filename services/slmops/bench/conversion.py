@@ -112,7 +112,11 @@ def ortgenai_int4_decode_speedup_vs_torch_fp32() -> Outcome:
     engine = load_engine(str(models["folders"]["int4"]["dir"]))
     try:
         prompt = next(
-            (p for p in PROMPTS if engine.generate(p, max_tokens=NEW_TOKENS, temperature=0.0).completion_tokens == NEW_TOKENS),
+            (
+                p
+                for p in PROMPTS
+                if engine.generate(p, max_tokens=NEW_TOKENS, temperature=0.0).completion_tokens == NEW_TOKENS
+            ),
             PROMPTS[0],
         )
         baseline = TransformersDecoder(models["fp32_dir"])

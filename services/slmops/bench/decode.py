@@ -64,10 +64,7 @@ def build_models(work: Path) -> tuple[Path, Path, int]:
 def pick_prompt(engine: Any) -> str:
     """A prompt the random-weight model decodes for NEW_TOKENS tokens without meeting EOS."""
     for prompt in PROMPTS:
-        if (
-            engine.generate(prompt, max_tokens=NEW_TOKENS, temperature=0.0).completion_tokens
-            == NEW_TOKENS
-        ):
+        if engine.generate(prompt, max_tokens=NEW_TOKENS, temperature=0.0).completion_tokens == NEW_TOKENS:
             return prompt
     raise RuntimeError(
         f"every benchmark prompt meets EOS before {NEW_TOKENS} tokens; change PROMPTS or the seed"

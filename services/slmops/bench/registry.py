@@ -41,15 +41,11 @@ class Benchmark:
 REGISTRY: dict[str, Benchmark] = {}
 
 
-def register(
-    name: str, description: str = ""
-) -> Callable[[Callable[[], Outcome]], Callable[[], Outcome]]:
+def register(name: str, description: str = "") -> Callable[[Callable[[], Outcome]], Callable[[], Outcome]]:
     """Decorator adding a benchmark function to REGISTRY under name."""
 
     def add(fn: Callable[[], Outcome]) -> Callable[[], Outcome]:
-        REGISTRY[name] = Benchmark(
-            name, fn, description or (fn.__doc__ or "").strip().split("\n")[0]
-        )
+        REGISTRY[name] = Benchmark(name, fn, description or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
 
     return add

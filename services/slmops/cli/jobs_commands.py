@@ -69,7 +69,9 @@ def search_flag(text: str) -> training_pb2.SearchDimension:
     name, dist = name.strip(), dist.strip().lower()
     if not sep or name not in SEARCHABLE:
         names = ", ".join(SEARCHABLE)
-        raise argparse.ArgumentTypeError(f"expected NAME=DIST:LOW:HIGH with NAME one of {names}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=DIST:LOW:HIGH with NAME one of {names}, got {text!r}"
+        )
     if dist == "choice":
         values = [v.strip() for v in bounds.split(",") if v.strip()]
         if not values:
@@ -92,7 +94,10 @@ def _lora(args: argparse.Namespace) -> training_pb2.LoraConfig | None:
     if not (args.lora_rank or args.lora_alpha or args.lora_dropout or targets or args.merge):
         return None
     return training_pb2.LoraConfig(
-        rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
+        rank=args.lora_rank,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
+        target_modules=targets,
         merge=args.merge,
     )
 
@@ -111,20 +116,33 @@ def train_spec(args: argparse.Namespace) -> training_pb2.TrainingSpec:
         raise SystemExit(f"error: --dataset is required for --method {args.method}")
     spec = training_pb2.TrainingSpec(
         method=training_pb2.TrainingMethod.Value(args.method.upper()),
-        base=training_pb2.ModelInit(model=_uri(args.base), from_config=args.from_config,
-                                    config_overrides=_overrides(args.override)),
+        base=training_pb2.ModelInit(
+            model=_uri(args.base), from_config=args.from_config, config_overrides=_overrides(args.override)
+        ),
         dataset_uri=_uri(args.dataset) if args.dataset else "",
         hyperparameters=training_pb2.Hyperparameters(
-            learning_rate=args.lr, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-            seed=args.seed, gradient_accumulation_steps=args.grad_accum, weight_decay=args.weight_decay,
-            warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length, precision=args.precision or "",
-            distill_temperature=args.kd_temperature, distill_alpha=args.kd_alpha,
-            checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-            early_stopping_patience=args.early_stopping, gradient_checkpointing=args.gradient_checkpointing,
+            learning_rate=args.lr,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            gradient_accumulation_steps=args.grad_accum,
+            weight_decay=args.weight_decay,
+            warmup_ratio=args.warmup_ratio,
+            max_seq_length=args.max_seq_length,
+            precision=args.precision or "",
+            distill_temperature=args.kd_temperature,
+            distill_alpha=args.kd_alpha,
+            checkpoint_every=args.checkpoint_every,
+            eval_every=args.eval_every,
+            early_stopping_patience=args.early_stopping,
+            gradient_checkpointing=args.gradient_checkpointing,
             packing=args.packing,
         ),
         resources=common_pb2.ResourceRequest(
-            num_workers=args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker
+            num_workers=args.workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
         ),
         adapters=args.adapter,
         max_failures=args.max_failures,
@@ -166,8 +184,10 @@ def convert_spec(args: argparse.Namespace) -> conversion_pb2.ConversionSpec:
         merge_adapters=args.merge_adapter,
         extra_options=_overrides(args.option),
         verification=conversion_pb2.VerificationSpec(
-            min_token_agreement=args.min_token_agreement, max_logits_rel_error=args.max_logits_error,
-            max_kl=args.max_kl, new_tokens=args.verify_tokens,
+            min_token_agreement=args.min_token_agreement,
+            max_logits_rel_error=args.max_logits_error,
+            max_kl=args.max_kl,
+            new_tokens=args.verify_tokens,
         ),
     )
 
@@ -289,8 +309,14 @@ def bench_spec(args: argparse.Namespace) -> evaluation_pb2.EvaluationSpec:
         sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens),
     )  # fmt: skip
     if args.judge_url:
-        spec.judge.CopyFrom(evaluation_pb2.JudgeSpec(base_url=args.judge_url, model=args.judge_model or "",
-                                                     api_key_env=args.judge_api_key_env or "", chat=True))
+        spec.judge.CopyFrom(
+            evaluation_pb2.JudgeSpec(
+                base_url=args.judge_url,
+                model=args.judge_model or "",
+                api_key_env=args.judge_api_key_env or "",
+                chat=True,
+            )
+        )
     thresholds = (args.min_retention, args.max_p95_ms, args.min_tokens_per_second, args.min_retention_of)
     if args.gate_candidate or any(thresholds):
         spec.gate.CopyFrom(evaluation_pb2.QualityGate(
@@ -305,7 +331,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from slmops.cli.main import _print_job
 
     stub = client.stub("evaluation")
-    job = client.call(stub.CreateEvaluationJob, evaluation_pb2.CreateEvaluationJobRequest(spec=bench_spec(args)))
+    job = client.call(
+        stub.CreateEvaluationJob, evaluation_pb2.CreateEvaluationJobRequest(spec=bench_spec(args))
+    )
     print(f"created {job.id}", file=sys.stderr)
     if args.no_wait:
         return _print_job(job, args.json)
@@ -327,14 +355,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _job_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", default=None, help="artifact URI to write (default: under the artifact root)")
+    parser.add_argument(
+        "--output", default=None, help="artifact URI to write (default: under the artifact root)"
+    )
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return")
     parser.add_argument("--json", action="store_true", help="print the final job as JSON")
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """Every flag of `train`; each one sets a TrainingSpec field (0 or unset: the service's default)."""
-    p.add_argument("--dataset", default=None, help="dataset artifact with train.jsonl (not with multi_adapter)")
+    p.add_argument(
+        "--dataset", default=None, help="dataset artifact with train.jsonl (not with multi_adapter)"
+    )
     p.add_argument("--base", required=True, help="model folder, artifact URI or hub id")
     p.add_argument("--method", default="sft_distill", choices=METHODS)
     p.add_argument("--from-config", action="store_true", help="random weights from the base model's config")
@@ -350,30 +382,59 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seq-length", type=int, default=0)
     g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint-every", type=int, default=0, help="optimizer steps (default: once per epoch)")
-    g.add_argument("--eval-every", type=int, default=0, help="optimizer steps (default: with every checkpoint)")
-    g.add_argument("--early-stopping", type=int, default=0, metavar="N",
-                   help="stop after N validations without a better loss")
+    g.add_argument(
+        "--checkpoint-every", type=int, default=0, help="optimizer steps (default: once per epoch)"
+    )
+    g.add_argument(
+        "--eval-every", type=int, default=0, help="optimizer steps (default: with every checkpoint)"
+    )
+    g.add_argument(
+        "--early-stopping",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N validations without a better loss",
+    )
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--packing", action="store_true", help="pack examples into sequences (sft_distill, full)")
     g = p.add_argument_group("lora, qlora and multi_adapter")
     g.add_argument("--lora-rank", type=int, default=0)
     g.add_argument("--lora-alpha", type=int, default=0)
     g.add_argument("--lora-dropout", type=float, default=0.0)
-    g.add_argument("--target-modules", default=None, metavar="q_proj,v_proj", help="default: every linear layer")
-    g.add_argument("--merge", action="store_true", help="merge the adapter into the base: output a checkpoint")
-    g.add_argument("--adapter", action="append", default=[], type=adapter_flag, metavar="NAME=DATASET_URI",
-                   help="multi_adapter: one named adapter and its dataset (repeatable)")
+    g.add_argument(
+        "--target-modules", default=None, metavar="q_proj,v_proj", help="default: every linear layer"
+    )
+    g.add_argument(
+        "--merge", action="store_true", help="merge the adapter into the base: output a checkpoint"
+    )
+    g.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        type=adapter_flag,
+        metavar="NAME=DATASET_URI",
+        help="multi_adapter: one named adapter and its dataset (repeatable)",
+    )
     g = p.add_argument_group("logit_distill")
-    g.add_argument("--teacher", default=None, metavar="URI",
-                   help="online teacher model (default: the dataset's stored top-k)")
+    g.add_argument(
+        "--teacher",
+        default=None,
+        metavar="URI",
+        help="online teacher model (default: the dataset's stored top-k)",
+    )
     g.add_argument("--kd-loss", default=None, choices=KD_LOSSES)
     g.add_argument("--kd-temperature", type=float, default=0.0)
     g.add_argument("--kd-alpha", type=float, default=0.0, help="weight of the distillation loss")
     g.add_argument("--jsd-beta", type=float, default=0.0)
     g = p.add_argument_group("hyperparameter search (Ray Tune, ASHA)")
-    g.add_argument("--search", action="append", default=[], type=search_flag, metavar="NAME=DIST:LOW:HIGH",
-                   help="a dimension: DIST uniform, loguniform or randint, or NAME=choice:A,B,C (repeatable)")
+    g.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        type=search_flag,
+        metavar="NAME=DIST:LOW:HIGH",
+        help="a dimension: DIST uniform, loguniform or randint, or NAME=choice:A,B,C (repeatable)",
+    )
     g.add_argument("--trials", type=int, default=0)
     g.add_argument("--search-metric", default=None, choices=["eval_loss", "train_loss"])
     g = p.add_argument_group("resources")
@@ -398,17 +459,41 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--precision", default="int4", choices=["int4", "int8", "fp16", "fp32", "bf16"])
     p.add_argument("--execution-provider", default="cpu", choices=["cpu", "cuda", "dml"])
     p.add_argument("--foundry-local", action="store_true", help="also package the model for Foundry Local")
-    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]URI",
-                   help="a LoRA adapter artifact, built as adapters/NAME.onnx_adapter (repeatable)")
-    p.add_argument("--merge-adapter", action="store_true", help="merge the one --adapter into the model instead")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model builder option, e.g. int4_block_size=32 (repeatable; overrides the defaults)")
-    p.add_argument("--min-token-agreement", type=float, default=0.0,
-                   help="verification: greedy token agreement with the source (0: the precision's default)")
-    p.add_argument("--max-logits-error", type=float, default=0.0,
-                   help="verification: logits relative error (0: the precision's default)")
-    p.add_argument("--max-kl", type=float, default=0.0,
-                   help="verification: next-token KL divergence (0: the precision's default)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[NAME=]URI",
+        help="a LoRA adapter artifact, built as adapters/NAME.onnx_adapter (repeatable)",
+    )
+    p.add_argument(
+        "--merge-adapter", action="store_true", help="merge the one --adapter into the model instead"
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model builder option, e.g. int4_block_size=32 (repeatable; overrides the defaults)",
+    )
+    p.add_argument(
+        "--min-token-agreement",
+        type=float,
+        default=0.0,
+        help="verification: greedy token agreement with the source (0: the precision's default)",
+    )
+    p.add_argument(
+        "--max-logits-error",
+        type=float,
+        default=0.0,
+        help="verification: logits relative error (0: the precision's default)",
+    )
+    p.add_argument(
+        "--max-kl",
+        type=float,
+        default=0.0,
+        help="verification: next-token KL divergence (0: the precision's default)",
+    )
     p.add_argument("--verify-tokens", type=int, default=0, help="verification: greedy tokens per prompt (16)")
     _job_flags(p)
     p.set_defaults(func=cmd_convert)
@@ -417,40 +502,76 @@ def add_commands(sub: Any) -> None:
                        "(--canary), or --delete")  # fmt: skip
     p.add_argument("name")
     p.add_argument("--model", default=None, help="onnx-model or checkpoint artifact, or a model folder")
-    p.add_argument("--canary", type=int, default=None, metavar="PERCENT",
-                   help="a new revision of an existing deployment with PERCENT of the traffic once it is ready "
-                   "(100: it replaces the serving revision once ready)")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=URI",
-                   help="serve a LoRA adapter as model NAME beside the base (repeatable)")
+    p.add_argument(
+        "--canary",
+        type=int,
+        default=None,
+        metavar="PERCENT",
+        help="a new revision of an existing deployment with PERCENT of the traffic once it is ready "
+        "(100: it replaces the serving revision once ready)",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=URI",
+        help="serve a LoRA adapter as model NAME beside the base (repeatable)",
+    )
     p.add_argument("--port", type=int, default=0, help="local backend: the deployment's port (0: a free one)")
     p.add_argument("--delete", action="store_true")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("promote", help="send all of a deployment's traffic to its canary")
     p.add_argument("name")
-    p.add_argument("--require-report", default=None, metavar="URI",
-                   help="an evaluation report artifact whose gate must have passed")
+    p.add_argument(
+        "--require-report",
+        default=None,
+        metavar="URI",
+        help="an evaluation report artifact whose gate must have passed",
+    )
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser("rollback", help="send all traffic back: off the canary, or to the revision served before")
+    p = sub.add_parser(
+        "rollback", help="send all traffic back: off the canary, or to the revision served before"
+    )
     p.add_argument("name")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("bench", help="evaluate served models: accuracy, latency, tokens/s, size, memory")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--target", action="append", required=True,
-                   help="NAME=URL_OR_DEPLOYMENT[,model_uri=PATH] (repeatable)")
+    p.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        help="NAME=URL_OR_DEPLOYMENT[,model_uri=PATH] (repeatable)",
+    )
     p.add_argument("--reference", default=None, help="target whose accuracy is 100%% retention")
     p.add_argument("--max-prompts", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=0)
-    p.add_argument("--metric", default=None, choices=["exact_match", "normalized", "regex", "choice", "contains"],
-                   help="how an answer counts as accurate (default exact_match)")
-    p.add_argument("--answer-pattern", default=None, help="--metric regex: the answer's pattern (group 1 if any)")
-    p.add_argument("--quality", action="append", default=None,
-                   choices=["rouge_l", "chrf", "bleu", "semantic_similarity", "perplexity"],
-                   help="a quality metric besides accuracy (repeatable; default rouge_l, chrf, bleu)")
-    p.add_argument("--concurrency", action="append", type=int, default=None, metavar="N",
-                   help="a level of the throughput sweep (repeatable, e.g. 1 4 16; default 1)")
+    p.add_argument(
+        "--metric",
+        default=None,
+        choices=["exact_match", "normalized", "regex", "choice", "contains"],
+        help="how an answer counts as accurate (default exact_match)",
+    )
+    p.add_argument(
+        "--answer-pattern", default=None, help="--metric regex: the answer's pattern (group 1 if any)"
+    )
+    p.add_argument(
+        "--quality",
+        action="append",
+        default=None,
+        choices=["rouge_l", "chrf", "bleu", "semantic_similarity", "perplexity"],
+        help="a quality metric besides accuracy (repeatable; default rouge_l, chrf, bleu)",
+    )
+    p.add_argument(
+        "--concurrency",
+        action="append",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a level of the throughput sweep (repeatable, e.g. 1 4 16; default 1)",
+    )
     g = p.add_argument_group("LLM judge (any OpenAI-compatible endpoint)")
     g.add_argument("--judge-url", default=None)
     g.add_argument("--judge-model", default=None)
@@ -458,8 +579,13 @@ def add_commands(sub: Any) -> None:
     g = p.add_argument_group("gate: a FAIL makes the command exit 3")
     g.add_argument("--gate-candidate", default=None, help="the target the gate judges")
     g.add_argument("--min-retention", type=float, default=0.0, help="of accuracy")
-    g.add_argument("--min-retention-of", action="append", default=[], metavar="METRIC=VALUE",
-                   help="minimum retention of another metric, e.g. rouge_l=0.9 (repeatable)")
+    g.add_argument(
+        "--min-retention-of",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="minimum retention of another metric, e.g. rouge_l=0.9 (repeatable)",
+    )
     g.add_argument("--max-p95-ms", type=float, default=0.0)
     g.add_argument("--min-tokens-per-second", type=float, default=0.0)
     _job_flags(p)

@@ -37,8 +37,12 @@ def _print_job(job: Any, as_json: bool) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from slmops.cli import stack
 
-    stack.up(settings.data_dir(args.data_dir), free_ports=args.free_ports, num_cpus=args.num_cpus,
-             token=not args.no_token)
+    stack.up(
+        settings.data_dir(args.data_dir),
+        free_ports=args.free_ports,
+        num_cpus=args.num_cpus,
+        token=not args.no_token,
+    )
     print("stack is up; `slmops status` shows its health, `slmops down` stops it")
     return 0
 
@@ -75,7 +79,9 @@ def _print_deployments() -> None:
     from slmops.cli import client, jobs_commands
 
     try:
-        reply = client.call(client.stub("serving").ListDeployments, serving_pb2.ListDeploymentsRequest(page_size=100))
+        reply = client.call(
+            client.stub("serving").ListDeployments, serving_pb2.ListDeploymentsRequest(page_size=100)
+        )
     except (grpc.RpcError, SystemExit) as exc:
         print(f"\ndeployments: cannot be listed ({exc})")
         return
@@ -129,14 +135,27 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
     service, noun = _job_service(args.job_id)
     stub = client.stub(service)
-    return _print_job(client.call(getattr(stub, f"Get{noun}"), common_pb2.GetJobRequest(id=args.job_id)), args.json)
+    return _print_job(
+        client.call(getattr(stub, f"Get{noun}"), common_pb2.GetJobRequest(id=args.job_id)), args.json
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    command = [sys.executable, "-m", "slmops.predictor", "--model-dir", args.model_dir, "--host", args.host,
-               "--http-port", str(args.port), "--grpc-port", str(args.grpc_port)]
+    command = [
+        sys.executable,
+        "-m",
+        "slmops.predictor",
+        "--model-dir",
+        args.model_dir,
+        "--host",
+        args.host,
+        "--http-port",
+        str(args.port),
+        "--grpc-port",
+        str(args.grpc_port),
+    ]
     if args.name:
         command += ["--name", args.name]
     for adapter in args.adapter:
@@ -154,14 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     from slmops.cli import jobs_commands
 
     parser = argparse.ArgumentParser(prog="slmops", description="Operate small language models.")
-    parser.add_argument("--data-dir", default=None, help=f"state folder (default ${settings.VARS['data_dir'].env} or ~/.slmops)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"state folder (default ${settings.VARS['data_dir'].env} or ~/.slmops)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="start a local Ray head and every service in the background")
     p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 50051-50056")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs the Ray head offers")
-    p.add_argument("--no-token", action="store_true",
-                   help="let any local user call the services (by default they require <data_dir>/auth/token)")
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        help="let any local user call the services (by default they require <data_dir>/auth/token)",
+    )
     p.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop what `up` started").set_defaults(func=_cmd_down)
     p = sub.add_parser("status", help="health of every service and of Ray")
@@ -184,10 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (OpenAI API, OIP v2 REST)")
     p.add_argument("--grpc-port", type=int, default=8081, help="OIP v2 gRPC port; 0 turns gRPC off")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                   help="also serve a LoRA adapter as model NAME (repeatable)")
-    p.add_argument("--api-key-file", default="", help="require the API key in this file as a bearer "
-                   "token (or set SLMOPS_PREDICTOR_API_KEY)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also serve a LoRA adapter as model NAME (repeatable)",
+    )
+    p.add_argument(
+        "--api-key-file",
+        default="",
+        help="require the API key in this file as a bearer token (or set SLMOPS_PREDICTOR_API_KEY)",
+    )
     p.add_argument("--max-concurrency", type=int, default=0, help="sequences decoded at once")
     p.add_argument("--max-queue", type=int, default=0, help="requests waiting before 429")
     p.set_defaults(func=_cmd_serve)

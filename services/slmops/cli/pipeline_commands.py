@@ -50,7 +50,11 @@ def import_inputs(text: str, base_dir: Path, say: Any = None) -> str:
     roots = settings.allowed_roots()
     changed = False
     for name, stage in stages.items():
-        if not isinstance(stage, dict) or stage.get("kind") not in INPUT_KINDS or not isinstance(stage.get("uri"), str):
+        if (
+            not isinstance(stage, dict)
+            or stage.get("kind") not in INPUT_KINDS
+            or not isinstance(stage.get("uri"), str)
+        ):
             continue
         uri = stage["uri"]
         if "://" in uri:
@@ -84,7 +88,9 @@ def pipeline_spec(file: str, say: Any = None) -> pipeline_pb2.PipelineSpec:
         raise SystemExit(f"error: cannot read {file}: {exc}") from None
     base_dir = path.resolve().parent
     text = import_inputs(text, base_dir, say)
-    return pipeline_pb2.PipelineSpec(name=path.stem, definition_yaml=text, parameters={"base_dir": str(base_dir)})
+    return pipeline_pb2.PipelineSpec(
+        name=path.stem, definition_yaml=text, parameters={"base_dir": str(base_dir)}
+    )
 
 
 # -- the live view -----------------------------------------------------------------------
@@ -168,13 +174,19 @@ def summary(run: pipeline_pb2.PipelineRun) -> str:
     state = common_pb2.JobState.Name(run.status.state)
     reused = sum(1 for s in run.stages if s.reused)
     took = sum(s.seconds for s in run.stages)
-    lines = [f"{run.id}: {state}" + (f" - {run.status.reason}" if run.status.reason else ""),
-             f"stages: {len(run.stages)}, reused {reused}, ran {len(run.stages) - reused} ({took:.0f} s in stages)"]
+    lines = [
+        f"{run.id}: {state}" + (f" - {run.status.reason}" if run.status.reason else ""),
+        f"stages: {len(run.stages)}, reused {reused}, ran {len(run.stages) - reused} ({took:.0f} s in stages)",
+    ]
     tables = report_tables(run.report_uri)
     if tables:
         lines += ["", tables, ""]
     if run.report_uri:
-        html = artifacts.local_path(run.report_uri) / "report.html" if run.report_uri.startswith("file://") else None
+        html = (
+            artifacts.local_path(run.report_uri) / "report.html"
+            if run.report_uri.startswith("file://")
+            else None
+        )
         lines.append(f"report: {html or run.report_uri + '/report.html'}")
     if run.lineage:
         lines.append("lineage of the served revision:")

@@ -54,13 +54,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _start_service(name: str, port: int, env: dict[str, str], logs: Path, timeout: float = 60.0) -> StartedService:
+def _start_service(
+    name: str, port: int, env: dict[str, str], logs: Path, timeout: float = 60.0
+) -> StartedService:
     log_path = logs / f"{name}.log"
     with open(log_path, "ab") as log_file:
         offset = log_file.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", f"slmops.{name}", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -70,14 +75,22 @@ def _start_service(name: str, port: int, env: dict[str, str], logs: Path, timeou
                 return StartedService(name, process.pid, line.split()[-1], str(log_path))
         if process.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-5:])
-            raise Unavailable(f"the {name} service exited with code {process.returncode} ({log_path}):\n{tail}")
+            raise Unavailable(
+                f"the {name} service exited with code {process.returncode} ({log_path}):\n{tail}"
+            )
         time.sleep(0.2)
     stop_group(process.pid, 5.0, process)
     raise Unavailable(f"the {name} service did not start within {timeout:.0f}s; see {log_path}")
 
 
-def up(data_dir: Path, *, free_ports: bool = False, num_cpus: int | None = None,
-       say: Any = print, token: bool = True) -> dict[str, Any]:
+def up(
+    data_dir: Path,
+    *,
+    free_ports: bool = False,
+    num_cpus: int | None = None,
+    say: Any = print,
+    token: bool = True,
+) -> dict[str, Any]:
     """Start the Ray head and the services; returns the stack record.
 
     token: the services require a bearer token (SLMOPS_AUTH_TOKEN_FILE when
@@ -106,8 +119,10 @@ def up(data_dir: Path, *, free_ports: bool = False, num_cpus: int | None = None,
     elif not env.get(token_env):
         env[token_env] = str(auth.ensure_token_file(data_dir / auth.TOKEN_FILE))
     record["auth"] = {"token_file": env.get(token_env, "")}
-    ports = {name: free_port() if free_ports else int(settings.service_addr(name).rsplit(":", 1)[1])
-             for name in SERVICES}
+    ports = {
+        name: free_port() if free_ports else int(settings.service_addr(name).rsplit(":", 1)[1])
+        for name in SERVICES
+    }
     for name in SERVICES:
         env[settings.VARS[f"{name}_addr"].env] = f"127.0.0.1:{ports[name]}"
     try:
@@ -147,11 +162,16 @@ def down(data_dir: Path, say: Any = print) -> int:
 def health(address: str, timeout: float = 3.0) -> str:
     """SERVING, NOT_SERVING, or why it could not be asked."""
     credentials = auth.channel_credentials()
-    opened = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(
-        address, credentials, auth.channel_options())
+    opened = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials, auth.channel_options())
+    )
     with opened as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
         except grpc.RpcError as exc:
             return f"DOWN ({exc.code().name})"
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

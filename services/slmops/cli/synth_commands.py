@@ -14,7 +14,9 @@ def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
     teacher: dict[str, Any] = {}
     if args.teacher_url:
         if not args.teacher_model:
-            raise SystemExit("slmops synth: --teacher-url needs --teacher-model (the model name the endpoint serves)")
+            raise SystemExit(
+                "slmops synth: --teacher-url needs --teacher-model (the model name the endpoint serves)"
+            )
         teacher["endpoint"] = synthesis_pb2.TeacherEndpoint(
             base_url=args.teacher_url, model=args.teacher_model, api_key_env=args.api_key_env or "", chat=args.chat,
             max_concurrency=args.max_concurrency, max_attempts=args.max_attempts,
@@ -79,18 +81,28 @@ def synth_summary(metrics: dict[str, float]) -> str:
 def add_synth_command(sub: Any) -> None:
     p = sub.add_parser("synth", help="a teacher answers a prompts file into a dataset")
     p.add_argument("--prompts", required=True, help="JSONL, Parquet or CSV: one prompt per row")
-    p.add_argument("--template", default=None, help="makes each row's prompt from its columns, e.g. "
-                   "'Question: {question}' (default: the row's prompt column)")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="makes each row's prompt from its columns, e.g. "
+        "'Question: {question}' (default: the row's prompt column)",
+    )
     p.add_argument("--system-prompt", default=None, help="chat teachers: the system message")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--teacher-url", help="OpenAI-compatible base URL of the teacher, e.g. http://host/v1")
     which.add_argument("--teacher-model-path", help="or a Hugging Face teacher (model folder or hub id) run on the "
                        "job's Ray workers")  # fmt: skip
-    p.add_argument("--teacher-model", default=None, help="the model name the endpoint serves (with --teacher-url)")
+    p.add_argument(
+        "--teacher-model", default=None, help="the model name the endpoint serves (with --teacher-url)"
+    )
     p.add_argument("--device", default="cpu", help="local teacher: cpu or cuda[:N]")
-    p.add_argument("--batch-size", type=int, default=0, help="local teacher: prompts generated together (0: 8)")
+    p.add_argument(
+        "--batch-size", type=int, default=0, help="local teacher: prompts generated together (0: 8)"
+    )
     p.add_argument("--api-key-env", default=None, help="name of the env var holding the teacher's API key")
-    p.add_argument("--chat", action="store_true", help="chat completions (a local teacher: its chat template)")
+    p.add_argument(
+        "--chat", action="store_true", help="chat completions (a local teacher: its chat template)"
+    )
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=0.0, help="0: 1.0")
@@ -101,14 +113,20 @@ def add_synth_command(sub: Any) -> None:
                    "--temperature above 0)")  # fmt: skip
     p.add_argument("--validation-fraction", type=float, default=0.0)
     p.add_argument("--label-column", default=None, help="a prompt field the split keeps in proportion")
-    p.add_argument("--num-shards", type=int, default=0, help="prompt shards, each committed when answered (0: 2)")
+    p.add_argument(
+        "--num-shards", type=int, default=0, help="prompt shards, each committed when answered (0: 2)"
+    )
     p.add_argument("--max-concurrency", type=int, default=0, help="requests in flight (0: 4)")
     p.add_argument("--max-attempts", type=int, default=0, help="attempts per prompt (0: 6)")
     p.add_argument("--requests-per-minute", type=float, default=0.0, help="rate limit (0: none)")
     p.add_argument("--tokens-per-minute", type=float, default=0.0, help="rate limit (0: none)")
     p.add_argument("--price-in", type=float, default=0.0, help="price per million prompt tokens")
     p.add_argument("--price-out", type=float, default=0.0, help="price per million completion tokens")
-    p.add_argument("--max-reject-fraction", type=float, default=0.0,
-                   help="fail past this share of rejected prompts (0: 0.5; 1: never)")
+    p.add_argument(
+        "--max-reject-fraction",
+        type=float,
+        default=0.0,
+        help="fail past this share of rejected prompts (0: 0.5; 1: never)",
+    )
     _job_flags(p)
     p.set_defaults(func=cmd_synth)

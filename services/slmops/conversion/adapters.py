@@ -92,7 +92,9 @@ def _adapters_in(uri: str, name: str, field: str, problems: list[tuple[str, str]
     if (folder / "adapter_config.json").is_file():
         singles = [(name or _folder_name(folder), folder)]
     else:
-        singles = [(p.parent.name, p.parent) for p in sorted((folder / "adapters").glob("*/adapter_config.json"))]
+        singles = [
+            (p.parent.name, p.parent) for p in sorted((folder / "adapters").glob("*/adapter_config.json"))
+        ]
         if not singles:
             problems.append((field, f"{uri!r} is not a LoRA adapter: no adapter_config.json, "
                                     "nor adapters/<name>/adapter_config.json"))  # fmt: skip
@@ -250,7 +252,9 @@ def resolve(
             continue
         for adapter in _adapters_in(uri, name, field, problems):
             if adapter.name in seen:
-                problems.append((field, f"adapter name {adapter.name!r} is also given by {seen[adapter.name]}"))
+                problems.append(
+                    (field, f"adapter name {adapter.name!r} is also given by {seen[adapter.name]}")
+                )
                 continue
             seen[adapter.name] = field
             if base_config is not None:

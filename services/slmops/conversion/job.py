@@ -185,12 +185,16 @@ def _smallest_verified(
             result = convert(model_dir, target, cfg.precision, cfg.execution_provider, options,
                              progress=scaled(progress, 0.05, 0.7), adapters=adapters or None,
                              source_ref=_source_ref(cfg.model_uri))  # fmt: skip
-            result["verification"] = _verify(cfg, model_dir, target, threads, adapters, scaled(progress, 0.7, 0.95))
+            result["verification"] = _verify(
+                cfg, model_dir, target, threads, adapters, scaled(progress, 0.7, 0.95)
+            )
         except VerificationFailed as exc:
             attempts.append({"options": options, "reasons": exc.reasons})
             if index == len(candidates) - 1:
                 if len(attempts) > 1:
-                    raise VerificationFailed(f"{exc} (after {len(attempts)} int4 layouts, all missed)", exc.reasons) from None
+                    raise VerificationFailed(
+                        f"{exc} (after {len(attempts)} int4 layouts, all missed)", exc.reasons
+                    ) from None
                 raise
             shutil.rmtree(target, ignore_errors=True)
             progress(0.0, f"int4 with {_layout(options)} missed verification ({'; '.join(exc.reasons)}); "
@@ -203,7 +207,9 @@ def _smallest_verified(
 
 def _check_inputs(cfg: ConversionConfig) -> None:
     """The checkpoint and adapters a sealed artifact holds must match their recorded hashes."""
-    inputs = [("spec.model_uri", cfg.model_uri)] + [(f"spec.adapter_uris ({ref.name})", ref.uri) for ref in cfg.adapters]
+    inputs = [("spec.model_uri", cfg.model_uri)] + [
+        (f"spec.adapter_uris ({ref.name})", ref.uri) for ref in cfg.adapters
+    ]
     for field, uri in inputs:
         if not _is_local(uri):
             continue

@@ -32,9 +32,7 @@ def keep_builder_embeddings() -> None:
     original: Callable[..., Any] = genai_builder.Model.make_embedding
     olive_version: Callable[..., Any] = olive_builder.patched_make_embedding
     if getattr(original, "__module__", "") == olive_builder.__name__:
-        log.warning(
-            "Olive already replaced the builder's make_embedding; tied embeddings stay unshared"
-        )
+        log.warning("Olive already replaced the builder's make_embedding; tied embeddings stay unshared")
         return
 
     def make_embedding(self: Any, embedding: Any) -> Any:

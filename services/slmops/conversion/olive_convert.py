@@ -45,6 +45,7 @@ INT8_BLOCK_SIZE = 32
 # Where a pass's progress starts and ends within convert()'s 0..1.
 PASS_SPAN = (0.05, 0.8)
 
+
 class ConversionError(RuntimeError):
     """Olive or the model builder could not convert the model."""
 
@@ -92,7 +93,9 @@ def _fits(widths: list[int], block: int, symmetric: bool) -> bool:
     return all(width % (block if symmetric else 2 * block) == 0 for width in widths)
 
 
-def int4_candidates(config: Mapping[str, Any], pinned: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+def int4_candidates(
+    config: Mapping[str, Any], pinned: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
     """int4 builder options from the smallest model to the largest, for the conversion to verify in turn.
 
     - A tied embedding (`tie_word_embeddings: true`) is quantized once and
@@ -228,7 +231,9 @@ def check_checkpoint(model_dir: Path) -> dict[str, Any]:
             raise ConversionError(f"model.safetensors.index.json is unreadable: {exc}") from None
         missing = [name for name in shards if not (model_dir / name).is_file()]
         if missing:
-            raise ConversionError(f"weight shards named by model.safetensors.index.json are missing: {missing}")
+            raise ConversionError(
+                f"weight shards named by model.safetensors.index.json are missing: {missing}"
+            )
         files = [model_dir / name for name in shards]
     else:
         files = sorted(model_dir.glob("*.safetensors"))
@@ -252,7 +257,9 @@ def _check_safetensors(path: Path) -> None:
         if length > 100 * 2**20:
             raise ConversionError(f"{path.name} is not a safetensors file (a header of {length} bytes)")
         if length > size - 8:
-            raise ConversionError(f"{path.name} is truncated: {size} bytes, its header alone needs {8 + length}")
+            raise ConversionError(
+                f"{path.name} is truncated: {size} bytes, its header alone needs {8 + length}"
+            )
         try:
             header = json.loads(fh.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError):

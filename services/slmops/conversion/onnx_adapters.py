@@ -188,7 +188,9 @@ def plan(adapters: Mapping[str, str | Path], precision: str = "fp32") -> Adapter
     return AdapterPlan(paths, weights, lora_nodes)
 
 
-def install(adapter_plan: AdapterPlan, built: Path, target: Path, skip: frozenset[str] | set[str] = frozenset()) -> None:
+def install(
+    adapter_plan: AdapterPlan, built: Path, target: Path, skip: frozenset[str] | set[str] = frozenset()
+) -> None:
     """Save the built model into target with LoRA inputs, then one `.onnx_adapter` per adapter."""
     first = next(iter(adapter_plan.paths))
     dtypes = _move_with_lora_inputs(built, target, adapter_plan.weights[first], skip)

@@ -61,4 +61,6 @@ class ConversionServicer(JobServicer, conversion_pb2_grpc.ConversionServiceServi
 
 
 def registration(jobs: StageJobs) -> Registration:
-    return Registration(conversion_pb2_grpc.add_ConversionServiceServicer_to_server, ConversionServicer(jobs), SERVICE_NAME)
+    return Registration(
+        conversion_pb2_grpc.add_ConversionServiceServicer_to_server, ConversionServicer(jobs), SERVICE_NAME
+    )

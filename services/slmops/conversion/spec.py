@@ -78,7 +78,7 @@ RESERVED_OPTIONS = {
 # Why a precision is not offered for a provider, as measured (FACTS.md).
 UNSUPPORTED = {
     ("cpu", "fp16"): "ONNX Runtime GenAI 0.13.2 loads the builder's FP16 CPU graph but fails its "
-    "second decode step (\"Shape mismatch attempting to re-use buffer\")",
+    'second decode step ("Shape mismatch attempting to re-use buffer")',
     ("cpu", "bf16"): "ONNX Runtime has no BF16 kernels for these operators on the CPU",
     ("cuda", "int8"): "the 8-bit path is built and verified on the CPU only",
     ("dml", "int8"): "the 8-bit path is built and verified on the CPU only",
@@ -183,9 +183,7 @@ def _model_uri(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, st
     if not folder.is_dir():
         problems.append(("spec.model_uri", f"{uri!r} is not a folder"))
     elif not (folder / "config.json").is_file():
-        problems.append(
-            ("spec.model_uri", f"{uri!r} has no config.json: not a Hugging Face checkpoint")
-        )
+        problems.append(("spec.model_uri", f"{uri!r} has no config.json: not a Hugging Face checkpoint"))
     else:
         config = _read_config(folder / "config.json", problems)
         if config is not None:
@@ -239,15 +237,11 @@ def _precision(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, st
 
 def _provider(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> str:
     if spec.execution_provider not in PROVIDERS:
-        problems.append(
-            ("spec.execution_provider", f"unknown execution provider {spec.execution_provider}")
-        )
+        problems.append(("spec.execution_provider", f"unknown execution provider {spec.execution_provider}"))
     return PROVIDERS.get(spec.execution_provider, "cpu")
 
 
-def _extra_options(
-    spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]
-) -> dict[str, str]:
+def _extra_options(spec: conversion_pb2.ConversionSpec, problems: list[tuple[str, str]]) -> dict[str, str]:
     options: dict[str, str] = {}
     for key in sorted(spec.extra_options):
         value = spec.extra_options[key].strip()
@@ -310,7 +304,9 @@ def from_proto(spec: conversion_pb2.ConversionSpec) -> ConversionConfig:
     extra_options = _extra_options(spec, problems)
     adapters = _adapters(spec, model_uri, precision, provider, problems)
     if spec.foundry_local_package and model_uri:
-        _foundry_problem(artifacts.local_path(model_uri) if model_uri.startswith("file://") else None, problems)
+        _foundry_problem(
+            artifacts.local_path(model_uri) if model_uri.startswith("file://") else None, problems
+        )
     resources = _resources(spec, problems)
     if provider == "cuda" and resources.num_gpus == 0:
         resources.num_gpus = 1.0  # the builder and the check run where the GPU is
@@ -351,7 +347,9 @@ def _adapters(
     refs = resolve(list(spec.adapter_uris), model_uri, base_config, spec.merge_adapters, problems)
     if spec.merge_adapters:
         if len(refs) > 1:
-            problems.append(("spec.merge_adapters", f"merges one adapter into the base; {len(refs)} were given"))
+            problems.append(
+                ("spec.merge_adapters", f"merges one adapter into the base; {len(refs)} were given")
+            )
         return refs
     architecture = ((base_config or {}).get("architectures") or [None])[0]
     if base_config is not None and architecture not in ADAPTER_ARCHITECTURES:
@@ -361,5 +359,7 @@ def _adapters(
         problems.append(("spec.adapter_uris", f"run-time adapters are built for CPU INT4 or FP32, not "
                                               f"{provider.upper()} {precision.upper()}; merge the adapter instead"))  # fmt: skip
     if "int4_nodes_to_exclude" in spec.extra_options:
-        problems.append(("spec.extra_options[int4_nodes_to_exclude]", "is set by the conversion when adapters are given"))
+        problems.append(
+            ("spec.extra_options[int4_nodes_to_exclude]", "is set by the conversion when adapters are given")
+        )
     return refs

@@ -96,7 +96,9 @@ def _download(uri: str, manifest: artifacts.Manifest, temp: Path, field: str) ->
     fs, root = filesystem(uri)
     actual: dict[str, str] = {}
     with store_errors(uri, "fetching"):
-        files = {rel: p for rel, p in artifacts.files_under(fs, root).items() if rel not in artifacts.NOT_PAYLOAD}
+        files = {
+            rel: p for rel, p in artifacts.files_under(fs, root).items() if rel not in artifacts.NOT_PAYLOAD
+        }
         for rel in sorted(set(files) & set(manifest.hashes)):
             target = temp / rel
             target.parent.mkdir(parents=True, exist_ok=True)

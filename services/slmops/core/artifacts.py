@@ -118,7 +118,11 @@ def hash_files(uri: str) -> dict[str, str]:
     with store_errors(uri, "hashing"):
         if fs.isfile(root):
             return {"": _sha256(fs, root)}
-        return {rel: _sha256(fs, path) for rel, path in sorted(files_under(fs, root).items()) if rel not in NOT_PAYLOAD}
+        return {
+            rel: _sha256(fs, path)
+            for rel, path in sorted(files_under(fs, root).items())
+            if rel not in NOT_PAYLOAD
+        }
 
 
 def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -153,7 +157,9 @@ def check_new_output(uri: str, field_name: str = "spec.output_uri") -> None:
         if MANIFEST in found:
             raise AlreadyExists(f"{field_name}: {uri} is an existing artifact; name a new or empty folder")
         if found and UNSEALED not in found:
-            raise AlreadyExists(f"{field_name}: {uri} is a folder that is not empty; name a new or empty folder")
+            raise AlreadyExists(
+                f"{field_name}: {uri} is a folder that is not empty; name a new or empty folder"
+            )
         return
     if not fs.exists(root):
         return
@@ -354,7 +360,9 @@ def check_hashes(uri: str, manifest: Manifest, field_name: str, within: str = ""
                  set(actual) - set(recorded), field_name)  # fmt: skip
 
 
-def mismatch(uri: str, recorded: dict[str, str], actual: dict[str, str], extra: set[str], field_name: str) -> None:
+def mismatch(
+    uri: str, recorded: dict[str, str], actual: dict[str, str], extra: set[str], field_name: str
+) -> None:
     """InvalidSpec naming each file that is missing, extra (not in the manifest) or changed; None if all match."""
     problems = [f"{rel} is missing" for rel in sorted(set(recorded) - set(actual))]
     problems += [f"{rel} is not in its manifest" for rel in sorted(extra)]

@@ -31,11 +31,7 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
         if role not in ROLES:
             raise InvalidSpec(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            texts = [
-                p.get("text", "")
-                for p in content
-                if isinstance(p, dict) and p.get("type") == "text"
-            ]
+            texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
             if len(texts) != len(content):
                 raise InvalidSpec(f"messages[{i}].content", "only text parts are supported")
             content = "".join(texts)
@@ -85,9 +81,7 @@ def _compile(template: str):
         raise TemplateError(message)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(
-        x, indent=indent, ensure_ascii=False
-    )
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent, ensure_ascii=False)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: dt.datetime.now().strftime(fmt)
     return env.from_string(template)

@@ -59,7 +59,11 @@ class _Token(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor
 
     def _details(self, details: Any) -> Any:
         metadata = [*(details.metadata or ()), self._header]
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+        return (
+            details._replace(metadata=metadata)
+            if hasattr(details, "_replace")
+            else _Details(details, metadata)
+        )
 
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return continuation(self._details(details), request)
@@ -77,7 +81,10 @@ class _Token(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor
 class _Details(grpc.ClientCallDetails):
     def __init__(self, base: Any, metadata: list[tuple[str, str]]):
         self.method, self.timeout, self.credentials = base.method, base.timeout, base.credentials
-        self.wait_for_ready, self.compression = getattr(base, "wait_for_ready", None), getattr(base, "compression", None)
+        self.wait_for_ready, self.compression = (
+            getattr(base, "wait_for_ready", None),
+            getattr(base, "compression", None),
+        )
         self.metadata = metadata
 
 
@@ -86,7 +93,11 @@ def channel(addr: str) -> grpc.Channel:
     options = [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
                *auth.channel_options()]  # fmt: skip
     credentials = auth.channel_credentials()
-    raw = grpc.insecure_channel(addr, options) if credentials is None else grpc.secure_channel(addr, credentials, options)
+    raw = (
+        grpc.insecure_channel(addr, options)
+        if credentials is None
+        else grpc.secure_channel(addr, credentials, options)
+    )
     token = auth.client_token()
     with_token = grpc.intercept_channel(raw, _Token(token)) if token else raw
     return grpcext.intercept_channel(with_token, client_interceptor())

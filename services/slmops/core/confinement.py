@@ -94,12 +94,12 @@ def _check_remote(uri: str, field_name: str) -> None:
     authority = uri.split("://", 1)[1].split("/", 1)[0]
     userinfo = authority.rpartition("@")[0]
     if ":" in userinfo:
-        raise InvalidSpec(field_name, "must not carry credentials (user:secret@); the store's own credentials apply")
+        raise InvalidSpec(
+            field_name, "must not carry credentials (user:secret@); the store's own credentials apply"
+        )
 
 
-def confine(
-    uri: str, roots: Iterable[str | os.PathLike[str]] | None = None, field_name: str = "uri"
-) -> str:
+def confine(uri: str, roots: Iterable[str | os.PathLike[str]] | None = None, field_name: str = "uri") -> str:
     """The canonical URI (file:// for local paths) of uri if a request may name it; else InvalidSpec.
 
     roots defaults to the configured allowed roots (settings.allowed_roots()).
@@ -114,12 +114,16 @@ def confine(
     if sep and scheme.lower() == "local":
         raise InvalidSpec(field_name, "local:// is not accepted; use file:///path or a plain path")
     if sep and (not _SCHEME.match(scheme) or scheme not in schemes):
-        raise InvalidSpec(field_name, f"scheme {scheme!r} is not allowed here (allowed: {', '.join(schemes)})")
+        raise InvalidSpec(
+            field_name, f"scheme {scheme!r} is not allowed here (allowed: {', '.join(schemes)})"
+        )
     if sep and scheme != "file":
         _check_remote(text, field_name)
         return text
     if "file" not in schemes:
-        raise InvalidSpec(field_name, f"local paths are not allowed here (allowed schemes: {', '.join(schemes)})")
+        raise InvalidSpec(
+            field_name, f"local paths are not allowed here (allowed schemes: {', '.join(schemes)})"
+        )
     if sep and not rest.startswith("/"):
         raise InvalidSpec(field_name, "a file:// URI takes an absolute path (file:///data/model)")
     path = _real(rest if sep else os.path.abspath(os.path.expanduser(text)))

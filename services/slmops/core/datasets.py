@@ -58,9 +58,7 @@ def json_object_lines(
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.append(
-                (field, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
-            )
+            problems.append((field, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})"))
             continue
         if not isinstance(value, dict):
             problems.append((field, f"line {number}: must be a JSON object{like}"))
@@ -99,9 +97,7 @@ def read_prompts(uri: str, field: str = "spec.prompts_uri") -> list[Prompt]:
     return parse_prompts(lines, field)
 
 
-def dataset_record(
-    fields: dict[str, Any], result: dict[str, Any], teacher_model: str
-) -> dict[str, Any]:
+def dataset_record(fields: dict[str, Any], result: dict[str, Any], teacher_model: str) -> dict[str, Any]:
     """A prompt's fields plus the teacher's answer and metadata."""
     record = dict(fields)
     record["completion"] = result["completion"]
@@ -172,7 +168,11 @@ def from_arrow(table: Any) -> list[dict[str, Any]]:
     as_json = json.loads((table.schema.metadata or {}).get(JSON_COLUMNS_KEY, b"[]"))
     records = []
     for row in table.to_pylist():
-        record = {k: (json.loads(v) if k in as_json and v is not None else v) for k, v in row.items() if v is not None}
+        record = {
+            k: (json.loads(v) if k in as_json and v is not None else v)
+            for k, v in row.items()
+            if v is not None
+        }
         if isinstance(record.get("teacher"), dict):
             record["teacher"] = {k: v for k, v in record["teacher"].items() if v is not None}
         records.append(record)
@@ -200,7 +200,11 @@ def _split_rows(dataset_uri: str, name: str) -> Iterator[tuple[str, Any]]:
 
 
 def read_records(
-    dataset_uri: str, name: str, field_name: str = "spec.dataset_uri", allow_text: bool = False, limit: int = 0
+    dataset_uri: str,
+    name: str,
+    field_name: str = "spec.dataset_uri",
+    allow_text: bool = False,
+    limit: int = 0,
 ) -> list[dict[str, Any]]:
     """The records of one split (JSONL or Parquet shards); InvalidSpec naming the file and line
     (or row) of any malformed one.

@@ -26,7 +26,10 @@ def wrap_handler(
     stream: Callable[[Behaviour], Behaviour],
 ) -> grpc.RpcMethodHandler:
     """A handler of handler's kind and codec running unary(inner) or stream(inner) for its behaviour inner."""
-    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **codec)
     if handler.unary_stream:

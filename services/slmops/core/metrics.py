@@ -36,7 +36,24 @@ from slmops.core.jobs.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
-DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+DURATION_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
+)
 
 
 def port_setting(override: int | None = None) -> int:
@@ -109,7 +126,8 @@ class _LifecycleCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         takeovers = CounterMetricFamily(
-            "slmops_lease_takeovers", "Records this replica took over from a replica whose lease ran out.",
+            "slmops_lease_takeovers",
+            "Records this replica took over from a replica whose lease ran out.",
             labels=["service"],
         )
         takeovers.add_metric([self.service], sum(lc.takeovers for lc in self.lifecycles))

@@ -62,7 +62,9 @@ class Capacity:
         """Whether one node or pod has all of need at once (memory 0 on either side: not compared)."""
         if not self.shapes:
             return True
-        return any(all(_covers(shape, name, amount) for name, amount in need.items()) for shape in self.shapes)
+        return any(
+            all(_covers(shape, name, amount) for name, amount in need.items()) for shape in self.shapes
+        )
 
 
 def _covers(shape: Mapping[str, float], name: str, amount: float) -> bool:

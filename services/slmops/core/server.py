@@ -100,8 +100,14 @@ async def start_server(
     await server.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s listening on %s:%d (%s, %s)", service, host, bound, "TLS" if credentials else "plain text",
-             "bearer token required" if token else "no token")
+    log.info(
+        "%s listening on %s:%d (%s, %s)",
+        service,
+        host,
+        bound,
+        "TLS" if credentials else "plain text",
+        "bearer token required" if token else "no token",
+    )
     return RunningServer(server, bound, health_servicer, names, on_stop, metrics)
 
 

@@ -16,7 +16,9 @@ from slmops.core.server import Registration, RunningServer, serve_forever, start
 
 def parse_args(service: str, argv: list[str] | None = None) -> argparse.Namespace:
     default = settings.service_addr(service)
-    parser = argparse.ArgumentParser(prog=f"python -m slmops.{service}", description=f"slmops {service} service")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m slmops.{service}", description=f"slmops {service} service"
+    )
     parser.add_argument("--host", default=settings.get("host"), help="address to bind (SLMOPS_HOST)")
     parser.add_argument("--port", type=int, default=int(default.rsplit(":", 1)[1]), help="port (0: any free)")
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL of the job store")
@@ -60,13 +62,19 @@ def run_service(
     asyncio.run(run())
 
 
-def main(stage: str, servicer_factory: Callable[[StageJobs], Registration], argv: list[str] | None = None) -> None:
+def main(
+    stage: str, servicer_factory: Callable[[StageJobs], Registration], argv: list[str] | None = None
+) -> None:
     """`python -m slmops.<stage>` for a job stage."""
 
     async def start(args: argparse.Namespace) -> RunningServer:
         running, _ = await start_stage_service(
-            stage, servicer_factory, host=args.host, port=args.port,
-            database_url=args.database_url, ray_address=args.ray_address,
+            stage,
+            servicer_factory,
+            host=args.host,
+            port=args.port,
+            database_url=args.database_url,
+            ray_address=args.ray_address,
         )
         return running
 

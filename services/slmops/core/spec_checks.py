@@ -80,19 +80,13 @@ def check_http_url(value: str, field: str, problems: Problems) -> None:
         return
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        problems.append(
-            (field, f"must be an http(s) URL like https://api.example.com/v1, not {value!r}")
-        )
+        problems.append((field, f"must be an http(s) URL like https://api.example.com/v1, not {value!r}"))
 
 
-def sampling_from_proto(
-    msg: common_pb2.SamplingParams, field: str, problems: Problems
-) -> SamplingConfig:
+def sampling_from_proto(msg: common_pb2.SamplingParams, field: str, problems: Problems) -> SamplingConfig:
     """Range-check sampling parameters and apply the proto defaults."""
     if not 0 <= msg.max_tokens <= 8192:
-        problems.append(
-            (f"{field}.max_tokens", f"must be in 1..8192 (0 means 64), got {msg.max_tokens}")
-        )
+        problems.append((f"{field}.max_tokens", f"must be in 1..8192 (0 means 64), got {msg.max_tokens}"))
     if not 0.0 <= msg.temperature <= 2.0:
         problems.append((f"{field}.temperature", f"must be in 0..2, got {msg.temperature}"))
     if not 0.0 <= msg.top_p <= 1.0:

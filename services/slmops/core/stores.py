@@ -29,7 +29,11 @@ from slmops.core.errors import Unavailable
 # two rounds of s3fs's own loop: a dead endpoint fails in seconds, a hung one in
 # about a minute and a half at worst.
 S3_DEFAULTS: dict[str, Any] = {
-    "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20},
+    "config_kwargs": {
+        "retries": {"max_attempts": 2, "mode": "standard"},
+        "connect_timeout": 5,
+        "read_timeout": 20,
+    },
 }
 S3FS_RETRIES = 2  # s3fs's own retry loop around each call (a class attribute there, 5 by default)
 
@@ -88,7 +92,9 @@ def is_store_error(exc: BaseException) -> bool:
 
 def store_error(uri: str, doing: str, exc: BaseException) -> Unavailable:
     message = str(exc).strip() or type(exc).__name__
-    return Unavailable(f"the artifact store failed while {doing} {describe(uri)}: {type(exc).__name__}: {message}")
+    return Unavailable(
+        f"the artifact store failed while {doing} {describe(uri)}: {type(exc).__name__}: {message}"
+    )
 
 
 @contextmanager

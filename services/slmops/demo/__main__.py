@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             "trace_spans": count_trace_spans(data_dir, trace_id),
         })  # fmt: skip
         print(report["markdown"])
-        say(f"report: {out_dir / 'report.md'}, {out_dir / 'report.json'} and the evaluation page {report['html']}")
+        say(
+            f"report: {out_dir / 'report.md'}, {out_dir / 'report.json'} and the evaluation page {report['html']}"
+        )
         code = 0 if report["ok"] else 1
     except Exception as exc:  # noqa: BLE001 - the demo says what failed, then stops what it started
         say(f"demo failed: {type(exc).__name__}: {exc}")

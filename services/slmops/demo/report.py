@@ -62,7 +62,9 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
     headline = {
         "parameter_reduction": _ratio(teacher.get("parameters", 0), student.get("parameters", 0)),
         "latency_p95_reduction_int4_vs_teacher": _ratio(p95(teacher), p95(int4)),
-        "memory_reduction_int4_vs_teacher": _ratio(teacher.get("memory_bytes", 0), int4.get("memory_bytes", 0)),
+        "memory_reduction_int4_vs_teacher": _ratio(
+            teacher.get("memory_bytes", 0), int4.get("memory_bytes", 0)
+        ),
         "size_reduction_int4_vs_teacher": _ratio(teacher.get("size_bytes", 0), int4.get("size_bytes", 0)),
         "retention_student": student.get("retention", {}).get("accuracy"),
         "retention_int4": int4.get("retention", {}).get("accuracy"),
@@ -119,7 +121,8 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
         f"- Rollout: the int4 canary was {report['rollout'].get('action', 'not rolled out')}; deployment `student` "
         f"serves revision {report['rollout'].get('serving_revision', '?')}.",
         f"- Wall time: {report['wall_seconds']:.0f} s in all; trace id `{flow['trace_id']}` with spans from "
-        + ", ".join(f"{k} ({v})" for k, v in flow["trace_spans"].items()) + ".",
+        + ", ".join(f"{k} ({v})" for k, v in flow["trace_spans"].items())
+        + ".",
         f"- The evaluation's page, with its plots: {html}",
         "",
         "Lineage of the served revision:",
@@ -132,7 +135,11 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown)
     finished = all(s.state == common_pb2.SUCCEEDED for s in first.stages) and len(first.stages) > 0
-    ok = finished and bool(html) and bool(headline["parameter_reduction"] and headline["parameter_reduction"] >= 5)
+    ok = (
+        finished
+        and bool(html)
+        and bool(headline["parameter_reduction"] and headline["parameter_reduction"] >= 5)
+    )
     return {"markdown": markdown, "ok": ok, "report": report, "html": html}
 
 

@@ -32,7 +32,9 @@ def _job(service: str, noun: str, request: Any, label: str) -> Any:
     started = time.time()
     job = watch_job(label, getattr(stub, f"Watch{noun}"), getattr(stub, f"Get{noun}"), job.id, out=say)
     if job.status.state != common_pb2.SUCCEEDED:
-        raise DemoFailed(f"{label} job {job.id} {common_pb2.JobState.Name(job.status.state)}: {job.status.reason}")
+        raise DemoFailed(
+            f"{label} job {job.id} {common_pb2.JobState.Name(job.status.state)}: {job.status.reason}"
+        )
     say(f"  {label}: done in {time.time() - started:.0f}s -> {job.status.output.uri}")
     return job
 
@@ -45,9 +47,17 @@ def _resources(values: dict[str, Any]) -> common_pb2.ResourceRequest:
     return common_pb2.ResourceRequest(**values)
 
 
-def train(label: str, method: str, base: str, dataset_uri: str, hparams: dict[str, Any],
-          resources: dict[str, Any], *, from_config: bool = False,
-          overrides: dict[str, str] | None = None) -> Any:
+def train(
+    label: str,
+    method: str,
+    base: str,
+    dataset_uri: str,
+    hparams: dict[str, Any],
+    resources: dict[str, Any],
+    *,
+    from_config: bool = False,
+    overrides: dict[str, str] | None = None,
+) -> Any:
     spec = training_pb2.TrainingSpec(
         method=training_pb2.TrainingMethod.Value(method),
         base=training_pb2.ModelInit(model=base, from_config=from_config, config_overrides=overrides or {}),
@@ -59,15 +69,25 @@ def train(label: str, method: str, base: str, dataset_uri: str, hparams: dict[st
     return _job("training", "TrainingJob", training_pb2.CreateTrainingJobRequest(spec=spec), label)
 
 
-def synthesize(prompts_uri: str, teacher_url: str, teacher_model: str, max_tokens: int,
-               price_per_million: tuple[float, float] = (0.0, 0.0), drop_truncated: bool = False) -> Any:
+def synthesize(
+    prompts_uri: str,
+    teacher_url: str,
+    teacher_model: str,
+    max_tokens: int,
+    price_per_million: tuple[float, float] = (0.0, 0.0),
+    drop_truncated: bool = False,
+) -> Any:
     """A synthesis job; prices (prompt, completion) per million tokens give its cost. With
     drop_truncated, answers cut at max_tokens are filtered out too (besides empty answers and refusals)."""
     spec = synthesis_pb2.SynthesisSpec(
         prompts_uri=prompts_uri,
-        endpoint=synthesis_pb2.TeacherEndpoint(base_url=teacher_url, model=teacher_model, max_concurrency=4,
-                                               price_prompt_per_million=price_per_million[0],
-                                               price_completion_per_million=price_per_million[1]),
+        endpoint=synthesis_pb2.TeacherEndpoint(
+            base_url=teacher_url,
+            model=teacher_model,
+            max_concurrency=4,
+            price_prompt_per_million=price_per_million[0],
+            price_completion_per_million=price_per_million[1],
+        ),
         filters=synthesis_pb2.AnswerFilters(drop_truncated=drop_truncated),
         sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
         validation_fraction=0.1,
@@ -78,10 +98,16 @@ def synthesize(prompts_uri: str, teacher_url: str, teacher_model: str, max_token
 
 
 def convert(model_uri: str, extra_options: dict[str, str] | None = None) -> Any:
-    spec = conversion_pb2.ConversionSpec(model_uri=model_uri, precision=conversion_pb2.INT4,
-                                         execution_provider=conversion_pb2.CPU, extra_options=extra_options or {},
-                                         labels={"app": "slmops-demo"})
-    return _job("conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), "conversion")
+    spec = conversion_pb2.ConversionSpec(
+        model_uri=model_uri,
+        precision=conversion_pb2.INT4,
+        execution_provider=conversion_pb2.CPU,
+        extra_options=extra_options or {},
+        labels={"app": "slmops-demo"},
+    )
+    return _job(
+        "conversion", "ConversionJob", conversion_pb2.CreateConversionJobRequest(spec=spec), "conversion"
+    )
 
 
 def _settled(name: str, since: float) -> serving_pb2.Deployment:
@@ -105,7 +131,9 @@ def deploy(name: str, model_uri: str) -> serving_pb2.Deployment:
 
 def canary(name: str, model_uri: str, percent: int) -> tuple[serving_pb2.Deployment, serving_pb2.Revision]:
     """A new revision of `name` with `percent` of its traffic; the deployment and the canary revision."""
-    request = serving_pb2.UpdateDeploymentRequest(name=name, model_uri=model_uri, canary_traffic_percent=percent)
+    request = serving_pb2.UpdateDeploymentRequest(
+        name=name, model_uri=model_uri, canary_traffic_percent=percent
+    )
     since = time.time()
     client.call(client.stub("serving").UpdateDeployment, request)
     deployment = _settled(name, since)
@@ -132,8 +160,9 @@ def rollback(name: str) -> serving_pb2.Deployment:
     return _settled(name, since)
 
 
-def target(name: str, deployment: str = "", revision: serving_pb2.Revision | None = None,
-           model: str = "") -> evaluation_pb2.EvalTarget:
+def target(
+    name: str, deployment: str = "", revision: serving_pb2.Revision | None = None, model: str = ""
+) -> evaluation_pb2.EvalTarget:
     """An evaluation target: a deployment by name, or one revision of it by its own URL."""
     if revision is None:
         return evaluation_pb2.EvalTarget(name=name, deployment=deployment)
@@ -141,8 +170,14 @@ def target(name: str, deployment: str = "", revision: serving_pb2.Revision | Non
                                      model_uri=revision.model_uri)  # fmt: skip
 
 
-def evaluate(dataset_uri: str, targets: list[evaluation_pb2.EvalTarget], reference: str, candidate: str,
-             max_tokens: int, min_retention: float) -> Any:
+def evaluate(
+    dataset_uri: str,
+    targets: list[evaluation_pb2.EvalTarget],
+    reference: str,
+    candidate: str,
+    max_tokens: int,
+    min_retention: float,
+) -> Any:
     spec = evaluation_pb2.EvaluationSpec(
         targets=targets,
         dataset_uri=dataset_uri,
@@ -152,4 +187,6 @@ def evaluate(dataset_uri: str, targets: list[evaluation_pb2.EvalTarget], referen
         gate=evaluation_pb2.QualityGate(candidate=candidate, min_retention=min_retention),
         labels={"app": "slmops-demo"},
     )
-    return _job("evaluation", "EvaluationJob", evaluation_pb2.CreateEvaluationJobRequest(spec=spec), "evaluation")
+    return _job(
+        "evaluation", "EvaluationJob", evaluation_pb2.CreateEvaluationJobRequest(spec=spec), "evaluation"
+    )

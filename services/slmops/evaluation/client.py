@@ -124,13 +124,16 @@ def load_examples(dataset_uri: str, max_prompts: int = 0) -> list[Example]:
     for prompt in prompts:
         expected = prompt.fields.get("answer", prompt.fields.get("completion"))
         if expected is None:
-            problems.append(
-                ("spec.dataset_uri", f'line {prompt.line}: needs "answer" or "completion"')
-            )
+            problems.append(("spec.dataset_uri", f'line {prompt.line}: needs "answer" or "completion"'))
         else:
             choices = prompt.fields.get("choices")
-            examples.append(Example(prompt.fields["prompt"], str(expected),
-                                    [str(c) for c in choices] if isinstance(choices, list) else None))
+            examples.append(
+                Example(
+                    prompt.fields["prompt"],
+                    str(expected),
+                    [str(c) for c in choices] if isinstance(choices, list) else None,
+                )
+            )
     if problems:
         raise InvalidSpec(*problems[0], *problems[1:])
     return examples[:max_prompts] if max_prompts else examples
@@ -332,8 +335,12 @@ def measure_target(
             continue
         for example, timed in zip(examples, done):  # the quality pass
             result.completions.append(timed.text)
-            result.correct.append(not timed.error and is_correct(
-                example.expected, timed.text, metric, pattern=answer_pattern, choices=example.choices))
+            result.correct.append(
+                not timed.error
+                and is_correct(
+                    example.expected, timed.text, metric, pattern=answer_pattern, choices=example.choices
+                )
+            )
             if timed.error:
                 result.errors.append(timed.error)
             else:

@@ -60,9 +60,7 @@ def report_parents(cfg: EvaluationConfig) -> list[str]:
     return parents
 
 
-def flat_metrics(
-    results: list[TargetResult], gate_evaluated: bool, gate_passed: bool
-) -> dict[str, float]:
+def flat_metrics(results: list[TargetResult], gate_evaluated: bool, gate_passed: bool) -> dict[str, float]:
     metrics = {f"{r.name}.{key}": float(getattr(r, key)) for r in results if r.ok for key in RESULT_METRICS}
     for r in results:
         if r.ok:
@@ -74,9 +72,7 @@ def flat_metrics(
     return metrics
 
 
-def run(
-    config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = ""
-) -> dict[str, Any]:
+def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = "") -> dict[str, Any]:
     """Evaluate every target and write a report artifact at output_uri."""
     cfg = EvaluationConfig.model_validate(config)
     tracing.setup_tracing("evaluation-job")
@@ -141,7 +137,9 @@ def run(
         metrics=metrics,
         trace_id=trace_id,
     )
-    summary = "; ".join(f"{r.name} accuracy {r.accuracy:.1%}" if r.ok else f"{r.name} failed" for r in results)
+    summary = "; ".join(
+        f"{r.name} accuracy {r.accuracy:.1%}" if r.ok else f"{r.name} failed" for r in results
+    )
     if verdict.evaluated:
         summary += f"; gate {'passed' if verdict.passed else 'failed'}"
     progress(1.0, summary, **metrics)

@@ -46,7 +46,9 @@ def text_metrics(names: list[str], examples: list[Example], completions: list[st
     expected = [e.expected for e in examples]
     values: dict[str, float] = {}
     if "rouge_l" in names:
-        values["rouge_l"] = metrics.mean([metrics.rouge_l(e, c) for e, c in zip(expected, completions)]) or 0.0
+        values["rouge_l"] = (
+            metrics.mean([metrics.rouge_l(e, c) for e, c in zip(expected, completions)]) or 0.0
+        )
     if "chrf" in names:
         values["chrf"] = metrics.chrf(completions, expected)
     if "bleu" in names:
@@ -57,7 +59,9 @@ def text_metrics(names: list[str], examples: list[Example], completions: list[st
     return values
 
 
-def judge_mean(cfg: EvaluationConfig, examples: list[Example], completions: list[str]) -> tuple[float | None, str]:
+def judge_mean(
+    cfg: EvaluationConfig, examples: list[Example], completions: list[str]
+) -> tuple[float | None, str]:
     """The judge's mean score and a note ('' when every answer was scored)."""
     judge = cfg.judge
     assert judge is not None
@@ -84,7 +88,9 @@ def add_quality(cfg: EvaluationConfig, examples: list[Example], measured: list[M
         if "perplexity" in names:
             folder = _model_folder(m.model_uri)
             if not folder:
-                m.notes.append("perplexity needs the target's model_uri: a local model folder or a sealed artifact")
+                m.notes.append(
+                    "perplexity needs the target's model_uri: a local model folder or a sealed artifact"
+                )
             else:
                 try:
                     m.perplexity = metrics.perplexity(folder, held_out)

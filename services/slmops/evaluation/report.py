@@ -166,14 +166,10 @@ def judge(gate: GateConfig | None, results: list[TargetResult]) -> Verdict:
     checks: list[tuple[bool, str]] = []
     if gate.min_retention:
         ok = c.retention >= gate.min_retention - EPSILON
-        checks.append(
-            (ok, f"retention {c.retention:.3f} {'>=' if ok else '<'} min {gate.min_retention:.3f}")
-        )
+        checks.append((ok, f"retention {c.retention:.3f} {'>=' if ok else '<'} min {gate.min_retention:.3f}"))
     if gate.min_accuracy:
         ok = c.accuracy >= gate.min_accuracy - EPSILON
-        checks.append(
-            (ok, f"accuracy {c.accuracy:.3f} {'>=' if ok else '<'} min {gate.min_accuracy:.3f}")
-        )
+        checks.append((ok, f"accuracy {c.accuracy:.3f} {'>=' if ok else '<'} min {gate.min_accuracy:.3f}"))
     if gate.max_latency_p95_ms:
         ok = c.latency_p95_ms <= gate.max_latency_p95_ms + EPSILON
         sign = "<=" if ok else ">"
@@ -200,9 +196,7 @@ def judge(gate: GateConfig | None, results: list[TargetResult]) -> Verdict:
     if not checks:
         return Verdict(True, True, [f"{c.name}: no thresholds set"])
     passed = all(ok for ok, _ in checks)
-    return Verdict(
-        True, passed, [f"{c.name}: {'ok' if ok else 'FAILED'}: {text}" for ok, text in checks]
-    )
+    return Verdict(True, passed, [f"{c.name}: {'ok' if ok else 'FAILED'}: {text}" for ok, text in checks])
 
 
 def _ratio(reference: float, value: float) -> float | None:
@@ -238,7 +232,6 @@ def _quality_cell(result: TargetResult, metric: str) -> str:
     text = metric_text(metric, value)
     retention = result.retentions.get(metric)
     return f"{text} ({retention:.0%})" if retention is not None else text
-
 
 
 def quality_metrics(results: list[TargetResult]) -> list[str]:
@@ -411,9 +404,7 @@ def write_report(
     with fs.open(f"{root}/report.json", "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2)
     with fs.open(f"{root}/report.md", "w", encoding="utf-8") as fh:
-        fh.write(
-            markdown(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri)
-        )
+        fh.write(markdown(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri))
     with fs.open(f"{root}/report.png", "wb") as fh:
         fh.write(figure_png(results))
     with fs.open(f"{root}/report.html", "w", encoding="utf-8") as fh:

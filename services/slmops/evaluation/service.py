@@ -62,7 +62,9 @@ class EvaluationServicer(JobServicer, evaluation_pb2_grpc.EvaluationServiceServi
             return self.job_cls(spec=request.spec)
         config = await asyncio.to_thread(resolve_deployments, from_proto(request.spec))
         record = await self.jobs.create(
-            config.model_dump(mode="json"), message_to_dict(request.spec), request.spec.output_uri,
+            config.model_dump(mode="json"),
+            message_to_dict(request.spec),
+            request.spec.output_uri,
             dict(request.spec.labels),
         )
         return self.to_job(record)
@@ -70,15 +72,24 @@ class EvaluationServicer(JobServicer, evaluation_pb2_grpc.EvaluationServiceServi
     def to_job(self, record: JobRecord) -> Any:
         job = super().to_job(record)
         for result in record.result.get("results", []):
-            job.results.append(evaluation_pb2.TargetResult(
-                **{k: v for k, v in result.items() if k in evaluation_pb2.TargetResult.DESCRIPTOR.fields_by_name}
-            ))
+            job.results.append(
+                evaluation_pb2.TargetResult(
+                    **{
+                        k: v
+                        for k, v in result.items()
+                        if k in evaluation_pb2.TargetResult.DESCRIPTOR.fields_by_name
+                    }
+                )
+            )
         verdict = record.result.get("verdict")
         if verdict:
-            job.verdict.CopyFrom(evaluation_pb2.GateVerdict(
-                evaluated=bool(verdict.get("evaluated")), passed=bool(verdict.get("passed")),
-                reasons=list(verdict.get("reasons", [])),
-            ))
+            job.verdict.CopyFrom(
+                evaluation_pb2.GateVerdict(
+                    evaluated=bool(verdict.get("evaluated")),
+                    passed=bool(verdict.get("passed")),
+                    reasons=list(verdict.get("reasons", [])),
+                )
+            )
         return job
 
     CreateEvaluationJob = create

@@ -86,13 +86,9 @@ class EvaluationConfig(BaseModel):
 def _target(msg: evaluation_pb2.EvalTarget, index: int, problems: Problems) -> TargetConfig:
     field = f"spec.targets[{index}]"
     if not msg.name:
-        problems.append(
-            (f"{field}.name", "is required (the target's label in the report, e.g. teacher)")
-        )
+        problems.append((f"{field}.name", "is required (the target's label in the report, e.g. teacher)"))
     elif not _NAME.match(msg.name):
-        problems.append(
-            (f"{field}.name", f"{msg.name!r}: use letters, digits, '_', '-', '.' (at most 63)")
-        )
+        problems.append((f"{field}.name", f"{msg.name!r}: use letters, digits, '_', '-', '.' (at most 63)"))
     if msg.base_url:
         check_http_url(msg.base_url, f"{field}.base_url", problems)
     elif not msg.deployment:
@@ -152,9 +148,7 @@ def _gate(msg: evaluation_pb2.QualityGate, names: set[str], problems: Problems) 
             )
         )
     if msg.min_retention < 0:
-        problems.append(
-            ("spec.gate.min_retention", f"must not be negative, got {msg.min_retention}")
-        )
+        problems.append(("spec.gate.min_retention", f"must not be negative, got {msg.min_retention}"))
     if not 0 <= msg.min_accuracy <= 1:
         problems.append(("spec.gate.min_accuracy", f"must be in [0, 1], got {msg.min_accuracy}"))
     if msg.max_latency_p95_ms < 0:
@@ -204,7 +198,9 @@ def _levels(spec: evaluation_pb2.EvaluationSpec, problems: Problems) -> list[int
     levels = list(spec.concurrency_levels) or [spec.concurrency or 1]
     for index, level in enumerate(spec.concurrency_levels):
         if not 1 <= level <= MAX_CONCURRENCY:
-            problems.append((f"spec.concurrency_levels[{index}]", f"must be in 1..{MAX_CONCURRENCY}, got {level}"))
+            problems.append(
+                (f"spec.concurrency_levels[{index}]", f"must be in 1..{MAX_CONCURRENCY}, got {level}")
+            )
     return sorted({level for level in levels if 1 <= level <= MAX_CONCURRENCY}) or [1]
 
 
@@ -221,14 +217,10 @@ def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
 
     reference = spec.reference or (names[0] if names else "")
     if spec.reference and spec.reference not in names:
-        problems.append(
-            ("spec.reference", f"{spec.reference!r} names no target ({', '.join(names)})")
-        )
+        problems.append(("spec.reference", f"{spec.reference!r} names no target ({', '.join(names)})"))
     metric = spec.metric or "exact_match"
     if metric not in METRICS:
-        problems.append(
-            ("spec.metric", f"must be one of {', '.join(METRICS)}, got {spec.metric!r}")
-        )
+        problems.append(("spec.metric", f"must be one of {', '.join(METRICS)}, got {spec.metric!r}"))
     if metric == "regex":
         if not spec.answer_pattern:
             problems.append(("spec.answer_pattern", "is required with metric regex (the answer's pattern)"))
@@ -243,18 +235,14 @@ def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
     levels = _levels(spec, problems)
     judge = _judge(spec.judge, problems) if spec.HasField("judge") else None
     if spec.max_prompts < 0:
-        problems.append(
-            ("spec.max_prompts", f"must not be negative (0 means all), got {spec.max_prompts}")
-        )
+        problems.append(("spec.max_prompts", f"must not be negative (0 means all), got {spec.max_prompts}"))
     sampling = sampling_from_proto(spec.sampling, "spec.sampling", problems)
     if spec.sampling.temperature:
         problems.append(("spec.sampling.temperature", "evaluation decodes greedily; leave it 0"))
     if spec.sampling.top_logprobs:
         problems.append(("spec.sampling.top_logprobs", "is not used by evaluation; leave it 0"))
     if not 0 <= spec.concurrency <= 64:
-        problems.append(
-            ("spec.concurrency", f"must be in 1..64 (0 means 1), got {spec.concurrency}")
-        )
+        problems.append(("spec.concurrency", f"must be in 1..64 (0 means 1), got {spec.concurrency}"))
     if not 0 <= spec.warmup_requests <= 100:
         problems.append(
             ("spec.warmup_requests", f"must be in 1..100 (0 means 2), got {spec.warmup_requests}")
@@ -262,9 +250,7 @@ def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
     output_uri = ""
     if spec.output_uri:
         try:
-            output_uri = artifacts.confine(
-                spec.output_uri, settings.allowed_roots(), "spec.output_uri"
-            )
+            output_uri = artifacts.confine(spec.output_uri, settings.allowed_roots(), "spec.output_uri")
         except InvalidSpec as exc:
             problems.extend(exc.problems)
     gate = _gate(spec.gate, set(names), problems) if spec.HasField("gate") else None

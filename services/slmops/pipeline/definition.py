@@ -66,7 +66,9 @@ class SynthesizeStage(_Stage):
 
     kind: Literal["synthesize"]
     prompts: str = Field("", description="a prompts stage; else spec.prompts_uri")
-    teacher: str = Field("", description="a deploy stage serving the teacher; else spec.endpoint or spec.local")
+    teacher: str = Field(
+        "", description="a deploy stage serving the teacher; else spec.endpoint or spec.local"
+    )
     spec: dict[str, Any] = Field(default_factory=dict, description="SynthesisSpec")
 
 
@@ -94,11 +96,16 @@ class DeployStage(_Stage):
 
     kind: Literal["deploy"]
     model: str = Field("", description="a convert, train or model stage; else spec.model_uri")
-    canary_of: str = Field("", description="a deploy stage: this stage adds a canary revision to its deployment")
+    canary_of: str = Field(
+        "", description="a deploy stage: this stage adds a canary revision to its deployment"
+    )
     canary_percent: int = Field(20, ge=1, le=99, description="the canary's share of traffic")
-    adapters: dict[str, str] = Field(default_factory=dict,
-                                     description="served model name -> a train stage's adapter or a URI")
-    spec: dict[str, Any] = Field(default_factory=dict, description="DeploymentSpec (name required unless canary_of)")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="served model name -> a train stage's adapter or a URI"
+    )
+    spec: dict[str, Any] = Field(
+        default_factory=dict, description="DeploymentSpec (name required unless canary_of)"
+    )
 
 
 class EvalTargetRef(_Stage):
@@ -136,11 +143,30 @@ class RolloutStage(_Stage):
 
 
 Stage = Annotated[
-    PromptsStage | DatasetStage | ModelStage | SynthesizeStage | TrainStage | ConvertStage | DeployStage
-    | EvaluateStage | GateStage | RolloutStage,
+    PromptsStage
+    | DatasetStage
+    | ModelStage
+    | SynthesizeStage
+    | TrainStage
+    | ConvertStage
+    | DeployStage
+    | EvaluateStage
+    | GateStage
+    | RolloutStage,
     Field(discriminator="kind"),
 ]
-KINDS = ("prompts", "dataset", "model", "synthesize", "train", "convert", "deploy", "evaluate", "gate", "rollout")
+KINDS = (
+    "prompts",
+    "dataset",
+    "model",
+    "synthesize",
+    "train",
+    "convert",
+    "deploy",
+    "evaluate",
+    "gate",
+    "rollout",
+)
 
 
 class PipelineFile(BaseModel):
@@ -162,7 +188,11 @@ REFS: dict[str, dict[str, tuple[str, ...]]] = {
     "synthesize": {"prompts": ("prompts", "dataset"), "teacher": ("deploy",)},
     "train": {"dataset": ("synthesize", "dataset"), "base": ("model", "train")},
     "convert": {"model": ("train", "model"), "adapters": ("train",)},
-    "deploy": {"model": ("convert", "train", "model"), "canary_of": ("deploy",), "adapters": ("train", "convert")},
+    "deploy": {
+        "model": ("convert", "train", "model"),
+        "canary_of": ("deploy",),
+        "adapters": ("train", "convert"),
+    },
     "evaluate": {"dataset": ("dataset", "prompts", "synthesize")},
     "gate": {"evaluation": ("evaluate",)},
     "rollout": {"canary": ("deploy",), "gate": ("gate",)},
@@ -198,7 +228,13 @@ class Definition:
         out: dict[str, list[str]] = {}
         for field in REFS.get(stage.kind, {}):
             value = getattr(stage, field)
-            names = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            names = (
+                list(value.values())
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, list)
+                else [value]
+            )
             out[field] = [n for n in names if n and n in self.stages]
         if stage.kind == "evaluate":
             out["targets"] = [t.deploy for t in stage.targets if t.deploy]
@@ -207,7 +243,9 @@ class Definition:
     def pending_fields(self, name: str) -> list[str]:
         """Spec fields this stage's references fill when it runs (validate_only leaves them)."""
         stage = self.stages[name]
-        pending = [path for (kind, field), path in FILLS.items() if kind == stage.kind and getattr(stage, field)]
+        pending = [
+            path for (kind, field), path in FILLS.items() if kind == stage.kind and getattr(stage, field)
+        ]
         if stage.kind == "synthesize" and stage.teacher:
             pending.append("spec.teacher")  # the synthesis service names the oneof: spec.teacher.endpoint...
         if stage.kind == "deploy" and stage.canary_of:
@@ -262,11 +300,15 @@ def _check_refs(file: PipelineFile, names: list[str], problems: list[tuple[str, 
         if stage.kind == "rollout" and stage.canary in file.stages:
             canary = file.stages[stage.canary]
             if canary.kind == "deploy" and not canary.canary_of:
-                problems.append((f"{where}.canary", f"{stage.canary!r} deploys no canary (set its canary_of)"))
+                problems.append(
+                    (f"{where}.canary", f"{stage.canary!r} deploys no canary (set its canary_of)")
+                )
         if stage.kind == "evaluate":
             for i, target in enumerate(stage.targets):
                 if bool(target.deploy) == bool(target.base_url):
-                    problems.append((f"{where}.targets[{i}]", "set one of deploy (a deploy stage) or base_url"))
+                    problems.append(
+                        (f"{where}.targets[{i}]", "set one of deploy (a deploy stage) or base_url")
+                    )
 
 
 def _check_inputs(file: PipelineFile, specs: dict[str, Message], problems: list[tuple[str, str]]) -> None:
@@ -287,7 +329,9 @@ def _check_inputs(file: PipelineFile, specs: dict[str, Message], problems: list[
             problems.append((f"stages.{name}.spec.name", "is required (the deployment's name)"))
         if stage.kind == "synthesize" and not stage.teacher and name in specs:
             if not specs[name].HasField("endpoint") and not specs[name].HasField("local"):
-                problems.append((f"stages.{name}.teacher", "name a deploy stage, or set spec.endpoint or spec.local"))
+                problems.append(
+                    (f"stages.{name}.teacher", "name a deploy stage, or set spec.endpoint or spec.local")
+                )
 
 
 _STAGE = TypeAdapter(Stage)
@@ -321,7 +365,9 @@ def load(data: Any) -> Definition:
             stages[str(name)] = None  # known by name, so references to it are not reported missing
     if not stages:
         problems.append((f"{FIELD}.stages", "names no stage"))
-    file = PipelineFile.model_construct(name=shell.name, stages={k: v for k, v in stages.items() if v is not None})
+    file = PipelineFile.model_construct(
+        name=shell.name, stages={k: v for k, v in stages.items() if v is not None}
+    )
     specs: dict[str, Message] = {}
     for name, stage in file.stages.items():
         if stage.kind in SPECS:

@@ -56,8 +56,17 @@ class StageCache:
         try:
             self.store.update(key, result=result, output_uri=outcome.output)
         except NotFound:
-            self.store.create(JobRecord(id=key, kind=self.KIND, state="SUCCEEDED", spec={"stage": stage, "kind": kind},
-                                        result=result, output_uri=outcome.output, message=f"{stage} of {run_id}"))
+            self.store.create(
+                JobRecord(
+                    id=key,
+                    kind=self.KIND,
+                    state="SUCCEEDED",
+                    spec={"stage": stage, "kind": kind},
+                    result=result,
+                    output_uri=outcome.output,
+                    message=f"{stage} of {run_id}",
+                )
+            )
 
 
 def input_uri(uri: str) -> str:
@@ -102,7 +111,12 @@ class PipelineRunner:
     def key(self, name: str, keys: dict[str, str], content: str = "") -> str:
         stage = self.definition.stages[name]
         inputs = {field: [keys[ref] for ref in refs] for field, refs in self.definition.refs(name).items()}
-        body = {"kind": stage.kind, "stage": stage.model_dump(mode="json"), "inputs": inputs, "content": content}
+        body = {
+            "kind": stage.kind,
+            "stage": stage.model_dump(mode="json"),
+            "inputs": inputs,
+            "content": content,
+        }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     async def run(self) -> None:
@@ -122,18 +136,37 @@ class PipelineRunner:
                     uri = input_uri(stage.uri)
                     content = await asyncio.to_thread(content_key, uri)
                 keys[name] = self.key(name, keys, content)
-                entry = {"name": name, "kind": stage.kind, "key": keys[name], "job_id": "", "state": "RUNNING",
-                         "output": "", "reason": "", "reused": False, "message": "", "seconds": 0.0, "detail": {}}
+                entry = {
+                    "name": name,
+                    "kind": stage.kind,
+                    "key": keys[name],
+                    "job_id": "",
+                    "state": "RUNNING",
+                    "output": "",
+                    "reason": "",
+                    "reused": False,
+                    "message": "",
+                    "seconds": 0.0,
+                    "detail": {},
+                }
                 self.stages.append(entry)
                 started = time.time()
                 outcome, how = await self._resume_or_reuse(name, keys[name])
                 if outcome is None:
                     before = self.recorded.get(name, {})
-                    attach = before.get("job_id") if before.get("state") == "RUNNING" and before.get("key") == keys[name] else ""
-                    self._event(index / len(order), f"{name}: {'re-attached to ' + attach if attach else 'started'}")
+                    attach = (
+                        before.get("job_id")
+                        if before.get("state") == "RUNNING" and before.get("key") == keys[name]
+                        else ""
+                    )
+                    self._event(
+                        index / len(order), f"{name}: {'re-attached to ' + attach if attach else 'started'}"
+                    )
                     outcome = await self._execute(name, index, len(order), done)
                     how = "done"
-                    await asyncio.to_thread(self.cache.put, keys[name], name, stage.kind, outcome, self.run_id)
+                    await asyncio.to_thread(
+                        self.cache.put, keys[name], name, stage.kind, outcome, self.run_id
+                    )
                 done[name] = outcome
                 entry.update(state="SUCCEEDED", output=outcome.output, detail=outcome.detail,
                              job_id=outcome.job_id or entry["job_id"],
@@ -176,7 +209,9 @@ class PipelineRunner:
     def _says(name: str, outcome: Outcome, how: str) -> str:
         d = outcome.detail
         if "action" in d:
-            what = f"{d['action']} (revision {d['canary_revision']}); serving revision {d['serving_revision']}"
+            what = (
+                f"{d['action']} (revision {d['canary_revision']}); serving revision {d['serving_revision']}"
+            )
         elif "passed" in d and "reasons" in d:
             what = f"{'PASSED' if d['passed'] == 'true' else 'FAILED'}: {d['reasons']}"
         elif "revision" in d:
@@ -190,7 +225,9 @@ class PipelineRunner:
         """An outcome recorded before a restart, or an unchanged earlier run's; (None, '') to run it."""
         before = self.recorded.get(name, {})
         if before.get("state") == "SUCCEEDED" and before.get("key") == key:
-            return Outcome(before.get("output", ""), dict(before.get("detail", {})), before.get("job_id", "")), "resumed"
+            return Outcome(
+                before.get("output", ""), dict(before.get("detail", {})), before.get("job_id", "")
+            ), "resumed"
         kind = self.definition.stages[name].kind
         cached = await asyncio.to_thread(self.cache.get, key)
         if cached is None:
@@ -217,7 +254,11 @@ class PipelineRunner:
             percent = stage.canary_percent if stage.canary_of else 0
             return await asyncio.to_thread(kinds.deploy, name, spec, percent)
         before = self.recorded.get(name, {})
-        job_id = before.get("job_id", "") if before.get("state") == "RUNNING" and before.get("key") == entry["key"] else ""
+        job_id = (
+            before.get("job_id", "")
+            if before.get("state") == "RUNNING" and before.get("key") == entry["key"]
+            else ""
+        )
 
         def on_job(job: str) -> None:
             entry["job_id"] = job
@@ -228,7 +269,9 @@ class PipelineRunner:
             entry["message"] = message
             self._save(fraction=(index + fraction) / total, message=f"{name}: {message}")
 
-        outcome, job = await asyncio.to_thread(kinds.run_job, name, stage.kind, spec, job_id, on_job, on_progress)
+        outcome, job = await asyncio.to_thread(
+            kinds.run_job, name, stage.kind, spec, job_id, on_job, on_progress
+        )
         self.current_job = None
         if stage.kind == "evaluate":
             outcome.detail = kinds.evaluation_detail(job)

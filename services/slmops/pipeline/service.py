@@ -71,7 +71,9 @@ class PipelineEngine:
         if task.cancelled():
             return Update(state="STOPPED", reason="the run was stopped")
         error = task.exception()
-        reason = f"internal error: {type(error).__name__}: {error}" if error else "the run ended without a verdict"
+        reason = (
+            f"internal error: {type(error).__name__}: {error}" if error else "the run ended without a verdict"
+        )
         return Update(state="FAILED", reason=reason)  # a runner that finished has written its own state
 
     async def stop(self, record: JobRecord) -> bool:
@@ -150,10 +152,16 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
 
     async def ListPipelineRuns(self, request: common_pb2.ListJobsRequest, context: Any):
         records, token = await asyncio.to_thread(
-            self.runs.store.list, KIND, state_name(request.state), dict(request.labels), request.page_size,
+            self.runs.store.list,
+            KIND,
+            state_name(request.state),
+            dict(request.labels),
+            request.page_size,
             request.page_token,
         )
-        return pipeline_pb2.ListPipelineRunsResponse(runs=[run_proto(r) for r in records], next_page_token=token)
+        return pipeline_pb2.ListPipelineRunsResponse(
+            runs=[run_proto(r) for r in records], next_page_token=token
+        )
 
     async def CancelPipelineRun(self, request: common_pb2.CancelJobRequest, context: Any):
         return run_proto(await self.runs.cancel(require_id(request.id)))
@@ -166,4 +174,6 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
 
 
 def registration(runs: PipelineRuns) -> Registration:
-    return Registration(pipeline_pb2_grpc.add_PipelineServiceServicer_to_server, PipelineServicer(runs), SERVICE_NAME)
+    return Registration(
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server, PipelineServicer(runs), SERVICE_NAME
+    )

@@ -124,7 +124,9 @@ def validate_all(definition: Definition) -> None:
         pending = definition.pending_fields(name)
         try:
             if stage.kind == "deploy":
-                request = serving_pb2.CreateDeploymentRequest(spec=spec, validate_only=True, pending_fields=pending)
+                request = serving_pb2.CreateDeploymentRequest(
+                    spec=spec, validate_only=True, pending_fields=pending
+                )
                 client.call(client.stub("serving").CreateDeployment, request)
             else:
                 service, noun, request_cls = JOBS[stage.kind]
@@ -132,12 +134,15 @@ def validate_all(definition: Definition) -> None:
                 client.call(getattr(client.stub(service), f"Create{noun}"), request)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                problems += [(f"{FIELD}.stages.{name}.{where}", problem) for where, problem in _problems(exc.details())]
+                problems += [
+                    (f"{FIELD}.stages.{name}.{where}", problem) for where, problem in _problems(exc.details())
+                ]
             elif exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # e.g. more than the cluster can run
                 problems.append((f"{FIELD}.stages.{name}", exc.details()))
             else:
-                raise Unavailable(f"stage {name}: its service could not check it: {exc.code().name}: "
-                                  f"{exc.details()}") from None
+                raise Unavailable(
+                    f"stage {name}: its service could not check it: {exc.code().name}: {exc.details()}"
+                ) from None
     if problems:
         raise InvalidSpec(*problems[0], *problems[1:])
 
@@ -229,8 +234,10 @@ def deploy(name: str, spec: serving_pb2.DeploymentSpec, canary_percent: int) -> 
         raise rpc_error(name, exc) from None
     revision = next(r for r in deployment.revisions if r.number == deployment.latest_revision)
     if revision.state != serving_pb2.DEPLOYMENT_READY:
-        raise StageFailed(f"{name}: revision {revision.number} of {spec.name} is "
-                          f"{serving_pb2.DeploymentState.Name(revision.state)}: {revision.reason or deployment.reason}")
+        raise StageFailed(
+            f"{name}: revision {revision.number} of {spec.name} is "
+            f"{serving_pb2.DeploymentState.Name(revision.state)}: {revision.reason or deployment.reason}"
+        )
     return _revision_outcome(deployment, revision.number)
 
 
@@ -244,7 +251,11 @@ def still_deployed(outcome: Outcome) -> bool:
 
 def gate(name: str, evaluation: Outcome) -> Outcome:
     """The verdict of the evaluation's report."""
-    path = artifacts.local_path(evaluation.output) / "report.json" if evaluation.output.startswith("file://") else None
+    path = (
+        artifacts.local_path(evaluation.output) / "report.json"
+        if evaluation.output.startswith("file://")
+        else None
+    )
     try:
         if path is None:
             import fsspec
@@ -269,7 +280,9 @@ def rollout(name: str, canary: Outcome, verdict: Outcome) -> Outcome:
     passed = verdict.detail.get("passed") == "true"
     try:
         if passed:
-            request = serving_pb2.PromoteDeploymentRequest(name=deployment, evaluation_report_uri=verdict.output)
+            request = serving_pb2.PromoteDeploymentRequest(
+                name=deployment, evaluation_report_uri=verdict.output
+            )
             client.call(stub.PromoteDeployment, request)
         else:
             client.call(stub.RollbackDeployment, serving_pb2.RollbackDeploymentRequest(name=deployment))
@@ -285,7 +298,10 @@ def rollout(name: str, canary: Outcome, verdict: Outcome) -> Outcome:
 
 
 def evaluation_detail(job: evaluation_pb2.EvaluationJob) -> dict[str, str]:
-    detail = {"passed": "true" if job.verdict.passed else "false", "evaluated": str(job.verdict.evaluated).lower()}
+    detail = {
+        "passed": "true" if job.verdict.passed else "false",
+        "evaluated": str(job.verdict.evaluated).lower(),
+    }
     for result in job.results:
         detail[f"{result.name}.status"] = result.status or "ok"
         if result.status != "failed":

@@ -30,9 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="address to bind, HTTP and gRPC (default 127.0.0.1; 0.0.0.0 for every interface)",
     )  # fmt: skip
     parser.add_argument("--http-port", type=int, default=8080, help="HTTP port; 0 picks a free one")
-    parser.add_argument(
-        "--grpc-port", type=int, default=0, help="KServe gRPC (OIP v2) port; 0 disables gRPC"
-    )
+    parser.add_argument("--grpc-port", type=int, default=0, help="KServe gRPC (OIP v2) port; 0 disables gRPC")
     parser.add_argument(
         "--adapter", action="append", default=[], metavar="NAME=PATH",
         help="serve a LoRA adapter as model NAME (repeatable); adapters in the model folder's "
@@ -103,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock = bind(args.host, args.http_port)
     except OSError as exc:
-        return _fail(
-            EXIT_BIND, f"cannot listen on {args.host}:{args.http_port}: {exc.strerror or exc}"
-        )
+        return _fail(EXIT_BIND, f"cannot listen on {args.host}:{args.http_port}: {exc.strerror or exc}")
 
     from slmops.predictor.engines import load_engine
     from slmops.predictor.guard import load_api_key

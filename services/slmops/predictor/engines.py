@@ -363,7 +363,9 @@ class DecodingEngine:
         return state.result(len(ids))
 
 
-def load_engine(model_dir: str | Path, *, threads: int = 0, adapters: dict[str, Path] | None = None) -> Engine:
+def load_engine(
+    model_dir: str | Path, *, threads: int = 0, adapters: dict[str, Path] | None = None
+) -> Engine:
     """ORT GenAI for a folder with genai_config.json, else transformers.
 
     threads: intra-op threads (0: every core this process may use).

@@ -107,7 +107,9 @@ class Guard:
                       "request_too_large")  # fmt: skip
 
 
-async def _answer(send: Send, status: int, message: str, code: str, extra: dict[str, str] | None = None) -> None:
+async def _answer(
+    send: Send, status: int, message: str, code: str, extra: dict[str, str] | None = None
+) -> None:
     body = json.dumps(
         {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
     ).encode()

@@ -25,8 +25,7 @@ from slmops.predictor.engines import DecodingEngine, Sampling
 def find_adapters(model_dir: Path) -> dict[str, Path]:
     """{name: folder} of the peft adapters under the checkpoint's `adapters/`."""
     return {
-        cfg.parent.name: cfg.parent
-        for cfg in sorted((model_dir / "adapters").glob("*/adapter_config.json"))
+        cfg.parent.name: cfg.parent for cfg in sorted((model_dir / "adapters").glob("*/adapter_config.json"))
     }
 
 
@@ -35,9 +34,7 @@ class TransformersEngine(DecodingEngine):
 
     name = "transformers"
 
-    def __init__(
-        self, model_dir: str | Path, *, threads: int = 0, adapters: dict[str, Path] | None = None
-    ):
+    def __init__(self, model_dir: str | Path, *, threads: int = 0, adapters: dict[str, Path] | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,11 +51,7 @@ class TransformersEngine(DecodingEngine):
         )
         eos = self.model.generation_config.eos_token_id
         if eos is None:
-            eos = (
-                config.eos_token_id
-                if config.eos_token_id is not None
-                else self.tokenizer.eos_token_id
-            )
+            eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.bos_token_id = self.tokenizer.bos_token_id
         pad = self.tokenizer.pad_token_id
@@ -112,9 +105,7 @@ class TransformersEngine(DecodingEngine):
     def apply_chat_template(self, messages: list[dict]) -> str:
         clean = chat_template.check_messages(messages)
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                clean, tokenize=False, add_generation_prompt=True
-            )
+            return self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
         return chat_template.fallback_prompt(clean)
 
 
@@ -138,7 +129,9 @@ def _with_adapters(model, found: dict[str, Path]):
 class _HfCohort:
     """A left-padded batch with its attention mask, positions and KV cache."""
 
-    def __init__(self, engine: TransformersEngine, prompts: list[list[int]], sampling: Sampling, max_new: int):
+    def __init__(
+        self, engine: TransformersEngine, prompts: list[list[int]], sampling: Sampling, max_new: int
+    ):
         torch = engine._torch
         self.engine, self.sampling = engine, sampling
         self.rows = len(prompts)

@@ -83,8 +83,7 @@ IN_FLIGHT = Gauge("slmops_predictor_in_flight", "Sequences being decoded now.")
 QUEUE_DEPTH = Gauge("slmops_predictor_queue_depth", "Requests waiting for a decoding slot.")
 REJECTED = Counter(
     "slmops_predictor_rejected",
-    "Requests turned away or cut short, by reason "
-    "(queue_full, body_too_large, unauthorized, timeout).",
+    "Requests turned away or cut short, by reason (queue_full, body_too_large, unauthorized, timeout).",
     ["reason"],
 )
 BATCH_SIZE = Histogram(
@@ -92,9 +91,7 @@ BATCH_SIZE = Histogram(
     "Sequences advanced together in one decoding step.",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
 )
-COHORTS_STARTED = Counter(
-    "slmops_predictor_cohorts_started", "Batches of sequences started together."
-)
+COHORTS_STARTED = Counter("slmops_predictor_cohorts_started", "Batches of sequences started together.")
 COHORTS_MERGED = Counter(
     "slmops_predictor_cohorts_merged",
     "Young batches restarted to take requests that arrived just after them.",

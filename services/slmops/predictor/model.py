@@ -74,8 +74,9 @@ class GenerationModel(Model):
             deadline = time.monotonic() + self.served.limits.request_timeout_s
             try:
                 jobs = [
-                    self.served.job(prompt, model=self.name, max_tokens=budget,
-                                    sink=inbox.sink(i), deadline=deadline)  # fmt: skip
+                    self.served.job(
+                        prompt, model=self.name, max_tokens=budget, sink=inbox.sink(i), deadline=deadline
+                    )  # fmt: skip
                     for i, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True))
                 ]
                 results = await run_all(self.served, jobs, inbox)

@@ -76,9 +76,7 @@ class _Call:
     def saw_token(self) -> None:
         if self.first_token is None:
             self.first_token = time.perf_counter()
-            metrics.FIRST_TOKEN.labels(self.req.model, self.endpoint).observe(
-                self.first_token - self.started
-            )
+            metrics.FIRST_TOKEN.labels(self.req.model, self.endpoint).observe(self.first_token - self.started)
 
     def finish(self, status: int) -> None:
         self.span.set_attribute("http.status_code", status)
@@ -189,7 +187,9 @@ class _Handler:
             return []
         return [logprob_entry(self.served.engine, event_entry, call.req.return_tokens_as_token_ids)]
 
-    def _logprobs(self, call: _Call, job_index: int, entries: list[dict[str, Any]], offset: int) -> dict[str, Any] | None:
+    def _logprobs(
+        self, call: _Call, job_index: int, entries: list[dict[str, Any]], offset: int
+    ) -> dict[str, Any] | None:
         if call.req.top_count() is None:
             return None
         if call.chat:

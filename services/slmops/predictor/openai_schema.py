@@ -87,9 +87,7 @@ class ChatRequest(SamplingRequest):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-def error(
-    status: int, message: str, param: str | None = None, code: str | None = None
-) -> JSONResponse:
+def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     """An OpenAI-style error response."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
@@ -160,7 +158,9 @@ def choice(chat: bool, index: int, g: Generation, logprobs: dict[str, Any] | Non
     return {"index": index, "text": g.text, "logprobs": logprobs, "finish_reason": g.finish_reason}
 
 
-def answer(head: dict[str, Any], chat: bool, choices: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
+def answer(
+    head: dict[str, Any], chat: bool, choices: list[dict[str, Any]], counts: dict[str, int]
+) -> dict[str, Any]:
     """A whole (non-streamed) answer with usage."""
     obj = "chat.completion" if chat else "text_completion"
     return {**head, "object": obj, "choices": choices, "usage": counts}

@@ -28,9 +28,7 @@ class OrtGenaiEngine(DecodingEngine):
 
     name = "ort-genai"
 
-    def __init__(
-        self, model_dir: str | Path, *, threads: int = 0, adapters: dict[str, Path] | None = None
-    ):
+    def __init__(self, model_dir: str | Path, *, threads: int = 0, adapters: dict[str, Path] | None = None):
         import onnxruntime_genai as og
 
         super().__init__(model_dir)

@@ -269,7 +269,10 @@ class Scheduler:
             if running.key != key or not live:
                 continue
             again = sum(len(row.job.prompt_ids) + row.state.count for row in live)
-            if max(row.state.count for row in live) <= self.limits.merge_steps and again <= self.limits.merge_tokens:
+            if (
+                max(row.state.count for row in live) <= self.limits.merge_steps
+                and again <= self.limits.merge_tokens
+            ):
                 return running
         return None
 

@@ -38,9 +38,7 @@ def model_parameters(model_dir: str | Path) -> int | None:
     folder = Path(model_dir)
     manifest = folder / "manifest.json"
     if manifest.is_file():
-        value = (
-            json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {}).get("parameters")
-        )
+        value = json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {}).get("parameters")
         if value:
             return int(value)
     if any(folder.glob("*.safetensors")):
@@ -207,9 +205,7 @@ def serve(
     if grpc_port > 0:
         server._grpc_server = _grpc_server(served, server, host, grpc_port, api_key)
         servers.append(server._grpc_server.start(server.max_threads))
-    threading.Thread(
-        target=_announce_when_ready, args=(url_of(host, port), stop), daemon=True
-    ).start()
+    threading.Thread(target=_announce_when_ready, args=(url_of(host, port), stop), daemon=True).start()
 
     async def main() -> None:
         server.setup_event_loop()

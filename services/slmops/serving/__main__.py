@@ -16,8 +16,9 @@ async def start_serving_service(
     host: str = "127.0.0.1", port: int = 0, database_url: str | None = None
 ) -> tuple[RunningServer, Deployments]:
     deployments = Deployments(JobStore(settings.database_url("serving", database_url)))
-    running = await start_server("serving", [registration(deployments)], host=host, port=port,
-                                 on_stop=[deployments.close])
+    running = await start_server(
+        "serving", [registration(deployments)], host=host, port=port, on_stop=[deployments.close]
+    )
     deployments.resume()
     return running, deployments
 

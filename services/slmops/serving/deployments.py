@@ -136,7 +136,9 @@ class BackendEngine:
         try:
             status = await asyncio.to_thread(self.backend.status, record.id)
         except NotFound as exc:
-            raise Unavailable(f"the backend does not know deployment {record.id!r} ({exc}); asking again") from None
+            raise Unavailable(
+                f"the backend does not know deployment {record.id!r} ({exc}); asking again"
+            ) from None
         except Conflict as exc:  # replaced by an object this service does not manage: never touched again
             return Update(state="FAILED", reason=str(exc))
         return await asyncio.to_thread(self.observe, record, status)
@@ -178,7 +180,9 @@ class BackendEngine:
         traffic = {n: pct for n, pct in status.traffic.items() if pct > 0}
         latest_failed = self.store.get(revision_id(name, latest)).state == FAILED
         # A failed canary leaves its deployment serving the revision before it.
-        serves = status.state == READY or (status.state == FAILED and status.ready_revision is not None and traffic)
+        serves = status.state == READY or (
+            status.state == FAILED and status.ready_revision is not None and traffic
+        )
         settled = serves and (traffic == {n: p for n, p in desired.items() if p > 0} or latest_failed)
         result = {**record.result, "url": status.url, "traffic": {str(n): p for n, p in traffic.items()},
                   "settled": int(config.get("generation", 0)) if settled else -1}  # fmt: skip
@@ -264,7 +268,9 @@ class Deployments(Lifecycle):
                 raise AlreadyExists(f"deployment {name!r} exists ({existing.state}); deploy a new revision with "
                                     "--canary (UpdateDeployment), or delete it first")  # fmt: skip
             check_owner = getattr(self.backend, "check_owner", None)
-            if check_owner is not None:  # kserve: an InferenceService of this name that is not ours is left alone
+            if (
+                check_owner is not None
+            ):  # kserve: an InferenceService of this name that is not ours is left alone
                 await asyncio.to_thread(check_owner, name)
             number = await asyncio.to_thread(self._next_number, name)
             config.update(serving=number, latest=number, percent=100, rolled_out=[number], generation=1)
@@ -289,7 +295,9 @@ class Deployments(Lifecycle):
                     self._follow(name)
         return await asyncio.to_thread(self.store.get, name)
 
-    async def update(self, name: str, model_uri: str, adapters: list[dict[str, Any]], percent: int) -> JobRecord:
+    async def update(
+        self, name: str, model_uri: str, adapters: list[dict[str, Any]], percent: int
+    ) -> JobRecord:
         """A new revision: a canary with `percent` of the traffic, or (0/100) the replacement once ready."""
         if not 0 <= percent <= 100:
             raise InvalidSpec("canary_traffic_percent", "must be between 0 and 100")
@@ -316,14 +324,24 @@ class Deployments(Lifecycle):
                 raise Conflict(f"deployment {name!r} already runs a canary (revision {config['latest']}); "
                                "promote it or roll it back first")  # fmt: skip
             number = await asyncio.to_thread(self._next_number, name)
-            rev = await asyncio.to_thread(self._new_revision, record, number, model_uri, storage_uri, resolved)
+            rev = await asyncio.to_thread(
+                self._new_revision, record, number, model_uri, storage_uri, resolved
+            )
             config.update(latest=number, percent=percent, generation=int(config.get("generation", 0)) + 1)
             if percent == 100:
                 config.update(serving=number, rolled_out=[*config["rolled_out"], number])
             what = f"revision {number}: " + (f"canary at {percent}%" if percent < 100 else "replaces the serving "
                                              "revision once ready")  # fmt: skip
-            await self._change(record, config, what, lambda: self.backend.apply(
-                name, as_revision(rev, config, int(record.result.get("port", 0))), self.engine.record_dir(name)))
+            await self._change(
+                record,
+                config,
+                what,
+                lambda: self.backend.apply(
+                    name,
+                    as_revision(rev, config, int(record.result.get("port", 0))),
+                    self.engine.record_dir(name),
+                ),
+            )
         return await asyncio.to_thread(self.store.get, name)
 
     async def promote(self, name: str, report_uri: str = "") -> JobRecord:
@@ -357,7 +375,9 @@ class Deployments(Lifecycle):
             generation = int(config.get("generation", 0)) + 1
             if latest != serving and await self._canary_live(name, config):
                 config.update(percent=0, generation=generation)
-                await asyncio.to_thread(self._note, name, latest, f"rolled back (all traffic to revision {serving})")
+                await asyncio.to_thread(
+                    self._note, name, latest, f"rolled back (all traffic to revision {serving})"
+                )
                 await self._change(record, config, f"rolling back canary revision {latest}; all traffic to "
                                    f"revision {serving}", lambda: self.backend.rollback(name, self.engine.record_dir(name)))  # fmt: skip
             else:

@@ -58,8 +58,12 @@ def deployment_proto(record: JobRecord, revisions: list[JobRecord]) -> serving_p
 
 def _event_proto(event: Event) -> common_pb2.ProgressEvent:
     return common_pb2.ProgressEvent(
-        job_id=event.job_id, sequence=event.sequence, fraction=event.fraction, message=event.message,
-        state=common_pb2.JobState.Value(_EVENT_STATE.get(event.state, "RUNNING")), time=timestamp(event.time),
+        job_id=event.job_id,
+        sequence=event.sequence,
+        fraction=event.fraction,
+        message=event.message,
+        state=common_pb2.JobState.Value(_EVENT_STATE.get(event.state, "RUNNING")),
+        time=timestamp(event.time),
     )
 
 
@@ -109,7 +113,9 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
         return await self._proto(record)
 
     async def PromoteDeployment(self, request: serving_pb2.PromoteDeploymentRequest, context: Any):
-        return await self._proto(await self.deployments.promote(_name(request.name), request.evaluation_report_uri))
+        return await self._proto(
+            await self.deployments.promote(_name(request.name), request.evaluation_report_uri)
+        )
 
     async def RollbackDeployment(self, request: serving_pb2.RollbackDeploymentRequest, context: Any):
         return await self._proto(await self.deployments.rollback(_name(request.name)))

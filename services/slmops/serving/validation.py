@@ -18,7 +18,9 @@ from slmops.core.errors import Conflict, InvalidSpec, NotFound, collect
 from slmops.core.stores import filesystem, is_local, store_errors
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")  # a Kubernetes memory quantity
+QUANTITY_RE = re.compile(
+    r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+)  # a Kubernetes memory quantity
 SERVABLE_KINDS = ("onnx-model", "checkpoint")
 BACKENDS = ("LOCAL", "KSERVE")
 
@@ -38,7 +40,9 @@ def resolve_model(uri: str, backend: str, field: str = "spec.model_uri") -> tupl
     if artifacts.is_artifact(full):
         kind = artifacts.read_manifest(full).kind
         if kind not in SERVABLE_KINDS:
-            raise InvalidSpec(field, f"artifact kind {kind!r} cannot be served; one of {', '.join(SERVABLE_KINDS)}")
+            raise InvalidSpec(
+                field, f"artifact kind {kind!r} cannot be served; one of {', '.join(SERVABLE_KINDS)}"
+            )
     # A model on an object store is served from its checked copy in this machine's cache.
     path = artifact_cache.localize(full, field)
     if not path.exists():
@@ -46,7 +50,9 @@ def resolve_model(uri: str, backend: str, field: str = "spec.model_uri") -> tupl
     if not path.is_dir():
         raise InvalidSpec(field, f"{uri!r} is not a folder")
     if not (path / "genai_config.json").exists() and not (path / "config.json").exists():
-        raise InvalidSpec(field, f"{uri!r} holds neither an ONNX Runtime GenAI model nor a Hugging Face checkpoint")
+        raise InvalidSpec(
+            field, f"{uri!r} holds neither an ONNX Runtime GenAI model nor a Hugging Face checkpoint"
+        )
     return full, full if is_local(full) else artifacts.to_uri(path)
 
 
@@ -66,15 +72,22 @@ def shared_claim_uri(uri: str, full: str, field: str) -> str:
     return f"pvc://{claim}/{path.relative_to(root).as_posix()}"
 
 
-def check_resources(resources: dict[str, Any], backend: str, *, runtime_gpu: str | None = None) -> list[tuple[str, str]]:
+def check_resources(
+    resources: dict[str, Any], backend: str, *, runtime_gpu: str | None = None
+) -> list[tuple[str, str]]:
     """Problems with a deployment's resources: the kserve backend reserves them per predictor replica;
     the local backend cannot reserve any, so it refuses them rather than ignore them."""
     asked = {k: v for k, v in resources.items() if v not in (0, 0.0, "", None)}
     if not asked:
         return []
     if backend != "KSERVE":
-        return [("spec.resources", "the local backend runs predictors as processes on this machine and cannot "
-                                   "reserve CPUs, memory or GPUs; leave resources empty, or use the kserve backend")]
+        return [
+            (
+                "spec.resources",
+                "the local backend runs predictors as processes on this machine and cannot "
+                "reserve CPUs, memory or GPUs; leave resources empty, or use the kserve backend",
+            )
+        ]
     problems = []
     if int(asked.get("num_workers", 1)) != 1:
         problems.append(("spec.resources.num_workers", "a deployment's replicas are scaled by KServe's autoscaler; "
@@ -89,7 +102,9 @@ def check_resources(resources: dict[str, Any], backend: str, *, runtime_gpu: str
                                                            "runtime (SLMOPS_KSERVE_RUNTIME_GPU is empty)"))  # fmt: skip
     memory = str(asked.get("memory", ""))
     if memory and not QUANTITY_RE.match(memory):
-        problems.append(("spec.resources.memory", f"{memory!r} is not a Kubernetes quantity such as 4Gi or 512Mi"))
+        problems.append(
+            ("spec.resources.memory", f"{memory!r} is not a Kubernetes quantity such as 4Gi or 512Mi")
+        )
     return problems
 
 
@@ -152,7 +167,9 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     problems: list[tuple[str, str]] = []
     name = spec.get("name", "")
     if not NAME_RE.match(name):
-        problems.append(("spec.name", "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63"))
+        problems.append(
+            ("spec.name", "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63")
+        )
     backend = spec.get("backend", "SERVING_BACKEND_UNSPECIFIED")
     configured = configured_backend()
     if backend == "SERVING_BACKEND_UNSPECIFIED":

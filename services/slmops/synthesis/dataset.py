@@ -38,7 +38,9 @@ def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[list[i
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def stratified_indices(labels: list[str], validation_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def stratified_indices(
+    labels: list[str], validation_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """(train, validation) with each label's share of validation as close to validation_fraction as
     whole records allow (largest remainders), seeded; a label with one record stays in train."""
     groups: dict[str, list[int]] = {}
@@ -65,9 +67,7 @@ def stratified_indices(labels: list[str], validation_fraction: float, seed: int)
     return [i for i in range(len(labels)) if i not in chosen], sorted(validation)
 
 
-def dataset_stats(
-    records: list[dict[str, Any]], train: list[int], validation: list[int]
-) -> dict[str, Any]:
+def dataset_stats(records: list[dict[str, Any]], train: list[int], validation: list[int]) -> dict[str, Any]:
     tokens = [r["teacher"]["completion_tokens"] for r in records]
     return {
         "num_train": len(train),

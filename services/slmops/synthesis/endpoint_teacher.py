@@ -93,7 +93,9 @@ def probe(config: EndpointTeacherConfig) -> None:
     """One request before any work: a teacher that cannot be reached, or refuses the key, fails the job now."""
     headers = {"Authorization": f"Bearer {resolve_api_key(config.api_key_env)}"}
     try:
-        response = httpx.get(f"{config.base_url}/models", headers=headers, timeout=min(config.timeout_s, 15.0))
+        response = httpx.get(
+            f"{config.base_url}/models", headers=headers, timeout=min(config.timeout_s, 15.0)
+        )
     except httpx.HTTPError as exc:
         raise Unavailable(f"the teacher at {config.base_url} cannot be reached ({type(exc).__name__}: {exc}); "
                           "nothing was asked") from None  # fmt: skip
@@ -139,7 +141,9 @@ class EndpointTeacher:
         self.share = min(max(share, 1e-6), 1.0)
         self.api_key = resolve_api_key(config.api_key_env)
         # Top-k tokens are mapped to ids only with the teacher's tokenizer.
-        self.table = load_token_table(config.tokenizer) if config.tokenizer and sampling.top_logprobs else None
+        self.table = (
+            load_token_table(config.tokenizer) if config.tokenizer and sampling.top_logprobs else None
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: openai.AsyncOpenAI | None = None
         self._limits: tuple[AsyncLimiter | None, AsyncLimiter | None] | None = None
@@ -177,7 +181,9 @@ class EndpointTeacher:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         cfg = self.config
-        delay = backoff_delay(state.attempt_number - 1, cfg.backoff_s, cfg.backoff_max_s, exc, cfg.retry_after_max_s)
+        delay = backoff_delay(
+            state.attempt_number - 1, cfg.backoff_s, cfg.backoff_max_s, exc, cfg.retry_after_max_s
+        )
         log.info("teacher: %s; attempt %d of %d in %.2fs", describe_error(exc) if exc else "?",
                  state.attempt_number + 1, cfg.max_attempts, delay)  # fmt: skip
         return delay
@@ -195,7 +201,9 @@ class EndpointTeacher:
                         if rpm is not None:
                             await rpm.acquire()
                         if tpm is not None:
-                            estimate = len(prompt) // CHARS_PER_TOKEN + self.sampling.max_tokens * self.samples
+                            estimate = (
+                                len(prompt) // CHARS_PER_TOKEN + self.sampling.max_tokens * self.samples
+                            )
                             await tpm.acquire(min(estimate, tpm.max_rate))
                         result = await self._traced(client, prompt, attempts)
             result["attempts"] = attempts

@@ -59,7 +59,9 @@ class AnswerFilter:
 
     def __init__(self, config: FiltersConfig):
         self.config = config
-        self.refusals = [] if config.keep_refusals else [re.compile(p, re.IGNORECASE) for p in config.refusal_patterns]
+        self.refusals = (
+            [] if config.keep_refusals else [re.compile(p, re.IGNORECASE) for p in config.refusal_patterns]
+        )
         self.validator = None
         if config.json_schema is not None:
             import jsonschema
@@ -103,7 +105,10 @@ class AnswerFilter:
         if cfg.reference_column:
             expected = str(fields.get(cfg.reference_column, ""))
             if not _agrees(text, expected, cfg.reference_match):
-                return "reference", f"disagrees with {cfg.reference_column} {expected!r} ({cfg.reference_match})"
+                return (
+                    "reference",
+                    f"disagrees with {cfg.reference_column} {expected!r} ({cfg.reference_match})",
+                )
         if cfg.duplicates != "keep" and self._key(text) in self.seen:
             return "duplicate", f"the same answer ({cfg.duplicates}) as an earlier one"
         return None

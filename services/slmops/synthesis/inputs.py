@@ -37,7 +37,9 @@ def template_columns(template: str) -> list[str]:
     except ValueError as exc:
         raise InvalidSpec("spec.prompt_template", f"is not a valid template ({exc})") from None
     if any(not name or not name.isidentifier() for name in names):
-        raise InvalidSpec("spec.prompt_template", "names its columns as {column}; positional {} is not allowed")
+        raise InvalidSpec(
+            "spec.prompt_template", "names its columns as {column}; positional {} is not allowed"
+        )
     return list(dict.fromkeys(names))
 
 

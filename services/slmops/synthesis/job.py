@@ -82,7 +82,9 @@ def reject_record(line: int, prompt: str, result: dict[str, Any]) -> dict[str, A
             "attempts": int(result.get("attempts", 1))}  # fmt: skip
 
 
-def check_rejects(num_prompts: int, rejects: list[dict[str, Any]], max_fraction: float, kept_uri: str) -> None:
+def check_rejects(
+    num_prompts: int, rejects: list[dict[str, Any]], max_fraction: float, kept_uri: str
+) -> None:
     """Fail the job when more than max_fraction of the prompts were rejected (what was answered is kept)."""
     if num_prompts and len(rejects) > max_fraction * num_prompts:
         first = rejects[0]
@@ -160,10 +162,10 @@ def _answer_all(cfg: SynthesisConfig, prompts: list[Prompt], results: list[dict 
         **resources,
     )
     started, asked, retries = time.monotonic(), 0, 0
-    for shards, batch in enumerate(
-        answered.iter_batches(batch_size=None, batch_format="numpy"), start=1
-    ):
-        answers = [(int(index), json.loads(encoded)) for index, encoded in zip(batch["index"], batch["result"])]
+    for shards, batch in enumerate(answered.iter_batches(batch_size=None, batch_format="numpy"), start=1):
+        answers = [
+            (int(index), json.loads(encoded)) for index, encoded in zip(batch["index"], batch["result"])
+        ]
         checkpoint.commit(answers)
         for index, result in answers:
             results[index] = result
@@ -208,9 +210,7 @@ def _check_inputs(cfg: SynthesisConfig) -> None:
             artifacts.open_input(uri, field)
 
 
-def run(
-    config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = ""
-) -> dict[str, Any]:
+def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = "") -> dict[str, Any]:
     """Answer every prompt with the teacher and write a dataset artifact at output_uri."""
     cfg = SynthesisConfig.model_validate(config)
     tracing.setup_tracing("synthesis-job")
@@ -238,7 +238,9 @@ def run(
         _answer_all(cfg, prompts, results, tracing.current_traceparent(), progress, checkpoint)
     except JobCancelled as exc:  # keep what was answered: seal it before Ray's grace period ends
         cancelled = exc
-        progress(0.95, f"cancelled: sealing the {sum(r is not None for r in results)} prompts answered so far")
+        progress(
+            0.95, f"cancelled: sealing the {sum(r is not None for r in results)} prompts answered so far"
+        )
     teacher_seconds = time.perf_counter() - start
 
     teacher_model = cfg.teacher.model

@@ -36,16 +36,12 @@ class Position(NamedTuple):
 def chat_positions(content: Sequence[Any]) -> list[Position]:
     """Positions from a chat completion's `logprobs.content`."""
     return [
-        Position(
-            item.token, item.bytes, [(t.token, t.bytes, t.logprob) for t in item.top_logprobs or []]
-        )
+        Position(item.token, item.bytes, [(t.token, t.bytes, t.logprob) for t in item.top_logprobs or []])
         for item in content
     ]
 
 
-def completion_positions(
-    tokens: Sequence[str], top: Sequence[dict[str, float] | None]
-) -> list[Position]:
+def completion_positions(tokens: Sequence[str], top: Sequence[dict[str, float] | None]) -> list[Position]:
     """Positions from a completion's `logprobs.tokens` and `logprobs.top_logprobs`."""
     return [
         Position(token, None, [(text, None, lp) for text, lp in (alternatives or {}).items()])
@@ -53,9 +49,7 @@ def completion_positions(
     ]
 
 
-def from_positions(
-    positions: list[Position], table: TokenTable | None
-) -> tuple[dict[str, Any], int]:
+def from_positions(positions: list[Position], table: TokenTable | None) -> tuple[dict[str, Any], int]:
     """The stored form of an endpoint's positions, and how many of their tokens had no id.
 
     Without a table no id is looked up: the count is 0.

@@ -25,4 +25,6 @@ class SynthesisServicer(JobServicer, synthesis_pb2_grpc.SynthesisServiceServicer
 
 
 def registration(jobs: StageJobs) -> Registration:
-    return Registration(synthesis_pb2_grpc.add_SynthesisServiceServicer_to_server, SynthesisServicer(jobs), SERVICE_NAME)
+    return Registration(
+        synthesis_pb2_grpc.add_SynthesisServiceServicer_to_server, SynthesisServicer(jobs), SERVICE_NAME
+    )

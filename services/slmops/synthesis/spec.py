@@ -153,9 +153,7 @@ def _tokenizer(value: str, field: str, problems: Problems) -> str:
                 problems.extend(exc.problems)
         return uri
     if not _HUB_ID.match(value):
-        problems.append(
-            (field, f"{value!r} is neither a local tokenizer folder nor a hub id like org/name")
-        )
+        problems.append((field, f"{value!r} is neither a local tokenizer folder nor a hub id like org/name"))
     return value
 
 
@@ -175,9 +173,7 @@ def _local(msg: synthesis_pb2.LocalTeacher, problems: Problems) -> LocalTeacherC
                 )
             )
     elif not _HUB_ID.match(model):
-        problems.append(
-            (f"{field}.model", f"{model!r} is neither a model folder nor a hub id like org/name")
-        )
+        problems.append((f"{field}.model", f"{model!r} is neither a model folder nor a hub id like org/name"))
     device = msg.device.strip() or "cpu"
     if not re.match(r"^(cpu|cuda(:\d+)?)$", device):
         problems.append((f"{field}.device", f"must be cpu or cuda[:N], got {msg.device!r}"))
@@ -211,7 +207,12 @@ def _filters(msg: synthesis_pb2.AnswerFilters, first_prompt: dict[str, Any] | No
         except jsonschema.SchemaError as exc:
             problems.append((f"{field}.json_schema", f"is not a valid JSON Schema: {exc.message}"))
     if msg.reference_match not in ("", "exact", "normalized", "contains"):
-        problems.append((f"{field}.reference_match", f"must be exact, normalized or contains, not {msg.reference_match!r}"))
+        problems.append(
+            (
+                f"{field}.reference_match",
+                f"must be exact, normalized or contains, not {msg.reference_match!r}",
+            )
+        )
     if msg.duplicates not in ("", "keep", "exact", "near"):
         problems.append((f"{field}.duplicates", f"must be keep, exact or near, not {msg.duplicates!r}"))
     if msg.reference_column and first_prompt is not None and msg.reference_column not in first_prompt:
@@ -265,9 +266,7 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
             )
         )
     if not 0 <= spec.num_shards <= 1024:
-        problems.append(
-            ("spec.num_shards", f"must be in 1..1024 (0 means 2), got {spec.num_shards}")
-        )
+        problems.append(("spec.num_shards", f"must be in 1..1024 (0 means 2), got {spec.num_shards}"))
     if spec.system_prompt and not (teacher is not None and getattr(teacher, "chat", False)):
         problems.append(
             (
@@ -276,7 +275,9 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
             )
         )
     if not 0 <= spec.samples_per_prompt <= 16:
-        problems.append(("spec.samples_per_prompt", f"must be in 1..16 (0 means 1), got {spec.samples_per_prompt}"))
+        problems.append(
+            ("spec.samples_per_prompt", f"must be in 1..16 (0 means 1), got {spec.samples_per_prompt}")
+        )
     elif spec.samples_per_prompt > 1 and sampling.temperature == 0:
         problems.append(("spec.samples_per_prompt", "more than one answer per prompt needs sampling: "
                                                     "set spec.sampling.temperature above 0"))  # fmt: skip
@@ -288,16 +289,13 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         problems.append(
             (
                 "spec.teacher.endpoint.tokenizer",
-                "maps top-k log-probabilities to token ids: set spec.sampling.top_logprobs "
-                "or leave it empty",
+                "maps top-k log-probabilities to token ids: set spec.sampling.top_logprobs or leave it empty",
             )
         )
     output_uri = ""
     if spec.output_uri:
         try:
-            output_uri = artifacts.confine(
-                spec.output_uri, settings.allowed_roots(), "spec.output_uri"
-            )
+            output_uri = artifacts.confine(spec.output_uri, settings.allowed_roots(), "spec.output_uri")
         except InvalidSpec as exc:
             problems.extend(exc.problems)
 
@@ -308,11 +306,7 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         problems.append(("spec.resources.cpus_per_worker", "must not be negative"))
     if res.gpus_per_worker < 0:
         problems.append(("spec.resources.gpus_per_worker", "must not be negative"))
-    if (
-        res.gpus_per_worker > 0
-        and isinstance(teacher, LocalTeacherConfig)
-        and teacher.device == "cpu"
-    ):
+    if res.gpus_per_worker > 0 and isinstance(teacher, LocalTeacherConfig) and teacher.device == "cpu":
         problems.append(
             ("spec.resources.gpus_per_worker", "asks for GPUs but spec.teacher.local.device is cpu")
         )

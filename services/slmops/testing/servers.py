@@ -72,7 +72,9 @@ class Postgres:
             try:
                 user = pwd.getpwnam("postgres")
             except KeyError:
-                raise RuntimeError(f"running as root, PostgreSQL needs the postgres user; {PG_HINT}") from None
+                raise RuntimeError(
+                    f"running as root, PostgreSQL needs the postgres user; {PG_HINT}"
+                ) from None
             os.chown(self.folder, user.pw_uid, user.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
@@ -82,11 +84,23 @@ class Postgres:
         done = subprocess.run([*self._as, str(self.bindir / tool), *args], capture_output=True, text=True,
                               cwd=self.folder)  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+            raise RuntimeError(
+                f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
+            )
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-o", options, "-w", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
         _wait_port(self.port, 30)
 
     def stop(self, mode: str = "fast") -> None:
@@ -156,8 +170,9 @@ class S3Server:
         """Create a bucket; its s3:// URI."""
         import s3fs
 
-        fs = s3fs.S3FileSystem(key=self.ACCESS_KEY, secret=self.SECRET_KEY,
-                               client_kwargs={"endpoint_url": self.endpoint})
+        fs = s3fs.S3FileSystem(
+            key=self.ACCESS_KEY, secret=self.SECRET_KEY, client_kwargs={"endpoint_url": self.endpoint}
+        )
         fs.mkdir(name)
         return f"s3://{name}"
 

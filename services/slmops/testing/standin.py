@@ -48,7 +48,9 @@ def _rss_bytes() -> int:
 
 
 class _Server(ThreadingHTTPServer):
-    request_queue_size = 512  # a client opening many connections at once is queued, not reset, as by a real server
+    request_queue_size = (
+        512  # a client opening many connections at once is queued, not reset, as by a real server
+    )
 
 
 class StandinServer:
@@ -219,7 +221,11 @@ class StandinServer:
                 k = int(body.get("top_logprobs") or 1)
                 content = [_chat_logprob(p, self._top(p, k)) for p in pieces]
                 choice["logprobs"] = {"content": content}
-            return {**base, "object": "chat.completion", "choices": [{**choice, "index": i} for i in range(n)]}
+            return {
+                **base,
+                "object": "chat.completion",
+                "choices": [{**choice, "index": i} for i in range(n)],
+            }
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         if body.get("logprobs"):
             k = int(body["logprobs"])
@@ -245,9 +251,7 @@ def _chat_logprob(piece: Piece, top: list[tuple[str, bytes, float]]) -> dict[str
 def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = (
-            True  # headers and body go out at once, no 40 ms delayed-ACK stalls
-        )
+        disable_nagle_algorithm = True  # headers and body go out at once, no 40 ms delayed-ACK stalls
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return None
@@ -296,9 +300,7 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
             except json.JSONDecodeError:
-                self._send(
-                    400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}
-                )
+                self._send(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
                 return
             chat = path == "/v1/chat/completions"
             if path not in ("/v1/completions", "/v1/chat/completions"):
@@ -341,7 +343,12 @@ def _handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             choice = answer["choices"][0]
             text = choice["message"]["content"] if chat else choice["text"]
             kind = "chat.completion.chunk" if chat else "text_completion"
-            base = {"id": answer["id"], "created": answer["created"], "model": answer["model"], "object": kind}
+            base = {
+                "id": answer["id"],
+                "created": answer["created"],
+                "model": answer["model"],
+                "object": kind,
+            }
 
             def event(payload: dict[str, Any]) -> None:
                 self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")

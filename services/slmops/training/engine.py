@@ -58,7 +58,9 @@ def scaling(config: TrainingConfig) -> Any:
         per_worker["GPU"] = res.gpus_per_worker
     if res.memory_bytes:
         per_worker["memory"] = float(res.memory_bytes)
-    return ScalingConfig(num_workers=res.num_workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker)
+    return ScalingConfig(
+        num_workers=res.num_workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
+    )
 
 
 def failure_summary(error: Exception) -> str:

@@ -38,7 +38,9 @@ def _tokenize(cfg: TrainingConfig, tokenizer: Any, uri: str, field: str) -> tupl
         return data.tokenize_records(tokenizer, records, max_len, data.Labels.COMPLETION, use_topk)
 
     train = split(data.TRAIN_FILE)
-    validation = split(data.VALIDATION_FILE) if data.split_exists(uri, data.VALIDATION_FILE) else data.TokenizedSplit()
+    validation = (
+        split(data.VALIDATION_FILE) if data.split_exists(uri, data.VALIDATION_FILE) else data.TokenizedSplit()
+    )
     if not train.examples:
         problem = f"{data.TRAIN_FILE} has no usable records"
         if train.dropped:
@@ -66,7 +68,9 @@ def prepare_data(cfg: TrainingConfig, tokenizer: Any) -> tuple[dict[str, Split],
     return prepared, totals
 
 
-def prepare_examples(cfg: TrainingConfig, tokenizer: Any) -> tuple[list[data.Example], list[data.Example], dict[str, float]]:
+def prepare_examples(
+    cfg: TrainingConfig, tokenizer: Any
+) -> tuple[list[data.Example], list[data.Example], dict[str, float]]:
     """Tokenized train and validation examples of a single-dataset config, and counts."""
     prepared, counts = prepare_data(cfg, tokenizer)
     train, validation = prepared["train"]
@@ -94,7 +98,10 @@ def _lineage(cfg: TrainingConfig) -> list[str]:
 
 def _check_inputs(cfg: TrainingConfig) -> None:
     """The base, datasets and teacher the job reads: sealed artifacts must match their hashes."""
-    inputs = {"spec.base.model": cfg.base.model, "spec.distill.teacher": cfg.distill.teacher if cfg.distill else ""}
+    inputs = {
+        "spec.base.model": cfg.base.model,
+        "spec.distill.teacher": cfg.distill.teacher if cfg.distill else "",
+    }
     if cfg.method == "multi_adapter":
         inputs.update({f"spec.adapters[{i}].dataset_uri": a.dataset_uri for i, a in enumerate(cfg.adapters)})
     else:
@@ -127,7 +134,9 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
         try:
             model_dir = model_init.resolve_model(cfg.base.model, cache_dir=work)
             tokenizer = model_init.load_tokenizer(model_dir)
-            model_init.check_model(model_init.model_config(cfg.base, model_dir), tokenizer, cfg.hyperparameters.max_seq_length)
+            model_init.check_model(
+                model_init.model_config(cfg.base, model_dir), tokenizer, cfg.hyperparameters.max_seq_length
+            )
             prepared, counts = prepare_data(cfg, tokenizer)
             sizes = ", ".join(f"{name}: {len(t)}+{len(v)}" for name, (t, v) in prepared.items())
             progress(0.02, f"training and validation examples ({sizes})", **counts)
@@ -143,7 +152,9 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
                 fitted = engine.fit(cfg, ray.put(prepared), storage, progress)
             progress(0.92, "copying the output to the artifact store")
             metrics = dict(fitted.metrics)
-            if Path(fitted.model_dir, "model.safetensors").exists() or list(Path(fitted.model_dir).glob("*.safetensors")):
+            if Path(fitted.model_dir, "model.safetensors").exists() or list(
+                Path(fitted.model_dir).glob("*.safetensors")
+            ):
                 if not Path(fitted.model_dir, "adapter_config.json").exists():
                     metrics["parameters"] = float(count_parameters(fitted.model_dir))
             with artifacts.staged(output_uri) as staging:
@@ -164,7 +175,12 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
         )
         _remove(storage)  # the run's checkpoints are not needed once the artifact is sealed
         progress(1.0, f"{kind} ready", **metrics)
-    result: dict[str, Any] = {"output_uri": output_uri, "artifact_id": manifest.id, "kind": kind, "metrics": metrics}
+    result: dict[str, Any] = {
+        "output_uri": output_uri,
+        "artifact_id": manifest.id,
+        "kind": kind,
+        "metrics": metrics,
+    }
     if extra:
         result["search"] = extra
     return result

@@ -27,4 +27,6 @@ class TrainingServicer(JobServicer, training_pb2_grpc.TrainingServiceServicer):
 
 
 def registration(jobs: StageJobs) -> Registration:
-    return Registration(training_pb2_grpc.add_TrainingServiceServicer_to_server, TrainingServicer(jobs), SERVICE_NAME)
+    return Registration(
+        training_pb2_grpc.add_TrainingServiceServicer_to_server, TrainingServicer(jobs), SERVICE_NAME
+    )

@@ -142,8 +142,12 @@ def pydantic_problems(error: ValidationError, prefix: str = "spec") -> list[tupl
             path += f"[{part}]" if isinstance(part, int) else f".{part}"
         path = prefix + "." + _PROTO_PATHS.get(path[1:], path[1:]) if path else prefix
         value = item.get("input")
-        shown = f", got {value!r}" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
-        problems.append((path, item["msg"].replace("Input should", "must").replace("String should", "must") + shown))
+        shown = (
+            f", got {value!r}" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
+        )
+        problems.append(
+            (path, item["msg"].replace("Input should", "must").replace("String should", "must") + shown)
+        )
     return problems
 
 
@@ -183,7 +187,9 @@ def _base(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]]) -> d
                 problems.append((f"spec.base.config_overrides[{key}]", "must be a positive integer"))
     init_seed = base.init_seed if base.HasField("init_seed") else None
     if init_seed is not None and not base.from_config:
-        problems.append(("spec.base.init_seed", "seeds fresh weights: it applies only with spec.base.from_config"))
+        problems.append(
+            ("spec.base.init_seed", "seeds fresh weights: it applies only with spec.base.from_config")
+        )
     return {"model": base.model.strip(), "from_config": base.from_config, "config_overrides": overrides,
             "init_seed": init_seed}  # fmt: skip
 
@@ -218,7 +224,9 @@ def _resources(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]])
     }
 
 
-def _sections(spec: training_pb2.TrainingSpec, method: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
+def _sections(
+    spec: training_pb2.TrainingSpec, method: str, problems: list[tuple[str, str]]
+) -> dict[str, Any]:
     """The method-specific sections, present when the spec sets them (or the method needs them)."""
     sections: dict[str, Any] = {}
     if spec.HasField("lora") and spec.lora.ByteSize() or method in ("lora", "qlora", "multi_adapter"):
@@ -248,7 +256,9 @@ def _sections(spec: training_pb2.TrainingSpec, method: str, problems: list[tuple
             "jsd_beta": _or(spec.distill.jsd_beta, 0.5),
         }
     if spec.adapters:
-        sections["adapters"] = [{"name": a.name.strip(), "dataset_uri": a.dataset_uri.strip()} for a in spec.adapters]
+        sections["adapters"] = [
+            {"name": a.name.strip(), "dataset_uri": a.dataset_uri.strip()} for a in spec.adapters
+        ]
     if spec.HasField("search") and spec.search.ByteSize():
         s = spec.search
         sections["search"] = {
@@ -318,9 +328,13 @@ def _method(spec: training_pb2.TrainingSpec, problems: list[tuple[str, str]]) ->
 def _inputs(raw: dict[str, Any], problems: list[tuple[str, str]]) -> None:
     """Local inputs confined and made absolute, in place."""
     if raw["base"]["model"]:
-        raw["base"]["model"] = check_local_input(raw["base"]["model"], "spec.base.model", "config.json", problems)
+        raw["base"]["model"] = check_local_input(
+            raw["base"]["model"], "spec.base.model", "config.json", problems
+        )
     if raw["dataset_uri"]:
-        raw["dataset_uri"] = check_local_input(raw["dataset_uri"], "spec.dataset_uri", "train.jsonl", problems)
+        raw["dataset_uri"] = check_local_input(
+            raw["dataset_uri"], "spec.dataset_uri", "train.jsonl", problems
+        )
     for index, adapter in enumerate(raw.get("adapters", [])):
         if adapter["dataset_uri"]:
             adapter["dataset_uri"] = check_local_input(
@@ -328,7 +342,9 @@ def _inputs(raw: dict[str, Any], problems: list[tuple[str, str]]) -> None:
             )
     distill = raw.get("distill")
     if distill and distill["teacher"]:
-        distill["teacher"] = check_local_input(distill["teacher"], "spec.distill.teacher", "config.json", problems)
+        distill["teacher"] = check_local_input(
+            distill["teacher"], "spec.distill.teacher", "config.json", problems
+        )
 
 
 def from_proto(spec: training_pb2.TrainingSpec, *, deep: bool = True) -> TrainingConfig:

@@ -293,7 +293,9 @@ class CheckpointReporter(TrainerCallback):
 def _latest(history: list[dict[str, Any]]) -> dict[str, float]:
     merged: dict[str, float] = {}
     for entry in history:
-        merged.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        merged.update(
+            {k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        )
     return merged
 
 
@@ -319,7 +321,9 @@ class ProgressReporter(TrainerCallback):
             if loader is not None:
                 self.steps_per_epoch = max(1.0, len(loader) / args.gradient_accumulation_steps)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if not self.ctx.progress or not logs or "train_runtime" in logs:
             return
         elapsed = time.perf_counter() - self.started
@@ -362,7 +366,9 @@ def report_phase_done(ctx: WorkerContext, phase: str, metrics: dict[str, float])
         return
     with tempfile.TemporaryDirectory(prefix="slmops-done-") as folder:
         shutil.copytree(ctx.done_dir(), os.path.join(folder, DONE_DIR))
-        Path(folder, STATE_FILE).write_text(json.dumps({"phase": phase, "step": -1, "final": False, "done": True}))
+        Path(folder, STATE_FILE).write_text(
+            json.dumps({"phase": phase, "step": -1, "final": False, "done": True})
+        )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
     if ctx.progress:
         ctx.progress(1.0, f"{phase}: done", **metrics)

@@ -78,7 +78,9 @@ class Update:
     """What an engine saw of a record's work since the last poll."""
 
     state: str = ""  # "", PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED
-    events: list[tuple[float, str, dict[str, float]]] = field(default_factory=list)  # (fraction, message, metrics)
+    events: list[tuple[float, str, dict[str, float]]] = field(
+        default_factory=list
+    )  # (fraction, message, metrics)
     result: dict[str, Any] | None = None
     reason: str = ""  # why it FAILED
     cursor: int | None = None  # the engine's read position (e.g. log offset), kept in the record
@@ -146,7 +148,9 @@ class Lifecycle:
         if not record.ray_job_id:
             record.ray_job_id = await self.engine.find(record)
         if record.ray_job_id and not await self.engine.stop(record):
-            raise Unavailable(f"could not stop {self.kind} {record_id} ({record.ray_job_id}); it is still running")
+            raise Unavailable(
+                f"could not stop {self.kind} {record_id} ({record.ray_job_id}); it is still running"
+            )
         await asyncio.to_thread(self.finish, record_id, self.states.cancelled, "cancelled by request")
         task = self._tasks.pop(record_id, None)
         if task:
@@ -255,7 +259,9 @@ class Lifecycle:
             await asyncio.sleep(self.lease_s / 3)
 
     async def _claim(self, record_id: str) -> bool:
-        return await asyncio.to_thread(self.store.claim, record_id, self.owner, self.lease_s, self.states.active)
+        return await asyncio.to_thread(
+            self.store.claim, record_id, self.owner, self.lease_s, self.states.active
+        )
 
     def _follow(self, record_id: str) -> None:
         """Follow a claimed record, once: the sweep and a Create may both claim it (one owner, one task)."""
@@ -319,7 +325,9 @@ class Lifecycle:
             handle = await self.engine.submit(record)
         else:
             log.info("%s %s: found its work again (%s)", self.kind, record.id, handle)
-        await asyncio.to_thread(self.store.update, record.id, owner=self.owner, ray_job_id=handle, message=message)
+        await asyncio.to_thread(
+            self.store.update, record.id, owner=self.owner, ray_job_id=handle, message=message
+        )
         self.notify(record.id)
 
     async def _poll(self, record_id: str) -> None:
@@ -359,7 +367,9 @@ class Lifecycle:
             changes["result"] = update.result
         events: list[EventRow] = []
         current = record.state
-        if state in self.states.active and state != current:  # between the active states, both ways (a restart)
+        if (
+            state in self.states.active and state != current
+        ):  # between the active states, both ways (a restart)
             said = update.message or state.lower()
             changes.update(state=state, message=said)
             events.append((state, 1.0 if update.message and state == self.states.running else record.fraction,
@@ -373,7 +383,9 @@ class Lifecycle:
         result = update.result if update.result is not None else record.result
         if state == self.states.succeeded:
             output = (result or {}).get("output_uri") or record.output_uri
-            changes.update(fraction=1.0, message=update.message or "done", result=result or {}, output_uri=output)
+            changes.update(
+                fraction=1.0, message=update.message or "done", result=result or {}, output_uri=output
+            )
             self.finish(record.id, state, "", owner=self.owner, events=events, **changes)
             return True
         if state in (self.states.failed, self.states.cancelled):
@@ -387,4 +399,6 @@ class Lifecycle:
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }

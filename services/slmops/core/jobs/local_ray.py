@@ -127,7 +127,10 @@ def start_head(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     args = [
-        ray_bin, "start", "--head", "--block",
+        ray_bin,
+        "start",
+        "--head",
+        "--block",
         "--node-ip-address=127.0.0.1",
         f"--port={gcs_port}",
         "--dashboard-host=127.0.0.1",

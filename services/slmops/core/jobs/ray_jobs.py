@@ -54,7 +54,10 @@ class EntrypointResources:
 def entrypoint_resources(cpus: str | None = None, memory: str | None = None) -> EntrypointResources:
     """The drivers' resources from the settings; ValueError naming the variable when one is malformed."""
     values: list[float] = []
-    for name, override, integer in (("job_entrypoint_cpus", cpus, False), ("job_entrypoint_memory", memory, True)):
+    for name, override, integer in (
+        ("job_entrypoint_cpus", cpus, False),
+        ("job_entrypoint_memory", memory, True),
+    ):
         text = settings.get(name, override).strip() or "0"
         try:
             value = int(text) if integer else float(text)
@@ -145,7 +148,9 @@ class RayJobs:
                 if "No available agent" in str(exc) and time.monotonic() < deadline:
                     time.sleep(1.0)
                     continue
-                raise Unavailable(f"could not submit the {stage} job to Ray at {self.address}: {exc}") from exc
+                raise Unavailable(
+                    f"could not submit the {stage} job to Ray at {self.address}: {exc}"
+                ) from exc
 
     def entrypoint_kwargs(self, resources: dict[str, float] | None = None) -> dict[str, Any]:
         """submit_job's entrypoint_* arguments: the job's own resources, else the drivers' settings."""

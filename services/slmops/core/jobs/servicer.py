@@ -54,7 +54,9 @@ def status_proto(record: JobRecord, output_kind: str) -> common_pb2.JobStatus:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             status.metrics[key] = float(value)
     kept = record.state == "CANCELLED" and record.output_uri and artifacts.is_artifact(record.output_uri)
-    if (record.state == "SUCCEEDED" or kept) and record.output_uri:  # a cancelled job may keep what it finished
+    if (
+        record.state == "SUCCEEDED" or kept
+    ) and record.output_uri:  # a cancelled job may keep what it finished
         # A job that can write several kinds (training: checkpoint or adapter) names its own.
         kind = (record.result or {}).get("kind") or output_kind
         status.output.CopyFrom(common_pb2.ArtifactRef(uri=record.output_uri, kind=str(kind)))
@@ -129,7 +131,11 @@ class JobServicer:
 
     async def list(self, request: common_pb2.ListJobsRequest, context: Any) -> Message:
         records, token = await asyncio.to_thread(
-            self.jobs.list, state_name(request.state), dict(request.labels), request.page_size, request.page_token
+            self.jobs.list,
+            state_name(request.state),
+            dict(request.labels),
+            request.page_size,
+            request.page_token,
         )
         return self.list_cls(jobs=[self.to_job(r) for r in records], next_page_token=token)
 

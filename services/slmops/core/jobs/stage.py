@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 RESTARTABLE = frozenset({"synthesis"})
 MAX_RESTARTS = 2
 STOP_WAIT_S = 15.0  # how long Cancel waits for a signalled job to end (the stack gives it 10 s, then SIGKILL)
-OUTPUT_KIND = {"synthesis": "dataset", "training": "checkpoint", "conversion": "onnx-model", "evaluation": "report"}
+OUTPUT_KIND = {
+    "synthesis": "dataset",
+    "training": "checkpoint",
+    "conversion": "onnx-model",
+    "evaluation": "report",
+}
 
 
 def _error_reason(logs: str, fallback: str) -> str:

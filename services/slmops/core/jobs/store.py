@@ -120,12 +120,19 @@ class Event:
     time: float
 
 
-_JSON_FIELDS = {"spec": "spec_json", "config": "config_json", "result": "result_json", "labels": "labels_json"}
+_JSON_FIELDS = {
+    "spec": "spec_json",
+    "config": "config_json",
+    "result": "result_json",
+    "labels": "labels_json",
+}
 UNFINISHED = ("PENDING", "RUNNING")
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x736C6D6F7073  # PostgreSQL advisory lock key ("slmops") held while migrating
 POOL_RECYCLE_S = 300  # reopen pooled server connections older than this (idle timeouts of proxies)
-EventRow = tuple[str, float, str, dict[str, float]]  # (state, fraction, message, metrics) of an event to append
+EventRow = tuple[
+    str, float, str, dict[str, float]
+]  # (state, fraction, message, metrics) of an event to append
 
 
 class LeaseLost(Exception):
@@ -323,7 +330,9 @@ class JobStore:
 
     def release(self, job_id: str, owner: str) -> None:
         """Give the lease up (a replica shutting down), so another replica can take the job at once."""
-        statement = update(_Job).where(_Job.id == job_id, _Job.owner == owner).values(owner="", lease_expires=0.0)
+        statement = (
+            update(_Job).where(_Job.id == job_id, _Job.owner == owner).values(owner="", lease_expires=0.0)
+        )
         with self._lock, Session(self.engine) as session:
             session.execute(statement)
             session.commit()
@@ -371,6 +380,8 @@ class JobStore:
         )
         with Session(self.engine) as session:
             return [
-                Event(e.job_id, e.sequence, e.state, e.fraction, e.message, json.loads(e.metrics_json), e.time)
+                Event(
+                    e.job_id, e.sequence, e.state, e.fraction, e.message, json.loads(e.metrics_json), e.time
+                )
                 for e in session.scalars(query)
             ]

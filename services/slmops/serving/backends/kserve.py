@@ -159,8 +159,12 @@ class KServeBackend:
             metadata=k8s.V1ObjectMeta(
                 name=name,
                 namespace=self.namespace,
-                labels={"app.kubernetes.io/part-of": "slmops", MANAGED_BY_LABEL: "slmops", OWNER_LABEL: self.owner,
-                        "slmops.io/deployment": name},  # fmt: skip
+                labels={
+                    "app.kubernetes.io/part-of": "slmops",
+                    MANAGED_BY_LABEL: "slmops",
+                    OWNER_LABEL: self.owner,
+                    "slmops.io/deployment": name,
+                },  # fmt: skip
                 annotations=annotations,
             ),
             spec=V1beta1InferenceServiceSpec(predictor=predictor),
@@ -186,12 +190,16 @@ class KServeBackend:
         _, rollouts = history(old)
         if revision.traffic_percent >= 100:
             annotations[ROLLED_OUT_ANNOTATION] = str(revision.number)
-            if revision.number in rollouts:  # an earlier revision again: a rollback, the later ones leave the history
+            if (
+                revision.number in rollouts
+            ):  # an earlier revision again: a rollback, the later ones leave the history
                 rollouts = rollouts[: len(rollouts) - rollouts[::-1].index(revision.number)]
             else:
                 rollouts = [*rollouts, revision.number][-50:]
         else:
-            annotations[ROLLED_OUT_ANNOTATION] = old.get(ROLLED_OUT_ANNOTATION) or old.get(REVISION_ANNOTATION, "")
+            annotations[ROLLED_OUT_ANNOTATION] = old.get(ROLLED_OUT_ANNOTATION) or old.get(
+                REVISION_ANNOTATION, ""
+            )
         annotations[ROLLED_OUT_HISTORY_ANNOTATION] = ",".join(map(str, rollouts))
         if current is None:
             self._call(
@@ -215,9 +223,13 @@ class KServeBackend:
             raise InvalidSpec("traffic_percent", f"must be between 0 and 100, not {percent}")
         current = self._owned(name, self._get(name), "patch")
         if percent == 0 and self.deployment_mode != "Knative":
-            raise InvalidSpec("traffic_percent", f"{self.deployment_mode} mode has no canary to take traffic from")
+            raise InvalidSpec(
+                "traffic_percent", f"{self.deployment_mode} mode has no canary to take traffic from"
+            )
         self.check_traffic(percent, "traffic_percent")
-        patch: dict[str, Any] = {"spec": {"predictor": {"canaryTrafficPercent": percent if percent < 100 else None}}}
+        patch: dict[str, Any] = {
+            "spec": {"predictor": {"canaryTrafficPercent": percent if percent < 100 else None}}
+        }
         if percent == 100:
             annotations = current.get("metadata", {}).get("annotations") or {}
             latest = annotations.get(REVISION_ANNOTATION)
@@ -251,7 +263,9 @@ class KServeBackend:
         while rollouts and str(rollouts[-1]) == latest:
             rollouts.pop()
         if not rollouts or rollouts[-1] not in recorded:
-            raise Conflict(f"InferenceService {self.namespace}/{name} records no earlier revision to roll back to")
+            raise Conflict(
+                f"InferenceService {self.namespace}/{name} records no earlier revision to roll back to"
+            )
         previous = recorded[rollouts[-1]]
         revision = Revision(previous.number, previous.model_uri, previous.storage_uri, 100,
                             **_revision_resources(current))  # fmt: skip
@@ -343,7 +357,12 @@ class KServeBackend:
 
 
 def _mode(value: str) -> str:
-    aliases = {"standard": "Standard", "rawdeployment": "Standard", "knative": "Knative", "serverless": "Knative"}
+    aliases = {
+        "standard": "Standard",
+        "rawdeployment": "Standard",
+        "knative": "Knative",
+        "serverless": "Knative",
+    }
     mode = aliases.get(value.strip().lower())
     if mode is None:
         raise InvalidSpec("SLMOPS_KSERVE_DEPLOYMENT_MODE", f"{value!r} is not a KServe deployment mode; one of "
@@ -367,7 +386,11 @@ def _revision_resources(isvc: dict[str, Any]) -> dict[str, Any]:
     """The resources a live InferenceService's predictor asks for, as Revision fields (for a rollback)."""
     limits = (((isvc.get("spec", {}).get("predictor") or {}).get("model") or {}).get("resources") or {}) \
         .get("limits") or {}  # fmt: skip
-    cpu, memory, gpus = str(limits.get("cpu", "")), str(limits.get("memory", "")), limits.get("nvidia.com/gpu")
+    cpu, memory, gpus = (
+        str(limits.get("cpu", "")),
+        str(limits.get("memory", "")),
+        limits.get("nvidia.com/gpu"),
+    )
     return {
         "cpus": (float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu or 0))
         if cpu != _DEFAULT_RESOURCES["limits"]["cpu"] else 0.0,
@@ -408,7 +431,9 @@ def _default_api_client() -> k8s.ApiClient:
         try:
             k8s_config.load_kube_config(client_configuration=configuration)
         except (k8s_config.ConfigException, OSError) as e:
-            raise Unavailable(f"no Kubernetes configuration: not in a cluster and no usable kubeconfig ({e})") from e
+            raise Unavailable(
+                f"no Kubernetes configuration: not in a cluster and no usable kubeconfig ({e})"
+            ) from e
     return k8s.ApiClient(configuration)
 
 
@@ -423,7 +448,9 @@ def _api_error(e: k8s.ApiException, what: str, namespace: str, name: str) -> Slm
     if e.status in (401, 403):
         return Unavailable(f"the Kubernetes API server refused to {what} InferenceService "
                            f"{namespace}/{name} ({message}); check the credentials and RBAC")  # fmt: skip
-    return Unavailable(f"the Kubernetes API server failed to {what} InferenceService {namespace}/{name} ({message})")
+    return Unavailable(
+        f"the Kubernetes API server failed to {what} InferenceService {namespace}/{name} ({message})"
+    )
 
 
 def _api_message(e: k8s.ApiException) -> str:
@@ -436,7 +463,9 @@ def _api_message(e: k8s.ApiException) -> str:
 def _why(e: BaseException, timeout_s: float) -> str:
     reason = getattr(e, "reason", None) or e
     text = str(reason)
-    if "refused" in text.lower():  # before the timeout check: urllib3's NewConnectionError is a timeout error too
+    if (
+        "refused" in text.lower()
+    ):  # before the timeout check: urllib3's NewConnectionError is a timeout error too
         return "connection refused"
     if isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError)):
         return f"timed out after {timeout_s:g}s"

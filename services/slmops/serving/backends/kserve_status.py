@@ -67,7 +67,9 @@ def history(annotations: dict[str, str]) -> tuple[dict[int, Recorded], list[int]
         n: Recorded(n, f.get("model-uri", ""), f["storage-uri"], f.get("time", ""))
         for n, f in fields.items() if f.get("storage-uri")
     }  # fmt: skip
-    rolled_out = [n for n in (_int(p) for p in annotations.get(ROLLED_OUT_HISTORY_ANNOTATION, "").split(",")) if n]
+    rolled_out = [
+        n for n in (_int(p) for p in annotations.get(ROLLED_OUT_HISTORY_ANNOTATION, "").split(",")) if n
+    ]
     return recorded, rolled_out
 
 
@@ -109,7 +111,9 @@ def status_of(isvc: dict[str, Any]) -> BackendStatus:
         if target.get("url") and target.get("tag") in ("latest", "prev") and (
                 number != latest or target.get("revisionName") in (None, ready_name)):  # fmt: skip
             revisions[number] = RevisionStatus(
-                state=READY, url=in_cluster(target["url"], predictor_address, namespace), external_url=target["url"]
+                state=READY,
+                url=in_cluster(target["url"], predictor_address, namespace),
+                external_url=target["url"],
             )
 
     is_ready = (conditions.get("Ready") or {}).get("status") == "True"
@@ -128,7 +132,9 @@ def status_of(isvc: dict[str, Any]) -> BackendStatus:
     else:
         state = DEPLOYING
         pending = [c for t in _READY_TYPES if (c := conditions.get(t))]
-        reason = _describe(pending[0]) if pending else "waiting for KServe to report the InferenceService's state"
+        reason = (
+            _describe(pending[0]) if pending else "waiting for KServe to report the InferenceService's state"
+        )
     mode = annotations.get(MODE_ANNOTATION) or status.get("deploymentMode") or ""
     if mode in ("Standard", "RawDeployment") and latest is not None:  # no split: one revision serves
         if is_ready:

@@ -135,7 +135,11 @@ class LocalBackend:
             else:
                 deployment.percent = revision.traffic_percent
             self._reconcile(deployment)
-            return {"url": deployment.server.url, "revision_url": self._url(process.port), **process.runtime()}
+            return {
+                "url": deployment.server.url,
+                "revision_url": self._url(process.port),
+                **process.runtime(),
+            }
 
     def set_traffic(self, name: str, percent: int, record_dir: Path | None = None) -> None:
         if not 0 <= percent <= 100:
@@ -186,7 +190,9 @@ class LocalBackend:
                 pid, created = int(seen.get("pid", 0)), float(seen.get("created", 0.0))
                 if pid and _is_ours(pid, created):
                     process.pid, process.created, process.launched_at = pid, created, time.monotonic()
-                    log.info("deployment %s: adopted revision %d's predictor (pid %d)", name, revision.number, pid)
+                    log.info(
+                        "deployment %s: adopted revision %d's predictor (pid %d)", name, revision.number, pid
+                    )
                 deployment.processes[revision.number] = process
             deployment.serving, deployment.latest, deployment.percent = serving, latest, percent
             self._reconcile(deployment)
@@ -233,8 +239,15 @@ class LocalBackend:
                 with self._lock:
                     if ready:
                         if process.state != READY:
-                            log.info("deployment %s: revision %d ready", deployment.name, process.revision.number)
-                        process.state, process.reason, process.ever_ready, process.failures = READY, "", True, 0
+                            log.info(
+                                "deployment %s: revision %d ready", deployment.name, process.revision.number
+                            )
+                        process.state, process.reason, process.ever_ready, process.failures = (
+                            READY,
+                            "",
+                            True,
+                            0,
+                        )
                     elif process.state == READY:
                         process.state = DEPLOYING
 
@@ -254,7 +267,10 @@ class LocalBackend:
             if not process.pid and process.state != FAILED and now >= process.retry_at:
                 self._launch(deployment.name, process)
         # A canary that failed leaves the split to the serving revision.
-        if deployment.latest != deployment.serving and deployment.processes[deployment.latest].state == FAILED:
+        if (
+            deployment.latest != deployment.serving
+            and deployment.processes[deployment.latest].state == FAILED
+        ):
             deployment.percent = 0
             desired = deployment.desired()
         ready = {n for n, p in deployment.processes.items() if p.state == READY and p.pid}
@@ -264,7 +280,9 @@ class LocalBackend:
         elif ready & live.keys():
             effective = _share({n: live[n] for n in ready & live.keys()})
         else:
-            effective = {n: pct for n, pct in deployment.effective.items() if n in ready} or deployment.effective
+            effective = {
+                n: pct for n, pct in deployment.effective.items() if n in ready
+            } or deployment.effective
             effective = _share(effective) if effective else {}
         if effective != deployment.effective:
             log.info("deployment %s: traffic %s", deployment.name, effective)
@@ -295,7 +313,11 @@ class LocalBackend:
             return
         delay = RESTART_BACKOFF_S[min(process.failures, len(RESTART_BACKOFF_S) - 1)]
         process.failures += 1
-        process.state, process.reason, process.retry_at = DEPLOYING, f"predictor {why}; starting it again", now + delay
+        process.state, process.reason, process.retry_at = (
+            DEPLOYING,
+            f"predictor {why}; starting it again",
+            now + delay,
+        )
         log.warning("deployment %s: revision %d's predictor %s; starting it again in %.0fs", deployment.name,
                     number, why, delay)  # fmt: skip
 
@@ -376,7 +398,9 @@ def _share(split: dict[int, int]) -> dict[int, int]:
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=READY_TIMEOUT_S, trust_env=False).status_code == 200
+        return (
+            httpx.get(f"{url}/v2/health/ready", timeout=READY_TIMEOUT_S, trust_env=False).status_code == 200
+        )
     except httpx.HTTPError:
         return False
 

@@ -47,7 +47,9 @@ def common_spec(recipe: Recipe, raw: dict[str, Any], problems: Problems) -> None
             if name in names[:index]:
                 problems.append((f"spec.adapters[{index}].name", f"{name!r} is used twice"))
         if raw.get("dataset_uri"):
-            problems.append(("spec.dataset_uri", "MULTI_ADAPTER reads one dataset per adapter (spec.adapters)"))
+            problems.append(
+                ("spec.dataset_uri", "MULTI_ADAPTER reads one dataset per adapter (spec.adapters)")
+            )
     elif not raw.get("dataset_uri"):
         problems.append(("spec.dataset_uri", "is required: a dataset artifact with train.jsonl"))
     hp, res = raw["hyperparameters"], raw["resources"]
@@ -166,7 +168,11 @@ def module_names(model_config: Any) -> set[str]:
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
-    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
 
 
 def _target_modules(model_config: Any, targets: list[str], problems: Problems) -> None:
@@ -186,7 +192,9 @@ def _target_modules(model_config: Any, targets: list[str], problems: Problems) -
         )
 
 
-def _dataset(recipe: Recipe, config: Any, uri: str, field: str, model_config: Any, problems: Problems) -> bool:
+def _dataset(
+    recipe: Recipe, config: Any, uri: str, field: str, model_config: Any, problems: Problems
+) -> bool:
     """Whether the dataset has train records; problems with what they hold are appended."""
     if not data.split_exists(uri, data.TRAIN_FILE):
         problems.append((field, f"{uri!r} has no {data.TRAIN_FILE}"))

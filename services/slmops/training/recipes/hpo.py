@@ -48,7 +48,10 @@ def apply(config: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
     updated = {**config, "search": None}
     for name, value in sample.items():
         section, key = SEARCHABLE[name]
-        updated[section] = {**(updated.get(section) or {}), key: int(value) if name in INTEGER_FIELDS else value}
+        updated[section] = {
+            **(updated.get(section) or {}),
+            key: int(value) if name in INTEGER_FIELDS else value,
+        }
     return updated
 
 
@@ -103,7 +106,11 @@ def search(config: TrainingConfig, data_ref: Any, storage: str, progress: Progre
             {
                 "trial": index,
                 "config": {k: result.config.get(k) for k in space},
-                "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                "metrics": {
+                    k: float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                },
                 "finished": finished,
                 "error": str(result.error)[:300] if result.error else "",
             }

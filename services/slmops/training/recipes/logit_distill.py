@@ -33,7 +33,9 @@ def divergence(student_logp: Any, teacher_logp: Any, kind: str, beta: float = 0.
     if kind == "reverse_kl":  # KL(student || teacher): mode-seeking
         return (q * (student_logp - teacher_logp)).sum(-1)
     mixture = torch.logsumexp(
-        torch.stack([teacher_logp + torch.log(torch.tensor(beta)), student_logp + torch.log(torch.tensor(1 - beta))]),
+        torch.stack(
+            [teacher_logp + torch.log(torch.tensor(beta)), student_logp + torch.log(torch.tensor(1 - beta))]
+        ),
         dim=0,
     )
     return beta * (p * (teacher_logp - mixture)).sum(-1) + (1 - beta) * (q * (student_logp - mixture)).sum(-1)
@@ -94,7 +96,12 @@ def trainer_class(settings: Any, teacher: Any = None) -> Any:
                         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
                     ).logits
             loss, kd, ce = distill_loss(
-                outputs.logits, labels, settings, teacher_logits=teacher_logits, top_ids=top_ids, top_logprobs=top_logprobs
+                outputs.logits,
+                labels,
+                settings,
+                teacher_logits=teacher_logits,
+                top_ids=top_ids,
+                top_logprobs=top_logprobs,
             )
             if self.model.training:
                 self._metrics["train"].setdefault("kd_loss", []).append(float(kd.detach()))

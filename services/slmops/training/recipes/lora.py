@@ -22,7 +22,9 @@ def trainable_parameters(model: Any) -> dict[str, float]:
     return {"trainable_parameters": float(trainable), "parameters": float(total)}
 
 
-def train_adapter(ctx: WorkerContext, base: Any, tok: Any, data: tuple[list, list], phase: str) -> tuple[Any, Any, dict]:
+def train_adapter(
+    ctx: WorkerContext, base: Any, tok: Any, data: tuple[list, list], phase: str
+) -> tuple[Any, Any, dict]:
     """(peft model, trainer, metrics) of one adapter trained on base."""
     from peft import get_peft_model
 

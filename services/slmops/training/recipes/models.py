@@ -20,7 +20,9 @@ def tokenizer(ctx: WorkerContext) -> Any:
 def base_model(ctx: WorkerContext, tok: Any) -> Any:
     """The base in float32: pretrained weights, or seeded fresh ones from its config."""
     config = ctx.config
-    return model_init.load_model(config.base, model_init.resolve_model(config.base.model), tok, config.hyperparameters.seed)
+    return model_init.load_model(
+        config.base, model_init.resolve_model(config.base.model), tok, config.hyperparameters.seed
+    )
 
 
 def lora_config(ctx: WorkerContext, model: Any) -> Any:

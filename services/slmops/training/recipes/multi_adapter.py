@@ -28,9 +28,13 @@ def train(ctx: WorkerContext, data: dict[str, Any]) -> None:
             with open(os.path.join(done, "metrics.json"), encoding="utf-8") as fh:
                 metrics.update({f"{name}.{k}": v for k, v in json.load(fh).items()})
             continue
-        model, trainer, adapter_metrics = lora.train_adapter(ctx, models.base_model(ctx, tok), tok, data[name], name)
+        model, trainer, adapter_metrics = lora.train_adapter(
+            ctx, models.base_model(ctx, tok), tok, data[name], name
+        )
         if ctx.is_main:
-            models.save_adapter(model, tok, ctx.config.base.model, trainer.state.log_history, f"adapter {name}")(done)
+            models.save_adapter(
+                model, tok, ctx.config.base.model, trainer.state.log_history, f"adapter {name}"
+            )(done)
             with open(os.path.join(done, "metrics.json"), "w", encoding="utf-8") as fh:
                 json.dump(adapter_metrics, fh)
         trainer_kit.report_phase_done(ctx, name, adapter_metrics)

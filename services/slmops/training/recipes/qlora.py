@@ -133,7 +133,9 @@ def train(ctx: WorkerContext, data: dict[str, Any]) -> None:
     history = trainer.state.log_history
     assert ctx.config.lora is not None
     if not ctx.config.lora.merge:
-        save = models.save_adapter(model, tok, ctx.config.base.model, history, f"qlora (rank {ctx.config.lora.rank})")
+        save = models.save_adapter(
+            model, tok, ctx.config.base.model, history, f"qlora (rank {ctx.config.lora.rank})"
+        )
         trainer_kit.finish(ctx, save, metrics)
         return
     from peft import PeftModel

@@ -40,7 +40,11 @@ class Recipe:
         checks.inputs(self, config, problems)
 
     def searchable(self) -> set[str]:
-        return {name for name, (section, _) in SEARCHABLE.items() if section == "hyperparameters" or section in self.sections}
+        return {
+            name
+            for name, (section, _) in SEARCHABLE.items()
+            if section == "hyperparameters" or section in self.sections
+        }
 
     def train(self, ctx: Any, data: Any) -> None:
         importlib.import_module(f"slmops.training.recipes.{self.module}").train(ctx, data)
@@ -48,12 +52,19 @@ class Recipe:
 
 def _pretrained(raw: dict[str, Any], problems: Problems) -> None:
     if raw["base"].get("from_config"):
-        problems.append(("spec.base.from_config", "QLORA quantizes pretrained weights; it cannot start from fresh ones"))
+        problems.append(
+            ("spec.base.from_config", "QLORA quantizes pretrained weights; it cannot start from fresh ones")
+        )
 
 
 def _no_packing(raw: dict[str, Any], problems: Problems) -> None:
     if raw["hyperparameters"].get("packing"):
-        problems.append(("spec.hyperparameters.packing", "does not apply to LOGIT_DISTILL (positions carry the teacher's top-k)"))
+        problems.append(
+            (
+                "spec.hyperparameters.packing",
+                "does not apply to LOGIT_DISTILL (positions carry the teacher's top-k)",
+            )
+        )
 
 
 RECIPES = {
