@@ -1,14 +1,21 @@
-"""Field checks shared by the stage specs: sampling, URLs, API-key variable names, local URIs.
+"""How a stage spec is validated, shared by every service and the pipeline file.
 
-Each check appends (proto field path, problem) pairs to a list, so a spec's
-`from_proto` can report every problem in one InvalidSpec.
+A spec's pydantic model is the spec: its `Field` constraints and validators
+state each default and bound once. `proto_dict` turns a message into the dict
+the model validates (proto3 leaves zero fields out, so the model's defaults
+apply); `problems_from` turns one `ValidationError` into (proto field path,
+problem) pairs. The checks that touch files, URLs and secrets (below) are a
+second pass that appends to the same list, so `from_proto` reports every
+problem of a spec in one InvalidSpec.
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from pydantic import BaseModel, Field, ValidationError
 
 from slmops.api.v1 import common_pb2
 from slmops.core import artifacts, secret_refs, settings
@@ -41,6 +48,47 @@ class SamplingConfig(BaseModel):
     top_logprobs: int = 0
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+
+
+def proto_dict(message: Message) -> dict:
+    """A message as the dict its config model validates: proto field names, fields left at
+    proto3's zero omitted (the model's defaults apply), enums by name, 64-bit integers as ints."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True, use_integers_for_enums=False)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return ""
+    text = repr(value)
+    return f", got {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def problems_from(
+    error: ValidationError, prefix: str = "spec", renames: dict[str, str] | None = None
+) -> Problems:
+    """A pydantic error as (proto path, problem) pairs: every problem, each naming its field
+    by its full path (`spec.hyperparameters.max_seq_length`, `spec.adapters[0].name`).
+
+    renames maps a model path to the proto path where the two differ
+    (`resources.memory_bytes` -> `resources.memory`).
+    """
+    problems: Problems = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        path = path[1:]
+        path = (renames or {}).get(path, path)
+        field = f"{prefix}.{path}" if path else prefix
+        message = item["msg"]
+        if item["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        for old, new in (("Input should", "must"), ("String should", "must"), ("List should", "must")):
+            message = message.replace(old, new)
+        problems.append(
+            (field, message + ("" if item["type"] == "value_error" else _shown(item.get("input"))))
+        )
+    return problems
 
 
 def looks_like_key(value: str) -> bool:
