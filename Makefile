@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	bash scripts/install_system_packages.sh
 	@touch $(STAMP)
 
+# Unit tests first, stopping at the first failure; then the integration and e2e tests.
 test: setup
 	$(PY) scripts/gen_protos.py --check
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -x -m 'not integration and not e2e' --durations=10 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'integration or e2e' --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest -q -m 'not integration and not e2e' $(PYTEST_ARGS)
@@ -42,12 +44,14 @@ protos-check: setup
 
 lint: setup
 	$(VENV)/bin/ruff check services tests scripts
+	$(VENV)/bin/ruff format --check services tests scripts
 
 charts: setup
 	$(PY) scripts/check_charts.py
 	$(PY) -m pytest -q tests/unit/test_charts.py tests/unit/test_charts_auth.py tests/unit/test_charts_serving.py \
-	  tests/unit/test_charts_observability.py tests/unit/test_charts_contract.py tests/unit/test_kustomize_contract.py \
-	  tests/unit/test_crd_schemas.py tests/unit/test_dockerfiles.py
+	  tests/unit/test_charts_observability.py tests/unit/test_charts_contract.py tests/unit/test_charts_profiles.py \
+	  tests/unit/test_kustomize_contract.py tests/unit/test_kustomize_settings.py tests/unit/test_crd_schemas.py \
+	  tests/unit/test_crd_fallbacks.py tests/unit/test_crd_renders.py tests/unit/test_dockerfiles.py
 
 # Container images, built and run with buildah as root (no Docker engine needed; docker/README.md).
 # IMAGES: names to build (default all but CUDA); PYTHON_IMAGE: the base (default: made locally

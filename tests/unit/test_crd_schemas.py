@@ -5,34 +5,28 @@ which release each comes from and where to put it. scripts/check_charts.py
 turns their openAPIV3Schema into a JSON schema that refuses unknown fields, as
 the API server's strict field validation does; the tests that need the files
 skip without them. Without them the KServe kinds are validated against the
-kserve SDK's generated models and the Ray kinds by their required fields: those
-fallbacks are tested here with the files hidden, whether or not they are there.
+kserve SDK's generated models and the Ray kinds by their required fields:
+test_crd_fallbacks.py tests those with the files hidden; test_crd_renders.py
+validates what the project renders and builds.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import hashlib
 import re
-from typing import Any
 
 import pytest
 
 from tests.unit._charts import ROOT, check
+from tests.unit._crd_objects import (
+    PROJECT_VERSIONS,
+    inference_service,
+    minimal_objects,
+    ray_cluster,
+    serving_runtime,
+)
 
 FIXTURES = ROOT / "tests" / "fixtures" / "crds"
-
-PROJECT_VERSIONS = {
-    "RayCluster": "ray.io/v1",
-    "RayJob": "ray.io/v1",
-    "InferenceService": "serving.kserve.io/v1beta1",
-    "ServingRuntime": "serving.kserve.io/v1alpha1",
-    "ClusterServingRuntime": "serving.kserve.io/v1alpha1",
-}
-CONTAINER = {"name": "main", "image": "example/image:1.0"}
-KSERVE_KINDS = {"InferenceService", "ServingRuntime", "ClusterServingRuntime"}
-RAY_KINDS = {"RayCluster", "RayJob"}
 README = "tests/fixtures/crds/README.md"
 MISSING = sorted(relative for kind, (relative, _) in check.CRD_FILES.items() if check.crd_path(kind) is None)
 needs_crds = pytest.mark.skipif(
@@ -44,83 +38,6 @@ needs_crds = pytest.mark.skipif(
 def need_crd(kind: str) -> None:
     if check.crd_path(kind) is None:
         pytest.skip(f"{check.CRD_FILES[kind][0]} is not in the repository: {README} says where to get it")
-
-
-@pytest.fixture()
-def without_crds(monkeypatch) -> None:
-    """Validation as in a checkout without the CRD files."""
-    monkeypatch.setattr(check, "crd_path", lambda kind: None)
-
-
-def ray_cluster() -> dict[str, Any]:
-    pod = {"spec": {"containers": [dict(CONTAINER)]}}
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayCluster",
-        "metadata": {"name": "ray", "labels": {"app": "ray"}},
-        "spec": {
-            "rayVersion": "2.60.0",
-            "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": pod},
-            "workerGroupSpecs": [
-                {
-                    "groupName": "cpu",
-                    "replicas": 1,
-                    "minReplicas": 0,
-                    "maxReplicas": 2,
-                    "rayStartParams": {},
-                    "template": copy.deepcopy(pod),
-                }
-            ],
-        },
-    }
-
-
-def inference_service() -> dict[str, Any]:
-    return {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": {
-            "name": "student",
-            "annotations": {"serving.kserve.io/deploymentMode": "Standard"},
-        },
-        "spec": {
-            "predictor": {
-                "minReplicas": 1,
-                "model": {
-                    "modelFormat": {"name": "onnx-genai"},
-                    "runtime": "slmops-predictor",
-                    "storageUri": "s3://models/student/1",
-                    "resources": {"limits": {"cpu": "2", "memory": "4Gi"}},
-                },
-            }
-        },
-    }
-
-
-def serving_runtime(kind: str = "ClusterServingRuntime") -> dict[str, Any]:
-    return {
-        "apiVersion": "serving.kserve.io/v1alpha1",
-        "kind": kind,
-        "metadata": {"name": "slmops-predictor"},
-        "spec": {
-            "supportedModelFormats": [{"name": "onnx-genai", "version": "1", "autoSelect": True}],
-            "protocolVersions": ["v2"],
-            "containers": [{**CONTAINER, "name": "kserve-container", "ports": [{"containerPort": 8080}]}],
-        },
-    }
-
-
-def ray_job() -> dict[str, Any]:
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayJob",
-        "metadata": {"name": "train"},
-        "spec": {
-            "entrypoint": "python -m train",
-            "shutdownAfterJobFinishes": True,
-            "rayClusterSpec": ray_cluster()["spec"],
-        },
-    }
 
 
 # --- the vendored files -----------------------------------------------------
@@ -183,186 +100,11 @@ def test_the_pinned_inferenceservice_records_the_deployment_mode_in_its_status()
 # --- what the validation accepts and refuses --------------------------------
 
 
-# The smallest valid object of each kind (the checks read them, never change them).
-minimal_objects = pytest.mark.parametrize(
-    "doc",
-    [
-        ray_cluster(),
-        ray_job(),
-        inference_service(),
-        serving_runtime("ServingRuntime"),
-        serving_runtime("ClusterServingRuntime"),
-    ],
-    ids=lambda d: d["kind"],
-)
-
-
 @minimal_objects
 def test_a_valid_minimal_object_passes(doc):
     assert check.crd_schema_problems(doc) == []
     assert check.crd_problems(doc) == []
     assert check.validate_manifests([doc]) == []
-
-
-# --- without the CRD files --------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", sorted(PROJECT_VERSIONS))
-def test_without_the_files_nothing_is_reported_missing_and_the_source_says_what_is_used(kind, without_crds):
-    expected = "kserve-sdk" if kind in KSERVE_KINDS else "required-fields"
-    assert check.crd_schema_source(kind) == expected
-    with pytest.raises(FileNotFoundError, match="README"):
-        check.load_crd.__wrapped__(kind)
-
-
-@minimal_objects
-def test_a_valid_minimal_object_passes_the_fallback(doc, without_crds):
-    assert check.crd_schema_problems(doc) == []
-    assert check.crd_problems(doc) == []
-    assert check.validate_manifests([doc]) == []
-
-
-def test_the_sdk_fallback_refuses_an_unknown_field_of_an_inferenceservice_naming_it(without_crds):
-    doc = inference_service()
-    model = doc["spec"]["predictor"]["model"]
-    model["storageURI"] = model.pop("storageUri")  # wrong case
-    doc["spec"]["deploymentMode"] = "Standard"  # an annotation, not a spec field
-    doc["spec"]["predictor"]["model"]["resources"]["limit"] = {"cpu": "1"}  # inside a Kubernetes type
-    assert check.crd_schema_problems(doc) == [
-        "InferenceService/student: spec.deploymentMode: unknown field "
-        "(not in the kserve SDK's V1beta1InferenceServiceSpec)",
-        "InferenceService/student: spec.predictor.model.resources.limit: unknown field "
-        "(not in the kserve SDK's V1ResourceRequirements)",
-        "InferenceService/student: spec.predictor.model.storageURI: unknown field "
-        "(not in the kserve SDK's V1beta1ModelSpec)",
-    ]
-    assert check.validate_manifests([doc]) == check.crd_schema_problems(doc)
-
-
-def test_the_sdk_fallback_refuses_a_wrong_type(without_crds):
-    doc = inference_service()
-    doc["spec"]["predictor"]["canaryTrafficPercent"] = "10"
-    doc["spec"]["predictor"]["minReplicas"] = True
-    doc["spec"]["predictor"]["model"]["modelFormat"] = "onnx-genai"
-    doc["spec"]["predictor"]["tolerations"] = {"key": "gpu"}
-    assert check.crd_schema_problems(doc) == [
-        "InferenceService/student: spec.predictor.canaryTrafficPercent: '10' is not of type 'integer'",
-        "InferenceService/student: spec.predictor.minReplicas: True is not of type 'integer'",
-        "InferenceService/student: spec.predictor.model.modelFormat: 'onnx-genai' is not of type 'object'",
-        "InferenceService/student: spec.predictor.tolerations: {'key': 'gpu'} is not of type 'array'",
-    ]
-    runtime = serving_runtime("ServingRuntime")
-    runtime["spec"]["containers"][0]["ports"][0]["containerPort"] = "8080"
-    runtime["spec"]["containers"][0]["args"] = ["--port", 8080]
-    assert check.crd_schema_problems(runtime) == [
-        "ServingRuntime/slmops-predictor: spec.containers[0].args[1]: 8080 is not of type 'string'",
-        "ServingRuntime/slmops-predictor: spec.containers[0].ports[0].containerPort: "
-        "'8080' is not of type 'integer'",
-    ]
-
-
-def test_the_sdk_fallback_takes_quantities_as_integers_or_strings(without_crds):
-    doc = inference_service()
-    doc["spec"]["predictor"]["model"]["resources"] = {"limits": {"cpu": 2, "memory": "4Gi"}}
-    assert check.crd_schema_problems(doc) == []
-    doc["spec"]["predictor"]["model"]["resources"]["limits"]["cpu"] = 1.5
-    assert check.crd_schema_problems(doc) == [
-        "InferenceService/student: spec.predictor.model.resources.limits.cpu: 1.5 is not of type "
-        "'integer or string'"
-    ]
-
-
-def test_the_sdk_fallback_refuses_an_unknown_field_of_a_servingruntime(without_crds):
-    for kind in ("ServingRuntime", "ClusterServingRuntime"):
-        doc = serving_runtime(kind)
-        doc["spec"]["supportedModelFormats"][0]["autoselect"] = True  # autoSelect
-        doc["spec"]["containers"][0]["imagePullPolice"] = "Always"
-        doc["specs"] = {}
-        assert check.crd_schema_problems(doc) == [
-            f"{kind}/slmops-predictor: spec.containers[0].imagePullPolice: unknown field "
-            "(not in the kserve SDK's V1Container)",
-            f"{kind}/slmops-predictor: spec.supportedModelFormats[0].autoselect: unknown field "
-            "(not in the kserve SDK's V1alpha1SupportedModelFormat)",
-            f"{kind}/slmops-predictor: specs: unknown field (not in the kserve SDK's V1alpha1{kind})",
-        ]
-
-
-def test_the_sdk_fallback_checks_the_apiversion_and_the_metadata(without_crds):
-    doc = inference_service()
-    doc["apiVersion"] = "serving.kserve.io/v1alpha1"
-    assert check.crd_schema_problems(doc) == [
-        "InferenceService/student: apiVersion: 'serving.kserve.io/v1alpha1' is not serving.kserve.io/v1beta1 "
-        "(the kserve SDK's V1beta1InferenceService)"
-    ]
-    doc = inference_service()
-    doc["metadata"]["annotations"]["replicas"] = 2
-    (problem,) = check.crd_schema_problems(doc)
-    assert problem.startswith("InferenceService/student: metadata.annotations.replicas")
-
-
-def test_the_sdk_fallback_keeps_the_operator_rules(without_crds):
-    isvc = inference_service()
-    isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Raw"
-    isvc["spec"]["predictor"]["canaryTrafficPercent"] = 120
-    assert check.crd_schema_problems(isvc) == []
-    problems = check.crd_problems(isvc)
-    assert len(problems) == 2
-    assert "deploymentMode: 'Raw' is not one of" in problems[0]
-    assert problems[1].endswith("spec.predictor.canaryTrafficPercent: must be 0..100")
-
-
-def test_the_types_the_sdk_leaves_undefined_are_known():
-    """A kserve upgrade that defines these (or leaves others undefined) shows here;
-    values of these types are not checked by the fallback."""
-    assert check.kserve_sdk_undefined_types() == {
-        "V1alpha1WorkerSpec",  # ServingRuntime spec.workerSpec
-        "KnativeDevServingPkgApisServingV1TrafficTarget",  # InferenceService status only
-    }
-
-
-def test_the_ray_fallback_checks_the_required_fields(without_crds):
-    ray = ray_cluster()
-    group = ray["spec"]["workerGroupSpecs"][0]
-    del group["groupName"]
-    group["replicas"] = "1"
-    group["rayStartParams"] = {"num-cpus": 1}
-    group["template"]["spec"]["containers"][0]["imagePullPolice"] = "x"
-    ray["spec"]["rayVersion"] = 2.6
-    problems = check.crd_schema_problems(ray)
-    assert problems[:2] == [
-        "RayCluster/ray: spec.rayVersion: must be a string",
-        "RayCluster/ray: spec.workerGroupSpecs[0].rayStartParams.num-cpus: 1 is not of type 'string'",
-    ]
-    assert problems[2].startswith("RayCluster/ray: spec.workerGroupSpecs[0].template: ")
-    assert "imagePullPolice" in problems[2]
-    assert problems[3:] == [
-        "RayCluster/ray: spec.workerGroupSpecs[0].groupName: is required",
-        "RayCluster/ray: spec.workerGroupSpecs[0].replicas: '1' is not of type 'integer'",
-    ]
-    del ray["spec"]["headGroupSpec"]
-    assert "RayCluster/ray: spec.headGroupSpec: is required" in check.crd_schema_problems(ray)
-    job = ray_job()
-    job["apiVersion"] = "ray.io/v1alpha1"
-    job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"] = {}
-    assert check.crd_schema_problems(job) == [
-        "RayJob/train: apiVersion: 'ray.io/v1alpha1' is not ray.io/v1",
-        "RayJob/train: spec.rayClusterSpec.headGroupSpec.template: needs a pod template with spec.containers",
-    ]
-    del job["spec"]["rayClusterSpec"]
-    assert "RayJob/train: spec: needs rayClusterSpec or clusterSelector" in check.crd_schema_problems(job)
-
-
-def test_the_ray_fallback_keeps_the_operator_rules(without_crds):
-    ray = ray_cluster()
-    group = ray["spec"]["workerGroupSpecs"][0]
-    group["minReplicas"], group["replicas"], group["maxReplicas"] = 3, 3, 2
-    ray["spec"]["authOptions"] = {"mode": "token"}
-    ray["spec"]["rayVersion"] = "2.46.0"
-    assert check.crd_schema_problems(ray) == []
-    assert check.crd_problems(ray) == [
-        "RayCluster/ray: spec.workerGroupSpecs[0]: needs 0 <= minReplicas <= maxReplicas",
-        "RayCluster/ray: spec.rayVersion: authOptions.mode token needs Ray >= 2.52.0",
-    ]
 
 
 @needs_crds
@@ -540,106 +282,3 @@ def test_operator_rules_beyond_the_schema():
     assert len(problems) == 2
     assert "deploymentMode: 'Raw' is not one of" in problems[0]
     assert problems[1].endswith("spec.predictor.canaryTrafficPercent: must be 0..100")
-
-
-# --- everything the project renders -----------------------------------------
-
-
-# The chart's defaults plus the artifact store an install needs, where the chart asks for one.
-STORE_VALUES = [p for p in [check.CHART / "ci" / "store-values.yaml"] if p.exists()]
-RENDERS = {
-    "chart-default": lambda: check.helm_template(STORE_VALUES),
-    "chart-all-on": lambda: check.helm_template([check.ALL_ON_VALUES]),
-    "chart-mtls": lambda: check.helm_template([check.MTLS_VALUES]),
-    **{
-        f"kustomize-{path.name}": (lambda path=path: check.kustomize_build(path))
-        for path in check.kustomize_dirs()
-    },
-    "examples": lambda: [doc for docs in check.example_manifests().values() for doc in docs],
-}
-
-
-@functools.cache
-def render(source: str) -> list[dict[str, Any]]:
-    return RENDERS[source]()
-
-
-@pytest.mark.parametrize("source", sorted(RENDERS))
-def test_every_custom_resource_the_project_renders_passes_its_schema(helm, source):
-    """Against the CRDs where their files are there, else the fallbacks."""
-    custom = [doc for doc in render(source) if doc.get("kind") in check.CRD_KINDS]
-    assert custom, f"{source} renders no custom resource"
-    assert [p for doc in custom for p in check.crd_problems(doc)] == []
-
-
-@pytest.mark.parametrize("source", sorted(RENDERS))
-def test_every_custom_resource_the_project_renders_passes_the_fallbacks(helm, source, without_crds):
-    custom = [doc for doc in render(source) if doc.get("kind") in check.CRD_KINDS]
-    assert custom, f"{source} renders no custom resource"
-    assert {check.crd_schema_source(doc["kind"]) for doc in custom} <= {"kserve-sdk", "required-fields"}
-    assert [p for doc in custom for p in check.validate_manifests([doc])] == []
-
-
-def test_the_renders_have_kserve_kinds_for_the_sdk_fallback(helm):
-    kserve = {
-        source: [doc for doc in render(source) if doc.get("kind") in KSERVE_KINDS]
-        for source in ("chart-default", "chart-all-on", "examples")
-    }
-    assert all(kserve.values()), {source: len(docs) for source, docs in kserve.items()}
-    assert any(doc["kind"] == "InferenceService" for doc in kserve["examples"])
-
-
-# --- what the serving backend builds ----------------------------------------
-
-
-def _backend_objects(mode: str) -> list[dict[str, Any]]:
-    from kubernetes import client as k8s
-
-    from slmops.serving.backends import Revision
-    from slmops.serving.backends.kserve import KServeBackend
-
-    backend = KServeBackend(
-        k8s.ApiClient(),
-        namespace="slmops",
-        runtime="slmops-predictor",
-        runtime_gpu="slmops-predictor-cuda",
-        service_account="slmops-storage",
-        deployment_mode=mode,
-        owner="slmops",
-    )
-    revisions = [
-        Revision(1, "artifact://support-student/rev-1", "s3://slmops-artifacts/onnx-model/rev-0001"),
-        Revision(2, "m", "pvc://slmops-artifacts/onnx-model/rev-0002", cpus=0.5, memory="3Gi"),
-        Revision(3, "m", "s3://slmops-artifacts/onnx-model/rev-0003", cpus=2, memory="8Gi", gpus=1),
-    ]
-    if mode == "Knative":
-        revisions.append(Revision(4, "m", "s3://slmops-artifacts/onnx-model/rev-0004", traffic_percent=10))
-    return [backend.build("support-student", revision) for revision in revisions]
-
-
-@pytest.mark.parametrize("mode", ["Standard", "Knative"])
-def test_what_the_serving_backend_builds_passes_the_crd_and_the_sdk_fallback(mode, monkeypatch):
-    built = _backend_objects(mode)
-    assert {doc["kind"] for doc in built} == {"InferenceService"}
-    assert any("canaryTrafficPercent" in doc["spec"]["predictor"] for doc in built) == (mode == "Knative")
-    assert check.validate_manifests(built) == []  # the CRD where its file is there, else the SDK
-    monkeypatch.setattr(check, "crd_path", lambda kind: None)
-    assert check.crd_schema_source("InferenceService") == "kserve-sdk"
-    assert check.validate_manifests(built) == []
-    wrong = copy.deepcopy(built[0])
-    wrong["spec"]["predictor"]["model"]["storageURI"] = wrong["spec"]["predictor"]["model"]["storageUri"]
-    assert check.validate_manifests([wrong]) == [
-        "InferenceService/support-student: spec.predictor.model.storageURI: unknown field "
-        "(not in the kserve SDK's V1beta1ModelSpec)"
-    ]
-
-
-def test_the_renders_cover_the_kinds_the_project_deploys(helm):
-    kinds = set()
-    for source in RENDERS:
-        try:
-            kinds |= {doc.get("kind") for doc in render(source)}
-        except check.ToolError:
-            continue  # that render's own test reports it
-    assert {"RayCluster", "InferenceService"} <= kinds
-    assert kinds & {"ServingRuntime", "ClusterServingRuntime"}

@@ -20,7 +20,14 @@ from slmops.core.errors import Conflict, InvalidSpec, NotFound
 from slmops.core.jobs.store import JobStore
 from slmops.serving.backends.kserve import GROUP, PLURAL, VERSION, KServeBackend
 from slmops.serving.deployments import Deployments, revision_id
-from tests.unit.test_serving_kserve_backend import NS, _api_client, _Emulator, _foreign, _knative, _report
+from tests.unit._kserve_emulator import (
+    NS,
+    Emulator,
+    api_client,
+    foreign_service,
+    knative_status,
+    report_status,
+)
 
 NAME = "support"
 M1, M2 = "s3://slmops-artifacts/onnx-model/m1", "s3://slmops-artifacts/onnx-model/m2"
@@ -29,8 +36,8 @@ OWNER = "slmops-test"
 
 @pytest.fixture()
 def api():
-    with _Emulator() as emulator:
-        yield _api_client(emulator.url)
+    with Emulator() as emulator:
+        yield api_client(emulator.url)
 
 
 def _deployments(api, tmp_path, mode: str = "Knative") -> Deployments:
@@ -65,7 +72,7 @@ def _applied(api, storage_uri: str) -> bool:
 def _failed(api, latest: int) -> None:
     """What KServe's controller reports when `latest`'s Knative revision cannot start."""
     condition = {"status": "False", "reason": "RevisionFailed", "message": "container exited with code 1"}
-    _report(api, NAME, {
+    report_status(api, NAME, {
         "url": f"http://{NAME}.{NS}.example.com",
         "conditions": [{**condition, "type": "Ready"}, {**condition, "type": "PredictorReady"}],
         "components": {"predictor": {
@@ -100,7 +107,7 @@ async def test_a_canary_promote_and_rollback_as_inferenceservice_patches(deploym
         assert record.state == "DEPLOYING" and record.config["backend"] == "KSERVE"
         await _until(lambda: _applied(api, M1))
         assert deployments.get(NAME).state == "DEPLOYING"  # nothing ready yet
-        _knative(api, NAME, 1, {1: 100})
+        knative_status(api, NAME, 1, {1: 100})
         await _until(lambda: _settled(deployments))
         # The deployment's URL is the cluster-local address; the external route is kept beside it.
         result = deployments.get(NAME).result
@@ -115,7 +122,7 @@ async def test_a_canary_promote_and_rollback_as_inferenceservice_patches(deploym
         predictor = _isvc(api)["spec"]["predictor"]
         assert (predictor["model"]["storageUri"], predictor["canaryTrafficPercent"]) == (M2, 20)
         assert yaml.safe_load(manifest.read_text())["spec"]["predictor"]["canaryTrafficPercent"] == 20
-        _knative(api, NAME, 2, {2: 20, 1: 80})
+        knative_status(api, NAME, 2, {2: 20, 1: 80})
         await _until(lambda: _settled(deployments))
         assert deployments.get(NAME).result["traffic"] == {"1": 80, "2": 20}
         canary, stable = (deployments.store.get(revision_id(NAME, n)) for n in (2, 1))
@@ -126,7 +133,7 @@ async def test_a_canary_promote_and_rollback_as_inferenceservice_patches(deploym
 
         await deployments.promote(NAME)
         assert "canaryTrafficPercent" not in _isvc(api)["spec"]["predictor"]
-        _knative(api, NAME, 2, {2: 100})
+        knative_status(api, NAME, 2, {2: 100})
         await _until(lambda: _settled(deployments))
         await _until(lambda: deployments.store.get(revision_id(NAME, 1)).state == "RETIRED")
         assert deployments.store.get(revision_id(NAME, 2)).result["url"] == _url("latest")
@@ -136,7 +143,7 @@ async def test_a_canary_promote_and_rollback_as_inferenceservice_patches(deploym
         assert isvc["spec"]["predictor"]["model"]["storageUri"] == M1
         assert isvc["metadata"]["annotations"]["serving.slmops.io/revision"] == "1"
         assert isvc["metadata"]["annotations"]["slmops.io/rolled-out-revisions"] == "1"
-        _knative(api, NAME, 1, {1: 100})
+        knative_status(api, NAME, 1, {1: 100})
         await _until(lambda: _settled(deployments))
         assert deployments.store.get(revision_id(NAME, 2)).reason == "rolled back to revision 1"
 
@@ -154,7 +161,7 @@ async def test_a_failed_canary_leaves_the_deployment_serving_and_a_failed_first_
     try:
         await deployments.create({"name": NAME, "model_uri": M1})
         await _until(lambda: _applied(api, M1))
-        _knative(api, NAME, 1, {1: 100})
+        knative_status(api, NAME, 1, {1: 100})
         await _until(lambda: _settled(deployments))
         await deployments.update(NAME, M2, [], 30)
         _failed(api, 2)
@@ -167,7 +174,7 @@ async def test_a_failed_canary_leaves_the_deployment_serving_and_a_failed_first_
 
         await deployments.create({"name": NAME, "model_uri": M1})  # the name again: revision 3
         await _until(lambda: _applied(api, M1))
-        _report(api, NAME, {"conditions": [{"type": "Ready", "status": "False", "reason": "RevisionFailed",
+        report_status(api, NAME, {"conditions": [{"type": "Ready", "status": "False", "reason": "RevisionFailed",
                                             "message": "image pull failed"}]})  # fmt: skip
         await _until(lambda: deployments.get(NAME).state == "FAILED")
         reason = deployments.get(NAME).reason
@@ -189,13 +196,13 @@ async def test_rollback_after_a_promotion_with_an_empty_data_folder(api, env):
     try:
         await first.create({"name": NAME, "model_uri": M1})
         await _until(lambda: _applied(api, M1))
-        _knative(api, NAME, 1, {1: 100})
+        knative_status(api, NAME, 1, {1: 100})
         await _until(lambda: _settled(first))
         await first.update(NAME, M2, [], 10)
-        _knative(api, NAME, 2, {2: 10, 1: 90})
+        knative_status(api, NAME, 2, {2: 10, 1: 90})
         await _until(lambda: _settled(first))
         await first.promote(NAME)
-        _knative(api, NAME, 2, {2: 100})
+        knative_status(api, NAME, 2, {2: 100})
         await _until(lambda: _settled(first))
     finally:
         await first.close()
@@ -209,7 +216,7 @@ async def test_rollback_after_a_promotion_with_an_empty_data_folder(api, env):
         isvc = _isvc(api)
         assert isvc["spec"]["predictor"]["model"]["storageUri"] == M1
         assert isvc["metadata"]["annotations"]["serving.slmops.io/revision"] == "1"
-        _knative(api, NAME, 1, {1: 100})
+        knative_status(api, NAME, 1, {1: 100})
         await _until(lambda: _settled(restarted))
         assert restarted.get(NAME).config["serving"] == 1
     finally:
@@ -217,7 +224,7 @@ async def test_rollback_after_a_promotion_with_an_empty_data_folder(api, env):
 
 
 async def test_an_inference_service_of_the_same_name_that_is_not_ours_is_left_alone(deployments, api):
-    before = _foreign(api, NAME)
+    before = foreign_service(api, NAME)
     with pytest.raises(Conflict, match="exists and is not managed by this slmops"):
         await deployments.create({"name": NAME, "model_uri": M1})
     after = _isvc(api)
@@ -270,7 +277,7 @@ async def test_resources_reach_the_predictor_and_gpus_need_the_gpu_runtime(api, 
 
 async def test_an_unreachable_api_server_fails_the_deployment_with_the_reason(env):
     backend = KServeBackend(
-        _api_client("http://127.0.0.1:9"), namespace=NS, request_timeout_s=1.0, owner=OWNER
+        api_client("http://127.0.0.1:9"), namespace=NS, request_timeout_s=1.0, owner=OWNER
     )
     deployments = Deployments(JobStore(f"sqlite:///{env}/serving.db"), backend=backend, poll_s=0.2)
     deployments.resume()
