@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from slmops.api.v1 import common_pb2, evaluation_pb2
-from slmops.cli import jobs_commands
+from slmops.cli import bench_commands, common
 from slmops.cli.main import build_parser
 
 ARGS = ["bench", "--dataset", "/d/held-out.jsonl", "--target", "teacher=http://t/v1", "--target", "student=student",
@@ -20,7 +20,7 @@ ARGS = ["bench", "--dataset", "/d/held-out.jsonl", "--target", "teacher=http://t
 
 
 def test_flags_make_the_spec():
-    spec = jobs_commands.bench_spec(build_parser().parse_args(ARGS))
+    spec = bench_commands.bench_spec(build_parser().parse_args(ARGS))
     assert [t.name for t in spec.targets] == ["teacher", "student"]
     assert spec.targets[0].base_url == "http://t/v1" and spec.targets[1].deployment == "student"
     assert list(spec.quality_metrics) == ["semantic_similarity"] and list(spec.concurrency_levels) == [1, 8]
@@ -33,7 +33,7 @@ def test_flags_make_the_spec():
 def test_a_bad_threshold_flag_is_an_error():
     args = build_parser().parse_args([*ARGS[:7], "--min-retention-of", "rouge_l"])
     with pytest.raises(SystemExit, match="METRIC=NUMBER"):
-        jobs_commands.bench_spec(args)
+        bench_commands.bench_spec(args)
 
 
 class FakeEvaluation:
@@ -58,9 +58,9 @@ class FakeEvaluation:
 @pytest.mark.parametrize(("passed", "code"), [(True, 0), (False, 3)])
 def test_a_failed_gate_exits_non_zero(monkeypatch, capsys, passed, code):
     fake = FakeEvaluation(passed)
-    monkeypatch.setattr(jobs_commands.client, "stub", lambda service: fake)
-    monkeypatch.setattr(jobs_commands.client, "call", lambda method, request, **_: method(request))
-    monkeypatch.setattr(jobs_commands, "watch_job", fake.finished)
+    monkeypatch.setattr(common.client, "stub", lambda service: fake)
+    monkeypatch.setattr(common.client, "call", lambda method, request, **_: method(request))
+    monkeypatch.setattr(common, "watch_job", fake.finished)
     args = build_parser().parse_args(ARGS)
     assert args.func(args) == code
     err = capsys.readouterr().err

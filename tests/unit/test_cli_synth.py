@@ -10,10 +10,12 @@ import json
 
 import pytest
 
+from slmops.cli.common import render, synth_figures
 from slmops.cli.main import build_parser
-from slmops.cli.synth_commands import synth_spec, synth_summary
+from slmops.cli.synth_commands import synth_spec
 from slmops.core.errors import InvalidSpec
-from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig, from_proto
+from slmops.synthesis.config import EndpointTeacherConfig, LocalTeacherConfig
+from slmops.synthesis.spec import from_proto
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def test_one_teacher_is_required_and_bad_values_are_named(prompts):
 
 
 def test_the_summary_says_what_a_cancel_left_unasked():
-    table = synth_summary(
-        {"num_prompts": 10, "answered": 4, "not_asked": 6, "filtered_empty": 1, "cost": 0.25}
+    table = render(
+        synth_figures({"num_prompts": 10, "answered": 4, "not_asked": 6, "filtered_empty": 1, "cost": 0.25})
     )
     assert "not asked (cancelled)" in table and "filtered: empty" in table and "0.2500" in table

@@ -10,9 +10,9 @@ import pytest
 
 from slmops.api.v1 import common_pb2
 from slmops.api.v1 import training_pb2 as pb
-from slmops.cli.jobs_commands import train_spec
 from slmops.cli.main import build_parser
 from slmops.cli.progress import duration, format_event, format_metrics
+from slmops.cli.train_commands import train_spec
 from slmops.core import artifacts
 from slmops.training.spec import from_proto
 
@@ -278,7 +278,7 @@ def test_a_training_event_line():
 
 
 def test_convert_flags_name_adapters_and_builder_options(tmp_path):
-    from slmops.cli.jobs_commands import convert_spec
+    from slmops.cli.convert_commands import convert_spec
 
     (tmp_path / "ad").mkdir()
     args = build_parser().parse_args([

@@ -1,4 +1,4 @@
-"""`slmops pipeline run|validate|schema|get`: pipeline files, their live stage view and their report.
+"""`slmops pipeline run|validate|schema|get`: pipeline files, their live stage table and their report.
 
 Relative paths of input stages (prompts, dataset, model) are taken from the
 pipeline file's folder. A local input outside the folders the services may
@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from google.protobuf import json_format
+from rich.console import Console
+from rich.live import Live
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
 
 from slmops.api.v1 import common_pb2, pipeline_pb2
 from slmops.cli import client
+from slmops.cli.common import cell, render, say, show, table
 from slmops.core import artifacts, settings
 
 INPUT_KINDS = ("prompts", "dataset", "model")
@@ -99,19 +106,18 @@ _MARK = {common_pb2.SUCCEEDED: "done", common_pb2.FAILED: "FAILED", common_pb2.R
          common_pb2.CANCELLED: "cancelled"}  # fmt: skip
 
 
-def stage_rows(run: pipeline_pb2.PipelineRun, pending: list[tuple[str, str]]) -> list[str]:
-    """One line per stage: state (reused or done), seconds, and what it did or is doing."""
+def stage_table(run: pipeline_pb2.PipelineRun, pending: list[tuple[str, str]]) -> Table:
+    """One row per stage: state (reused or done), seconds, and what it did or is doing."""
     seen = {s.name for s in run.stages}
-    lines = []
+    out = table("stage", "kind", "state", "took", "what", right=("took",))
     for s in run.stages:
         state = "reused" if s.reused else _MARK.get(s.state, "?")
-        took = f"{s.seconds:6.1f}s" if s.state != common_pb2.RUNNING else "       "
-        text = (s.reason or s.message).replace("\n", " ")
-        lines.append(f"  {s.name:<18} {s.kind:<10} {state:<9} {took}  {text[:110]}")
+        took = f"{s.seconds:.1f}s" if s.state != common_pb2.RUNNING else ""
+        out.add_row(s.name, s.kind, cell(state), took, Text((s.reason or s.message).replace("\n", " ")[:110]))
     for name, kind in pending:
         if name not in seen:
-            lines.append(f"  {name:<18} {kind:<10} {'waiting':<9}")
-    return lines
+            out.add_row(name, kind, "waiting", "", "")
+    return out
 
 
 def stages_of(text: str) -> list[tuple[str, str]]:
@@ -122,39 +128,47 @@ def stages_of(text: str) -> list[tuple[str, str]]:
         return []
 
 
+def _changes(run: pipeline_pb2.PipelineRun, last: dict[str, str]) -> list[str]:
+    """A line for each stage whose state or message changed since `last` (which is updated)."""
+    lines = []
+    for s in run.stages:
+        line = f"{_MARK.get(s.state, '?')}|{s.message}|{s.reason}"
+        if last.get(s.name) != line:
+            last[s.name] = line
+            text = s.reason or s.message
+            if s.state == common_pb2.RUNNING:
+                text = f"running: {text}" if text else "running"
+            lines.append(f"  {s.name}: {text}")
+    return lines
+
+
 def follow(run_id: str, pending: list[tuple[str, str]], out: Any = None) -> pipeline_pb2.PipelineRun:
-    """Poll the run until it ends, redrawing the stage table in place on a terminal (line changes
-    otherwise). out: sys.stderr as it is at the call."""
+    """Poll the run until it ends: on a terminal, its stage table redrawn in place; otherwise a line
+    per change. out: sys.stderr as it is at the call."""
     out = out if out is not None else sys.stderr
     stub = client.stub("pipeline")
-    live = out.isatty()
-    drawn = 0
     last: dict[str, str] = {}
-    while True:
-        run = client.call(stub.GetPipelineRun, common_pb2.GetJobRequest(id=run_id))
-        rows = stage_rows(run, pending)
-        if live:
-            if drawn:
-                out.write(f"\x1b[{drawn}F\x1b[J")
-            out.write("\n".join(rows) + "\n")
-            out.flush()
-            drawn = len(rows)
-        else:
-            for s in run.stages:
-                line = f"{_MARK.get(s.state, '?')}|{s.message}|{s.reason}"
-                if last.get(s.name) != line:
-                    last[s.name] = line
-                    text = s.reason or s.message
-                    if s.state == common_pb2.RUNNING:
-                        text = f"running: {text}" if text else "running"
-                    print(f"  {s.name}: {text}", file=out, flush=True)
-        if run.status.state in (common_pb2.SUCCEEDED, common_pb2.FAILED, common_pb2.CANCELLED):
-            return run
-        time.sleep(1.0)
+    live = Live(console=Console(file=out, highlight=False, markup=False, emoji=False), auto_refresh=False)
+    if out.isatty():
+        live.start()
+    try:
+        while True:
+            run = client.call(stub.GetPipelineRun, common_pb2.GetJobRequest(id=run_id))
+            if live.is_started:
+                live.update(Padding(stage_table(run, pending), (0, 0, 0, 2)), refresh=True)
+            else:
+                for line in _changes(run, last):
+                    print(line, file=out, flush=True)
+            if run.status.state in (common_pb2.SUCCEEDED, common_pb2.FAILED, common_pb2.CANCELLED):
+                return run
+            time.sleep(1.0)
+    finally:
+        if live.is_started:
+            live.stop()
 
 
 def report_tables(report_uri: str) -> str:
-    """The report's tables (report.md up to its sections), for the terminal."""
+    """The report's tables, as the markdown of report.md up to its sections (for another report)."""
     if not report_uri.startswith("file://"):
         return ""
     path = artifacts.local_path(report_uri) / "report.md"
@@ -170,6 +184,26 @@ def report_tables(report_uri: str) -> str:
     return "\n".join(lines).strip()
 
 
+def markdown_tables(markdown: str) -> list[Any]:
+    """report_tables' markdown for the terminal: its tables as tables, its other lines as text."""
+    items: list[Any] = []
+    rows: list[list[str]] = []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if rows:
+            header, rule, body = rows[0], rows[1] if len(rows) > 1 else [], rows[2:]
+            right = tuple(name for name, mark in zip(header, rule, strict=False) if mark.endswith(":"))
+            drawn = table(*header, right=right)
+            for row in body:
+                drawn.add_row(*row)
+            items.append(drawn)
+            rows = []
+        items.append(Text(line))
+    return items[:-1]
+
+
 def summary(run: pipeline_pb2.PipelineRun) -> str:
     state = common_pb2.JobState.Name(run.status.state)
     reused = sum(1 for s in run.stages if s.reused)
@@ -180,7 +214,7 @@ def summary(run: pipeline_pb2.PipelineRun) -> str:
     ]
     tables = report_tables(run.report_uri)
     if tables:
-        lines += ["", tables, ""]
+        lines += ["", render(*markdown_tables(tables)), ""]
     if run.report_uri:
         html = (
             artifacts.local_path(run.report_uri) / "report.html"
@@ -204,22 +238,16 @@ def exit_code(run: pipeline_pb2.PipelineRun) -> int:
 # -- commands ------------------------------------------------------------------------------
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = pipeline_spec(args.file, _say)
+    spec = pipeline_spec(args.file, say)
     stub = client.stub("pipeline")
     run = client.call(stub.CreatePipelineRun, pipeline_pb2.CreatePipelineRunRequest(spec=spec), timeout=120.0)
-    _say(f"created {run.id} (stages checked by their services)")
+    say(f"created {run.id} (stages checked by their services)")
     if args.no_wait:
         print(run.id)
         return 0
     run = follow(run.id, stages_of(spec.definition_yaml))
     if args.json:
-        from google.protobuf import json_format
-
         print(json_format.MessageToJson(run, preserving_proto_field_name=True))
     else:
         print(summary(run))
@@ -236,19 +264,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     run = client.call(client.stub("pipeline").GetPipelineRun, common_pb2.GetJobRequest(id=args.run_id))
-    print("\n".join(stage_rows(run, [])))
+    show(stage_table(run, []), indent=2)
     print(summary(run))
     return exit_code(run)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from slmops.pipeline.definition import schema
-
-    print(json.dumps(schema(), indent=2))
+    """The schema belongs to the pipeline service's definition module: the CLI runs that module, as
+    `slmops serve` runs the predictor, and imports no service code."""
+    done = subprocess.run(
+        [sys.executable, "-m", "slmops.pipeline.definition"], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"error: the pipeline schema could not be made:\n{done.stderr.strip()}")
+    print(done.stdout, end="")
     return 0
 
 
-def add_pipeline_command(sub: Any) -> None:
+def add_commands(sub: Any) -> None:
     p = sub.add_parser("pipeline", help="run a pipeline file: teacher to endpoint in one command")
     psub = p.add_subparsers(dest="pipeline_command", required=True)
     run = psub.add_parser("run", help="check every stage, then run them; unchanged stages are reused")

@@ -1,4 +1,4 @@
-"""`slmops synth`: a teacher answers a prompts file into a dataset; the flags, the spec, the summary."""
+"""`slmops synth`: a teacher answers a prompts file into a dataset; the flags and the spec they make."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from slmops.api.v1 import common_pb2, synthesis_pb2
-from slmops.cli.jobs_commands import _job_flags, _run_job, _uri
+from slmops.cli.common import job_flags, run_job, uri
 
 
 def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
@@ -32,10 +32,10 @@ def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
         if endpoint_only:
             raise SystemExit(f"slmops synth: {', '.join(endpoint_only)} only apply to an endpoint teacher "
                              "(--teacher-url), not to --teacher-model-path")  # fmt: skip
-        teacher["local"] = synthesis_pb2.LocalTeacher(model=_uri(args.teacher_model_path), device=args.device,
+        teacher["local"] = synthesis_pb2.LocalTeacher(model=uri(args.teacher_model_path), device=args.device,
                                                       chat=args.chat, batch_size=args.batch_size)  # fmt: skip
     spec = synthesis_pb2.SynthesisSpec(
-        prompts_uri=_uri(args.prompts),
+        prompts_uri=uri(args.prompts),
         **teacher,
         sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                                            top_p=args.top_p, top_logprobs=args.top_logprobs, stop=args.stop,
@@ -55,30 +55,10 @@ def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     spec = synth_spec(args)
-    return _run_job("synthesis", "SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest(spec=spec), args)
+    return run_job("synthesis", "SynthesisJob", synthesis_pb2.CreateSynthesisJobRequest(spec=spec), args)[1]
 
 
-SYNTH_SUMMARY = (  # (metric, label) in the order a glance wants them
-    ("num_prompts", "prompts"), ("answered", "answered"), ("rejected", "rejected"),
-    ("not_asked", "not asked (cancelled)"), ("accepted", "accepted"),
-    ("retries", "retries"),
-    ("num_train", "train records"), ("num_validation", "validation records"),
-    ("prompt_tokens", "teacher prompt tokens"), ("teacher_completion_tokens", "teacher completion tokens"),
-    ("cost", "cost"), ("teacher_seconds", "teacher seconds"),
-)  # fmt: skip
-
-
-def synth_summary(metrics: dict[str, float]) -> str:
-    """The synthesis job's figures as a two-column table."""
-    rows = [(label, metrics[key]) for key, label in SYNTH_SUMMARY if key in metrics]
-    rows += [(f"filtered: {key.removeprefix('filtered_')}", value) for key, value in sorted(metrics.items())
-             if key.startswith("filtered_")]  # fmt: skip
-    width = max((len(label) for label, _ in rows), default=0)
-    return "\n".join(f"  {label:<{width}}  {value:>14,.4f}" if label == "cost" else
-                     f"  {label:<{width}}  {value:>14,.0f}" for label, value in rows)  # fmt: skip
-
-
-def add_synth_command(sub: Any) -> None:
+def add_commands(sub: Any) -> None:
     p = sub.add_parser("synth", help="a teacher answers a prompts file into a dataset")
     p.add_argument("--prompts", required=True, help="JSONL, Parquet or CSV: one prompt per row")
     p.add_argument(
@@ -128,5 +108,5 @@ def add_synth_command(sub: Any) -> None:
         default=0.0,
         help="fail past this share of rejected prompts (0: 0.5; 1: never)",
     )
-    _job_flags(p)
+    job_flags(p)
     p.set_defaults(func=cmd_synth)

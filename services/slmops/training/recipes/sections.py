@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+# Search dimensions a recipe may declare, and the config field each one sets (shared with the CLI).
+from slmops.core.search_space import SEARCHABLE as SEARCHABLE
+
 
 class LoraSettings(BaseModel):
     """LORA, QLORA and MULTI_ADAPTER: the low-rank adapter (peft)."""
@@ -34,19 +37,6 @@ class DistillSettings(BaseModel):
     jsd_beta: float = Field(0.5, gt=0.0, lt=1.0)
 
 
-# Search dimensions a recipe may declare, and the config field each one sets.
-SEARCHABLE = {
-    "learning_rate": ("hyperparameters", "learning_rate"),
-    "batch_size": ("hyperparameters", "batch_size"),
-    "epochs": ("hyperparameters", "epochs"),
-    "weight_decay": ("hyperparameters", "weight_decay"),
-    "warmup_ratio": ("hyperparameters", "warmup_ratio"),
-    "lora_rank": ("lora", "rank"),
-    "lora_alpha": ("lora", "alpha"),
-    "lora_dropout": ("lora", "dropout"),
-    "distill_temperature": ("distill", "temperature"),
-    "distill_alpha": ("distill", "alpha"),
-}
 INTEGER_FIELDS = {"batch_size", "epochs", "lora_rank", "lora_alpha"}
 
 

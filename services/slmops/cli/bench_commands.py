@@ -1,0 +1,145 @@
+"""`slmops bench`: evaluate served models against each other, with an optional gate; the flags and the spec."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from slmops.api.v1 import common_pb2, evaluation_pb2
+from slmops.cli.common import job_flags, run_job, uri
+
+GATE_FAILED = 3  # the exit status of a job that succeeded but whose gate failed
+
+
+def _target(text: str) -> evaluation_pb2.EvalTarget:
+    """NAME=URL_OR_DEPLOYMENT[,model_uri=PATH]"""
+    name, _, rest = text.partition("=")
+    where, *options = rest.split(",")
+    target = evaluation_pb2.EvalTarget(name=name)
+    if where.startswith(("http://", "https://")):
+        target.base_url = where
+    else:
+        target.deployment = where
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "model_uri":
+            target.model_uri = uri(value)
+        elif key == "model":
+            target.model = value
+    return target
+
+
+def _metric_thresholds(pairs: list[str]) -> dict[str, float]:
+    """--min-retention-of METRIC=VALUE (repeatable)"""
+    out = {}
+    for pair in pairs:
+        metric, sep, value = pair.partition("=")
+        try:
+            out[metric.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"error: --min-retention-of expects METRIC=NUMBER, got {pair!r}") from None
+        if not sep:
+            raise SystemExit(f"error: --min-retention-of expects METRIC=NUMBER, got {pair!r}")
+    return out
+
+
+def bench_spec(args: argparse.Namespace) -> evaluation_pb2.EvaluationSpec:
+    spec = evaluation_pb2.EvaluationSpec(
+        targets=[_target(t) for t in args.target], dataset_uri=uri(args.dataset), reference=args.reference or "",
+        max_prompts=args.max_prompts, output_uri=args.output or "", metric=args.metric or "",
+        answer_pattern=args.answer_pattern or "", quality_metrics=args.quality or [],
+        concurrency_levels=args.concurrency or [],
+        sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens),
+    )  # fmt: skip
+    if args.judge_url:
+        spec.judge.CopyFrom(
+            evaluation_pb2.JudgeSpec(
+                base_url=args.judge_url,
+                model=args.judge_model or "",
+                api_key_env=args.judge_api_key_env or "",
+                chat=True,
+            )
+        )
+    thresholds = (args.min_retention, args.max_p95_ms, args.min_tokens_per_second, args.min_retention_of)
+    if args.gate_candidate or any(thresholds):
+        spec.gate.CopyFrom(evaluation_pb2.QualityGate(
+            candidate=args.gate_candidate or "", min_retention=args.min_retention,
+            max_latency_p95_ms=args.max_p95_ms, min_tokens_per_second=args.min_tokens_per_second,
+            min_retention_by_metric=_metric_thresholds(args.min_retention_of)))  # fmt: skip
+    return spec
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Exit status 0 only when the job succeeded and its gate, when there is one, passed."""
+    request = evaluation_pb2.CreateEvaluationJobRequest(spec=bench_spec(args))
+    job, code = run_job("evaluation", "EvaluationJob", request, args)
+    if args.no_wait or job.status.state != common_pb2.SUCCEEDED:
+        return code
+    print(f"report: {job.status.output.uri}/report.html (and report.md, report.json)", file=sys.stderr)
+    for result in job.results:
+        if result.status == "failed":
+            print(f"  {result.name}: FAILED to evaluate: {result.reason}", file=sys.stderr)
+    if job.verdict.evaluated:
+        print(f"gate: {'PASSED' if job.verdict.passed else 'FAILED'}", file=sys.stderr)
+        for reason in job.verdict.reasons:
+            print(f"  {reason}", file=sys.stderr)
+        if not job.verdict.passed:
+            return GATE_FAILED
+    return code
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("bench", help="evaluate served models: accuracy, latency, tokens/s, size, memory")
+    p.add_argument("--dataset", required=True)
+    p.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        help="NAME=URL_OR_DEPLOYMENT[,model_uri=PATH] (repeatable)",
+    )
+    p.add_argument("--reference", default=None, help="target whose accuracy is 100%% retention")
+    p.add_argument("--max-prompts", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument(
+        "--metric",
+        default=None,
+        choices=["exact_match", "normalized", "regex", "choice", "contains"],
+        help="how an answer counts as accurate (default exact_match)",
+    )
+    p.add_argument(
+        "--answer-pattern", default=None, help="--metric regex: the answer's pattern (group 1 if any)"
+    )
+    p.add_argument(
+        "--quality",
+        action="append",
+        default=None,
+        choices=["rouge_l", "chrf", "bleu", "semantic_similarity", "perplexity"],
+        help="a quality metric besides accuracy (repeatable; default rouge_l, chrf, bleu)",
+    )
+    p.add_argument(
+        "--concurrency",
+        action="append",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a level of the throughput sweep (repeatable, e.g. 1 4 16; default 1)",
+    )
+    g = p.add_argument_group("LLM judge (any OpenAI-compatible endpoint)")
+    g.add_argument("--judge-url", default=None)
+    g.add_argument("--judge-model", default=None)
+    g.add_argument("--judge-api-key-env", default=None, help="NAME of the variable holding the judge's key")
+    g = p.add_argument_group("gate: a FAIL makes the command exit 3")
+    g.add_argument("--gate-candidate", default=None, help="the target the gate judges")
+    g.add_argument("--min-retention", type=float, default=0.0, help="of accuracy")
+    g.add_argument(
+        "--min-retention-of",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="minimum retention of another metric, e.g. rouge_l=0.9 (repeatable)",
+    )
+    g.add_argument("--max-p95-ms", type=float, default=0.0)
+    g.add_argument("--min-tokens-per-second", type=float, default=0.0)
+    job_flags(p)
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,149 @@
+"""`slmops serve|deploy|promote|rollback`: serve a model folder here, or deployments and their
+revisions through the serving service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from slmops.api.v1 import serving_pb2
+from slmops.cli import client
+from slmops.cli.common import print_deployment, uri
+
+
+def _adapter_refs(flags: list[str]) -> list[serving_pb2.AdapterRef]:
+    refs = []
+    for flag in flags:
+        name, sep, value = flag.partition("=")
+        if not sep or not name or not value:
+            raise SystemExit(f"error: --adapter {flag!r}: expected NAME=URI")
+        refs.append(serving_pb2.AdapterRef(name=name, uri=uri(value)))
+    return refs
+
+
+def _settle(stub: Any, name: str, since: float) -> int:
+    """Follow the deployment until its rollout settles (events from `since`); where it stands; 0 when READY."""
+    for event in stub.WatchDeployment(serving_pb2.WatchDeploymentRequest(name=name)):
+        if event.time.ToSeconds() >= since - 1:
+            print(f"  {name}: {event.message}", file=sys.stderr)
+    deployment = client.call(stub.GetDeployment, serving_pb2.GetDeploymentRequest(name=name))
+    print_deployment(deployment)
+    return 0 if deployment.state == serving_pb2.DEPLOYMENT_READY else 1
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    stub = client.stub("serving")
+    if args.delete:
+        deployment = client.call(stub.DeleteDeployment, serving_pb2.DeleteDeploymentRequest(name=args.name))
+        print(f"{deployment.name}: deleted")
+        return 0
+    if not args.model:
+        raise SystemExit("error: --model is required to deploy")
+    adapters, since = _adapter_refs(args.adapter), time.time()
+    if args.canary is not None:  # a new revision of an existing deployment
+        request = serving_pb2.UpdateDeploymentRequest(name=args.name, model_uri=uri(args.model), adapters=adapters,
+                                                      canary_traffic_percent=args.canary)  # fmt: skip
+        client.call(stub.UpdateDeployment, request)
+    else:
+        spec = serving_pb2.DeploymentSpec(name=args.name, model_uri=uri(args.model), port=args.port,
+                                          adapters=adapters)  # fmt: skip
+        client.call(stub.CreateDeployment, serving_pb2.CreateDeploymentRequest(spec=spec))
+    return _settle(stub, args.name, since)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    stub = client.stub("serving")
+    report = uri(args.require_report) if args.require_report else ""
+    request = serving_pb2.PromoteDeploymentRequest(name=args.name, evaluation_report_uri=report)
+    since = time.time()
+    client.call(stub.PromoteDeployment, request)
+    return _settle(stub, args.name, since)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    stub, since = client.stub("serving"), time.time()
+    client.call(stub.RollbackDeployment, serving_pb2.RollbackDeploymentRequest(name=args.name))
+    return _settle(stub, args.name, since)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Become the predictor (`python -m slmops.predictor`) on the model folder: no services needed."""
+    command = [sys.executable, "-m", "slmops.predictor", "--model-dir", args.model_dir, "--host", args.host,
+               "--http-port", str(args.port), "--grpc-port", str(args.grpc_port)]  # fmt: skip
+    if args.name:
+        command += ["--name", args.name]
+    for adapter in args.adapter:
+        command += ["--adapter", adapter]
+    if args.api_key_file:
+        command += ["--api-key-file", args.api_key_file]
+    for flag in ("max_concurrency", "max_queue"):
+        if getattr(args, flag):
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    os.execv(sys.executable, command)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a model folder with the predictor (OpenAI API + OIP v2)")
+    p.add_argument("model_dir")
+    p.add_argument("--name", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (OpenAI API, OIP v2 REST)")
+    p.add_argument("--grpc-port", type=int, default=8081, help="OIP v2 gRPC port; 0 turns gRPC off")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also serve a LoRA adapter as model NAME (repeatable)",
+    )
+    p.add_argument(
+        "--api-key-file",
+        default="",
+        help="require the API key in this file as a bearer token (or set SLMOPS_PREDICTOR_API_KEY)",
+    )
+    p.add_argument("--max-concurrency", type=int, default=0, help="sequences decoded at once")
+    p.add_argument("--max-queue", type=int, default=0, help="requests waiting before 429")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("deploy", help="serve a model behind the OpenAI API, roll out a new revision "
+                       "(--canary), or --delete")  # fmt: skip
+    p.add_argument("name")
+    p.add_argument("--model", default=None, help="onnx-model or checkpoint artifact, or a model folder")
+    p.add_argument(
+        "--canary",
+        type=int,
+        default=None,
+        metavar="PERCENT",
+        help="a new revision of an existing deployment with PERCENT of the traffic once it is ready "
+        "(100: it replaces the serving revision once ready)",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=URI",
+        help="serve a LoRA adapter as model NAME beside the base (repeatable)",
+    )
+    p.add_argument("--port", type=int, default=0, help="local backend: the deployment's port (0: a free one)")
+    p.add_argument("--delete", action="store_true")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("promote", help="send all of a deployment's traffic to its canary")
+    p.add_argument("name")
+    p.add_argument(
+        "--require-report",
+        default=None,
+        metavar="URI",
+        help="an evaluation report artifact whose gate must have passed",
+    )
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser(
+        "rollback", help="send all traffic back: off the canary, or to the revision served before"
+    )
+    p.add_argument("name")
+    p.set_defaults(func=cmd_rollback)
