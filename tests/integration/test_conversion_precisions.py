@@ -12,8 +12,8 @@ import onnx
 import pytest
 
 from slmops.conversion import job
+from slmops.conversion.config import ConversionConfig
 from slmops.conversion.olive_convert import OLIVE_CONFIG, ConversionError, convert, int4_candidates
-from slmops.conversion.spec import ConversionConfig
 from slmops.conversion.verify import thresholds_for, verify
 from slmops.core import artifacts
 from slmops.core.progress import null_progress

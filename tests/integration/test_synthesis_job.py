@@ -207,7 +207,7 @@ def test_synthesis_job_stores_token_ids_with_the_teachers_tokenizer(ray_local, w
 
 def test_a_teacher_served_by_slmops_gives_top_k_with_token_ids(ray_local, workdir, tmp_path_factory):
     """The real predictor as the teacher (chat, whose logprobs carry bytes): they map back to its ids."""
-    from slmops.predictor.engines import load_engine
+    from slmops.predictor.loading import load_engine
     from slmops.synthesis.job import run
     from tests.integration._models import tiny_checkpoint
     from tests.integration.test_predictor_server import Predictor

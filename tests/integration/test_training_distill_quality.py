@@ -19,11 +19,11 @@ from slmops.core import artifacts
 from slmops.core.datasets import dataset_record
 from slmops.core.spec_checks import SamplingConfig
 from slmops.demo import task
-from slmops.synthesis.spec import LocalTeacherConfig
+from slmops.synthesis.config import LocalTeacherConfig
 from slmops.synthesis.teacher import LocalTeacher
 from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training import job
-from slmops.training.spec import parse_override
+from slmops.training.config import parse_override
 
 # About 6 min on 2 idle cores; the limit leaves room for a machine shared with other work.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]

@@ -14,7 +14,7 @@ from slmops.core import artifacts
 from slmops.core.datasets import dataset_record
 from slmops.core.spec_checks import SamplingConfig
 from slmops.demo import task
-from slmops.synthesis.spec import LocalTeacherConfig
+from slmops.synthesis.config import LocalTeacherConfig
 from slmops.synthesis.teacher import LocalTeacher
 from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training import job

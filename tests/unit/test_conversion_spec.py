@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from slmops.api.v1 import common_pb2, conversion_pb2
+from slmops.conversion.config import ConversionConfig
 from slmops.conversion.olive_convert import ConversionError, fix_genai_config, workflow_config
-from slmops.conversion.spec import ConversionConfig, from_proto
+from slmops.conversion.spec import from_proto
 from slmops.conversion.verify import thresholds_for
 from slmops.core.errors import InvalidSpec
 

@@ -64,7 +64,7 @@ def test_each_digit_is_one_token_and_student_is_small(tmp_path):
 
     from slmops.testing.tiny import build_model, train_tokenizer
     from slmops.training import model_init
-    from slmops.training.spec import ModelInitConfig, parse_override
+    from slmops.training.config import ModelInitConfig, parse_override
 
     folder = train_tokenizer(task.tokenizer_corpus(), tmp_path / "tok", vocab_size=task.TOKENIZER_VOCAB_SIZE)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -16,6 +16,7 @@ from slmops.evaluation.client import (
     origin,
     scrape_memory,
 )
+from slmops.evaluation.config import GateConfig
 from slmops.evaluation.report import (
     headlines,
     judge,
@@ -25,7 +26,6 @@ from slmops.evaluation.report import (
     summarize,
     write_report,
 )
-from slmops.evaluation.spec import GateConfig
 from slmops.testing.standin import StandinServer
 
 

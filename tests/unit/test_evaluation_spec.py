@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 
-from slmops.api.v1 import common_pb2, evaluation_pb2
+from slmops.api.v1 import common_pb2, evaluation_pb2, evaluation_pb2_grpc
 from slmops.core.errors import InvalidSpec
-from slmops.evaluation.spec import EvaluationConfig, from_proto
+from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.store import JobStore
+from slmops.core.server import start_server
+from slmops.evaluation import job
+from slmops.evaluation.config import EvaluationConfig
+from slmops.evaluation.service import registration
+from slmops.evaluation.spec import from_proto
+from tests.unit._fakes import FakeRay
 
 
 @pytest.fixture
@@ -76,7 +84,7 @@ def test_every_problem_is_reported_at_once(dataset, tmp_path):
     assert "greedily" in problems["spec.sampling.temperature"]
     assert "spec.sampling.top_logprobs" in problems
     assert "names no target" in problems["spec.gate.candidate"]
-    assert "[0, 1]" in problems["spec.gate.min_accuracy"]
+    assert "less than or equal to 1" in problems["spec.gate.min_accuracy"]
 
 
 def test_targets_dataset_folder_and_gate(dataset, tmp_path):
@@ -99,3 +107,54 @@ def test_targets_dataset_folder_and_gate(dataset, tmp_path):
     spec.gate.min_retention = 0.9
     config = from_proto(spec)
     assert config.gate.candidate == "t" and config.gate.min_retention == 0.9
+
+
+def _two_targets(dataset, **fields) -> evaluation_pb2.EvaluationSpec:
+    targets = [
+        evaluation_pb2.EvalTarget(name="teacher", base_url="http://127.0.0.1:8000/v1"),
+        evaluation_pb2.EvalTarget(name="student", base_url="http://127.0.0.1:8001/v1"),
+    ]
+    return evaluation_pb2.EvaluationSpec(targets=targets, dataset_uri=str(dataset), **fields)
+
+
+def test_the_job_refuses_what_the_service_refuses(dataset):
+    config = from_proto(_two_targets(dataset)).model_dump(mode="json")
+    config["concurrency_levels"] = [1, 65]
+    with pytest.raises(InvalidSpec) as job_refusal:
+        job.run(config, f"file://{dataset.parent}/out", lambda *args, **kwargs: None)
+    spec = _two_targets(dataset, concurrency_levels=[1, 65])
+    field = "spec.concurrency_levels[1]"
+    assert job_refusal.value.problems == [(field, _problems(spec)[field])]
+    assert "less than or equal to 64" in _problems(spec)[field]
+
+
+def test_zero_warmup_requests_is_none_and_unset_is_two(dataset):
+    assert from_proto(_two_targets(dataset, warmup_requests=0)).warmup_requests == 0
+    assert from_proto(_two_targets(dataset)).warmup_requests == 2
+
+
+@pytest.fixture
+async def evaluation_stub(dataset):
+    jobs = StageJobs(
+        "evaluation", JobStore(f"sqlite:///{dataset.parent}/jobs.sqlite"), FakeRay(), poll_s=0.05
+    )
+    running = await start_server("evaluation-test", [registration(jobs)])
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    yield evaluation_pb2_grpc.EvaluationServiceStub(channel)
+    await channel.close()
+    await running.stop(0)
+    await jobs.close()
+
+
+async def test_create_names_every_problem_by_its_full_path(dataset, evaluation_stub):
+    spec = _two_targets(
+        dataset,
+        gate=evaluation_pb2.QualityGate(candidate="student", min_accuracy=1.5),
+        answer_pattern=r"(\d+)",  # used only with metric regex
+        concurrency=100,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await evaluation_stub.CreateEvaluationJob(evaluation_pb2.CreateEvaluationJobRequest(spec=spec))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [part.split(": ", 1)[0] for part in info.value.details().split("; ")]
+    assert sorted(fields) == ["spec.answer_pattern", "spec.concurrency", "spec.gate.min_accuracy"]

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
+from slmops.api.v1 import pipeline_pb2, pipeline_pb2_grpc
 from slmops.core.errors import InvalidSpec
+from slmops.core.jobs.store import JobStore
+from slmops.core.server import start_server
 from slmops.pipeline.definition import parse, schema
+from slmops.pipeline.service import PipelineRuns, registration
+from tests.unit._problem_paths import problem_paths
 
 GOOD = """
 name: distill
@@ -111,3 +117,35 @@ def test_the_examples_are_valid_pipeline_files(example):
     data = yaml.safe_load(example.read_text())
     jsonschema.validate(data, schema())
     assert parse(example.read_text()).order()
+
+
+async def test_every_problem_comes_back_at_once_through_create(tmp_path):
+    """Through the real servicer in process: a top-level key, a reference and a stage's range."""
+    runs = PipelineRuns(JobStore(f"sqlite:///{tmp_path}/pipeline.db"), check_stages=False)
+    running = await start_server("pipeline-test", [registration(runs)])
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    text = """
+name: p
+bogus: 1
+stages:
+  student: {kind: train, dataset: data, spec: {method: FULL, base: {model: m}}}
+  data: {kind: dataset, uri: /d}
+  serve: {kind: deploy, model: student, canary_percent: 150, spec: {name: s}}
+"""
+    try:
+        stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+        spec = pipeline_pb2.PipelineSpec(definition_yaml=text)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreatePipelineRun(pipeline_pb2.CreatePipelineRunRequest(spec=spec))
+    finally:
+        await channel.close()
+        await running.stop(0)
+        await runs.close()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details()
+    assert sorted(problem_paths(details)) == [
+        "spec.definition_yaml.bogus",
+        "spec.definition_yaml.stages.serve.canary_percent",
+        "spec.definition_yaml.stages.student.dataset",
+    ], details
+    assert "must be less than or equal to 99, got 150" in details

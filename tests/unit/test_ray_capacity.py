@@ -11,9 +11,9 @@ from dataclasses import asdict
 
 import pytest
 
+from slmops.conversion.config import ConversionConfig
+from slmops.conversion.config import Resources as ConversionResources
 from slmops.conversion.service import check_gpu
-from slmops.conversion.spec import ConversionConfig
-from slmops.conversion.spec import Resources as ConversionResources
 from slmops.core.errors import Conflict, Unavailable
 from slmops.core.jobs.ray_jobs import EntrypointResources, RayJobs
 from slmops.core.ray_capacity import (
@@ -25,7 +25,7 @@ from slmops.core.ray_capacity import (
     worker_groups,
 )
 from slmops.training.capacity import check_capacity
-from slmops.training.spec import Resources, TrainingConfig
+from slmops.training.config import Resources, TrainingConfig
 from tests.unit._fakes import RAY_VERSION, JsonHandler, serving
 
 GIB = 1024**3

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 
-from slmops.api.v1 import common_pb2, synthesis_pb2
+from slmops.api.v1 import common_pb2, synthesis_pb2, synthesis_pb2_grpc
 from slmops.core.errors import InvalidSpec
-from slmops.synthesis.spec import (
-    EndpointTeacherConfig,
-    LocalTeacherConfig,
-    SynthesisConfig,
-    from_proto,
-)
+from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.store import JobStore
+from slmops.core.server import start_server
+from slmops.synthesis import job
+from slmops.synthesis.config import EndpointTeacherConfig, LocalTeacherConfig, SynthesisConfig
+from slmops.synthesis.service import registration
+from slmops.synthesis.spec import from_proto
+from tests.unit._fakes import FakeRay
 
 
 @pytest.fixture
@@ -64,10 +67,10 @@ def test_every_problem_is_reported_at_once(prompts, tmp_path):
     assert "http(s) URL" in problems["spec.teacher.endpoint.base_url"]
     assert "is required" in problems["spec.teacher.endpoint.model"]
     assert "environment variable name" in problems["spec.teacher.endpoint.api_key_env"]
-    assert "1..256" in problems["spec.teacher.endpoint.max_concurrency"]
+    assert "greater than or equal to 1" in problems["spec.teacher.endpoint.max_concurrency"]
     for field in ("temperature", "top_p", "max_tokens", "top_logprobs"):
         assert f"spec.sampling.{field}" in problems
-    assert "[0, 0.9]" in problems["spec.validation_fraction"]
+    assert "less than or equal to 0.9" in problems["spec.validation_fraction"]
     assert "spec.num_shards" in problems
     assert "chat teachers" in problems["spec.system_prompt"]
 
@@ -164,3 +167,61 @@ def test_the_endpoint_tokenizer_is_checked(prompts, tmp_path):
     # Token ids are for top-k log-probabilities: a tokenizer without them is refused.
     without_logprobs = _with_tokenizer(prompts, str(folder), top_logprobs=0)
     assert "spec.sampling.top_logprobs" in _problems(without_logprobs)[field]
+
+
+def test_the_job_refuses_what_the_service_refuses(prompts):
+    spec = synthesis_pb2.SynthesisSpec(
+        prompts_uri=str(prompts),
+        endpoint=synthesis_pb2.TeacherEndpoint(base_url="http://t:8000/v1", model="m"),
+    )
+    config = from_proto(spec).model_dump(mode="json")
+    config["teacher"]["max_concurrency"] = 300
+    with pytest.raises(InvalidSpec) as job_refusal:
+        job.run(config, f"file://{prompts.parent}/out", lambda *args, **kwargs: None)
+    spec.endpoint.max_concurrency = 300
+    field = "spec.teacher.endpoint.max_concurrency"
+    assert job_refusal.value.problems == [(field, _problems(spec)[field])]
+    assert "less than or equal to 256" in _problems(spec)[field]
+
+
+def test_zero_is_a_sampling_seed_and_unset_is_none(prompts):
+    spec = synthesis_pb2.SynthesisSpec(
+        prompts_uri=str(prompts),
+        endpoint=synthesis_pb2.TeacherEndpoint(base_url="http://t:8000/v1", model="m", backoff_s=0),
+        sampling=common_pb2.SamplingParams(seed=0),
+    )
+    config = from_proto(spec)
+    assert config.sampling.seed == 0 and config.teacher.backoff_s == 0.0
+    spec.sampling.ClearField("seed")
+    spec.endpoint.ClearField("backoff_s")
+    config = from_proto(spec)
+    assert config.sampling.seed is None and config.teacher.backoff_s == 0.5
+
+
+@pytest.fixture
+async def synthesis_stub(prompts):
+    jobs = StageJobs("synthesis", JobStore(f"sqlite:///{prompts.parent}/jobs.sqlite"), FakeRay(), poll_s=0.05)
+    running = await start_server("synthesis-test", [registration(jobs)])
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    yield synthesis_pb2_grpc.SynthesisServiceStub(channel)
+    await channel.close()
+    await running.stop(0)
+    await jobs.close()
+
+
+async def test_create_names_every_problem_by_its_full_path(prompts, synthesis_stub):
+    spec = synthesis_pb2.SynthesisSpec(
+        prompts_uri=str(prompts),
+        endpoint=synthesis_pb2.TeacherEndpoint(base_url="http://t:8000/v1", model="m", max_concurrency=300),
+        samples_per_prompt=2,  # greedy sampling: one answer per prompt at most
+        num_shards=5000,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await synthesis_stub.CreateSynthesisJob(synthesis_pb2.CreateSynthesisJobRequest(spec=spec))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [part.split(": ", 1)[0] for part in info.value.details().split("; ")]
+    assert sorted(fields) == [
+        "spec.num_shards",
+        "spec.samples_per_prompt",
+        "spec.teacher.endpoint.max_concurrency",
+    ]

@@ -13,7 +13,7 @@ import pytest
 from slmops.core.endpoints import resolve_api_key
 from slmops.core.errors import InvalidSpec, Unavailable
 from slmops.core.spec_checks import SamplingConfig
-from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
+from slmops.synthesis.config import EndpointTeacherConfig, LocalTeacherConfig
 from slmops.synthesis.teacher import EndpointTeacher, LocalTeacher, backoff_delay
 from slmops.synthesis.token_table import TokenTable, load_token_table
 from slmops.testing.standin import StandinServer

@@ -7,7 +7,7 @@ import pytest
 from slmops.core.errors import InvalidSpec
 from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training import job, model_init
-from slmops.training.spec import ModelInitConfig
+from slmops.training.config import ModelInitConfig
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from slmops.core.server import start_server
 from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training.service import registration
 from tests.unit._fakes import RAY_VERSION, FakeRay, JsonHandler, serving
+from tests.unit._problem_paths import problem_paths
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +196,20 @@ def test_cluster_resources_unavailable_when_ray_cannot_answer(dashboard):
         RayJobs(dashboard).cluster_resources()
     with pytest.raises(Unavailable):
         RayJobs("http://127.0.0.1:9").cluster_resources()
+
+
+async def test_every_problem_comes_back_at_once_named_by_its_full_path(root, service):
+    stub, ray, _ = service
+    request = _request(root, num_workers=3)
+    request.spec.hyperparameters.learning_rate = -1  # a nested range
+    request.spec.hyperparameters.batch_size = 10  # cross-field: 10 does not split over 3 workers
+    request.spec.max_failures = -2  # a top-level range
+    code, details = await _refused(stub, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(problem_paths(details)) == [
+        "spec.hyperparameters.batch_size",
+        "spec.hyperparameters.learning_rate",
+        "spec.max_failures",
+    ], details
+    assert "10 does not split evenly over 3 workers" in details
+    assert ray.submitted == []

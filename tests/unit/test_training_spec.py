@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from slmops.api.v1 import training_pb2 as pb
+from slmops.training.config import TrainingConfig
 from slmops.training.recipes import registry
-from slmops.training.spec import TrainingConfig, from_proto
+from slmops.training.spec import from_proto
 from tests.unit._training_spec_env import _problems, _spec, _uri, build_root
 
 

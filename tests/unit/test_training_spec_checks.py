@@ -12,7 +12,9 @@ import pytest
 
 from slmops.api.v1 import training_pb2 as pb
 from slmops.core import artifacts
-from slmops.training.spec import from_proto, parse_memory, parse_override
+from slmops.core.quantities import parse_memory
+from slmops.training.config import parse_override
+from slmops.training.spec import from_proto
 from tests.unit._training_spec_env import _problems, _spec, _uri, build_root
 
 

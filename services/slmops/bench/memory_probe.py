@@ -43,8 +43,8 @@ def probe(method: str, model_dir: str, steps: int, seq_len: int) -> dict[str, fl
     import torch
     from peft import get_peft_model
 
+    from slmops.training.config import TrainingConfig
     from slmops.training.recipes import models, qlora
-    from slmops.training.spec import TrainingConfig
     from slmops.training.trainer_kit import WorkerContext
 
     imported = _status("VmRSS")

@@ -125,7 +125,7 @@ def plain_trainer_tokens_per_second(config: dict[str, Any]) -> tuple[float, floa
     from trl import SFTConfig, SFTTrainer
 
     from slmops.training import job, model_init
-    from slmops.training.spec import TrainingConfig
+    from slmops.training.config import TrainingConfig
     from slmops.training.trainer_kit import Collator, to_dataset
 
     cfg = TrainingConfig.model_validate(config)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from slmops.conversion.config import ConversionConfig, VerifySettings
 from slmops.conversion.foundry import foundry_package, size_report
 from slmops.conversion.olive_convert import (
     OLIVE_CONFIG,
@@ -33,7 +34,6 @@ from slmops.conversion.olive_convert import (
     convert,
     int4_candidates,
 )
-from slmops.conversion.spec import ConversionConfig, VerifySettings
 from slmops.conversion.verify import thresholds_for, verify
 from slmops.core import artifact_cache, artifacts
 from slmops.core.datasets import VALIDATION_FILE, read_split, split_exists

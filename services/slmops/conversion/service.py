@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from slmops.api.v1 import conversion_pb2, conversion_pb2_grpc
-from slmops.conversion.spec import ConversionConfig, from_proto
+from slmops.conversion.config import ConversionConfig
+from slmops.conversion.spec import from_proto
 from slmops.core.errors import Conflict, Unavailable
 from slmops.core.jobs.servicer import JobServicer
 from slmops.core.jobs.stage import StageJobs

@@ -11,13 +11,14 @@ problem of a spec in one InvalidSpec.
 
 from __future__ import annotations
 
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlparse
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
-from slmops.api.v1 import common_pb2
 from slmops.core import artifacts, secret_refs, settings
 from slmops.core.errors import InvalidSpec
 from slmops.core.quantities import check_memory
@@ -39,15 +40,64 @@ _KEY_PREFIXES = (
 )
 
 
-class SamplingConfig(BaseModel):
-    """Sampling options with the proto defaults applied (0 means the documented default)."""
+class SpecModel(BaseModel):
+    """A config model that reports every problem of its input in one ValidationError.
 
-    max_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_logprobs: int = 0
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
+    `cross_checks` (rules between fields) run on the input even when a field
+    fails, so their problems come with the fields' own; `required` words the
+    problem of a missing field (proto3 leaves an empty string or list out).
+    """
+
+    required: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def cross_checks(cls, data: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """(location in the input, problem) pairs; data is the input, unvalidated."""
+        return []
+
+    @classmethod
+    def value(cls, data: dict[str, Any], name: str) -> Any:
+        """A field of the input, or the field's default when the input leaves it out."""
+        if name in data:
+            return data[name]
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem(cls, data: Any, handler: Any) -> Any:
+        errors: list[Any] = []
+        model = None
+        try:
+            model = handler(data)
+        except ValidationError as exc:
+            for item in exc.errors(include_url=False):
+                name = item["loc"][0] if len(item["loc"]) == 1 else None
+                if item["type"] == "missing" and name in cls.required:
+                    errors.append(_problem(item["loc"], cls.required[name]))
+                elif item["type"] == "value_error":  # rebuilt: its context is not kept by errors()
+                    errors.append(_problem(item["loc"], item["msg"].removeprefix("Value error, ")))
+                else:
+                    errors.append(item)
+        if isinstance(data, dict):
+            errors += [_problem(loc, message) for loc, message in cls.cross_checks(data)]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return model
+
+
+def _problem(loc: tuple[str | int, ...], message: str) -> Any:
+    return {"type": PydanticCustomError("value_error", message), "loc": loc, "input": None}
+
+
+class SamplingConfig(SpecModel):
+    """How the teacher or the target decodes (common.proto's SamplingParams)."""
+
+    max_tokens: int = Field(64, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_logprobs: int = Field(0, ge=0, le=20)  # 0: none
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=4)
+    seed: int | None = None  # None: unseeded
 
 
 def proto_dict(message: Message) -> dict:
@@ -129,30 +179,6 @@ def check_http_url(value: str, field: str, problems: Problems) -> None:
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         problems.append((field, f"must be an http(s) URL like https://api.example.com/v1, not {value!r}"))
-
-
-def sampling_from_proto(msg: common_pb2.SamplingParams, field: str, problems: Problems) -> SamplingConfig:
-    """Range-check sampling parameters and apply the proto defaults."""
-    if not 0 <= msg.max_tokens <= 8192:
-        problems.append((f"{field}.max_tokens", f"must be in 1..8192 (0 means 64), got {msg.max_tokens}"))
-    if not 0.0 <= msg.temperature <= 2.0:
-        problems.append((f"{field}.temperature", f"must be in 0..2, got {msg.temperature}"))
-    if not 0.0 <= msg.top_p <= 1.0:
-        problems.append((f"{field}.top_p", f"must be in 0..1 (0 means 1.0), got {msg.top_p}"))
-    if not 0 <= msg.top_logprobs <= 20:
-        problems.append((f"{field}.top_logprobs", f"must be in 0..20, got {msg.top_logprobs}"))
-    if len(msg.stop) > 4:
-        problems.append((f"{field}.stop", f"at most 4 stop strings, got {len(msg.stop)}"))
-    if any(not s for s in msg.stop):
-        problems.append((f"{field}.stop", "stop strings must not be empty"))
-    return SamplingConfig(
-        max_tokens=msg.max_tokens or 64,
-        temperature=msg.temperature,
-        top_p=msg.top_p or 1.0,
-        top_logprobs=msg.top_logprobs,
-        stop=list(msg.stop),
-        seed=msg.seed or None,
-    )
 
 
 def check_local_uri(value: str, field: str, problems: Problems, *, want: str = "any") -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 import fsspec
 import httpx
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 from slmops.core import artifacts, tracing
 from slmops.core.datasets import VALIDATION_FILE, Prompt, parse_prompts, read_records
@@ -31,7 +33,7 @@ from slmops.core.errors import InvalidSpec, NotFound, Unavailable
 from slmops.core.progress import Progress, null_progress
 from slmops.core.spec_checks import SamplingConfig
 from slmops.evaluation import metrics
-from slmops.evaluation.spec import TargetConfig
+from slmops.evaluation.config import TargetConfig
 
 log = logging.getLogger(__name__)
 MEMORY_METRIC = "process_resident_memory_bytes"
@@ -153,13 +155,13 @@ def scrape_memory(base_url: str, timeout_s: float = 5.0) -> tuple[int, str]:
     except httpx.HTTPError as exc:
         return 0, f"memory unknown: {url} unavailable ({type(exc).__name__})"
     values: dict[str, int] = {}
-    for line in response.text.splitlines():
-        name = line.split(None, 1)[0] if line and not line.startswith("#") else ""
-        if name in (MEMORY_METRIC, PEAK_MEMORY_METRIC):
-            try:
-                values[name] = int(float(line.rsplit(None, 1)[-1]))
-            except ValueError:
-                continue
+    try:
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name in (MEMORY_METRIC, PEAK_MEMORY_METRIC) and math.isfinite(sample.value):
+                    values[sample.name] = int(sample.value)
+    except ValueError:
+        return 0, f"memory unknown: {url} is not Prometheus text"
     for name in (PEAK_MEMORY_METRIC, MEMORY_METRIC):
         if values.get(name):
             return values[name], ""

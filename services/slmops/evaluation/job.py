@@ -15,9 +15,9 @@ from slmops.core import artifacts, tracing
 from slmops.core.errors import Unavailable
 from slmops.core.progress import Progress, scaled
 from slmops.evaluation.client import Measurement, load_examples, measure_target
+from slmops.evaluation.config import EvaluationConfig, validated
 from slmops.evaluation.quality import add_quality
 from slmops.evaluation.report import TargetResult, judge, set_retention, summarize, write_report
-from slmops.evaluation.spec import EvaluationConfig
 
 RESULT_METRICS = (
     "accuracy",
@@ -74,7 +74,7 @@ def flat_metrics(results: list[TargetResult], gate_evaluated: bool, gate_passed:
 
 def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = "") -> dict[str, Any]:
     """Evaluate every target and write a report artifact at output_uri."""
-    cfg = EvaluationConfig.model_validate(config)
+    cfg = validated(config)
     tracing.setup_tracing("evaluation-job")
     trace_id = trace_id or tracing.current_trace_id()
     traceparent = tracing.current_traceparent()

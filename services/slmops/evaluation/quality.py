@@ -20,7 +20,7 @@ from slmops.core.endpoints import describe_error, resolve_api_key
 from slmops.core.errors import SlmopsError
 from slmops.evaluation import metrics
 from slmops.evaluation.client import Example, Measurement
-from slmops.evaluation.spec import EvaluationConfig
+from slmops.evaluation.config import EvaluationConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,47 +14,63 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from typing import Any
 
 import fsspec
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
+from slmops.api.v1 import evaluation_pb2
 from slmops.evaluation.client import Level, Measurement
+from slmops.evaluation.config import RETENTION_METRICS, GateConfig
 from slmops.evaluation.formats import count_text, metric_text, size_text
-from slmops.evaluation.spec import RETENTION_METRICS, GateConfig
+
+_PYTHON_TYPES = {
+    FieldDescriptor.CPPTYPE_DOUBLE: float,
+    FieldDescriptor.CPPTYPE_FLOAT: float,
+    FieldDescriptor.CPPTYPE_INT32: int,
+    FieldDescriptor.CPPTYPE_INT64: int,
+    FieldDescriptor.CPPTYPE_UINT32: int,
+    FieldDescriptor.CPPTYPE_UINT64: int,
+    FieldDescriptor.CPPTYPE_BOOL: bool,
+    FieldDescriptor.CPPTYPE_STRING: str,
+}
 
 
-@dataclass
-class TargetResult:
-    name: str
-    accuracy: float
-    latency_p50_ms: float
-    latency_p95_ms: float
-    tokens_per_second: float
-    size_bytes: int
-    memory_bytes: int
-    parameters: int
-    retention: float
-    model_uri: str
-    num_prompts: int
-    notes: list[str] = field(default_factory=list)
-    status: str = "ok"
-    reason: str = ""
-    latency_p99_ms: float = 0.0
-    ttft_p50_ms: float = 0.0
-    ttft_p95_ms: float = 0.0
-    tpot_p50_ms: float = 0.0
-    quality: dict[str, float] = field(default_factory=dict)
-    retentions: dict[str, float] = field(default_factory=dict)
-    perplexity: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)  # per request, lowest concurrency
-    ttft_ms: list[float] = field(default_factory=list)
-    tpot_ms: list[float] = field(default_factory=list)
-    sweep: list[dict[str, Any]] = field(default_factory=list)
+def _fields_of(message: type[Message]) -> list[tuple[str, Any, Any]]:
+    """A message's scalar, repeated and map fields as dataclass fields with the proto's zero defaults."""
+    fields: list[tuple[str, Any, Any]] = []
+    for f in message.DESCRIPTOR.fields:
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            value = _PYTHON_TYPES[f.message_type.fields_by_name["value"].cpp_type]
+            fields.append((f.name, dict[str, value], field(default_factory=dict)))
+        elif f.is_repeated:
+            fields.append((f.name, list[_PYTHON_TYPES[f.cpp_type]], field(default_factory=list)))
+        else:
+            kind = _PYTHON_TYPES[f.cpp_type]
+            fields.append((f.name, kind, field(default=kind())))
+    return fields
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
+
+def _ok(self: Any) -> bool:
+    return self.status == "ok"
+
+
+# One target's result: the fields of the API's TargetResult message (evaluation.proto, the one
+# definition), then what only the report holds: notes, the per-request timings and the sweep.
+TargetResult = make_dataclass(
+    "TargetResult",
+    [
+        *_fields_of(evaluation_pb2.TargetResult),
+        ("notes", list[str], field(default_factory=list)),
+        ("latencies_ms", list[float], field(default_factory=list)),  # per request, lowest concurrency
+        ("ttft_ms", list[float], field(default_factory=list)),
+        ("tpot_ms", list[float], field(default_factory=list)),
+        ("sweep", list[dict[str, Any]], field(default_factory=list)),
+    ],
+    namespace={"ok": property(_ok), "__module__": __name__},
+)
 
 
 @dataclass

@@ -19,7 +19,8 @@ from slmops.core.jobs.servicer import JobServicer, message_to_dict
 from slmops.core.jobs.stage import StageJobs
 from slmops.core.jobs.store import JobRecord
 from slmops.core.server import Registration
-from slmops.evaluation.spec import EvaluationConfig, from_proto
+from slmops.evaluation.config import EvaluationConfig
+from slmops.evaluation.spec import from_proto
 
 SERVICE_NAME = evaluation_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name
 

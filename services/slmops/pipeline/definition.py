@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from slmops.api.v1 import conversion_pb2, evaluation_pb2, serving_pb2, synthesis_pb2, training_pb2
 from slmops.core.errors import InvalidSpec, collect
+from slmops.core.spec_checks import problems_from
 
 FIELD = "spec.definition_yaml"
 _STAGE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -155,18 +156,19 @@ Stage = Annotated[
     | RolloutStage,
     Field(discriminator="kind"),
 ]
-KINDS = (
-    "prompts",
-    "dataset",
-    "model",
-    "synthesize",
-    "train",
-    "convert",
-    "deploy",
-    "evaluate",
-    "gate",
-    "rollout",
-)
+STAGE_MODELS: dict[str, type[_Stage]] = {
+    "prompts": PromptsStage,
+    "dataset": DatasetStage,
+    "model": ModelStage,
+    "synthesize": SynthesizeStage,
+    "train": TrainStage,
+    "convert": ConvertStage,
+    "deploy": DeployStage,
+    "evaluate": EvaluateStage,
+    "gate": GateStage,
+    "rollout": RolloutStage,
+}
+KINDS = tuple(STAGE_MODELS)
 
 
 class PipelineFile(BaseModel):
@@ -255,16 +257,6 @@ class Definition:
         return pending
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc]
-    if len(parts) >= 3 and parts[0] == "stages" and parts[2] in KINDS:
-        del parts[2]  # the union's tag
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if part.isdigit() else f".{part}"
-    return out.lstrip(".")
-
-
 def _check_refs(file: PipelineFile, names: list[str], problems: list[tuple[str, str]]) -> None:
     """References name earlier stages of the right kinds (names: every stage, checked or not)."""
     for name, stage in file.stages.items():
@@ -337,37 +329,40 @@ def _check_inputs(file: PipelineFile, specs: dict[str, Message], problems: list[
 _STAGE = TypeAdapter(Stage)
 
 
-def _pydantic(error_list: list[Any], prefix: tuple[Any, ...], problems: list[tuple[str, str]]) -> None:
-    for error in error_list:
-        where = _loc(prefix + tuple(error["loc"]))
-        problems.append((f"{FIELD}.{where}" if where else FIELD, error["msg"]))
+def _stage(body: Any) -> _Stage:
+    """One stage checked by the model of its kind (so a problem's path is the stage's own field),
+    or by the union when the kind is missing or unknown."""
+    kind = body.get("kind") if isinstance(body, dict) else None
+    if isinstance(kind, str) and kind in STAGE_MODELS:
+        return STAGE_MODELS[kind].model_validate(body)
+    return _STAGE.validate_python(body)
 
 
 def load(data: Any) -> Definition:
     """Check a parsed pipeline file; one InvalidSpec naming every problem by its path.
 
     Each stage is checked on its own, so that one stage's wrong type does not hide another's
-    missing reference."""
+    missing reference, nor a wrong top-level key the stages' problems."""
     problems: list[tuple[str, str]] = []
     raw_stages = data.get("stages") if isinstance(data, dict) else None
+    shell = None
     try:
         shell = PipelineFile.model_validate({**data, "stages": {}} if isinstance(raw_stages, dict) else data)
     except ValidationError as exc:
-        _pydantic(exc.errors(), (), problems)
-        collect(problems)
-        raise
+        problems.extend(problems_from(exc, FIELD))
+        if not isinstance(raw_stages, dict):
+            collect(problems)
     stages: dict[str, Any] = {}
     for name, body in (raw_stages or {}).items():
         try:
-            stages[str(name)] = _STAGE.validate_python(body)
+            stages[str(name)] = _stage(body)
         except ValidationError as exc:
-            _pydantic(exc.errors(), ("stages", str(name)), problems)
+            problems.extend(problems_from(exc, f"{FIELD}.stages.{name}"))
             stages[str(name)] = None  # known by name, so references to it are not reported missing
     if not stages:
         problems.append((f"{FIELD}.stages", "names no stage"))
-    file = PipelineFile.model_construct(
-        name=shell.name, stages={k: v for k, v in stages.items() if v is not None}
-    )
+    checked = {k: v for k, v in stages.items() if v is not None}
+    file = PipelineFile.model_construct(stages=checked, **({"name": shell.name} if shell else {}))
     specs: dict[str, Message] = {}
     for name, stage in file.stages.items():
         if stage.kind in SPECS:
@@ -398,3 +393,9 @@ def schema() -> dict[str, Any]:
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     out["$id"] = "https://slmops.dev/schemas/pipeline.schema.json"
     return out
+
+
+if __name__ == "__main__":  # the schema `slmops pipeline schema` prints
+    import json
+
+    print(json.dumps(schema(), indent=2))

@@ -13,8 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
 from slmops.core import artifact_cache, artifacts, settings
 from slmops.core.errors import Conflict, InvalidSpec, NotFound, collect
+from slmops.core.spec_checks import problems_from
 from slmops.core.stores import filesystem, is_local, store_errors
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -23,6 +26,30 @@ QUANTITY_RE = re.compile(
 )  # a Kubernetes memory quantity
 SERVABLE_KINDS = ("onnx-model", "checkpoint")
 BACKENDS = ("LOCAL", "KSERVE")
+
+
+class DeploymentFields(BaseModel):
+    """A deployment spec's own fields and their bounds; what depends on the backend, the
+    configuration and the model's files is checked after (validate)."""
+
+    name: str = Field("", validate_default=True)  # also the served model name
+    canary_traffic_percent: int = Field(0, ge=0, le=100)  # a new deployment takes all traffic
+    port: int = Field(0, ge=0, le=65535)  # local backend: the router's port; 0: a free one
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if not NAME_RE.match(name):
+            raise ValueError("must be a DNS-1123 label: lowercase letters, digits and '-', at most 63")
+        return name
+
+    @field_validator("canary_traffic_percent")
+    @classmethod
+    def _no_canary_yet(cls, percent: int) -> int:
+        if percent not in (0, 100):
+            raise ValueError("a canary needs a deployment to run beside: create the deployment first, "
+                             "then update it with a canary")  # fmt: skip
+        return percent
 
 
 def configured_backend() -> str:
@@ -165,26 +192,19 @@ def resolve_adapters(adapters: list[dict[str, Any]], backend: str) -> list[list[
 def validate(spec: dict[str, Any]) -> dict[str, Any]:
     """Check a deployment spec (plain dict of the proto) and report every problem at once."""
     problems: list[tuple[str, str]] = []
-    name = spec.get("name", "")
-    if not NAME_RE.match(name):
-        problems.append(
-            ("spec.name", "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63")
+    fields = None
+    try:
+        fields = DeploymentFields.model_validate(
+            {k: spec[k] for k in DeploymentFields.model_fields if k in spec}
         )
+    except ValidationError as exc:
+        problems.extend(problems_from(exc, "spec"))
     backend = spec.get("backend", "SERVING_BACKEND_UNSPECIFIED")
     configured = configured_backend()
     if backend == "SERVING_BACKEND_UNSPECIFIED":
         backend = configured
     if backend != configured:
         problems.append(("spec.backend", f"this service runs the {configured} backend, not {backend}"))
-    canary = int(spec.get("canary_traffic_percent", 0))
-    if not 0 <= canary <= 100:
-        problems.append(("spec.canary_traffic_percent", "must be between 0 and 100"))
-    elif canary not in (0, 100):
-        problems.append(("spec.canary_traffic_percent", "a canary needs a deployment to run beside: create the "
-                                                        "deployment first, then update it with a canary"))  # fmt: skip
-    port = int(spec.get("port", 0))
-    if not 0 <= port <= 65535:
-        problems.append(("spec.port", "must be between 0 and 65535"))
     resources = dict(spec.get("resources") or {})
     problems += check_resources(resources, backend)
     problems += check_namespace(spec.get("namespace", ""), backend)
@@ -202,8 +222,9 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
         except InvalidSpec as exc:
             problems.extend(exc.problems)
     collect(problems)
-    config = {"name": name, "backend": backend, "port": port, "model_uri": model_uri, "storage_uri": storage_uri,
-              "adapters": adapters}  # fmt: skip
+    assert fields is not None
+    config = {"name": fields.name, "backend": backend, "port": fields.port, "model_uri": model_uri,
+              "storage_uri": storage_uri, "adapters": adapters}  # fmt: skip
     if backend == "KSERVE":
         config["namespace"] = spec.get("namespace") or settings.get("kserve_namespace")
         config["resources"] = {"cpus": float(resources.get("cpus_per_worker", 0)),

@@ -40,7 +40,7 @@ from slmops.core.endpoints import describe_error, resolve_api_key
 from slmops.core.errors import Unavailable
 from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis import logprobs
-from slmops.synthesis.spec import EndpointTeacherConfig
+from slmops.synthesis.config import EndpointTeacherConfig
 from slmops.synthesis.token_table import load_token_table
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ import json
 import re
 import string
 from collections import Counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
 
 DEFAULT_REFUSALS = (
     r"\bI(?: am|'m) (?:sorry|afraid)\b.{0,40}\b(?:can(?:no|')t|unable|not able)\b",
@@ -36,17 +36,54 @@ FILTERS = ("empty", "truncated", "refusal", "length", "json_schema", "reference"
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"is not a regular expression: {exc}") from None
+    return pattern
+
+
 class FiltersConfig(BaseModel):
+    """synthesis.proto's AnswerFilters: each default and bound stated here."""
+
     keep_empty: bool = False
     drop_truncated: bool = False
-    refusal_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS))
+    refusal_patterns: list[Annotated[str, AfterValidator(_regex)]] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSALS)
+    )
     keep_refusals: bool = False
-    min_chars: int = 0
-    max_chars: int = 0  # 0: no bound
-    json_schema: dict[str, Any] | None = None
+    min_chars: int = Field(0, ge=0)
+    max_chars: int = Field(0, ge=0)  # 0: no bound
+    json_schema: dict[str, Any] | None = None  # the message's JSON text, parsed
     reference_column: str = ""
     reference_match: Literal["exact", "normalized", "contains"] = "normalized"
     duplicates: Literal["keep", "exact", "near"] = "keep"
+
+    @field_validator("max_chars")
+    @classmethod
+    def _at_least_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_chars", 0)
+        if value and value < low:
+            raise ValueError(f"is below min_chars ({value} < {low})")
+        return value
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _schema(cls, value: Any) -> Any:
+        import jsonschema
+
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"is not JSON: {exc}") from None
+        if value is not None:
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"is not a valid JSON Schema: {exc.message}") from None
+        return value if isinstance(value, dict) else None
 
 
 def normalize(text: str) -> str:

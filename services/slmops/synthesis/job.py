@@ -25,11 +25,11 @@ from slmops.core.endpoints import resolve_api_key
 from slmops.core.errors import JobCancelled, Unavailable
 from slmops.core.progress import Progress, cancel_on_sigterm
 from slmops.synthesis.checkpoint import Checkpoint
+from slmops.synthesis.config import EndpointTeacherConfig, SynthesisConfig, validated
 from slmops.synthesis.dataset import write_dataset
 from slmops.synthesis.endpoint_teacher import probe
 from slmops.synthesis.filters import AnswerFilter
 from slmops.synthesis.inputs import read_inputs
-from slmops.synthesis.spec import EndpointTeacherConfig, SynthesisConfig
 from slmops.synthesis.teacher import make_teacher
 from slmops.synthesis.token_table import load_token_table
 
@@ -44,7 +44,7 @@ class TeacherWorker:
 
     def __init__(self, config: dict[str, Any], traceparent: str = "", threads: int = 1, share: float = 1.0):
         tracing.setup_tracing("synthesis-worker")
-        cfg = SynthesisConfig.model_validate(config)
+        cfg = validated(config)
         self.teacher = make_teacher(cfg.teacher, cfg.sampling, system_prompt=cfg.system_prompt,
                                     traceparent=traceparent, threads=threads, share=share,
                                     samples=cfg.samples_per_prompt)  # fmt: skip
@@ -212,7 +212,7 @@ def _check_inputs(cfg: SynthesisConfig) -> None:
 
 def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: str = "") -> dict[str, Any]:
     """Answer every prompt with the teacher and write a dataset artifact at output_uri."""
-    cfg = SynthesisConfig.model_validate(config)
+    cfg = validated(config)
     tracing.setup_tracing("synthesis-job")
     trace_id = trace_id or tracing.current_trace_id()
     output_uri = artifacts.to_uri(output_uri)

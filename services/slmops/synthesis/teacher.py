@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from slmops.core.errors import InvalidSpec
 from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis import logprobs
+from slmops.synthesis.config import EndpointTeacherConfig, LocalTeacherConfig
 from slmops.synthesis.endpoint_teacher import EndpointTeacher, backoff_delay, is_retryable
-from slmops.synthesis.spec import EndpointTeacherConfig, LocalTeacherConfig
 
 log = logging.getLogger(__name__)
 

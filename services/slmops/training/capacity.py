@@ -20,7 +20,7 @@ from typing import Any
 
 from slmops.core.errors import Conflict, Unavailable
 from slmops.core.ray_capacity import Capacity, cluster_capacity
-from slmops.training.spec import TrainingConfig
+from slmops.training.config import TrainingConfig
 
 log = logging.getLogger(__name__)
 

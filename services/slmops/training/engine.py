@@ -14,7 +14,7 @@ from typing import Any
 
 from slmops.core.errors import SlmopsError
 from slmops.core.progress import Progress, scaled, stdout_progress
-from slmops.training.spec import TrainingConfig
+from slmops.training.config import TrainingConfig
 
 PROGRESS_START, PROGRESS_END = 0.1, 0.9  # share of the job's progress training covers
 RUN_NAME = "train"

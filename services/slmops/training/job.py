@@ -21,8 +21,8 @@ from slmops.core.errors import InvalidSpec, collect
 from slmops.core.model_files import count_parameters
 from slmops.core.progress import Progress
 from slmops.training import data, engine, model_init
-from slmops.training.recipes import registry
-from slmops.training.spec import TrainingConfig
+from slmops.training.config import TrainingConfig
+from slmops.training.recipes import checks, registry
 
 Split = tuple[list[data.Example], list[data.Example]]
 
@@ -127,7 +127,9 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
     with tracing.span_from_env("training.run", {"method": cfg.method, "output_uri": output_uri}):
         progress(0.0, "checking the base model and the datasets")
         problems: list[tuple[str, str]] = []
-        recipe.check_inputs(cfg, problems)
+        checks.check_spec(recipe, cfg.model_dump(), problems)  # the recipe's rules, as at Create
+        if not problems:
+            checks.inputs(recipe, cfg, problems)
         collect(problems)
         _check_inputs(cfg)
         work = tempfile.mkdtemp(prefix="slmops-train-")

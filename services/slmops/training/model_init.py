@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 
 from slmops.core.errors import InvalidSpec, collect
-from slmops.training.spec import ModelInitConfig
+from slmops.training.config import ModelInitConfig
 
 # Config attributes derived from others: dropped when a source is overridden,
 # so the model class derives them again from the new values.

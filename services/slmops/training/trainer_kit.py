@@ -31,8 +31,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from slmops.core.progress import Progress
+from slmops.training.config import TrainingConfig
 from slmops.training.data import Example, collate
-from slmops.training.spec import TrainingConfig
 
 STATE_FILE = "slmops.json"  # inside every Ray checkpoint: {"phase", "step", "final", "done"}
 HF_DIR = "checkpoint"  # the transformers checkpoint inside a Ray checkpoint

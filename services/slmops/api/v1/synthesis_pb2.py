@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from slmops.api.v1 import common_pb2 as slmops_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slmops/v1/synthesis.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\xef\x02\n\x0fTeacherEndpoint\x12\x10\n\x08\x62\x61se_url\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x03 \x01(\t\x12\x0c\n\x04\x63hat\x18\x04 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\x05\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x11\n\ttokenizer\x18\x07 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x11\n\tbackoff_s\x18\t \x01(\x01\x12\x15\n\rbackoff_max_s\x18\n \x01(\x01\x12\x19\n\x11retry_after_max_s\x18\x0b \x01(\x01\x12\x1b\n\x13requests_per_minute\x18\x0c \x01(\x01\x12\x19\n\x11tokens_per_minute\x18\r \x01(\x01\x12 \n\x18price_prompt_per_million\x18\x0e \x01(\x01\x12$\n\x1cprice_completion_per_million\x18\x0f \x01(\x01\"O\n\x0cLocalTeacher\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0c\n\x04\x63hat\x18\x03 \x01(\x08\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"\xee\x01\n\rAnswerFilters\x12\x12\n\nkeep_empty\x18\x01 \x01(\x08\x12\x16\n\x0e\x64rop_truncated\x18\x02 \x01(\x08\x12\x18\n\x10refusal_patterns\x18\x03 \x03(\t\x12\x15\n\rkeep_refusals\x18\x04 \x01(\x08\x12\x11\n\tmin_chars\x18\x05 \x01(\x05\x12\x11\n\tmax_chars\x18\x06 \x01(\x05\x12\x13\n\x0bjson_schema\x18\x07 \x01(\t\x12\x18\n\x10reference_column\x18\x08 \x01(\t\x12\x17\n\x0freference_match\x18\t \x01(\t\x12\x12\n\nduplicates\x18\n \x01(\t\"\xc7\x04\n\rSynthesisSpec\x12\x13\n\x0bprompts_uri\x18\x01 \x01(\t\x12.\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x1a.slmops.v1.TeacherEndpointH\x00\x12(\n\x05local\x18\x03 \x01(\x0b\x32\x17.slmops.v1.LocalTeacherH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.slmops.v1.SamplingParams\x12\x1b\n\x13validation_fraction\x18\x05 \x01(\x01\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x12\n\noutput_uri\x18\x07 \x01(\t\x12\x15\n\rsystem_prompt\x18\x08 \x01(\t\x12\x12\n\nnum_shards\x18\t \x01(\x05\x12-\n\tresources\x18\n \x01(\x0b\x32\x1a.slmops.v1.ResourceRequest\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.slmops.v1.SynthesisSpec.LabelsEntry\x12\x1b\n\x13max_reject_fraction\x18\x0c \x01(\x01\x12)\n\x07\x66ilters\x18\r \x01(\x0b\x32\x18.slmops.v1.AnswerFilters\x12\x17\n\x0fprompt_template\x18\x0e \x01(\t\x12\x1a\n\x12samples_per_prompt\x18\x0f \x01(\x05\x12\x14\n\x0clabel_column\x18\x10 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07teacher\"h\n\x0cSynthesisJob\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.slmops.v1.SynthesisSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\"r\n\x19\x43reateSynthesisJobRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.slmops.v1.SynthesisSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"[\n\x19ListSynthesisJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.slmops.v1.SynthesisJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9d\x03\n\x10SynthesisService\x12S\n\x12\x43reateSynthesisJob\x12$.slmops.v1.CreateSynthesisJobRequest\x1a\x17.slmops.v1.SynthesisJob\x12\x44\n\x0fGetSynthesisJob\x12\x18.slmops.v1.GetJobRequest\x1a\x17.slmops.v1.SynthesisJob\x12U\n\x11ListSynthesisJobs\x12\x1a.slmops.v1.ListJobsRequest\x1a$.slmops.v1.ListSynthesisJobsResponse\x12J\n\x12\x43\x61ncelSynthesisJob\x12\x1b.slmops.v1.CancelJobRequest\x1a\x17.slmops.v1.SynthesisJob\x12K\n\x11WatchSynthesisJob\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slmops/v1/synthesis.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\xb4\x03\n\x0fTeacherEndpoint\x12\x10\n\x08\x62\x61se_url\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x03 \x01(\t\x12\x0c\n\x04\x63hat\x18\x04 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\x05\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x11\n\ttokenizer\x18\x07 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x16\n\tbackoff_s\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rbackoff_max_s\x18\n \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11retry_after_max_s\x18\x0b \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x13requests_per_minute\x18\x0c \x01(\x01\x12\x19\n\x11tokens_per_minute\x18\r \x01(\x01\x12 \n\x18price_prompt_per_million\x18\x0e \x01(\x01\x12$\n\x1cprice_completion_per_million\x18\x0f \x01(\x01\x42\x0c\n\n_backoff_sB\x10\n\x0e_backoff_max_sB\x14\n\x12_retry_after_max_s\"O\n\x0cLocalTeacher\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0c\n\x04\x63hat\x18\x03 \x01(\x08\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"\xee\x01\n\rAnswerFilters\x12\x12\n\nkeep_empty\x18\x01 \x01(\x08\x12\x16\n\x0e\x64rop_truncated\x18\x02 \x01(\x08\x12\x18\n\x10refusal_patterns\x18\x03 \x03(\t\x12\x15\n\rkeep_refusals\x18\x04 \x01(\x08\x12\x11\n\tmin_chars\x18\x05 \x01(\x05\x12\x11\n\tmax_chars\x18\x06 \x01(\x05\x12\x13\n\x0bjson_schema\x18\x07 \x01(\t\x12\x18\n\x10reference_column\x18\x08 \x01(\t\x12\x17\n\x0freference_match\x18\t \x01(\t\x12\x12\n\nduplicates\x18\n \x01(\t\"\xc7\x04\n\rSynthesisSpec\x12\x13\n\x0bprompts_uri\x18\x01 \x01(\t\x12.\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x1a.slmops.v1.TeacherEndpointH\x00\x12(\n\x05local\x18\x03 \x01(\x0b\x32\x17.slmops.v1.LocalTeacherH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.slmops.v1.SamplingParams\x12\x1b\n\x13validation_fraction\x18\x05 \x01(\x01\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x12\n\noutput_uri\x18\x07 \x01(\t\x12\x15\n\rsystem_prompt\x18\x08 \x01(\t\x12\x12\n\nnum_shards\x18\t \x01(\x05\x12-\n\tresources\x18\n \x01(\x0b\x32\x1a.slmops.v1.ResourceRequest\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.slmops.v1.SynthesisSpec.LabelsEntry\x12\x1b\n\x13max_reject_fraction\x18\x0c \x01(\x01\x12)\n\x07\x66ilters\x18\r \x01(\x0b\x32\x18.slmops.v1.AnswerFilters\x12\x17\n\x0fprompt_template\x18\x0e \x01(\t\x12\x1a\n\x12samples_per_prompt\x18\x0f \x01(\x05\x12\x14\n\x0clabel_column\x18\x10 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07teacher\"h\n\x0cSynthesisJob\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.slmops.v1.SynthesisSpec\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x14.slmops.v1.JobStatus\"r\n\x19\x43reateSynthesisJobRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.slmops.v1.SynthesisSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"[\n\x19ListSynthesisJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.slmops.v1.SynthesisJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9d\x03\n\x10SynthesisService\x12S\n\x12\x43reateSynthesisJob\x12$.slmops.v1.CreateSynthesisJobRequest\x1a\x17.slmops.v1.SynthesisJob\x12\x44\n\x0fGetSynthesisJob\x12\x18.slmops.v1.GetJobRequest\x1a\x17.slmops.v1.SynthesisJob\x12U\n\x11ListSynthesisJobs\x12\x1a.slmops.v1.ListJobsRequest\x1a$.slmops.v1.ListSynthesisJobsResponse\x12J\n\x12\x43\x61ncelSynthesisJob\x12\x1b.slmops.v1.CancelJobRequest\x1a\x17.slmops.v1.SynthesisJob\x12K\n\x11WatchSynthesisJob\x12\x1a.slmops.v1.WatchJobRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNTHESISSPEC_LABELSENTRY']._loaded_options = None
   _globals['_SYNTHESISSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TEACHERENDPOINT']._serialized_start=65
-  _globals['_TEACHERENDPOINT']._serialized_end=432
-  _globals['_LOCALTEACHER']._serialized_start=434
-  _globals['_LOCALTEACHER']._serialized_end=513
-  _globals['_ANSWERFILTERS']._serialized_start=516
-  _globals['_ANSWERFILTERS']._serialized_end=754
-  _globals['_SYNTHESISSPEC']._serialized_start=757
-  _globals['_SYNTHESISSPEC']._serialized_end=1340
-  _globals['_SYNTHESISSPEC_LABELSENTRY']._serialized_start=1284
-  _globals['_SYNTHESISSPEC_LABELSENTRY']._serialized_end=1329
-  _globals['_SYNTHESISJOB']._serialized_start=1342
-  _globals['_SYNTHESISJOB']._serialized_end=1446
-  _globals['_CREATESYNTHESISJOBREQUEST']._serialized_start=1448
-  _globals['_CREATESYNTHESISJOBREQUEST']._serialized_end=1562
-  _globals['_LISTSYNTHESISJOBSRESPONSE']._serialized_start=1564
-  _globals['_LISTSYNTHESISJOBSRESPONSE']._serialized_end=1655
-  _globals['_SYNTHESISSERVICE']._serialized_start=1658
-  _globals['_SYNTHESISSERVICE']._serialized_end=2071
+  _globals['_TEACHERENDPOINT']._serialized_end=501
+  _globals['_LOCALTEACHER']._serialized_start=503
+  _globals['_LOCALTEACHER']._serialized_end=582
+  _globals['_ANSWERFILTERS']._serialized_start=585
+  _globals['_ANSWERFILTERS']._serialized_end=823
+  _globals['_SYNTHESISSPEC']._serialized_start=826
+  _globals['_SYNTHESISSPEC']._serialized_end=1409
+  _globals['_SYNTHESISSPEC_LABELSENTRY']._serialized_start=1353
+  _globals['_SYNTHESISSPEC_LABELSENTRY']._serialized_end=1398
+  _globals['_SYNTHESISJOB']._serialized_start=1411
+  _globals['_SYNTHESISJOB']._serialized_end=1515
+  _globals['_CREATESYNTHESISJOBREQUEST']._serialized_start=1517
+  _globals['_CREATESYNTHESISJOBREQUEST']._serialized_end=1631
+  _globals['_LISTSYNTHESISJOBSRESPONSE']._serialized_start=1633
+  _globals['_LISTSYNTHESISJOBSRESPONSE']._serialized_end=1724
+  _globals['_SYNTHESISSERVICE']._serialized_start=1727
+  _globals['_SYNTHESISSERVICE']._serialized_end=2140
 # @@protoc_insertion_point(module_scope)

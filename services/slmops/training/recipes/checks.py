@@ -1,4 +1,4 @@
-"""Checks every recipe shares: the spec's sections, then what the inputs hold.
+"""Checks of a training spec for its recipe: the spec's sections, then what the inputs hold.
 
 Each check appends (proto field path, problem) pairs; the caller raises them
 all at once.
@@ -17,9 +17,15 @@ from pydantic import BaseModel, ValidationError
 
 from slmops.core.errors import InvalidSpec
 from slmops.training import data
+from slmops.training.config import Hyperparameters, Resources
 from slmops.training.recipes.registry import Problems, Recipe
-from slmops.training.recipes.sections import INTEGER_FIELDS, SEARCHABLE, DistillSettings, LoraSettings
-from slmops.training.spec import Hyperparameters
+from slmops.training.recipes.sections import (
+    INTEGER_FIELDS,
+    SEARCHABLE,
+    DistillSettings,
+    LoraSettings,
+    SearchDimension,
+)
 
 _SECTION_FIELDS = {"lora": "spec.lora", "distill": "spec.distill", "adapters": "spec.adapters"}
 _USED_BY = {"lora": "LORA, QLORA and MULTI_ADAPTER", "distill": "LOGIT_DISTILL", "adapters": "MULTI_ADAPTER"}
@@ -31,6 +37,13 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
 }
 # Files a config and tokenizer check never needs: a remote model's weights stay where they are.
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx.data", ".gguf", ".h5", ".msgpack")
+
+
+def check_spec(recipe: Recipe, raw: dict[str, Any], problems: Problems) -> None:
+    """The spec alone (its dict before validation): the shared checks, then the recipe's own."""
+    common_spec(recipe, raw, problems)
+    for check in recipe.extra_checks:
+        check(raw, problems)
 
 
 def common_spec(recipe: Recipe, raw: dict[str, Any], problems: Problems) -> None:
@@ -52,24 +65,22 @@ def common_spec(recipe: Recipe, raw: dict[str, Any], problems: Problems) -> None
             )
     elif not raw.get("dataset_uri"):
         problems.append(("spec.dataset_uri", "is required: a dataset artifact with train.jsonl"))
-    hp, res = raw["hyperparameters"], raw["resources"]
-    if isinstance(hp["batch_size"], int) and isinstance(res["num_workers"], int) and res["num_workers"] > 0:
-        if hp["batch_size"] % res["num_workers"]:
-            problems.append(
-                (
-                    "spec.hyperparameters.batch_size",
-                    f"{hp['batch_size']} does not split evenly over {res['num_workers']} workers",
-                )
-            )
+    # Unvalidated values, with the models' defaults for the fields the spec left out.
+    batch = Hyperparameters.model_construct(**raw.get("hyperparameters", {})).batch_size
+    workers = Resources.model_construct(**raw.get("resources", {})).num_workers
+    if isinstance(batch, int) and isinstance(workers, int) and workers > 0 and batch % workers:
+        problems.append(
+            ("spec.hyperparameters.batch_size", f"{batch} does not split evenly over {workers} workers")
+        )
     search = raw.get("search")
     if search:
         allowed = recipe.searchable()
-        for index, dim in enumerate(search["space"]):
-            if dim["name"] not in allowed:
+        for index, dim in enumerate(search.get("space", [])):
+            if dim.get("name", "") not in allowed:
                 problems.append(
                     (
                         f"spec.search.space[{index}].name",
-                        f"{recipe.name.upper()} has no searchable field {dim['name']!r}; "
+                        f"{recipe.name.upper()} has no searchable field {dim.get('name', '')!r}; "
                         f"it has {', '.join(sorted(allowed))}",
                     )
                 )
@@ -79,25 +90,26 @@ def common_spec(recipe: Recipe, raw: dict[str, Any], problems: Problems) -> None
             problems.append(("spec.search", "does not apply to MULTI_ADAPTER (search each adapter's recipe)"))
 
 
-def _search_range(dim: dict[str, Any], path: str, problems: Problems) -> None:
+def _search_range(raw: dict[str, Any], path: str, problems: Problems) -> None:
     """Every value a dimension can sample must be one its field accepts (a trial validates it again)."""
-    section, key = SEARCHABLE[dim["name"]]
+    shape = SearchDimension.model_construct(**raw)  # unvalidated, with the defaults of what is left out
+    section, key = SEARCHABLE[shape.name]
     model = _SECTION_MODELS[section]
-    if dim["distribution"] == "choice":
-        samples = [(f"{path}.values[{i}]", v) for i, v in enumerate(dim["values"])]
+    if raw.get("distribution") == "choice":
+        samples = [(f"{path}.values[{i}]", v) for i, v in enumerate(shape.values)]
     else:
-        samples = [(f"{path}.low", dim["low"]), (f"{path}.high", dim["high"])]
+        samples = [(f"{path}.low", shape.low), (f"{path}.high", shape.high)]
     for field, text in samples:
         try:
             value = float(text)
         except (TypeError, ValueError):
             continue  # SearchDimension reports values that are not numbers
-        typed = int(value) if dim["name"] in INTEGER_FIELDS else value
+        typed = int(value) if shape.name in INTEGER_FIELDS else value
         try:
             model.__pydantic_validator__.validate_assignment(model.model_construct(), key, typed)
         except ValidationError as exc:
             message = exc.errors()[0]["msg"].replace("Input should", "must")
-            problems.append((field, f"{dim['name']} {typed!r} is outside its range: {message}"))
+            problems.append((field, f"{shape.name} {typed!r} is outside its range: {message}"))
 
 
 def inputs(recipe: Recipe, config: Any, problems: Problems) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 from slmops.core.progress import Progress
 from slmops.training import engine
+from slmops.training.config import TrainingConfig
 from slmops.training.recipes.sections import INTEGER_FIELDS, SEARCHABLE, SearchDimension
-from slmops.training.spec import TrainingConfig
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""Method name -> recipe, and the checks every recipe shares.
+"""Method name -> recipe: what each recipe reads and makes, and its own checks of a spec.
 
-`check_spec` looks at the spec alone (cheap, always); `check_inputs` looks
-inside the inputs the way the job will (the base model's config, the
-dataset's first records, the teacher's vocabulary), so bad input is refused
-with the field's name before any Ray work starts.
+recipes/checks.py runs them with the checks every recipe shares: `check_spec`
+looks at the spec alone (cheap, always); `inputs` looks inside the inputs the
+way the job will (the base model's config, the dataset's first records, the
+teacher's vocabulary), so bad input is refused with the field's name before
+any Ray work starts.
 """
 
 from __future__ import annotations
@@ -26,18 +27,6 @@ class Recipe:
     output_kind: str = "checkpoint"
     accepts_text: bool = False  # plain `text` records (loss on every token) besides prompt/completion
     extra_checks: tuple[Callable[[dict[str, Any], Problems], None], ...] = field(default_factory=tuple)
-
-    def check_spec(self, raw: dict[str, Any], problems: Problems) -> None:
-        from slmops.training.recipes import checks
-
-        checks.common_spec(self, raw, problems)
-        for check in self.extra_checks:
-            check(raw, problems)
-
-    def check_inputs(self, config: Any, problems: Problems) -> None:
-        from slmops.training.recipes import checks
-
-        checks.inputs(self, config, problems)
 
     def searchable(self) -> set[str]:
         return {
