@@ -14,6 +14,8 @@ split, whose expected answers are the teacher's own, so the teacher scores
 
 1. A first run runs every stage; the student (the teacher's weights, barely
    tuned) keeps the teacher's answers, the gate passes and the canary is promoted.
+   The served revision's lineage goes back to the prompts file, and one trace id
+   covers the test, the services, the Ray jobs and the predictors.
 2. A second run of the same file reuses every stage and runs nothing.
 3. A changed training config reruns training and what follows, nothing before:
    a new random student whose output layer is not tied to its embeddings (a
@@ -34,7 +36,7 @@ import yaml
 from slmops.api.v1 import common_pb2, serving_pb2
 from slmops.cli import client
 from slmops.cli.main import main as cli_main
-from slmops.core import artifacts
+from slmops.core import artifacts, tracing
 from slmops.demo import task
 from slmops.testing.tiny import build_model, train_tokenizer
 
@@ -42,6 +44,19 @@ pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "demo-pipeline.yaml"
 JOB_KINDS = ("synthesize", "train", "convert", "evaluate")
 AFTER_TRAINING = ["student", "student-int4", "student-endpoint", "canary", "evaluate", "gate", "rollout"]
+# Whose spans carry the first run's trace id: this process, the services, the Ray jobs and the predictors.
+TRACED = {
+    "slmops-e2e-test",
+    "slmops-pipeline",
+    "slmops-serving",
+    "slmops-synthesis",
+    "slmops-synthesis-job",
+    "slmops-training",
+    "slmops-training-job",
+    "slmops-conversion-job",
+    "slmops-evaluation-job",
+    "slmops-predictor",
+}
 
 
 def tiny_pipeline(folder: Path) -> dict:
@@ -113,11 +128,25 @@ def read_report(uri: str) -> dict:
         return json.load(fh)
 
 
+def traced_services(data_dir: Path, trace_id: str, timeout: float = 20.0) -> set[str]:
+    """The services whose spans in the stack's spans file carry trace_id (waiting for TRACED to show)."""
+    services: set[str] = set()
+    deadline = time.time() + timeout
+    while time.time() < deadline and not TRACED <= services:
+        time.sleep(1)
+        lines = (data_dir / "traces" / "spans.jsonl").read_text().splitlines()
+        services = {span["service"] for span in map(json.loads, lines) if span["trace_id"] == trace_id}
+    return services
+
+
 def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(production_stack, capsys, tmp_path):
     data = tiny_pipeline(tmp_path)
     path = tmp_path / "pipeline.yaml"
 
-    code, first, took_first = run_file(data, path, capsys)
+    tracing.setup_tracing("e2e-test")  # this process's spans go to the stack's spans file too
+    with tracing.tracer().start_as_current_span("e2e"):
+        trace_id = tracing.current_trace_id()
+        code, first, took_first = run_file(data, path, capsys)
     assert code == 0, first["status"]
     stages = stage_map(first)
     assert list(stages) == list(data["stages"])
@@ -146,6 +175,15 @@ def test_the_demo_pipeline_runs_reuses_and_reruns_from_training(production_stack
     assert served.model_uri == stages["student-int4"]["output"]["uri"]
     cached = production_stack["data_dir"] / "cache" / "models" / artifacts.read_manifest(served.model_uri).id
     assert (cached / "genai_config.json").is_file()
+    # The served revision's own artifact has the run's lineage, in the artifact store and in `slmops lineage`.
+    chain = artifacts.lineage(served.artifact.uri)
+    assert [(m.kind, m.uri) for m in chain] == [(ref["kind"], ref["uri"]) for ref in first["lineage"]]
+    assert cli_main(["lineage", served.artifact.uri]) == 0
+    assert first["lineage"][-1]["uri"] in capsys.readouterr().out
+    # One trace covers the first run: this process, the services, the Ray jobs and the predictors.
+    tracing.shutdown_tracing()
+    services = traced_services(production_stack["data_dir"], trace_id)
+    assert TRACED <= services, TRACED - services
     # Every job of every service is one row in the one PostgreSQL database.
     assert job_kinds(production_stack["database_url"]) >= {
         "synthesis",

@@ -8,7 +8,7 @@ so every test module that asks gets the same folder.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -114,13 +114,34 @@ def tiny_adapters(factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: folder / name for name in TINY_ADAPTERS}
 
 
+def build_onnx_with_adapters(
+    checkpoint_dir: str | Path,
+    adapters: Mapping[str, str | Path],
+    out_dir: str | Path,
+    precision: str = "fp32",
+    extra_options: Mapping[str, str] | None = None,
+) -> Path:
+    """Build `out_dir` for ORT GenAI (CPU): the base model plus `adapters/<name>.onnx_adapter` each.
+
+    The conversion stage's Olive workflow with adapters; the adapters are
+    checked (AdapterBuildError) before anything is built. Returns out_dir.
+    """
+    from slmops.conversion import onnx_adapters
+    from slmops.conversion.olive_convert import ConversionError, convert
+
+    onnx_adapters.plan(adapters, precision)  # refuse before building
+    try:
+        convert(checkpoint_dir, out_dir, precision, "cpu", extra_options, adapters=adapters)
+    except ConversionError as exc:
+        raise onnx_adapters.AdapterBuildError(str(exc)) from None
+    return Path(out_dir)
+
+
 def tiny_onnx_with_adapters(factory: pytest.TempPathFactory, precision: str = "fp32") -> Path:
     """tiny_checkpoint for ORT GenAI with tiny_adapters as `adapters/<name>.onnx_adapter` files."""
     checkpoint, adapters = tiny_checkpoint(factory), tiny_adapters(factory)
 
     def build(out: Path) -> None:
-        from slmops.conversion.onnx_adapters import build_onnx_with_adapters
-
         build_onnx_with_adapters(checkpoint, adapters, out, precision=precision)
 
     return _cached(factory, f"qwen2-tiny-adapters-{precision}", build)

@@ -16,7 +16,7 @@ from slmops.conversion import job
 from slmops.conversion.olive_convert import ConversionError
 from slmops.conversion.spec import from_proto
 from slmops.core import artifacts
-from slmops.predictor.engines import load_engine
+from slmops.predictor.loading import load_engine
 from tests.integration._models import tiny_adapters, tiny_checkpoint
 
 pytestmark = pytest.mark.integration

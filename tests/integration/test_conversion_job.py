@@ -12,7 +12,7 @@ from slmops.conversion import job
 from slmops.conversion.olive_convert import ConversionError, convert
 from slmops.conversion.spec import from_proto
 from slmops.core import artifacts
-from slmops.predictor.engines import load_engine
+from slmops.predictor.loading import load_engine
 from slmops.testing.tiny import count_parameters
 from tests.integration._models import tiny_checkpoint
 

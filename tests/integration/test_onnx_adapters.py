@@ -12,8 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.conversion.onnx_adapters import AdapterBuildError, build_onnx_with_adapters
-from tests.integration._models import tiny_adapters, tiny_checkpoint, tiny_onnx_with_adapters
+from slmops.conversion.onnx_adapters import AdapterBuildError
+from tests.integration._models import (
+    build_onnx_with_adapters,
+    tiny_adapters,
+    tiny_checkpoint,
+    tiny_onnx_with_adapters,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -212,7 +212,7 @@ def test_model_infer_over_grpc_needs_the_key(served):
 
 def _expected(folder: Path, prompt: str, base: str, **flags: Path) -> dict[str, str]:
     """Greedy answers of the base and each adapter, one request at a time in this process."""
-    from slmops.predictor.engines import load_engine
+    from slmops.predictor.loading import load_engine
 
     engine = load_engine(folder, adapters=flags)
     try:

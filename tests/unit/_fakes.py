@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,6 +35,11 @@ class FakeRay:
 
     def logs(self, submission_id: str) -> str:
         return ""
+
+    async def tail(self, submission_id: str) -> AsyncIterator[str]:
+        """These jobs write no log: a stream that ends at once, as Ray's does for a job without output."""
+        for chunk in ():
+            yield chunk
 
     def stop(self, submission_id: str) -> bool:
         self.stopped.add(submission_id)

@@ -11,20 +11,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import pytest
 
 from slmops.core.errors import Unavailable
 from slmops.core.jobs.lifecycle import Update
 from slmops.core.jobs.ray_jobs import RayJobs, RayJobStatus
-from slmops.core.jobs.stage import StageJobs
+from slmops.core.jobs.stage import MAX_TAIL_BREAKS, StageJobs
 from slmops.core.jobs.store import JobRecord, JobStore, LeaseLost
 from slmops.core.progress import PREFIX, RESULT_PREFIX
 
 
 class FakeRay:
-    """Ray's job table: each submission has a state and a log; `fail_polls` makes status calls fail."""
+    """Ray's job table: each submission has a state and a log; `fail_polls` makes status calls fail,
+    `break_tails` makes that many log streams break off, `tail_lag` delays what a stream delivers."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, dict] = {}
@@ -32,6 +35,11 @@ class FakeRay:
         self.stops: list[str] = []
         self.fail_polls = 0
         self.stoppable = True
+        self.break_tails = 0
+        self.tail_lag = 0.0
+        self.stop_lag = 0.0  # how long a signalled job takes to end
+        self.tails_opened = 0
+        self.log_reads = 0
 
     def submit(self, stage, job_id, config, output_uri, traceparent="", restart=0) -> str:
         submission = f"slmops-{job_id}" + (f"-r{restart}" if restart else "")
@@ -50,13 +58,35 @@ class FakeRay:
         return RayJobStatus(self.jobs[submission]["state"], "")
 
     def logs(self, submission: str) -> str:
+        self.log_reads += 1
         return self.jobs[submission]["log"]
+
+    async def tail(self, submission: str) -> AsyncIterator[str]:
+        """The log as it grows, from its start; it ends once the job has ended, as Ray's stream does."""
+        self.tails_opened += 1
+        if self.break_tails:
+            self.break_tails -= 1
+            raise Unavailable(f"Ray job {submission} log stream broke off: connection reset")
+        sent = 0
+        while True:
+            job = self.jobs[submission]
+            ended, text = job["state"] not in ("PENDING", "RUNNING"), job["log"]
+            if len(text) > sent:
+                await asyncio.sleep(self.tail_lag)
+                yield text[sent:]
+                sent = len(text)
+            if ended:
+                return
+            await asyncio.sleep(0.01)
 
     def stop(self, submission: str) -> bool:
         self.stops.append(submission)
         if not self.stoppable:
             return False
-        self.jobs[submission]["state"] = "STOPPED"
+        if self.stop_lag:
+            threading.Timer(self.stop_lag, self.jobs[submission].update, kwargs={"state": "STOPPED"}).start()
+        else:
+            self.jobs[submission]["state"] = "STOPPED"
         return True
 
     def advance(self, submission: str, state: str, *lines: str) -> None:
@@ -112,6 +142,56 @@ async def test_a_job_is_submitted_once_followed_and_watched_to_the_end(db):
     assert (done.state, done.output_uri, done.owner) == ("SUCCEEDED", "file:///out", "")  # lease released
     assert [r.id for r in jobs.list("SUCCEEDED", {"team": "nlp"}, 0, "")[0]] == [record.id]
     assert jobs.list(None, {"team": "cv"}, 0, "")[0] == []
+    assert ray.log_reads == 0 and ray.tails_opened == 1  # the log was streamed, never downloaded whole
+    await jobs.close()
+
+
+async def test_a_log_stream_that_breaks_off_is_opened_again_and_the_log_read_whole_meanwhile(db):
+    ray = FakeRay()
+    ray.break_tails = 1
+    jobs = replica(db, ray, "a")
+    record = await jobs.create({}, {}, "", {})
+    await until(lambda: ray.submits[record.id] == 1)
+    submission = f"slmops-{record.id}"
+    ray.advance(submission, "RUNNING", progress_line(0.3, "working"))
+    await until(lambda: ray.tails_opened == 2)
+    ray.advance(submission, "SUCCEEDED", progress_line(0.9, "almost"), result_line("file:///out"))
+    await until(lambda: jobs.get(record.id).finished)
+    done = jobs.get(record.id)
+    assert (done.state, done.output_uri) == ("SUCCEEDED", "file:///out")
+    assert ray.log_reads >= 1
+    messages = [e.message for e in jobs.store.events(record.id)]
+    assert messages.count("working") == 1 and messages.count("almost") == 1
+    await jobs.close()
+
+
+async def test_a_job_whose_log_streams_keep_breaking_is_followed_by_reading_its_log(db):
+    ray = FakeRay()
+    ray.break_tails = 100
+    jobs = replica(db, ray, "a")
+    record = await jobs.create({}, {}, "", {})
+    await until(lambda: ray.submits[record.id] == 1)
+    ray.advance(f"slmops-{record.id}", "RUNNING", progress_line(0.3, "working"))
+    await until(lambda: ray.log_reads >= MAX_TAIL_BREAKS + 2)
+    assert ray.tails_opened == MAX_TAIL_BREAKS  # a bounded number of tries
+    ray.advance(f"slmops-{record.id}", "SUCCEEDED", result_line("file:///out"))
+    await until(lambda: jobs.get(record.id).finished)
+    assert jobs.get(record.id).output_uri == "file:///out"
+    assert [e.message for e in jobs.store.events(record.id)].count("working") == 1
+    await jobs.close()
+
+
+async def test_the_last_lines_of_an_ended_job_are_waited_for(db):
+    ray = FakeRay()
+    ray.tail_lag = 0.3  # the stream delivers the result line well after Ray reports the job's end
+    jobs = replica(db, ray, "a")
+    record = await jobs.create({}, {}, "", {})
+    await until(lambda: ray.submits[record.id] == 1)
+    ray.advance(f"slmops-{record.id}", "SUCCEEDED", progress_line(0.9, "almost"), result_line("file:///out"))
+    await until(lambda: jobs.get(record.id).finished)
+    done = jobs.get(record.id)
+    assert (done.state, done.output_uri) == ("SUCCEEDED", "file:///out")
+    assert ray.log_reads == 0
     await jobs.close()
 
 
@@ -140,6 +220,19 @@ async def test_cancel_reports_cancelled_only_when_ray_stopped_the_work(db):
     ray.stoppable = True
     cancelled = await jobs.cancel(record.id)
     assert cancelled.state == "CANCELLED" and ray.stops == [f"slmops-{record.id}"] * 2
+    await jobs.close()
+
+
+async def test_cancel_waits_for_a_signalled_job_to_end(db):
+    ray = FakeRay()
+    ray.stop_lag = 0.5
+    jobs = replica(db, ray, "a")
+    record = await jobs.create({}, {}, "", {})
+    await until(lambda: ray.submits[record.id] == 1)
+    ray.advance(f"slmops-{record.id}", "RUNNING")
+    cancelled = await jobs.cancel(record.id)
+    assert cancelled.state == "CANCELLED"
+    assert ray.jobs[f"slmops-{record.id}"]["state"] == "STOPPED"  # it had ended when Cancel answered
     await jobs.close()
 
 

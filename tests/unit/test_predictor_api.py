@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from slmops.predictor.engines import load_engine
+from slmops.predictor.loading import load_engine
 from slmops.predictor.model import GenerationModel
 from slmops.predictor.openai_api import make_router
 from slmops.predictor.served import Served

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from slmops.core.errors import InvalidSpec
-from slmops.predictor.engines import Generation, StopScanner, load_engine
+from slmops.predictor.engines import Generation, StopScanner
+from slmops.predictor.loading import load_engine
 from tests.integration._models import copy_with, tiny_checkpoint, tiny_onnx
 
 PROMPT = "hello world"
@@ -36,6 +39,17 @@ def test_load_engine_picks_the_runtime_from_the_folder(hf_engine, ort_engine):
     assert hf_engine.name == "transformers"
     assert ort_engine.name == "ort-genai"
     assert Path(ort_engine.model_dir, "genai_config.json").is_file()
+
+
+def test_an_onnx_folder_is_served_without_importing_torch(ort_engine):
+    code = (
+        "import sys; from slmops.predictor.loading import load_engine; "
+        f"engine = load_engine({ort_engine.model_dir!r}); engine.generate('hello', max_tokens=2); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_load_engine_rejects_missing_and_foreign_folders(tmp_path):

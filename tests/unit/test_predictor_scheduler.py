@@ -8,7 +8,8 @@ import time
 import pytest
 
 from slmops.predictor import metrics
-from slmops.predictor.engines import Generation, Sampling, load_engine
+from slmops.predictor.engines import Generation, Sampling
+from slmops.predictor.loading import load_engine
 from slmops.predictor.scheduler import Job, Limits, Overloaded, Scheduler, TimedOut
 from tests.integration._models import tiny_checkpoint, tiny_onnx
 

@@ -106,7 +106,7 @@ def ortgenai_int4_decode_speedup_vs_torch_fp32() -> Outcome:
     """Decode tokens/s, batch 1, greedy: int4 in ORT GenAI (predictor engine) vs transformers fp32, Qwen2.5-0.5B shape."""
     import torch
 
-    from slmops.predictor.engines import load_engine
+    from slmops.predictor.loading import load_engine
 
     models = built()
     engine = load_engine(str(models["folders"]["int4"]["dir"]))

@@ -108,7 +108,7 @@ def engine_tokens_per_second(engine: Any, prompt: str, new_tokens: int = NEW_TOK
 
 def measure(onnx_dir: Path, hf_dir: Path) -> tuple[float, float, str]:
     """Median (ORT GenAI, transformers) tokens/s, runs interleaved so both see the same machine load."""
-    from slmops.predictor.engines import load_engine
+    from slmops.predictor.loading import load_engine
 
     engine = load_engine(str(onnx_dir))
     try:

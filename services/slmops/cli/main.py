@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         details = exc.details() or ""
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "; spec." in details:
             details = "\n  " + details.replace("; spec.", "\n  spec.")  # one problem per line
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            details += " (no answer in time: is the service running? `slmops status` shows the local stack)"
         print(f"error: {exc.code().name}: {details}", file=sys.stderr)
         return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
     except SlmopsError as exc:  # errors a user can act on, without a stack trace

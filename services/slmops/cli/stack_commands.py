@@ -36,7 +36,9 @@ def _print_deployments() -> None:
     """Deployments with their revisions and traffic, after the services' health."""
     try:
         reply = client.call(
-            client.stub("serving").ListDeployments, serving_pb2.ListDeploymentsRequest(page_size=100)
+            client.stub("serving").ListDeployments,
+            serving_pb2.ListDeploymentsRequest(page_size=100),
+            timeout=5.0,  # the service answered its health check just now
         )
     except (grpc.RpcError, SystemExit) as exc:
         print(f"\ndeployments: cannot be listed ({exc})")
@@ -54,7 +56,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, addr, state in rows:
         health.add_row(name, addr, cell(state))
     show(health)
-    if all(r[2] == "SERVING" for r in rows if r[0] == "serving"):
+    if any(r[0] == "serving" and r[2] == "SERVING" for r in rows):
         _print_deployments()
     if args.settings:
         print()

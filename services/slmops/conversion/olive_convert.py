@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from slmops.conversion import onnx_adapters
 from slmops.conversion.olive_compat import keep_builder_embeddings
 from slmops.core.progress import Progress, null_progress
 
@@ -413,8 +414,6 @@ def convert(
     options = _builder_options(chosen, execution_provider)
     plan = None
     if adapters:
-        from slmops.conversion import onnx_adapters
-
         try:
             plan = onnx_adapters.plan(adapters, precision)
         except onnx_adapters.AdapterBuildError as exc:
@@ -432,8 +431,6 @@ def convert(
         progress(PASS_SPAN[1], "collecting the ONNX Runtime GenAI folder")
         target.mkdir(parents=True, exist_ok=True)
         if plan is not None:
-            from slmops.conversion import onnx_adapters
-
             try:
                 onnx_adapters.install(plan, built, target, skip=OLIVE_FILES)
             except onnx_adapters.AdapterBuildError as exc:

@@ -1,7 +1,8 @@
 """An ONNX Runtime GenAI folder whose LoRA adapters are loaded at run time.
 
-`build_onnx_with_adapters` turns a Hugging Face checkpoint and a few peft LoRA
-adapters into one folder that serves the base model and every adapter:
+The conversion (`olive_convert.convert` with `adapters`) turns a Hugging Face
+checkpoint and a few peft LoRA adapters into one folder that serves the base
+model and every adapter:
 
     model.onnx, model.onnx.data, genai_config.json, tokenizer files
     adapters/<name>.onnx_adapter
@@ -197,28 +198,6 @@ def install(
     for name, tensors in adapter_plan.weights.items():
         typed = {key: value.astype(dtypes[key]) for key, value in tensors.items()}
         write_adapter(typed, target / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}")
-
-
-def build_onnx_with_adapters(
-    checkpoint_dir: str | Path,
-    adapters: Mapping[str, str | Path],
-    out_dir: str | Path,
-    precision: str = "fp32",
-    extra_options: Mapping[str, str] | None = None,
-) -> Path:
-    """Build `out_dir` for ORT GenAI (CPU): the base model plus `adapters/<name>.onnx_adapter` each.
-
-    The conversion stage's Olive workflow with adapters; extra_options are
-    builder option strings (e.g. {"int4_algo_config": "rtn"}). Returns out_dir.
-    """
-    from slmops.conversion.olive_convert import ConversionError, convert
-
-    plan(adapters, precision)  # refuse before building
-    try:
-        convert(checkpoint_dir, out_dir, precision, "cpu", extra_options, adapters=adapters)
-    except ConversionError as exc:
-        raise AdapterBuildError(str(exc)) from None
-    return Path(out_dir)
 
 
 def _move_with_lora_inputs(

@@ -5,15 +5,14 @@ local stack's record (<data_dir>/stack.json), then the default port. Channels
 carry the credentials the settings name (core/auth.py: TLS, a client
 certificate, the bearer token) and the caller's trace (OpenTelemetry client
 interceptors). gRPC itself retries UNAVAILABLE, with exponential backoff and
-a bound, by the channel's service config; `call` also waits out a service
-that is still starting.
+a bound, by the channel's service config, and `call` waits (wait_for_ready, up
+to its deadline) for a service that is still starting; other codes fail at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -38,8 +37,7 @@ STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "evaluation": evaluation_pb2_grpc.EvaluationServiceStub,
     "pipeline": pipeline_pb2_grpc.PipelineServiceStub,
 }
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
-# gRPC's own retries (https://github.com/grpc/proposal/blob/master/A6-client-retries.md).
+# gRPC's own retries (https://github.com/grpc/proposal/blob/master/A6-client-retries.md): UNAVAILABLE only.
 SERVICE_CONFIG = {
     "methodConfig": [{
         "name": [{}],
@@ -134,18 +132,10 @@ def stub(service: str, override: str | None = None) -> Any:
     return STUBS[service](_channels[addr])
 
 
-def call(method: Callable[..., T], request: Any, *, timeout: float = 30.0, attempts: int = 5) -> T:
-    """Call a unary RPC, retrying UNAVAILABLE with exponential backoff (at most `attempts`)."""
-    delay = 0.5
-    for attempt in range(1, attempts + 1):
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code() not in RETRYABLE or attempt == attempts:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
-    raise AssertionError("unreachable")
+def call(method: Callable[..., T], request: Any, *, timeout: float = 30.0) -> T:
+    """Call a unary RPC of a `stub`: it waits for the service to be reachable and gRPC retries
+    UNAVAILABLE answers (SERVICE_CONFIG), all within `timeout` seconds."""
+    return method(request, timeout=timeout, wait_for_ready=True)
 
 
 def stream(method: Callable[..., Iterator[T]], request: Any, *, timeout: float | None = None) -> Iterator[T]:

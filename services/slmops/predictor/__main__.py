@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return _fail(EXIT_BIND, f"cannot listen on {args.host}:{args.http_port}: {exc.strerror or exc}")
 
-    from slmops.predictor.engines import load_engine
     from slmops.predictor.guard import load_api_key
+    from slmops.predictor.loading import load_engine
     from slmops.predictor.served import Served
 
     try:

@@ -18,12 +18,12 @@ import signal
 import socket
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import APIRouter
+from tenacity import Retrying, retry_if_result, stop_after_delay, stop_when_event_set, wait_fixed
 
 from slmops.core import tracing
 from slmops.predictor import guard, metrics
@@ -82,19 +82,22 @@ def url_of(host: str, port: int) -> str:
 
 
 def _announce_when_ready(url: str, stop: threading.Event, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-    while not stop.is_set() and time.monotonic() < deadline:
-        try:
-            with opener.open(f"{url}/v2/health/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    print(READY_PREFIX + url, flush=True)
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    if not stop.is_set():
-        log.error("the predictor did not answer %s/v2/health/ready within %.0f s", url, timeout_s)
+    """Print the READY line once `/v2/health/ready` answers 200; give up at the deadline or on stop."""
+    ready = Retrying(stop=stop_after_delay(timeout_s) | stop_when_event_set(stop), wait=wait_fixed(0.05),
+                     retry=retry_if_result(lambda status: status != 200),
+                     retry_error_callback=lambda _: None)  # fmt: skip
+    with httpx.Client(timeout=2, trust_env=False) as client:  # never via a proxy
+
+        def status() -> int | None:
+            try:
+                return client.get(f"{url}/v2/health/ready").status_code
+            except httpx.HTTPError:
+                return None
+
+        if ready(status) == 200:
+            print(READY_PREFIX + url, flush=True)
+        elif not stop.is_set():
+            log.error("the predictor did not answer %s/v2/health/ready within %.0f s", url, timeout_s)
 
 
 def _log_to_stderr() -> None:

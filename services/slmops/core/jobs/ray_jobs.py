@@ -14,13 +14,16 @@ value stops the service at start-up, naming the variable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shlex
 import threading
-import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from slmops.core import settings
 from slmops.core.errors import Unavailable
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 
 RUNNING_STATES = {"PENDING", "RUNNING"}
 NODES_LIMIT = 10_000  # the most nodes Ray's state API returns in one answer
+AGENT_WAIT_S = 60.0  # how long a submission waits for the job agent of a head that has just started
 # Variables a job inherits from the service so it writes where the service reads.
 _FORWARDED = (
     "SLMOPS_DATA_DIR",
@@ -68,6 +72,11 @@ def entrypoint_resources(cpus: str | None = None, memory: str | None = None) -> 
             raise ValueError(f"{settings.VARS[name].env} must be {kind} >= 0, not {text!r}")
         values.append(value)
     return EntrypointResources(float(values[0]), int(values[1]))
+
+
+def _no_agent_yet(exc: BaseException) -> bool:
+    """A head that has just started has no job agent yet: the one submission error worth a wait."""
+    return not isinstance(exc, Unavailable) and "No available agent" in str(exc)
 
 
 @dataclass
@@ -126,31 +135,27 @@ class RayJobs:
         entrypoint = f"{shlex.quote(settings.job_python())} -m slmops.core.jobs.entry {shlex.quote(stage)}"
         submission_id = f"slmops-{job_id}" + (f"-r{restart}" if restart else "")
         kwargs = self.entrypoint_kwargs(resources)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                return self._jobs().submit_job(
+        retrying = Retrying(retry=retry_if_exception(_no_agent_yet), wait=wait_fixed(1.0),
+                            stop=stop_after_delay(AGENT_WAIT_S), reraise=True)  # fmt: skip
+        try:
+            return retrying(
+                lambda: self._jobs().submit_job(
                     entrypoint=entrypoint,
                     submission_id=submission_id,
                     runtime_env={"env_vars": env},
                     metadata={"slmops_stage": stage, "slmops_job_id": job_id},
                     **kwargs,
                 )
-            except Unavailable:
-                raise
-            except Exception as exc:
-                if "already exists" in str(exc):
-                    # Submission ids are deterministic: another replica (one whose lease ran out
-                    # while it submitted) started this very job. Ray ran it once; follow that one.
-                    log.info("Ray job %s was submitted already; following it", submission_id)
-                    return submission_id
-                # A head that has just started has no job agent yet: that one is worth a wait.
-                if "No available agent" in str(exc) and time.monotonic() < deadline:
-                    time.sleep(1.0)
-                    continue
-                raise Unavailable(
-                    f"could not submit the {stage} job to Ray at {self.address}: {exc}"
-                ) from exc
+            )
+        except Unavailable:
+            raise
+        except Exception as exc:
+            if "already exists" in str(exc):
+                # Submission ids are deterministic: another replica (one whose lease ran out
+                # while it submitted) started this very job. Ray ran it once; follow that one.
+                log.info("Ray job %s was submitted already; following it", submission_id)
+                return submission_id
+            raise Unavailable(f"could not submit the {stage} job to Ray at {self.address}: {exc}") from exc
 
     def entrypoint_kwargs(self, resources: dict[str, float] | None = None) -> dict[str, Any]:
         """submit_job's entrypoint_* arguments: the job's own resources, else the drivers' settings."""
@@ -174,10 +179,22 @@ class RayJobs:
         return RayJobStatus(str(info.status).split(".")[-1], info.message or "")
 
     def logs(self, submission_id: str) -> str:
+        """The job's whole log in one answer (what `tail` streams, for when the stream cannot be had)."""
         try:
             return self._jobs().get_job_logs(submission_id)
         except Exception as exc:
             raise Unavailable(f"Ray job {submission_id} logs unavailable: {exc}") from exc
+
+    async def tail(self, submission_id: str) -> AsyncIterator[str]:
+        """The job's log from its start, chunk by chunk as the driver writes it (Ray's `tail_job_logs`,
+        a websocket); it ends once the job has ended and its last line was sent. Unavailable when the
+        stream cannot be opened or breaks off."""
+        client = await asyncio.to_thread(self._jobs)
+        try:
+            async for chunk in client.tail_job_logs(submission_id):
+                yield chunk
+        except Exception as exc:
+            raise Unavailable(f"Ray job {submission_id} log stream broke off: {exc}") from exc
 
     def find(self, stage: str, job_id: str) -> str:
         """The submission id of job_id's Ray job if Ray has it, else ''; Unavailable when Ray cannot say."""

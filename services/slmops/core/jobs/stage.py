@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
 
 from slmops.core import artifacts, settings, tracing
 from slmops.core.errors import Unavailable
 from slmops.core.jobs.lifecycle import Lifecycle, Update
-from slmops.core.jobs.ray_jobs import RayJobs
+from slmops.core.jobs.ray_jobs import RUNNING_STATES, RayJobs
 from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.core.progress import parse_line
 
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 RESTARTABLE = frozenset({"synthesis"})
 MAX_RESTARTS = 2
 STOP_WAIT_S = 15.0  # how long Cancel waits for a signalled job to end (the stack gives it 10 s, then SIGKILL)
+TAIL_END_WAIT_S = 10.0  # how long an ended job's log stream may take to deliver its last lines
+MAX_TAIL_BREAKS = 3  # log streams of one job that may break off before its log is read whole at each poll
 OUTPUT_KIND = {
     "synthesis": "dataset",
     "training": "checkpoint",
@@ -51,11 +56,52 @@ def _error_reason(logs: str, fallback: str) -> str:
     return fallback or "the job failed without a message"
 
 
+class LogTail:
+    """One Ray job's log as its stream (`RayJobs.tail`) delivers it, read in the background."""
+
+    def __init__(self, chunks: AsyncIterator[str]):
+        self._chunks: list[str] = []
+        self.error: Exception | None = None
+        self._task = asyncio.create_task(self._read(chunks))
+
+    async def _read(self, chunks: AsyncIterator[str]) -> None:
+        try:
+            async for chunk in chunks:
+                self._chunks.append(chunk)
+        except Exception as exc:  # Unavailable: the stream broke off, or never opened
+            self.error = exc
+
+    @property
+    def text(self) -> str:
+        """The log so far, from the job's start."""
+        if len(self._chunks) > 1:
+            self._chunks[:] = ["".join(self._chunks)]
+        return self._chunks[0] if self._chunks else ""
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+    async def ended(self, timeout: float) -> bool:
+        """Wait at most timeout for the stream's end: whether it ended whole (the log is complete)."""
+        await asyncio.wait({self._task}, timeout=timeout)
+        return self._task.done() and not self.broken
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
 class RayEngine:
-    """Stage jobs as Ray jobs: submitted through the Jobs API, observed through their state and log."""
+    """Stage jobs as Ray jobs: submitted through the Jobs API, observed through their state and log.
+
+    A job's log is followed as Ray streams it (one `LogTail` per Ray job), not downloaded at each
+    poll; a stream that breaks off is opened again, and that poll reads the whole log once instead.
+    """
 
     def __init__(self, stage: str, ray: RayJobs):
         self.stage, self.ray = stage, ray
+        self._tails: dict[str, LogTail] = {}
+        self._breaks: Counter[str] = Counter()
 
     async def find(self, record: JobRecord) -> str:
         find = getattr(self.ray, "find", None)
@@ -70,7 +116,7 @@ class RayEngine:
 
     async def poll(self, record: JobRecord) -> Update:
         status = await asyncio.to_thread(self.ray.status, record.ray_job_id)
-        logs = await asyncio.to_thread(self.ray.logs, record.ray_job_id)
+        logs = await self._log(record.ray_job_id, ended=status.state not in RUNNING_STATES)
         new = logs[record.log_offset :]
         cut = new.rfind("\n") + 1  # only whole lines
         update = Update(state=status.state, cursor=record.log_offset + cut)
@@ -89,6 +135,34 @@ class RayEngine:
         if status.state == "FAILED" and self.stage in RESTARTABLE and "SLMOPS_ERROR " not in logs:
             return await self._restart(record, update)
         return update
+
+    async def _log(self, submission_id: str, ended: bool) -> str:
+        """The job's log so far as its stream delivered it; the whole log once the job has ended."""
+        tail = self._tails.get(submission_id)
+        if tail is None and self._breaks[submission_id] < MAX_TAIL_BREAKS:
+            tail = self._tails[submission_id] = LogTail(self.ray.tail(submission_id))
+        if ended:
+            whole = tail is not None and await tail.ended(TAIL_END_WAIT_S)
+            self.forget(submission_id)
+            if tail is not None and whole:
+                return tail.text
+        elif tail is not None and not tail.broken:
+            return tail.text
+        elif tail is not None:
+            log.info("%s: the log stream of Ray job %s broke off: %s", self.stage, submission_id, tail.error)
+            self._tails.pop(submission_id)
+            self._breaks[submission_id] += 1
+        # Hand-read: the stream broke off (it is opened again at the next poll, a bounded number of
+        # times) or did not end whole; Ray's dashboards that serve no websocket end up here too.
+        return await asyncio.to_thread(self.ray.logs, submission_id)
+
+    def forget(self, submission_id: str | None = None) -> None:
+        """Close the log stream of a job no longer followed here (of every job when None)."""
+        for name in [submission_id] if submission_id else list(self._tails):
+            tail = self._tails.pop(name, None)
+            if tail is not None:
+                tail.close()
+            self._breaks.pop(name, None)
 
     async def _restart(self, record: JobRecord, died: Update) -> Update:
         """Start a job whose process died again (it continues from its checkpoint), or let it fail."""
@@ -109,15 +183,16 @@ class RayEngine:
         if await asyncio.to_thread(self.ray.stop, record.ray_job_id) is not False:
             # Ray signals the job and returns: wait (a little) for it to end, so what the job keeps
             # on its way out (a synthesis job seals what was answered) is there when Cancel answers.
-            deadline = time.monotonic() + STOP_WAIT_S
-            while time.monotonic() < deadline:
+            async def state() -> str:
                 try:
-                    status = await asyncio.to_thread(self.ray.status, record.ray_job_id)
+                    return (await asyncio.to_thread(self.ray.status, record.ray_job_id)).state
                 except Unavailable:
-                    break
-                if status.state not in ("PENDING", "RUNNING"):
-                    break
-                await asyncio.sleep(0.25)
+                    return ""  # Ray cannot say: stop waiting
+
+            waiting = AsyncRetrying(stop=stop_after_delay(STOP_WAIT_S), wait=wait_fixed(0.25),
+                                    retry=retry_if_result(lambda s: s in RUNNING_STATES),
+                                    retry_error_callback=lambda _: "")  # fmt: skip
+            await waiting(state)
             return True
         status = await asyncio.to_thread(self.ray.status, record.ray_job_id)
         return status.state not in ("PENDING", "RUNNING")  # it had ended by itself
@@ -134,9 +209,14 @@ class StageJobs(Lifecycle):
         lease_s: float | None = None,
         owner: str = "",
     ):
-        super().__init__(stage, store, RayEngine(stage, ray), poll_s=poll_s, lease_s=lease_s, owner=owner)
+        self.ray_engine = RayEngine(stage, ray)
+        super().__init__(stage, store, self.ray_engine, poll_s=poll_s, lease_s=lease_s, owner=owner)
         self.stage = stage
         self.ray = ray
+
+    async def close(self) -> None:
+        await super().close()
+        self.ray_engine.forget()
 
     def output_uri_for(self, job_id: str, requested: str) -> str:
         """Where the job writes: the requested location (confined, new or empty) or a new folder."""
