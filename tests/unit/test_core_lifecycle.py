@@ -142,7 +142,8 @@ async def test_a_job_is_submitted_once_followed_and_watched_to_the_end(db):
     assert (done.state, done.output_uri, done.owner) == ("SUCCEEDED", "file:///out", "")  # lease released
     assert [r.id for r in jobs.list("SUCCEEDED", {"team": "nlp"}, 0, "")[0]] == [record.id]
     assert jobs.list(None, {"team": "cv"}, 0, "")[0] == []
-    assert ray.log_reads == 0 and ray.tails_opened == 1  # the log was streamed, never downloaded whole
+    # The log was streamed while the job ran; at its end it is read whole at most once.
+    assert ray.tails_opened == 1 and ray.log_reads <= 1
     await jobs.close()
 
 
@@ -181,7 +182,7 @@ async def test_a_job_whose_log_streams_keep_breaking_is_followed_by_reading_its_
     await jobs.close()
 
 
-async def test_the_last_lines_of_an_ended_job_are_waited_for(db):
+async def test_the_last_lines_of_an_ended_job_come_from_its_whole_log_read_once(db):
     ray = FakeRay()
     ray.tail_lag = 0.3  # the stream delivers the result line well after Ray reports the job's end
     jobs = replica(db, ray, "a")
@@ -191,7 +192,8 @@ async def test_the_last_lines_of_an_ended_job_are_waited_for(db):
     await until(lambda: jobs.get(record.id).finished)
     done = jobs.get(record.id)
     assert (done.state, done.output_uri) == ("SUCCEEDED", "file:///out")
-    assert ray.log_reads == 0
+    assert ray.log_reads == 1  # not waited for: a poll that waits holds the job's lease
+    assert [e.message for e in jobs.store.events(record.id)].count("almost") == 1
     await jobs.close()
 
 

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 RESTARTABLE = frozenset({"synthesis"})
 MAX_RESTARTS = 2
 STOP_WAIT_S = 15.0  # how long Cancel waits for a signalled job to end (the stack gives it 10 s, then SIGKILL)
-TAIL_END_WAIT_S = 10.0  # how long an ended job's log stream may take to deliver its last lines
 MAX_TAIL_BREAKS = 3  # log streams of one job that may break off before its log is read whole at each poll
 OUTPUT_KIND = {
     "synthesis": "dataset",
@@ -82,9 +81,9 @@ class LogTail:
     def broken(self) -> bool:
         return self.error is not None
 
-    async def ended(self, timeout: float) -> bool:
-        """Wait at most timeout for the stream's end: whether it ended whole (the log is complete)."""
-        await asyncio.wait({self._task}, timeout=timeout)
+    @property
+    def whole(self) -> bool:
+        """Whether the stream has ended by itself, unbroken: its text is the job's whole log."""
         return self._task.done() and not self.broken
 
     def close(self) -> None:
@@ -139,21 +138,25 @@ class RayEngine:
     async def _log(self, submission_id: str, ended: bool) -> str:
         """The job's log so far as its stream delivered it; the whole log once the job has ended."""
         tail = self._tails.get(submission_id)
-        if tail is None and self._breaks[submission_id] < MAX_TAIL_BREAKS:
-            tail = self._tails[submission_id] = LogTail(self.ray.tail(submission_id))
         if ended:
-            whole = tail is not None and await tail.ended(TAIL_END_WAIT_S)
+            # The stream may still be delivering the last lines when Ray reports the end: unless it has
+            # ended by itself, the log is read whole, once (never waited for: a poll holds the lease).
+            whole = tail is not None and tail.whole
+            text = tail.text if tail is not None else ""
             self.forget(submission_id)
-            if tail is not None and whole:
-                return tail.text
+            if whole:
+                return text
+        elif tail is None and self._breaks[submission_id] < MAX_TAIL_BREAKS:
+            self._tails[submission_id] = LogTail(self.ray.tail(submission_id))
+            return ""
         elif tail is not None and not tail.broken:
             return tail.text
         elif tail is not None:
             log.info("%s: the log stream of Ray job %s broke off: %s", self.stage, submission_id, tail.error)
             self._tails.pop(submission_id)
             self._breaks[submission_id] += 1
-        # Hand-read: the stream broke off (it is opened again at the next poll, a bounded number of
-        # times) or did not end whole; Ray's dashboards that serve no websocket end up here too.
+        # Read whole: the job has ended, or its stream broke off (opened again at the next poll, a
+        # bounded number of times); Ray's dashboards that serve no websocket end up here too.
         return await asyncio.to_thread(self.ray.logs, submission_id)
 
     def forget(self, submission_id: str | None = None) -> None:
