@@ -18,17 +18,20 @@ $(STAMP): pyproject.toml constraints.txt
 	bash scripts/install_system_packages.sh
 	@touch $(STAMP)
 
-# Unit tests first, stopping at the first failure; then the integration and e2e tests.
+# Unit tests first, stopping at the first failure; then the integration and e2e tests, one test
+# module per worker process (TEST_WORKERS of them: most of their time is spent waiting on Ray,
+# services and subprocesses, so two workers overlap well even on 2 cores; 0 runs them in this process).
+TEST_WORKERS ?= 2
 test: setup
 	$(PY) scripts/gen_protos.py --check
 	$(PY) -m pytest -q -x -m 'not integration and not e2e' --durations=10 $(PYTEST_ARGS)
-	$(PY) -m pytest -q -m 'integration or e2e' --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'integration or e2e' -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest -q -m 'not integration and not e2e' $(PYTEST_ARGS)
 
 test-integration: setup
-	$(PY) -m pytest -q -m 'integration or e2e' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'integration or e2e' -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m slmops.demo
