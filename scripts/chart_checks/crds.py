@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from chart_checks.kube import CRD_FILES, ROOT, describe, field_path, metadata_problems
 from chart_checks.sdk_fallbacks import KSERVE_SDK_MODELS, kserve_sdk_problems, ray_required_field_problems
 
