@@ -136,26 +136,3 @@ def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
     S3FileSystem.clear_instance_cache()
     return s3
-
-
-# The longest modules, longest first (`make test` prints the slowest tests). They are collected first, so
-# that with several workers (`make test`'s TEST_WORKERS) none of them is started last and runs alone.
-LONGEST_FIRST = (
-    "tests/integration/test_training_distill_quality.py",
-    "tests/e2e/test_pipeline.py",
-    "tests/integration/test_training_recipes.py",
-    "tests/integration/test_training_resume.py",
-    "tests/integration/test_replicas.py",
-    "tests/integration/test_synthesis_service.py",
-    "tests/integration/test_serving_deployments.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    root = Path(str(config.rootpath))
-
-    def rank(item: pytest.Item) -> int:
-        path = Path(str(item.path)).relative_to(root).as_posix()
-        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: every other test keeps its place
