@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration demo bench protos protos-check lint charts clean images images-smoke images-push
+.PHONY: setup test test-unit test-integration reliability demo bench protos protos-check lint charts clean images images-smoke images-push
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest -q -m 'integration or e2e' -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Every attack and fault test (marked `reliability`; they run in `make test` too), then one table:
+# attack or fault, expected, observed, data lost. The table is kept in build/reliability.md.
+reliability: setup
+	$(PY) scripts/reliability.py -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m slmops.demo

@@ -29,6 +29,8 @@ from slmops.cli import stack as local_stack
 from slmops.core import settings
 from slmops.testing.servers import Postgres, S3Server
 
+pytest_plugins = ["tests.reliability"]
+
 
 @contextmanager
 def _local_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:

@@ -43,6 +43,46 @@ VARS: dict[str, Var] = {
         "*_API_KEY",
         "fnmatch patterns (comma-separated) of the environment variables a request may name as a secret (api_key_env).",
     ),
+    "secret_hosts": Var(
+        "SLMOPS_SECRET_HOSTS",
+        "",
+        "Where each secret a request names may be sent: NAME=host[,host...] entries separated by ';' (host: a name, *.domain or an IP); a name not listed may go to loopback only. The platform's own keys (SLMOPS_*) are never sent to a host a request names.",
+    ),
+    "plain_http_hosts": Var(
+        "SLMOPS_PLAIN_HTTP_HOSTS",
+        "",
+        "Hosts (comma-separated names, *.domain or IPs) a secret may be sent to over plain http://; loopback always may.",
+    ),
+    "egress_allow": Var(
+        "SLMOPS_EGRESS_ALLOW",
+        "*",
+        "Hosts and networks jobs may call (teachers, targets, judges, /metrics): comma-separated names, *.domain, IPs or CIDRs; * is any host. Link-local and cloud metadata addresses are refused unless a CIDR here names them.",
+    ),
+    "predictor_api_key_file": Var(
+        "SLMOPS_PREDICTOR_API_KEY_FILE",
+        "",
+        "File holding the API key predictors require as a bearer token; `slmops up` makes one under <data_dir>/auth. The serving service gives it to its predictors and checks it at each deployment's router; synthesis and evaluation send it to the platform's own deployments only.",
+    ),
+    "max_input_bytes": Var(
+        "SLMOPS_MAX_INPUT_BYTES",
+        str(64 * 2**30),
+        "The most bytes a pipeline input (prompts, dataset or model) may hold; a larger one is refused rather than hashed.",
+    ),
+    "max_input_files": Var(
+        "SLMOPS_MAX_INPUT_FILES",
+        "10000",
+        "The most files a pipeline input folder may hold.",
+    ),
+    "ray_timeout_s": Var(
+        "SLMOPS_RAY_TIMEOUT_S",
+        "30",
+        "Seconds any one call to Ray's Jobs API may take before it counts as failed.",
+    ),
+    "log_max_bytes": Var(
+        "SLMOPS_LOG_MAX_BYTES",
+        str(10 * 2**20),
+        "Size at which a service's log file and the local span file are rotated (3 older files kept).",
+    ),
     "s3_endpoint": Var(
         "AWS_ENDPOINT_URL",
         "",
