@@ -60,6 +60,7 @@ def _metric(url: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
+@pytest.mark.reliability("a predictor is called without its API key", expected="401; health stays open")
 def test_the_api_key_is_required_except_for_health(served):
     with pytest.raises(openai.AuthenticationError) as denied:
         _client(served.url, key="wrong").completions.create(model=NAME, prompt="hi", max_tokens=2)
@@ -71,6 +72,9 @@ def test_the_api_key_is_required_except_for_health(served):
         assert http.get("/metrics").status_code == 200
 
 
+@pytest.mark.reliability(
+    "a predictor gets an oversized body or max_tokens", expected="413/400 naming the limit"
+)
 def test_limits_answer_413_and_400_naming_the_limit(served, client):
     with httpx.Client(base_url=served.url, trust_env=False, timeout=10) as http:
         big = http.post("/openai/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
@@ -129,6 +133,9 @@ def test_streamed_choices_carry_their_index_and_logprobs(client):
     assert usage.completion_tokens == 10
 
 
+@pytest.mark.reliability(
+    "a flood of requests at a predictor", expected="429 with Retry-After; every other answer well formed"
+)
 def test_a_flood_gets_429_with_retry_after_and_the_rest_well_formed(served):
     body = {"model": NAME, "prompt": "hello world", "max_tokens": 100}
     headers = {"Authorization": f"Bearer {KEY}"}
@@ -166,6 +173,7 @@ def test_a_flood_gets_429_with_retry_after_and_the_rest_well_formed(served):
     assert _metric(served.url, "slmops_predictor_in_flight") == 0
 
 
+@pytest.mark.reliability("a client disconnects mid-generation", expected="its generation stops")
 def test_a_client_that_leaves_stops_its_generation(served, client):
     """A stream closed after its first chunk frees its slot and is counted as 499 (client closed).
 
@@ -191,6 +199,7 @@ def test_a_client_that_leaves_stops_its_generation(served, client):
     pytest.fail("no abandoned stream was counted as 499")
 
 
+@pytest.mark.reliability("OIP gRPC inference without the key", expected="UNAUTHENTICATED")
 def test_model_infer_over_grpc_needs_the_key(served):
     request = pb.ModelInferRequest(
         model_name=NAME,

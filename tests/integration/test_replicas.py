@@ -151,6 +151,9 @@ def _watch(replica: Replica, job_id: str) -> list[common_pb2.ProgressEvent]:
     return list(replica.stub.WatchSynthesisJob(common_pb2.WatchJobRequest(id=job_id), timeout=90))
 
 
+@pytest.mark.reliability(
+    "two replicas take the same Create at once", expected="one record, one Ray submission"
+)
 def test_creates_from_both_replicas_at_once_are_recorded_and_submitted_once(cluster, replicas):
     prompts = _prompts(cluster["data_dir"] / "inputs-creates", 4)
     with StandinServer(delay_s=0.05) as teacher, ThreadPoolExecutor(4) as pool:
@@ -166,6 +169,10 @@ def test_creates_from_both_replicas_at_once_are_recorded_and_submitted_once(clus
     assert not any(s.startswith(tuple(f"slmops-{i}-r" for i in ids)) for s in submitted)
 
 
+@pytest.mark.reliability(
+    "a service replica is killed (SIGKILL) with jobs in flight",
+    expected="the other replica takes them over; each runs once",
+)
 def test_a_killed_replica_s_jobs_are_taken_over_and_each_runs_once(cluster, replicas):
     doomed, survivor = replicas
     prompts = _prompts(cluster["data_dir"] / "inputs-takeover", 8)
@@ -187,6 +194,9 @@ def test_a_killed_replica_s_jobs_are_taken_over_and_each_runs_once(cluster, repl
     assert all(f"{i}: following it (owner" in said for i in ids)  # taken over, not created there
 
 
+@pytest.mark.reliability(
+    "PostgreSQL restarts under two replicas", expected="they reconnect; the job completes"
+)
 def test_the_replicas_reconnect_after_a_postgres_restart_and_the_job_completes(cluster, replicas, postgres):
     prompts = _prompts(cluster["data_dir"] / "inputs-restart", 6)
     with StandinServer(delay_s=0.5) as teacher:

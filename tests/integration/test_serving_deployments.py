@@ -107,6 +107,7 @@ def env(tmp_path_factory, tmp_path, monkeypatch):
     return model, f"sqlite:///{tmp_path}/serving.db"
 
 
+@pytest.mark.reliability("canary, promote and rollback under load", expected="no request fails")
 async def test_canary_split_promote_and_rollback_without_a_failed_request(env):
     model, db = env
     deployments = Deployments(JobStore(db), poll_s=0.5)
@@ -154,6 +155,9 @@ async def test_canary_split_promote_and_rollback_without_a_failed_request(env):
         await deployments.close()
 
 
+@pytest.mark.reliability(
+    "a serving predictor is killed", expected="it comes back; a restart never starts two"
+)
 async def test_a_killed_predictor_comes_back_and_a_restart_never_starts_two(env):
     model, db = env
     opened: list[Deployments] = []
@@ -254,6 +258,7 @@ def _report(folder, passed: bool):
     return str(folder)
 
 
+@pytest.mark.reliability("a bad rollout or a failing gate", expected="refused; the promotion is blocked")
 async def test_bad_rollouts_are_refused_and_the_gate_blocks_a_failed_promotion(env, tmp_path, monkeypatch):
     from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound
 

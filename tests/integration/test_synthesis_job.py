@@ -67,6 +67,7 @@ def _config(teacher: StandinServer, prompts: Path, **teacher_overrides) -> dict:
     }
 
 
+@pytest.mark.reliability("the teacher answers 503", expected="retried; the dataset is complete")
 def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, workdir):
     from slmops.synthesis.job import run
 
@@ -235,6 +236,9 @@ def test_a_teacher_served_by_slmops_gives_top_k_with_token_ids(ray_local, workdi
         assert top["top_logprobs"][0] == pytest.approx([lp for _, lp in expected.logprobs[0].top], abs=1e-4)
 
 
+@pytest.mark.reliability(
+    "a synthesis job dies midway", expected="the rerun asks only for what was not committed"
+)
 def test_a_job_that_dies_midway_asks_again_only_for_what_it_had_not_committed(ray_local, workdir):
     from slmops.synthesis.job import run
 

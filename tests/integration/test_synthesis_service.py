@@ -76,6 +76,10 @@ def _committed(output_uri: str) -> set[str]:
     return prompts
 
 
+@pytest.mark.reliability(
+    "a synthesis job is cancelled midway",
+    expected="it stops within seconds; answered prompts kept as a sealed dataset",
+)
 def test_cancel_stops_within_seconds_and_keeps_the_answered_prompts_as_a_sealed_dataset(stack):
     prompts_uri = _prompts(stack["data_dir"] / "inputs-cancel")
     with StandinServer(delay_s=0.4) as teacher:
@@ -111,6 +115,9 @@ def _driver(job_id: str) -> psutil.Process:
     raise AssertionError(f"no driver process for {job_id}")
 
 
+@pytest.mark.reliability(
+    "the process of a synthesis job is killed", expected="started again; asks only for what was not committed"
+)
 def test_a_job_whose_process_is_killed_is_started_again_and_asks_only_for_what_was_not_committed(stack):
     prompts_uri = _prompts(stack["data_dir"] / "inputs-kill")
     with StandinServer(delay_s=0.3) as teacher:

@@ -36,6 +36,9 @@ def _registered_checkpoint(run_dir) -> bool:
         return False
 
 
+@pytest.mark.reliability(
+    "a training worker is killed mid-run", expected="training resumes from the last checkpoint"
+)
 def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path, capfd):
     import ray
 

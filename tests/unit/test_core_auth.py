@@ -62,6 +62,7 @@ def token_file(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.reliability("a gRPC call without the token", expected="UNAUTHENTICATED; health stays open")
 async def test_calls_without_the_token_are_unauthenticated_and_health_stays_open(token_file, monkeypatch):
     server = await _start()
     addr = f"127.0.0.1:{server.port}"

@@ -238,6 +238,10 @@ async def test_cancel_waits_for_a_signalled_job_to_end(db):
     await jobs.close()
 
 
+@pytest.mark.reliability(
+    "the service dies between Ray submit and record",
+    expected="the Ray job is found again, not submitted twice",
+)
 async def test_a_restart_between_submit_and_record_finds_the_ray_job_again(db):
     ray = FakeRay()
     store = JobStore(db)
@@ -253,6 +257,7 @@ async def test_a_restart_between_submit_and_record_finds_the_ray_job_again(db):
     await jobs.close()
 
 
+@pytest.mark.reliability("a replica dies holding jobs", expected="another takes over")
 async def test_two_replicas_share_the_jobs_and_one_takes_over_from_a_dead_one(db):
     ray = FakeRay()
     a, b = replica(db, ray, "a"), replica(db, ray, "b")
@@ -315,6 +320,9 @@ async def test_a_synthesis_job_whose_process_died_is_started_again_a_bounded_num
     await jobs.close()
 
 
+@pytest.mark.reliability(
+    "the lease of a replica runs out", expected="it cannot finish the job; another follows it"
+)
 async def test_a_replica_whose_lease_ran_out_cannot_finish_the_job_another_follows(db):
     ray = FakeRay()
     a, b = (
@@ -368,6 +376,7 @@ async def test_a_second_submission_of_the_same_job_follows_the_first(monkeypatch
     assert ray._client.submitted == ["slmops-train-x"]
 
 
+@pytest.mark.reliability("PostgreSQL restarts under a running job", expected="the job keeps going")
 async def test_a_job_keeps_going_through_a_postgres_restart(postgres, tmp_path, monkeypatch, caplog):
     """PostgreSQL restarts while a job runs: the follower waits, reconnects, and the job ends SUCCEEDED
     with every event kept once, numbered 1..n."""

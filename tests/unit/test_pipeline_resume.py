@@ -83,6 +83,10 @@ async def until(predicate, timeout: float = 5.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.reliability(
+    "the pipeline service restarts mid-run",
+    expected="the run resumes; the stage in flight is re-attached, not rerun",
+)
 async def test_a_restarted_service_resumes_the_run_and_reattaches_the_stage_job(tmp_path, stages):
     db = f"sqlite:///{tmp_path}/pipeline.db"
     first = PipelineRuns(JobStore(db), poll_s=0.02)
@@ -175,6 +179,7 @@ async def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_fr
     await runs.close()
 
 
+@pytest.mark.reliability("a pipeline stage fails", expected="the next run retries that stage alone")
 async def test_a_failed_stage_is_retried_alone_by_the_next_run(tmp_path, stages, monkeypatch):
     from slmops.core import artifacts
 
