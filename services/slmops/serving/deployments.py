@@ -17,6 +17,11 @@ revisions' states.
 
 The backend (serving/backends/) is the one the service is configured with:
 `local` (predictor processes behind a router) or `kserve` (InferenceServices).
+A revision's files are checked against its artifact's manifest before they
+are served: by the local backend before each start of a predictor, and here,
+before a revision is handed to a backend that does not check them itself
+(kserve); a revision whose files changed since they were sealed FAILS, naming
+them (its deployment too, when it is the first revision).
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from slmops.core import artifacts, settings, tracing
-from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, SlmopsError
+from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, SlmopsError, Unavailable
 from slmops.core.jobs.lifecycle import Lifecycle, States
 from slmops.core.jobs.store import Event, JobRecord, JobStore
-from slmops.core.stores import filesystem
+from slmops.core.stores import filesystem, is_local
 from slmops.serving.backends import DEPLOYING, FAILED, RETIRED, Revision, ServingBackend
 from slmops.serving.engine import (
     DEPLOYMENT_LABEL,
@@ -41,6 +47,7 @@ from slmops.serving.engine import (
     revisions_of,
 )
 from slmops.serving.validation import (
+    check_artifact_files,
     check_gate,
     configured_backend,
     resolve_adapters,
@@ -60,6 +67,45 @@ DEPLOYMENT_STATES = States(pending="DEPLOYING", running="READY", succeeded="SUCC
 # -- the deployments ---------------------------------------------------------------
 
 
+class CheckingEngine(BackendEngine):
+    """The backend engine, checking each revision's files before a backend that does not (kserve) gets it.
+
+    Checked here: a model on this machine's filesystem (for kserve, the shared claim). A model on an
+    object store is not downloaded into the serving service to be hashed: the cluster fetches it.
+    Each revision is checked once per process (hashing a model is costly); a mismatch marks it FAILED
+    and raises InvalidSpec naming the files (Unavailable when starting a deployment, which FAILS it).
+    """
+
+    def __init__(self, store: JobStore, backend: ServingBackend, records_dir: Path):
+        super().__init__(store, backend, records_dir)
+        self._checked: set[tuple[str, str]] = set()
+
+    async def submit(self, record: JobRecord) -> str:
+        try:
+            return await super().submit(record)
+        except InvalidSpec as exc:  # its first revision's files do not match: the deployment FAILS
+            raise Unavailable(str(exc)) from None
+
+    def restore(self, record: JobRecord) -> None:
+        if not getattr(self.backend, "checks_files", False):
+            self.check_files(record)
+        super().restore(record)
+
+    def check_files(self, record: JobRecord) -> None:
+        keep = {int(record.config.get("serving", 0)), int(record.config.get("latest", 0))}
+        for rev in self.revisions(record.id):
+            key = (rev.id, rev.config.get("model_uri", ""))
+            if rev.config["number"] not in keep or rev.state in (FAILED, RETIRED) or key in self._checked \
+                    or not is_local(key[1]):  # fmt: skip
+                continue
+            try:
+                check_artifact_files(rev.config["model_uri"], "model_uri")
+            except InvalidSpec as exc:
+                self.store.update(rev.id, state=FAILED, reason=f"not served: {exc}"[:2000])
+                raise
+            self._checked.add(key)
+
+
 class Deployments(Lifecycle):
     """Deployments on the shared lifecycle, served by one backend."""
 
@@ -67,7 +113,7 @@ class Deployments(Lifecycle):
         if backend is None:
             backend = make_backend()
         self.backend = backend
-        engine = BackendEngine(store, backend, settings.data_dir() / "deployments")
+        engine = CheckingEngine(store, backend, settings.data_dir() / "deployments")
         super().__init__(KIND, store, engine, states=DEPLOYMENT_STATES, **{"poll_s": 2.0, **options})
         self.engine: BackendEngine
         self._locks: dict[str, asyncio.Lock] = {}
@@ -301,12 +347,12 @@ class Deployments(Lifecycle):
         try:
             await asyncio.to_thread(self.engine.restore, await asyncio.to_thread(self.store.get, record.id))
             await asyncio.to_thread(act)
-        except SlmopsError:
+        except SlmopsError as exc:
             await asyncio.to_thread(self.store.update, record.id, config=record.config, message=record.message,
                                     output_uri=record.output_uri)  # fmt: skip
             if config["latest"] != record.config["latest"]:
                 await asyncio.to_thread(self.store.update, revision_id(record.id, int(config["latest"])),
-                                        state=FAILED, reason="the backend refused it")  # fmt: skip
+                                        state=FAILED, reason=f"the backend refused it: {exc}"[:2000])  # fmt: skip
             raise
         await self.event(record.id, record.state, record.fraction, what)
 

@@ -14,10 +14,24 @@ safe while nothing has gone back to the caller. When no revision can answer,
 the caller gets 503 in OpenAI's error shape with Retry-After. `GET
 /router/health` lists the table. `serve_router` runs a router with uvicorn in
 a background thread.
+
+What a request passes before a predictor sees it, cheapest first:
+
+- the API key: with one configured (the predictors' key, core/predictor_key.py),
+  every request but the health path needs `Authorization: Bearer KEY`, else
+  401 with `WWW-Authenticate: Bearer`, before any of its body is read;
+- the body limit (the predictors' own, `max_body_bytes`): a Content-Length
+  over it is 413 at once; a body that streams past it is 413 as soon as it
+  does, and no more than the limit is ever held;
+- the body's deadline (`body_timeout_s` for the whole body): a slow upload
+  gets 408.
+
+These answers end the connection, so the rest of a refused body is not read.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import random
@@ -47,6 +61,18 @@ _HOP_BY_HOP = frozenset({
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
               httpx.WriteError)  # fmt: skip
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=60.0, pool=60.0)
+BODY_TIMEOUT_S = 30.0  # the longest a request body may take to arrive whole
+
+
+def default_max_body_bytes() -> int:
+    """The predictor's own default body limit (a router in front of it takes no more)."""
+    from slmops.predictor.scheduler import Limits  # the predictor's package, loaded only for this number
+
+    return Limits().max_body_bytes
+
+
+class _TooLarge(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -95,7 +121,13 @@ class Router:
         rng: random.Random | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         retry_after_s: int = 1,
+        api_key: str = "",
+        max_body_bytes: int | None = None,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ):
+        self._api_key = api_key
+        self.max_body_bytes = max_body_bytes if max_body_bytes is not None else default_max_body_bytes()
+        self.body_timeout_s = body_timeout_s
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
         self._routes: dict[int, Route] = check_routes(routes or {})
@@ -142,6 +174,9 @@ class Router:
         elif scope["type"] == "http":
             if scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD"):
                 await self._health(send)
+            elif self._api_key and not _bearer_matches(_header(scope, b"authorization"), self._api_key):
+                await _refuse(send, 401, "Incorrect or missing API key: send Authorization: Bearer KEY.",
+                              "invalid_api_key", [(b"www-authenticate", b"Bearer")])  # fmt: skip
             else:
                 await self._proxy(scope, receive, send)
         # websockets are not served: predictors speak plain HTTP
@@ -164,8 +199,25 @@ class Router:
         ready = any(r.percent > 0 for r in table.values())
         await _send_json(send, 200 if ready else 503, {"ready": ready, "revisions": revisions})
 
+    async def _too_large(self, send: Any) -> None:
+        await _refuse(send, 413, f"The request body is larger than {self.max_body_bytes} bytes "
+                      "(max_body_bytes).", "request_too_large")  # fmt: skip
+
     async def _proxy(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = await _read_body(receive)
+        length = _header(scope, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await self._too_large(send)
+            return
+        try:
+            with anyio.fail_after(self.body_timeout_s):
+                body = await _read_body(receive, self.max_body_bytes)
+        except _TooLarge:
+            await self._too_large(send)
+            return
+        except TimeoutError:
+            await _refuse(send, 408, f"The request body did not arrive within {self.body_timeout_s:g} s "
+                          "(body_timeout_s).", "request_timeout")  # fmt: skip
+            return
         if body is None:
             return  # the caller left before sending its request
         if self._client is None:
@@ -207,14 +259,33 @@ class Router:
                           retry_after=self._retry_after_s)  # fmt: skip
 
 
-async def _read_body(receive: Any) -> bytes | None:
-    """The whole request body (kept to send again on another revision); None if the caller left."""
-    chunks = []
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _bearer_matches(header: str | None, key: str) -> bool:
+    scheme, _, token = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body (kept to send again on another revision); None if the caller left.
+
+    _TooLarge as soon as it passes `limit` bytes: what was read is dropped, the rest is never read.
+    """
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
@@ -251,6 +322,14 @@ async def _send_json(send: Any, status: int, payload: Any, extra: list[tuple[byt
                *extra]  # fmt: skip
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _refuse(
+    send: Any, status: int, message: str, code: str, extra: list[tuple[bytes, bytes]] = ()
+) -> None:
+    """An OpenAI-style client error from the router itself; the connection ends after it."""
+    payload = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    await _send_json(send, status, payload, [*extra, (b"connection", b"close")])
 
 
 async def _send_error(

@@ -4,6 +4,11 @@ Every check reports the field it concerns; validate() reports every problem of a
 spec at once. For the local backend a model or adapter on an object store is
 fetched into this machine's cache, checked against its manifest, and served
 from there (core/artifact_cache.py); the records keep the model's own URI.
+
+Validation reads manifests but does not hash: the files themselves are checked
+against their manifest's hashes (`check_artifact_files`) right before they are
+served, by the local backend before each start of a predictor and by the
+serving service before it hands a revision to KServe.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from slmops.core import artifact_cache, artifacts, settings
 from slmops.core.errors import Conflict, InvalidSpec, NotFound, collect
-from slmops.core.spec_checks import problems_from
+from slmops.core.spec_checks import check_labels, problems_from
 from slmops.core.stores import filesystem, is_local, store_errors
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -81,6 +86,12 @@ def resolve_model(uri: str, backend: str, field: str = "spec.model_uri") -> tupl
             field, f"{uri!r} holds neither an ONNX Runtime GenAI model nor a Hugging Face checkpoint"
         )
     return full, full if is_local(full) else artifacts.to_uri(path)
+
+
+def check_artifact_files(uri: str, field: str) -> None:
+    """InvalidSpec naming each file of the sealed artifact `uri` lies in (or is) that is missing, extra
+    or changed since it was sealed; a plain folder outside the artifact root has nothing to check."""
+    artifacts.open_input(artifacts.to_uri(uri), field, verify=True)
 
 
 def shared_claim_uri(uri: str, full: str, field: str) -> str:
@@ -208,6 +219,7 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     resources = dict(spec.get("resources") or {})
     problems += check_resources(resources, backend)
     problems += check_namespace(spec.get("namespace", ""), backend)
+    problems += check_labels(spec.get("labels") or {})
     model_uri = storage_uri = ""
     adapters: list[list[str]] = []
     try:

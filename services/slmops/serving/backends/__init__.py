@@ -10,7 +10,11 @@ A backend may also offer, and the deployments use when it does:
 `check_owner(name)` (Conflict when the name is taken by something it must not
 touch), `check_traffic(percent)` (InvalidSpec when it cannot split traffic so)
 and `failed_note(name)` (a deployment whose first revision failed keeps its
-objects for inspection; the note says so and how to remove them).
+objects for inspection; the note says so and how to remove them). A backend
+whose `checks_files` is true checks a revision's files against its manifest
+itself, right before it serves them (local: before each start of a
+predictor); for the others the deployments check them before handing a
+revision over.
 """
 
 from __future__ import annotations

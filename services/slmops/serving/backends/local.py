@@ -14,14 +14,21 @@ keeps its predictor until the requests it is answering have finished.
 
 `status()` is also the supervisor: called every few seconds by the serving
 service, it checks each predictor, starts again (with backoff) one that died
-after it had been ready, fails a revision whose predictor exits before it was
-ever ready, and stops what no longer serves. A pid is signalled only while it
-is still the process that was started (same creation time), never a stranger
-that reused the number.
+after it had been ready or that missed `ready_misses` readiness probes in a
+row (a single slow probe is a busy predictor, not a broken one), fails a
+revision whose predictor exits before it was ever ready, and stops what no
+longer serves. A pid is signalled only while it is still the process that was
+started (same creation time), never a stranger that reused the number.
 
 A model on an object store is served from its checked copy in this machine's
 cache (core/artifact_cache.py), fetched when the deployment is validated and
-again if the cache lost it.
+again if the cache lost it. Before each start of a predictor the files it
+loads are checked against their artifact's manifest; a revision whose files
+changed since they were sealed FAILS, naming them, and is never started.
+
+With the predictors' API key configured (SLMOPS_PREDICTOR_API_KEY_FILE), each
+predictor gets `--api-key-file` and each router requires the same key; both
+take bodies up to the same `max_body_bytes`.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from typing import Any
 import httpx
 import psutil
 
-from slmops.core import artifact_cache, artifacts
+from slmops.core import artifact_cache, artifacts, predictor_key
 from slmops.core.errors import Conflict, InvalidSpec, NotFound, SlmopsError
 from slmops.core.jobs.local_ray import free_port, stop_group
 from slmops.core.stores import is_local
@@ -53,14 +60,16 @@ from slmops.serving.backends import (
     RevisionStatus,
     split,
 )
-from slmops.serving.router import Router, RouterServer, serve_router
+from slmops.serving.router import BODY_TIMEOUT_S, Router, RouterServer, default_max_body_bytes, serve_router
+from slmops.serving.validation import check_artifact_files
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 START_TIMEOUT_S = 180.0  # a predictor not ready by then has failed to start
 DRAIN_S = 120.0  # how long a revision that left the split may finish its requests
-READY_TIMEOUT_S = 2.0
+READY_TIMEOUT_S = 2.0  # one readiness probe's timeout
+READY_MISSES = 3  # readiness probes missed in a row before a predictor that was ready is started again
 
 
 @dataclass
@@ -78,6 +87,7 @@ class _Process:
     reason: str = ""
     ever_ready: bool = False
     failures: int = 0
+    misses: int = 0  # readiness probes missed in a row since it was last ready
     retry_at: float = 0.0
     launched_at: float = 0.0
     left_split_at: float = 0.0
@@ -106,12 +116,25 @@ class _Deployment:
 
 
 class LocalBackend:
-    """Deployments as predictor processes on this machine, each behind its own router."""
+    """Deployments as predictor processes on this machine, each behind its own router.
+
+    `program` is the command that runs a predictor (its flags are appended);
+    `max_body_bytes` (default: the predictor's own) bounds request bodies at
+    the routers and the predictors alike.
+    """
+
+    checks_files = True  # a revision's files are checked against their manifest before each start
 
     def __init__(self, logs_dir: Path, host: str = "127.0.0.1", *, start_timeout_s: float = START_TIMEOUT_S,
-                 drain_s: float = DRAIN_S):  # fmt: skip
+                 drain_s: float = DRAIN_S, ready_timeout_s: float = READY_TIMEOUT_S,
+                 ready_misses: int = READY_MISSES, max_body_bytes: int | None = None,
+                 body_timeout_s: float = BODY_TIMEOUT_S, program: list[str] | None = None):  # fmt: skip
         self.logs_dir, self.host = logs_dir, host
         self.start_timeout_s, self.drain_s = start_timeout_s, drain_s
+        self.ready_timeout_s, self.ready_misses = ready_timeout_s, max(1, ready_misses)
+        self.max_body_bytes = max_body_bytes if max_body_bytes is not None else default_max_body_bytes()
+        self.body_timeout_s = body_timeout_s
+        self.program = program or [sys.executable, "-m", "slmops.predictor"]
         # Predictors bound to every interface are reached on loopback.
         self.connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
         self._lock = threading.RLock()
@@ -210,8 +233,10 @@ class LocalBackend:
     # -- supervision ----------------------------------------------------------
 
     def _open(self, name: str, port: int) -> _Deployment:
+        router = Router(api_key=predictor_key.read(), max_body_bytes=self.max_body_bytes,
+                        body_timeout_s=self.body_timeout_s)  # fmt: skip
         try:
-            server = serve_router(self.host, port, Router())
+            server = serve_router(self.host, port, router)
         except OSError as exc:
             raise Conflict(f"deployment {name!r}: its router cannot listen on port {port}: {exc}") from None
         deployment = _Deployment(name, server)
@@ -235,21 +260,19 @@ class LocalBackend:
     def _check_readiness(self, deployment: _Deployment) -> None:
         for process in list(deployment.processes.values()):
             if process.pid and self._alive(process):
-                ready = _answers(self._url(process.port))
+                ready = _answers(self._url(process.port), self.ready_timeout_s)
                 with self._lock:
                     if ready:
                         if process.state != READY:
                             log.info(
                                 "deployment %s: revision %d ready", deployment.name, process.revision.number
                             )
-                        process.state, process.reason, process.ever_ready, process.failures = (
-                            READY,
-                            "",
-                            True,
-                            0,
-                        )
-                    elif process.state == READY:
-                        process.state = DEPLOYING
+                        process.state, process.reason, process.ever_ready = READY, "", True
+                        process.failures = process.misses = 0
+                    elif process.state == READY:  # it serves on until it misses `ready_misses` in a row
+                        process.misses += 1
+                        log.warning("deployment %s: revision %d missed its readiness probe (%d in a row)",
+                                    deployment.name, process.revision.number, process.misses)  # fmt: skip
 
     def _reconcile(self, deployment: _Deployment) -> None:
         """Processes to match the desired split, and the router's split to what is ready."""
@@ -261,6 +284,10 @@ class LocalBackend:
                 continue
             if process.pid and not self._alive(process):
                 self._exited(deployment, process, now)
+            elif process.pid and process.state == READY and process.misses >= self.ready_misses:
+                self._stop(process)
+                self._exited(deployment, process, now,
+                             f"missed {process.misses} readiness probes in a row")  # fmt: skip
             elif process.pid and process.state != READY and now - process.launched_at > self.start_timeout_s:
                 self._stop(process)
                 self._exited(deployment, process, now, f"not ready within {self.start_timeout_s:.0f}s")
@@ -305,7 +332,7 @@ class LocalBackend:
         code = process.popen.poll() if process.popen else None
         why = why or (f"exited with code {code}" if code is not None else "exited")
         number = process.revision.number
-        process.pid, process.popen = 0, None
+        process.pid, process.popen, process.misses = 0, None, 0
         if not process.ever_ready:
             process.state = FAILED
             process.reason = f"predictor {why} before it was ready:\n{_tail(process.log_path)}"[:2000]
@@ -321,9 +348,35 @@ class LocalBackend:
         log.warning("deployment %s: revision %d's predictor %s; starting it again in %.0fs", deployment.name,
                     number, why, delay)  # fmt: skip
 
+    def _files_match(self, name: str, process: _Process) -> bool:
+        """Whether the files the predictor would load match their manifest; a changed file is never served.
+
+        A revision whose files do not match FAILS, naming them; one whose files cannot be read now
+        (a store that does not answer) is tried again later if it has served before, else FAILS.
+        """
+        try:
+            check_artifact_files(process.model_dir, "model_uri")
+            for i, (_, location) in enumerate(process.revision.adapters):
+                check_artifact_files(location, f"adapters[{i}].uri")
+            return True
+        except SlmopsError as exc:
+            why = f"predictor not started: {exc}"[:2000]
+            log.warning("deployment %s: revision %d: %s", name, process.revision.number, why)
+            if isinstance(exc, InvalidSpec) or not process.ever_ready:
+                process.state, process.reason = FAILED, why
+            else:
+                delay = RESTART_BACKOFF_S[min(process.failures, len(RESTART_BACKOFF_S) - 1)]
+                process.failures += 1
+                process.state, process.reason, process.retry_at = DEPLOYING, why, time.monotonic() + delay
+            return False
+
     def _launch(self, name: str, process: _Process) -> None:
+        if not self._files_match(name, process):
+            return
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        command = predictor_command(process.model_dir, name, self.host, process.port, free_port())
+        command = predictor_command(process.model_dir, name, self.host, process.port, free_port(),
+                                    program=self.program, api_key_file=predictor_key.configured_file(),
+                                    max_body_bytes=self.max_body_bytes)  # fmt: skip
         for adapter, location in process.revision.adapters:
             command += ["--adapter", f"{adapter}={artifacts.local_path(location)}"]
         with open(process.log_path, "ab") as log_file:
@@ -376,12 +429,19 @@ def _model_dir(revision: Revision) -> Path:
     return path if path is not None else Path(revision.storage_uri)
 
 
-def predictor_command(model_dir: str, name: str, host: str, port: int, grpc_port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "slmops.predictor",
+def predictor_command(model_dir: str, name: str, host: str, port: int, grpc_port: int, *,
+                      program: list[str] | None = None, api_key_file: str = "",
+                      max_body_bytes: int | None = None) -> list[str]:  # fmt: skip
+    command = [
+        *(program or [sys.executable, "-m", "slmops.predictor"]),
         "--model-dir", model_dir, "--name", name, "--host", host, "--http-port", str(port),
         "--grpc-port", str(grpc_port),
     ]  # fmt: skip
+    if max_body_bytes is not None:
+        command += ["--max-body-bytes", str(max_body_bytes)]
+    if api_key_file:
+        command += ["--api-key-file", str(Path(api_key_file).expanduser())]
+    return command
 
 
 def _share(split: dict[int, int]) -> dict[int, int]:
@@ -396,11 +456,9 @@ def _share(split: dict[int, int]) -> dict[int, int]:
     return shares
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, timeout_s: float = READY_TIMEOUT_S) -> bool:
     try:
-        return (
-            httpx.get(f"{url}/v2/health/ready", timeout=READY_TIMEOUT_S, trust_env=False).status_code == 200
-        )
+        return httpx.get(f"{url}/v2/health/ready", timeout=timeout_s, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
 
