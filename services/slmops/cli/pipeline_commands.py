@@ -47,15 +47,23 @@ def _content_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value shared by several keys out each time: the service accepts no anchors or aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def import_inputs(text: str, base_dir: Path, say: Any = None) -> str:
     """The pipeline file with its input stages' local paths made absolute, and copied under the
-    data dir when the services could not read them where they are."""
+    data dir when the services could not read them where they are; its anchors and aliases, if
+    any, written out."""
     data = yaml.safe_load(text)
     stages = data.get("stages") if isinstance(data, dict) else None
     if not isinstance(stages, dict):
         return text  # the service names what is wrong
     roots = settings.allowed_roots()
-    changed = False
+    changed = any(isinstance(event, yaml.NodeEvent) and event.anchor for event in yaml.parse(text))
     for name, stage in stages.items():
         if (
             not isinstance(stage, dict)
@@ -84,7 +92,7 @@ def import_inputs(text: str, base_dir: Path, say: Any = None) -> str:
             path = target
         stage["uri"] = artifacts.to_uri(str(path))
         changed = True
-    return yaml.safe_dump(data, sort_keys=False) if changed else text
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=False) if changed else text
 
 
 def pipeline_spec(file: str, say: Any = None) -> pipeline_pb2.PipelineSpec:

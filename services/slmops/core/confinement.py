@@ -90,6 +90,12 @@ def _link_problem(folder: Path, roots: list[Path], private: list[Path]) -> str:
     return ""
 
 
+def _quoted(text: str) -> str:
+    """A request's URI quoted in a problem, cut short."""
+    shown = repr(text)
+    return shown if len(shown) <= 200 else shown[:197] + "..."
+
+
 def _check_remote(uri: str, field_name: str) -> None:
     authority = uri.split("://", 1)[1].split("/", 1)[0]
     userinfo = authority.rpartition("@")[0]
@@ -115,7 +121,7 @@ def confine(uri: str, roots: Iterable[str | os.PathLike[str]] | None = None, fie
         raise InvalidSpec(field_name, "local:// is not accepted; use file:///path or a plain path")
     if sep and (not _SCHEME.match(scheme) or scheme not in schemes):
         raise InvalidSpec(
-            field_name, f"scheme {scheme!r} is not allowed here (allowed: {', '.join(schemes)})"
+            field_name, f"scheme {_quoted(scheme)} is not allowed here (allowed: {', '.join(schemes)})"
         )
     if sep and scheme != "file":
         _check_remote(text, field_name)
@@ -131,11 +137,11 @@ def confine(uri: str, roots: Iterable[str | os.PathLike[str]] | None = None, fie
     real_roots = [_real(r) for r in root_list]
     if not any(_inside(path, root) for root in real_roots):
         allowed = ", ".join(str(r) for r in root_list)
-        raise InvalidSpec(field_name, f"{text!r} is outside the allowed roots ({allowed})")
+        raise InvalidSpec(field_name, f"{_quoted(text)} is outside the allowed roots ({allowed})")
     private = private_paths()
     problem = _private_problem(path, private)
     if not problem and path.is_dir():
         problem = _link_problem(path, real_roots, private)
     if problem:
-        raise InvalidSpec(field_name, f"{text!r} {problem}")
+        raise InvalidSpec(field_name, f"{_quoted(text)} {problem}")
     return "file://" + str(path)

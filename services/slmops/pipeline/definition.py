@@ -17,6 +17,10 @@ unknown key, a wrong type, a reference to a missing or later stage, each named
 by its path in the file); then in the pipeline service, every stage's spec by
 its own service (`validate_only`). `schema()` is the file's JSON schema
 (published as docs/pipeline.schema.json).
+
+The text is at most MAX_DEFINITION_BYTES and plain YAML: anchors and aliases
+(`&x`, `*x`, merge keys) are refused, so a small file cannot expand into a
+huge value, and a value quoted in a problem is cut short.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ from slmops.core.errors import InvalidSpec, collect
 from slmops.core.spec_checks import problems_from
 
 FIELD = "spec.definition_yaml"
+MAX_DEFINITION_BYTES = 1 << 20  # 1 MiB: far more than any real pipeline file
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_QUOTED = 200  # characters of a value quoted in a problem
+MAX_STAGES = 500
+MAX_PROBLEMS = 100  # problems reported at once; the rest are counted
 _STAGE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -259,12 +268,12 @@ class Definition:
 
 def _check_refs(file: PipelineFile, names: list[str], problems: list[tuple[str, str]]) -> None:
     """References name earlier stages of the right kinds (names: every stage, checked or not)."""
+    positions = {n: i for i, n in enumerate(names)}
+    listed = quoted(", ".join(names))
     for name, stage in file.stages.items():
-        position = names.index(name)
-        where = f"stages.{name}"
+        where = f"stages.{shown(name)}"
         if not _STAGE_NAME.match(name):
             problems.append((where, "a stage name is lowercase letters, digits and '-' (at most 63)"))
-        earlier = set(names[:position])
         fields: list[tuple[str, str, tuple[str, ...]]] = []
         for field, kinds in REFS.get(stage.kind, {}).items():
             value = getattr(stage, field)
@@ -280,20 +289,22 @@ def _check_refs(file: PipelineFile, names: list[str], problems: list[tuple[str, 
         for field, ref, kinds in fields:
             if stage.kind == "deploy" and field.startswith("adapters.") and ":" in ref:
                 continue  # an adapter URI, not a stage
-            if ref in names and ref not in file.stages:
+            if ref in positions and ref not in file.stages:
                 continue  # that stage has problems of its own
-            if ref not in names:
-                problems.append((f"{where}.{field}", f"names no stage ({ref!r}); stages: {', '.join(names)}"))
-            elif ref not in earlier:
-                problems.append((f"{where}.{field}", f"{ref!r} must come before {name!r} in the file"))
+            if ref not in positions:
+                problems.append((f"{where}.{field}", f"names no stage ({quoted(ref)}); stages: {listed}"))
+            elif positions[ref] >= positions[name]:
+                problems.append(
+                    (f"{where}.{field}", f"{quoted(ref)} must come before {quoted(name)} in the file")
+                )
             elif file.stages[ref].kind not in kinds:
-                problems.append((f"{where}.{field}", f"{ref!r} is a {file.stages[ref].kind} stage; want "
+                problems.append((f"{where}.{field}", f"{quoted(ref)} is a {file.stages[ref].kind} stage; want "
                                                      f"{' or '.join(kinds)}"))  # fmt: skip
         if stage.kind == "rollout" and stage.canary in file.stages:
             canary = file.stages[stage.canary]
             if canary.kind == "deploy" and not canary.canary_of:
                 problems.append(
-                    (f"{where}.canary", f"{stage.canary!r} deploys no canary (set its canary_of)")
+                    (f"{where}.canary", f"{quoted(stage.canary)} deploys no canary (set its canary_of)")
                 )
         if stage.kind == "evaluate":
             for i, target in enumerate(stage.targets):
@@ -345,6 +356,10 @@ def load(data: Any) -> Definition:
     missing reference, nor a wrong top-level key the stages' problems."""
     problems: list[tuple[str, str]] = []
     raw_stages = data.get("stages") if isinstance(data, dict) else None
+    if isinstance(raw_stages, dict) and len(raw_stages) > MAX_STAGES:
+        raise InvalidSpec(
+            f"{FIELD}.stages", f"has {len(raw_stages)} stages; at most {MAX_STAGES} are accepted"
+        )
     shell = None
     try:
         shell = PipelineFile.model_validate({**data, "stages": {}} if isinstance(raw_stages, dict) else data)
@@ -357,7 +372,7 @@ def load(data: Any) -> Definition:
         try:
             stages[str(name)] = _stage(body)
         except ValidationError as exc:
-            problems.extend(problems_from(exc, f"{FIELD}.stages.{name}"))
+            problems.extend(problems_from(exc, f"{FIELD}.stages.{shown(str(name))}"))
             stages[str(name)] = None  # known by name, so references to it are not reported missing
     if not stages:
         problems.append((f"{FIELD}.stages", "names no stage"))
@@ -369,19 +384,79 @@ def load(data: Any) -> Definition:
             try:
                 specs[name] = json_format.ParseDict(stage.spec, SPECS[stage.kind]())
             except json_format.ParseError as exc:
-                problems.append((f"stages.{name}.spec", str(exc)))
+                problems.append((f"stages.{name}.spec", cut(str(exc))))
     _check_refs(file, list(stages), problems)
     _check_inputs(file, specs, problems)
-    collect([(p if p.startswith(FIELD) else f"{FIELD}.{p}", m) for p, m in problems])
+    collect(_bounded([(p if p.startswith(FIELD) else f"{FIELD}.{p}", m) for p, m in problems]))
     return Definition(file, specs)
 
 
-def parse(text: str) -> Definition:
-    """Parse and check a pipeline file's text."""
+def cut(text: str, limit: int = 500) -> str:
+    """text, cut short when longer than limit characters."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def quoted(value: str) -> str:
+    """A value from the file quoted in a problem, cut short."""
+    return cut(repr(value), MAX_QUOTED)
+
+
+def shown(name: str) -> str:
+    """A stage name as a problem's path shows it (a long, and so invalid, name is cut short)."""
+    return cut(name, 80)
+
+
+def _bounded(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """At most MAX_PROBLEMS problems, each cut short: an error message stays small whatever the file."""
+    kept = [(cut(p, 300), cut(m)) for p, m in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        kept.append((FIELD, f"and {len(problems) - MAX_PROBLEMS} more problems"))
+    return kept
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """A safe loader that refuses anchors and aliases (a few lines of aliases nest into a value of
+    gigabytes) and nesting deeper than MAX_DEPTH."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise InvalidSpec(FIELD, f"line {event.start_mark.line + 1}: YAML anchors and aliases "
+                                     "(&name, *name, <<) are not accepted; write each value out")  # fmt: skip
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise InvalidSpec(
+                FIELD, f"line {event.start_mark.line + 1}: nests deeper than {MAX_DEPTH} levels"
+            )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def read_yaml(text: str) -> Any:
+    """The data of a pipeline file's text: plain YAML of at most MAX_DEFINITION_BYTES."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_DEFINITION_BYTES:
+        raise InvalidSpec(
+            FIELD, f"is {size} bytes; at most {MAX_DEFINITION_BYTES} bytes (1 MiB) are accepted"
+        )
+    loader = _PlainLoader(text)
     try:
-        data = yaml.safe_load(text)
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise InvalidSpec(FIELD, f"is not valid YAML: {exc}") from None
+        raise InvalidSpec(FIELD, f"is not valid YAML: {cut(str(exc))}") from None
+    finally:
+        loader.dispose()
+
+
+def parse(text: str) -> Definition:
+    """Parse and check a pipeline file's text (CPU-bound on a large file: call it off the event loop)."""
+    data = read_yaml(text)
     if not isinstance(data, dict):
         raise InvalidSpec(FIELD, "must be a mapping with name and stages")
     return load(data)

@@ -11,6 +11,11 @@ The run record holds each stage's state, job id and output, so `Get` shows
 where a run is, and a runner made with the stages a run recorded
 (`recorded=...`) resumes it after the pipeline service restarts: finished
 stages keep their outputs and the stage in flight is re-attached by its job id.
+
+An input stage's URI is checked when the run is created and again when it
+runs (`check_input`): confined like every URI a request names, a local one an
+existing file or folder of regular files within the input budgets, and only
+then hashed, in a worker thread. A model stage may name a hub id instead.
 """
 
 from __future__ import annotations
@@ -19,18 +24,20 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 from typing import Any
 
-from slmops.core import artifacts, tracing
-from slmops.core.errors import NotFound
+from slmops.core import artifacts, input_files, tracing
+from slmops.core.errors import InvalidSpec, NotFound, SlmopsError, collect
 from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.pipeline import stages as kinds
-from slmops.pipeline.definition import Definition
+from slmops.pipeline.definition import FIELD, Definition, shown
 from slmops.pipeline.stages import Outcome, StageFailed
 
 log = logging.getLogger(__name__)
 INPUT_KINDS = ("prompts", "dataset", "model")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
 class StageCache:
@@ -69,24 +76,63 @@ class StageCache:
             )
 
 
-def input_uri(uri: str) -> str:
-    """An input stage's URI as stages take it: local paths as file:// URIs; a hub id as it is."""
-    if "://" in uri or uri.startswith("/"):
-        return artifacts.to_uri(uri)
-    return uri  # e.g. Qwen/Qwen2.5-0.5B: a hub id, resolved by the stage that reads it
+def input_field(name: str) -> str:
+    """The path of an input stage's URI in the request."""
+    return f"{FIELD}.stages.{shown(name)}.uri"
 
 
-def content_key(uri: str) -> str:
-    """The sha256 of an input's content (every file under a folder); the URI itself for a hub id."""
+def is_hub_id(kind: str, uri: str) -> bool:
+    """A model stage's `org/name` (Qwen/Qwen2.5-0.5B): resolved by the stage that reads it."""
+    return kind == "model" and bool(HUB_ID.match(uri)) and ".." not in uri
+
+
+def check_input(name: str, kind: str, uri: str) -> str:
+    """The URI an input stage hands on (a local path as its canonical file:// URI; a hub id as it is),
+    once it is confined, exists, holds regular files only and fits the input budgets (reads no content
+    but a manifest); InvalidSpec naming stages.<name>.uri otherwise. Blocking: call it in a thread."""
+    field = input_field(name)
+    if "://" not in uri and not uri.startswith(("/", "~")):
+        if is_hub_id(kind, uri):
+            return uri
+        hub = " or a hub id (Qwen/Qwen2.5-0.5B)" if kind == "model" else ""
+        raise InvalidSpec(field, f"is a relative path; give an absolute path, a URI{hub} "
+                                 "(`slmops pipeline run` makes a file's relative paths absolute)")  # fmt: skip
+    canonical = artifacts.confine(uri, None, field)
+    input_files.list_input(canonical, field)  # before open_input reads anything
+    artifacts.open_input(canonical, field, verify=False)  # the stage's own job checks the hashes
+    return canonical
+
+
+def check_inputs(definition: Definition) -> None:
+    """Every input stage checked (check_input); one InvalidSpec naming each problem."""
+    problems: list[tuple[str, str]] = []
+    for name, stage in definition.stages.items():
+        if stage.kind in INPUT_KINDS:
+            try:
+                check_input(name, stage.kind, stage.uri)
+            except InvalidSpec as exc:
+                problems.extend(exc.problems)
+    collect(problems)
+
+
+def content_key(uri: str, field_name: str = "uri") -> str:
+    """The sha256 of a checked input's content (every file under a folder, within the input budgets);
+    of the id itself for a hub id. Blocking: call it in a thread."""
     if "://" not in uri:
         return hashlib.sha256(uri.encode()).hexdigest()
-    try:
-        hashes = artifacts.hash_files(uri)
-    except (OSError, ValueError) as exc:
-        raise StageFailed(f"cannot read {uri}: {exc}") from None
-    if not hashes:
-        raise StageFailed(f"{uri} does not exist or is empty")
+    hashes = input_files.hash_input(uri, field_name)
     return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+
+
+def _checked_content(name: str, kind: str, uri: str) -> tuple[str, str]:
+    """(the URI the stage hands on, its content key), checked again as the run reaches it."""
+    try:
+        checked = check_input(name, kind, uri)
+        return checked, content_key(checked, input_field(name))
+    except SlmopsError as exc:
+        raise StageFailed(str(exc)) from None
+    except OSError as exc:
+        raise StageFailed(f"{input_field(name)}: cannot read the input ({exc.strerror or exc})") from None
 
 
 class PipelineRunner:
@@ -100,6 +146,7 @@ class PipelineRunner:
         self.traceparent = traceparent
         self.current_job: tuple[str, str] | None = None
         self.extra: dict[str, Any] = {}
+        self.inputs: dict[str, str] = {}  # input stage -> the checked URI it hands on
 
     def _save(self, **changes: Any) -> None:
         self.store.update(self.run_id, result={"stages": self.stages, **self.extra}, **changes)
@@ -131,15 +178,10 @@ class PipelineRunner:
         try:
             for index, name in enumerate(order):
                 stage = self.definition.stages[name]
-                content = ""
-                if stage.kind in INPUT_KINDS:
-                    uri = input_uri(stage.uri)
-                    content = await asyncio.to_thread(content_key, uri)
-                keys[name] = self.key(name, keys, content)
                 entry = {
                     "name": name,
                     "kind": stage.kind,
-                    "key": keys[name],
+                    "key": "",
                     "job_id": "",
                     "state": "RUNNING",
                     "output": "",
@@ -150,6 +192,11 @@ class PipelineRunner:
                     "detail": {},
                 }
                 self.stages.append(entry)
+                content = ""
+                if stage.kind in INPUT_KINDS:
+                    checked, content = await asyncio.to_thread(_checked_content, name, stage.kind, stage.uri)
+                    self.inputs[name] = checked
+                keys[name] = entry["key"] = self.key(name, keys, content)
                 started = time.time()
                 outcome, how = await self._resume_or_reuse(name, keys[name])
                 if outcome is None:
@@ -242,7 +289,7 @@ class PipelineRunner:
         stage = self.definition.stages[name]
         entry = self.stages[-1]
         if stage.kind in INPUT_KINDS:
-            return Outcome(output=input_uri(stage.uri))
+            return Outcome(output=self.inputs[name])
         if stage.kind == "gate":
             return await asyncio.to_thread(kinds.gate, name, done[stage.evaluation])
         if stage.kind == "rollout":

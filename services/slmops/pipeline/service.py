@@ -10,7 +10,7 @@ from google.protobuf import json_format
 
 from slmops.api.v1 import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from slmops.core import tracing
-from slmops.core.errors import InvalidSpec
+from slmops.core.errors import InvalidSpec, collect
 from slmops.core.jobs.lifecycle import Lifecycle, Update
 from slmops.core.jobs.servicer import (
     event_proto,
@@ -21,8 +21,8 @@ from slmops.core.jobs.servicer import (
 )
 from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.core.server import Registration
-from slmops.pipeline.definition import parse
-from slmops.pipeline.runner import PipelineRunner, StageCache
+from slmops.pipeline.definition import Definition, parse
+from slmops.pipeline.runner import PipelineRunner, StageCache, check_inputs
 from slmops.pipeline.stages import validate_all
 
 SERVICE_NAME = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
@@ -51,7 +51,7 @@ class PipelineEngine:
         return task is not None and not task.done()
 
     async def submit(self, record: JobRecord) -> str:
-        definition = parse(record.spec.get("definition_yaml", ""))
+        definition = await asyncio.to_thread(parse, record.spec.get("definition_yaml", ""))
         recorded = record.result.get("stages", [])
         runner = PipelineRunner(self.store, record.id, definition, recorded=recorded, cache=self.cache,
                                 traceparent=record.traceparent)  # fmt: skip
@@ -100,10 +100,11 @@ class PipelineRuns(Lifecycle):
         self.check_stages = check_stages
 
     async def create(self, spec: dict[str, Any], validate_only: bool = False) -> JobRecord | None:
-        """Check the file, then every stage's spec with its own service, before anything runs."""
-        definition = parse(spec.get("definition_yaml", ""))
-        if self.check_stages:
-            await asyncio.to_thread(validate_all, definition)
+        """Check the file, then its inputs and every stage's spec with its own service, before anything
+        runs (in worker threads: a large file takes a while to parse)."""
+        text = spec.get("definition_yaml", "")
+        definition = await asyncio.to_thread(parse, text if isinstance(text, str) else "")
+        await asyncio.to_thread(self.check, definition)
         if validate_only:
             return None
         run_id = f"pipe-{uuid.uuid4().hex[:12]}"
@@ -113,6 +114,17 @@ class PipelineRuns(Lifecycle):
                                message="queued")  # fmt: skip
         await self.record(record, f"stages: {', '.join(definition.order())}")
         return await asyncio.to_thread(self.store.get, run_id)
+
+    def check(self, definition: Definition) -> None:
+        """The input stages' URIs and (check_stages) every stage's spec; every problem at once."""
+        problems: list[tuple[str, str]] = []
+        checks = (check_inputs, validate_all) if self.check_stages else (check_inputs,)
+        for check in checks:
+            try:
+                check(definition)
+            except InvalidSpec as exc:
+                problems.extend(exc.problems)
+        collect(problems)
 
     async def close(self) -> None:
         await super().close()
