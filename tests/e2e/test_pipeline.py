@@ -134,8 +134,8 @@ def traced_services(data_dir: Path, trace_id: str, timeout: float = 20.0) -> set
     deadline = time.time() + timeout
     while time.time() < deadline and not TRACED <= services:
         time.sleep(1)
-        lines = (data_dir / "traces" / "spans.jsonl").read_text().splitlines()
-        services = {span["service"] for span in map(json.loads, lines) if span["trace_id"] == trace_id}
+        spans = tracing.read_spans(data_dir / "traces" / "spans.jsonl")  # with the rotated files
+        services = {span["service"] for span in spans if span["trace_id"] == trace_id}
     return services
 
 

@@ -1,8 +1,9 @@
 """OpenTelemetry set-up shared by every process: services, Ray jobs, predictors, the CLI.
 
 Spans go to an OTLP collector when OTEL_EXPORTER_OTLP_ENDPOINT is set, else to
-one JSONL file under the data dir (one span per line), so a local run can be
-inspected with nothing else running. Trace context crosses process boundaries
+one JSONL file under the data dir (one span per line, readable by this user
+only, rotated at SLMOPS_LOG_MAX_BYTES: `read_spans` reads the rotated files
+too), so a local run can be inspected with nothing else running. Trace context crosses process boundaries
 as a W3C `traceparent` string: gRPC metadata (instrumentation), the
 TRACEPARENT environment variable of Ray jobs and predictors, and HTTP headers.
 """
@@ -10,6 +11,7 @@ TRACEPARENT environment variable of Ray jobs and predictors, and HTTP headers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,22 +23,29 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from slmops.core import settings
+from slmops.core import private_files, settings
 
 TRACEPARENT_ENV = "TRACEPARENT"
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _configured: str | None = None
 
 
 class JsonlSpanExporter(SpanExporter):
-    """Appends finished spans to a JSONL file; safe across processes (append-only lines)."""
+    """Appends finished spans to a JSONL file, rotated at max_bytes; safe across processes (whole lines
+    under a lock file)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, max_bytes: int | None = None):
         self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.max_bytes = max_bytes or private_files.log_max_bytes()
+        except ValueError as exc:  # the CLI, a job or a predictor still runs; a service refuses to start
+            log.warning("%s; the span file rotates at the default size", exc)
+            self.max_bytes = int(settings.VARS["log_max_bytes"].default)
+        private_files.private_dir(self.path.parent)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = []
+        lines: list[bytes] = []
         for span in spans:
             ctx = span.get_span_context()
             parent = span.parent
@@ -53,10 +62,10 @@ class JsonlSpanExporter(SpanExporter):
                         "status": span.status.status_code.name,
                         "attributes": {k: _plain(v) for k, v in (span.attributes or {}).items()},
                     }
-                )
+                ).encode()
+                + b"\n"
             )
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(line + "\n" for line in lines))
+        private_files.append_lines(self.path, lines, self.max_bytes)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -71,6 +80,18 @@ def _plain(value: object) -> object:
 
 def spans_file() -> Path:
     return settings.data_dir() / "traces" / "spans.jsonl"
+
+
+def read_spans(path: Path | None = None) -> list[dict[str, object]]:
+    """Every span in the span file and its rotated files, oldest first (lines cut short are skipped)."""
+    spans: list[dict[str, object]] = []
+    for part in private_files.rotated_files(path or spans_file()):
+        for line in part.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                spans.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return spans
 
 
 def setup_tracing(service_name: str) -> None:
