@@ -2,7 +2,8 @@
 
 `stack` starts the real local stack (`slmops up`: a Ray head and every gRPC
 service as separate processes on free ports) once per session, exactly as a
-user would, and stops it with `slmops down` at the end. `production_stack` is
+user would, and stops it with `slmops down` at the end; its record's
+`predictor_key` is the key its deployments require. `production_stack` is
 the same stack, for one test module, on the production parts below: its job
 stores on PostgreSQL and its artifact root on S3.
 
@@ -44,6 +45,10 @@ def _local_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> Ite
         record = local_stack.up(data_dir, free_ports=True, num_cpus=2, say=lambda *_: None)
         for name, info in record["services"].items():
             os.environ[settings.VARS[f"{name}_addr"].env] = info["address"]
+        # The stack's predictors require this key; in-process clients read it through the variable.
+        key_file = record["auth"]["predictor_key_file"]
+        os.environ[settings.VARS["predictor_api_key_file"].env] = key_file
+        record["predictor_key"] = Path(key_file).read_text(encoding="utf-8").strip()
         record["data_dir"] = Path(record["data_dir"])
         yield record
     finally:

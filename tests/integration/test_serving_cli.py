@@ -64,7 +64,9 @@ def test_a_canary_promoted_and_rolled_back_with_the_cli(stack, tmp_path_factory,
         deployment = client.call(client.stub("serving").GetDeployment,
                                  serving_pb2.GetDeploymentRequest(name="clitiny"))  # fmt: skip
         seen = set()
-        with httpx.Client(trust_env=False, timeout=30) as http:
+        key = {"Authorization": f"Bearer {stack['predictor_key']}"}
+        assert httpx.get(f"{deployment.url}/openai/v1/models", trust_env=False).status_code == 401
+        with httpx.Client(trust_env=False, timeout=30, headers=key) as http:
             for _ in range(40):
                 response = http.get(f"{deployment.url}/openai/v1/models")
                 assert response.status_code == 200

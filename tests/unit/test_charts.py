@@ -190,9 +190,10 @@ def test_images_are_pinned_by_tag(default_docs, all_on_docs, kustomized):
 def test_optional_parts_are_off_by_default(default_docs):
     kinds = {d["kind"] for d in default_docs}
     assert not kinds & {"StatefulSet", "PodDisruptionBudget"}
-    # On by default (tests/unit/test_charts_auth.py): the gRPC token, NetworkPolicies; KubeRay
-    # makes the Ray token (spec.authOptions).
-    assert {d["metadata"]["name"] for d in find(default_docs, "Secret")} == {"slmops-grpc-auth"}
+    # On by default (tests/unit/test_charts_auth.py, test_charts_predictor_security.py): the gRPC token,
+    # the predictors' API key, NetworkPolicies; KubeRay makes the Ray token (spec.authOptions).
+    assert {d["metadata"]["name"] for d in find(default_docs, "Secret")} == {
+        "slmops-grpc-auth", "slmops-predictor-key"}  # fmt: skip
     ray = one(default_docs, "RayCluster", "slmops-ray")
     assert "enableInTreeAutoscaling" not in ray["spec"]
     assert ray["spec"]["rayVersion"] == "2.60.0"

@@ -248,11 +248,13 @@ def test_the_gpu_runtime_runs_the_cuda_image_on_a_gpu(helm, tmp_path):
     assert check.validate_manifests([cpu, gpu]) == []
 
 
-def test_the_predictor_api_key_comes_from_a_mounted_secret(default_docs, all_on_docs):
-    (plain,) = one(default_docs, "ServingRuntime", "slmops-predictor")["spec"]["containers"]
-    assert not any(a.startswith("--api-key-file") for a in plain["args"])
-    for name in ("slmops-predictor", "slmops-predictor-cuda"):
-        runtime = one(all_on_docs, "ServingRuntime", name)["spec"]
+@pytest.mark.parametrize("fixture,secret", [("default_docs", "slmops-predictor-key"),
+                                            ("all_on_docs", "slmops-predictor-api-key")])  # fmt: skip
+def test_the_predictor_api_key_comes_from_a_mounted_secret(request, fixture, secret):
+    docs = request.getfixturevalue(fixture)
+    names = ["slmops-predictor"] + (["slmops-predictor-cuda"] if fixture == "all_on_docs" else [])
+    for name in names:
+        runtime = one(docs, "ServingRuntime", name)["spec"]
         (container,) = runtime["containers"]
         assert "--api-key-file=/var/run/secrets/slmops-predictor/api-key" in container["args"]
         mount = next(m for m in container["volumeMounts"] if m["name"] == "api-key")
@@ -262,7 +264,7 @@ def test_the_predictor_api_key_comes_from_a_mounted_secret(default_docs, all_on_
             "readOnly": True,
         }
         volume = next(v for v in runtime["volumes"] if v["name"] == "api-key")
-        assert volume["secret"]["secretName"] == "slmops-predictor-api-key"
+        assert volume["secret"]["secretName"] == secret
 
 
 @pytest.mark.parametrize("fixture,namespace", [("default_docs", "slmops"), ("all_on_docs", "slmops-serving")])

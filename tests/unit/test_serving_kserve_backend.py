@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from slmops.core.errors import Conflict, InvalidSpec, NotFound, Unavailable
+from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable
 from slmops.serving.backends import DEPLOYING, FAILED, READY, Revision, ServingBackend
 from slmops.serving.backends.kserve import KServeBackend
 from tests.unit._kserve_emulator import (
@@ -303,15 +303,15 @@ def test_resources_and_the_gpu_runtime(api):
 @pytest.mark.parametrize("labels", [None, {"slmops.io/owner": "another-release"}])
 def test_an_inference_service_that_is_not_ours_is_never_patched_or_deleted(backend, api, labels):
     before = foreign_service(api, "support-student", labels)
-    for act in (
-        lambda: backend.apply("support-student", student_revision(1)),
-        lambda: backend.delete("support-student"),
-        lambda: backend.promote("support-student"),
-        lambda: backend.rollback("support-student"),
-        lambda: backend.status("support-student"),
-        lambda: backend.check_owner("support-student"),
+    for act, error in (
+        (lambda: backend.apply("support-student", student_revision(1)), AlreadyExists),
+        (lambda: backend.delete("support-student"), Conflict),
+        (lambda: backend.promote("support-student"), Conflict),
+        (lambda: backend.rollback("support-student"), Conflict),
+        (lambda: backend.status("support-student"), Conflict),
+        (lambda: backend.check_owner("support-student"), AlreadyExists),
     ):
-        with pytest.raises(Conflict, match="exists and is not managed by this slmops"):
+        with pytest.raises(error, match="exists and is not managed by this slmops"):
             act()
     after = stored_object(api, "support-student")
     assert after["spec"] == before["spec"] and after["metadata"]["labels"] == before["metadata"]["labels"]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from slmops.core.errors import Conflict, InvalidSpec, NotFound
+from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound
 from slmops.core.jobs.store import JobStore
 from slmops.serving.backends.kserve import GROUP, PLURAL, VERSION, KServeBackend
 from slmops.serving.deployments import Deployments, revision_id
@@ -225,7 +225,7 @@ async def test_rollback_after_a_promotion_with_an_empty_data_folder(api, env):
 
 async def test_an_inference_service_of_the_same_name_that_is_not_ours_is_left_alone(deployments, api):
     before = foreign_service(api, NAME)
-    with pytest.raises(Conflict, match="exists and is not managed by this slmops"):
+    with pytest.raises(AlreadyExists, match="exists and is not managed by this slmops"):
         await deployments.create({"name": NAME, "model_uri": M1})
     after = _isvc(api)
     assert after["spec"] == before["spec"] and after["metadata"]["labels"] == before["metadata"]["labels"]

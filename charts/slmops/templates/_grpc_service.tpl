@@ -118,6 +118,9 @@ spec:
             {{- with include "slmops.grpcAuthEnv" $root }}
             {{- . | trim | nindent 12 }}
             {{- end }}
+            {{- if include "slmops.predictorKeyWanted" (dict "service" $name) }}
+            {{- include "slmops.predictorKeyEnv" $root | nindent 12 }}
+            {{- end }}
             {{- range $key, $value := $svc.env }}
             - name: {{ $key }}
               value: {{ $value | quote }}
@@ -156,6 +159,9 @@ spec:
             {{- with include "slmops.rayAuthVolumeMounts" $root }}
             {{- . | trim | nindent 12 }}
             {{- end }}
+            {{- if include "slmops.predictorKeyWanted" (dict "service" $name) }}
+            {{- include "slmops.predictorKeyVolumeMount" $root | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir: {}
@@ -177,6 +183,9 @@ spec:
         {{- end }}
         {{- with include "slmops.rayAuthVolumes" $root }}
         {{- . | trim | nindent 8 }}
+        {{- end }}
+        {{- if include "slmops.predictorKeyWanted" (dict "service" $name) }}
+        {{- include "slmops.predictorKeyVolume" $root | nindent 8 }}
         {{- end }}
       {{- with $defaults.nodeSelector }}
       nodeSelector:

@@ -5,7 +5,8 @@ The Ray image runs as user ray (uid 1000, gid 100); Ray writes under /tmp/ray.
 fsGroup and the supplemental group 10001 (the services' group) let Ray jobs and
 the services write the same shared artifact claim.
 KubeRay adds the Ray token (RAY_AUTH_MODE, RAY_AUTH_TOKEN) to the Ray container
-itself when spec.authOptions asks for it, so none is set here.
+itself when spec.authOptions asks for it, so none is set here. The predictor key
+is mounted (SLMOPS_PREDICTOR_API_KEY_FILE): jobs call the release's deployments.
 */}}
 {{- define "slmops.rayPodSpec" -}}
 {{- $root := .root }}
@@ -47,6 +48,7 @@ containers:
       - name: RAY_JOB_STOP_WAIT_TIME_S
         value: "10"
       {{- include "slmops.sharedEnv" $root | nindent 6 }}
+      {{- include "slmops.predictorKeyEnv" $root | nindent 6 }}
       {{- with $group.env }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -83,6 +85,7 @@ containers:
       - name: artifacts
         mountPath: {{ $root.Values.artifacts.sharedMountPath }}
       {{- end }}
+      {{- include "slmops.predictorKeyVolumeMount" $root | nindent 6 }}
       {{- with $group.volumeMounts }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -96,6 +99,7 @@ volumes:
     persistentVolumeClaim:
       claimName: {{ $root.Values.artifacts.sharedClaim }}
   {{- end }}
+  {{- include "slmops.predictorKeyVolume" $root | nindent 2 }}
   {{- with $group.volumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

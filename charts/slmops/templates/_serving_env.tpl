@@ -49,6 +49,8 @@ Every service: SLMOPS_METRICS_PORT. The serving service: its KServe settings.
   value: {{ include "slmops.predictorCudaRuntimeName" $root | quote }}
 - name: SLMOPS_KSERVE_OWNER
   value: {{ include "slmops.kserveOwner" $root | quote }}
+- name: SLMOPS_KSERVE_EXPOSE_EXTERNALLY
+  value: {{ $root.Values.serving.kserve.exposeExternally | toString | quote }}
 {{- end }}
 {{- end }}
 

@@ -26,6 +26,7 @@ from rich.text import Text
 from slmops.api.v1 import common_pb2, serving_pb2
 from slmops.cli import client
 from slmops.cli.progress import watch_job
+from slmops.core import predictor_key
 from slmops.core.artifacts import to_uri
 
 PLAIN_WIDTH = 1000  # plain text is not wrapped: a line is as long as its row
@@ -185,6 +186,11 @@ def print_deployment(deployment: serving_pb2.Deployment) -> None:
     )
     if deployment.url:
         print(f"  OpenAI base URL: {deployment.url}/openai/v1")
+        key_file = predictor_key.configured_file() or client.read_stack().get("auth", {}).get(
+            "predictor_key_file"
+        )
+        if key_file:
+            print(f"  API key: the one in {key_file} (Authorization: Bearer)")
     revisions = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
     revisions.add_column("revision", min_width=24)
     revisions.add_column("traffic", justify="right", min_width=4)

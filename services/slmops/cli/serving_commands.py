@@ -12,6 +12,7 @@ from typing import Any
 from slmops.api.v1 import serving_pb2
 from slmops.cli import client
 from slmops.cli.common import print_deployment, uri
+from slmops.core import predictor_key, settings
 
 
 def _adapter_refs(flags: list[str]) -> list[serving_pb2.AdapterRef]:
@@ -69,6 +70,27 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _settle(stub, args.name, since)
 
 
+def api_key_flags(args: argparse.Namespace) -> list[str]:
+    """The predictor's key flags: --api-key-file, else SLMOPS_PREDICTOR_API_KEY, else the platform's key
+    file (SLMOPS_PREDICTOR_API_KEY_FILE, or <data_dir>/auth/predictor-key made 0600); none only with
+    --no-api-key. Says on stderr where the key is."""
+    env_key = "SLMOPS_PREDICTOR_API_KEY"
+    if args.no_api_key:
+        if args.api_key_file:
+            raise SystemExit("error: --no-api-key and --api-key-file contradict each other")
+        print(f"warning: no API key: whoever reaches {args.host}:{args.port} can use this predictor",
+              file=sys.stderr)  # fmt: skip
+        return ["--api-key-env", ""]  # not even from the environment
+    if not args.api_key_file and os.environ.get(env_key):
+        print(f"clients must send Authorization: Bearer <the key in ${env_key}>", file=sys.stderr)
+        return []
+    path = (
+        args.api_key_file or predictor_key.configured_file() or str(predictor_key.ensure(settings.data_dir()))
+    )
+    print(f"clients must send Authorization: Bearer <the key in {path}>", file=sys.stderr)
+    return ["--api-key-file", path]
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Become the predictor (`python -m slmops.predictor`) on the model folder: no services needed."""
     command = [sys.executable, "-m", "slmops.predictor", "--model-dir", args.model_dir, "--host", args.host,
@@ -77,8 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         command += ["--name", args.name]
     for adapter in args.adapter:
         command += ["--adapter", adapter]
-    if args.api_key_file:
-        command += ["--api-key-file", args.api_key_file]
+    command += api_key_flags(args)
     for flag in ("max_concurrency", "max_queue"):
         if getattr(args, flag):
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -103,7 +124,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--api-key-file",
         default="",
-        help="require the API key in this file as a bearer token (or set SLMOPS_PREDICTOR_API_KEY)",
+        help="require the API key in this file as a bearer token (default: $SLMOPS_PREDICTOR_API_KEY, "
+        "else the file SLMOPS_PREDICTOR_API_KEY_FILE names, else <data_dir>/auth/predictor-key, made if missing)",
+    )
+    p.add_argument(
+        "--no-api-key",
+        action="store_true",
+        help="serve without an API key: whoever reaches the port may call it",
     )
     p.add_argument("--max-concurrency", type=int, default=0, help="sequences decoded at once")
     p.add_argument("--max-queue", type=int, default=0, help="requests waiting before 429")

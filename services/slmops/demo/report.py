@@ -9,22 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from slmops.api.v1 import common_pb2, pipeline_pb2
-from slmops.core import artifacts
+from slmops.core import artifacts, tracing
 
 
 def count_trace_spans(data_dir: Path, trace_id: str) -> dict[str, int]:
-    """Spans of one trace in the local span file, counted by service."""
+    """Spans of one trace in the local span file (and its rotated files), counted by service."""
     counts: Counter[str] = Counter()
-    path = data_dir / "traces" / "spans.jsonl"
-    if not path.exists():
-        return {}
-    for line in path.read_text().splitlines():
-        try:
-            span = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for span in tracing.read_spans(data_dir / "traces" / "spans.jsonl"):
         if span.get("trace_id") == trace_id:
-            counts[span.get("service", "?")] += 1
+            counts[str(span.get("service", "?"))] += 1
     return dict(sorted(counts.items()))
 
 

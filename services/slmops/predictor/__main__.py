@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--api-key-file", default="",
                         help="file holding the API key (a mounted secret); wins over --api-key-env")  # fmt: skip
+    parser.add_argument("--docs", action="store_true",
+                        help="also serve the OpenAPI schema and its pages (/openapi.json, /docs), "
+                        "behind the API key like every route but the probes")  # fmt: skip
     args = parser.parse_args(argv)
     for flag in ("max_concurrency", "max_queue", "max_tokens", "max_body_bytes"):
         if getattr(args, flag) < 1:
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).debug("load failed", exc_info=True)
         return _fail(EXIT_MODEL, f"cannot load the model in {str(model_dir)!r}: {exc}")
     try:
-        serve(served, sock, args.host, grpc_port=args.grpc_port, api_key=api_key)
+        serve(served, sock, args.host, grpc_port=args.grpc_port, api_key=api_key, docs=args.docs)
     except OSError as exc:
         return _fail(EXIT_BIND, f"cannot serve: {exc}")
     return 0

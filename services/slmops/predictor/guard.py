@@ -3,8 +3,13 @@
 - API key: when the predictor has one (`--api-key-file`, or the environment
   variable `--api-key-env` names), HTTP requests need `Authorization: Bearer
   KEY` and gRPC calls the `authorization` metadata with the same value; others
-  get 401 in OpenAI's error shape (gRPC: UNAUTHENTICATED). The health routes
-  and `/metrics` stay open, so probes and scrapers need no secret.
+  get 401 in OpenAI's error shape (gRPC: UNAUTHENTICATED). Only the health and
+  readiness probes (`/`, `/v2/health/live|ready`, `/v2/models/NAME/ready`) and
+  `/metrics` stay open, so probes and scrapers need no secret; everything
+  else, `/slmops/v1/info` and the API docs included, needs the key.
+- Routes not served: KServe's model repository routes (`/v2/repository/...`,
+  load and unload by name) answer 404, and so do the API docs
+  (`/openapi.json`, `/docs`, `/redoc`) unless the predictor runs with `--docs`.
 - Body limit: a body over `max_body_bytes` gets 413, whether its
   Content-Length says so or it streams past the limit.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,10 +45,21 @@ def load_api_key(env_name: str = "", file: str = "") -> str | None:
     return None
 
 
+_OPEN_PATHS = frozenset(("/", "/v2/health/live", "/v2/health/ready", "/metrics"))
+_MODEL_READY = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/ready")
+
+
 def _is_open(path: str) -> bool:
-    if path.startswith("/v2/health/") or path in ("/metrics", "/", "/v2"):
-        return True
-    return path.startswith("/v2/models/") and path.endswith("/ready")
+    """Probes and the metrics scrape: the only paths served without the key (exact matches)."""
+    return path in _OPEN_PATHS or _MODEL_READY.fullmatch(path) is not None
+
+
+_DOC_PATHS = frozenset(("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"))
+
+
+def is_hidden(path: str, docs: bool = False) -> bool:
+    """Routes KServe's app has that a predictor does not serve: model repository calls, docs unless on."""
+    return path.startswith("/v2/repository") or (not docs and path in _DOC_PATHS)
 
 
 def bearer_matches(header: str | None, key: str) -> bool:
@@ -57,10 +74,10 @@ class _TooLarge(Exception):
 
 
 class Guard:
-    """ASGI middleware: API key, then body limit."""
+    """ASGI middleware: API key, then routes not served, then body limit."""
 
-    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int):
-        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int, docs: bool = False):
+        self.app, self.api_key, self.max_body_bytes, self.docs = app, api_key, max_body_bytes, docs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,6 +90,9 @@ class Guard:
                 await _answer(send, 401, "Incorrect or missing API key: send Authorization: Bearer KEY.",
                               "invalid_api_key", {"www-authenticate": "Bearer"})  # fmt: skip
                 return
+        if is_hidden(scope["path"], self.docs):
+            await _answer(send, 404, "Not Found", "not_found")
+            return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
             await self._too_large(send)

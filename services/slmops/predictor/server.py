@@ -2,7 +2,10 @@
 
 The HTTP socket is bound here, before anything else starts, so a port in use
 is reported at once and port 0 picks a free one. The OIP v2 gRPC server, when
-on, binds the same host. When the server answers `/v2/health/ready`, one line
+on, binds the same host. KServe's model repository routes (load and unload,
+HTTP and gRPC) are not served: a predictor serves the one model it started
+with. The OpenAPI schema and its pages (`/openapi.json`, `/docs`) are off
+unless asked for. When the server answers `/v2/health/ready`, one line
 `SLMOPS_PREDICTOR_READY http://HOST:PORT` goes to stdout. SIGTERM and SIGINT
 stop the server gracefully (exit status 0).
 """
@@ -49,7 +52,8 @@ def model_parameters(model_dir: str | Path) -> int | None:
 
 
 def info_router(served: Served) -> APIRouter:
-    """GET /slmops/v1/info: what this predictor serves, its limits and how much memory it holds."""
+    """GET /slmops/v1/info: what this predictor serves, its limits and how much memory it holds
+    (behind the API key, like everything but the probes)."""
     engine, name = served.engine, served.name
     parameters = model_parameters(engine.model_dir)
     router = APIRouter()
@@ -58,7 +62,7 @@ def info_router(served: Served) -> APIRouter:
         return {
             "model": name,
             "engine": engine.name,
-            "model_dir": engine.model_dir,
+            "model_dir": Path(engine.model_dir).name,  # the folder's name, never where it lies
             "adapters": list(engine.adapters),
             "threads": getattr(engine, "threads", None),
             "limits": dataclasses.asdict(served.limits),
@@ -70,6 +74,17 @@ def info_router(served: Served) -> APIRouter:
 
     router.add_api_route("/slmops/v1/info", info, methods=["GET"])
     return router
+
+
+def enable_docs(app: Any) -> None:
+    """Serve Swagger UI at `/docs` beside `/openapi.json` (KServe's app leaves `/docs` off)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    if app.docs_url:
+        return
+    app.docs_url = "/docs"
+    page = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - docs")
+    app.add_api_route("/docs", lambda: page, include_in_schema=False)
 
 
 def url_of(host: str, port: int) -> str:
@@ -111,12 +126,22 @@ def _log_to_stderr() -> None:
 
 def _grpc_server(served: Served, server: Any, host: str, port: int, api_key: str | None) -> Any:
     """KServe's OIP v2 gRPC server on host:port, with the API key checked when there is one."""
+    import grpc
     from grpc import aio
     from kserve.model_server import args as kserve_args
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
     from kserve.protocol.grpc.server import GRPCServer
     from kserve.protocol.grpc.servicer import InferenceServicer
+
+    class Servicer(InferenceServicer):
+        """KServe's servicer without the model repository calls: they answer UNIMPLEMENTED."""
+
+        async def RepositoryModelLoad(self, request: Any, context: Any) -> None:  # noqa: N802 (gRPC's name)
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model repository calls are not served")
+
+        async def RepositoryModelUnload(self, request: Any, context: Any) -> None:  # noqa: N802
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model repository calls are not served")
 
     class HostGRPCServer(GRPCServer):
         """GRPCServer.start binds every interface and takes no interceptor of ours."""
@@ -130,7 +155,7 @@ def _grpc_server(served: Served, server: Any, host: str, port: int, api_key: str
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors
             )
-            servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+            servicer = Servicer(self._data_plane, self._model_repository_extension)
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
             address = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
             if self._server.add_insecure_port(address) == 0:
@@ -148,8 +173,10 @@ def serve(
     host: str,
     grpc_port: int = 0,
     api_key: str | None = None,
+    docs: bool = False,
 ) -> None:
-    """Serve `served` on the bound socket (and gRPC on grpc_port when > 0) until SIGTERM/SIGINT."""
+    """Serve `served` on the bound socket (and gRPC on grpc_port when > 0) until SIGTERM/SIGINT;
+    `docs` also serves `/openapi.json` and `/docs`."""
     from fastapi.responses import JSONResponse
     from kserve import ModelServer
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
@@ -167,7 +194,7 @@ def serve(
     # Our routes first: for GET /v1/models the OpenAI list wins over KServe's v1 protocol.
     app.include_router(make_router(served))
     app.include_router(info_router(served))
-    app.add_middleware(guard.Guard, api_key=api_key, max_body_bytes=served.limits.max_body_bytes)
+    app.add_middleware(guard.Guard, api_key=api_key, max_body_bytes=served.limits.max_body_bytes, docs=docs)
 
     async def busy(_request: Any, exc: Busy) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=429,
@@ -191,6 +218,8 @@ def serve(
 
     async def run_rest() -> None:
         rest.create_application()
+        if docs:
+            enable_docs(app)
         try:
             # RESTServer.start() binds its own socket; serve ours (kserve 0.21 internals).
             await rest._server.serve(sockets=[sock])

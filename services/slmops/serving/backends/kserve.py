@@ -18,8 +18,16 @@ promotion applies the previous revision's storageUri again. Tag routing
 an evaluation measures one revision, never the mix.
 
 Ownership: every InferenceService created carries `slmops.io/owner:
-<SLMOPS_KSERVE_OWNER>` and `app.kubernetes.io/managed-by: slmops`; one without
-that owner is never patched or deleted. Every revision's model stays on the
+<SLMOPS_KSERVE_OWNER>` and `app.kubernetes.io/managed-by: slmops`. Every
+patch and delete reads the object first: one without that owner is never
+patched or deleted (ALREADY_EXISTS when a deployment would take its name,
+FAILED_PRECONDITION otherwise), and the patch or delete names the uid that was
+read, so an object replaced in between is refused by the API server too.
+
+Visibility: InferenceServices are `networking.kserve.io/visibility:
+cluster-local` (no external URL) unless SLMOPS_KSERVE_EXPOSE_EXTERNALLY is
+true; the chart's NetworkPolicy limits who reaches the predictors inside the
+cluster, and they require the predictor API key. Every revision's model stays on the
 InferenceService as annotations (kserve_status.py), so a rollback works from
 the cluster alone, after a restart with an empty data folder too.
 """
@@ -42,11 +50,11 @@ from kserve.models import (
     V1beta1PredictorSpec,
 )
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from slmops.core import settings
-from slmops.core.errors import Conflict, InvalidSpec, NotFound, SlmopsError, Unavailable
+from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable
 from slmops.serving.backends import BackendStatus, Revision
+from slmops.serving.backends.kserve_api import api_error, default_api_client, why
 from slmops.serving.backends.kserve_status import (
     MODE_ANNOTATION,
     REVISION_ANNOTATION,
@@ -66,6 +74,7 @@ MODEL_FORMAT, MODEL_FORMAT_VERSION = "onnx-genai", "1"
 MODEL_URI_ANNOTATION = "serving.slmops.io/model-uri"
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 OWNER_LABEL, MANAGED_BY_LABEL = "slmops.io/owner", "app.kubernetes.io/managed-by"
+VISIBILITY_LABEL, CLUSTER_LOCAL = "networking.kserve.io/visibility", "cluster-local"
 MODES = ("Standard", "Knative")
 MANIFEST_FILE = "inferenceservice.yaml"
 # KServe appends "-predictor" and Knative "-00001" and a tag ("latest-"): keep names well under 63.
@@ -89,6 +98,7 @@ class KServeBackend:
         request_timeout_s: float = 10.0,
         min_replicas: int = 1,
         max_replicas: int = 3,
+        expose_externally: bool | None = None,
     ):
         self.namespace = settings.get("kserve_namespace", namespace)
         self.runtime = settings.get("kserve_runtime", runtime)
@@ -96,6 +106,10 @@ class KServeBackend:
         self.service_account = settings.get("kserve_service_account", service_account)
         self.deployment_mode = _mode(settings.get("kserve_deployment_mode", deployment_mode))
         self.owner = settings.get("kserve_owner", owner)
+        if expose_externally is None:
+            flag = settings.get("kserve_expose_externally").strip().lower()
+            expose_externally = flag in ("1", "true", "yes")
+        self.expose_externally = expose_externally
         self.request_timeout_s = request_timeout_s
         self.min_replicas, self.max_replicas = min_replicas, max_replicas
         self._api_client = api_client
@@ -112,8 +126,8 @@ class KServeBackend:
                                      "SLMOPS_KSERVE_DEPLOYMENT_MODE=Knative)")  # fmt: skip
 
     def check_owner(self, name: str) -> None:
-        """Conflict when an InferenceService of this name exists and is not this service's."""
-        self._owned(name, self._get(name, missing_ok=True), "take over")
+        """AlreadyExists when an InferenceService of this name exists and is not this service's."""
+        self._owned(name, self._get(name, missing_ok=True), "take over", creating=True)
 
     # -- the manifest ---------------------------------------------------------
 
@@ -164,6 +178,7 @@ class KServeBackend:
                     MANAGED_BY_LABEL: "slmops",
                     OWNER_LABEL: self.owner,
                     "slmops.io/deployment": name,
+                    **({} if self.expose_externally else {VISIBILITY_LABEL: CLUSTER_LOCAL}),
                 },  # fmt: skip
                 annotations=annotations,
             ),
@@ -185,7 +200,7 @@ class KServeBackend:
         """
         body = self.build(name, revision)
         annotations = body["metadata"]["annotations"]
-        current = self._owned(name, self._get(name, missing_ok=True), "patch")
+        current = self._owned(name, self._get(name, missing_ok=True), "patch", creating=True)
         old = (current or {}).get("metadata", {}).get("annotations") or {}
         _, rollouts = history(old)
         if revision.traffic_percent >= 100:
@@ -212,9 +227,11 @@ class KServeBackend:
         predictor = {**body["spec"]["predictor"]}
         predictor["canaryTrafficPercent"] = predictor.get("canaryTrafficPercent")
         changes: dict[str, Any] = {**annotations, **pruned({**old, **annotations})}
-        patch = {"metadata": {"labels": body["metadata"]["labels"], "annotations": changes},
-                 "spec": {"predictor": predictor}}  # fmt: skip
-        self._patch(name, patch, record_dir)
+        labels = {**body["metadata"]["labels"]}
+        if self.expose_externally:
+            labels[VISIBILITY_LABEL] = None  # a merge patch drops it: the object gets its external URL back
+        patch = {"metadata": {"labels": labels, "annotations": changes}, "spec": {"predictor": predictor}}
+        self._patch(name, patch, record_dir, current)
         return body
 
     def set_traffic(self, name: str, percent: int, record_dir: Path | None = None) -> None:
@@ -239,7 +256,7 @@ class KServeBackend:
                     ROLLED_OUT_ANNOTATION: latest,
                     ROLLED_OUT_HISTORY_ANNOTATION: ",".join(map(str, [*rollouts, int(latest)][-50:])),
                 }}  # fmt: skip
-        self._patch(name, patch, record_dir)
+        self._patch(name, patch, record_dir, current)
 
     def promote(self, name: str, record_dir: Path | None = None) -> None:
         """All traffic to the latest revision: canaryTrafficPercent removed."""
@@ -277,7 +294,7 @@ class KServeBackend:
         })  # fmt: skip
         predictor = {**body["spec"]["predictor"], "canaryTrafficPercent": None}
         self._patch(name, {"metadata": {"annotations": body["metadata"]["annotations"]},
-                           "spec": {"predictor": predictor}}, record_dir)  # fmt: skip
+                           "spec": {"predictor": predictor}}, record_dir, current)  # fmt: skip
 
     def delete(self, name: str) -> None:
         """Delete the InferenceService, only if it is ours (and still the object that was checked)."""
@@ -304,22 +321,25 @@ class KServeBackend:
 
     # -- the Kubernetes API ---------------------------------------------------
 
-    def _owned(self, name: str, obj: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
-        """`obj` when it is this service's (or None); Conflict (FAILED_PRECONDITION) when it is not."""
+    def _owned(
+        self, name: str, obj: dict[str, Any] | None, what: str, creating: bool = False
+    ) -> dict[str, Any] | None:
+        """`obj` when it is this service's (or None). When it is not: AlreadyExists where a deployment
+        would take the name (`creating`), Conflict (FAILED_PRECONDITION) otherwise."""
         if obj is None:
             return None
         labels = obj.get("metadata", {}).get("labels") or {}
         if labels.get(OWNER_LABEL) != self.owner:
-            found = f"its {OWNER_LABEL} label is {labels[OWNER_LABEL]!r}" if labels.get(OWNER_LABEL) else \
-                f"it has no {OWNER_LABEL} label"  # fmt: skip
-            raise Conflict(f"InferenceService {self.namespace}/{name} exists and is not managed by this slmops "
-                           f"({found}, not {self.owner!r}); refusing to {what} it: deploy under another name, or "
-                           "remove it yourself")  # fmt: skip
+            theirs = repr(labels[OWNER_LABEL]) if labels.get(OWNER_LABEL) else "none"
+            message = (f"an InferenceService named {name} exists and is not managed by this slmops (label "
+                       f"{OWNER_LABEL}: {theirs}, this slmops: {self.owner!r}; namespace {self.namespace}); "
+                       f"refusing to {what} it: deploy under another name, or remove it yourself")  # fmt: skip
+            raise (AlreadyExists if creating else Conflict)(message)
         return obj
 
     def _objects(self) -> k8s.CustomObjectsApi:
         if self._api is None:
-            self._api = k8s.CustomObjectsApi(self._api_client or _default_api_client())
+            self._api = k8s.CustomObjectsApi(self._api_client or default_api_client())
         return self._api
 
     def _get(self, name: str, missing_ok: bool = False) -> dict[str, Any] | None:
@@ -333,7 +353,14 @@ class KServeBackend:
                 return None
             raise
 
-    def _patch(self, name: str, patch: dict[str, Any], record_dir: Path | None = None) -> None:
+    def _patch(
+        self, name: str, patch: dict[str, Any], record_dir: Path | None, current: dict[str, Any]
+    ) -> None:
+        """A merge patch of the object `current` (read and checked just before): its uid rides along, so
+        the API server refuses the patch if the name now belongs to another object."""
+        uid = current.get("metadata", {}).get("uid")
+        if uid:
+            patch = {**patch, "metadata": {**patch.get("metadata", {}), "uid": uid}}
         result = self._call(
             "patch", name, self._objects().patch_namespaced_custom_object,
             GROUP, VERSION, self.namespace, PLURAL, name, patch,
@@ -346,11 +373,11 @@ class KServeBackend:
         try:
             return fn(*args, _request_timeout=self.request_timeout_s, **kwargs)
         except k8s.ApiException as e:
-            raise _api_error(e, what, self.namespace, name) from e
+            raise api_error(e, what, self.namespace, name) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             host = self._objects().api_client.configuration.host
             raise Unavailable(
-                f"Kubernetes API server at {host} cannot be reached ({_why(e, self.request_timeout_s)}) "
+                f"Kubernetes API server at {host} cannot be reached ({why(e, self.request_timeout_s)}) "
                 f"while trying to {what} InferenceService {self.namespace}/{name}; "
                 "check the kubeconfig or the in-cluster service account"
             ) from e
@@ -420,56 +447,6 @@ def _check(name: str, revision: Revision) -> None:
         problems.append(("traffic_percent", f"must be between 0 and 100, not {revision.traffic_percent}"))
     if problems:
         raise InvalidSpec(*problems[0], *problems[1:])
-
-
-def _default_api_client() -> k8s.ApiClient:
-    """In-cluster configuration when running in a pod, else the kubeconfig."""
-    configuration = k8s.Configuration()
-    try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    except k8s_config.ConfigException:
-        try:
-            k8s_config.load_kube_config(client_configuration=configuration)
-        except (k8s_config.ConfigException, OSError) as e:
-            raise Unavailable(
-                f"no Kubernetes configuration: not in a cluster and no usable kubeconfig ({e})"
-            ) from e
-    return k8s.ApiClient(configuration)
-
-
-def _api_error(e: k8s.ApiException, what: str, namespace: str, name: str) -> SlmopsError:
-    message = f"{e.status} {e.reason}: {_api_message(e)}"
-    if e.status == 404:
-        return NotFound("inference service", f"{namespace}/{name}")
-    if e.status == 409:
-        return Conflict(f"cannot {what} InferenceService {namespace}/{name}: {message}")
-    if e.status in (400, 422):
-        return InvalidSpec("inference_service", f"the API server refused it: {message}")
-    if e.status in (401, 403):
-        return Unavailable(f"the Kubernetes API server refused to {what} InferenceService "
-                           f"{namespace}/{name} ({message}); check the credentials and RBAC")  # fmt: skip
-    return Unavailable(
-        f"the Kubernetes API server failed to {what} InferenceService {namespace}/{name} ({message})"
-    )
-
-
-def _api_message(e: k8s.ApiException) -> str:
-    try:
-        return str(yaml.safe_load(e.body or "").get("message") or e.body)
-    except Exception:  # a body that is not a Status object: show it as it is
-        return str(e.body or "")
-
-
-def _why(e: BaseException, timeout_s: float) -> str:
-    reason = getattr(e, "reason", None) or e
-    text = str(reason)
-    if (
-        "refused" in text.lower()
-    ):  # before the timeout check: urllib3's NewConnectionError is a timeout error too
-        return "connection refused"
-    if isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError)):
-        return f"timed out after {timeout_s:g}s"
-    return text
 
 
 def _reappliable(obj: dict[str, Any]) -> dict[str, Any]:
