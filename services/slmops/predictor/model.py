@@ -3,8 +3,10 @@
 `POST /v2/models/{name}/infer` (and gRPC `ModelInfer`) takes a BYTES input
 `text` (one prompt per element) and an optional INT32 input `max_tokens` (one
 value, or one per prompt), and answers a BYTES output `text` of the same
-shape. The prompts go to the scheduler together, so they are decoded as one
-batch. The base model is served under its name; LoRA adapters through the
+shape. A request holds at most `served.MAX_PROMPTS` prompts (fewer when the
+queue is shorter); a full queue refuses it (429) before any prompt is
+tokenized, and prompts are tokenized in a worker thread. The prompts go to the
+scheduler together, so they are decoded as one batch. The base model is served under its name; LoRA adapters through the
 OpenAI routes.
 """
 
@@ -16,12 +18,12 @@ import uuid
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput, ServerNotReady
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
 from slmops.core import tracing
 from slmops.core.errors import InvalidSpec
 from slmops.predictor import metrics
-from slmops.predictor.scheduler import Overloaded, TimedOut
+from slmops.predictor.scheduler import Job, Overloaded, TimedOut
 from slmops.predictor.served import Inbox, Served, run_all
 
 
@@ -72,13 +74,18 @@ class GenerationModel(Model):
                 raise
             inbox = Inbox()
             deadline = time.monotonic() + self.served.limits.request_timeout_s
-            try:
-                jobs = [
+
+            def build() -> list[Job]:
+                return [
                     self.served.job(
                         prompt, model=self.name, max_tokens=budget, sink=inbox.sink(i), deadline=deadline
                     )  # fmt: skip
                     for i, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True))
                 ]
+
+            try:
+                self.served.check_request(len(prompts), 1, "text")
+                jobs = await self.served.admit(len(prompts), build)  # 429 before any tokenizing
                 results = await run_all(self.served, jobs, inbox)
             except InvalidSpec as exc:
                 metrics.record(self.name, "infer", 400, time.perf_counter() - started)
@@ -108,7 +115,10 @@ def _parse(payload: InferRequest) -> tuple[list[str], list[int | None]]:
         raise InvalidInput("input 'text' (BYTES) is required")
     if text_input.datatype != "BYTES":
         raise InvalidInput(f"input 'text' must be BYTES, not {text_input.datatype}")
-    prompts = [_as_str(v) for v in np.asarray(text_input.as_numpy(), dtype=object).reshape(-1)]
+    values = np.asarray(_as_numpy(text_input, "text"), dtype=object).reshape(-1)
+    if any(not isinstance(v, str | bytes) for v in values):
+        raise InvalidInput("input 'text' must hold strings, one prompt per element")
+    prompts = [_as_str(v) for v in values]
     if not prompts:
         raise InvalidInput("input 'text' is empty")
     budgets: list[int | None] = [None] * len(prompts)
@@ -116,13 +126,27 @@ def _parse(payload: InferRequest) -> tuple[list[str], list[int | None]]:
     if budget_input is not None:
         if budget_input.datatype not in ("INT32", "INT64"):
             raise InvalidInput(f"input 'max_tokens' must be INT32, not {budget_input.datatype}")
-        values = [int(v) for v in np.asarray(budget_input.as_numpy()).reshape(-1)]
+        data = np.asarray(_as_numpy(budget_input, "max_tokens")).reshape(-1)
+        try:
+            values = [int(v) for v in data]
+        except (TypeError, ValueError):
+            raise InvalidInput("input 'max_tokens' must hold integers") from None
         if len(values) == 1:
             values = values * len(prompts)
         if len(values) != len(prompts) or any(v < 1 for v in values):
             raise InvalidInput("input 'max_tokens' must hold one positive value or one per prompt")
         budgets = values
     return prompts, budgets
+
+
+def _as_numpy(tensor: InferInput, name: str) -> np.ndarray:
+    """A tensor's data in its shape; InvalidInput when the two do not agree."""
+    try:
+        return tensor.as_numpy()
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"input {name!r} does not match its shape {tensor.shape}: {str(exc)[:120]}"
+        ) from None
 
 
 def _as_str(value: object) -> str:

@@ -2,11 +2,14 @@
 
 `/openai/v1/completions`, `/openai/v1/chat/completions` (both with `stream`),
 `/openai/v1/models`, and the same three under `/v1/`. The `model` field picks
-the base model or one of its LoRA adapters (404 otherwise); a bad field gives
-400 with an OpenAI-style error body naming it; a full queue gives 429 with
-`Retry-After`; a request past its timeout gives 504. Requests become scheduler
-jobs (`predictor/scheduler.py`), so concurrent requests are decoded together,
-and a request whose client goes away stops decoding at once.
+the base model or one of its LoRA adapters (404 otherwise); a bad field, or a
+list past its limit (openai_schema.py), gives 400 with an OpenAI-style error
+body naming it, and so does a body that is not JSON or is nested too deeply; a
+full queue gives 429 with `Retry-After`, before any prompt is tokenized; a
+request past its timeout gives 504. Prompts are tokenized in the tokenizing thread,
+never on the event loop. Requests become scheduler jobs
+(`predictor/scheduler.py`), so concurrent requests are decoded together, and a
+request whose client goes away stops decoding at once.
 """
 
 from __future__ import annotations
@@ -140,12 +143,23 @@ class _Handler:
         assert isinstance(req, CompletionRequest)
         return req.prompts()
 
+    def _jobs(self, call: _Call, inbox: Inbox, deadline: float) -> list[Job]:
+        """The request's jobs, its prompts templated and tokenized (in the tokenizing thread: Served.admit)."""
+        call.prompts = self._prompts(call.req)
+        options = call.req.options()
+        return [
+            self.served.job(prompt, **options, sink=inbox.sink(i), deadline=deadline)
+            for i, prompt in enumerate(call.prompts)
+        ]
+
     async def _serve(self, request: Request, endpoint: str, schema: type[SamplingRequest]) -> Any:
         started = time.perf_counter()
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return error(400, "The request body is not valid JSON.")
+        except RecursionError:
+            return error(400, "The request body is nested too deeply.")
         if not isinstance(body, dict):
             return error(400, "The request body must be a JSON object.")
         try:
@@ -153,7 +167,10 @@ class _Handler:
         except ValidationError as exc:
             first = exc.errors()[0]
             param = field_name(tuple(first["loc"]))
-            return error(400, f"{param}: {first['msg']}", param)
+            message = first["msg"].removeprefix("Value error, ")
+            return error(400, f"{param}: {message}", param)
+        except RecursionError:
+            return error(400, "The request body is nested too deeply.")
         try:
             self.served.adapter_of(req.model)
         except UnknownModel:
@@ -163,13 +180,10 @@ class _Handler:
         call = _Call(req, endpoint, started, request.headers.get("traceparent"))
         inbox = Inbox()
         deadline = time.monotonic() + self.served.limits.request_timeout_s
+        count = len(req.prompts()) if isinstance(req, CompletionRequest) else 1
         try:
-            call.prompts = self._prompts(req)
-            call.jobs = [
-                self.served.job(prompt, **req.options(), sink=inbox.sink(i), deadline=deadline)
-                for i, prompt in enumerate(call.prompts)
-            ]
-            self.served.scheduler.submit_all(call.jobs)
+            self.served.check_request(count, req.n)
+            call.jobs = await self.served.admit(count, lambda: self._jobs(call, inbox, deadline))
         except InvalidSpec as exc:
             call.finish(400)
             return error(400, str(exc), exc.field)

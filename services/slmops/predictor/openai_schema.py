@@ -3,6 +3,8 @@
 Requests are validated with pydantic; unknown fields are ignored, as OpenAI
 clients send many. An omitted `temperature` means greedy decoding (OpenAI's
 default is 1.0): answers are reproducible unless a caller asks for sampling.
+Lists are bounded: at most `MAX_PROMPTS` prompts (served.py), `MAX_STOPS` stop
+strings of at most `MAX_STOP_CHARS` characters each, `MAX_N` choices.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import json
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slmops.predictor.engines import Generation
+from slmops.predictor.served import MAX_PROMPTS
 
 MAX_N = 16
 MAX_LOGPROBS = 20
+MAX_STOPS = 16  # OpenAI allows 4
+MAX_STOP_CHARS = 256
 
 
 class SamplingRequest(BaseModel):
@@ -35,6 +40,16 @@ class SamplingRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     # As vLLM: logprobs name tokens "token_id:N" (exact ids even where a token's text is not).
     return_tokens_as_token_ids: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"holds {len(stops)} strings; at most {MAX_STOPS} are allowed")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+        return value
 
     def options(self) -> dict[str, Any]:
         """What `Served.job` takes from this request."""
@@ -63,6 +78,13 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str] = Field(min_length=1)
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _bounded_prompts(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) > MAX_PROMPTS:
+            raise ValueError(f"holds {len(value)} prompts; at most {MAX_PROMPTS} are allowed in one request")
+        return value
 
     def top_count(self) -> int | None:
         return self.logprobs

@@ -1,6 +1,8 @@
 """Admission and batching: many requests at once on one engine.
 
 Requests enter a bounded waiting queue (`submit` raises `Overloaded` past it).
+A handler first `reserve`s its places, before it tokenizes anything, so a full
+queue turns a request away without spending work on it.
 One scheduler thread owns the engine. It starts *cohorts* (a batch of
 sequences with the same sampling options and adapter, see `engines.py`) from
 the waiting requests while free slots remain, and advances every running
@@ -132,6 +134,7 @@ class Scheduler:
         self.engine = engine
         self.limits = limits or Limits()
         self._waiting: collections.deque[Job] = collections.deque()
+        self._reserved = 0  # places promised to requests still tokenizing their prompts
         self._running: list[_Running] = []
         self._busy = 0  # sequences in running cohorts
         self._cond = threading.Condition()
@@ -146,10 +149,27 @@ class Scheduler:
         """Queue a job, or raise Overloaded when the waiting queue is full."""
         self.submit_all([job])
 
-    def submit_all(self, jobs: list[Job]) -> None:
-        """Queue jobs together, or none of them (Overloaded) when the queue cannot take them all."""
+    def reserve(self, count: int) -> None:
+        """Promise `count` places in the queue, or raise Overloaded when it cannot hold them."""
         with self._cond:
-            if len(self._waiting) + len(jobs) > self.limits.max_queue:
+            if len(self._waiting) + self._reserved + count > self.limits.max_queue:
+                metrics.REJECTED.labels("queue_full").inc()
+                raise Overloaded(self.retry_after())
+            self._reserved += count
+
+    def release(self, count: int) -> None:
+        """Give back places reserved for jobs that will not be submitted."""
+        with self._cond:
+            self._reserved = max(0, self._reserved - count)
+
+    def submit_all(self, jobs: list[Job], reserved: int = 0) -> None:
+        """Queue jobs together, or none of them (Overloaded) when the queue cannot take them all.
+
+        `reserved` places promised by `reserve` are used (and given back) first.
+        """
+        with self._cond:
+            self._reserved = max(0, self._reserved - reserved)
+            if len(self._waiting) + self._reserved + len(jobs) > self.limits.max_queue:
                 metrics.REJECTED.labels("queue_full").inc()
                 raise Overloaded(self.retry_after())
             self._waiting.extend(jobs)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError, field
 from slmops.core.errors import collect
 from slmops.core.spec_checks import SamplingConfig, SpecModel, problems_from
 from slmops.synthesis.filters import FiltersConfig
+from slmops.synthesis.inputs import template_problem
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 # Config paths whose proto field has another name.
@@ -109,6 +110,14 @@ class SynthesisConfig(SpecModel):
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _plain_fields(cls, value: str) -> str:
+        problem = template_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @classmethod
     def cross_checks(cls, data: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
