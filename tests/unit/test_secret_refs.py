@@ -19,7 +19,8 @@ from slmops.synthesis.spec import from_proto as synthesis_spec
 @pytest.fixture
 def prompts(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path))
-    for name in ("SLMOPS_ALLOWED_ROOTS", "SLMOPS_ARTIFACT_ROOT", "SLMOPS_ALLOWED_SECRET_ENV"):
+    for name in ("SLMOPS_ALLOWED_ROOTS", "SLMOPS_ARTIFACT_ROOT", "SLMOPS_ALLOWED_SECRET_ENV", "SLMOPS_SECRET_HOSTS",
+                 "SLMOPS_PLAIN_HTTP_HOSTS", "SLMOPS_EGRESS_ALLOW"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"prompt": "1+2=", "answer": "3"}) + "\n")
@@ -43,6 +44,7 @@ def test_api_key_env_naming_a_variable_not_allowed_is_refused(prompts, name):
 
 
 def test_allowed_names_pass_and_the_operator_sets_the_patterns(prompts, monkeypatch):
+    monkeypatch.setenv("SLMOPS_SECRET_HOSTS", "TEACHER_API_KEY=api.example.com; EVAL_KEY=api.example.com")
     spec = synthesis_pb2.SynthesisSpec(
         prompts_uri=str(prompts),
         endpoint=synthesis_pb2.TeacherEndpoint(
@@ -72,14 +74,15 @@ def test_evaluation_targets_follow_the_same_rule(prompts):
 def test_the_job_refuses_a_name_the_service_would_have_refused(monkeypatch):
     monkeypatch.delenv("SLMOPS_ALLOWED_SECRET_ENV", raising=False)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    url = "http://127.0.0.1:1/v1"
     with pytest.raises(InvalidSpec) as info:
-        resolve_api_key("AWS_SECRET_ACCESS_KEY")
+        resolve_api_key("AWS_SECRET_ACCESS_KEY", url)
     assert info.value.field == "api_key_env" and "aws-secret" not in str(info.value)
     monkeypatch.setenv("TEACHER_API_KEY", "k")
-    assert resolve_api_key("TEACHER_API_KEY") == "k"
+    assert resolve_api_key("TEACHER_API_KEY", url) == "k"
     monkeypatch.delenv("TEACHER_API_KEY")
     with pytest.raises(Unavailable, match="TEACHER_API_KEY"):
-        resolve_api_key("TEACHER_API_KEY")
+        resolve_api_key("TEACHER_API_KEY", url)
 
 
 @pytest.mark.parametrize(

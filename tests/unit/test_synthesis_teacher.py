@@ -110,8 +110,8 @@ def test_api_key_comes_from_the_named_variable(standin, monkeypatch):
     assert standin.requests[-1]["authorization"] == "Bearer secret-value"
     monkeypatch.delenv("TEST_TEACHER_API_KEY")
     with pytest.raises(Unavailable, match="TEST_TEACHER_API_KEY"):
-        resolve_api_key("TEST_TEACHER_API_KEY")
-    assert resolve_api_key("") == "none"
+        resolve_api_key("TEST_TEACHER_API_KEY", standin.base_url)
+    assert resolve_api_key("", "https://api.example.com/v1") == "none"
 
 
 def test_backoff_grows_and_is_bounded():

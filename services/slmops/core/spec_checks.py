@@ -11,6 +11,9 @@ problem of a spec in one InvalidSpec.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlparse
 
@@ -19,7 +22,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from slmops.core import artifacts, secret_refs, settings
+from slmops.core import artifacts, egress, secret_refs, settings
 from slmops.core.errors import InvalidSpec
 from slmops.core.quantities import check_memory
 
@@ -149,9 +152,10 @@ def looks_like_key(value: str) -> bool:
     return long_random and any(c.islower() for c in value) and any(c.isdigit() for c in value)
 
 
-def check_api_key_env(value: str, field: str, problems: Problems) -> None:
+def check_api_key_env(value: str, field: str, problems: Problems, *, base_url: str = "") -> None:
     """api_key_env must be the NAME of an environment variable the operator allowed
-    (core/secret_refs); never echo a secret back."""
+    (core/secret_refs), and, given the base_url it goes with, one the operator allows to go
+    there (SLMOPS_SECRET_HOSTS, SLMOPS_PLAIN_HTTP_HOSTS); never echo a secret back."""
     if not value:
         return
     if looks_like_key(value):
@@ -166,19 +170,31 @@ def check_api_key_env(value: str, field: str, problems: Problems) -> None:
         )
     elif problem := secret_refs.env_name_problem(value):
         problems.append((field, problem))
+    elif base_url and not _url_problem(base_url):
+        if problem := secret_refs.destination_problem(value, base_url):
+            problems.append((field, problem))
+
+
+def _url_problem(value: str) -> str:
+    if problem := secret_refs.url_credentials_problem(value):
+        return problem  # the URL itself is not echoed: it holds a secret
+    try:
+        parsed = urlparse(value)
+        _ = parsed.port  # a port that is not a number fails here
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return f"must be an http(s) URL like https://api.example.com/v1, not {value!r}"
+    return ""
 
 
 def check_http_url(value: str, field: str, problems: Problems) -> None:
-    """An http(s) URL without credentials in it."""
+    """An http(s) URL without credentials in it, to a host jobs may call (core/egress)."""
     if not value:
         problems.append((field, "is required"))
         return
-    if problem := secret_refs.url_credentials_problem(value):
-        problems.append((field, problem))  # the URL itself is not echoed: it holds a secret
-        return
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        problems.append((field, f"must be an http(s) URL like https://api.example.com/v1, not {value!r}"))
+    if problem := _url_problem(value) or egress.url_problem(value):
+        problems.append((field, problem))
 
 
 def check_local_uri(value: str, field: str, problems: Problems, *, want: str = "any") -> str:
@@ -209,6 +225,38 @@ def check_local_uri(value: str, field: str, problems: Problems, *, want: str = "
             except InvalidSpec as exc:
                 problems.extend(exc.problems)
     return uri
+
+
+# Labels a request gives a job, deployment or pipeline run (or filters a List by): a few short,
+# Kubernetes-like pairs, so that no one record can make every List answer too large to send.
+LABELS_MAX = 32
+LABEL_KEY_MAX = 63
+LABEL_VALUE_MAX = 256
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?")
+
+
+def check_labels(labels: Mapping[str, Any], field: str = "spec.labels") -> Problems:
+    """The problems of a request's labels: at most LABELS_MAX pairs; each key 1-63 letters, digits,
+    '.', '_', '-' or '/' that starts and ends with a letter or digit (`team`, `slmops.io/deployment`);
+    each value text of at most 256 characters without control characters. A problem names its label
+    (`spec.labels["team"]`, a long key cut short); too many labels is one problem."""
+    if len(labels) > LABELS_MAX:
+        return [(field, f"has {len(labels)} labels; at most {LABELS_MAX} are allowed")]
+    problems: Problems = []
+    for key, value in labels.items():
+        where = f"{field}[{json.dumps(key if len(key) <= LABEL_KEY_MAX else key[:40] + '...')}]"
+        if len(key) > LABEL_KEY_MAX:
+            problems.append((where, f"the label key is {len(key)} characters long; at most {LABEL_KEY_MAX}"))
+        elif not _LABEL_KEY.fullmatch(key):
+            problems.append((where, "the label key must be letters, digits, '.', '_', '-' or '/', "
+                                    "starting and ending with a letter or digit"))  # fmt: skip
+        if not isinstance(value, str):
+            problems.append((where, "the label value must be text"))
+        elif len(value) > LABEL_VALUE_MAX:
+            problems.append((where, f"the label value is {len(value)} characters long; at most {LABEL_VALUE_MAX}"))
+        elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+            problems.append((where, "the label value must not hold control characters"))
+    return problems
 
 
 def parse_memory(value: str, field: str, problems: Problems) -> int:

@@ -5,9 +5,13 @@ lowest concurrency level, streamed and greedy: its answer is checked and the
 request timed (latency, time to the first token, time per output token after
 it). Then the same prompts again at each higher level of the concurrency sweep,
 for throughput and latency under load. After the run, the predictor's resident
-memory is read from its Prometheus `/metrics`, and size on disk and parameter
-count come from the target's model_uri. A target that cannot be reached is
-`failed` with the reason; the others are measured all the same.
+memory is read from its Prometheus `/metrics` (at most METRICS_MAX_BYTES of
+it), and size on disk and parameter count come from the target's model_uri. A
+target that cannot be reached is `failed` with the reason; the others are
+measured all the same. Every connection passes the egress allow-list
+(core/egress); the bearer token is core/endpoints' `resolve_api_key` (the key
+the target names, or the platform's predictor key for one of its deployments),
+sent to /metrics too, which a deployment's router guards like the rest.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from slmops.core import artifacts, tracing
+from slmops.core import artifacts, egress, tracing
 from slmops.core.datasets import VALIDATION_FILE, Prompt, parse_prompts, read_records
-from slmops.core.endpoints import describe_error, resolve_api_key
+from slmops.core.endpoints import describe_error, openai_client, resolve_api_key
 from slmops.core.errors import InvalidSpec, NotFound, Unavailable
 from slmops.core.progress import Progress, null_progress
 from slmops.core.spec_checks import SamplingConfig
@@ -38,6 +42,7 @@ from slmops.evaluation.config import TargetConfig
 log = logging.getLogger(__name__)
 MEMORY_METRIC = "process_resident_memory_bytes"
 PEAK_MEMORY_METRIC = "slmops_predictor_peak_resident_memory_bytes"  # preferred: the high-water mark
+METRICS_MAX_BYTES = 4 * 2**20  # a predictor's /metrics is a few kB; more is not read
 
 
 @dataclass
@@ -146,17 +151,32 @@ def origin(base_url: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}"
 
 
-def scrape_memory(base_url: str, timeout_s: float = 5.0) -> tuple[int, str]:
+def _read_metrics(url: str, api_key: str, timeout_s: float) -> str:
+    """The text of url, at most METRICS_MAX_BYTES of it (ValueError beyond), through the egress check."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key and api_key != "none" else {}
+    with (
+        egress.http_client(timeout=timeout_s) as client,
+        client.stream("GET", url, headers=headers) as response,
+    ):
+        response.raise_for_status()
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > METRICS_MAX_BYTES:
+                raise ValueError(f"more than {METRICS_MAX_BYTES} bytes")
+    return body.decode("utf-8", errors="replace")
+
+
+def scrape_memory(base_url: str, timeout_s: float = 5.0, api_key: str = "") -> tuple[int, str]:
     """(resident bytes, note) from <origin>/metrics; (0, why) when it cannot be read."""
     url = origin(base_url) + "/metrics"
     try:
-        response = httpx.get(url, timeout=timeout_s)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
+        text = _read_metrics(url, api_key, timeout_s)
+    except (httpx.HTTPError, egress.EgressRefused, ValueError) as exc:
         return 0, f"memory unknown: {url} unavailable ({type(exc).__name__})"
     values: dict[str, int] = {}
     try:
-        for family in text_string_to_metric_families(response.text):
+        for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name in (MEMORY_METRIC, PEAK_MEMORY_METRIC) and math.isfinite(sample.value):
                     values[sample.name] = int(sample.value)
@@ -210,12 +230,8 @@ class TargetClient:
         self.target = target
         self.sampling = sampling
         self.traceparent = traceparent
-        self.client = openai.OpenAI(
-            base_url=target.base_url,
-            api_key=resolve_api_key(target.api_key_env),
-            timeout=target.timeout_s,
-            max_retries=0,
-        )
+        self.api_key = resolve_api_key(target.api_key_env, target.base_url)
+        self.client = openai_client(target.base_url, self.api_key, timeout=target.timeout_s)
         self.model = target.model or self._first_model()
 
     def _first_model(self) -> str:
@@ -365,7 +381,7 @@ def measure_target(
             result.notes.append(f"{level.errors} of {level.requests} requests failed at concurrency "
                                 f"{level.concurrency}")  # fmt: skip
 
-    result.memory_bytes, note = scrape_memory(target.base_url)
+    result.memory_bytes, note = scrape_memory(target.base_url, api_key=client.api_key)
     if note:
         result.notes.append(note)
     result.size_bytes, result.parameters = model_footprint(target.model_uri)

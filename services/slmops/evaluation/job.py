@@ -2,8 +2,10 @@
 
 Requests are sent from this process (the Ray job's driver), one target after
 another, so each target's latency is measured without the others' load. A
-target that cannot be reached is reported failed with the reason, and the
-others are measured all the same; the job fails only when every target does.
+target that cannot be reached (or whose host or key the operator's settings
+refuse: core/egress, core/secret_refs) is reported failed with the reason, cut
+short where it quotes the target, and the others are measured all the same;
+the job fails only when every target does.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from slmops.core import artifacts, tracing
-from slmops.core.errors import Unavailable
+from slmops.core.errors import InvalidSpec, Unavailable
 from slmops.core.progress import Progress, scaled
 from slmops.evaluation.client import Measurement, load_examples, measure_target
 from slmops.evaluation.config import EvaluationConfig, validated
@@ -103,7 +105,7 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
                     progress=scaled(progress, start, end),
                 )
             )
-        except Unavailable as exc:
+        except (Unavailable, InvalidSpec) as exc:  # InvalidSpec: its key may not go to its deployment's host
             progress(end, f"{target.name} failed: {exc}")
             measurements.append(Measurement(name=target.name, model_uri=target.model_uri, status="failed",
                                             reason=str(exc)))  # fmt: skip

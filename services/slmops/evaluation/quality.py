@@ -6,7 +6,9 @@ similarity (mean cosine of MiniLM embeddings). Perplexity is the model's on the
 held-out answers (each expected answer given its prompt), read from
 the target's model files (Hugging Face or ONNX Runtime GenAI), so it needs a
 local model_uri. The judge, when configured, rates each answer 1..10 against the
-expected one through its OpenAI-compatible endpoint; mean score in [0, 1].
+expected one through its OpenAI-compatible endpoint (a host the egress allow-list
+allows, with the key core/endpoints' `resolve_api_key` gives for it); mean score
+in [0, 1]. A judge that cannot be used leaves a note, its reason cut short.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import openai
 
 from slmops.core import artifact_cache, artifacts
-from slmops.core.endpoints import describe_error, resolve_api_key
+from slmops.core.endpoints import describe_error, openai_client, resolve_api_key
 from slmops.core.errors import SlmopsError
 from slmops.evaluation import metrics
 from slmops.evaluation.client import Example, Measurement
@@ -65,12 +67,15 @@ def judge_mean(
     """The judge's mean score and a note ('' when every answer was scored)."""
     judge = cfg.judge
     assert judge is not None
-    client = openai.OpenAI(base_url=judge.base_url, api_key=resolve_api_key(judge.api_key_env), max_retries=2,
-                           timeout=120.0)  # fmt: skip
+    try:
+        api_key = resolve_api_key(judge.api_key_env, judge.base_url, "spec.judge.api_key_env")
+    except SlmopsError as exc:  # a key not allowed to go to the judge's host, or unset
+        return None, f"judge unavailable: {exc}"
+    client = openai_client(judge.base_url, api_key, timeout=120.0, max_retries=2)
     items = [(e.prompt, e.expected, c) for e, c in zip(examples, completions)]
     try:
         scores = metrics.judge_scores(client, judge.model, items, chat=judge.chat)
-    except openai.OpenAIError as exc:
+    except (openai.OpenAIError, SlmopsError) as exc:  # SlmopsError: a host the egress allow-list refuses
         return None, f"judge unavailable: {describe_error(exc, judge.base_url)}"
     unscored = sum(score is None for score in scores)
     note = f"the judge gave no score for {unscored} of {len(scores)} answers" if unscored else ""

@@ -31,10 +31,12 @@ from slmops.evaluation.config import EvaluationConfig
 
 
 def _endpoint(section: dict[str, Any], field: str, problems: Problems) -> None:
-    """An endpoint's URL carries no credentials; its key is named by an allowed variable."""
+    """An endpoint's URL carries no credentials and names a host jobs may call; its key is named by an
+    allowed variable, one the operator allows to go to that host (a deployment's URL is checked by the job)."""
     if section.get("base_url"):
         check_http_url(section["base_url"], f"{field}.base_url", problems)
-    check_api_key_env(section.get("api_key_env", ""), f"{field}.api_key_env", problems)
+    check_api_key_env(section.get("api_key_env", ""), f"{field}.api_key_env", problems,
+                      base_url=section.get("base_url", ""))  # fmt: skip
 
 
 def _dataset(value: str, problems: Problems) -> str:

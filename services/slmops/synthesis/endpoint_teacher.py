@@ -6,6 +6,11 @@ requests per minute, and tokens per minute counted as the prompt's estimated
 tokens plus max_tokens). A worker given a `share` of the job's limits (1/N of
 a pool of N workers) keeps to its share, so the pool keeps to the whole.
 
+Every connection passes the egress allow-list (core/egress); a refused host is
+not retried. The bearer token is core/endpoints' `resolve_api_key`: the key a
+request names, for a host allowed for it, or the platform's predictor key when
+the teacher is one of the platform's deployments.
+
 Retries (`tenacity`): 429, 500, 502, 503, 504, timeouts and connection errors
 are tried again, up to `max_attempts` attempts in all, after an exponential
 backoff with jitter, or the server's `Retry-After` when that is longer (up to
@@ -35,8 +40,8 @@ import openai
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from slmops.core import tracing
-from slmops.core.endpoints import describe_error, resolve_api_key
+from slmops.core import egress, tracing
+from slmops.core.endpoints import cut, describe_error, openai_client, resolve_api_key
 from slmops.core.errors import Unavailable
 from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis import logprobs
@@ -51,7 +56,10 @@ CHARS_PER_TOKEN = 4  # a prompt's tokens, estimated before the teacher counts th
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """429, 500, 502, 503, 504, timeouts and connection errors are worth another try; nothing else."""
+    """429, 500, 502, 503, 504, timeouts and connection errors are worth another try; nothing else
+    (a host the egress allow-list refuses least of all)."""
+    if egress.refusal(exc) is not None:
+        return False
     if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is one
         return True
     return isinstance(exc, openai.APIStatusError) and exc.status_code in RETRYABLE_STATUS
@@ -90,15 +98,15 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, exc: BaseException 
 
 
 def probe(config: EndpointTeacherConfig) -> None:
-    """One request before any work: a teacher that cannot be reached, or refuses the key, fails the job now."""
-    headers = {"Authorization": f"Bearer {resolve_api_key(config.api_key_env)}"}
+    """One request before any work: a teacher that cannot be reached, or refuses the key, fails the job now
+    (and so does a host the egress allow-list refuses: EgressRefused)."""
+    headers = {"Authorization": f"Bearer {resolve_api_key(config.api_key_env, config.base_url)}"}
     try:
-        response = httpx.get(
-            f"{config.base_url}/models", headers=headers, timeout=min(config.timeout_s, 15.0)
-        )
+        with egress.http_client(timeout=min(config.timeout_s, 15.0)) as client:
+            response = client.get(f"{config.base_url}/models", headers=headers)
     except httpx.HTTPError as exc:
-        raise Unavailable(f"the teacher at {config.base_url} cannot be reached ({type(exc).__name__}: {exc}); "
-                          "nothing was asked") from None  # fmt: skip
+        raise Unavailable(f"the teacher at {config.base_url} cannot be reached ({type(exc).__name__}: "
+                          f"{cut(str(exc))}); nothing was asked") from None  # fmt: skip
     if response.status_code in (401, 403):
         key = f"the key in {config.api_key_env}" if config.api_key_env else "no API key"
         raise Unavailable(f"the teacher at {config.base_url} refused {key} (HTTP {response.status_code})")
@@ -139,7 +147,7 @@ class EndpointTeacher:
         self.system_prompt, self.traceparent = system_prompt, traceparent
         self.concurrency = max(1, threads)
         self.share = min(max(share, 1e-6), 1.0)
-        self.api_key = resolve_api_key(config.api_key_env)
+        self.api_key = resolve_api_key(config.api_key_env, config.base_url)
         # Top-k tokens are mapped to ids only with the teacher's tokenizer.
         self.table = (
             load_token_table(config.tokenizer) if config.tokenizer and sampling.top_logprobs else None
@@ -169,8 +177,7 @@ class EndpointTeacher:
         cfg = self.config
         if self._client is None:
             # Retries are tenacity's (explicit codes, explicit bound), so the client's are off.
-            self._client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=self.api_key, timeout=cfg.timeout_s,
-                                              max_retries=0)  # fmt: skip
+            self._client = openai_client(cfg.base_url, self.api_key, timeout=cfg.timeout_s, asynchronous=True)
         slots = asyncio.Semaphore(self.concurrency)
         if self._limits is None:  # the rate limits hold across calls
             self._limits = (limiter(cfg.requests_per_minute * self.share) if cfg.requests_per_minute else None,

@@ -220,9 +220,10 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
         cfg.teacher.tokenizer and cfg.sampling.top_logprobs
     )
     if isinstance(cfg.teacher, EndpointTeacherConfig):
-        resolve_api_key(cfg.teacher.api_key_env)  # a missing key fails before any work
+        # A missing key, or one not allowed to go to the teacher's host, fails before any work.
+        resolve_api_key(cfg.teacher.api_key_env, cfg.teacher.base_url, "spec.teacher.endpoint.api_key_env")
         progress(0.0, f"asking the teacher at {cfg.teacher.base_url} whether it answers")
-        probe(cfg.teacher)  # so does a teacher that cannot be reached
+        probe(cfg.teacher)  # so does a teacher that cannot be reached, or whose host jobs may not call
     _check_inputs(cfg)
     if maps_ids:
         load_token_table(cfg.teacher.tokenizer)  # so does a tokenizer that cannot be loaded

@@ -71,20 +71,18 @@ def _local_model(value: str, field: str, problems: Problems) -> str:
 
 
 def _first_prompt(raw: dict[str, Any], problems: Problems) -> dict[str, Any] | None:
-    """The prompts file confined, and (a local file being cheap to read) checked row by row now."""
+    """The prompts file confined, and (when local) its first rows checked now (inputs.check_prompts)."""
     if not raw.get("prompts_uri"):
         return None
     raw["prompts_uri"] = uri = check_local_uri(raw["prompts_uri"], "spec.prompts_uri", problems, want="file")
     if problems or not uri.startswith("file://"):
         return None
-    from slmops.synthesis.inputs import read_inputs
+    from slmops.synthesis.inputs import check_prompts
 
     try:
-        return read_inputs(uri, raw.get("prompt_template", ""), "spec.prompts_uri")[0].fields
+        return check_prompts(uri, raw.get("prompt_template", ""), "spec.prompts_uri")
     except InvalidSpec as exc:
         problems.extend(exc.problems)
-    except IndexError:
-        pass
     return None
 
 
@@ -100,7 +98,8 @@ def _columns(raw: dict[str, Any], first: dict[str, Any] | None, problems: Proble
 
 
 def _teacher(raw: dict[str, Any], problems: Problems) -> None:
-    """The teacher's URL, key name, tokenizer or model folder; the oneof becomes `teacher` with its kind."""
+    """The teacher's URL (a host jobs may call), key name (one that may go to that host), tokenizer or
+    model folder; the oneof becomes `teacher` with its kind."""
     for kind in ("endpoint", "local"):
         if kind in raw:
             raw["teacher"] = {"kind": kind, **raw.pop(kind)}
@@ -108,7 +107,8 @@ def _teacher(raw: dict[str, Any], problems: Problems) -> None:
     field = f"spec.teacher.{teacher.get('kind')}"
     if teacher.get("base_url"):
         check_http_url(teacher["base_url"], f"{field}.base_url", problems)
-    check_api_key_env(teacher.get("api_key_env", ""), f"{field}.api_key_env", problems)
+    check_api_key_env(teacher.get("api_key_env", ""), f"{field}.api_key_env", problems,
+                      base_url=teacher.get("base_url", ""))  # fmt: skip
     if "tokenizer" in teacher:
         teacher["tokenizer"] = _tokenizer(teacher["tokenizer"].strip(), f"{field}.tokenizer", problems)
     if teacher.get("kind") == "local" and "model" in teacher:
