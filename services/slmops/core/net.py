@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 
+# Request bodies past this get 413: a predictor's default, and the cap of a router in front of one.
+MAX_BODY_BYTES = 1 << 20
+
 
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A listening TCP socket on host:port (port 0: a free one); OSError when it cannot bind."""

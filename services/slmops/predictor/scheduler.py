@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from slmops.core import net
 from slmops.predictor import metrics
 from slmops.predictor.engines import Engine, Sampling, SequenceState, TokenLogprob
 
@@ -58,7 +59,7 @@ class Limits:
     max_concurrency: int = 8  # sequences decoded at once, across cohorts
     max_queue: int = 64  # requests waiting for a slot
     max_tokens_cap: int = 4096  # the largest max_tokens a request may ask for
-    max_body_bytes: int = 1 << 20  # request bodies past this get 413
+    max_body_bytes: int = net.MAX_BODY_BYTES  # request bodies past this get 413
     request_timeout_s: float = 300.0  # waiting plus running
     batch_window_s: float = 0.05  # the longest a burst may take to gather when nothing runs
     batch_gap_s: float = 0.015  # ... and it is over once no request came for this long

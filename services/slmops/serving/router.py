@@ -45,6 +45,7 @@ import anyio
 import httpx
 import uvicorn
 
+from slmops.core import net
 from slmops.core.errors import collect
 from slmops.core.net import bind
 
@@ -66,9 +67,7 @@ BODY_TIMEOUT_S = 30.0  # the longest a request body may take to arrive whole
 
 def default_max_body_bytes() -> int:
     """The predictor's own default body limit (a router in front of it takes no more)."""
-    from slmops.predictor.scheduler import Limits  # the predictor's package, loaded only for this number
-
-    return Limits().max_body_bytes
+    return net.MAX_BODY_BYTES
 
 
 class _TooLarge(Exception):
