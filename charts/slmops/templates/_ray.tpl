@@ -49,6 +49,9 @@ containers:
         value: "10"
       {{- include "slmops.sharedEnv" $root | nindent 6 }}
       {{- include "slmops.predictorKeyEnv" $root | nindent 6 }}
+      # Where the release's InferenceServices live: jobs send the predictor key only to their hosts.
+      - name: SLMOPS_KSERVE_NAMESPACE
+        value: {{ include "slmops.kserveNamespace" $root | quote }}
       {{- with $group.env }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
