@@ -173,3 +173,22 @@ def test_kustomize_mirrors_the_key_and_the_predictor_policy(monkeypatch):
     )
     assert not reachable(policies, target, pod(namespace, app="curious"), 8080)
     assert not reachable(policies, target, pod("default", app="curious"), 8081)
+
+
+def test_egress_and_secret_hosts_reach_the_services_that_check_and_the_ray_pods_that_send(helm):
+    """The services check a request's hosts at Create and the Ray jobs again before they connect:
+    both see the same settings."""
+    default = _container(render(), "Deployment", "slmops-synthesis")
+    assert container_env(default)["SLMOPS_EGRESS_ALLOW"] == "*"
+    assert "SLMOPS_SECRET_HOSTS" not in container_env(default)
+    docs = render("egress.secretHosts=OPENAI_API_KEY=api.openai.com", "egress.allow=api.openai.com",
+                  "egress.plainHttpHosts=teacher.internal")  # fmt: skip
+    wanted = {"SLMOPS_SECRET_HOSTS": "OPENAI_API_KEY=api.openai.com", "SLMOPS_EGRESS_ALLOW": "api.openai.com",
+              "SLMOPS_PLAIN_HTTP_HOSTS": "teacher.internal"}  # fmt: skip
+    ray = one(docs, "RayCluster", "slmops-ray")["spec"]
+    pods = [ray["headGroupSpec"]["template"], *(g["template"] for g in ray["workerGroupSpecs"])]
+    containers = [_container(docs, "Deployment", f"slmops-{name}") for name in ("synthesis", "evaluation")]
+    containers += [p["spec"]["containers"][0] for p in pods]
+    for container in containers:
+        env = container_env(container)
+        assert {name: env.get(name) for name in wanted} == wanted, container["name"]

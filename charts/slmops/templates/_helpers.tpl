@@ -290,6 +290,16 @@ job interpreter. Ray auth is not here: KubeRay sets it on the Ray pods
 {{- define "slmops.sharedEnv" -}}
 - name: SLMOPS_DATA_DIR
   value: /var/lib/slmops
+- name: SLMOPS_EGRESS_ALLOW
+  value: {{ .Values.egress.allow | quote }}
+{{- with .Values.egress.secretHosts }}
+- name: SLMOPS_SECRET_HOSTS
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.egress.plainHttpHosts }}
+- name: SLMOPS_PLAIN_HTTP_HOSTS
+  value: {{ . | quote }}
+{{- end }}
 - name: SLMOPS_JOB_PYTHON
   value: python
 {{- with include "slmops.artifactRoot" . }}
