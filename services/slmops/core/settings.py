@@ -71,17 +71,17 @@ VARS: dict[str, Var] = {
     "max_input_files": Var(
         "SLMOPS_MAX_INPUT_FILES",
         "10000",
-        "The most files a pipeline input folder may hold.",
+        "The most files (and, counted apart, the most folders) a pipeline input folder may hold; a larger one is refused rather than hashed.",
     ),
     "ray_timeout_s": Var(
         "SLMOPS_RAY_TIMEOUT_S",
         "30",
-        "Seconds any one call to Ray's Jobs API may take before it counts as failed.",
+        "Seconds any one request to Ray's Jobs API (submit, status, stop, logs, the log stream's handshake) may take before it counts as failed; the services make these calls on threads of their own, apart from the database calls.",
     ),
     "log_max_bytes": Var(
         "SLMOPS_LOG_MAX_BYTES",
         str(10 * 2**20),
-        "Size at which a service's log file and the local span file are rotated (3 older files kept).",
+        "Size in bytes at which a service's log file (<data_dir>/logs/<service>.log under `slmops up`) and the local span file are rotated to <file>.1 ... <file>.3 (3 older files kept).",
     ),
     "s3_endpoint": Var(
         "AWS_ENDPOINT_URL",
@@ -172,6 +172,11 @@ VARS: dict[str, Var] = {
         "slmops",
         "Value of the label slmops.io/owner on every InferenceService this serving service creates; it patches and deletes only those.",
     ),
+    "kserve_expose_externally": Var(
+        "SLMOPS_KSERVE_EXPOSE_EXTERNALLY",
+        "false",
+        "true: the InferenceServices the kserve backend creates get an external URL; by default they carry networking.kserve.io/visibility: cluster-local and are reached from inside the cluster only.",
+    ),
     "shared_claim": Var(
         "SLMOPS_SHARED_CLAIM",
         "",
@@ -243,7 +248,7 @@ def get(name: str, override: str | None = None) -> str:
 
 def data_dir(override: str | None = None) -> Path:
     path = Path(get("data_dir", override)).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)  # local state is this user's only
     return path
 
 
@@ -272,7 +277,7 @@ def database_url(service: str, override: str | None = None) -> str:
     if value:
         return value
     db_dir = data_dir() / "db"
-    db_dir.mkdir(parents=True, exist_ok=True)
+    db_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return f"sqlite:///{db_dir / service}.db"
 
 

@@ -253,7 +253,9 @@ def check_labels(labels: Mapping[str, Any], field: str = "spec.labels") -> Probl
         if not isinstance(value, str):
             problems.append((where, "the label value must be text"))
         elif len(value) > LABEL_VALUE_MAX:
-            problems.append((where, f"the label value is {len(value)} characters long; at most {LABEL_VALUE_MAX}"))
+            problems.append(
+                (where, f"the label value is {len(value)} characters long; at most {LABEL_VALUE_MAX}")
+            )
         elif any(ord(c) < 32 or ord(c) == 127 for c in value):
             problems.append((where, "the label value must not hold control characters"))
     return problems

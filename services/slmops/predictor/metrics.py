@@ -4,26 +4,78 @@ Everything registers in prometheus_client's default registry, which KServe
 exposes. Evaluation reads `slmops_predictor_peak_resident_memory_bytes` (the
 process's high-water mark), else `process_resident_memory_bytes` (the process
 collector), and the token counters below.
+
+Label values come from a closed set, never from what a client sends: the
+endpoint, HTTP status code and rejection reason must be known ones, and the
+model one of the first MAX_MODELS names counted (a predictor serves one model
+and its adapters, and its routes count only names it serves); anything else is
+counted as `other`, so no client can grow the number of series.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, ProcessCollector
 
-REQUESTS = Counter(
+OTHER = "other"  # the label value of anything outside the known set
+MAX_MODELS = 32
+ENDPOINTS = frozenset({"completions", "chat", "infer"})
+CODES = frozenset({"200", "400", "401", "403", "404", "408", "413", "422", "429", "499", "500", "503", "504"})
+REASONS = frozenset({"queue_full", "body_too_large", "unauthorized", "timeout"})
+_models: set[str] = set()
+_models_lock = threading.Lock()
+
+
+def _model(name: str) -> str:
+    with _models_lock:
+        if name not in _models and len(_models) < MAX_MODELS:
+            _models.add(name)
+        return name if name in _models else OTHER
+
+
+def _closed(labelname: str, value: Any) -> str:
+    """value as a label value of labelname: itself when known, else OTHER."""
+    value = str(value)
+    if labelname == "model":
+        return _model(value)
+    known = {"endpoint": ENDPOINTS, "code": CODES, "reason": REASONS}.get(labelname)
+    return value if known is None or value in known else OTHER
+
+
+class _Closed:
+    """A labelled metric whose label values are mapped into the closed sets above."""
+
+    _labelnames: tuple[str, ...]
+
+    def labels(self, *values: Any, **named: Any) -> Any:
+        if named:
+            return super().labels(**{k: _closed(k, v) for k, v in named.items()})  # type: ignore[misc]
+        return super().labels(*(_closed(k, v) for k, v in zip(self._labelnames, values, strict=False)))  # type: ignore[misc]
+
+
+class ClosedCounter(_Closed, Counter):
+    pass
+
+
+class ClosedHistogram(_Closed, Histogram):
+    pass
+
+
+REQUESTS = ClosedCounter(
     "slmops_predictor_requests",
     "Requests answered, by model, endpoint and HTTP status code.",
     ["model", "endpoint", "code"],
 )
-LATENCY = Histogram(
+LATENCY = ClosedHistogram(
     "slmops_predictor_request_seconds",
     "Time from request to last token, by model and endpoint.",
     ["model", "endpoint"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
-FIRST_TOKEN = Histogram(
+FIRST_TOKEN = ClosedHistogram(
     "slmops_predictor_time_to_first_token_seconds",
     "Time from request to the first generated piece of text (streamed or not).",
     ["model", "endpoint"],
@@ -42,8 +94,8 @@ def _peak_rss() -> float:
 
 
 PEAK_MEMORY.set_function(_peak_rss)
-PROMPT_TOKENS = Counter("slmops_predictor_prompt_tokens", "Prompt tokens processed.", ["model"])
-GENERATED_TOKENS = Counter("slmops_predictor_generated_tokens", "Tokens generated.", ["model"])
+PROMPT_TOKENS = ClosedCounter("slmops_predictor_prompt_tokens", "Prompt tokens processed.", ["model"])
+GENERATED_TOKENS = ClosedCounter("slmops_predictor_generated_tokens", "Tokens generated.", ["model"])
 
 
 def ensure_process_collector() -> None:
@@ -81,7 +133,7 @@ def rss_bytes() -> int:
 # The scheduler's view: what runs, what waits, what is turned away.
 IN_FLIGHT = Gauge("slmops_predictor_in_flight", "Sequences being decoded now.")
 QUEUE_DEPTH = Gauge("slmops_predictor_queue_depth", "Requests waiting for a decoding slot.")
-REJECTED = Counter(
+REJECTED = ClosedCounter(
     "slmops_predictor_rejected",
     "Requests turned away or cut short, by reason (queue_full, body_too_large, unauthorized, timeout).",
     ["reason"],
@@ -96,7 +148,7 @@ COHORTS_MERGED = Counter(
     "slmops_predictor_cohorts_merged",
     "Young batches restarted to take requests that arrived just after them.",
 )
-TIME_PER_TOKEN = Histogram(
+TIME_PER_TOKEN = ClosedHistogram(
     "slmops_predictor_time_per_output_token_seconds",
     "Time per generated token after the first, per request.",
     ["model", "endpoint"],

@@ -18,7 +18,8 @@ What the lifecycle guarantees, whatever the engine:
   asked whether the record's work exists already (`find`), so a replica
   killed between starting the work and recording its handle finds it again.
 - A failed status poll is retried with backoff, never taken as the work's
-  failure; so is a database outage (a PostgreSQL restart): following resumes
+  failure (an engine that learns the work is gone, as Ray forgets a job when
+  its head restarts, says so with a FAILED update); so is a database outage (a PostgreSQL restart): following resumes
   from what was committed, since what one poll saw is kept in one transaction.
   Cancel reports CANCELLED only once the engine has stopped the work.
 - Only the lease holder finishes a record it follows: a replica whose lease ran

@@ -7,6 +7,7 @@ validator, and binds Create/Get/List/Cancel/Watch<Noun> to these methods.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,10 +18,13 @@ from pydantic import BaseModel
 
 from slmops.api.v1 import common_pb2
 from slmops.core import artifacts
-from slmops.core.errors import InvalidSpec, validate_pending
-from slmops.core.jobs.ray_jobs import RayJobs
+from slmops.core.errors import InvalidSpec, Unavailable, collect, validate_pending
+from slmops.core.jobs.ray_jobs import RayJobs, call
 from slmops.core.jobs.stage import OUTPUT_KIND, StageJobs
 from slmops.core.jobs.store import Event, JobRecord
+from slmops.core.spec_checks import check_labels
+
+log = logging.getLogger(__name__)
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -77,6 +81,18 @@ def event_proto(event: Event) -> common_pb2.ProgressEvent:
     return proto
 
 
+def checked(check: Callable[[Any], Any], spec: Any, pending: list[str] | tuple[str, ...] = ()) -> Any:
+    """check(spec) as validate_pending runs it, the spec's labels checked too: every problem at once."""
+    problems = check_labels(dict(getattr(spec, "labels", {})))
+    try:
+        result = validate_pending(check, spec, pending)
+    except InvalidSpec as exc:
+        collect([*exc.problems, *problems])
+        raise
+    collect(problems)
+    return result
+
+
 def require_id(value: str, field: str = "id") -> str:
     if not value.strip():
         raise InvalidSpec(field, "must name a job (got an empty string)")
@@ -88,8 +104,9 @@ class JobServicer:
 
     `validate` turns the spec into the job's config (InvalidSpec otherwise);
     the optional `precheck(config, ray)` then refuses what the cluster can
-    never run (Conflict). Both run in a worker thread, before the job is recorded.
-    A request with `validate_only` runs them, records nothing and answers a job with no id.
+    never run (Conflict). Both run before the job is recorded: `validate` in a worker thread, with
+    the spec's labels checked (core/spec_checks `check_labels`); `precheck`, which asks Ray, on the
+    Ray threads. A request with `validate_only` runs them, records nothing and answers a job with no id.
     """
 
     job_cls: type[Message]
@@ -110,14 +127,14 @@ class JobServicer:
         if not request.HasField("spec"):
             raise InvalidSpec("spec", "is required")
         if request.validate_only:
-            config = await asyncio.to_thread(validate_pending, self.validate, request.spec,
-                                             list(request.pending_fields))  # fmt: skip
-            if config is not None and self.precheck is not None:
-                await asyncio.to_thread(self.precheck, config, self.jobs.ray)
+            config = await asyncio.to_thread(
+                checked, self.validate, request.spec, list(request.pending_fields)
+            )
+            if config is not None:
+                await self._precheck(config)
             return self.job_cls(spec=request.spec)
-        config = await asyncio.to_thread(self.validate, request.spec)
-        if self.precheck is not None:
-            await asyncio.to_thread(self.precheck, config, self.jobs.ray)
+        config = await asyncio.to_thread(checked, self.validate, request.spec)
+        await self._precheck(config)
         record = await self.jobs.create(
             config.model_dump(mode="json"),
             message_to_dict(request.spec),
@@ -125,6 +142,15 @@ class JobServicer:
             dict(getattr(request.spec, "labels", {})),
         )
         return self.to_job(record)
+
+    async def _precheck(self, config: Any) -> None:
+        """Refuse what the cluster can never run; a Ray that does not answer in time is not asked."""
+        if self.precheck is None:
+            return
+        try:
+            await call(self.precheck, config, self.jobs.ray)
+        except Unavailable as exc:
+            log.warning("not checking the job against the cluster: %s", exc)
 
     async def get(self, request: common_pb2.GetJobRequest, context: Any) -> Message:
         return self.to_job(await asyncio.to_thread(self.jobs.get, require_id(request.id)))

@@ -5,6 +5,13 @@ follow under an owner lease, cancel, resume) with `RayEngine`: each job is a
 Ray job submitted under the id `slmops-<job id>`, whose log carries progress
 lines and the result. It knows nothing of gRPC: servicers translate protobuf
 to and from it.
+
+Ray is asked on the Ray threads (`ray_jobs.call`), each call bounded by the Ray
+timeout. A job Ray no longer knows (its head restarted and lost it) ends FAILED
+saying so, at the first poll that learns it; a stage that continues from its
+checkpoint (RESTARTABLE) is submitted again instead, like a job whose process
+died, at most MAX_RESTARTS times. Cancel of such a job succeeds: there is
+nothing left to stop.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixe
 from slmops.core import artifacts, settings, tracing
 from slmops.core.errors import Unavailable
 from slmops.core.jobs.lifecycle import Lifecycle, Update
-from slmops.core.jobs.ray_jobs import RUNNING_STATES, RayJobs
+from slmops.core.jobs.ray_jobs import AGENT_WAIT_S, RUNNING_STATES, RayJobLost, RayJobs, call, ray_timeout
 from slmops.core.jobs.store import JobRecord, JobStore
 from slmops.core.progress import parse_line
 
@@ -104,17 +111,23 @@ class RayEngine:
 
     async def find(self, record: JobRecord) -> str:
         find = getattr(self.ray, "find", None)
-        return await asyncio.to_thread(find, self.stage, record.id) if find is not None else ""
+        return await call(find, self.stage, record.id) if find is not None else ""
 
     async def attached(self, record: JobRecord) -> bool:
         return True  # Ray keeps its jobs whichever replica asks
 
     async def submit(self, record: JobRecord) -> str:
-        return await asyncio.to_thread(self.ray.submit, self.stage, record.id, record.config, record.output_uri,
-                                       record.traceparent)  # fmt: skip
+        return await call(self.ray.submit, self.stage, record.id, record.config, record.output_uri,
+                          record.traceparent, deadline=_submit_deadline())  # fmt: skip
 
     async def poll(self, record: JobRecord) -> Update:
-        status = await asyncio.to_thread(self.ray.status, record.ray_job_id)
+        try:
+            status = await call(self.ray.status, record.ray_job_id)
+        except RayJobLost as exc:
+            self.forget(record.ray_job_id)
+            log.warning("%s %s: %s", self.stage, record.id, exc)
+            lost = Update(state="FAILED", reason=str(exc))
+            return await self._restart(record, lost) if self.stage in RESTARTABLE else lost
         logs = await self._log(record.ray_job_id, ended=status.state not in RUNNING_STATES)
         new = logs[record.log_offset :]
         cut = new.rfind("\n") + 1  # only whole lines
@@ -157,7 +170,7 @@ class RayEngine:
             self._breaks[submission_id] += 1
         # Read whole: the job has ended, or its stream broke off (opened again at the next poll, a
         # bounded number of times); Ray's dashboards that serve no websocket end up here too.
-        return await asyncio.to_thread(self.ray.logs, submission_id)
+        return await call(self.ray.logs, submission_id)
 
     def forget(self, submission_id: str | None = None) -> None:
         """Close the log stream of a job no longer followed here (of every job when None)."""
@@ -174,8 +187,8 @@ class RayEngine:
         if restarts >= MAX_RESTARTS:
             died.reason = f"{died.reason} (after {restarts} restarts)"
             return died
-        handle = await asyncio.to_thread(self.ray.submit, self.stage, record.id, record.config, record.output_uri,
-                                         record.traceparent, restart=restarts + 1)  # fmt: skip
+        handle = await call(self.ray.submit, self.stage, record.id, record.config, record.output_uri,
+                            record.traceparent, restart=restarts + 1, deadline=_submit_deadline())  # fmt: skip
         fraction = died.events[-1][0] if died.events else record.fraction
         said = (f"the job's process ended without finishing ({died.reason}); started it again "
                 f"({restarts + 1} of {MAX_RESTARTS} restarts): it continues from what it had committed")  # fmt: skip
@@ -183,22 +196,32 @@ class RayEngine:
         return Update(state="RUNNING", events=[*died.events, (fraction, said, {})], cursor=0, handle=handle)
 
     async def stop(self, record: JobRecord) -> bool:
-        if await asyncio.to_thread(self.ray.stop, record.ray_job_id) is not False:
+        """True once the job has stopped or ended, or Ray no longer knows it; False when it runs on."""
+        if await call(self.ray.stop, record.ray_job_id) is not False:
             # Ray signals the job and returns: wait (a little) for it to end, so what the job keeps
             # on its way out (a synthesis job seals what was answered) is there when Cancel answers.
             async def state() -> str:
                 try:
-                    return (await asyncio.to_thread(self.ray.status, record.ray_job_id)).state
+                    return (await call(self.ray.status, record.ray_job_id)).state
                 except Unavailable:
-                    return ""  # Ray cannot say: stop waiting
+                    return ""  # Ray cannot say (or lost the job): stop waiting
 
             waiting = AsyncRetrying(stop=stop_after_delay(STOP_WAIT_S), wait=wait_fixed(0.25),
                                     retry=retry_if_result(lambda s: s in RUNNING_STATES),
                                     retry_error_callback=lambda _: "")  # fmt: skip
             await waiting(state)
             return True
-        status = await asyncio.to_thread(self.ray.status, record.ray_job_id)
+        try:
+            status = await call(self.ray.status, record.ray_job_id)
+        except RayJobLost as exc:
+            log.info("%s %s: %s; nothing to stop", self.stage, record.id, exc)
+            return True
         return status.state not in ("PENDING", "RUNNING")  # it had ended by itself
+
+
+def _submit_deadline() -> float:
+    """How long a submission may take: the wait for a starting head's job agent, then its requests."""
+    return AGENT_WAIT_S + 3 * ray_timeout()
 
 
 class StageJobs(Lifecycle):

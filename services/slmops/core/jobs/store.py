@@ -23,6 +23,7 @@ outage (worth a retry) from the others.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -31,15 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Float, Index, Integer, String, Text, create_engine, func, or_, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from slmops.core.errors import InvalidSpec, NotFound
+from slmops.core.private_files import open_private, private_dir
+from slmops.core.spec_checks import check_labels
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "DELETED"})
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
+PAGE_BYTES = 2 * 2**20  # a List page ends early (with a next token) once its records hold this much JSON
 
 
 class _Base(DeclarativeBase):
@@ -139,6 +144,11 @@ class LeaseLost(Exception):
     """Another replica owns the job now: this one must stop following it."""
 
 
+def _check_labels(labels: dict[str, Any]) -> None:
+    if problems := check_labels(labels):
+        raise InvalidSpec(*problems[0], *problems[1:])
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a database error is one of an outage (server restarting, connection dropped): retry it."""
     if isinstance(exc, (OperationalError, InterfaceError)):
@@ -178,6 +188,17 @@ def _to_record(row: _Job) -> JobRecord:
     return JobRecord(**values)
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file readable by this user only before SQLite does (its -wal, -shm and
+    -journal files take the database file's mode)."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database).expanduser()
+    private_dir(path.parent)
+    os.close(open_private(path, os.O_RDONLY))
+
+
 class JobStore:
     """Jobs of one service. Thread-safe; every method is one short transaction."""
 
@@ -185,6 +206,7 @@ class JobStore:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            _private_sqlite_file(url)
         else:  # a server: connections may break under the pool (restart, failover)
             kwargs.update(pool_pre_ping=True, pool_recycle=POOL_RECYCLE_S)
         self.engine = create_engine(url, **kwargs)
@@ -192,7 +214,9 @@ class JobStore:
         self._lock = threading.Lock()
 
     def create(self, record: JobRecord, events: Iterable[EventRow] = ()) -> JobRecord:
-        """Keep a new record, with its first events in the same transaction."""
+        """Keep a new record, with its first events in the same transaction; InvalidSpec naming
+        spec.labels when its labels pass the limits (core/spec_checks `check_labels`)."""
+        _check_labels(record.labels)
         now = time.time()
         record.created = record.created or now
         record.updated = now
@@ -234,6 +258,8 @@ class JobStore:
         finished already (the record is returned as it is).
         """
         events = list(events)
+        if "labels" in changes:
+            _check_labels(changes["labels"])
         for _ in range(10):
             with self._lock, Session(self.engine) as session:
                 row = session.get(_Job, job_id, with_for_update=True)
@@ -279,7 +305,10 @@ class JobStore:
         page_size: int = 0,
         page_token: str = "",
     ) -> tuple[list[JobRecord], str]:
-        """Newest first. The page token is the offset of the next page."""
+        """Newest first. The page token is the offset of the next page. A page holds at most
+        page_size records and, past its first, PAGE_BYTES of their JSON, so it can always be sent."""
+        if problems := check_labels(labels or {}, "labels"):
+            raise InvalidSpec(*problems[0], *problems[1:])
         if page_size < 0 or page_size > MAX_PAGE:
             raise InvalidSpec("page_size", f"must be between 0 and {MAX_PAGE}")
         try:
@@ -296,10 +325,17 @@ class JobStore:
             query = query.where(_Job.state == state)
         for key, value in sorted((labels or {}).items()):
             query = query.where(self._label(key) == value)
+        rows: list[JobRecord] = []
+        more, held = False, 0
         with Session(self.engine) as session:
-            rows = [_to_record(r) for r in session.scalars(query.offset(offset).limit(size + 1))]
-        next_token = str(offset + size) if len(rows) > size else ""
-        return rows[:size], next_token
+            for row in session.scalars(query.offset(offset).limit(size + 1)):
+                held += sum(len(text) for text in (row.spec_json, row.result_json, row.labels_json,
+                                                   row.reason, row.message))  # fmt: skip
+                if len(rows) == size or (rows and held > PAGE_BYTES):
+                    more = True
+                    break
+                rows.append(_to_record(row))
+        return rows, str(offset + len(rows)) if more else ""
 
     def _label(self, key: str) -> Any:
         """SQL for the value of one label (the labels are a JSON object in text)."""
