@@ -23,6 +23,7 @@ import time
 import httpx
 import pytest
 
+from slmops.core import predictor_key
 from slmops.core.jobs.store import JobStore
 from slmops.serving.deployments import Deployments, revision_id
 from tests.integration._models import tiny_onnx
@@ -44,9 +45,16 @@ async def until(predicate, timeout: float) -> float:
     return time.monotonic() - start
 
 
+def auth() -> dict[str, str]:
+    """The predictors' key as clients send it (the env fixture makes one, as `slmops up` does)."""
+    return {"Authorization": f"Bearer {predictor_key.read()}"}
+
+
 def ready(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=2, trust_env=False).status_code == 200
+        return (
+            httpx.get(f"{url}/v2/health/ready", timeout=2, trust_env=False, headers=auth()).status_code == 200
+        )
     except httpx.HTTPError:
         return False
 
@@ -59,7 +67,7 @@ def settled(deployments: Deployments, name: str) -> bool:
 def complete(client: httpx.Client, url: str) -> tuple[str, int]:
     """One completion through the router: (the revision that answered, the status)."""
     try:
-        response = client.post(f"{url}/openai/v1/completions",
+        response = client.post(f"{url}/openai/v1/completions", headers=auth(),
                                json={"model": "tiny", "prompt": "hello", "max_tokens": 2, "temperature": 0})  # fmt: skip
     except httpx.HTTPError as exc:
         return type(exc).__name__, 0
@@ -104,6 +112,8 @@ def env(tmp_path_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("SLMOPS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(model.parent))
     monkeypatch.setenv("SLMOPS_SERVING_BACKEND", "local")
+    # Predictors and routers require the key, as under `slmops up` (and whatever another module's stack set).
+    monkeypatch.setenv("SLMOPS_PREDICTOR_API_KEY_FILE", str(predictor_key.ensure(tmp_path / "data")))
     return model, f"sqlite:///{tmp_path}/serving.db"
 
 

@@ -20,7 +20,7 @@ import fsspec
 import httpx
 import pytest
 
-from slmops.core import artifact_cache, artifacts
+from slmops.core import artifact_cache, artifacts, predictor_key
 from slmops.core.errors import Conflict, InvalidSpec
 from slmops.core.jobs.store import JobStore
 from slmops.serving.deployments import Deployments, revision_id
@@ -135,6 +135,8 @@ async def test_a_deployment_serves_a_model_on_s3_and_records_its_uri(bucket, tmp
     monkeypatch.setenv(
         "SLMOPS_ARTIFACT_ROOT", f"{bucket}/artifacts"
     )  # the deployment artifact goes to S3 too
+    key = predictor_key.ensure(tmp_path / "keys")  # predictors and routers require it, as under `slmops up`
+    monkeypatch.setenv("SLMOPS_PREDICTOR_API_KEY_FILE", str(key))
     deployments = Deployments(JobStore(f"sqlite:///{tmp_path}/serving.db"), poll_s=0.5)
     deployments.resume()
     try:
@@ -151,8 +153,11 @@ async def test_a_deployment_serves_a_model_on_s3_and_records_its_uri(bucket, tmp
         chain = artifacts.lineage(rev.output_uri)
         assert [m.kind for m in chain] == ["deployment", "checkpoint"] and chain[1].uri == uri
         async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
-            reply = await client.post(f"{record.result['url']}/openai/v1/completions",
+            url = f"{record.result['url']}/openai/v1/completions"
+            refused = await client.post(url, json={"model": "tiny", "prompt": "hello", "max_tokens": 2})
+            reply = await client.post(url, headers={"Authorization": f"Bearer {key.read_text().strip()}"},
                                       json={"model": "tiny", "prompt": "hello", "max_tokens": 2})  # fmt: skip
+        assert refused.status_code == 401, refused.text
         assert reply.status_code == 200, reply.text
     finally:
         await deployments.delete("tiny")
