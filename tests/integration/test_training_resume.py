@@ -20,9 +20,14 @@ pytestmark = pytest.mark.integration
 
 
 def _train_workers() -> list[psutil.Process]:
+    """This test's Ray Train workers: descendants of this process (its Ray's raylet starts them), never
+    those of a Ray another test process runs on the machine at the same time."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
         if "RayTrainWorker" in cmdline:
             found.append(proc)
     return found
