@@ -50,16 +50,18 @@ class QualityGate(_message.Message):
     def __init__(self, candidate: _Optional[str] = ..., min_retention: _Optional[float] = ..., min_accuracy: _Optional[float] = ..., max_latency_p95_ms: _Optional[float] = ..., min_retention_by_metric: _Optional[_Mapping[str, float]] = ..., min_tokens_per_second: _Optional[float] = ...) -> None: ...
 
 class JudgeSpec(_message.Message):
-    __slots__ = ("base_url", "model", "api_key_env", "chat")
+    __slots__ = ("base_url", "model", "api_key_env", "chat", "concurrency")
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ENV_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     base_url: str
     model: str
     api_key_env: str
     chat: bool
-    def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ...) -> None: ...
+    concurrency: int
+    def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_env: _Optional[str] = ..., chat: _Optional[bool] = ..., concurrency: _Optional[int] = ...) -> None: ...
 
 class EvaluationSpec(_message.Message):
     __slots__ = ("targets", "dataset_uri", "reference", "metric", "max_prompts", "sampling", "concurrency", "warmup_requests", "output_uri", "gate", "labels", "quality_metrics", "answer_pattern", "concurrency_levels", "judge")

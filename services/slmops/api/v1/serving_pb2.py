@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from slmops.api.v1 import common_pb2 as slmops_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17slmops/v1/serving.proto\x12\tslmops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16slmops/v1/common.proto\"\'\n\nAdapterRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\"\xdc\x02\n\x0e\x44\x65ploymentSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12*\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x19.slmops.v1.ServingBackend\x12\x1e\n\x16\x63\x61nary_traffic_percent\x18\x04 \x01(\x05\x12\'\n\x08\x61\x64\x61pters\x18\x05 \x03(\x0b\x32\x15.slmops.v1.AdapterRef\x12-\n\tresources\x18\x06 \x01(\x0b\x32\x1a.slmops.v1.ResourceRequest\x12\x11\n\tnamespace\x18\x07 \x01(\t\x12\x35\n\x06labels\x18\x08 \x03(\x0b\x32%.slmops.v1.DeploymentSpec.LabelsEntry\x12\x0c\n\x04port\x18\t \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x02\n\x08Revision\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12\x17\n\x0ftraffic_percent\x18\x03 \x01(\x05\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.slmops.v1.DeploymentState\x12\x0b\n\x03url\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06number\x18\x07 \x01(\x05\x12\'\n\x08\x61\x64\x61pters\x18\x08 \x03(\x0b\x32\x15.slmops.v1.AdapterRef\x12\x0e\n\x06reason\x18\t \x01(\t\x12(\n\x08\x61rtifact\x18\n \x01(\x0b\x32\x16.slmops.v1.ArtifactRef\x12\x0b\n\x03log\x18\x0b \x01(\t\"\x84\x03\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.slmops.v1.DeploymentSpec\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.slmops.v1.DeploymentState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\x12&\n\trevisions\x18\x06 \x03(\x0b\x32\x13.slmops.v1.Revision\x12(\n\x08\x61rtifact\x18\x07 \x01(\x0b\x32\x16.slmops.v1.ArtifactRef\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10serving_revision\x18\x0b \x01(\x05\x12\x17\n\x0flatest_revision\x18\x0c \x01(\x05\"q\n\x17\x43reateDeploymentRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.slmops.v1.DeploymentSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x83\x01\n\x17UpdateDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12\'\n\x08\x61\x64\x61pters\x18\x03 \x03(\x0b\x32\x15.slmops.v1.AdapterRef\x12\x1e\n\x16\x63\x61nary_traffic_percent\x18\x04 \x01(\x05\"G\n\x18PromoteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x15\x65valuation_report_uri\x18\x02 \x01(\t\")\n\x19RollbackDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x16WatchDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xad\x01\n\x16ListDeploymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12=\n\x06labels\x18\x03 \x03(\x0b\x32-.slmops.v1.ListDeploymentsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x17ListDeploymentsResponse\x12*\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x15.slmops.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*H\n\x0eServingBackend\x12\x1f\n\x1bSERVING_BACKEND_UNSPECIFIED\x10\x00\x12\t\n\x05LOCAL\x10\x01\x12\n\n\x06KSERVE\x10\x02*\xaa\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45PLOYMENT_DEPLOYING\x10\x01\x12\x14\n\x10\x44\x45PLOYMENT_READY\x10\x02\x12\x15\n\x11\x44\x45PLOYMENT_FAILED\x10\x03\x12\x16\n\x12\x44\x45PLOYMENT_DELETED\x10\x04\x12\x16\n\x12\x44\x45PLOYMENT_RETIRED\x10\x05\x32\x96\x05\n\x0eServingService\x12M\n\x10\x43reateDeployment\x12\".slmops.v1.CreateDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12G\n\rGetDeployment\x12\x1f.slmops.v1.GetDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12X\n\x0fListDeployments\x12!.slmops.v1.ListDeploymentsRequest\x1a\".slmops.v1.ListDeploymentsResponse\x12M\n\x10\x44\x65leteDeployment\x12\".slmops.v1.DeleteDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12P\n\x0fWatchDeployment\x12!.slmops.v1.WatchDeploymentRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x12M\n\x10UpdateDeployment\x12\".slmops.v1.UpdateDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12O\n\x11PromoteDeployment\x12#.slmops.v1.PromoteDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12Q\n\x12RollbackDeployment\x12$.slmops.v1.RollbackDeploymentRequest\x1a\x15.slmops.v1.Deploymentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17slmops/v1/serving.proto\x12\tslmops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16slmops/v1/common.proto\"\'\n\nAdapterRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\"\x88\x03\n\x0e\x44\x65ploymentSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12*\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x19.slmops.v1.ServingBackend\x12\x1e\n\x16\x63\x61nary_traffic_percent\x18\x04 \x01(\x05\x12\'\n\x08\x61\x64\x61pters\x18\x05 \x03(\x0b\x32\x15.slmops.v1.AdapterRef\x12-\n\tresources\x18\x06 \x01(\x0b\x32\x1a.slmops.v1.ResourceRequest\x12\x11\n\tnamespace\x18\x07 \x01(\t\x12\x35\n\x06labels\x18\x08 \x03(\x0b\x32%.slmops.v1.DeploymentSpec.LabelsEntry\x12\x0c\n\x04port\x18\t \x01(\x05\x12*\n\x06limits\x18\n \x01(\x0b\x32\x1a.slmops.v1.PredictorLimits\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x0fPredictorLimits\x12\x0f\n\x07threads\x18\x01 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x02 \x01(\x05\x12\x11\n\tmax_queue\x18\x03 \x01(\x05\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x16\n\x0emax_body_bytes\x18\x05 \x01(\x03\x12\x19\n\x11request_timeout_s\x18\x06 \x01(\x01\"\xc3\x02\n\x08Revision\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12\x17\n\x0ftraffic_percent\x18\x03 \x01(\x05\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.slmops.v1.DeploymentState\x12\x0b\n\x03url\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06number\x18\x07 \x01(\x05\x12\'\n\x08\x61\x64\x61pters\x18\x08 \x03(\x0b\x32\x15.slmops.v1.AdapterRef\x12\x0e\n\x06reason\x18\t \x01(\t\x12(\n\x08\x61rtifact\x18\n \x01(\x0b\x32\x16.slmops.v1.ArtifactRef\x12\x0b\n\x03log\x18\x0b \x01(\t\x12\x14\n\x0cgrpc_address\x18\x0c \x01(\t\"\x9a\x03\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.slmops.v1.DeploymentSpec\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.slmops.v1.DeploymentState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\x12&\n\trevisions\x18\x06 \x03(\x0b\x32\x13.slmops.v1.Revision\x12(\n\x08\x61rtifact\x18\x07 \x01(\x0b\x32\x16.slmops.v1.ArtifactRef\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10serving_revision\x18\x0b \x01(\x05\x12\x17\n\x0flatest_revision\x18\x0c \x01(\x05\x12\x14\n\x0cgrpc_address\x18\r \x01(\t\"q\n\x17\x43reateDeploymentRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.slmops.v1.DeploymentSpec\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x16\n\x0epending_fields\x18\x03 \x03(\t\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x83\x01\n\x17UpdateDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12\'\n\x08\x61\x64\x61pters\x18\x03 \x03(\x0b\x32\x15.slmops.v1.AdapterRef\x12\x1e\n\x16\x63\x61nary_traffic_percent\x18\x04 \x01(\x05\"V\n\x18PromoteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x15\x65valuation_report_uri\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\")\n\x19RollbackDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x16WatchDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xad\x01\n\x16ListDeploymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12=\n\x06labels\x18\x03 \x03(\x0b\x32-.slmops.v1.ListDeploymentsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x17ListDeploymentsResponse\x12*\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x15.slmops.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*H\n\x0eServingBackend\x12\x1f\n\x1bSERVING_BACKEND_UNSPECIFIED\x10\x00\x12\t\n\x05LOCAL\x10\x01\x12\n\n\x06KSERVE\x10\x02*\xaa\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45PLOYMENT_DEPLOYING\x10\x01\x12\x14\n\x10\x44\x45PLOYMENT_READY\x10\x02\x12\x15\n\x11\x44\x45PLOYMENT_FAILED\x10\x03\x12\x16\n\x12\x44\x45PLOYMENT_DELETED\x10\x04\x12\x16\n\x12\x44\x45PLOYMENT_RETIRED\x10\x05\x32\x96\x05\n\x0eServingService\x12M\n\x10\x43reateDeployment\x12\".slmops.v1.CreateDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12G\n\rGetDeployment\x12\x1f.slmops.v1.GetDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12X\n\x0fListDeployments\x12!.slmops.v1.ListDeploymentsRequest\x1a\".slmops.v1.ListDeploymentsResponse\x12M\n\x10\x44\x65leteDeployment\x12\".slmops.v1.DeleteDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12P\n\x0fWatchDeployment\x12!.slmops.v1.WatchDeploymentRequest\x1a\x18.slmops.v1.ProgressEvent0\x01\x12M\n\x10UpdateDeployment\x12\".slmops.v1.UpdateDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12O\n\x11PromoteDeployment\x12#.slmops.v1.PromoteDeploymentRequest\x1a\x15.slmops.v1.Deployment\x12Q\n\x12RollbackDeployment\x12$.slmops.v1.RollbackDeploymentRequest\x1a\x15.slmops.v1.Deploymentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,40 +38,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYMENTSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTDEPLOYMENTSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTDEPLOYMENTSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_SERVINGBACKEND']._serialized_start=1962
-  _globals['_SERVINGBACKEND']._serialized_end=2034
-  _globals['_DEPLOYMENTSTATE']._serialized_start=2037
-  _globals['_DEPLOYMENTSTATE']._serialized_end=2207
+  _globals['_SERVINGBACKEND']._serialized_start=2217
+  _globals['_SERVINGBACKEND']._serialized_end=2289
+  _globals['_DEPLOYMENTSTATE']._serialized_start=2292
+  _globals['_DEPLOYMENTSTATE']._serialized_end=2462
   _globals['_ADAPTERREF']._serialized_start=95
   _globals['_ADAPTERREF']._serialized_end=134
   _globals['_DEPLOYMENTSPEC']._serialized_start=137
-  _globals['_DEPLOYMENTSPEC']._serialized_end=485
-  _globals['_DEPLOYMENTSPEC_LABELSENTRY']._serialized_start=440
-  _globals['_DEPLOYMENTSPEC_LABELSENTRY']._serialized_end=485
-  _globals['_REVISION']._serialized_start=488
-  _globals['_REVISION']._serialized_end=789
-  _globals['_DEPLOYMENT']._serialized_start=792
-  _globals['_DEPLOYMENT']._serialized_end=1180
-  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_start=1182
-  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_end=1295
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1297
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1333
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1335
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1374
-  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_start=1377
-  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_end=1508
-  _globals['_PROMOTEDEPLOYMENTREQUEST']._serialized_start=1510
-  _globals['_PROMOTEDEPLOYMENTREQUEST']._serialized_end=1581
-  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_start=1583
-  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_end=1624
-  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_start=1626
-  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_end=1688
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1691
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1864
-  _globals['_LISTDEPLOYMENTSREQUEST_LABELSENTRY']._serialized_start=440
-  _globals['_LISTDEPLOYMENTSREQUEST_LABELSENTRY']._serialized_end=485
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1866
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1960
-  _globals['_SERVINGSERVICE']._serialized_start=2210
-  _globals['_SERVINGSERVICE']._serialized_end=2872
+  _globals['_DEPLOYMENTSPEC']._serialized_end=529
+  _globals['_DEPLOYMENTSPEC_LABELSENTRY']._serialized_start=484
+  _globals['_DEPLOYMENTSPEC_LABELSENTRY']._serialized_end=529
+  _globals['_PREDICTORLIMITS']._serialized_start=532
+  _globals['_PREDICTORLIMITS']._serialized_end=681
+  _globals['_REVISION']._serialized_start=684
+  _globals['_REVISION']._serialized_end=1007
+  _globals['_DEPLOYMENT']._serialized_start=1010
+  _globals['_DEPLOYMENT']._serialized_end=1420
+  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_start=1422
+  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_end=1535
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1537
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1573
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1575
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1614
+  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_start=1617
+  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_end=1748
+  _globals['_PROMOTEDEPLOYMENTREQUEST']._serialized_start=1750
+  _globals['_PROMOTEDEPLOYMENTREQUEST']._serialized_end=1836
+  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_start=1838
+  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_end=1879
+  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_start=1881
+  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_end=1943
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1946
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=2119
+  _globals['_LISTDEPLOYMENTSREQUEST_LABELSENTRY']._serialized_start=484
+  _globals['_LISTDEPLOYMENTSREQUEST_LABELSENTRY']._serialized_end=529
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=2121
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=2215
+  _globals['_SERVINGSERVICE']._serialized_start=2465
+  _globals['_SERVINGSERVICE']._serialized_end=3127
 # @@protoc_insertion_point(module_scope)

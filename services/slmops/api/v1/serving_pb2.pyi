@@ -45,7 +45,7 @@ class AdapterRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
 
 class DeploymentSpec(_message.Message):
-    __slots__ = ("name", "model_uri", "backend", "canary_traffic_percent", "adapters", "resources", "namespace", "labels", "port")
+    __slots__ = ("name", "model_uri", "backend", "canary_traffic_percent", "adapters", "resources", "namespace", "labels", "port", "limits")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class DeploymentSpec(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_uri: str
     backend: ServingBackend
@@ -71,10 +72,27 @@ class DeploymentSpec(_message.Message):
     namespace: str
     labels: _containers.ScalarMap[str, str]
     port: int
-    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., backend: _Optional[_Union[ServingBackend, str]] = ..., canary_traffic_percent: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterRef, _Mapping]]] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., port: _Optional[int] = ...) -> None: ...
+    limits: PredictorLimits
+    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., backend: _Optional[_Union[ServingBackend, str]] = ..., canary_traffic_percent: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterRef, _Mapping]]] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., port: _Optional[int] = ..., limits: _Optional[_Union[PredictorLimits, _Mapping]] = ...) -> None: ...
+
+class PredictorLimits(_message.Message):
+    __slots__ = ("threads", "max_concurrency", "max_queue", "max_tokens", "max_body_bytes", "request_timeout_s")
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    threads: int
+    max_concurrency: int
+    max_queue: int
+    max_tokens: int
+    max_body_bytes: int
+    request_timeout_s: float
+    def __init__(self, threads: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_body_bytes: _Optional[int] = ..., request_timeout_s: _Optional[float] = ...) -> None: ...
 
 class Revision(_message.Message):
-    __slots__ = ("name", "model_uri", "traffic_percent", "state", "url", "create_time", "number", "adapters", "reason", "artifact", "log")
+    __slots__ = ("name", "model_uri", "traffic_percent", "state", "url", "create_time", "number", "adapters", "reason", "artifact", "log", "grpc_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +104,7 @@ class Revision(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_uri: str
     traffic_percent: int
@@ -97,10 +116,11 @@ class Revision(_message.Message):
     reason: str
     artifact: _common_pb2.ArtifactRef
     log: str
-    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., traffic_percent: _Optional[int] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., url: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., number: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterRef, _Mapping]]] = ..., reason: _Optional[str] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., log: _Optional[str] = ...) -> None: ...
+    grpc_address: str
+    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., traffic_percent: _Optional[int] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., url: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., number: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterRef, _Mapping]]] = ..., reason: _Optional[str] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., log: _Optional[str] = ..., grpc_address: _Optional[str] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "spec", "state", "reason", "url", "revisions", "artifact", "trace_id", "create_time", "update_time", "serving_revision", "latest_revision")
+    __slots__ = ("name", "spec", "state", "reason", "url", "revisions", "artifact", "trace_id", "create_time", "update_time", "serving_revision", "latest_revision", "grpc_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +133,7 @@ class Deployment(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SERVING_REVISION_FIELD_NUMBER: _ClassVar[int]
     LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: DeploymentSpec
     state: DeploymentState
@@ -125,7 +146,8 @@ class Deployment(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     serving_revision: int
     latest_revision: int
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., reason: _Optional[str] = ..., url: _Optional[str] = ..., revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., serving_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ...) -> None: ...
+    grpc_address: str
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., reason: _Optional[str] = ..., url: _Optional[str] = ..., revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., serving_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., grpc_address: _Optional[str] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
     __slots__ = ("spec", "validate_only", "pending_fields")
@@ -162,12 +184,14 @@ class UpdateDeploymentRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., adapters: _Optional[_Iterable[_Union[AdapterRef, _Mapping]]] = ..., canary_traffic_percent: _Optional[int] = ...) -> None: ...
 
 class PromoteDeploymentRequest(_message.Message):
-    __slots__ = ("name", "evaluation_report_uri")
+    __slots__ = ("name", "evaluation_report_uri", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_REPORT_URI_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     evaluation_report_uri: str
-    def __init__(self, name: _Optional[str] = ..., evaluation_report_uri: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., evaluation_report_uri: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RollbackDeploymentRequest(_message.Message):
     __slots__ = ("name",)

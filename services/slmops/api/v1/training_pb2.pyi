@@ -148,7 +148,7 @@ class SearchSpec(_message.Message):
     def __init__(self, space: _Optional[_Iterable[_Union[SearchDimension, _Mapping]]] = ..., trials: _Optional[int] = ..., metric: _Optional[str] = ..., mode: _Optional[str] = ..., max_concurrent_trials: _Optional[int] = ..., grace_period: _Optional[int] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("method", "base", "dataset_uri", "hyperparameters", "lora", "resources", "output_uri", "labels", "distill", "adapters", "search", "max_failures")
+    __slots__ = ("method", "base", "dataset_uri", "hyperparameters", "lora", "resources", "output_uri", "labels", "distill", "adapters", "search", "max_failures", "chat_template")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,7 @@ class TrainingSpec(_message.Message):
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     method: TrainingMethod
     base: ModelInit
     dataset_uri: str
@@ -180,7 +181,8 @@ class TrainingSpec(_message.Message):
     adapters: _containers.RepeatedCompositeFieldContainer[AdapterSpec]
     search: SearchSpec
     max_failures: int
-    def __init__(self, method: _Optional[_Union[TrainingMethod, str]] = ..., base: _Optional[_Union[ModelInit, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., output_uri: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., distill: _Optional[_Union[DistillConfig, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[AdapterSpec, _Mapping]]] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., max_failures: _Optional[int] = ...) -> None: ...
+    chat_template: str
+    def __init__(self, method: _Optional[_Union[TrainingMethod, str]] = ..., base: _Optional[_Union[ModelInit, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., resources: _Optional[_Union[_common_pb2.ResourceRequest, _Mapping]] = ..., output_uri: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., distill: _Optional[_Union[DistillConfig, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[AdapterSpec, _Mapping]]] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., max_failures: _Optional[int] = ..., chat_template: _Optional[str] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
     __slots__ = ("id", "spec", "status")
