@@ -18,6 +18,19 @@ from slmops.core.errors import InvalidSpec
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
+# Templates the package ships, for a base whose tokenizer has none (TrainingSpec.chat_template).
+# ChatML: each turn is `<|im_start|>ROLE\nCONTENT<|im_end|>\n`; the answer starts after
+# `<|im_start|>assistant\n` and ends with `<|im_end|>`, the end-of-turn token.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SHIPPED = {"chatml": CHATML}
+# The special tokens each shipped template needs in the vocabulary; the first one ends a turn.
+SHIPPED_TOKENS = {"chatml": ("<|im_end|>", "<|im_start|>")}
+
 
 def check_messages(messages: Any) -> list[dict[str, str]]:
     """Messages as [{role, content}] with text content; InvalidSpec naming the bad field."""
@@ -87,14 +100,19 @@ def _compile(template: str):
     return env.from_string(template)
 
 
-def render(template: str, messages: list[dict[str, str]], tokenizer_config: dict[str, Any]) -> str:
-    """Render a chat template with a generation prompt, as transformers does."""
+def render(
+    template: str,
+    messages: list[dict[str, str]],
+    tokenizer_config: dict[str, Any],
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render a chat template (by default with a generation prompt), as transformers does."""
     from jinja2.exceptions import TemplateError
 
     try:
         return _compile(template).render(
             messages=messages,
-            add_generation_prompt=True,
+            add_generation_prompt=add_generation_prompt,
             bos_token=_token_text(tokenizer_config.get("bos_token")),
             eos_token=_token_text(tokenizer_config.get("eos_token")),
         )

@@ -248,3 +248,19 @@ def has_topk_ids(record: dict[str, Any]) -> bool:
 def read_split(uri: str, split: str = "validation") -> list[dict[str, Any]]:
     """The records of one split of a dataset folder (JSONL or Parquet shards), unchecked."""
     return [json.loads(row) if isinstance(row, str) else row for _, row in _split_rows(uri, f"{split}.jsonl")]
+
+
+def conversation(record: dict[str, Any]) -> tuple[list[dict[str, str]], str] | None:
+    """(the turns before the answer, the answer) of a `messages` record; None for any other record.
+
+    A chat record is `{"messages": [{"role", "content"}, ...]}` whose last turn is the
+    assistant's answer (what synthesis with a chat teacher writes); the turns before it
+    are what a chat client sends to `/chat/completions`.
+    """
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    *turns, last = messages
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return None
+    return [{"role": m["role"], "content": m["content"]} for m in turns], str(last.get("content", ""))
