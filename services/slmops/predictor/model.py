@@ -6,8 +6,14 @@ value, or one per prompt), and answers a BYTES output `text` of the same
 shape. A request holds at most `served.MAX_PROMPTS` prompts (fewer when the
 queue is shorter); a full queue refuses it (429) before any prompt is
 tokenized, and prompts are tokenized in a worker thread. The prompts go to the
-scheduler together, so they are decoded as one batch. The base model is served under its name; LoRA adapters through the
-OpenAI routes.
+scheduler together, so they are decoded as one batch.
+
+The base model is served under its name and each LoRA adapter under its own
+(one GenerationModel per served name, like the OpenAI routes' `model`). A
+request for the base model may also pick an adapter with the request parameter
+`adapter` (`parameters: {"adapter": NAME}`; gRPC: a `string_param`); an
+adapter it does not serve is 400 (gRPC INVALID_ARGUMENT) naming it. An answer
+made with an adapter says which in its parameters (`adapter`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ import uuid
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput, ServerNotReady
-from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import (
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    to_http_parameters,
+)
 
 from slmops.core import tracing
 from slmops.core.errors import InvalidSpec
@@ -37,10 +49,11 @@ class Busy(ServerNotReady):
 
 
 class GenerationModel(Model):
-    """Serves `engine` under `name`; the engine is loaded before the server starts."""
+    """Serves `served` under its base model's name, or under one adapter's (`adapter`); the engine is
+    loaded before the server starts."""
 
-    def __init__(self, served: Served):
-        super().__init__(served.name)
+    def __init__(self, served: Served, adapter: str | None = None):
+        super().__init__(adapter or served.name)
         # Not `self.engine`: KServe reserves that flag for models with an async engine to start.
         self.served = served
         self.ready = False
@@ -69,6 +82,7 @@ class GenerationModel(Model):
         with tracing.span_from("predictor.infer", traceparent, {"model": self.name}) as span:
             try:
                 prompts, budgets = _parse(payload)
+                model = self._model_of(payload)
             except InvalidInput:
                 metrics.record(self.name, "infer", 400, time.perf_counter() - started)
                 raise
@@ -78,7 +92,7 @@ class GenerationModel(Model):
             def build() -> list[Job]:
                 return [
                     self.served.job(
-                        prompt, model=self.name, max_tokens=budget, sink=inbox.sink(i), deadline=deadline
+                        prompt, model=model, max_tokens=budget, sink=inbox.sink(i), deadline=deadline
                     )  # fmt: skip
                     for i, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True))
                 ]
@@ -105,7 +119,25 @@ class GenerationModel(Model):
             self.name, "infer", 200, time.perf_counter() - started, prompt_tokens, completion_tokens
         )
         output = InferOutput("text", [len(texts)], "BYTES", data=texts)
-        return InferResponse(payload.id or uuid.uuid4().hex, self.name, [output])
+        parameters = {"adapter": model} if model != self.served.name else None
+        return InferResponse(payload.id or uuid.uuid4().hex, self.name, [output], parameters=parameters)
+
+    def _model_of(self, payload: InferRequest) -> str:
+        """The served name a request runs: this model's, or the adapter its `adapter` parameter picks."""
+        picked = to_http_parameters(payload.parameters or {}).get("adapter")
+        if picked in (None, "", self.name):
+            return self.name
+        if not isinstance(picked, str):
+            raise InvalidInput("parameters.adapter must be a string: the name of a served adapter")
+        if self.name != self.served.name:
+            raise InvalidInput(f"parameters.adapter {picked!r}: an adapter is picked on the base model "
+                               f"{self.served.name!r}, not on the adapter {self.name!r}")  # fmt: skip
+        if picked not in self.served.engine.adapters:
+            served = ", ".join(self.served.engine.adapters) or "none"
+            raise InvalidInput(
+                f"parameters.adapter: unknown adapter {picked!r} (this model serves: {served})"
+            )
+        return picked
 
 
 def _parse(payload: InferRequest) -> tuple[list[str], list[int | None]]:

@@ -191,6 +191,10 @@ def serve(
     _log_to_stderr()
     model = GenerationModel(served)
     model.load()
+    # Each adapter under its own name too, on OIP v2 (REST and gRPC) as on the OpenAI routes.
+    adapter_models = [GenerationModel(served, adapter) for adapter in served.engine.adapters]
+    for adapter_model in adapter_models:
+        adapter_model.load()
     # Our routes first: for GET /v1/models the OpenAI list wins over KServe's v1 protocol.
     app.include_router(make_router(served))
     app.include_router(info_router(served))
@@ -204,8 +208,9 @@ def serve(
 
     port = sock.getsockname()[1]
     server = ModelServer(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=grpc_port > 0)
-    server.register_model(model)
-    model.start()
+    for served_model in (model, *adapter_models):
+        server.register_model(served_model)
+        served_model.start()
     rest = RESTServer(
         FASTAPI_APP_IMPORT_STRING,
         server.dataplane,

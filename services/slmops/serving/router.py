@@ -27,6 +27,10 @@ What a request passes before a predictor sees it, cheapest first:
   gets 408.
 
 These answers end the connection, so the rest of a refused body is not read.
+
+A route may also name its predictor's OIP v2 gRPC address (`Route.grpc`): the
+deployment's gRPC router (grpc_router.py) draws from the same table, and its
+calls count in `in_flight` beside HTTP requests (`tracking`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +83,7 @@ class _TooLarge(Exception):
 class Route:
     url: str  # the revision's predictor, e.g. http://127.0.0.1:8123
     percent: int
+    grpc: str = ""  # its predictor's OIP v2 gRPC address (host:port), for the gRPC router (grpc_router.py)
 
 
 def check_routes(routes: Mapping[int, Route | tuple[str, int]]) -> dict[int, Route]:
@@ -89,6 +95,8 @@ def check_routes(routes: Mapping[int, Route | tuple[str, int]]) -> dict[int, Rou
             problems.append((f"routes[{rev}].url", f"must be an http(s) URL, not {route.url!r}"))
         if not 0 <= route.percent <= 100:
             problems.append((f"routes[{rev}].percent", f"must be 0-100, not {route.percent}"))
+        if route.grpc and not route.grpc.rpartition(":")[2].isdigit():
+            problems.append((f"routes[{rev}].grpc", f"must be host:port, not {route.grpc!r}"))
     total = sum(r.percent for r in table.values())
     if table and total != 100:
         problems.append(("routes", f"percents must sum to 100, not {total}"))
@@ -144,6 +152,15 @@ class Router:
         with self._lock:
             self._in_flight[revision] = self._in_flight.get(revision, 0) + delta
 
+    @contextmanager
+    def tracking(self, revision: int) -> Iterator[None]:
+        """Count a request sent to `revision` as in flight while the block runs (gRPC calls use it too)."""
+        self._count(revision, 1)
+        try:
+            yield
+        finally:
+            self._count(revision, -1)
+
     def set_routes(self, routes: Mapping[int, Route | tuple[str, int]]) -> None:
         """Replace the table; requests already under way finish on the revision they were sent to."""
         table = check_routes(routes)
@@ -173,7 +190,7 @@ class Router:
         elif scope["type"] == "http":
             if scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD"):
                 await self._health(send)
-            elif self._api_key and not _bearer_matches(_header(scope, b"authorization"), self._api_key):
+            elif self._api_key and not bearer_matches(_header(scope, b"authorization"), self._api_key):
                 await _refuse(send, 401, "Incorrect or missing API key: send Authorization: Bearer KEY.",
                               "invalid_api_key", [(b"www-authenticate", b"Bearer")])  # fmt: skip
             else:
@@ -193,7 +210,8 @@ class Router:
     async def _health(self, send: Any) -> None:
         table = self.routes()
         revisions = [
-            {"revision": rev, "url": r.url, "percent": r.percent} for rev, r in sorted(table.items())
+            {"revision": rev, "url": r.url, **({"grpc": r.grpc} if r.grpc else {}), "percent": r.percent}
+            for rev, r in sorted(table.items())
         ]
         ready = any(r.percent > 0 for r in table.values())
         await _send_json(send, 200 if ready else 503, {"ready": ready, "revisions": revisions})
@@ -265,7 +283,8 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
-def _bearer_matches(header: str | None, key: str) -> bool:
+def bearer_matches(header: str | None, key: str) -> bool:
+    """Whether an `Authorization` value is `Bearer KEY` (compared in constant time)."""
     scheme, _, token = (header or "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 

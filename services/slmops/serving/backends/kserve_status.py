@@ -17,6 +17,11 @@ KServe's controller writes the status this module reads
   rolling update (KServe reports the predictor Unknown) and when the new pods
   never become ready (False), the previous revision's pods keep serving.
 
+- The predictor's OIP v2 gRPC port (`PREDICTOR_GRPC_PORT`, `h2c`) is on
+  KServe's predictor Service in Standard mode only, so only there does a
+  deployment (and its one serving revision) have a `grpc_address`: the host of
+  the cluster-local address with that port.
+
 Which of the project's revision numbers a Knative revision serves is kept in
 annotations, since KServe's status names only Knative revisions; every
 revision's model is kept there too, so a rollback needs nothing but the
@@ -39,6 +44,7 @@ ROLLED_OUT_HISTORY_ANNOTATION = "slmops.io/rolled-out-revisions"  # "1,2,4": eve
 _REVISION_KEY = re.compile(r"^slmops\.io/revision-(\d+)-(model-uri|storage-uri|time)$")
 _READY_TYPES = ("Ready", "PredictorReady")
 KEEP_REVISIONS = 20  # revisions whose model the annotations keep
+PREDICTOR_HTTP_PORT, PREDICTOR_GRPC_PORT = 8080, 8081  # the project's runtime: --http-port, --grpc-port
 
 
 def revision_annotations(number: int, model_uri: str, storage_uri: str, time: str) -> dict[str, str]:
@@ -142,9 +148,12 @@ def status_of(isvc: dict[str, Any]) -> BackendStatus:
         elif before is not None:  # a rolling update under way or stuck: the previous pods keep serving
             traffic, ready_revision = {before: 100}, before
             state = READY if state == DEPLOYING else state
+    grpc_host = (
+        urlsplit(predictor_address or address).hostname if mode in ("Standard", "RawDeployment") else ""
+    )
     return BackendStatus(state=state, url=address or external, external_url=external,
-                         ready_revision=ready_revision, traffic=traffic, reason=reason,
-                         revisions=revisions)  # fmt: skip
+                         ready_revision=ready_revision, traffic=traffic, reason=reason, revisions=revisions,
+                         grpc_address=f"{grpc_host}:{PREDICTOR_GRPC_PORT}" if grpc_host else "")  # fmt: skip
 
 
 def in_cluster(url: str, predictor_address: str, namespace: str) -> str:
