@@ -15,6 +15,12 @@ the engine's poll (serving/engine.py) owns what the backend reports in
 `result` (URL, traffic, whether the desired split is reached) and the
 revisions' states.
 
+A deployment's predictor limits (DeploymentSpec.limits) are kept in its
+`config`: every revision runs with them, canaries and rollbacks too. A
+promotion that names no report is held to the newest evaluation report whose
+gate judged the canary (serving/reports.py): a failed gate refuses it unless
+it is forced, and a forced one says so in the deployment's events.
+
 The backend (serving/backends/) is the one the service is configured with:
 `local` (predictor processes behind a router) or `kserve` (InferenceServices).
 A revision's files are checked against its artifact's manifest before they
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,7 @@ from slmops.serving.engine import (
     revision_id,
     revisions_of,
 )
+from slmops.serving.reports import Canary, Finding, newest_report
 from slmops.serving.validation import (
     check_artifact_files,
     check_gate,
@@ -56,6 +64,8 @@ from slmops.serving.validation import (
 )
 
 __all__ = ["KIND", "DEPLOYMENT_STATES", "Deployments", "Revision", "make_backend", "revision_id"]
+
+log = logging.getLogger(__name__)
 
 KIND = "deployment"
 
@@ -208,10 +218,19 @@ class Deployments(Lifecycle):
             )
         return await asyncio.to_thread(self.store.get, name)
 
-    async def promote(self, name: str, report_uri: str = "") -> JobRecord:
-        """All traffic to the canary; with a report, only when its gate passed."""
+    async def promote(self, name: str, report_uri: str = "", force: bool = False) -> JobRecord:
+        """All traffic to the canary. With a report, only when its gate passed; without one, only when the
+        newest report whose gate judged the canary (serving/reports.py) passed, unless `force`."""
+        if force and report_uri:
+            raise InvalidSpec("force", "a promotion that requires a report (evaluation_report_uri) cannot "
+                                       "also skip it; ask for one or the other")  # fmt: skip
         record = await asyncio.to_thread(self.get, name)
         reasons = await asyncio.to_thread(check_gate, report_uri) if report_uri else []
+        found = None if report_uri else await asyncio.to_thread(self._canary_report, record)
+        if found is not None and found.blocks and not force:
+            raise Conflict(f"deployment {name!r}: the evaluation report {found.uri} judged canary revision "
+                           f"{record.config['latest']}: {found.why()}; roll it back, evaluate it again, or "
+                           "promote with --force")  # fmt: skip
         async with self._lock(name):
             record = await asyncio.to_thread(self.store.get, name)
             config = dict(record.config)
@@ -223,9 +242,26 @@ class Deployments(Lifecycle):
             config.update(serving=latest, percent=100, rolled_out=[*config["rolled_out"], latest],
                           generation=int(config.get("generation", 0)) + 1)  # fmt: skip
             gate = f" (gate passed: {'; '.join(reasons)})" if reasons else ""
+            if found is not None and found.blocks:
+                gate = f" (forced past the evaluation report {found.uri}: {found.why()})"
+                log.warning("deployment %s: revision %d promoted with force%s", name, latest, gate)
+            elif found is not None:
+                gate = f" (evaluation report {found.uri}: {found.why()})"
             await self._change(record, config, f"promoting revision {latest} to 100%{gate}",
                                lambda: self.backend.promote(name, self.engine.record_dir(name)))  # fmt: skip
         return await asyncio.to_thread(self.store.get, name)
+
+    def _canary_report(self, record: JobRecord) -> Finding | None:
+        """The newest evaluation report whose gate judged the deployment's canary (None: no canary or none)."""
+        latest = int(record.config.get("latest", 0))
+        if latest == int(record.config.get("serving", 0)):
+            return None
+        rev = self.store.get(revision_id(record.id, latest))
+        urls = [*rev.result.get("urls", []), rev.result.get("url", ""), rev.result.get("external_url", "")]
+        canary = Canary(deployment=record.id, number=latest, created=rev.created,
+                        urls=tuple(dict.fromkeys(u for u in urls if u)),
+                        models=(record.id, *(a for a, _ in rev.config.get("adapters", []))))  # fmt: skip
+        return newest_report(canary)
 
     async def rollback(self, name: str) -> JobRecord:
         """All traffic back: to the serving revision while a canary runs, else to the one served before."""

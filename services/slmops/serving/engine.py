@@ -26,6 +26,7 @@ from slmops.serving.backends import (
     READY,
     RETIRED,
     BackendStatus,
+    PredictorLimits,
     Revision,
     ServingBackend,
     split,
@@ -134,8 +135,21 @@ class BackendEngine:
             traffic = int(status.traffic.get(number, 0))
             runtime = seen.runtime if seen is not None else rev.result.get("runtime", {})
             result = {**rev.result, "url": url, "traffic_percent": traffic, "runtime": runtime}
+            seen_urls = [u for u in (url, external) if u and u not in rev.result.get("urls", [])]
+            if seen_urls:  # every URL it was reached at, for the evaluation reports that name one
+                result["urls"] = [*rev.result.get("urls", []), *seen_urls]
             if external or "external_url" in result:
                 result["external_url"] = external
+            # Its predictor's OIP v2 gRPC address while it serves (else the deployment's, like its URL).
+            grpc_address = ""
+            if state == READY and seen is not None:
+                grpc_address = seen.grpc_address
+            elif state == READY:
+                grpc_address = (
+                    status.grpc_address if url == status.url else rev.result.get("grpc_address", "")
+                )
+            if grpc_address or "grpc_address" in result:
+                result["grpc_address"] = grpc_address
             if state != rev.state or result != rev.result or reason != rev.reason:
                 self.store.update(rev.id, state=state, result=result, reason=reason if state != READY else "")
                 if state != rev.state:
@@ -153,6 +167,8 @@ class BackendEngine:
                   "settled": int(config.get("generation", 0)) if settled else -1}  # fmt: skip
         if status.external_url:
             result["external_url"] = status.external_url
+        if status.grpc_address or "grpc_address" in result:
+            result["grpc_address"] = status.grpc_address
         if status.url and urlsplit(status.url).port:
             result["port"] = urlsplit(status.url).port
         if traffic != {int(n): p for n, p in record.result.get("traffic", {}).items()} and traffic:
@@ -201,4 +217,5 @@ def as_revision(rev: JobRecord, config: dict[str, Any], port: int) -> Revision:
                     traffic_percent=desired.get(number, 0) if number != int(config["serving"]) else 100,
                     adapters=tuple(tuple(a) for a in rev.config.get("adapters", [])), port=port,
                     cpus=float(resources.get("cpus", 0)), memory=str(resources.get("memory", "")),
-                    gpus=int(resources.get("gpus", 0)))  # fmt: skip
+                    gpus=int(resources.get("gpus", 0)),
+                    limits=PredictorLimits.of(config.get("limits")))  # fmt: skip

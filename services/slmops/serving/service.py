@@ -35,6 +35,7 @@ def revision_proto(name: str, rev: JobRecord) -> serving_pb2.Revision:
         state=serving_pb2.DeploymentState.Value(f"DEPLOYMENT_{rev.state}"), url=rev.result.get("url", ""),
         reason=rev.reason, create_time=timestamp(rev.created), log=rev.result.get("runtime", {}).get("log", ""),
         adapters=[serving_pb2.AdapterRef(name=a, uri=u) for a, u in rev.config.get("adapters", [])],
+        grpc_address=rev.result.get("grpc_address", ""),
     )  # fmt: skip
     if rev.output_uri:
         proto.artifact.CopyFrom(common_pb2.ArtifactRef(uri=rev.output_uri, kind="deployment"))
@@ -45,11 +46,13 @@ def deployment_proto(record: JobRecord, revisions: list[JobRecord]) -> serving_p
     spec = json_format.ParseDict(record.spec, serving_pb2.DeploymentSpec(), ignore_unknown_fields=True)
     state = serving_pb2.DeploymentState.Value(f"DEPLOYMENT_{record.state}")
     url = record.result.get("url", "") if record.state == "READY" else ""
+    grpc_address = record.result.get("grpc_address", "") if record.state == "READY" else ""
     proto = serving_pb2.Deployment(
         name=record.id, spec=spec, state=state, reason=record.reason, url=url, trace_id=record.trace_id,
         create_time=timestamp(record.created), update_time=timestamp(record.updated),
         serving_revision=int(record.config.get("serving", 0)), latest_revision=int(record.config.get("latest", 0)),
         revisions=[revision_proto(record.id, r) for r in reversed(revisions)],  # newest first
+        grpc_address=grpc_address,
     )  # fmt: skip
     if record.output_uri:
         proto.artifact.CopyFrom(common_pb2.ArtifactRef(uri=record.output_uri, kind="deployment"))
@@ -114,7 +117,7 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
 
     async def PromoteDeployment(self, request: serving_pb2.PromoteDeploymentRequest, context: Any):
         return await self._proto(
-            await self.deployments.promote(_name(request.name), request.evaluation_report_uri)
+            await self.deployments.promote(_name(request.name), request.evaluation_report_uri, request.force)
         )
 
     async def RollbackDeployment(self, request: serving_pb2.RollbackDeploymentRequest, context: Any):

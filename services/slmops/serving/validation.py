@@ -1,4 +1,5 @@
-"""What a deployment request may ask for: names, models, adapters, the backend, and the evaluation gate.
+"""What a deployment request may ask for: names, models, adapters, predictor limits, the backend, and the
+evaluation gate.
 
 Every check reports the field it concerns; validate() reports every problem of a
 spec at once. For the local backend a model or adapter on an object store is
@@ -33,6 +34,27 @@ SERVABLE_KINDS = ("onnx-model", "checkpoint")
 BACKENDS = ("LOCAL", "KSERVE")
 
 
+MAX_REQUEST_TIMEOUT_S = 600.0  # the router waits this long for an answer to begin (router.DEFAULT_TIMEOUT)
+
+
+class LimitsFields(BaseModel):
+    """DeploymentSpec.limits: each predictor's limits (`python -m slmops.predictor` flags); 0 keeps its default."""
+
+    threads: int = Field(0, ge=0, le=1024)
+    max_concurrency: int = Field(0, ge=0, le=1024)
+    max_queue: int = Field(0, ge=0, le=100_000)
+    max_tokens: int = Field(0, ge=0, le=1_048_576)
+    max_body_bytes: int = Field(0, ge=0, le=256 << 20)
+    request_timeout_s: float = Field(0.0, ge=0.0, le=MAX_REQUEST_TIMEOUT_S)
+
+    @field_validator("max_body_bytes")
+    @classmethod
+    def _room_for_a_request(cls, value: int) -> int:
+        if 0 < value < 1024:
+            raise ValueError("must be 0 (the predictor's default) or at least 1024 bytes")
+        return value
+
+
 class DeploymentFields(BaseModel):
     """A deployment spec's own fields and their bounds; what depends on the backend, the
     configuration and the model's files is checked after (validate)."""
@@ -40,6 +62,7 @@ class DeploymentFields(BaseModel):
     name: str = Field("", validate_default=True)  # also the served model name
     canary_traffic_percent: int = Field(0, ge=0, le=100)  # a new deployment takes all traffic
     port: int = Field(0, ge=0, le=65535)  # local backend: the router's port; 0: a free one
+    limits: LimitsFields = Field(default_factory=LimitsFields)
 
     @field_validator("name")
     @classmethod
@@ -236,7 +259,8 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     collect(problems)
     assert fields is not None
     config = {"name": fields.name, "backend": backend, "port": fields.port, "model_uri": model_uri,
-              "storage_uri": storage_uri, "adapters": adapters}  # fmt: skip
+              "storage_uri": storage_uri, "adapters": adapters,
+              "limits": {k: v for k, v in fields.limits.model_dump().items() if v}}  # fmt: skip
     if backend == "KSERVE":
         config["namespace"] = spec.get("namespace") or settings.get("kserve_namespace")
         config["resources"] = {"cpus": float(resources.get("cpus_per_worker", 0)),

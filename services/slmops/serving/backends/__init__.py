@@ -31,6 +31,53 @@ STATES = (DEPLOYING, READY, FAILED)
 
 
 @dataclass(frozen=True)
+class PredictorLimits:
+    """What each predictor of a deployment takes on (DeploymentSpec.limits); 0 keeps the predictor's default."""
+
+    threads: int = 0
+    max_concurrency: int = 0
+    max_queue: int = 0
+    max_tokens: int = 0
+    max_body_bytes: int = 0
+    request_timeout_s: float = 0.0
+
+    @classmethod
+    def of(cls, values: dict[str, Any] | None) -> PredictorLimits:
+        """The limits recorded with a deployment ({field: value}; fields left out keep the default)."""
+        values = values or {}
+        return cls(**{name: kind(float(values.get(name) or 0)) for name, kind in _LIMIT_TYPES.items()})
+
+    def flags(self) -> list[str]:
+        """The predictor's flags (`python -m slmops.predictor`) for the limits that are set."""
+        out: list[str] = []
+        for name, flag in LIMIT_FLAGS.items():
+            value = getattr(self, name)
+            if value:
+                out += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        return out
+
+    @classmethod
+    def from_flags(cls, args: list[str]) -> PredictorLimits:
+        """The limits a predictor's arguments set (`--flag value` or `--flag=value`; the last one wins)."""
+        names = {flag: name for name, flag in LIMIT_FLAGS.items()}
+        found: dict[str, Any] = {}
+        items = list(args)
+        for i, arg in enumerate(items):
+            flag, sep, value = arg.partition("=")
+            if flag in names:
+                value = value if sep else (items[i + 1] if i + 1 < len(items) else "0")
+                found[names[flag]] = value
+        return cls.of(found)
+
+
+# The predictor's flag for each limit, and each limit's type.
+LIMIT_FLAGS = {"threads": "--threads", "max_concurrency": "--max-concurrency", "max_queue": "--max-queue",
+               "max_tokens": "--max-tokens", "max_body_bytes": "--max-body-bytes",
+               "request_timeout_s": "--request-timeout"}  # fmt: skip
+_LIMIT_TYPES: dict[str, type] = {name: float if name == "request_timeout_s" else int for name in LIMIT_FLAGS}
+
+
+@dataclass(frozen=True)
 class Revision:
     """One model version of a deployment.
 
@@ -42,7 +89,8 @@ class Revision:
     where the deployment is reached when the backend lets the caller choose
     (local: the router's port; 0 picks a free one). `cpus`, `memory` and `gpus`
     are what each of its replicas asks for (0 / "": the backend's default); a
-    backend that cannot reserve them refuses them.
+    backend that cannot reserve them refuses them. `limits` are its predictors'
+    limits, the deployment's: every revision of a deployment runs with the same.
     """
 
     number: int
@@ -54,6 +102,7 @@ class Revision:
     cpus: float = 0.0
     memory: str = ""
     gpus: int = 0
+    limits: PredictorLimits = PredictorLimits()
 
 
 @dataclass(frozen=True)
@@ -62,7 +111,8 @@ class RevisionStatus:
 
     `url` reaches this revision alone from where the serving service runs (for
     KServe: the cluster-local address); `external_url`, when the backend has
-    one, is the same revision through the cluster's ingress.
+    one, is the same revision through the cluster's ingress. `grpc_address`
+    (host:port) reaches its predictor's OIP v2 gRPC port alone, when it has one.
     """
 
     state: str
@@ -70,6 +120,7 @@ class RevisionStatus:
     reason: str = ""
     runtime: dict[str, Any] = field(default_factory=dict)
     external_url: str = ""
+    grpc_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,7 +131,9 @@ class BackendStatus:
     `ready_revision` is the newest revision that is ready to answer (None while
     none is); `reason` says why a deployment is not READY. `url` is where
     callers beside the serving service reach the deployment (for KServe: the
-    cluster-local `status.address.url`), `external_url` its external route.
+    cluster-local `status.address.url`), `external_url` its external route;
+    `grpc_address` (host:port) is where callers reach its OIP v2 gRPC, split
+    like `url` (empty when the backend has none).
     """
 
     state: str
@@ -90,6 +143,7 @@ class BackendStatus:
     traffic: dict[int, int] = field(default_factory=dict)
     reason: str = ""
     revisions: dict[int, RevisionStatus] = field(default_factory=dict)
+    grpc_address: str = ""
 
 
 def split(serving: int, latest: int, percent: int) -> dict[int, int]:

@@ -4,7 +4,8 @@ The manifest is built with the `kserve` SDK's models and applied through the
 official Kubernetes client's CustomObjectsApi, in the shape of
 k8s/examples/inferenceservice-onnx.yaml: model format `onnx-genai` served by
 the project's runtime (SLMOPS_KSERVE_RUNTIME; SLMOPS_KSERVE_RUNTIME_GPU when
-the deployment asks for GPUs).
+the deployment asks for GPUs). The deployment's predictor limits are the
+predictor's `args`: KServe appends them to the runtime's arguments, so they win.
 
 Deployment mode (SLMOPS_KSERVE_DEPLOYMENT_MODE, the annotation
 `serving.kserve.io/deploymentMode`): `Standard` (plain Deployments; a new
@@ -23,6 +24,14 @@ patch and delete reads the object first: one without that owner is never
 patched or deleted (ALREADY_EXISTS when a deployment would take its name,
 FAILED_PRECONDITION otherwise), and the patch or delete names the uid that was
 read, so an object replaced in between is refused by the API server too.
+
+gRPC: the predictor serves OIP v2 gRPC on port 8081 beside HTTP on 8080. In
+Standard mode the InferenceService declares both container ports (`http1`
+8080 first, then `h2c` 8081, the name KServe and Knative give cleartext
+HTTP/2), so KServe's Service `<name>-predictor` carries the gRPC port too and
+the deployment's `grpc_address` is `<name>-predictor.<namespace>.svc.cluster.local:8081`
+(kserve_status.py). Knative routes a single port per container (HTTP): there a
+deployment has no gRPC address.
 
 Visibility: InferenceServices are `networking.kserve.io/visibility:
 cluster-local` (no external URL) unless SLMOPS_KSERVE_EXPOSE_EXTERNALLY is
@@ -53,10 +62,12 @@ from kubernetes import client as k8s
 
 from slmops.core import settings
 from slmops.core.errors import AlreadyExists, Conflict, InvalidSpec, NotFound, Unavailable
-from slmops.serving.backends import BackendStatus, Revision
+from slmops.serving.backends import BackendStatus, PredictorLimits, Revision
 from slmops.serving.backends.kserve_api import api_error, default_api_client, why
 from slmops.serving.backends.kserve_status import (
     MODE_ANNOTATION,
+    PREDICTOR_GRPC_PORT,
+    PREDICTOR_HTTP_PORT,
     REVISION_ANNOTATION,
     ROLLED_OUT_ANNOTATION,
     ROLLED_OUT_HISTORY_ANNOTATION,
@@ -79,6 +90,10 @@ MODES = ("Standard", "Knative")
 MANIFEST_FILE = "inferenceservice.yaml"
 # KServe appends "-predictor" and Knative "-00001" and a tag ("latest-"): keep names well under 63.
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$")
+# The predictor's ports (the runtime runs it with --http-port=8080 --grpc-port=8081), HTTP first:
+# KServe's Service maps port 80 to the first and keeps the others' numbers.
+_PORTS = [k8s.V1ContainerPort(name="http1", container_port=PREDICTOR_HTTP_PORT, protocol="TCP"),
+          k8s.V1ContainerPort(name="h2c", container_port=PREDICTOR_GRPC_PORT, protocol="TCP")]  # fmt: skip
 _DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 
 
@@ -146,6 +161,8 @@ class KServeBackend:
             runtime=runtime,
             storage_uri=revision.storage_uri,
             resources=k8s.V1ResourceRequirements(**_resources(revision)),
+            ports=None if self.deployment_mode == "Knative" else _PORTS,  # Knative: one port, HTTP
+            args=revision.limits.flags() or None,  # after the runtime's own arguments: these win
         )
         knative = self.deployment_mode == "Knative"
         predictor = V1beta1PredictorSpec(
@@ -226,6 +243,7 @@ class KServeBackend:
         # The whole desired predictor; None removes canaryTrafficPercent (a merge patch drops null keys).
         predictor = {**body["spec"]["predictor"]}
         predictor["canaryTrafficPercent"] = predictor.get("canaryTrafficPercent")
+        predictor["model"] = {**predictor["model"], "args": predictor["model"].get("args")}  # none: removed
         changes: dict[str, Any] = {**annotations, **pruned({**old, **annotations})}
         labels = {**body["metadata"]["labels"]}
         if self.expose_externally:
@@ -410,7 +428,7 @@ def _resources(revision: Revision) -> dict[str, dict[str, str]]:
 
 
 def _revision_resources(isvc: dict[str, Any]) -> dict[str, Any]:
-    """The resources a live InferenceService's predictor asks for, as Revision fields (for a rollback)."""
+    """The resources and limits a live InferenceService's predictor asks for, as Revision fields (for a rollback)."""
     limits = (((isvc.get("spec", {}).get("predictor") or {}).get("model") or {}).get("resources") or {}) \
         .get("limits") or {}  # fmt: skip
     cpu, memory, gpus = (
@@ -418,7 +436,9 @@ def _revision_resources(isvc: dict[str, Any]) -> dict[str, Any]:
         str(limits.get("memory", "")),
         limits.get("nvidia.com/gpu"),
     )
+    model = (isvc.get("spec", {}).get("predictor") or {}).get("model") or {}
     return {
+        "limits": PredictorLimits.from_flags([str(a) for a in model.get("args") or []]),
         "cpus": (float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu or 0))
         if cpu != _DEFAULT_RESOURCES["limits"]["cpu"] else 0.0,
         "memory": memory if memory != _DEFAULT_RESOURCES["limits"]["memory"] else "",

@@ -29,6 +29,13 @@ changed since they were sealed FAILS, naming them, and is never started.
 With the predictors' API key configured (SLMOPS_PREDICTOR_API_KEY_FILE), each
 predictor gets `--api-key-file` and each router requires the same key; both
 take bodies up to the same `max_body_bytes`.
+
+Each predictor also serves OIP v2 gRPC on a port of its own (kept across
+restarts; its `grpc_address`), and each deployment has a gRPC router
+(serving/grpc_router.py) on a stable port beside its HTTP router, drawing from
+the same split with the same key and body limit. The gRPC router's port is
+kept in every revision's runtime (`router_grpc_port`), so `restore` listens on
+it again.
 """
 
 from __future__ import annotations
@@ -39,28 +46,38 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
-
-from slmops.core import artifact_cache, artifacts, predictor_key
+from slmops.core import artifacts, predictor_key
 from slmops.core.errors import Conflict, InvalidSpec, NotFound, SlmopsError
 from slmops.core.jobs.local_ray import free_port, stop_group
-from slmops.core.stores import is_local
 from slmops.serving.backends import (
     DEPLOYING,
     FAILED,
     READY,
     RETIRED,
     BackendStatus,
+    PredictorLimits,
     Revision,
     RevisionStatus,
     split,
 )
-from slmops.serving.router import BODY_TIMEOUT_S, Router, RouterServer, default_max_body_bytes, serve_router
+from slmops.serving.backends.predictor_process import answers as _answers
+from slmops.serving.backends.predictor_process import created as _created
+from slmops.serving.backends.predictor_process import is_ours as _is_ours
+from slmops.serving.backends.predictor_process import model_dir as _model_dir
+from slmops.serving.backends.predictor_process import tail as _tail
+from slmops.serving.grpc_router import GrpcRouterServer, serve_grpc_router
+from slmops.serving.router import (
+    BODY_TIMEOUT_S,
+    Route,
+    Router,
+    RouterServer,
+    default_max_body_bytes,
+    serve_router,
+)
 from slmops.serving.validation import check_artifact_files
 
 log = logging.getLogger(__name__)
@@ -80,6 +97,7 @@ class _Process:
     model_dir: str
     port: int
     log_path: Path
+    grpc_port: int = 0  # the predictor's OIP v2 gRPC port
     pid: int = 0
     created: float = 0.0  # the process's creation time: the pid is still ours while it matches
     popen: subprocess.Popen[bytes] | None = None
@@ -93,14 +111,15 @@ class _Process:
     left_split_at: float = 0.0
 
     def runtime(self) -> dict[str, Any]:
-        return {"pid": self.pid, "created": self.created, "port": self.port, "log": str(self.log_path),
-                "ever_ready": self.ever_ready}  # fmt: skip
+        return {"pid": self.pid, "created": self.created, "port": self.port, "grpc_port": self.grpc_port,
+                "log": str(self.log_path), "ever_ready": self.ever_ready}  # fmt: skip
 
 
 @dataclass
 class _Deployment:
     name: str
     server: RouterServer
+    grpc: GrpcRouterServer
     processes: dict[int, _Process] = field(default_factory=dict)
     serving: int = 0  # the rolled-out revision
     latest: int = 0
@@ -146,9 +165,10 @@ class LocalBackend:
         """Start `revision`'s predictor; at 100 percent it replaces the serving revision once it is ready."""
         with self._lock:
             deployment = self._deployments.get(name) or self._open(name, revision.port)
+            deployment.router.max_body_bytes = revision.limits.max_body_bytes or self.max_body_bytes
             process = deployment.processes.get(revision.number)
             if process is None:
-                process = deployment.processes[revision.number] = self._process(name, revision, 0)
+                process = deployment.processes[revision.number] = self._process(name, revision, 0, 0)
             process.revision = revision
             if process.state in (RETIRED, FAILED):
                 process.state, process.reason, process.failures, process.retry_at = DEPLOYING, "", 0, 0.0
@@ -161,7 +181,8 @@ class LocalBackend:
             return {
                 "url": deployment.server.url,
                 "revision_url": self._url(process.port),
-                **process.runtime(),
+                "grpc_address": deployment.grpc.address,
+                **self._runtime(deployment, process),
             }
 
     def set_traffic(self, name: str, percent: int, record_dir: Path | None = None) -> None:
@@ -187,6 +208,7 @@ class LocalBackend:
         if deployment is None:
             return
         deployment.server.stop()
+        deployment.grpc.stop()
         for process in deployment.processes.values():
             self._stop(process)
 
@@ -205,10 +227,15 @@ class LocalBackend:
             if name in self._deployments:
                 return
             port = next((r.port for r in revisions if r.number == latest), 0)
-            deployment = self._open(name, port)
+            grpc_port = max((int(seen.get("router_grpc_port", 0)) for seen in runtime.values()), default=0)
+            deployment = self._open(name, port, grpc_port)
+            limits = next((r.limits for r in revisions if r.number == latest), PredictorLimits())
+            deployment.router.max_body_bytes = limits.max_body_bytes or self.max_body_bytes
             for revision in revisions:
                 seen = runtime.get(revision.number, {})
-                process = self._process(name, revision, int(seen.get("port", 0)))
+                process = self._process(
+                    name, revision, int(seen.get("port", 0)), int(seen.get("grpc_port", 0))
+                )
                 process.ever_ready = bool(seen.get("ever_ready"))
                 pid, created = int(seen.get("pid", 0)), float(seen.get("created", 0.0))
                 if pid and _is_ours(pid, created):
@@ -226,20 +253,29 @@ class LocalBackend:
             deployments, self._deployments = list(self._deployments.values()), {}
         for deployment in deployments:
             deployment.server.stop()
+            deployment.grpc.stop()
             if stop_predictors:
                 for process in deployment.processes.values():
                     self._stop(process)
 
     # -- supervision ----------------------------------------------------------
 
-    def _open(self, name: str, port: int) -> _Deployment:
-        router = Router(api_key=predictor_key.read(), max_body_bytes=self.max_body_bytes,
+    def _open(self, name: str, port: int, grpc_port: int = 0) -> _Deployment:
+        key = predictor_key.read()
+        router = Router(api_key=key, max_body_bytes=self.max_body_bytes,
                         body_timeout_s=self.body_timeout_s)  # fmt: skip
         try:
             server = serve_router(self.host, port, router)
         except OSError as exc:
             raise Conflict(f"deployment {name!r}: its router cannot listen on port {port}: {exc}") from None
-        deployment = _Deployment(name, server)
+        try:
+            grpc_server = serve_grpc_router(self.host, grpc_port, router, api_key=key)
+        except OSError as exc:
+            server.stop()
+            raise Conflict(
+                f"deployment {name!r}: its gRPC router cannot listen on port {grpc_port}: {exc}"
+            ) from None
+        deployment = _Deployment(name, server, grpc_server)
         self._deployments[name] = deployment
         return deployment
 
@@ -249,13 +285,20 @@ class LocalBackend:
             raise NotFound("deployment running on this service", name)
         return deployment
 
-    def _process(self, name: str, revision: Revision, port: int) -> _Process:
+    def _process(self, name: str, revision: Revision, port: int, grpc_port: int) -> _Process:
         return _Process(revision, str(_model_dir(revision)), port or free_port(),
-                        self.logs_dir / f"predictor-{name}-{revision.number}.log")  # fmt: skip
+                        self.logs_dir / f"predictor-{name}-{revision.number}.log",
+                        grpc_port or free_port())  # fmt: skip
 
     def _url(self, port: int) -> str:
+        return f"http://{self._address(port)}"
+
+    def _address(self, port: int) -> str:
         host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
-        return f"http://{host}:{port}"
+        return f"{host}:{port}"
+
+    def _runtime(self, deployment: _Deployment, process: _Process) -> dict[str, Any]:
+        return {**process.runtime(), "router_grpc_port": deployment.grpc.port}
 
     def _check_readiness(self, deployment: _Deployment) -> None:
         for process in list(deployment.processes.values()):
@@ -314,8 +357,9 @@ class LocalBackend:
         if effective != deployment.effective:
             log.info("deployment %s: traffic %s", deployment.name, effective)
             deployment.effective = effective
-        deployment.router.set_routes({n: (self._url(deployment.processes[n].port), pct)
-                                      for n, pct in effective.items()})  # fmt: skip
+        deployment.router.set_routes({n: Route(self._url(p.port), pct, self._address(p.grpc_port))
+                                      for n, pct in effective.items()
+                                      for p in [deployment.processes[n]]})  # fmt: skip
         keep = set(live) | set(effective)
         for number, process in deployment.processes.items():
             if number in keep or not process.pid:
@@ -374,9 +418,9 @@ class LocalBackend:
         if not self._files_match(name, process):
             return
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        command = predictor_command(process.model_dir, name, self.host, process.port, free_port(),
+        command = predictor_command(process.model_dir, name, self.host, process.port, process.grpc_port,
                                     program=self.program, api_key_file=predictor_key.configured_file(),
-                                    max_body_bytes=self.max_body_bytes)  # fmt: skip
+                                    max_body_bytes=self.max_body_bytes, limits=process.revision.limits)  # fmt: skip
         for adapter, location in process.revision.adapters:
             command += ["--adapter", f"{adapter}={artifacts.local_path(location)}"]
         with open(process.log_path, "ab") as log_file:
@@ -385,8 +429,8 @@ class LocalBackend:
         process.pid, process.launched_at = process.popen.pid, time.monotonic()
         process.created = _created(process.pid)
         process.state = DEPLOYING
-        log.info("deployment %s: revision %d's predictor started (pid %d, port %d)", name, process.revision.number,
-                 process.pid, process.port)  # fmt: skip
+        log.info("deployment %s: revision %d's predictor started (pid %d, port %d, gRPC port %d)", name,
+                 process.revision.number, process.pid, process.port, process.grpc_port)  # fmt: skip
 
     def _alive(self, process: _Process) -> bool:
         if process.popen is not None:
@@ -400,7 +444,9 @@ class LocalBackend:
 
     def _status(self, deployment: _Deployment) -> BackendStatus:
         revisions = {
-            n: RevisionStatus(p.state, self._url(p.port) if p.state == READY else "", p.reason, p.runtime())
+            n: RevisionStatus(p.state, self._url(p.port) if p.state == READY else "", p.reason,
+                              self._runtime(deployment, p),
+                              grpc_address=self._address(p.grpc_port) if p.state == READY else "")
             for n, p in deployment.processes.items()
         }  # fmt: skip
         live = [n for n, pct in deployment.desired().items() if pct > 0]
@@ -414,24 +460,16 @@ class LocalBackend:
             reason = next((deployment.processes[n].reason for n in live if deployment.processes[n].reason),
                           "waiting for a predictor to be ready")  # fmt: skip
         return BackendStatus(state=state, url=deployment.server.url, ready_revision=max(ready) if ready else None,
-                             traffic=dict(deployment.effective), reason=reason, revisions=revisions)  # fmt: skip
-
-
-def _model_dir(revision: Revision) -> Path:
-    """The folder a revision's predictor loads: its storage URI, fetched again from the model's
-    object store if it is not on this machine (a cleared cache, another node)."""
-    path = artifacts.local_path(revision.storage_uri) if is_local(revision.storage_uri) else None
-    if (path is None or not path.exists()) and not is_local(revision.model_uri):
-        try:
-            path = artifact_cache.localize(revision.model_uri, "model_uri")
-        except SlmopsError as exc:  # the predictor fails to start and reports it
-            log.warning("revision %d: cannot fetch %s: %s", revision.number, revision.model_uri, exc)
-    return path if path is not None else Path(revision.storage_uri)
+                             traffic=dict(deployment.effective), reason=reason, revisions=revisions,
+                             grpc_address=deployment.grpc.address)  # fmt: skip
 
 
 def predictor_command(model_dir: str, name: str, host: str, port: int, grpc_port: int, *,
                       program: list[str] | None = None, api_key_file: str = "",
-                      max_body_bytes: int | None = None) -> list[str]:  # fmt: skip
+                      max_body_bytes: int | None = None, limits: PredictorLimits | None = None) -> list[str]:  # fmt: skip
+    """The predictor's argv; the deployment's `limits` (its max_body_bytes over the backend's) ride along."""
+    limits = limits or PredictorLimits()
+    max_body_bytes = limits.max_body_bytes or max_body_bytes
     command = [
         *(program or [sys.executable, "-m", "slmops.predictor"]),
         "--model-dir", model_dir, "--name", name, "--host", host, "--http-port", str(port),
@@ -439,6 +477,7 @@ def predictor_command(model_dir: str, name: str, host: str, port: int, grpc_port
     ]  # fmt: skip
     if max_body_bytes is not None:
         command += ["--max-body-bytes", str(max_body_bytes)]
+    command += replace(limits, max_body_bytes=0).flags()
     if api_key_file:
         command += ["--api-key-file", str(Path(api_key_file).expanduser())]
     return command
@@ -454,35 +493,3 @@ def _share(split: dict[int, int]) -> dict[int, int]:
     for n in sorted(exact, key=lambda k: exact[k] - shares[k], reverse=True)[: 100 - sum(shares.values())]:
         shares[n] += 1
     return shares
-
-
-def _answers(url: str, timeout_s: float = READY_TIMEOUT_S) -> bool:
-    try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=timeout_s, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _created(pid: int) -> float:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
-
-
-def _is_ours(pid: int, created: float) -> bool:
-    """True while `pid` is the live process that was started then (not a stranger that reused the number)."""
-    if pid <= 0 or not created:
-        return False
-    try:
-        process = psutil.Process(pid)
-        return abs(process.create_time() - created) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
