@@ -1,9 +1,7 @@
-"""Quality metrics on crafted cases: accuracy kinds, ROUGE-L, chrF and BLEU, the judge's parsing,
-retention, and semantic similarity with the packaged MiniLM model."""
+"""Quality metrics on crafted cases: accuracy kinds, ROUGE-L, chrF and BLEU, retention, and semantic
+similarity with the packaged MiniLM model (the judge's tests: test_evaluation_judge*.py)."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 
@@ -90,61 +88,6 @@ def test_bleu_scores_one_word_answers_on_their_matches():
     assert metrics.bleu(["68"], ["68"]) == pytest.approx(100.0)
     assert metrics.bleu(["68", "12", "7"], ["68", "13", "7"]) == pytest.approx(200 / 3)  # 2 of 3 words
     assert metrics.bleu(["12"], ["13"]) == 0.0
-
-
-class FakeJudge:
-    """A stand-in for a paid remote judge endpoint: replies in turn, records the requests."""
-
-    def __init__(self, replies):
-        self.replies, self.requests = list(replies), []
-        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self._chat))
-        self.completions = SimpleNamespace(create=self._complete)
-
-    def _chat(self, model, messages, temperature, max_tokens):
-        self.requests.append({"model": model, "text": messages[0]["content"], "temperature": temperature,
-                              "max_tokens": max_tokens})  # fmt: skip
-        return SimpleNamespace(
-            choices=[SimpleNamespace(message=SimpleNamespace(content=self.replies.pop(0)))]
-        )
-
-    def _complete(self, model, prompt, temperature, max_tokens):
-        self.requests.append(
-            {"model": model, "text": prompt, "temperature": temperature, "max_tokens": max_tokens}
-        )
-        return SimpleNamespace(choices=[SimpleNamespace(text=self.replies.pop(0))])
-
-
-def test_judge_scores_parse_the_rating():
-    judge = FakeJudge(["10", "Rating: 1", "I'd say 7/10", "no idea", None])
-    items = [("what is 2+2?", "4", "four")] * 5
-    assert metrics.judge_scores(judge, "judge-model", items) == [1.0, 0.0, pytest.approx(6 / 9), None, None]
-    first = judge.requests[0]
-    assert first["model"] == "judge-model" and first["temperature"] == 0.0 and first["max_tokens"] <= 16
-    assert "QUESTION:\nwhat is 2+2?" in first["text"] and "REFERENCE:\n4" in first["text"]
-    assert "ANSWER:\nfour" in first["text"]
-
-
-def test_judge_scores_over_plain_completions():
-    judge = FakeJudge([" 5", "0"])
-    assert metrics.judge_scores(judge, "m", [("q", "r", "a")] * 2, chat=False) == [pytest.approx(4 / 9), None]
-    assert judge.requests[0]["text"].endswith("Rating:")
-
-
-@pytest.mark.parametrize(
-    ("reply", "score"),
-    [
-        ("8", 7 / 9),
-        ("Rating: 8.", 7 / 9),
-        ("3 out of 10", 2 / 9),
-        ("0", None),
-        ("11", None),
-        ("100", None),
-        ("8.5", None),
-        ("", None),
-    ],  # fmt: skip
-)
-def test_parse_score(reply, score):
-    assert metrics.parse_score(reply) == (pytest.approx(score) if score is not None else None)
 
 
 def test_mean_and_retention():

@@ -2,9 +2,10 @@
 gives up and what it gains.
 
 The verdict first, then the quality table (each value with its retention of
-the reference's), the performance table, the throughput sweep, and three plots
-drawn by matplotlib as inline SVG: quality against size, latency distributions,
-and tokens/s against concurrency. No script, no external file, font or URL:
+the reference's), the LLM judge's ratings when a judge was set, the
+performance table, the throughput sweep, and three plots drawn by matplotlib
+as inline SVG: quality against size, latency distributions, and tokens/s
+against concurrency. No script, no external file, font or URL:
 the page is a document, not an app. Failed targets appear in the tables,
 greyed out, with their reason, and are left out of the plots. Each target keeps
 one colour everywhere. The page reads only the report document (report.json's
@@ -226,6 +227,40 @@ def _quality_table(doc: dict[str, Any], colors: dict[str, str]) -> str:
     return _table([*metrics, "perplexity"], rows)
 
 
+def _judge_section(doc: dict[str, Any], colors: dict[str, str]) -> str:
+    """The LLM judge: per target the mean rating, its retention and the counts (with why a mean is
+    missing), then a few example ratings; "" when no target was judged."""
+    judged = [t for t in _measured(doc) if t.get("judge")]
+    if not judged:
+        return ""
+    reference = doc.get("reference", "")
+    errors = any(t["judge"].get("error") for t in judged)  # a column for why a mean is missing
+    rows, examples = [], []
+    for t in judged:
+        j, kept = t["judge"], (t.get("retention") or {}).get("judge")
+        cells = ["n/a" if j.get("mean") is None else f"{j['mean']:.2f}", "n/a" if kept is None else f"{kept:.0%}",
+                 str(j.get("rated", 0)), str(j.get("unparseable", 0)), str(j.get("failed", 0))]  # fmt: skip
+        why = f'<td class="reason">{escape(str(j.get("error") or ""))}</td>' if errors else ""
+        rows.append(f"<tr>{_name_cell(t, colors, reference)}" + "".join(f"<td>{c}</td>" for c in cells)
+                    + f"{why}</tr>")  # fmt: skip
+        for e in j.get("examples") or []:
+            score = "unparseable" if e.get("score") is None else escape(str(e["score"]))
+            texts = "".join(f'<td class="reason">{escape(str(e.get(k) or ""))}</td>'
+                            for k in ("prompt", "answer", "reference", "reason"))  # fmt: skip
+            examples.append(f"<tr>{_name_cell(t, colors, reference)}<td>{score}</td>{texts}</tr>")
+    model = doc.get("judge_model")
+    by = f"<code>{escape(str(model))}</code>" if model else "The judge"
+    parts = ["<h2>LLM judge</h2>",
+             f'<p class="meta">{by} rated each answer 1..10 against the reference answer; the mean is over the '
+             "replies that held a rating (unparseable replies are counted, not scored).</p>",
+             _table(["mean (1..10)", "retention", "rated", "unparseable", "failed"]
+                    + (["why no mean"] if errors else []), rows)]  # fmt: skip
+    if examples:
+        parts += ['<p class="meta">Example ratings (shortened).</p>',
+                  _table(["score", "prompt", "answer", "reference", "the judge's reason"], examples)]  # fmt: skip
+    return "\n".join(parts)
+
+
 def _performance_table(doc: dict[str, Any], colors: dict[str, str]) -> str:
     head = ["TTFT p50", "TTFT p95", "TPOT p50", "latency p50", "p95", "p99", "tokens/s", "size", "memory",
             "parameters"]  # fmt: skip
@@ -302,6 +337,7 @@ def render_html(document: dict[str, Any]) -> str:
         "<h2>Quality</h2>",
         '<p class="meta">Each value with, in brackets, its retention of the reference\'s value.</p>',
         _quality_table(doc, colors),
+        _judge_section(doc, colors),
         "<h2>Speed and footprint</h2>",
         '<p class="meta">Timings at concurrency 1: time to first token (TTFT), time per output token '
         "(TPOT) and whole-request latency; tokens/s is one request's decode speed.</p>",

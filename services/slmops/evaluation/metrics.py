@@ -1,5 +1,6 @@
 """Quality metrics, each a plain function: accuracy checks, ROUGE-L, chrF and BLEU, semantic
-similarity, an LLM judge, mean and retention. Perplexity lives in perplexity.py (re-exported here).
+similarity, mean and retention. Perplexity lives in perplexity.py (re-exported here), the LLM
+judge in judge.py.
 
 Text metrics compare a model's answer with the expected one. chrF and BLEU are
 sacrebleu's corpus scores (0..100). Semantic similarity is the cosine of
@@ -198,43 +199,6 @@ class SemanticSimilarity:
 def semantic_similarity() -> SemanticSimilarity:
     """The packaged model, loaded once per process."""
     return SemanticSimilarity()
-
-
-# -- the judge ------------------------------------------------------------------------
-
-JUDGE_PROMPT = (
-    "You grade answers. Compare the ANSWER with the REFERENCE answer to the QUESTION and rate how "
-    "correct and complete the ANSWER is, from 1 (wrong or unrelated) to 10 (as good as the reference). "
-    "Reply with the number only.\n\nQUESTION:\n{prompt}\n\nREFERENCE:\n{reference}\n\nANSWER:\n{answer}\n\nRating:"
-)
-JUDGE_MAX_TOKENS = 8  # room for "Rating: 10" and nothing much else
-_SCORE = re.compile(r"(?<![\d.])(10|[1-9])(?![\d]|\.\d)")
-
-
-def parse_score(reply: str) -> float | None:
-    """The first whole number 1..10 in the judge's reply, as (n - 1) / 9; None when there is none."""
-    found = _SCORE.search(reply or "")
-    return (int(found.group(1)) - 1) / 9 if found else None
-
-
-def judge_scores(client: Any, model: str, items: Sequence[tuple[str, str, str]], *,
-                 chat: bool = True) -> list[float | None]:  # fmt: skip
-    """A score in [0, 1] per (prompt, reference, answer) from a judge model behind an `openai.OpenAI`
-    client (chat or plain completions), greedy; None where its reply holds no rating. The client's
-    errors propagate."""
-    scores: list[float | None] = []
-    for prompt, reference, answer in items:
-        text = JUDGE_PROMPT.format(prompt=prompt, reference=reference, answer=answer)
-        if chat:
-            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
-                                                   temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)  # fmt: skip
-            content = reply.choices[0].message.content or ""
-        else:
-            reply = client.completions.create(model=model, prompt=text, temperature=0.0,
-                                              max_tokens=JUDGE_MAX_TOKENS)  # fmt: skip
-            content = reply.choices[0].text or ""
-        scores.append(parse_score(content))
-    return scores
 
 
 def mean(values: Iterable[float | None]) -> float | None:

@@ -6,23 +6,21 @@ similarity (mean cosine of MiniLM embeddings). Perplexity is the model's on the
 held-out answers (each expected answer given its prompt), read from
 the target's model files (Hugging Face or ONNX Runtime GenAI), so it needs a
 local model_uri. The judge, when configured, rates each answer 1..10 against the
-expected one through its OpenAI-compatible endpoint (a host the egress allow-list
-allows, with the key core/endpoints' `resolve_api_key` gives for it); mean score
-in [0, 1]. A judge that cannot be used leaves a note, its reason cut short.
+expected one (judge.py): the mean rating is the quality value `judge`, and the
+counts and a few example ratings go to the report; a judge that cannot be used
+leaves the value out, with its reason in a note and in the report.
 """
 
 from __future__ import annotations
 
 import logging
 
-import openai
-
 from slmops.core import artifact_cache, artifacts
-from slmops.core.endpoints import describe_error, openai_client, resolve_api_key
 from slmops.core.errors import SlmopsError
 from slmops.evaluation import metrics
 from slmops.evaluation.client import Example, Measurement
 from slmops.evaluation.config import EvaluationConfig
+from slmops.evaluation.judge import Judge, question
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +59,12 @@ def text_metrics(names: list[str], examples: list[Example], completions: list[st
     return values
 
 
-def judge_mean(
-    cfg: EvaluationConfig, examples: list[Example], completions: list[str]
-) -> tuple[float | None, str]:
-    """The judge's mean score and a note ('' when every answer was scored)."""
-    judge = cfg.judge
-    assert judge is not None
-    try:
-        api_key = resolve_api_key(judge.api_key_env, judge.base_url, "spec.judge.api_key_env")
-    except SlmopsError as exc:  # a key not allowed to go to the judge's host, or unset
-        return None, f"judge unavailable: {exc}"
-    client = openai_client(judge.base_url, api_key, timeout=120.0, max_retries=2)
-    items = [(e.prompt, e.expected, c) for e, c in zip(examples, completions)]
-    try:
-        scores = metrics.judge_scores(client, judge.model, items, chat=judge.chat)
-    except (openai.OpenAIError, SlmopsError) as exc:  # SlmopsError: a host the egress allow-list refuses
-        return None, f"judge unavailable: {describe_error(exc, judge.base_url)}"
-    unscored = sum(score is None for score in scores)
-    note = f"the judge gave no score for {unscored} of {len(scores)} answers" if unscored else ""
-    return metrics.mean(scores), note
-
-
 def add_quality(cfg: EvaluationConfig, examples: list[Example], measured: list[Measurement]) -> None:
     """Fill each measured target's quality (and perplexity) in place."""
     names = cfg.quality_metrics
-    held_out = [(e.prompt, e.expected) for e in examples]
+    # each answer given what the target was asked: a chat target, a conversation's turns (examples.py)
+    held_out = {t.name: [(e.context(t.chat), e.expected) for e in examples] for t in cfg.targets}
+    judge = Judge(cfg.judge) if cfg.judge is not None else None
     for m in measured:
         if m.status != "ok":
             continue
@@ -98,12 +77,12 @@ def add_quality(cfg: EvaluationConfig, examples: list[Example], measured: list[M
                 )
             else:
                 try:
-                    m.perplexity = metrics.perplexity(folder, held_out)
+                    m.perplexity = metrics.perplexity(folder, held_out[m.name])
                 except (ValueError, OSError, RuntimeError) as exc:
                     m.notes.append(f"perplexity not measured: {exc}")
-        if cfg.judge is not None:
-            score, note = judge_mean(cfg, examples, m.completions)
-            if score is not None:
-                m.quality["judge"] = score
-            if note:
-                m.notes.append(note)
+        if judge is not None:
+            m.judge = judge.rate([(question(e), e.expected, c) for e, c in zip(examples, m.completions)])
+            if m.judge["mean"] is not None:
+                m.quality["judge"] = m.judge["mean"]
+            if m.judge["error"]:
+                m.notes.append(m.judge["error"])

@@ -25,6 +25,7 @@ from slmops.api.v1 import evaluation_pb2
 from slmops.evaluation.client import Level, Measurement
 from slmops.evaluation.config import RETENTION_METRICS, GateConfig
 from slmops.evaluation.formats import count_text, metric_text, size_text
+from slmops.evaluation.judge import markdown as judge_markdown
 
 _PYTHON_TYPES = {
     FieldDescriptor.CPPTYPE_DOUBLE: float,
@@ -68,6 +69,7 @@ TargetResult = make_dataclass(
         ("ttft_ms", list[float], field(default_factory=list)),
         ("tpot_ms", list[float], field(default_factory=list)),
         ("sweep", list[dict[str, Any]], field(default_factory=list)),
+        ("judge", dict[str, Any], field(default_factory=dict)),  # the LLM judge's summary (judge.summary)
     ],
     namespace={"ok": property(_ok), "__module__": __name__},
 )
@@ -144,6 +146,7 @@ def summarize(m: Measurement) -> TargetResult:
         ttft_ms=[round(v, 3) for v in m.ttft_ms],
         tpot_ms=[round(v, 3) for v in m.tpot_ms],
         sweep=[level_summary(level) for level in m.sweep],
+        judge=dict(m.judge),
     )
 
 
@@ -200,8 +203,12 @@ def judge(gate: GateConfig | None, results: list[TargetResult]) -> Verdict:
             continue
         value = c.retentions.get(metric)
         if value is None:
-            checks.append((False, f"retention of {metric} unknown (not measured, or the reference scored 0 or "
-                                  f"failed) < min {minimum:.3f}"))  # fmt: skip
+            why = "not measured, or the reference scored 0 or failed"
+            if metric == "judge":  # the judge says why it gave no mean
+                why = (
+                    "; ".join(f"{r.name}: {r.judge['error']}" for r in results if r.judge.get("error")) or why
+                )
+            checks.append((False, f"retention of {metric} unknown ({why}) < min {minimum:.3f}"))
         else:
             ok = value >= minimum - EPSILON
             checks.append((ok, f"retention of {metric} {value:.3f} {'>=' if ok else '<'} min {minimum:.3f}"))
@@ -264,6 +271,7 @@ def markdown(
     metric: str,
     dataset_uri: str,
     figure: str = "report.png",
+    judge_model: str = "",
 ) -> str:
     ref = next(r for r in results if r.name == reference)
     ok = [r for r in results if r.ok]
@@ -304,6 +312,8 @@ def markdown(
             cells = [f"{by_level[c]['tokens_per_second']:.1f} ({by_level[c]['latency_ms']['p95']:.0f})"
                      if c in by_level else "n/a" for c in levels]  # fmt: skip
             lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    lines += judge_markdown([{"name": r.name, "judge": r.judge, "retention": r.retentions} for r in ok if r.judge],
+                            judge_model)  # fmt: skip
     failed = [r for r in results if not r.ok]
     if failed:
         lines += ["", "## Failed targets", "", *[f"- **{r.name}**: {r.reason}" for r in failed]]
@@ -366,6 +376,7 @@ def document(
     metric: str,
     dataset_uri: str,
     candidate: str = "",
+    judge_model: str = "",
 ) -> dict[str, Any]:
     """report.json: every result in full, the verdict, the headlines, and what the HTML page plots."""
     ref = next(r for r in results if r.name == reference)
@@ -381,6 +392,8 @@ def document(
                 latency_ms=spread(r.latencies_ms), ttft_ms=spread(r.ttft_ms), tpot_ms=spread(r.tpot_ms),
                 tokens_per_second=r.tokens_per_second, latencies_ms=list(r.latencies_ms), sweep=list(r.sweep),
             )  # fmt: skip
+            if r.judge:
+                entry["judge"] = dict(r.judge)
         targets.append(entry)
     return {
         "title": "Evaluation report",
@@ -392,6 +405,7 @@ def document(
         "quality_metrics": quality_metrics(ok),
         "concurrency_levels": sorted({level["concurrency"] for r in ok for level in r.sweep}),
         "dataset_uri": dataset_uri,
+        "judge_model": judge_model,
         "num_prompts": max((r.num_prompts for r in ok), default=0),
         "targets": targets,
         "results": [asdict(r) for r in results],
@@ -409,6 +423,7 @@ def write_report(
     metric: str,
     dataset_uri: str,
     candidate: str = "",
+    judge_model: str = "",
 ) -> None:
     """Write report.json, report.md, report.png and report.html under uri (any fsspec URI)."""
     from slmops.evaluation.html import render_html
@@ -416,11 +431,12 @@ def write_report(
     fs, root = fsspec.core.url_to_fs(uri)
     fs.makedirs(root, exist_ok=True)
     doc = document(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri,
-                   candidate=candidate)  # fmt: skip
+                   candidate=candidate, judge_model=judge_model)  # fmt: skip
     with fs.open(f"{root}/report.json", "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2)
     with fs.open(f"{root}/report.md", "w", encoding="utf-8") as fh:
-        fh.write(markdown(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri))
+        fh.write(markdown(results, verdict, reference=reference, metric=metric, dataset_uri=dataset_uri,
+                          judge_model=judge_model))  # fmt: skip
     with fs.open(f"{root}/report.png", "wb") as fh:
         fh.write(figure_png(results))
     with fs.open(f"{root}/report.html", "w", encoding="utf-8") as fh:
