@@ -108,6 +108,7 @@ def test_synthesis_job_writes_a_dataset_and_retries_a_503(ray_local, teacher, wo
         assert top["tokens"] == list(record["answer"]) and top["token_ids"] is None
         assert top["top_tokens"][0][0] == record["answer"][0] and len(top["top_logprobs"][0]) == 2
         assert "vocab_size" not in record["teacher"]
+        assert "messages" not in record  # a plain completions teacher: prompt and completion only
 
     manifest = artifacts.read_manifest(artifacts.to_uri(out))
     assert manifest.kind == "dataset"
@@ -353,3 +354,8 @@ def test_a_local_teacher_answers_in_batches_on_ray_with_token_ids(ray_local, wor
         top = record["top_logprobs"]  # the teacher's own ids, k per position
         assert tok.decode(top["token_ids"], skip_special_tokens=True).startswith(record["completion"])
         assert all(len(ids) == 3 for ids in top["top_ids"]) and record["teacher"]["vocab_size"] == len(tok)
+        # The conversation the teacher answered, beside prompt and completion; the preview shows it too.
+        assert record["messages"] == [{"role": "system", "content": "Add."}, {"role": "user", "content": record["prompt"]},
+                                      {"role": "assistant", "content": record["completion"]}]  # fmt: skip
+    preview = (workdir / "dataset" / "preview.jsonl").read_text().splitlines()
+    assert preview and all("messages" in json.loads(line) for line in preview)

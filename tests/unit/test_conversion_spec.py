@@ -167,6 +167,23 @@ def test_ids_already_set_are_kept_and_a_missing_eos_is_an_error(tmp_path):
         fix_genai_config(out, src)
 
 
+def test_every_generation_eos_id_stops_and_the_chat_template_is_kept(tmp_path):
+    """A chat checkpoint's end-of-turn token (generation_config's second EOS id) stops ORT GenAI too, and
+    tokenizer_config.json carries the template transformers 5 saved as chat_template.jinja only."""
+    from slmops.conversion.olive_convert import fix_tokenizer_config
+
+    out, src = _genai_folder(tmp_path, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1}, {})
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 301]}))
+    fix_genai_config(out, src)
+    assert json.loads((out / "genai_config.json").read_text())["model"]["eos_token_id"] == [0, 301]
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TokenizersBackend"}))
+    (out / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    fix_tokenizer_config(out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == "{{ messages[0]['content'] }}"
+    assert config["tokenizer_class"] == "TokenizersBackend"  # no tokenizer.json: left as it is
+
+
 def test_model_outside_the_allowed_roots_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMOPS_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))
     problems = _problems(conversion_pb2.ConversionSpec(model_uri=str(tmp_path)))

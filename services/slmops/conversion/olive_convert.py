@@ -299,9 +299,18 @@ def _special_ids(model_dir: Path) -> dict[str, int]:
     return found
 
 
+def _generation_eos(model_dir: Path) -> list[int]:
+    """Every eos id of the checkpoint's generation_config.json (a chat model's end-of-turn token too)."""
+    path = model_dir / "generation_config.json"
+    value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id") if path.is_file() else None
+    ids = value if isinstance(value, list) else [value]
+    return [i for i in ids if isinstance(i, int)]
+
+
 def fix_genai_config(output_dir: Path, model_dir: Path) -> dict[str, Any]:
-    """Make genai_config.json loadable: fill null special token ids (ORT GenAI refuses nulls) and
-    name the logits output the graph really has (Olive's 8-bit RTN renames it `logits_Q8`)."""
+    """Make genai_config.json loadable: fill null special token ids (ORT GenAI refuses nulls), stop on
+    every eos id generation_config lists, and name the logits output the graph really has (Olive's
+    8-bit RTN renames it `logits_Q8`)."""
     path = output_dir / "genai_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     model = config.setdefault("model", {})
@@ -320,6 +329,9 @@ def fix_genai_config(output_dir: Path, model_dir: Path) -> dict[str, Any]:
         if model.get("bos_token_id") is None:
             model["bos_token_id"] = model["eos_token_id"]
         changed = True
+    eos = model["eos_token_id"] if isinstance(model["eos_token_id"], list) else [model["eos_token_id"]]
+    if more := [i for i in _generation_eos(model_dir) if i not in eos]:
+        model["eos_token_id"], changed = [*eos, *more], True
     decoder = model.get("decoder", {})
     outputs = decoder.get("outputs", {})
     graph = output_dir / decoder.get("filename", "model.onnx")
@@ -338,19 +350,27 @@ def fix_genai_config(output_dir: Path, model_dir: Path) -> dict[str, Any]:
 
 
 def fix_tokenizer_config(output_dir: Path) -> None:
-    """Name the tokenizer class ORT GenAI's tokenizer knows.
+    """Name the tokenizer class ORT GenAI's tokenizer knows, and keep the chat template in it.
 
     transformers 5 saves a tokenizer defined by tokenizer.json alone as
     `TokenizersBackend`, which ORT GenAI 0.13.2 refuses for Llama models
     ("Unsupported tokenizer class"); transformers 4 called the same thing
-    `PreTrainedTokenizerFast`, which both read.
+    `PreTrainedTokenizerFast`, which both read. transformers 5 also saves the
+    chat template as `chat_template.jinja` only; runtimes that read
+    tokenizer_config.json's `chat_template` alone (ORT GenAI before it read the
+    .jinja file, tools of transformers 4) get the same text there.
     """
     path = output_dir / "tokenizer_config.json"
     if not path.is_file():
         return
     config = json.loads(path.read_text(encoding="utf-8"))
+    changed = False
     if config.get("tokenizer_class") == "TokenizersBackend" and (output_dir / "tokenizer.json").is_file():
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config["tokenizer_class"], changed = "PreTrainedTokenizerFast", True
+    jinja = output_dir / "chat_template.jinja"
+    if jinja.is_file() and not config.get("chat_template"):
+        config["chat_template"], changed = jinja.read_text(encoding="utf-8"), True
+    if changed:
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 

@@ -15,6 +15,18 @@ values Arrow cannot hold in one type is stored as JSON text and named in the
 file's `slmops.json_columns` metadata. Training may also read `{"text": str}`
 records for full fine-tuning on plain text.
 
+A record may instead be a conversation: `{"messages": [{"role", "content"}, ...]}`
+(an optional system turn, one or more user and assistant turns, the last turn
+the assistant's answer). Synthesis with a chat teacher writes one in every
+record, [system (if a system prompt), user (the prompt), assistant (the
+answer)] (`chat_messages`), beside the `prompt` and `completion` that plain
+readers use; a person may write messages-only records by hand. Training renders
+`messages` with the student's chat template, evaluation sends the turns before
+the answer to a chat target's `/chat/completions` (`conversation`). Readers
+check a record's messages (`record_problem`) and name a bad one by its line
+and field (`train.jsonl line 3 messages[1].role: must be one of ...`). In
+Parquet, `messages` is a list of structs, one field per key any turn has.
+
 When the synthesis job asked for top-k log-probabilities, a record also holds
 `top_logprobs` in the form `slmops.synthesis.logprobs` describes: `token_ids`,
 `tokens`, `top_ids`, `top_tokens`, `top_logprobs`, one entry per generated
@@ -32,6 +44,7 @@ from typing import Any, NamedTuple
 
 import fsspec
 
+from slmops.core.chat_template import check_messages
 from slmops.core.errors import InvalidSpec
 
 TRAIN_FILE, VALIDATION_FILE, STATS_FILE = "train.jsonl", "validation.jsonl", "stats.json"
@@ -67,12 +80,23 @@ def json_object_lines(
     return rows, problems
 
 
-def parse_prompts(lines: list[str], field: str = "spec.prompts_uri") -> list[Prompt]:
-    """Parse JSONL lines into prompts; one InvalidSpec names every bad line by its number."""
+def parse_prompts(
+    lines: list[str], field: str = "spec.prompts_uri", allow_messages: bool = False
+) -> list[Prompt]:
+    """Parse JSONL lines into prompts; one InvalidSpec names every bad line by its number.
+
+    With allow_messages, a line may hold a conversation (`messages`, checked by
+    `messages_problem`) instead of a prompt.
+    """
     prompts: list[Prompt] = []
     rows, problems = json_object_lines(lines, field, ' like {"prompt": "..."}')
     for number, value in rows:
-        if not isinstance(value.get("prompt"), str) or not value["prompt"].strip():
+        if allow_messages and "messages" in value:
+            if problem := messages_problem(value["messages"]):
+                problems.append((field, f"line {number}: {problem}"))
+            else:
+                prompts.append(Prompt(number, value))
+        elif not isinstance(value.get("prompt"), str) or not value["prompt"].strip():
             problems.append((field, f'line {number}: needs a non-empty string field "prompt"'))
         else:
             prompts.append(Prompt(number, value))
@@ -97,10 +121,28 @@ def read_prompts(uri: str, field: str = "spec.prompts_uri") -> list[Prompt]:
     return parse_prompts(lines, field)
 
 
-def dataset_record(fields: dict[str, Any], result: dict[str, Any], teacher_model: str) -> dict[str, Any]:
-    """A prompt's fields plus the teacher's answer and metadata."""
-    record = dict(fields)
+def chat_messages(prompt: str, system_prompt: str = "") -> list[dict[str, str]]:
+    """The turns a chat teacher is asked: the system prompt (when there is one), then the prompt."""
+    turns = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*turns, {"role": "user", "content": prompt}]
+
+
+def dataset_record(
+    fields: dict[str, Any],
+    result: dict[str, Any],
+    teacher_model: str,
+    *,
+    chat: bool = False,
+    system_prompt: str = "",
+) -> dict[str, Any]:
+    """A prompt's fields plus the teacher's answer and metadata; with chat, also the conversation the
+    teacher answered as `messages` (`chat_messages` and the answer's assistant turn). A `messages`
+    field of the prompts file is not kept: a record's messages are the conversation answered."""
+    record = {k: v for k, v in fields.items() if k != "messages"}  # messages: only the one asked
     record["completion"] = result["completion"]
+    if chat:
+        answer = {"role": "assistant", "content": result["completion"]}
+        record["messages"] = [*chat_messages(fields["prompt"], system_prompt), answer]
     record["teacher"] = {
         "model": teacher_model,
         "finish_reason": result.get("finish_reason", ""),
@@ -175,6 +217,11 @@ def from_arrow(table: Any) -> list[dict[str, Any]]:
         }
         if isinstance(record.get("teacher"), dict):
             record["teacher"] = {k: v for k, v in record["teacher"].items() if v is not None}
+        if isinstance(record.get("messages"), list):  # one struct type holds every turn's keys
+            record["messages"] = [
+                {k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m
+                for m in record["messages"]
+            ]
         records.append(record)
     return records
 
@@ -209,8 +256,9 @@ def read_records(
     """The records of one split (JSONL or Parquet shards); InvalidSpec naming the file and line
     (or row) of any malformed one.
 
-    With allow_text, a record may hold a `text` string instead of prompt and
-    completion. With limit, only the first records are read (a quick look).
+    A record holds prompt and completion, or a conversation in `messages`
+    (`record_problem`); with allow_text, it may hold a `text` string instead.
+    With limit, only the first records are read (a quick look).
     """
     records: list[dict[str, Any]] = []
     problems: list[tuple[str, str]] = []
@@ -225,11 +273,9 @@ def read_records(
         if not isinstance(record, dict):
             problems.append((field_name, f"{where} is not a JSON object"))
             continue
-        missing = [k for k in ("prompt", "completion") if not isinstance(record.get(k), str)]
-        if allow_text and isinstance(record.get("text"), str):
-            missing = []
-        if missing:
-            problems.append((field_name, f"{where} lacks string field(s) {', '.join(missing)}"))
+        problem = record_problem(record, allow_text)
+        if problem:
+            problems.append((field_name, f"{where} {problem}"))
             continue
         records.append(record)
         if len(problems) >= 10 or (limit and len(records) >= limit):
@@ -237,6 +283,32 @@ def read_records(
     if problems:
         raise InvalidSpec(*problems[0], *problems[1:])
     return records
+
+
+def messages_problem(messages: Any) -> str | None:
+    """Why a record's `messages` is not a conversation ending with the assistant's answer (None when it
+    is), naming the bad field: `messages[1].role: must be one of ...`."""
+    try:
+        turns = check_messages(messages)
+    except InvalidSpec as exc:
+        return f"{exc.field}: {exc.problems[0][1]}"
+    if turns[-1]["role"] != "assistant":
+        return f"messages[{len(turns) - 1}].role: the last turn must be the assistant's answer"
+    if len(turns) < 2:
+        return "messages: needs at least one turn before the assistant's answer"
+    return None
+
+
+def record_problem(record: dict[str, Any], allow_text: bool = False) -> str | None:
+    """Why a dataset record is not one (None when it is): a record with `messages` must hold a
+    conversation (whatever else it has); any other needs string prompt and completion (or, with
+    allow_text, a string text)."""
+    if "messages" in record:
+        return messages_problem(record["messages"])
+    if allow_text and isinstance(record.get("text"), str):
+        return None
+    missing = [k for k in ("prompt", "completion") if not isinstance(record.get(k), str)]
+    return f"lacks string field(s) {', '.join(missing)}" if missing else None
 
 
 def has_topk_ids(record: dict[str, Any]) -> bool:
@@ -260,7 +332,10 @@ def conversation(record: dict[str, Any]) -> tuple[list[dict[str, str]], str] | N
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         return None
-    *turns, last = messages
-    if not isinstance(last, dict) or last.get("role") != "assistant":
+    try:
+        *turns, last = check_messages(messages)  # {role, content} with text content
+    except InvalidSpec:
         return None
-    return [{"role": m["role"], "content": m["content"]} for m in turns], str(last.get("content", ""))
+    if last["role"] != "assistant":
+        return None
+    return turns, last["content"]

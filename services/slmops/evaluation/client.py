@@ -3,8 +3,9 @@
 For each target: a few warm-up requests, then every example once at the
 lowest concurrency level, streamed and greedy: its answer is checked and the
 request timed (latency, time to the first token, time per output token after
-it). Then the same prompts again at each higher level of the concurrency sweep,
-for throughput and latency under load. After the run, the predictor's resident
+it). A chat target is sent a conversation's turns, a plain one its prompt
+(examples.py). Then the same requests again at each higher level of the
+concurrency sweep, for throughput and latency under load. After the run, the predictor's resident
 memory is read from its Prometheus `/metrics` (at most METRICS_MAX_BYTES of
 it), and size on disk and parameter count come from the target's model_uri. A
 target that cannot be reached is `failed` with the reason; the others are
@@ -25,31 +26,25 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-import fsspec
 import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
 from slmops.core import artifacts, egress, tracing
-from slmops.core.datasets import VALIDATION_FILE, Prompt, parse_prompts, read_records
 from slmops.core.endpoints import describe_error, openai_client, resolve_api_key
-from slmops.core.errors import InvalidSpec, NotFound, Unavailable
+from slmops.core.errors import NotFound, Unavailable
 from slmops.core.progress import Progress, null_progress
 from slmops.core.spec_checks import SamplingConfig
 from slmops.evaluation import metrics
 from slmops.evaluation.config import TargetConfig
+from slmops.evaluation.examples import Example, load_examples
+
+__all__ = ["Example", "Measurement", "TargetClient", "load_examples", "measure_target", "scrape_memory"]
 
 log = logging.getLogger(__name__)
 MEMORY_METRIC = "process_resident_memory_bytes"
 PEAK_MEMORY_METRIC = "slmops_predictor_peak_resident_memory_bytes"  # preferred: the high-water mark
 METRICS_MAX_BYTES = 4 * 2**20  # a predictor's /metrics is a few kB; more is not read
-
-
-@dataclass
-class Example:
-    prompt: str
-    expected: str
-    choices: list[str] | None = None  # multiple choice: the options, in letter order
 
 
 @dataclass
@@ -103,6 +98,7 @@ class Measurement:
     size_bytes: int = 0
     parameters: int = 0
     notes: list[str] = field(default_factory=list)
+    judge: dict[str, Any] = field(default_factory=dict)  # the LLM judge's summary (judge.summary)
 
 
 def is_correct(expected: str, completion: str, metric: str = "exact_match", *, pattern: str = "",
@@ -113,37 +109,6 @@ def is_correct(expected: str, completion: str, metric: str = "exact_match", *, p
         return expected.strip() in completion
     kind = {"exact_match": "exact"}.get(metric, metric)
     return metrics.accuracy_check(kind, expected, completion, pattern=pattern, choices=choices)
-
-
-def load_examples(dataset_uri: str, max_prompts: int = 0) -> list[Example]:
-    """Examples from a dataset folder's validation split, or from a JSONL file.
-
-    The expected answer is a record's `answer`; without one, the teacher's `completion`.
-    """
-    fs, path = fsspec.core.url_to_fs(dataset_uri)
-    if fs.isdir(path):  # a dataset folder: its validation split, JSONL or Parquet
-        records = read_records(dataset_uri, VALIDATION_FILE, "spec.dataset_uri")
-        prompts = [Prompt(number, record) for number, record in enumerate(records, start=1)]
-    else:
-        with fsspec.open(dataset_uri, "r", encoding="utf-8") as fh:
-            prompts = parse_prompts(fh.read().splitlines(), "spec.dataset_uri")
-    examples, problems = [], []
-    for prompt in prompts:
-        expected = prompt.fields.get("answer", prompt.fields.get("completion"))
-        if expected is None:
-            problems.append(("spec.dataset_uri", f'line {prompt.line}: needs "answer" or "completion"'))
-        else:
-            choices = prompt.fields.get("choices")
-            examples.append(
-                Example(
-                    prompt.fields["prompt"],
-                    str(expected),
-                    [str(c) for c in choices] if isinstance(choices, list) else None,
-                )
-            )
-    if problems:
-        raise InvalidSpec(*problems[0], *problems[1:])
-    return examples[:max_prompts] if max_prompts else examples
 
 
 def origin(base_url: str) -> str:
@@ -256,8 +221,12 @@ class TargetClient:
             kwargs["seed"] = s.seed
         return kwargs
 
-    def request(self, prompt: str) -> Timed:
-        """One greedy streamed request: text, tokens (the usage chunk's, else one per chunk), timings."""
+    def request(self, prompt: str, messages: list[dict[str, str]] | None = None) -> Timed:
+        """One greedy streamed request: text, tokens (the usage chunk's, else one per chunk), timings.
+
+        A chat target is sent messages (a conversation's turns before its answer) when given, else the
+        prompt as one user turn; a plain target is sent the prompt.
+        """
         kwargs = self._kwargs()
         with tracing.span_from("evaluation.request", self.traceparent, {"target": self.target.name}):
             kwargs["extra_headers"] = tracing.http_headers()
@@ -266,9 +235,8 @@ class TargetClient:
             pieces: list[str] = []
             chunks = usage_tokens = 0
             if self.target.chat:
-                stream = self.client.chat.completions.create(
-                    messages=[{"role": "user", "content": prompt}], **kwargs
-                )
+                turns = messages if messages is not None else [{"role": "user", "content": prompt}]
+                stream = self.client.chat.completions.create(messages=turns, **kwargs)
             else:
                 stream = self.client.completions.create(prompt=prompt, **kwargs)
             for chunk in stream:
@@ -285,21 +253,21 @@ class TargetClient:
         return Timed(text="".join(pieces), tokens=usage_tokens or chunks, latency_ms=(end - start) * 1000.0,
                      ttft_ms=((first or end) - start) * 1000.0)  # fmt: skip
 
-    def timed(self, prompt: str) -> Timed:
+    def timed(self, example: Example) -> Timed:
         try:
-            return self.request(prompt)
+            return self.request(example.prompt, example.messages if self.target.chat else None)
         except openai.OpenAIError as exc:
             return Timed(error=describe_error(exc, self.target.base_url))
 
 
-def _level(client: TargetClient, prompts: list[str], concurrency: int,
+def _level(client: TargetClient, examples: list[Example], concurrency: int,
            on_done: Any = None) -> tuple[Level, list[Timed]]:  # fmt: skip
-    """Send every prompt with `concurrency` requests in flight; the level's figures and each request."""
+    """Send every example with `concurrency` requests in flight; the level's figures and each request."""
     level = Level(concurrency=concurrency)
     start = time.perf_counter()
     done: list[Timed] = []
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for i, timed in enumerate(pool.map(client.timed, prompts), start=1):
+        for i, timed in enumerate(pool.map(client.timed, examples), start=1):
             done.append(timed)
             if on_done is not None:
                 on_done(i)
@@ -332,22 +300,22 @@ def measure_target(
     client = TargetClient(target, sampling, traceparent)
     result = Measurement(name=target.name, model_uri=target.model_uri)
     for i in range(warmup_requests):
-        timed = client.timed(examples[i % len(examples)].prompt)
+        timed = client.timed(examples[i % len(examples)])
         if timed.error:
             raise Unavailable(f"target {target.name}: warm-up request failed: {timed.error}")
 
     levels = sorted(set(concurrency_levels)) or [1]
-    prompts = [example.prompt for example in examples]
-    total = len(prompts) * len(levels)
-    step = max(1, len(prompts) // 10)
+    count = len(examples)
+    total = count * len(levels)
+    step = max(1, count // 10)
     for index, concurrency in enumerate(levels):
 
         def on_done(i: int, index: int = index, concurrency: int = concurrency) -> None:
-            if i % step == 0 or i == len(prompts):
-                progress((index * len(prompts) + i) / total,
-                         f"{target.name}: {i}/{len(prompts)} prompts at concurrency {concurrency}")  # fmt: skip
+            if i % step == 0 or i == count:
+                progress((index * count + i) / total,
+                         f"{target.name}: {i}/{count} prompts at concurrency {concurrency}")  # fmt: skip
 
-        level, done = _level(client, prompts, concurrency, on_done)
+        level, done = _level(client, examples, concurrency, on_done)
         result.sweep.append(level)
         if index:
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PERCENT_METRICS = ("accuracy", "rouge_l", "semantic_similarity", "judge")  # shown as percentages
+PERCENT_METRICS = ("accuracy", "rouge_l", "semantic_similarity")  # shown as percentages
 
 
 def size_text(n: Any) -> str:
@@ -30,7 +30,10 @@ def count_text(n: Any) -> str:
 
 
 def metric_text(metric: str, value: float | None) -> str:
-    """A quality value: a percentage for 0..1 metrics, else two decimals (chrF, BLEU)."""
+    """A quality value: a percentage for 0..1 metrics, the judge's mean rating out of 10, else two
+    decimals (chrF, BLEU)."""
     if value is None:
         return "n/a"
+    if metric == "judge":
+        return f"{value:.2f}/10"
     return f"{value:.1%}" if metric in PERCENT_METRICS else f"{value:.2f}"

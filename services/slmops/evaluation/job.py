@@ -5,7 +5,10 @@ another, so each target's latency is measured without the others' load. A
 target that cannot be reached (or whose host or key the operator's settings
 refuse: core/egress, core/secret_refs) is reported failed with the reason, cut
 short where it quotes the target, and the others are measured all the same;
-the job fails only when every target does.
+the job fails only when every target does. A dataset of conversations
+(`messages`) is sent to chat targets as conversations (examples.py); one
+whose records have no plain prompt beside them makes a plain target an
+invalid spec.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from slmops.core.errors import InvalidSpec, Unavailable
 from slmops.core.progress import Progress, scaled
 from slmops.evaluation.client import Measurement, load_examples, measure_target
 from slmops.evaluation.config import EvaluationConfig, validated
+from slmops.evaluation.examples import check_targets
 from slmops.evaluation.quality import add_quality
 from slmops.evaluation.report import TargetResult, judge, set_retention, summarize, write_report
 
@@ -85,6 +89,7 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
     progress(0.0, "reading the dataset")
     _check_inputs(cfg)
     examples = load_examples(cfg.dataset_uri, cfg.max_prompts)
+    check_targets(examples, cfg.targets)  # a conversation without a prompt needs chat targets
     measurements: list[Measurement] = []
     n = len(cfg.targets)
     for i, target in enumerate(cfg.targets):
@@ -129,6 +134,7 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
             metric=cfg.metric,
             dataset_uri=cfg.dataset_uri,
             candidate=candidate_name(cfg),
+            judge_model=f"{cfg.judge.model} at {cfg.judge.base_url}" if cfg.judge else "",
         )
     metrics = flat_metrics(results, verdict.evaluated, verdict.passed)
     artifacts.finalize(

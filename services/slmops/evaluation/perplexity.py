@@ -2,10 +2,15 @@
 
 An item is a text, or a (context, text) pair whose context only conditions the
 text (a prompt and its expected answer): the text's tokens are scored, the
-context's are not. Perplexity is exp of the token-weighted mean negative
-log-likelihood, sum(NLL of every scored token of every item) / (number of those
-tokens), not a mean of per-item perplexities. A sequence's first token has
-nothing to be predicted from and is never scored.
+context's are not. A context may be a conversation (the turns before an
+answer, [{role, content}, ...]): it is rendered with the model folder's chat
+template and its generation prompt, as the predictor renders a
+`/chat/completions` request (the plain transcript for a model without one).
+
+Perplexity is exp of the token-weighted mean negative log-likelihood,
+sum(NLL of every scored token of every item) / (number of those tokens), not a
+mean of per-item perplexities. A sequence's first token has nothing to be
+predicted from and is never scored.
 
 Both runtimes score the same tokens the same way: the sequence (context + text)
 is tokenized whole, the text starts where it stops agreeing with the context's
@@ -24,14 +29,34 @@ from typing import Any
 
 import numpy as np
 
-from slmops.core import artifacts
+from slmops.core import artifacts, chat_template
+from slmops.core.errors import InvalidSpec
 
 Pair = tuple[str, str]  # (context, text): the text is scored, the context only conditions it
+Turns = list[dict[str, str]]  # a conversation before its answer: rendered with the chat template
+Item = str | Pair | tuple[Turns, str]
 Encode = Callable[[str], list[int]]
 
 
 def _pairs(items: Iterable[str | Pair]) -> list[Pair]:
     return [item if isinstance(item, tuple) else ("", item) for item in items]
+
+
+def _rendered(model_dir: str | Path, items: Iterable[Item]) -> list[str | Pair]:
+    """Items whose conversation contexts are rendered as the predictor renders a chat request."""
+    template, config = chat_template.read_template(model_dir)
+    out: list[str | Pair] = []
+    for item in items:
+        if isinstance(item, tuple) and isinstance(item[0], list):
+            try:
+                turns = chat_template.check_messages(item[0])
+                context = chat_template.render(template, turns, config) if template else None
+            except InvalidSpec as exc:
+                raise ValueError(f"the chat template refused a conversation: {exc}") from None
+            out.append((context if context is not None else chat_template.fallback_prompt(turns), item[1]))
+        else:
+            out.append(item)  # type: ignore[arg-type]
+    return out
 
 
 def _sequence(encode: Encode, context: str, text: str, max_length: int) -> tuple[list[int], int]:
@@ -69,7 +94,7 @@ def _score(items: Iterable[str | Pair], encode: Encode, max_length: int,
     return math.exp(total / count)
 
 
-def perplexity_hf(model_dir: str | Path, items: Iterable[str | Pair], max_length: int = 512) -> float:
+def perplexity_hf(model_dir: str | Path, items: Iterable[Item], max_length: int = 512) -> float:
     """Perplexity of texts (or of (context, text) pairs' texts) under a Hugging Face causal LM folder,
     in fp32 on the CPU; one forward pass per item."""
     import torch
@@ -87,7 +112,7 @@ def perplexity_hf(model_dir: str | Path, items: Iterable[str | Pair], max_length
     def encode(text: str) -> list[int]:
         return list(tokenizer(text)["input_ids"])
 
-    return _score(items, encode, min(max_length, window), rows_for)
+    return _score(_rendered(model_dir, items), encode, min(max_length, window), rows_for)
 
 
 def _all_positions(og: Any, model: Any, ids: list[int], first: int) -> np.ndarray | None:
@@ -116,7 +141,7 @@ def _step_by_step(og: Any, model: Any, ids: list[int], first: int) -> np.ndarray
     return np.stack(rows)
 
 
-def perplexity_onnx(model_dir: str | Path, items: Iterable[str | Pair], max_length: int = 512) -> float:
+def perplexity_onnx(model_dir: str | Path, items: Iterable[Item], max_length: int = 512) -> float:
     """The same under an ONNX Runtime GenAI model folder (genai_config.json), through onnxruntime_genai:
     every position's logits from one pass when the model returns them, else one token a step."""
     import onnxruntime_genai as og
@@ -133,10 +158,10 @@ def perplexity_onnx(model_dir: str | Path, items: Iterable[str | Pair], max_leng
     def encode(text: str) -> list[int]:
         return [int(t) for t in tokenizer.encode(text)]
 
-    return _score(items, encode, min(max_length, window), rows_for)
+    return _score(_rendered(model_dir, items), encode, min(max_length, window), rows_for)
 
 
-def perplexity(model_uri_or_dir: str | Path, items: Iterable[str | Pair], max_length: int = 512) -> float:
+def perplexity(model_uri_or_dir: str | Path, items: Iterable[Item], max_length: int = 512) -> float:
     """Perplexity under the model in a local folder (a path or a file:// URI), by what the folder holds:
     genai_config.json -> ONNX Runtime GenAI, config.json -> Hugging Face. Lower is better."""
     text = str(model_uri_or_dir)

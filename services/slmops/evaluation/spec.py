@@ -4,9 +4,10 @@ Each target is an OpenAI-compatible endpoint: a `base_url`, or a serving
 `deployment` name that the evaluation service resolves to a base URL (filling
 `base_url`) before the job runs. The models in config.py are the spec
 (defaults, bounds, rules between fields); what they cannot know is checked
-here, as a second pass: URLs, key names, the dataset and model files. Every
-problem comes back in one InvalidSpec, named by its proto path
-(`spec.targets[1].base_url`, ...).
+here, as a second pass: URLs, key names, the dataset and model files, and
+the first records of a local dataset (conversations without a prompt need
+chat targets: examples.py). Every problem comes back in one InvalidSpec,
+named by its proto path (`spec.targets[1].base_url`, ...).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from slmops.core.spec_checks import (
     proto_dict,
 )
 from slmops.evaluation.config import EvaluationConfig
+from slmops.evaluation.examples import load_examples, target_problems
+
+PEEK_RECORDS = 1000  # records of a local dataset read at Create (the job reads them all)
 
 
 def _endpoint(section: dict[str, Any], field: str, problems: Problems) -> None:
@@ -51,6 +55,20 @@ def _dataset(value: str, problems: Problems) -> str:
     return uri
 
 
+def _chat_records(raw: dict[str, Any], problems: Problems) -> None:
+    """A local dataset whose first records are conversations without a prompt needs chat targets (the job
+    checks every record; a dataset it cannot read here is the job's to report)."""
+    uri = raw["dataset_uri"]
+    if not uri.startswith("file://") or any(p[0] == "spec.dataset_uri" for p in problems):
+        return
+    try:
+        examples = load_examples(uri, PEEK_RECORDS)
+    except (InvalidSpec, OSError, ValueError):  # UnicodeDecodeError and Arrow's errors are ValueErrors
+        return
+    targets = [t for t in raw.get("targets", []) if isinstance(t, dict)]
+    problems.extend(target_problems(examples, [bool(t.get("chat")) for t in targets]))
+
+
 def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
     """Validate an EvaluationSpec completely; raise one InvalidSpec listing every problem."""
     problems: Problems = []
@@ -65,6 +83,7 @@ def from_proto(spec: evaluation_pb2.EvaluationSpec) -> EvaluationConfig:
         _endpoint(raw["judge"], "spec.judge", problems)
     if raw.get("dataset_uri"):
         raw["dataset_uri"] = _dataset(raw["dataset_uri"], problems)
+        _chat_records(raw, problems)
     if raw.get("output_uri"):
         try:
             raw["output_uri"] = artifacts.confine(

@@ -41,6 +41,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from slmops.core import egress, tracing
+from slmops.core.datasets import chat_messages
 from slmops.core.endpoints import cut, describe_error, openai_client, resolve_api_key
 from slmops.core.errors import Unavailable
 from slmops.core.spec_checks import SamplingConfig
@@ -270,9 +271,7 @@ class EndpointTeacher:
     async def _ask_chat(self, client: openai.AsyncOpenAI, prompt: str,
                         common: dict[str, Any]) -> tuple[Any, list[Answer]]:  # fmt: skip
         """The response from /chat/completions and its answers."""
-        messages = [{"role": "user", "content": prompt}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        messages = chat_messages(prompt, self.system_prompt)
         k = self.sampling.top_logprobs
         if k:
             common = {**common, "logprobs": True, "top_logprobs": k}

@@ -6,8 +6,10 @@ requests are in flight in total). The driver commits the answers as shards
 complete (checkpoint.py: a rerun asks only for what is missing), writes the
 dataset folder and seals it with a manifest. Every prompt ends answered or in
 `rejects.jsonl`. With several samples per prompt each accepted answer is a
-record (with its `sample` number). A job asked to stop (JobCancelled) seals
-what was answered as a dataset whose stats say it is not complete.
+record (with its `sample` number). A chat teacher's records also hold the
+conversation it answered as `messages` (core/datasets.dataset_record). A job
+asked to stop (JobCancelled) seals what was answered as a dataset whose stats
+say it is not complete.
 """
 
 from __future__ import annotations
@@ -257,7 +259,8 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
                 filtered.append({"line": prompt.line, "prompt": prompt.fields["prompt"],
                                  "completion": sample["completion"], "filter": dropped[0], "why": dropped[1]})  # fmt: skip
                 continue
-            record = dataset_record(prompt.fields, sample, teacher_model)
+            record = dataset_record(prompt.fields, sample, teacher_model, chat=cfg.teacher.chat,
+                                    system_prompt=cfg.system_prompt)  # fmt: skip
             if cfg.samples_per_prompt > 1:
                 record["sample"] = number
             records.append(record)

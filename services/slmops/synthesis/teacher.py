@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from slmops.core.datasets import chat_messages
 from slmops.core.errors import InvalidSpec
 from slmops.core.spec_checks import SamplingConfig
 from slmops.synthesis import logprobs
@@ -123,9 +124,7 @@ class LocalTeacher:
 
     def _render(self, prompt: str) -> str:
         """The prompt (after the system prompt, when there is one) through the model's chat template."""
-        messages = [{"role": "user", "content": prompt}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        messages = chat_messages(prompt, self.system_prompt)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _answer(self, out: Any, row: int, width: int) -> dict[str, Any]:
