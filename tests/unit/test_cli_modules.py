@@ -18,8 +18,8 @@ CLI = Path(main.__file__).resolve().parent
 COMMAND_MODULES = sorted(path.stem for path in CLI.glob("*_commands.py"))
 # What a command module may import from the CLI: the kit, the clients, progress lines, the stack machinery.
 KIT = {"slmops.cli.common", "slmops.cli.client", "slmops.cli.progress", "slmops.cli.stack"}
-COMMANDS = {"up", "down", "status", "lineage", "get", "cancel", "serve", "synth", "train", "convert", "deploy",
-            "promote", "rollback", "bench", "pipeline"}  # fmt: skip
+COMMANDS = {"up", "down", "status", "lineage", "get", "cancel", "logs", "watch", "list", "serve", "synth", "train",
+            "convert", "deploy", "promote", "rollback", "bench", "pipeline"}  # fmt: skip
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

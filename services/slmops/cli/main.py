@@ -18,6 +18,7 @@ from slmops.cli import (
     bench_commands,
     convert_commands,
     jobs_commands,
+    list_commands,
     pipeline_commands,
     serving_commands,
     stack_commands,
@@ -30,7 +31,8 @@ from slmops.core.errors import SlmopsError
 # The command modules, in the order `slmops --help` lists their commands.
 COMMAND_MODULES = (
     stack_commands,  # up, down, status
-    jobs_commands,  # lineage, get, cancel
+    jobs_commands,  # lineage, get, cancel, logs, watch
+    list_commands,  # list
     synth_commands,  # synth
     train_commands,  # train
     convert_commands,  # convert

@@ -27,7 +27,7 @@ from rich.text import Text
 
 from slmops.api.v1 import common_pb2, pipeline_pb2
 from slmops.cli import client
-from slmops.cli.common import cell, render, say, show, table
+from slmops.cli.common import cell, json_flag, print_json, render, say, show, table
 from slmops.core import artifacts, settings
 
 INPUT_KINDS = ("prompts", "dataset", "model")
@@ -252,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = client.call(stub.CreatePipelineRun, pipeline_pb2.CreatePipelineRunRequest(spec=spec), timeout=120.0)
     say(f"created {run.id} (stages checked by their services)")
     if args.no_wait:
-        print(run.id)
+        print_json(run) if args.json else print(run.id)
         return 0
     run = follow(run.id, stages_of(spec.definition_yaml))
     if args.json:
@@ -266,12 +266,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = pipeline_spec(args.file)
     request = pipeline_pb2.CreatePipelineRunRequest(spec=spec, validate_only=True)
     client.call(client.stub("pipeline").CreatePipelineRun, request, timeout=120.0)
-    print(f"{args.file}: valid ({len(stages_of(spec.definition_yaml))} stages, each checked by its service)")
+    stages = stages_of(spec.definition_yaml)
+    if args.json:
+        print_json({"file": args.file, "valid": True, "stages": [{"name": n, "kind": k} for n, k in stages]})
+        return 0
+    print(f"{args.file}: valid ({len(stages)} stages, each checked by its service)")
     return 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     run = client.call(client.stub("pipeline").GetPipelineRun, common_pb2.GetJobRequest(id=args.run_id))
+    if args.json:
+        print_json(run)
+        return exit_code(run)
     show(stage_table(run, []), indent=2)
     print(summary(run))
     return exit_code(run)
@@ -299,9 +306,12 @@ def add_commands(sub: Any) -> None:
     run.set_defaults(func=cmd_run)
     validate = psub.add_parser("validate", help="check the file and every stage's spec; run nothing")
     validate.add_argument("file")
+    json_flag(validate, "the verdict and the stages")
     validate.set_defaults(func=cmd_validate)
     get = psub.add_parser("get", help="a run's stages and report")
     get.add_argument("run_id")
+    json_flag(get, "the run")
     get.set_defaults(func=cmd_get)
     schema_cmd = psub.add_parser("schema", help="print the pipeline file's JSON schema")
+    json_flag(schema_cmd, "the schema (it is JSON either way)")
     schema_cmd.set_defaults(func=cmd_schema)

@@ -1,12 +1,19 @@
-"""Watching a job from the terminal: one progress line per event, and the outcome."""
+"""Watching a job from the terminal: one progress line per event, a live view, and the outcome.
+
+A job's events are kept by its service from the first (sequence 1): Watch from
+sequence 0 replays them all, then streams new ones until the job ends.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from slmops.api.v1 import common_pb2
 from slmops.cli import client
@@ -49,6 +56,31 @@ def format_event(label: str, event: common_pb2.ProgressEvent) -> str:
     return f"  {label:<11} {bar(event.fraction)} {event.fraction * 100:5.1f}% {state:<9} {event.message} {metrics}".rstrip()
 
 
+def stream_events(
+    watch: Callable[..., Any],
+    job_id: str,
+    on_event: Callable[[common_pb2.ProgressEvent], None],
+    timeout: float | None = None,
+) -> bool:
+    """Hand every event of the job to on_event from its first, resuming after the last one seen when
+    the stream breaks, until the job ends (True) or, given `timeout`, that many seconds pass (False)."""
+    after = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _ in range(20):
+        limit = {} if deadline is None else {"timeout": max(deadline - time.monotonic(), 0.05)}
+        try:
+            for event in watch(common_pb2.WatchJobRequest(id=job_id, after_sequence=after), **limit):
+                after = event.sequence
+                on_event(event)
+            return True
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
+                return False
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+    return True
+
+
 def watch_job(
     label: str,
     watch: Callable[..., Any],
@@ -57,14 +89,40 @@ def watch_job(
     out: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> Any:
     """Stream a job's events until it finishes (resuming if the stream breaks); return the job."""
-    after = 0
-    for _ in range(20):
-        try:
-            for event in watch(common_pb2.WatchJobRequest(id=job_id, after_sequence=after)):
-                after = event.sequence
-                out(format_event(label, event))
-            break
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
+    stream_events(watch, job_id, lambda event: out(format_event(label, event)))
     return client.call(get, common_pb2.GetJobRequest(id=job_id))
+
+
+class LiveView:
+    """A job's state, progress bar and latest message, redrawn in place on a terminal; elsewhere
+    (a pipe, a log) one progress line per event. Use as a context manager; `update` takes an event."""
+
+    def __init__(self, label: str, out: TextIO | None = None):
+        self.label, self.out = label, out if out is not None else sys.stderr
+        self.progress: Progress | None = None
+        if self.out.isatty():
+            self.progress = Progress(
+                TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[state]}", markup=False),
+                TextColumn("{task.fields[message]}", markup=False),  # a job's words, never markup
+                console=Console(file=self.out, highlight=False, markup=False, emoji=False), auto_refresh=False,
+            )  # fmt: skip
+            self.task = self.progress.add_task(label, total=1.0, state="PENDING", message="")
+
+    def __enter__(self) -> LiveView:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, event: common_pb2.ProgressEvent) -> None:
+        if self.progress is None:
+            print(format_event(self.label, event), file=self.out, flush=True)
+            return
+        message = f"{event.message} {format_metrics(event.metrics)}".strip()
+        self.progress.update(self.task, completed=max(0.0, min(1.0, event.fraction)),
+                             state=common_pb2.JobState.Name(event.state), message=message[:120])  # fmt: skip
+        self.progress.refresh()

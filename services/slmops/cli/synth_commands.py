@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from slmops.api.v1 import common_pb2, synthesis_pb2
-from slmops.cli.common import job_flags, run_job, uri
+from slmops.cli.common import job_flags, labels, run_job, uri
+
+REFERENCE_MATCHES = ("exact", "normalized", "contains")
+DEDUP = ("exact", "near")
+
+
+def answer_filters(args: argparse.Namespace) -> synthesis_pb2.AnswerFilters:
+    """AnswerFilters of the filter flags; the JSON schema is the text of the --json-schema file."""
+    schema = ""
+    if args.json_schema:
+        try:
+            schema = Path(args.json_schema).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SystemExit(
+                f"error: --json-schema: cannot read {args.json_schema}: {exc.strerror}"
+            ) from None
+    return synthesis_pb2.AnswerFilters(
+        keep_empty=args.keep_empty, drop_truncated=args.filter_truncated,
+        refusal_patterns=args.refusal_pattern, keep_refusals=args.keep_refusals,
+        min_chars=args.min_length, max_chars=args.max_length, json_schema=schema,
+        reference_column=args.reference_column or "", reference_match=args.reference_match or "",
+        duplicates=args.dedup or "",
+    )  # fmt: skip
 
 
 def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
@@ -22,13 +45,15 @@ def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
             max_concurrency=args.max_concurrency, max_attempts=args.max_attempts,
             requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
             price_prompt_per_million=args.price_in, price_completion_per_million=args.price_out,
+            tokenizer=uri(args.teacher_tokenizer) if args.teacher_tokenizer else "",
         )  # fmt: skip
     else:
         endpoint_only = [flag for flag, value in (
             ("--teacher-model", args.teacher_model), ("--api-key-env", args.api_key_env),
             ("--max-concurrency", args.max_concurrency), ("--max-attempts", args.max_attempts),
             ("--requests-per-minute", args.requests_per_minute), ("--tokens-per-minute", args.tokens_per_minute),
-            ("--price-in", args.price_in), ("--price-out", args.price_out)) if value]  # fmt: skip
+            ("--price-in", args.price_in), ("--price-out", args.price_out),
+            ("--teacher-tokenizer", args.teacher_tokenizer)) if value]  # fmt: skip
         if endpoint_only:
             raise SystemExit(f"slmops synth: {', '.join(endpoint_only)} only apply to an endpoint teacher "
                              "(--teacher-url), not to --teacher-model-path")  # fmt: skip
@@ -49,6 +74,8 @@ def synth_spec(args: argparse.Namespace) -> synthesis_pb2.SynthesisSpec:
         samples_per_prompt=args.samples,
         label_column=args.label_column or "",
         num_shards=args.num_shards,
+        filters=answer_filters(args),
+        labels=labels(args.label),
     )  # fmt: skip
     return spec
 
@@ -67,7 +94,12 @@ def add_commands(sub: Any) -> None:
         help="makes each row's prompt from its columns, e.g. "
         "'Question: {question}' (default: the row's prompt column)",
     )
-    p.add_argument("--system-prompt", default=None, help="chat teachers: the system message")
+    p.add_argument(
+        "--system-prompt",
+        default=None,
+        help="chat teachers (--chat): the system message "
+        "before each prompt, kept as the first turn of each record's messages",
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--teacher-url", help="OpenAI-compatible base URL of the teacher, e.g. http://host/v1")
     which.add_argument("--teacher-model-path", help="or a Hugging Face teacher (model folder or hub id) run on the "
@@ -80,6 +112,9 @@ def add_commands(sub: Any) -> None:
         "--batch-size", type=int, default=0, help="local teacher: prompts generated together (0: 8)"
     )
     p.add_argument("--api-key-env", default=None, help="name of the env var holding the teacher's API key")
+    p.add_argument("--teacher-tokenizer", default=None, metavar="PATH_OR_ID",
+                   help="endpoint teacher: its tokenizer (folder or hub id), so that --top-logprobs are stored "
+                   "with token ids")  # fmt: skip
     p.add_argument(
         "--chat", action="store_true", help="chat completions (a local teacher: its chat template)"
     )
@@ -108,5 +143,28 @@ def add_commands(sub: Any) -> None:
         default=0.0,
         help="fail past this share of rejected prompts (0: 0.5; 1: never)",
     )
+    filters = p.add_argument_group("quality filters", "which answers become records; the rest go to "
+                                   "filtered.jsonl, counted per filter")  # fmt: skip
+    filters.add_argument("--filter-truncated", action="store_true", help="drop answers cut at --max-tokens")
+    filters.add_argument(
+        "--min-length", type=int, default=0, metavar="N", help="drop answers under N characters"
+    )
+    filters.add_argument(
+        "--max-length", type=int, default=0, metavar="N", help="drop answers over N characters"
+    )
+    filters.add_argument("--json-schema", default=None, metavar="FILE",
+                         help="keep only answers that parse as JSON matching this JSON Schema file")  # fmt: skip
+    filters.add_argument("--reference-column", default=None, metavar="NAME",
+                         help="a prompt field with the expected answer; drop answers that disagree")  # fmt: skip
+    filters.add_argument("--reference-match", default=None, choices=REFERENCE_MATCHES,
+                         help="how an answer agrees with the reference (default: normalized)")  # fmt: skip
+    filters.add_argument("--dedup", default=None, choices=DEDUP,
+                         help="drop repeated answers: exact, or near (ignoring case, punctuation, spacing)")  # fmt: skip
+    filters.add_argument("--keep-empty", action="store_true", help="keep empty answers (dropped by default)")
+    filters.add_argument("--refusal-pattern", action="append", default=[], metavar="REGEX",
+                         help="a refusal to drop, case-insensitive (repeatable; default: a built-in set)")  # fmt: skip
+    filters.add_argument("--keep-refusals", action="store_true", help="no refusal filter")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label of the job (repeatable; `slmops list --label` finds it)")  # fmt: skip
     job_flags(p)
     p.set_defaults(func=cmd_synth)
