@@ -9,6 +9,11 @@ for the Qwen2.5-0.5B shape that is the difference between 0.87x and 0.32x of
 the checkpoint's size). This shim routes Olive's replacement back to the
 builder's method unless the checkpoint is pre-quantized (an embedding with
 `qweight`), the case Olive wrote it for.
+
+Olive 0.13 also sends usage telemetry to a Microsoft endpoint; its
+`OLIVE_DISABLE_TELEMETRY=1` is read only after a first heartbeat is sent.
+`no_telemetry` turns it off before anything is sent: conversion never calls a
+host the operator did not name.
 """
 
 from __future__ import annotations
@@ -20,6 +25,19 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 _installed = False
+
+
+def no_telemetry() -> None:
+    """Olive's telemetry off for this process, before its logger is first made (and would send a heartbeat)."""
+    import os
+
+    os.environ["OLIVE_DISABLE_TELEMETRY"] = "1"
+    try:
+        telemetry = importlib.import_module("olive.telemetry.telemetry")
+    except ImportError:  # an Olive without telemetry
+        return
+    if hasattr(telemetry.Telemetry, "_is_ci_environment"):  # the check that skips the heartbeat
+        telemetry.Telemetry._is_ci_environment = staticmethod(lambda: True)
 
 
 def keep_builder_embeddings() -> None:

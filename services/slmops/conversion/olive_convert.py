@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops.conversion import onnx_adapters
-from slmops.conversion.olive_compat import keep_builder_embeddings
+from slmops.conversion.olive_compat import keep_builder_embeddings, no_telemetry
 from slmops.core.progress import Progress, null_progress
 
 EXECUTION_PROVIDERS = {
@@ -378,6 +378,7 @@ def _run_olive(config: dict[str, Any], progress: Progress) -> Path:
     """Run the workflow; the folder of the output model, or ConversionError with Olive's reason."""
     from olive.workflows import run as olive_run
 
+    no_telemetry()
     keep_builder_embeddings()
     log = _OliveLog(progress, {name: spec["type"] for name, spec in config["passes"].items()})
     olive_logger = logging.getLogger("olive")
