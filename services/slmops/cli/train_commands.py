@@ -7,6 +7,7 @@ from typing import Any
 
 from slmops.api.v1 import common_pb2, training_pb2
 from slmops.cli.common import enum_choices, job_flags, overrides, run_job, uri
+from slmops.core.chat_template import SHIPPED
 from slmops.core.search_space import SEARCHABLE
 
 METHODS = enum_choices(training_pb2.TrainingMethod)
@@ -107,6 +108,7 @@ def train_spec(args: argparse.Namespace) -> training_pb2.TrainingSpec:
         adapters=args.adapter,
         max_failures=args.max_failures,
         output_uri=args.output or "",
+        chat_template=_chat_template(args.chat_template),
     )
     lora, distill = _lora(args), _distill(args)
     if lora is not None:
@@ -118,6 +120,13 @@ def train_spec(args: argparse.Namespace) -> training_pb2.TrainingSpec:
             training_pb2.SearchSpec(space=args.search, trials=args.trials, metric=args.search_metric or "")
         )
     return spec
+
+
+def _chat_template(value: str | None) -> str:
+    """A shipped template's name as it is; a .jinja file as a file:// URI (the service runs elsewhere)."""
+    if not value or value in SHIPPED:
+        return value or ""
+    return uri(value)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -134,6 +143,13 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="sft_distill", choices=METHODS)
     p.add_argument("--from-config", action="store_true", help="random weights from the base model's config")
     p.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="NAME_OR_FILE",
+        help=f"chat template for messages records, saved with the checkpoint: {', '.join(SHIPPED)} or a "
+        ".jinja file (default: the base tokenizer's)",
+    )
     g = p.add_argument_group("hyperparameters")
     g.add_argument("--epochs", type=int, default=0)
     g.add_argument("--max-steps", type=int, default=0)

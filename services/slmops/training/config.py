@@ -94,6 +94,8 @@ class TrainingConfig(BaseModel):
     max_failures: int = Field(3, ge=-1, le=100)
     output_uri: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    # The student's chat template: "" keeps the base's, a shipped name (chatml) or a .jinja file URI.
+    chat_template: str = ""
 
     def datasets(self) -> dict[str, str]:
         """Dataset URIs by name: the adapters' for MULTI_ADAPTER, else {"train": dataset_uri}."""

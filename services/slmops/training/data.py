@@ -8,6 +8,12 @@ plain completions. With `Labels.COMPLETION` (distillation, LoRA) the loss covers
 only the completion and the final EOS token; with `Labels.ALL` (full
 fine-tuning) it covers every token.
 
+A chat record `{"messages": [{"role", "content"}, ...]}` (which wins over a
+`prompt`/`completion` beside it) is rendered with the tokenizer's chat template
+instead (`tokenize_messages`): each assistant turn's prompt is exactly what the
+predictor's `/chat/completions` sends to the model, and the loss covers the
+assistant turns and their end-of-turn token.
+
 A synthesis dataset may carry the teacher's top-k log-probabilities with token
 ids (`record["top_logprobs"]`, see slmops.core.datasets). Then the
 completion's tokens are the teacher's own token ids (no re-tokenizing), and each
@@ -19,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from slmops.core.chat_template import SHIPPED, check_messages, render
 from slmops.core.datasets import (  # noqa: F401  (the dataset reader, shared: core/datasets.py)
     TRAIN_FILE,
     VALIDATION_FILE,
@@ -27,6 +34,7 @@ from slmops.core.datasets import (  # noqa: F401  (the dataset reader, shared: c
     split_exists,
     split_uri,
 )
+from slmops.core.errors import InvalidSpec
 
 IGNORE_INDEX = -100  # label value the loss skips
 
@@ -106,6 +114,171 @@ def tokenize_text(tokenizer: Any, text: str, max_seq_length: int) -> tuple[Examp
     return (Example(input_ids=ids, labels=list(ids)) if len(ids) >= 2 else None), truncated
 
 
+def tokenize_messages(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    max_seq_length: int,
+    labels: str = Labels.COMPLETION,
+    top: dict[str, Any] | None = None,
+) -> tuple[Example | None, bool]:
+    """(example, truncated) for a chat record rendered with the tokenizer's chat template.
+
+    The prompt ids of each assistant turn are exactly the tokens of the template
+    rendered over the turns before it with a generation prompt (what a chat
+    server sends to the model); the labels are every assistant turn's tokens up
+    to and including its end-of-turn token (every token with `Labels.ALL`).
+    With `top` (stored top-k with ids), the final answer's content tokens are
+    the teacher's ids, each with its top-k row. None when the first answer's
+    prompt fills max_seq_length or the record has no assistant turn.
+    """
+    turns = check_messages(messages)
+    answers = [i for i, m in enumerate(turns) if m["role"] == "assistant"]
+    if not answers:
+        return None, False
+    template, config = template_of(tokenizer)
+    special = special_ids(tokenizer)
+    prompts = [render(template, turns[:i], config, add_generation_prompt=True) for i in answers]
+    seq = _Sequence()
+    for n, i in enumerate(answers):
+        prompt = prompts[n]
+        tail = render(template, turns[: i + 1], config, add_generation_prompt=False)
+        later = prompts[n + 1] if n + 1 < len(prompts) else None
+        if not tail.startswith(prompt) or (later is not None and not later.startswith(prompt)):
+            raise InvalidSpec(
+                "spec.chat_template",
+                f"the chat template is not prefix-stable (message {i} renders differently once later "
+                "messages follow, so training would not see what the server sends): name one that is, "
+                "e.g. chatml",
+            )
+        tail = tail[len(prompt) :]
+        if later is not None:  # what a later prompt holds of this answer (no closing EOS, say)
+            tail = tail[: _common_prefix(tail, later[len(prompt) :])]
+        seq.restart(_encode(tokenizer, prompt))
+        if n == 0 and len(seq.ids) >= max_seq_length:
+            return None, False
+        final = later is None
+        _answer(seq, tokenizer, tail, turns[i]["content"], special, top if final else None, final)
+    truncated = len(seq.ids) > max_seq_length
+    ids = seq.ids[:max_seq_length]
+    example = Example(
+        input_ids=ids, labels=list(ids) if labels == Labels.ALL else seq.labels[:max_seq_length]
+    )
+    if top is not None:
+        example.top_ids, example.top_logprobs = seq.top_ids[:max_seq_length], seq.top_lps[:max_seq_length]
+    return example, truncated
+
+
+def template_of(tokenizer: Any) -> tuple[str, dict[str, Any]]:
+    """(chat template, the token strings it is rendered with) of a tokenizer; InvalidSpec when it has none."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates: the default one
+        template = template.get("default") or next(iter(template.values()), None)
+    if not template:
+        raise InvalidSpec(
+            "spec.chat_template",
+            "the base model's tokenizer has no chat template and the dataset has messages records: "
+            f"name one ({', '.join(SHIPPED)}) or a .jinja file",
+        )
+    return template, {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special tokens (an end of turn is one of them)."""
+    found = {int(i) for i in tokenizer.all_special_ids}
+    found.update(int(i) for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    return found
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class _Sequence:
+    """A conversation's tokens as they are built, turn by turn."""
+
+    ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_lps: list[list[float]] = field(default_factory=list)
+
+    def restart(self, prompt_ids: list[int]) -> None:
+        """Continue with a turn's prompt ids: those already here are kept, the rest are no labels.
+
+        The kept part is all of it unless the tokenizer merged tokens across the
+        end of the previous turn; then the prompt's own tokens win.
+        """
+        keep = 0
+        for a, b in zip(self.ids, prompt_ids):
+            if a != b:
+                break
+            keep += 1
+        del self.ids[keep:], self.labels[keep:], self.top_ids[keep:], self.top_lps[keep:]
+        self.add(prompt_ids[keep:], label=False)
+
+    def add(self, ids: list[int], label: bool, top_ids=None, top_lps=None) -> None:
+        self.ids += ids
+        self.labels += list(ids) if label else [IGNORE_INDEX] * len(ids)
+        self.top_ids += top_ids if top_ids is not None else [[]] * len(ids)
+        self.top_lps += top_lps if top_lps is not None else [[]] * len(ids)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    # A template writes its own BOS and special tokens, so none is added (as apply_chat_template does).
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _answer(
+    seq: _Sequence, tokenizer: Any, tail: str, content: str, special: set[int], top: Any, final: bool
+) -> None:
+    """Add one assistant turn: the template's rendering of it after its prompt.
+
+    The labels run through the first special token after the content (the end
+    of turn); what the template writes after that (a newline) belongs to the
+    next prompt. With `top`, the content's tokens are the teacher's ids with
+    their top-k rows. When the rendering does not hold the content verbatim (a
+    template that rewrites it), the labels run through the tail's last special
+    token and `top` is not used. A final answer the template ends with no
+    special token ends with the tokenizer's EOS, as a plain completion does.
+    """
+    start = tail.find(content) if content else 0
+    if start < 0 and content.strip():
+        content = content.strip()
+        start = tail.find(content)
+    if start < 0:
+        ids = _encode(tokenizer, tail)
+        end = max((n + 1 for n, t in enumerate(ids) if t in special), default=0)
+        _close(seq, tokenizer, ids, end, final)
+        return
+    seq.add(_encode(tokenizer, tail[:start]), label=True)
+    if top is not None:
+        body = [int(i) for i in top["token_ids"]]
+        while body and body[-1] in special:  # the teacher's own end of turn: the template writes it
+            body.pop()
+        rows = [[int(i) for i in row] for row in top["top_ids"]][: len(body)]
+        lps = [[float(v) for v in row] for row in top["top_logprobs"]][: len(body)]
+        seq.add(body, label=True, top_ids=rows + [[]] * (len(body) - len(rows)),
+                top_lps=lps + [[]] * (len(body) - len(lps)))  # fmt: skip
+    else:
+        seq.add(_encode(tokenizer, content), label=True)
+    after = _encode(tokenizer, tail[start + len(content) :])
+    _close(seq, tokenizer, after, next((n + 1 for n, t in enumerate(after) if t in special), 0), final)
+
+
+def _close(seq: _Sequence, tokenizer: Any, ids: list[int], end: int, final: bool) -> None:
+    """Add a turn's last tokens: labels through `end` (its end of turn), or EOS when none ends a final one."""
+    if end == 0 and final and tokenizer.eos_token_id is not None:
+        seq.add([*ids, tokenizer.eos_token_id], label=True)
+        return
+    seq.add(ids[:end], label=True)
+    seq.add(ids[end:], label=False)
+
+
 def tokenize_records(
     tokenizer: Any,
     records: list[dict[str, Any]],
@@ -115,8 +288,11 @@ def tokenize_records(
 ) -> TokenizedSplit:
     split = TokenizedSplit()
     for record in records:
-        if isinstance(record.get("text"), str) and "prompt" not in record:
+        if isinstance(record.get("text"), str) and "prompt" not in record and "messages" not in record:
             example, truncated = tokenize_text(tokenizer, record["text"], max_seq_length)
+        elif isinstance(record.get("messages"), list):
+            top = record["top_logprobs"] if use_topk and has_topk_ids(record) else None
+            example, truncated = tokenize_messages(tokenizer, record["messages"], max_seq_length, labels, top)
         else:
             top = record["top_logprobs"] if use_topk and has_topk_ids(record) else None
             example, truncated = tokenize_record(

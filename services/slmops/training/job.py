@@ -20,7 +20,7 @@ from slmops.core import artifacts, tracing
 from slmops.core.errors import InvalidSpec, collect
 from slmops.core.model_files import count_parameters
 from slmops.core.progress import Progress
-from slmops.training import data, engine, model_init
+from slmops.training import chat, data, engine, model_init
 from slmops.training.config import TrainingConfig
 from slmops.training.recipes import checks, registry
 
@@ -139,6 +139,7 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
             model_init.check_model(
                 model_init.model_config(cfg.base, model_dir), tokenizer, cfg.hyperparameters.max_seq_length
             )
+            chat.apply(tokenizer, cfg.chat_template)
             prepared, counts = prepare_data(cfg, tokenizer)
             sizes = ", ".join(f"{name}: {len(t)}+{len(v)}" for name, (t, v) in prepared.items())
             progress(0.02, f"training and validation examples ({sizes})", **counts)

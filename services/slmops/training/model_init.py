@@ -138,6 +138,24 @@ def load_model(init: ModelInitConfig, model_dir: str, tokenizer: Any, seed: int)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         set_special_tokens(model.config, tokenizer)
+    fit_vocabulary(model, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = stop_ids(tokenizer, model.generation_config.eos_token_id)
     return model.float()
+
+
+def fit_vocabulary(model: Any, tokenizer: Any) -> None:
+    """Grow the embeddings when the tokenizer gained tokens (a chat template's special tokens)."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def stop_ids(tokenizer: Any, current: int | list[int] | None = None) -> int | list[int]:
+    """generation_config's eos_token_id: the tokenizer's EOS, the chat template's end of turn, and the
+    ids it already held (a pretrained base's own)."""
+    from slmops.training import chat
+
+    ids = chat.eos_ids(tokenizer)
+    held = current if isinstance(current, list) else [] if current is None else [current]
+    ids += [int(i) for i in held if int(i) not in ids]
+    return ids[0] if len(ids) == 1 else ids

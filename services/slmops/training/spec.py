@@ -22,6 +22,7 @@ from slmops.core import artifacts, settings
 from slmops.core.errors import InvalidSpec, collect
 from slmops.core.quantities import check_memory
 from slmops.core.spec_checks import Problems, problems_from, proto_dict
+from slmops.training import chat
 from slmops.training.config import METHODS, TrainingConfig, parse_override
 from slmops.training.recipes import checks, registry
 
@@ -145,7 +146,7 @@ def check_local_input(value: str, field: str, required_file: str, problems: Prob
 
 
 def _inputs(raw: dict[str, Any], problems: Problems) -> None:
-    """Local inputs confined and made absolute, in place."""
+    """Local inputs confined and made absolute (a chat template file checked too), in place."""
     if raw["base"]["model"]:
         raw["base"]["model"] = check_local_input(
             raw["base"]["model"], "spec.base.model", "config.json", problems
@@ -159,6 +160,11 @@ def _inputs(raw: dict[str, Any], problems: Problems) -> None:
             adapter["dataset_uri"] = check_local_input(
                 adapter["dataset_uri"], f"spec.adapters[{index}].dataset_uri", "train.jsonl", problems
             )
+    if raw.get("chat_template"):
+        try:
+            raw["chat_template"] = chat.check(raw["chat_template"])
+        except InvalidSpec as exc:
+            problems.extend(exc.problems)
     distill = raw.get("distill")
     if distill and distill.get("teacher"):
         distill["teacher"] = check_local_input(

@@ -16,7 +16,7 @@ import fsspec
 from pydantic import BaseModel, ValidationError
 
 from slmops.core.errors import InvalidSpec
-from slmops.training import data
+from slmops.training import chat, data
 from slmops.training.config import Hyperparameters, Resources
 from slmops.training.recipes.registry import Problems, Recipe
 from slmops.training.recipes.sections import (
@@ -30,6 +30,7 @@ from slmops.training.recipes.sections import (
 _SECTION_FIELDS = {"lora": "spec.lora", "distill": "spec.distill", "adapters": "spec.adapters"}
 _USED_BY = {"lora": "LORA, QLORA and MULTI_ADAPTER", "distill": "LOGIT_DISTILL", "adapters": "MULTI_ADAPTER"}
 PEEK = 32  # records read from each dataset at Create
+ADAPTER_METHODS = ("lora", "qlora", "multi_adapter")  # they cannot grow the base's vocabulary
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "hyperparameters": Hyperparameters,
     "lora": LoraSettings,
@@ -114,7 +115,7 @@ def _search_range(raw: dict[str, Any], path: str, problems: Problems) -> None:
 
 def inputs(recipe: Recipe, config: Any, problems: Problems) -> None:
     """Look inside the base model, the datasets and the teacher the way the job will."""
-    model_config = _base_model(config, problems)
+    model_config, tokenizer = _base_model(config, problems)
     if model_config is None:
         return
     if config.lora is not None and config.lora.target_modules:
@@ -122,7 +123,7 @@ def inputs(recipe: Recipe, config: Any, problems: Problems) -> None:
     names = [a.name for a in config.adapters]
     for name, uri in config.datasets().items():
         field = "spec.dataset_uri" if name == "train" else f"spec.adapters[{names.index(name)}].dataset_uri"
-        if _dataset(recipe, config, uri, field, model_config, problems):
+        if _dataset(recipe, config, uri, field, model_config, problems, tokenizer):
             _validation_split(config, uri, field, problems)
     if config.distill is not None and config.distill.teacher:
         _teacher(config.distill.teacher, model_config, problems)
@@ -151,26 +152,46 @@ def model_files(model: str, field: str) -> Iterator[str]:
         yield folder
 
 
-def _base_model(config: Any, problems: Problems) -> Any:
-    """The config the run starts from, or None (with the problem) if it cannot be loaded.
+def _base_model(config: Any, problems: Problems) -> tuple[Any, Any]:
+    """(the config the run starts from, its tokenizer with the chat template the run uses), or None
+    for what cannot be loaded (with the problem).
 
     Shapes the tokenizer and max_seq_length rule out are reported too, as the
     job would before training.
     """
     from slmops.training import model_init
 
+    tokenizer = None
     try:
         with model_files(config.base.model, model_init.FIELD) as model_dir:
             model_config = model_init.model_config(config.base, model_dir)
             try:
                 tokenizer = model_init.load_tokenizer(model_dir)
                 model_init.check_model(model_config, tokenizer, config.hyperparameters.max_seq_length)
+                _chat_template(config, tokenizer, problems)
             except InvalidSpec as exc:
                 problems.extend(exc.problems)
     except InvalidSpec as exc:
         problems.extend(exc.problems)
-        return None
-    return model_config
+        return None, None
+    return model_config, tokenizer
+
+
+def _chat_template(config: Any, tokenizer: Any, problems: Problems) -> None:
+    """Apply the spec's chat template to the tokenizer. Its tokens can be added for a full model, but
+    an adapter cannot add them to its base, nor can a teacher model read them."""
+    missing = chat.missing_tokens(tokenizer, config.chat_template)
+    online = config.method == "logit_distill" and config.distill is not None and config.distill.teacher
+    if missing and (config.method in ADAPTER_METHODS or online):
+        problems.append(
+            (
+                chat.FIELD,
+                f"the base's tokenizer lacks {', '.join(missing)}, which {config.chat_template} needs and "
+                f"{'a teacher model cannot read' if online else 'an adapter cannot add to its base'}: "
+                "use a base that has them (as Qwen2.5 does) or another template",
+            )
+        )
+    chat.apply(tokenizer, config.chat_template)
 
 
 def module_names(model_config: Any) -> set[str]:
@@ -205,7 +226,7 @@ def _target_modules(model_config: Any, targets: list[str], problems: Problems) -
 
 
 def _dataset(
-    recipe: Recipe, config: Any, uri: str, field: str, model_config: Any, problems: Problems
+    recipe: Recipe, config: Any, uri: str, field: str, model_config: Any, problems: Problems, tokenizer: Any
 ) -> bool:
     """Whether the dataset has train records; problems with what they hold are appended."""
     if not data.split_exists(uri, data.TRAIN_FILE):
@@ -219,6 +240,15 @@ def _dataset(
     if not records:
         problems.append((field, f"{data.TRAIN_FILE} has no records"))
         return False
+    chats = [r for r in records if isinstance(r.get("messages"), list)]
+    if chats and tokenizer is not None:
+        try:  # the template renders the records, prefix-stably
+            data.tokenize_messages(tokenizer, chats[0]["messages"], 1 << 20)
+        except InvalidSpec as exc:
+            own = exc.problems[0][0] == chat.FIELD
+            problems.extend(
+                exc.problems if own else [(field, f"a messages record of {data.TRAIN_FILE}: {exc}")]
+            )
     if recipe.name == "logit_distill" and not config.distill.teacher:
         if not all(data.has_topk_ids(r) for r in records):
             problems.append(

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from slmops.training import model_init
+from slmops.training import chat, model_init
 from slmops.training.trainer_kit import WorkerContext
 
 LOSS_CURVE = "loss_curve.png"
@@ -14,7 +14,10 @@ BASE_FILE = "base_model.json"  # beside an adapter: the base it applies to
 
 
 def tokenizer(ctx: WorkerContext) -> Any:
-    return model_init.load_tokenizer(model_init.resolve_model(ctx.config.base.model))
+    """The base's tokenizer with the chat template the run uses (spec.chat_template, when named)."""
+    tok = model_init.load_tokenizer(model_init.resolve_model(ctx.config.base.model))
+    chat.apply(tok, ctx.config.chat_template)
+    return tok
 
 
 def base_model(ctx: WorkerContext, tok: Any) -> Any:
@@ -70,8 +73,11 @@ def save_checkpoint(model: Any, tok: Any, history: list[dict[str, Any]], title: 
     def save(folder: str) -> None:
         os.makedirs(folder, exist_ok=True)
         model_init.set_special_tokens(model.config, tok)
+        eos = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = model_init.stop_ids(tok, eos)
         model.save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)
+        chat.save(folder, tok)
         loss_curve(history, os.path.join(folder, LOSS_CURVE), title)
 
     return save
@@ -84,6 +90,7 @@ def save_adapter(peft_model: Any, tok: Any, base: str, history: list[dict[str, A
         os.makedirs(folder, exist_ok=True)
         peft_model.save_pretrained(folder)
         tok.save_pretrained(folder)
+        chat.save(folder, tok)
         with open(os.path.join(folder, BASE_FILE), "w", encoding="utf-8") as fh:
             json.dump({"base_model": base}, fh)
         loss_curve(history, os.path.join(folder, LOSS_CURVE), title)

@@ -13,7 +13,7 @@ import os
 import shutil
 from typing import Any
 
-from slmops.training import trainer_kit
+from slmops.training import chat, trainer_kit
 from slmops.training.recipes import lora, models
 from slmops.training.trainer_kit import WorkerContext
 
@@ -52,5 +52,6 @@ def train(ctx: WorkerContext, data: dict[str, Any]) -> None:
         with open(os.path.join(folder, models.BASE_FILE), "w", encoding="utf-8") as fh:
             json.dump({"base_model": ctx.config.base.model, "adapters": names}, fh)
         tok.save_pretrained(folder)
+        chat.save(folder, tok)
 
     trainer_kit.finish(ctx, save, metrics)
