@@ -421,6 +421,27 @@ def test_local_teacher_renders_prompts_through_the_chat_template(chat_model):
     assert with_system.generate([PROMPT]) != without.generate([PROMPT])
 
 
+def test_local_teacher_stops_at_every_eos_id_its_generation_config_lists(tiny_model, tmp_path):
+    """A chat checkpoint lists its end-of-turn token among generation_config's eos ids: the answer ends there."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = shutil.copytree(tiny_model, tmp_path / "turns")
+    tok = AutoTokenizer.from_pretrained(folder)
+    answer_ids = tok.encode(ANSWER)
+    end_of_turn = answer_ids[-1]  # stands in for <|im_end|>: the model writes it where the answer ends
+    config_file = folder / "generation_config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    config_file.write_text(json.dumps({**config, "eos_token_id": [tok.eos_token_id, end_of_turn]}))
+    sampling = SamplingConfig(max_tokens=8, top_logprobs=2)
+    result = LocalTeacher(LocalTeacherConfig(model=f"file://{folder}"), sampling).generate([PROMPT])[0]
+    assert result["finish_reason"] == "stop"
+    assert result["completion"] == tok.decode(answer_ids[:-1], skip_special_tokens=True)
+    assert result["top_logprobs"]["token_ids"] == answer_ids  # the answer's tokens, then the id that ended it
+
+
 def test_local_chat_without_a_chat_template_is_an_invalid_spec(tiny_model):
     config = LocalTeacherConfig(model=f"file://{tiny_model}", chat=True)
     with pytest.raises(InvalidSpec) as info:

@@ -150,8 +150,15 @@ def check_options(max_tokens: int, temperature: float, top_p: float) -> None:
 
 
 def prompt_ids(engine: Engine, prompt: str, bos_token_id: int | None) -> list[int]:
-    """The prompt's token ids, checked against the context; InvalidSpec naming `prompt`."""
+    """The prompt's token ids, checked against the context; InvalidSpec naming `prompt`.
+
+    A chat template that writes the BOS token itself (Llama 3) renders text that starts with it,
+    and a tokenizer that adds BOS would then give two: one is dropped, as `apply_chat_template`
+    (and training) tokenize such text without adding special tokens.
+    """
     ids = engine.encode(prompt)
+    if bos_token_id is not None and ids[:2] == [bos_token_id, bos_token_id]:
+        ids = ids[1:]
     if not ids:
         if bos_token_id is None:
             raise InvalidSpec("prompt", "must not be empty")

@@ -72,6 +72,11 @@ class LocalTeacher:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pad_id = self.tokenizer.pad_token_id
         self.model = AutoModelForCausalLM.from_pretrained(path).to(config.device).eval()
+        # Every id that ends an answer: the tokenizer's EOS and generation_config's (a chat model's
+        # end-of-turn token, e.g. <|im_end|>, is listed there).
+        listed = getattr(self.model.generation_config, "eos_token_id", None)
+        listed = listed if isinstance(listed, list) else [listed]
+        self.stop_ids = list(dict.fromkeys(i for i in [self.eos_id, *listed] if i is not None))
         model_vocab = self.model.config.get_text_config().vocab_size or 0
         self.vocab_size = max(len(self.tokenizer), model_vocab)
 
@@ -97,7 +102,7 @@ class LocalTeacher:
         kwargs: dict[str, Any] = {
             "max_new_tokens": s.max_tokens,
             "pad_token_id": self.pad_id,
-            "eos_token_id": self.eos_id,
+            "eos_token_id": self.stop_ids or None,
             "num_return_sequences": self.samples,
             "return_dict_in_generate": True,
             # Raw logits, not `scores`: scores come after the temperature and top-p processors.
@@ -139,7 +144,7 @@ class LocalTeacher:
         }
         k = self.sampling.top_logprobs
         if k:
-            positions = new_ids + ([self.eos_id] if on_eos else [])
+            positions = generated[: len(new_ids) + 1] if on_eos else new_ids
             logits = [step[row] for step in out.logits[: len(positions)]]
             answer["top_logprobs"] = logprobs.from_logits(positions, logits, k, self._decode_each)
             answer["vocab_size"] = self.vocab_size
@@ -148,8 +153,9 @@ class LocalTeacher:
     def _cut(self, generated: list[int]) -> tuple[list[int], str, str, bool]:
         """(completion ids, completion, finish_reason, stopped on EOS) for the generated ids."""
         ids, finish, on_eos = generated, "length", False
-        if self.eos_id is not None and self.eos_id in ids:
-            ids, finish, on_eos = ids[: ids.index(self.eos_id)], "stop", True
+        end = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
+        if end is not None:
+            ids, finish, on_eos = ids[:end], "stop", True
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = min((text.index(stop) for stop in self.sampling.stop if stop in text), default=None)
         if cut is not None:
