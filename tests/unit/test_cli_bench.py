@@ -23,7 +23,9 @@ def test_flags_make_the_spec():
     spec = bench_commands.bench_spec(build_parser().parse_args(ARGS))
     assert [t.name for t in spec.targets] == ["teacher", "student"]
     assert spec.targets[0].base_url == "http://t/v1" and spec.targets[1].deployment == "student"
-    assert list(spec.quality_metrics) == ["semantic_similarity"] and list(spec.concurrency_levels) == [1, 8]
+    # --quality adds to the defaults
+    assert list(spec.quality_metrics) == ["rouge_l", "chrf", "bleu", "semantic_similarity"]
+    assert list(spec.concurrency_levels) == [1, 8]
     assert spec.metric == "regex" and spec.answer_pattern == r"answer: (\d+)"
     gate = spec.gate
     assert gate.candidate == "student" and gate.min_retention == 0.9 and gate.max_latency_p95_ms == 300

@@ -10,6 +10,7 @@ from slmops.api.v1 import common_pb2, evaluation_pb2
 from slmops.cli.common import job_flags, run_job, uri
 
 GATE_FAILED = 3  # the exit status of a job that succeeded but whose gate failed
+DEFAULT_QUALITY = ("rouge_l", "chrf", "bleu")  # what an empty EvaluationSpec.quality_metrics measures
 
 
 def _target(text: str) -> evaluation_pb2.EvalTarget:
@@ -44,11 +45,16 @@ def _metric_thresholds(pairs: list[str]) -> dict[str, float]:
     return out
 
 
+def quality_metrics(extra: list[str] | None) -> list[str]:
+    """--quality adds to the default metrics: naming one never drops what the default measures."""
+    return list(dict.fromkeys([*DEFAULT_QUALITY, *(extra or [])])) if extra else []
+
+
 def bench_spec(args: argparse.Namespace) -> evaluation_pb2.EvaluationSpec:
     spec = evaluation_pb2.EvaluationSpec(
         targets=[_target(t) for t in args.target], dataset_uri=uri(args.dataset), reference=args.reference or "",
         max_prompts=args.max_prompts, output_uri=args.output or "", metric=args.metric or "",
-        answer_pattern=args.answer_pattern or "", quality_metrics=args.quality or [],
+        answer_pattern=args.answer_pattern or "", quality_metrics=quality_metrics(args.quality),
         concurrency_levels=args.concurrency or [],
         sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens),
     )  # fmt: skip
@@ -59,6 +65,7 @@ def bench_spec(args: argparse.Namespace) -> evaluation_pb2.EvaluationSpec:
                 model=args.judge_model or "",
                 api_key_env=args.judge_api_key_env or "",
                 chat=True,
+                concurrency=args.judge_concurrency,
             )
         )
     thresholds = (args.min_retention, args.max_p95_ms, args.min_tokens_per_second, args.min_retention_of)
@@ -115,7 +122,7 @@ def add_commands(sub: Any) -> None:
         action="append",
         default=None,
         choices=["rouge_l", "chrf", "bleu", "semantic_similarity", "perplexity"],
-        help="a quality metric besides accuracy (repeatable; default rouge_l, chrf, bleu)",
+        help="a quality metric measured besides accuracy and the default rouge_l, chrf, bleu (repeatable)",
     )
     p.add_argument(
         "--concurrency",
@@ -129,6 +136,13 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--judge-url", default=None)
     g.add_argument("--judge-model", default=None)
     g.add_argument("--judge-api-key-env", default=None, help="NAME of the variable holding the judge's key")
+    g.add_argument(
+        "--judge-concurrency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="judge requests at once, 1..16 (default 4)",
+    )
     g = p.add_argument_group("gate: a FAIL makes the command exit 3")
     g.add_argument("--gate-candidate", default=None, help="the target the gate judges")
     g.add_argument("--min-retention", type=float, default=0.0, help="of accuracy")
@@ -137,7 +151,8 @@ def add_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="METRIC=VALUE",
-        help="minimum retention of another metric, e.g. rouge_l=0.9 (repeatable)",
+        help="minimum retention of a measured metric (accuracy, rouge_l, chrf, bleu, semantic_similarity or "
+        "judge, the last two with --quality semantic_similarity or --judge-url), e.g. rouge_l=0.9 (repeatable)",
     )
     g.add_argument("--max-p95-ms", type=float, default=0.0)
     g.add_argument("--min-tokens-per-second", type=float, default=0.0)

@@ -9,6 +9,7 @@ own problems (core/spec_checks.SpecModel).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -22,6 +23,7 @@ QUALITY_METRICS = ("rouge_l", "chrf", "bleu", "semantic_similarity", "perplexity
 DEFAULT_QUALITY = ("rouge_l", "chrf", "bleu")
 RETENTION_METRICS = ("accuracy", "rouge_l", "chrf", "bleu", "semantic_similarity", "judge")
 MAX_CONCURRENCY = 64
+JUDGE_CONCURRENCY, MAX_JUDGE_CONCURRENCY = 4, 16  # JudgeSpec.concurrency: 0 means 4
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _DEPLOYMENT = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 Level = Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]
@@ -94,8 +96,11 @@ class GateConfig(SpecModel):
         problems: Problems = []
         by_metric = data.get("min_retention_by_metric")
         for metric, value in sorted(by_metric.items() if isinstance(by_metric, dict) else []):
-            where = (f"min_retention_by_metric[{metric}]",)  # the proto path of a map entry
-            if metric not in RETENTION_METRICS:
+            where = (_entry(metric),)
+            if metric == "perplexity":
+                problems.append((where, "perplexity has no retention (lower is better: it is reported, not gated); "
+                                        f"one of {', '.join(RETENTION_METRICS)}"))  # fmt: skip
+            elif metric not in RETENTION_METRICS:
                 problems.append((where, f"unknown metric; one of {', '.join(RETENTION_METRICS)}"))
             elif isinstance(value, int | float) and value < 0:
                 problems.append((where, f"must not be negative, got {value}"))
@@ -114,11 +119,17 @@ class JudgeConfig(SpecModel):
     model: str
     api_key_env: str = ""
     chat: bool = False
+    concurrency: int = Field(JUDGE_CONCURRENCY, ge=1, le=MAX_JUDGE_CONCURRENCY)  # judge requests at once
 
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _zero_is_the_default(cls, value: Any) -> Any:
+        return JUDGE_CONCURRENCY if value == 0 else value
 
 
 class EvaluationConfig(SpecModel):
@@ -157,7 +168,7 @@ class EvaluationConfig(SpecModel):
     @model_validator(mode="after")
     def _defaults(self) -> EvaluationConfig:
         self.reference = self.reference or self.targets[0].name
-        self.quality_metrics = list(dict.fromkeys(self.quality_metrics))
+        self.quality_metrics = list(dict.fromkeys(self.quality_metrics or DEFAULT_QUALITY))
         self.concurrency_levels = sorted(set(self.concurrency_levels)) or [self.concurrency]
         return self
 
@@ -184,7 +195,7 @@ class EvaluationConfig(SpecModel):
             problems.append(
                 (("gate", "candidate"), f"{candidate!r} names no target ({', '.join(sorted(set(names)))})")
             )
-        return problems
+        return problems + _unmeasured_gates(data)
 
     def target(self, name: str) -> TargetConfig:
         return next(t for t in self.targets if t.name == name)
@@ -197,6 +208,33 @@ def validated(config: dict[str, Any]) -> EvaluationConfig:
     except ValidationError as exc:
         collect(problems_from(exc))
         raise
+
+
+def _entry(metric: str) -> str:
+    """The proto path of a min_retention_by_metric entry: min_retention_by_metric["rouge_l"]."""
+    return f"min_retention_by_metric[{json.dumps(metric)}]"
+
+
+def _unmeasured_gates(data: dict[str, Any]) -> Problems:
+    """A retention gate on a metric the spec does not measure could never pass: refuse it up front."""
+    by_metric = _get(data.get("gate"), "min_retention_by_metric")
+    listed = EvaluationConfig.value(data, "quality_metrics")
+    listed = [m for m in listed if isinstance(m, str)] if isinstance(listed, list) else []
+    quality = listed or list(DEFAULT_QUALITY)  # proto3: an empty list is the default
+    measured = {"accuracy", *quality, *(["judge"] if data.get("judge") else [])}
+    problems: Problems = []
+    for metric, value in sorted(by_metric.items() if isinstance(by_metric, dict) else []):
+        if metric not in RETENTION_METRICS or metric in measured or not value:
+            continue  # unknown metrics are GateConfig's problem; a 0 threshold is not checked
+        if metric == "judge":
+            how = "set spec.judge (slmops bench: --judge-url and --judge-model)"
+        else:
+            now = ", ".join(listed) or f"empty, so {', '.join(DEFAULT_QUALITY)}"
+            how = f"add {metric} to spec.quality_metrics, now {now} (slmops bench: --quality {metric})"
+        problems.append(
+            (("gate", _entry(metric)), f"{metric} is not measured, so this gate could never pass: {how}")
+        )
+    return problems
 
 
 def _get(section: Any, name: str) -> Any:
