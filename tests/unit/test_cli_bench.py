@@ -32,6 +32,23 @@ def test_flags_make_the_spec():
     assert dict(gate.min_retention_by_metric) == {"rouge_l": 0.8} and gate.min_tokens_per_second == 50
 
 
+def test_target_options_reach_the_spec_and_unknown_ones_are_refused():
+    args = build_parser().parse_args([
+        "bench", "--dataset", "/d/chats.jsonl", "--target", "teacher=http://t/v1,chat,api_key_env=TEACHER_KEY,model=big",
+        "--target", "student=student,chat,model_uri=/m/student", "--judge-url", "http://j/v1", "--judge-completions",
+    ])  # fmt: skip
+    spec = bench_commands.bench_spec(args)
+    teacher, student = spec.targets
+    assert (teacher.chat, teacher.api_key_env, teacher.model) == (True, "TEACHER_KEY", "big")
+    assert student.chat and student.deployment == "student" and student.model_uri.endswith("/m/student")
+    assert not spec.judge.chat  # --judge-completions
+    for bad in ("student=student,chats", "student=student,model_uri=", "student", "=student"):
+        with pytest.raises(SystemExit, match="--target"):
+            bench_commands.bench_spec(
+                build_parser().parse_args(["bench", "--dataset", "/d", "--target", bad])
+            )
+
+
 def test_a_bad_threshold_flag_is_an_error():
     args = build_parser().parse_args([*ARGS[:7], "--min-retention-of", "rouge_l"])
     with pytest.raises(SystemExit, match="METRIC=NUMBER"):

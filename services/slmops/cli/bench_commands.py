@@ -13,21 +13,30 @@ GATE_FAILED = 3  # the exit status of a job that succeeded but whose gate failed
 DEFAULT_QUALITY = ("rouge_l", "chrf", "bleu")  # what an empty EvaluationSpec.quality_metrics measures
 
 
+TARGET_OPTIONS = "model_uri=PATH, model=NAME, api_key_env=NAME, chat"
+
+
 def _target(text: str) -> evaluation_pb2.EvalTarget:
-    """NAME=URL_OR_DEPLOYMENT[,model_uri=PATH]"""
-    name, _, rest = text.partition("=")
+    """NAME=URL_OR_DEPLOYMENT[,model_uri=PATH][,model=NAME][,api_key_env=NAME][,chat]"""
+    name, sep, rest = text.partition("=")
     where, *options = rest.split(",")
+    if not sep or not name or not where:
+        raise SystemExit(f"error: --target {text!r}: expected NAME=URL_OR_DEPLOYMENT[,OPTION...]")
     target = evaluation_pb2.EvalTarget(name=name)
     if where.startswith(("http://", "https://")):
         target.base_url = where
     else:
         target.deployment = where
     for option in options:
-        key, _, value = option.partition("=")
-        if key == "model_uri":
-            target.model_uri = uri(value)
-        elif key == "model":
-            target.model = value
+        key, has_value, value = option.partition("=")
+        if key == "chat" and not has_value:
+            target.chat = True  # the dataset's conversations go to /chat/completions
+        elif key in ("model_uri", "model", "api_key_env") and value:
+            setattr(target, key, uri(value) if key == "model_uri" else value)
+        else:
+            raise SystemExit(
+                f"error: --target {text!r}: unknown option {option!r} (options: {TARGET_OPTIONS})"
+            )
     return target
 
 
@@ -64,7 +73,7 @@ def bench_spec(args: argparse.Namespace) -> evaluation_pb2.EvaluationSpec:
                 base_url=args.judge_url,
                 model=args.judge_model or "",
                 api_key_env=args.judge_api_key_env or "",
-                chat=True,
+                chat=not args.judge_completions,
                 concurrency=args.judge_concurrency,
             )
         )
@@ -103,7 +112,9 @@ def add_commands(sub: Any) -> None:
         "--target",
         action="append",
         required=True,
-        help="NAME=URL_OR_DEPLOYMENT[,model_uri=PATH] (repeatable)",
+        help="NAME=URL_OR_DEPLOYMENT[,OPTION...] (repeatable); options: model_uri=PATH (size and parameters), "
+        "model=NAME, api_key_env=NAME (the variable holding its key), chat (ask through /chat/completions: "
+        "a chat model, or a dataset of conversations)",
     )
     p.add_argument("--reference", default=None, help="target whose accuracy is 100%% retention")
     p.add_argument("--max-prompts", type=int, default=0)
@@ -142,6 +153,11 @@ def add_commands(sub: Any) -> None:
         default=0,
         metavar="N",
         help="judge requests at once, 1..16 (default 4)",
+    )
+    g.add_argument(
+        "--judge-completions",
+        action="store_true",
+        help="ask the judge through /completions (default: /chat/completions)",
     )
     g = p.add_argument_group("gate: a FAIL makes the command exit 3")
     g.add_argument("--gate-candidate", default=None, help="the target the gate judges")
