@@ -163,7 +163,7 @@ def test_spec_modules_refuse_remote_uris_they_used_to_pass(data, tmp_path):
             prompts_uri=str(prompts), local=synthesis_pb2.LocalTeacher(model="memory://models/teacher")
         ),
     )
-    assert "'memory' is not allowed" in found["spec.teacher.local.model"]
+    assert "'memory' is not allowed" in found["spec.local.model"]
     found = problems(
         training_spec,
         training_pb2.TrainingSpec(

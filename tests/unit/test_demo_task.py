@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from slmops.demo import task
 from slmops.testing.tiny import count_parameters
@@ -81,3 +82,32 @@ def test_each_digit_is_one_token_and_student_is_small(tmp_path):
     # ONNX Runtime's attention kernels need head sizes that are multiples of 16.
     for shape in (task.TEACHER_SHAPE, overrides):
         assert (shape["hidden_size"] // shape["num_attention_heads"]) % 16 == 0
+
+
+def test_chat_records_fit_the_chat_pipeline(tmp_path):
+    from transformers import AutoTokenizer
+
+    from slmops.core.chat_template import SHIPPED, SHIPPED_TOKENS, render
+    from slmops.testing.tiny import train_tokenizer
+
+    examples = task.make_examples(5)
+    folder = task.write_chat_dataset(examples[:3], examples[3:], tmp_path / "chat")
+    train = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+    assert train[0]["messages"] == [
+        {"role": "system", "content": task.SYSTEM_PROMPT},
+        {"role": "user", "content": examples[0]["prompt"]},
+        {"role": "assistant", "content": examples[0]["answer"]},
+    ]
+    assert len((folder / "validation.jsonl").read_text().splitlines()) == 2
+    # The longest record (a three-digit sum), rendered with ChatML, fits the chat pipeline's sequences.
+    tokenizer = AutoTokenizer.from_pretrained(
+        train_tokenizer(task.tokenizer_corpus(), tmp_path / "tok", task.TOKENIZER_VOCAB_SIZE)
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SHIPPED_TOKENS["chatml"])})
+    record = task.chat_record({"prompt": "99+99=", "answer": "198"})
+    text = render(SHIPPED["chatml"], record["messages"], {}, add_generation_prompt=False)
+    assert 48 < len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= task.CHAT_MAX_SEQ_LENGTH
+    # The committed held-out conversations are the evaluation set's.
+    committed = Path(__file__).resolve().parents[2] / "examples" / "demo" / "chat-held-out.jsonl"
+    rows = [json.loads(line) for line in committed.read_text().splitlines()]
+    assert rows == [task.chat_record(e) for e in task.demo_sets()["eval"]]

@@ -169,7 +169,7 @@ async def create_error(stub: Any, spec: Any) -> grpc.aio.AioRpcError:
 
 @pytest.mark.reliability(
     "a request names the platform's own SLMOPS_PREDICTOR_API_KEY as its teacher's api_key_env",
-    expected="INVALID_ARGUMENT naming spec.teacher.endpoint.api_key_env; the job refuses it too; nothing sent",
+    expected="INVALID_ARGUMENT naming spec.endpoint.api_key_env; the job refuses it too; nothing sent",
 )
 async def test_the_platform_key_is_never_a_request_secret(
     probe, data_dir, listener, synthesis_stub, monkeypatch
@@ -179,7 +179,7 @@ async def test_the_platform_key_is_never_a_request_secret(
     error = await create_error(synthesis_stub, spec)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (
-        error.details().startswith("spec.teacher.endpoint.api_key_env: ")
+        error.details().startswith("spec.endpoint.api_key_env: ")
         and "platform-key" not in error.details()
     )
     with pytest.raises(InvalidSpec, match="platform's own credentials"):  # a config that reaches a job anyway
@@ -187,7 +187,7 @@ async def test_the_platform_key_is_never_a_request_secret(
     with pytest.raises(InvalidSpec):
         EndpointTeacher(teacher(listener.url(), "SLMOPS_PREDICTOR_API_KEY"), SamplingConfig())
     assert listener.connections == 0
-    probe.saw(f"{error.code().name} naming spec.teacher.endpoint.api_key_env; job refused; "
+    probe.saw(f"{error.code().name} naming spec.endpoint.api_key_env; job refused; "
               f"{listener.connections} connections")  # fmt: skip
 
 
@@ -213,7 +213,7 @@ async def test_a_secret_goes_only_to_its_hosts(probe, data_dir, listener, synthe
     error = await create_error(synthesis_stub, synthesis(data_dir, url, "TEACHER_API_KEY"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = error.details()
-    assert details.startswith("spec.teacher.endpoint.api_key_env: ") and "SLMOPS_SECRET_HOSTS" in details
+    assert details.startswith("spec.endpoint.api_key_env: ") and "SLMOPS_SECRET_HOSTS" in details
     with pytest.raises(InvalidSpec, match="TEACHER_API_KEY may be sent"):
         probe_teacher(teacher(url, "TEACHER_API_KEY"))
     with pytest.raises(InvalidSpec):
@@ -221,7 +221,7 @@ async def test_a_secret_goes_only_to_its_hosts(probe, data_dir, listener, synthe
             TargetConfig(name="t", base_url=url, model="m", api_key_env="TEACHER_API_KEY"), SamplingConfig()
         )
     assert listener.connections == 0 and "teacher-secret" not in details
-    probe.saw(f"{error.code().name}: {details[len('spec.teacher.endpoint.api_key_env: '):][:90]}...; "
+    probe.saw(f"{error.code().name}: {details[len('spec.endpoint.api_key_env: '):][:90]}...; "
               f"{listener.connections} connections")  # fmt: skip
 
 
@@ -235,7 +235,7 @@ def test_plain_http_carries_a_secret_to_loopback_only(probe, data_dir, standin, 
     fake_names(monkeypatch, {"teacher.test": ["127.0.0.1"]})
     url = f"http://teacher.test:{standin.port}/v1"
     problem = refused_at_create(synthesis(data_dir, url, "TEACHER_API_KEY"))[
-        "spec.teacher.endpoint.api_key_env"
+        "spec.endpoint.api_key_env"
     ]
     assert "http://" in problem and "SLMOPS_PLAIN_HTTP_HOSTS" in problem
     standin.requests.clear()
@@ -262,12 +262,12 @@ async def test_metadata_addresses_are_refused_at_create(probe, data_dir, synthes
     error = await create_error(synthesis_stub, synthesis(data_dir, "http://169.254.169.254/latest/meta-data"))
     elapsed = time.perf_counter() - start
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details().startswith("spec.teacher.endpoint.base_url: ") and "metadata" in error.details()
+    assert error.details().startswith("spec.endpoint.base_url: ") and "metadata" in error.details()
     forms = ["http://[fd00:ec2::254]/v1", "http://100.100.100.200/v1", "http://metadata.google.internal/v1",
              "http://[::ffff:169.254.169.254]/v1", "http://2852039166/v1", "http://169.254.1.1:8080/v1",
              "http://[fe80::1]/v1"]  # fmt: skip
     for url in forms:
-        assert "spec.teacher.endpoint.base_url" in refused_at_create(synthesis(data_dir, url)), url
+        assert "spec.endpoint.base_url" in refused_at_create(synthesis(data_dir, url)), url
     spec = evaluation_pb2.EvaluationSpec(
         dataset_uri=str(data_dir / "prompts.jsonl"),
         targets=[evaluation_pb2.EvalTarget(name="t", base_url="http://169.254.169.254/v1", model="m")],
@@ -276,7 +276,7 @@ async def test_metadata_addresses_are_refused_at_create(probe, data_dir, synthes
     with pytest.raises(InvalidSpec) as info:
         evaluation_spec(spec)
     assert {"spec.targets[0].base_url", "spec.judge.base_url"} <= set(dict(info.value.problems))
-    probe.saw(f"{error.code().name} naming spec.teacher.endpoint.base_url in {elapsed:.2f} s; "
+    probe.saw(f"{error.code().name} naming spec.endpoint.base_url in {elapsed:.2f} s; "
               f"{len(forms)} other spellings and the evaluation's target and judge refused too")  # fmt: skip
 
 
@@ -408,4 +408,4 @@ def test_a_name_allowed_by_the_list_must_resolve_to_allowed_addresses(monkeypatc
 def test_a_malformed_secret_hosts_setting_is_named(data_dir, monkeypatch):
     monkeypatch.setenv("SLMOPS_SECRET_HOSTS", "TEACHER_API_KEY")
     problem = refused_at_create(synthesis(data_dir, "http://127.0.0.1:1/v1", "TEACHER_API_KEY"))
-    assert "SLMOPS_SECRET_HOSTS" in problem["spec.teacher.endpoint.api_key_env"]
+    assert "SLMOPS_SECRET_HOSTS" in problem["spec.endpoint.api_key_env"]

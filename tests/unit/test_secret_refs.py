@@ -39,7 +39,7 @@ def _synthesis(prompts, **endpoint) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "HOME", "SLMOPS_DATABASE_URL", "PATH"])
 def test_api_key_env_naming_a_variable_not_allowed_is_refused(prompts, name):
-    problem = _synthesis(prompts, api_key_env=name)["spec.teacher.endpoint.api_key_env"]
+    problem = _synthesis(prompts, api_key_env=name)["spec.endpoint.api_key_env"]
     assert "not an environment variable requests may name" in problem and "*_API_KEY" in problem
 
 
@@ -89,7 +89,7 @@ def test_the_job_refuses_a_name_the_service_would_have_refused(monkeypatch):
     "url", ["https://user:s3cr3t@api.example.com/v1", "https://sk-token@api.example.com/v1"]
 )
 def test_a_base_url_carrying_credentials_is_refused(prompts, url):
-    problem = _synthesis(prompts, base_url=url)["spec.teacher.endpoint.base_url"]
+    problem = _synthesis(prompts, base_url=url)["spec.endpoint.base_url"]
     assert "must not carry credentials" in problem and "s3cr3t" not in problem and "sk-token" not in problem
     spec = evaluation_pb2.EvaluationSpec(
         dataset_uri=str(prompts), targets=[evaluation_pb2.EvalTarget(name="t", base_url=url, model="m")]

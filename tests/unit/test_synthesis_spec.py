@@ -64,10 +64,10 @@ def test_every_problem_is_reported_at_once(prompts, tmp_path):
     )
     problems = _problems(spec)
     assert "outside the allowed roots" in problems["spec.prompts_uri"]
-    assert "http(s) URL" in problems["spec.teacher.endpoint.base_url"]
-    assert "is required" in problems["spec.teacher.endpoint.model"]
-    assert "environment variable name" in problems["spec.teacher.endpoint.api_key_env"]
-    assert "greater than or equal to 1" in problems["spec.teacher.endpoint.max_concurrency"]
+    assert "http(s) URL" in problems["spec.endpoint.base_url"]
+    assert "is required" in problems["spec.endpoint.model"]
+    assert "environment variable name" in problems["spec.endpoint.api_key_env"]
+    assert "greater than or equal to 1" in problems["spec.endpoint.max_concurrency"]
     for field in ("temperature", "top_p", "max_tokens", "top_logprobs"):
         assert f"spec.sampling.{field}" in problems
     assert "less than or equal to 0.9" in problems["spec.validation_fraction"]
@@ -85,7 +85,7 @@ def test_an_api_key_is_rejected_without_being_echoed(prompts):
     )
     with pytest.raises(InvalidSpec) as info:
         from_proto(spec)
-    assert info.value.field == "spec.teacher.endpoint.api_key_env"
+    assert info.value.field == "spec.endpoint.api_key_env"
     assert "looks like an API key" in str(info.value)
     assert secret not in str(info.value)
 
@@ -100,8 +100,8 @@ def test_a_teacher_is_required_and_local_teachers_are_checked(prompts, tmp_path)
         local=synthesis_pb2.LocalTeacher(model=str(not_a_model), device="tpu"),
     )
     problems = _problems(spec)
-    assert "no config.json" in problems["spec.teacher.local.model"]
-    assert "cpu or cuda" in problems["spec.teacher.local.device"]
+    assert "no config.json" in problems["spec.local.model"]
+    assert "cpu or cuda" in problems["spec.local.device"]
 
     hub = from_proto(
         synthesis_pb2.SynthesisSpec(
@@ -157,7 +157,7 @@ def test_the_endpoint_tokenizer_is_checked(prompts, tmp_path):
     hub = from_proto(_with_tokenizer(prompts, "Qwen/Qwen2.5-7B-Instruct"))
     assert hub.teacher.tokenizer == "Qwen/Qwen2.5-7B-Instruct"  # loaded by the job
 
-    field = "spec.teacher.endpoint.tokenizer"
+    field = "spec.endpoint.tokenizer"
     not_a_tokenizer = tmp_path / "empty"
     not_a_tokenizer.mkdir()
     assert "cannot be loaded" in _problems(_with_tokenizer(prompts, str(not_a_tokenizer)))[field]
@@ -179,7 +179,7 @@ def test_the_job_refuses_what_the_service_refuses(prompts):
     with pytest.raises(InvalidSpec) as job_refusal:
         job.run(config, f"file://{prompts.parent}/out", lambda *args, **kwargs: None)
     spec.endpoint.max_concurrency = 300
-    field = "spec.teacher.endpoint.max_concurrency"
+    field = "spec.endpoint.max_concurrency"
     assert job_refusal.value.problems == [(field, _problems(spec)[field])]
     assert "less than or equal to 256" in _problems(spec)[field]
 
@@ -221,7 +221,7 @@ async def test_create_names_every_problem_by_its_full_path(prompts, synthesis_st
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = [part.split(": ", 1)[0] for part in info.value.details().split("; ")]
     assert sorted(fields) == [
+        "spec.endpoint.max_concurrency",
         "spec.num_shards",
         "spec.samples_per_prompt",
-        "spec.teacher.endpoint.max_concurrency",
     ]

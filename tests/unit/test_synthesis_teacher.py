@@ -243,7 +243,7 @@ def test_a_token_that_cannot_be_mapped_leaves_the_record_without_ids(echo_server
 def test_a_tokenizer_that_cannot_be_loaded_is_an_invalid_spec(tmp_path):
     with pytest.raises(InvalidSpec) as info:
         load_token_table(f"file://{tmp_path}")
-    assert info.value.field == "spec.teacher.endpoint.tokenizer"
+    assert info.value.field == "spec.endpoint.tokenizer"
     assert "cannot be loaded" in str(info.value)
 
 
@@ -446,7 +446,7 @@ def test_local_chat_without_a_chat_template_is_an_invalid_spec(tiny_model):
     config = LocalTeacherConfig(model=f"file://{tiny_model}", chat=True)
     with pytest.raises(InvalidSpec) as info:
         LocalTeacher(config, SamplingConfig(max_tokens=4))
-    assert info.value.field == "spec.teacher.local.chat" and "no chat template" in str(info.value)
+    assert info.value.field == "spec.local.chat" and "no chat template" in str(info.value)
 
 
 # -- retries, rate limits, rejects ---------------------------------------------

@@ -258,7 +258,7 @@ class Definition:
             path for (kind, field), path in FILLS.items() if kind == stage.kind and getattr(stage, field)
         ]
         if stage.kind == "synthesize" and stage.teacher:
-            pending.append("spec.teacher")  # the synthesis service names the oneof: spec.teacher.endpoint...
+            pending += ["spec.teacher", "spec.endpoint"]  # the teacher's deployment fills the endpoint
         if stage.kind == "deploy" and stage.canary_of:
             pending.append("spec.name")
         if stage.kind == "evaluate":

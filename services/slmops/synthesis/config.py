@@ -126,7 +126,7 @@ class SynthesisConfig(SpecModel):
         sampling = _section(data, "sampling")
         kind = teacher.get("kind")
         if data.get("system_prompt") and not teacher.get("chat"):
-            problems.append((("system_prompt",), "is only used by chat teachers: set spec.teacher.endpoint.chat "
+            problems.append((("system_prompt",), "is only used by chat teachers: set spec.endpoint.chat "
                                                  "(or local.chat) or leave it empty"))  # fmt: skip
         temperature = _number(sampling, "temperature", SamplingConfig)
         if _number(data, "samples_per_prompt", cls) > 1 and temperature == 0:
@@ -142,9 +142,7 @@ class SynthesisConfig(SpecModel):
         device = str(LocalTeacherConfig.value(teacher, "device")).strip()
         gpus = _number(_section(data, "resources"), "gpus_per_worker", ResourcesConfig)
         if kind == "local" and gpus > 0 and device == "cpu":
-            problems.append(
-                (("resources", "gpus_per_worker"), "asks for GPUs but spec.teacher.local.device is cpu")
-            )
+            problems.append((("resources", "gpus_per_worker"), "asks for GPUs but spec.local.device is cpu"))
         return problems
 
 
@@ -153,8 +151,17 @@ def validated(config: dict[str, Any]) -> SynthesisConfig:
     try:
         return SynthesisConfig.model_validate(config)
     except ValidationError as exc:
-        collect(problems_from(exc, "spec", renames=PROTO_PATHS))
+        collect([(oneof_path(field), problem) for field, problem in problems_from(exc, "spec", PROTO_PATHS)])
         raise
+
+
+def oneof_path(field: str) -> str:
+    """The proto path of a teacher's field: the oneof's member (`spec.endpoint.base_url`), as a
+    pipeline file writes it, not the model's `teacher` that holds either member."""
+    for kind in ("endpoint", "local"):
+        if field.startswith(f"spec.teacher.{kind}"):
+            return "spec." + field.removeprefix("spec.teacher.")
+    return field
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:

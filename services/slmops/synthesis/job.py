@@ -204,9 +204,9 @@ def _check_inputs(cfg: SynthesisConfig) -> None:
     """The prompts, tokenizer and local teacher the job reads: sealed artifacts must match their hashes."""
     inputs = {"spec.prompts_uri": cfg.prompts_uri}
     if isinstance(cfg.teacher, EndpointTeacherConfig):
-        inputs["spec.teacher.endpoint.tokenizer"] = cfg.teacher.tokenizer
+        inputs["spec.endpoint.tokenizer"] = cfg.teacher.tokenizer
     else:
-        inputs["spec.teacher.local.model"] = cfg.teacher.model
+        inputs["spec.local.model"] = cfg.teacher.model
     for field, uri in inputs.items():
         if "://" in uri:  # not a hub id
             artifacts.open_input(uri, field)
@@ -223,7 +223,7 @@ def run(config: dict[str, Any], output_uri: str, progress: Progress, trace_id: s
     )
     if isinstance(cfg.teacher, EndpointTeacherConfig):
         # A missing key, or one not allowed to go to the teacher's host, fails before any work.
-        resolve_api_key(cfg.teacher.api_key_env, cfg.teacher.base_url, "spec.teacher.endpoint.api_key_env")
+        resolve_api_key(cfg.teacher.api_key_env, cfg.teacher.base_url, "spec.endpoint.api_key_env")
         progress(0.0, f"asking the teacher at {cfg.teacher.base_url} whether it answers")
         probe(cfg.teacher)  # so does a teacher that cannot be reached, or whose host jobs may not call
     _check_inputs(cfg)

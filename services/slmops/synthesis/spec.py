@@ -4,7 +4,7 @@ The models in config.py are the spec (defaults, bounds, rules between
 fields); what they cannot know is checked here, as a second pass: the files,
 URIs, URLs, secrets and tokenizers the job will read, and the prompts file's
 columns. Every problem comes back in one InvalidSpec, each named by its proto
-path (`spec.teacher.endpoint.base_url`, ...).
+path (`spec.endpoint.base_url`, ...).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from slmops.core.spec_checks import (
     problems_from,
     proto_dict,
 )
-from slmops.synthesis.config import PROTO_PATHS, SynthesisConfig
+from slmops.synthesis.config import PROTO_PATHS, SynthesisConfig, oneof_path
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -104,7 +104,7 @@ def _teacher(raw: dict[str, Any], problems: Problems) -> None:
         if kind in raw:
             raw["teacher"] = {"kind": kind, **raw.pop(kind)}
     teacher = raw.get("teacher", {})
-    field = f"spec.teacher.{teacher.get('kind')}"
+    field = f"spec.{teacher.get('kind')}"
     if teacher.get("base_url"):
         check_http_url(teacher["base_url"], f"{field}.base_url", problems)
     check_api_key_env(teacher.get("api_key_env", ""), f"{field}.api_key_env", problems,
@@ -135,5 +135,5 @@ def from_proto(spec: synthesis_pb2.SynthesisSpec) -> SynthesisConfig:
         config = SynthesisConfig.model_validate(raw)
     except ValidationError as exc:
         problems.extend(problems_from(exc, "spec", renames=PROTO_PATHS))
-    collect(problems)
+    collect([(oneof_path(field), problem) for field, problem in problems])
     return config

@@ -63,7 +63,7 @@ class LocalTeacher:
         self.device = config.device
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if config.chat and not self.tokenizer.chat_template:
-            raise InvalidSpec("spec.teacher.local.chat", f"the model has no chat template ({config.model}): "
+            raise InvalidSpec("spec.local.chat", f"the model has no chat template ({config.model}): "
                                                          "turn chat off or use a model that has one")  # fmt: skip
         # Left padding: every row of a batch ends at its prompt's last token, where generation continues.
         self.tokenizer.padding_side = "left"

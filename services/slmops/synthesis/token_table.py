@@ -78,7 +78,7 @@ def load_tokenizer(ref: str) -> Any:
     return AutoTokenizer.from_pretrained(ref)
 
 
-def load_token_table(ref: str, field: str = "spec.teacher.endpoint.tokenizer") -> TokenTable:
+def load_token_table(ref: str, field: str = "spec.endpoint.tokenizer") -> TokenTable:
     """The TokenTable of the tokenizer at ref; InvalidSpec naming field when it cannot be built."""
     try:
         tokenizer = load_tokenizer(ref)
