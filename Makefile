@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration reliability demo bench protos protos-check lint charts clean images images-smoke images-push
+.PHONY: setup test test-unit test-integration reliability demo demo-chat bench protos protos-check lint charts clean images images-smoke images-push
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ reliability: setup
 
 demo: setup
 	$(PY) -m slmops.demo
+
+# The demo's chat variant: messages records with a system prompt, ChatML, /chat/completions.
+demo-chat: setup
+	$(PY) -m slmops.demo --chat
 
 bench: setup
 	$(PY) -m slmops.bench

@@ -4,7 +4,8 @@
 
 teacher-config/: the teacher's shape (config.json) and a byte-level tokenizer, no weights (the
 pipeline's teacher stage starts from fresh weights); ground-truth/: the teacher's training data;
-prompts.jsonl: what the teacher answers for the student; held-out.jsonl: evaluation prompts.
+prompts.jsonl: what the teacher answers for the student; held-out.jsonl: evaluation prompts;
+chat-ground-truth/ and chat-held-out.jsonl: the same sets as chat records, for the chat variant.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main(out: Path) -> None:
     task.write_dataset(sets["teacher_train"], sets["teacher_validation"], out / "ground-truth")
     task.write_prompts(sets["synthesis"], out / "prompts.jsonl")
     task.write_prompts(sets["eval"], out / "held-out.jsonl")
+    task.write_chat_dataset(sets["teacher_train"], sets["teacher_validation"], out / "chat-ground-truth")
+    task.write_chat_prompts(sets["eval"], out / "chat-held-out.jsonl")
     print(f"wrote {out}")
 
 

@@ -9,6 +9,10 @@ deploy the student, and the int4 student as a canary beside it -> evaluate
 teacher, student and int4 canary on the same held-out prompts -> the gate
 promotes the canary or rolls it back. The demo then runs the same file again:
 every stage is reused. Everything it starts, it stops.
+
+With --chat it runs the chat variant (examples/demo-chat-pipeline.yaml): the
+same task asked as a conversation with a system prompt, trained with a ChatML
+template, synthesized and evaluated through `/chat/completions`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from slmops.cli.pipeline_commands import follow, pipeline_spec, stages_of, summa
 from slmops.core import settings, tracing
 from slmops.demo.report import count_trace_spans, write_demo_report
 
-PIPELINE = Path(__file__).resolve().parents[3] / "examples" / "demo-pipeline.yaml"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+PIPELINE = EXAMPLES / "demo-pipeline.yaml"
+CHAT_PIPELINE = EXAMPLES / "demo-chat-pipeline.yaml"
 
 
 def say(text: str) -> None:
@@ -47,18 +53,26 @@ def run_pipeline(file: Path, label: str) -> tuple[pipeline_pb2.PipelineRun, floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slmops.demo", description=__doc__)
-    parser.add_argument("--out", default="build/demo", help="where the report and all state go")
-    parser.add_argument("--pipeline", default=str(PIPELINE), help="the pipeline file to run")
+    parser.add_argument(
+        "--chat", action="store_true", help="the chat variant: messages records and /chat/completions"
+    )
+    parser.add_argument(
+        "--out",
+        help="where the report and all state go (default: build/demo, or build/demo-chat with --chat)",
+    )
+    parser.add_argument("--pipeline", help="the pipeline file to run (default: the variant's example)")
     parser.add_argument("--keep", action="store_true", help="leave the stack running at the end")
     args = parser.parse_args(argv)
-    out_dir = Path(args.out).resolve()
+    variant = "chat" if args.chat else "completion"
+    args.pipeline = args.pipeline or str(CHAT_PIPELINE if args.chat else PIPELINE)
+    out_dir = Path(args.out or ("build/demo-chat" if args.chat else "build/demo")).resolve()
     data_dir = out_dir / "data"
     if data_dir.exists():
         local_stack.down(data_dir, say=lambda *_: None)
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     os.environ[settings.VARS["data_dir"].env] = str(data_dir)
-    say("slmops demo: the whole small-model lifecycle on this machine, as one pipeline file")
+    say(f"slmops demo ({variant}): the whole small-model lifecycle on this machine, as one pipeline file")
     say(f"  {args.pipeline}")
     say("starting the local stack (Ray head + six services)")
     begin = time.time()
@@ -78,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         tracing.shutdown_tracing()
         time.sleep(1.5)  # let every process flush its spans
         report = write_demo_report(out_dir, {
-            "first": first, "second": second, "first_seconds": first_s, "second_seconds": second_s,
-            "total_seconds": time.time() - begin, "trace_id": trace_id,
+            "variant": variant, "first": first, "second": second,
+            "first_seconds": first_s, "second_seconds": second_s, "total_seconds": time.time() - begin, "trace_id": trace_id,
             "trace_spans": count_trace_spans(data_dir, trace_id),
         })  # fmt: skip
         print(report["markdown"])

@@ -1,5 +1,6 @@
-"""The demo's report: the pipeline's stages (first run and reused rerun), the evaluation's table of
-teacher, student and int4 student, the headline ratios, the rollout, and the lineage."""
+"""The demo's report: which variant ran (completion or chat), the pipeline's stages (first run and
+reused rerun), the evaluation's table of teacher, student and int4 student, the headline ratios, the
+rollout, and the lineage."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from typing import Any
 
 from slmops.api.v1 import common_pb2, pipeline_pb2
 from slmops.core import artifacts, tracing
+from slmops.demo import task
+
+# What each variant asks, for the report's first lines.
+TASKS = {
+    "completion": "Task: two-digit addition (`23+45=` -> `68`) as plain completions (`/completions`)",
+    "chat": (
+        f"Task: two-digit addition as a chat through `/chat/completions` (system `{task.SYSTEM_PROMPT}`, "
+        "user `23+45=` -> assistant `68`), trained on `messages` records rendered with ChatML"
+    ),
+}
 
 
 def count_trace_spans(data_dir: Path, trace_id: str) -> dict[str, int]:
@@ -23,6 +34,10 @@ def count_trace_spans(data_dir: Path, trace_id: str) -> dict[str, int]:
 
 def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if numerator and denominator else None
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _x(value: float | None) -> str:
@@ -65,7 +80,9 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
     rollout = next((s for s in first.stages if s.kind == "rollout"), None)
     html = str(artifacts.local_path(first.report_uri) / "report.html") if first.report_uri else ""
     reused = sum(1 for s in second.stages if s.reused)
+    variant = flow.get("variant", "completion")
     report = {
+        "variant": variant,
         "wall_seconds": round(flow["total_seconds"], 1),
         "first_run": {"id": first.id, "state": common_pb2.JobState.Name(first.status.state),
                       "reason": first.status.reason, "seconds": round(flow["first_seconds"], 1),
@@ -82,9 +99,9 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
         "lineage": [{"kind": ref.kind, "uri": ref.uri} for ref in first.lineage],
     }  # fmt: skip
     lines = [
-        "# slmops demo: teacher -> student -> int4 student, as one pipeline",
+        f"# slmops demo ({variant}): teacher -> student -> int4 student, as one pipeline",
         "",
-        "Task: two-digit addition (`23+45=` -> `68`), exact-match accuracy on "
+        f"{TASKS.get(variant, TASKS['completion'])}; exact-match accuracy on "
         f"{evaluation.get('num_prompts', 0)} held-out prompts. The teacher was trained here from scratch: "
         "no pretrained weights can be downloaded on this machine.",
         "",
@@ -106,6 +123,8 @@ def write_demo_report(out_dir: Path, flow: dict[str, Any]) -> dict[str, Any]:
     lines += [
         "",
         f"- Student is {_x(headline['parameter_reduction'])} smaller than the teacher in parameters.",
+        f"- Accuracy retained (of the teacher's): student {_pct(headline['retention_student'])}, "
+        f"int4 student {_pct(headline['retention_int4'])}.",
         f"- Latency p95: int4 student {_x(headline['latency_p95_reduction_int4_vs_teacher'])} lower than the teacher.",
         f"- Predictor memory (RSS): int4 student {_x(headline['memory_reduction_int4_vs_teacher'])} less.",
         f"- Size on disk: int4 student {_x(headline['size_reduction_int4_vs_teacher'])} smaller.",
