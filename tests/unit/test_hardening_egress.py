@@ -178,10 +178,7 @@ async def test_the_platform_key_is_never_a_request_secret(
     spec = synthesis(data_dir, listener.url(), "SLMOPS_PREDICTOR_API_KEY")
     error = await create_error(synthesis_stub, spec)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert (
-        error.details().startswith("spec.endpoint.api_key_env: ")
-        and "platform-key" not in error.details()
-    )
+    assert error.details().startswith("spec.endpoint.api_key_env: ") and "platform-key" not in error.details()
     with pytest.raises(InvalidSpec, match="platform's own credentials"):  # a config that reaches a job anyway
         probe_teacher(teacher(listener.url(), "SLMOPS_PREDICTOR_API_KEY"))
     with pytest.raises(InvalidSpec):
@@ -234,9 +231,7 @@ def test_plain_http_carries_a_secret_to_loopback_only(probe, data_dir, standin, 
     monkeypatch.setenv("TEACHER_API_KEY", "teacher-secret-0123")
     fake_names(monkeypatch, {"teacher.test": ["127.0.0.1"]})
     url = f"http://teacher.test:{standin.port}/v1"
-    problem = refused_at_create(synthesis(data_dir, url, "TEACHER_API_KEY"))[
-        "spec.endpoint.api_key_env"
-    ]
+    problem = refused_at_create(synthesis(data_dir, url, "TEACHER_API_KEY"))["spec.endpoint.api_key_env"]
     assert "http://" in problem and "SLMOPS_PLAIN_HTTP_HOSTS" in problem
     standin.requests.clear()
     with pytest.raises(InvalidSpec, match="unencrypted"):
