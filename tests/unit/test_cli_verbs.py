@@ -3,7 +3,7 @@ it prints.
 
 The services are stand-ins here (objects with the stubs' methods that record each
 request and answer from lists), so that paging, resuming a broken stream and the
-exit statuses are checked without a stack; tests/integration/test_cli_verbs.py
+exit statuses are checked without a stack; tests/integration/test_cli_verbs_stack.py
 runs the same verbs against the real one.
 """
 
