@@ -5,9 +5,6 @@ learns ChatML `messages` records (`chat_template: chatml`); its checkpoint keeps
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import pytest
 
@@ -16,6 +13,7 @@ from slmops.core.chat_template import CHATML, SHIPPED_TOKENS
 from slmops.core.errors import InvalidSpec
 from slmops.testing.tiny import build_model, train_tokenizer
 from slmops.training import chat, data, job, model_init
+from tests.integration._recording_predictor import RecordingPredictor
 
 pytestmark = pytest.mark.integration
 
@@ -80,47 +78,6 @@ def test_messages_without_a_template_are_refused_at_job_start(inputs):
     assert not (inputs["root"] / "refused").exists()
 
 
-class _Predictor:
-    """The predictor's OpenAI routes behind its guard, on uvicorn in this process; `seen` holds the prompt
-    ids its engine is given."""
-
-    def __init__(self, model_dir: str, api_key: str):
-        import uvicorn
-        from fastapi import FastAPI
-
-        from slmops.predictor import guard
-        from slmops.predictor.loading import load_engine
-        from slmops.predictor.openai_api import make_router
-        from slmops.predictor.served import Served
-
-        self.served = Served.start(NAME, load_engine(model_dir, threads=1))
-        self.seen: list[list[int]] = []
-        start = self.served.engine.start
-
-        def recording(prompts, sampling, max_new):
-            self.seen.extend([int(i) for i in p] for p in prompts)
-            return start(prompts, sampling, max_new)
-
-        self.served.engine.start = recording
-        app = FastAPI()
-        app.include_router(make_router(self.served))
-        app.add_middleware(guard.Guard, api_key=api_key, max_body_bytes=1 << 20)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/openai/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.served.close()
-
-
 def test_the_checkpoint_is_served_in_the_format_it_was_trained_on(ray_cluster, inputs, tmp_path, monkeypatch):
     import httpx
     import openai
@@ -151,7 +108,7 @@ def test_the_checkpoint_is_served_in_the_format_it_was_trained_on(ray_cluster, i
 
     key_file = predictor_key.ensure(tmp_path / "keys")
     monkeypatch.setenv("SLMOPS_PREDICTOR_API_KEY_FILE", str(key_file))
-    predictor = _Predictor(str(output), key_file.read_text().strip())
+    predictor = RecordingPredictor(output, key_file.read_text().strip(), NAME)
     try:
         assert im_end in predictor.served.engine.eos_token_ids  # it stops at the end of a turn
         client = openai.OpenAI(base_url=predictor.base_url, api_key=key_file.read_text().strip(),
