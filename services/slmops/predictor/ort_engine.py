@@ -130,11 +130,20 @@ class _OrtCohort:
         self.generator.append_tokens(padded)
 
     def step(self, want_logits: bool) -> tuple[list[int], np.ndarray | None]:
-        self.generator.generate_next_token()
-        tokens = [int(t) for t in self.generator.get_next_tokens()]
+        """The next token of each row, and the logits it was chosen from when asked.
+
+        `get_logits` returns the logits `generate_next_token` picks from next
+        (rows x 1 x vocab, a copy): after `append_tokens`, the prompt's (each
+        row's last real token); after a step, those of a pass over the token
+        just chosen, which it then runs instead of the next
+        `generate_next_token` (no extra work). So they are read before
+        `generate_next_token`; read after it, they are the next position's.
+        """
         logits = None
         if want_logits:
             logits = np.asarray(self.generator.get_logits(), dtype=np.float32).reshape(self.rows, -1)
+        self.generator.generate_next_token()
+        tokens = [int(t) for t in self.generator.get_next_tokens()]
         return tokens, logits
 
     def close(self) -> None:
