@@ -180,3 +180,28 @@ def test_a_request_arriving_just_after_another_joins_its_batch(engine):
         scheduler.stop()
     assert metrics.COHORTS_MERGED._value.get() == merged_before + 1
     assert [out.result(0), out.result(1)] == alone
+
+
+def test_a_cohort_about_to_end_is_not_restarted_for_an_arrival(engine):
+    """Prefilling the first request again would cost more than the two steps it has left beside
+    the second: the second gets a cohort of its own, and both answers stay the same."""
+    prompt = PROMPTS[2]
+    assert len(engine.encode(prompt)) + 3 > 2.5 * 2  # the carried prefix is past what 2 steps repay
+    alone = [engine.generate(prompt, max_tokens=5), engine.generate(PROMPTS[1], max_tokens=20)]
+    scheduler = Scheduler(engine, Limits(batch_window_s=0))
+    merged_before = metrics.COHORTS_MERGED._value.get()
+    try:
+        out = Collector()
+        first_sink, second = out.sink(0), _job(engine, PROMPTS[1], out.sink(1), budget=20)
+
+        def first(event: tuple) -> None:  # the second arrives after 3 of the first's 5 tokens
+            first_sink(event)
+            if event[0] == "piece" and len(out.events[0]) == 3:
+                scheduler.submit(second)
+
+        scheduler.submit(_job(engine, prompt, first, budget=5))
+        out.wait([0, 1])
+    finally:
+        scheduler.stop()
+    assert metrics.COHORTS_MERGED._value.get() == merged_before
+    assert [out.result(0), out.result(1)] == alone

@@ -52,8 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds a request may wait and run (default %(default)s)")  # fmt: skip
     parser.add_argument("--batch-window-ms", type=float, default=limits.batch_window_s * 1000,
                         help="when idle, the longest a burst of requests may take to gather into one "
-                        "batch (default %(default)s; it ends sooner once no request came for "
-                        f"{limits.batch_gap_s * 1000:g} ms)")  # fmt: skip
+                        "batch before the first starts (default %(default)g: it starts at once, and "
+                        "later arrivals join its batch at the next step; a window ends sooner once no "
+                        f"request came for {limits.batch_gap_s * 1000:g} ms)")  # fmt: skip
     parser.add_argument(
         "--api-key-env", default="SLMOPS_PREDICTOR_API_KEY",
         help="environment variable holding the API key clients must send as a bearer token "

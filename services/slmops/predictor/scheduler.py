@@ -19,14 +19,15 @@ sequences costs about 2.5 times one of 1, while eight cohorts of 1 cost 8
 times; a prompt token costs about a fifth of a decode step (measured on the
 Qwen2.5-0.5B shape, 2 cores). So:
 
-- when nothing runs, the first arrival waits while others keep coming (each
-  within `batch_gap_s`, all within `batch_window_s`), and a burst becomes one
-  cohort rather than several;
-- an arrival that misses it joins a young cohort (its sequences have at most
-  `merge_steps` tokens and their prefixes at most `merge_tokens` in all): the
-  cohort restarts with it, its sequences prefilled again with the tokens they
-  already have. Older or larger cohorts are left alone: prefilling them again
-  would cost more than running a second cohort beside them.
+- when nothing runs, the first arrival starts at once (a batching window,
+  `batch_window_s`, can hold it back for a burst to gather: off by default, as
+  it adds its length to every lone request's time to first token);
+- an arrival joins a young cohort (its sequences have at most `merge_steps`
+  tokens): the cohort restarts with it, its sequences prefilled again with
+  the tokens they already have. It does when that prefill is cheaper than the
+  weight passes a second cohort beside it would add: at most `merge_tokens`
+  tokens, and at most `MERGE_TOKENS_PER_STEP` per step the two would run
+  together. Older cohorts are left alone.
 
 Seeded sampling gets a cohort of its own, so a seed gives the same answer
 whatever else runs. Everything a request receives (pieces, logprobs, the end)
@@ -61,10 +62,16 @@ class Limits:
     max_tokens_cap: int = 4096  # the largest max_tokens a request may ask for
     max_body_bytes: int = net.MAX_BODY_BYTES  # request bodies past this get 413
     request_timeout_s: float = 300.0  # waiting plus running
-    batch_window_s: float = 0.05  # the longest a burst may take to gather when nothing runs
+    batch_window_s: float = 0.0  # when nothing runs, the longest a burst may take to gather (0: none)
     batch_gap_s: float = 0.015  # ... and it is over once no request came for this long
     merge_steps: int = 16  # a cohort whose sequences have this few tokens takes new arrivals
-    merge_tokens: int = 32  # ... when prefilling its sequences again costs at most this many tokens
+    merge_tokens: int = 512  # ... when prefilling its sequences again costs at most this many tokens
+
+
+# A prompt token costs about a fifth of a decode step, and a second cohort about one more weight
+# pass per step: a merge pays off while it prefills fewer than ~5 tokens per step the two would run
+# together. Half of that leaves room for error.
+MERGE_TOKENS_PER_STEP = 2.5
 
 
 class Overloaded(Exception):
@@ -215,7 +222,7 @@ class Scheduler:
                         break
                 starts = self._take_cohorts()
             for jobs in starts:
-                young = self._young_cohort(jobs[0].key())
+                young = self._young_cohort(jobs)
                 if young is not None:
                     self._merge(young, jobs)
                 else:
@@ -283,17 +290,19 @@ class Scheduler:
         metrics.QUEUE_DEPTH.set(len(self._waiting))
         return starts
 
-    def _young_cohort(self, key: tuple) -> _Running | None:
-        """A running cohort with this key, young and small enough to be prefilled again cheaply."""
+    def _young_cohort(self, jobs: list[Job]) -> _Running | None:
+        """A running cohort the jobs may join: same key, young, and cheap to prefill again
+        against the steps it would otherwise run beside theirs (see the module doc)."""
+        key = jobs[0].key()
+        budget = max(job.budget for job in jobs)
         for running in self._running:
             live = [row for row in running.rows if not row.state.done]
             if running.key != key or not live:
                 continue
             again = sum(len(row.job.prompt_ids) + row.state.count for row in live)
-            if (
-                max(row.state.count for row in live) <= self.limits.merge_steps
-                and again <= self.limits.merge_tokens
-            ):
+            together = min(budget, max(row.state.budget - row.state.count for row in live))
+            young = max(row.state.count for row in live) <= self.limits.merge_steps
+            if young and again <= min(self.limits.merge_tokens, MERGE_TOKENS_PER_STEP * together):
                 return running
         return None
 
