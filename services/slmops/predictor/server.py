@@ -178,6 +178,10 @@ def serve(
     """Serve `served` on the bound socket (and gRPC on grpc_port when > 0) until SIGTERM/SIGINT;
     `docs` also serves `/openapi.json` and `/docs`."""
     from fastapi.responses import JSONResponse
+
+    from slmops.predictor.lean import import_kserve
+
+    import_kserve()  # before anything imports KServe in full
     from kserve import ModelServer
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.model_server import app
