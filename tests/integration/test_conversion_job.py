@@ -60,6 +60,7 @@ def test_conversion_job_writes_an_onnx_model_that_generates(
     assert manifest.parents == [checkpoint_artifact]
     assert manifest.trace_id == "ab" * 16
     assert manifest.spec["precision"] == "int4"
+    assert manifest.extra["last_position_logits"] is True
     metrics = result["metrics"]
     assert result["output_uri"] == output_uri
     assert metrics["parameters"] == count_parameters(artifacts.local_path(checkpoint_artifact))

@@ -44,6 +44,7 @@ def converted(tmp_path_factory):
 def test_each_precision_answers_like_its_source(converted, arch, precision):
     source, folder, result = converted[arch, precision]
     assert result["verification"]["passed"]
+    assert result["last_logits"]  # the LM head runs on each row's last real token only
     again = verify(source, folder, None, thresholds_for(precision), new_tokens=8, threads=2)
     assert again.passed, again.reasons  # the folder left behind is the one that passed
     if precision == "fp32":

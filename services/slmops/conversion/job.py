@@ -354,6 +354,7 @@ def run(config: dict, output_uri: str, progress: Progress, trace_id: str = "") -
             "verification": verification,
             "size_report": result["size_report"],
             "builder_options": result["options"],
+            "last_position_logits": bool(result.get("last_logits")),
             "olive_config": OLIVE_CONFIG,
             **({"adapters": result["adapters"]} if result["adapters"] else {}),
             **({"merged_adapter": cfg.adapters[0].name} if cfg.merge_adapters and cfg.adapters else {}),

@@ -11,6 +11,8 @@ are removed afterwards.
 - int8: the builder's fp32 graph, then Olive's block-wise RTN quantization
   at 8 bits (the builder has no int8 of its own).
 - fp32/fp16/bf16: the builder alone.
+- Every build: the LM head runs on each sequence's last real token only
+  (`conversion/last_logits`), so the graph returns logits [batch, 1, vocab].
 - With LoRA adapters, the first adapter goes into the build (Olive's
   `adapter_path`), its branches kept float, and `conversion/onnx_adapters` turns
   its weights into inputs that each `.onnx_adapter` file fills.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops.conversion import onnx_adapters
+from slmops.conversion.last_logits import keep_last_logits_in
 from slmops.conversion.olive_compat import keep_builder_embeddings, no_telemetry
 from slmops.core.progress import Progress, null_progress
 
@@ -424,8 +427,10 @@ def convert(
     `adapters/<name>.onnx_adapter` beside one base model that takes them.
     source_ref names the source in the saved `olive_config.json` (default: model_dir).
     Returns {"output_dir", "files", "seconds", "size_bytes", "olive_version",
-    "builder_version", "options", "adapters"}. Raises ConversionError when the
-    checkpoint is broken or Olive fails; output_dir then holds nothing new.
+    "builder_version", "options", "adapters", "last_logits"} (last_logits: the
+    graph returns only each row's last position, `last_logits.keep_last_logits`).
+    Raises ConversionError when the checkpoint is broken or Olive fails;
+    output_dir then holds nothing new.
     """
     started = time.perf_counter()
     source, target = Path(model_dir), Path(output_dir)
@@ -463,6 +468,7 @@ def convert(
         (target / OLIVE_CONFIG).write_text(json.dumps(saved, indent=2), encoding="utf-8")
         fix_genai_config(target, source)
         fix_tokenizer_config(target)
+        last_logits = keep_last_logits_in(target)  # the LM head on each row's last token only
         if execution_provider == "cpu":
             progress(0.9, "checking that ONNX Runtime GenAI loads the model")
             _check_loads(target)
@@ -478,4 +484,5 @@ def convert(
         "builder_version": metadata.version("onnxruntime-genai"),
         "options": chosen,
         "adapters": sorted(adapters or {}),
+        "last_logits": last_logits,
     }

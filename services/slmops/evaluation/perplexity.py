@@ -151,9 +151,15 @@ def perplexity_onnx(model_dir: str | Path, items: Iterable[Item], max_length: in
     model = og.Model(str(model_dir))
     tokenizer = og.Tokenizer(model)
 
+    last_only: list[bool] = []  # set once the model has shown it returns the last position only
+
     def rows_for(ids: list[int], first: int) -> np.ndarray:
-        rows = _all_positions(og, model, ids, first)
-        return rows if rows is not None else _step_by_step(og, model, ids, first)
+        if not last_only:
+            rows = _all_positions(og, model, ids, first)
+            if rows is not None:
+                return rows
+            last_only.append(True)  # as conversion makes them (conversion/last_logits.py)
+        return _step_by_step(og, model, ids, first)
 
     def encode(text: str) -> list[int]:
         return [int(t) for t in tokenizer.encode(text)]
