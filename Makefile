@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration reliability demo demo-chat bench protos protos-check lint charts clean images images-smoke images-push
+.PHONY: setup test test-unit test-integration reliability demo demo-chat bench bench-peers protos protos-check lint charts clean images images-smoke images-push
 
 setup: $(STAMP)
 
@@ -47,6 +47,11 @@ demo-chat: setup
 
 bench: setup
 	$(PY) -m slmops.bench
+
+# llama.cpp's llama-server, llama-quantize and llama-bench, compiled once into build/peers/ (about
+# 10 minutes on 2 cores): `make bench` then compares the predictor with llama-server.
+bench-peers: setup
+	$(PY) scripts/build_peers.py
 
 protos: setup
 	$(PY) scripts/gen_protos.py

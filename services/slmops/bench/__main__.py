@@ -10,6 +10,8 @@ import sys
 
 import slmops.bench.conversion  # noqa: F401  (registers its benchmarks)
 import slmops.bench.decode  # noqa: F401  (registers its benchmark)
+import slmops.bench.llamacpp  # noqa: F401  (registers its benchmarks)
+import slmops.bench.seed  # noqa: F401  (registers its benchmarks)
 import slmops.bench.serving  # noqa: F401  (registers its benchmarks)
 import slmops.bench.synthesis  # noqa: F401  (registers its benchmarks)
 import slmops.bench.training  # noqa: F401  (registers its benchmarks)

@@ -7,6 +7,9 @@ ratio is value / baseline. `run_benchmarks` writes
 - `results.json`: {"results": [{"name", "value", "unit", "baseline", "ratio"}], "details": {name: {...}},
   "machine": {...}}
 - `report.md`: the same as a table.
+
+A benchmark that cannot run here (a missing optional tool) raises Skipped: it
+gets no row, and its reason goes into `skipped` ([{"name", "reason"}]) and the report.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ class Outcome:
     value_label: str = "value"
     baseline_label: str = "baseline"
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class Skipped(Exception):
+    """Raised by a benchmark that cannot run on this machine; the message says why and how to enable it."""
 
 
 @dataclass
@@ -94,6 +101,8 @@ def markdown(document: dict[str, Any], descriptions: dict[str, str]) -> str:
         if descriptions.get(row["name"]):
             lines += [descriptions[row["name"]], ""]
         lines += [f"- {key}: {value}" for key, value in details.items()]
+    if document.get("skipped"):
+        lines += ["", "## Skipped", ""] + [f"- {row['name']}: {row['reason']}" for row in document["skipped"]]
     return "\n".join(lines) + "\n"
 
 
@@ -103,12 +112,17 @@ def run_benchmarks(
     """Run each benchmark once, write results.json and report.md under out_dir, return the document."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    document: dict[str, Any] = {"results": [], "details": {}, "machine": machine()}
+    document: dict[str, Any] = {"results": [], "details": {}, "skipped": [], "machine": machine()}
     descriptions: dict[str, str] = {}
     for bench in benchmarks:
         log(f"bench {bench.name}: running")
         started = time.perf_counter()
-        outcome = bench.run()
+        try:
+            outcome = bench.run()
+        except Skipped as skipped:
+            document["skipped"].append({"name": bench.name, "reason": str(skipped)})
+            log(f"bench {bench.name}: skipped: {skipped}")
+            continue
         seconds = time.perf_counter() - started
         row = result_row(bench.name, outcome)
         document["results"].append(row)

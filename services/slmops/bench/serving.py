@@ -47,16 +47,24 @@ _BUILD: dict[str, Any] = {}  # how the model was made, for the details
 
 
 @functools.cache
-def model_folder() -> Path:
-    """The int4 Qwen2.5-0.5B-shaped model, built and converted once per process."""
+def checkpoint_folder() -> Path:
+    """The Hugging Face checkpoint the int4 model is converted from, built once per process."""
     from slmops.bench.training import build_qwen_05b
-    from slmops.conversion.olive_convert import convert
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-serving-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     hf_dir = build_qwen_05b(work / "qwen-0.5b")
     writes_text(hf_dir)
-    onnx_dir = work / "int4"
+    return hf_dir
+
+
+@functools.cache
+def model_folder() -> Path:
+    """The int4 Qwen2.5-0.5B-shaped model, built and converted once per process."""
+    from slmops.conversion.olive_convert import convert
+
+    hf_dir = checkpoint_folder()
+    onnx_dir = hf_dir.parent / "int4"
     started = time.perf_counter()
     convert(hf_dir, onnx_dir, precision="int4", execution_provider="cpu")
     _BUILD["convert_seconds"] = round(time.perf_counter() - started, 1)
