@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.conversion.last_logits import PREFIX, keep_last_logits, keep_last_logits_in
+from slmops.conversion.last_logits import PREFIX, keep_last_logits, keep_last_logits_in, prefill_graph_name
 from tests.integration._models import tiny_onnx
 
 STEPS = 6
@@ -68,18 +68,44 @@ def _prompts(folder: Path, lengths: list[int]) -> list[list[int]]:
     return [[int(t) for t in rng.integers(low, low + 200, n)] for n in lengths]
 
 
+PREFILL = prefill_graph_name("model.onnx")
+
+
 @pytest.fixture(scope="module", params=["int4", "fp32"])
 def folders(request, tmp_path_factory) -> tuple[Path, Path]:
-    """(the builder's folder, a copy whose graph keep_last_logits rewrote)."""
+    """(the builder's folder, a copy whose graph is the one keep_last_logits_in wrote beside it)."""
     built = tiny_onnx(tmp_path_factory, request.param)
     rewritten = tmp_path_factory.mktemp(f"last-logits-{request.param}") / "model"
     shutil.copytree(built, rewritten)
-    weights = _digest(rewritten / "model.onnx.data")
+    weights, graph = _digest(rewritten / "model.onnx.data"), _digest(rewritten / "model.onnx")
     refs = _external_refs(rewritten / "model.onnx")
     assert keep_last_logits_in(rewritten) is True
+    assert _digest(rewritten / "model.onnx") == graph  # the builder's graph stays for other consumers
     assert _digest(rewritten / "model.onnx.data") == weights
-    assert _external_refs(rewritten / "model.onnx") == refs  # the same bytes of the same file
+    assert _external_refs(rewritten / PREFILL) == refs  # the same bytes of the same file
+    shutil.copy(rewritten / PREFILL, rewritten / "model.onnx")
     return built, rewritten
+
+
+def test_the_predictor_runs_the_prefill_graph_when_the_folder_has_it(folders, tmp_path):
+    from slmops.predictor.loading import load_engine
+
+    built, _ = folders
+    beside = tmp_path / "model"
+    shutil.copytree(built, beside)
+    assert keep_last_logits_in(beside) is True
+    plain, pruned = load_engine(built), load_engine(beside)
+    try:
+        assert (plain.prefill_graph, pruned.prefill_graph) == (False, True)
+        prompt = "question: what is 2 + 3? answer:"
+        expected = plain.generate(prompt, max_tokens=8, logprobs=3)
+        got = pruned.generate(prompt, max_tokens=8, logprobs=3)
+        assert got.text == expected.text
+        for a, b in zip(got.logprobs, expected.logprobs, strict=True):
+            assert a.token_id == b.token_id and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    finally:
+        plain.close()
+        pruned.close()
 
 
 @pytest.mark.parametrize("lengths", [[5, 2, 9, 1], [7]], ids=["right-padded batch", "batch 1"])

@@ -19,6 +19,12 @@ step. The `logits` output then declares its second dimension as 1, which tells
 ORT GenAI 0.13 (`Model::IsPruned`) that the graph returns only the logits it
 samples from. Only the graph file changes: its weights stay in
 `model.onnx.data`, referenced as before.
+
+Conversion keeps the builder's graph as `model.onnx` (every ORT GenAI consumer
+can run it: `og.Engine`'s continuous batching, for one, rejects a pruned
+graph) and writes the rewritten one beside it, sharing its weights
+(`prefill_graph_name`). The predictor's ORT GenAI engine runs that one when
+the folder has it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 PREFIX = "/slmops/last_logits"
+SUFFIX = ".last-logits.onnx"
+MAX_GRAPH_BYTES = 64 << 20  # a graph file past this holds its weights: a second copy would double them
 _LM_HEADS = {("", "MatMul"), ("com.microsoft", "MatMulNBits")}
 
 
@@ -99,8 +107,10 @@ def keep_last_logits(
     logits: str = "logits",
     input_ids: str = "input_ids",
     attention_mask: str = "attention_mask",
+    out: str | Path | None = None,
 ) -> bool:
-    """Rewrite the graph file in place so `logits` is [batch, 1, vocab], each row's last real token.
+    """Rewrite the graph file (in place, or into `out` in the same folder) so `logits` is
+    [batch, 1, vocab], each row's last real token.
 
     True when rewritten. False, with the file untouched, when the graph does
     not have the builder's shape: no such output, input_ids or attention_mask,
@@ -124,28 +134,37 @@ def keep_last_logits(
         return False
     mask_type = inputs[attention_mask].type.tensor_type.elem_type
     _rewrite(graph, head, chain, mask_type, input_ids, attention_mask, output)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    target = Path(out) if out is not None else path
+    handle, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=path.parent)
     os.close(handle)
     try:
         onnx.save(model, scratch)
         shutil.copymode(path, scratch)
-        os.replace(scratch, path)
+        os.replace(scratch, target)
     finally:
         Path(scratch).unlink(missing_ok=True)
     return True
 
 
+def prefill_graph_name(graph_file: str) -> str:
+    """The rewritten graph's file name beside the builder's: model.onnx -> model.last-logits.onnx."""
+    return graph_file.removesuffix(".onnx") + SUFFIX
+
+
 def keep_last_logits_in(folder: str | Path) -> bool:
-    """`keep_last_logits` on an ORT GenAI folder's decoder, with the names its genai_config.json gives."""
+    """`keep_last_logits` on an ORT GenAI folder's decoder (the names its genai_config.json gives),
+    written beside it as `prefill_graph_name(...)`; the builder's graph stays as it is. False when
+    the graph does not have the builder's shape or holds its weights itself."""
     config = json.loads((Path(folder) / "genai_config.json").read_text(encoding="utf-8"))
     decoder = config.get("model", {}).get("decoder", {})
     inputs, outputs = decoder.get("inputs", {}), decoder.get("outputs", {})
     graph = Path(folder) / decoder.get("filename", "model.onnx")
-    if not graph.is_file():
+    if not graph.is_file() or graph.stat().st_size > MAX_GRAPH_BYTES:
         return False
     return keep_last_logits(
         graph,
         logits=outputs.get("logits", "logits"),
         input_ids=inputs.get("input_ids", "input_ids"),
         attention_mask=inputs.get("attention_mask", "attention_mask"),
+        out=graph.with_name(prefill_graph_name(graph.name)),
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.conversion.last_logits import prefill_graph_name
 from slmops.core import chat_template
 from slmops.core.errors import InvalidSpec
 from slmops.core.model_files import find_adapters, usable_cores
@@ -45,6 +46,10 @@ class OrtGenaiEngine(DecodingEngine):
                 "config.json and convert again",
             )
         og_config = og.Config(str(folder))
+        graph = model_cfg.get("decoder", {}).get("filename", "model.onnx")
+        self.prefill_graph = (folder / prefill_graph_name(graph)).is_file()
+        if self.prefill_graph:  # the LM head on each row's last token only (conversion/last_logits.py)
+            og_config.overlay(json.dumps({"model": {"decoder": {"filename": prefill_graph_name(graph)}}}))
         session = model_cfg.get("decoder", {}).get("session_options", {})
         if threads or "intra_op_num_threads" not in session:
             self.threads = threads or usable_cores()
