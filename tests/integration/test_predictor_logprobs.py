@@ -266,7 +266,7 @@ def test_a_request_that_joins_a_running_cohort_gets_the_models_logprobs(
         return put
 
     # No batching window (each request starts alone); room to restart a cohort of these two prompts.
-    scheduler = Scheduler(engine, Limits(batch_window_s=0, merge_steps=16, merge_tokens=128))
+    scheduler = Scheduler(engine, Limits(batch_window_s=0, batch_gap_s=0, merge_steps=16, merge_tokens=128))
     second = Job(prompts[1], 10, Sampling(), sink(1), logprobs=K)
 
     def submit_second() -> None:

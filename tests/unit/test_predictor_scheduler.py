@@ -163,7 +163,7 @@ def test_logprobs_are_the_log_softmax_of_the_chosen_tokens(engine):
 
 def test_a_request_arriving_just_after_another_joins_its_batch(engine):
     alone = [engine.generate(p, max_tokens=20) for p in PROMPTS[:2]]
-    scheduler = Scheduler(engine, Limits(batch_window_s=0))
+    scheduler = Scheduler(engine, Limits(batch_window_s=0, batch_gap_s=0))  # no hold: it joins at once
     merged_before = metrics.COHORTS_MERGED._value.get()
     try:
         out = Collector()
@@ -186,9 +186,9 @@ def test_a_cohort_about_to_end_is_not_restarted_for_an_arrival(engine):
     """Prefilling the first request again would cost more than the two steps it has left beside
     the second: the second gets a cohort of its own, and both answers stay the same."""
     prompt = PROMPTS[2]
-    assert len(engine.encode(prompt)) + 3 > 2.5 * 2  # the carried prefix is past what 2 steps repay
+    assert len(engine.encode(prompt)) + 3 > 2.0 * 2  # the carried prefix is past what 2 steps repay
     alone = [engine.generate(prompt, max_tokens=5), engine.generate(PROMPTS[1], max_tokens=20)]
-    scheduler = Scheduler(engine, Limits(batch_window_s=0))
+    scheduler = Scheduler(engine, Limits(batch_window_s=0, batch_gap_s=0))
     merged_before = metrics.COHORTS_MERGED._value.get()
     try:
         out = Collector()
@@ -205,3 +205,31 @@ def test_a_cohort_about_to_end_is_not_restarted_for_an_arrival(engine):
         scheduler.stop()
     assert metrics.COHORTS_MERGED._value.get() == merged_before
     assert [out.result(0), out.result(1)] == alone
+
+
+@pytest.mark.parametrize("hold", [True, False], ids=["held-until-the-burst-ends", "no-hold"])
+def test_arrivals_over_several_steps_start_together_while_a_cohort_runs(engine, hold):
+    """Three requests arriving one step apart beside a running request: held until the burst is
+    over, they start (or join it) in one cohort restart, not one per step."""
+    limits = Limits(batch_window_s=0, batch_gap_s=0.1 if hold else 0.0, merge_hold_s=0.5)
+    scheduler = Scheduler(engine, limits)
+    started_before = metrics.COHORTS_STARTED._value.get()
+    try:
+        out = Collector()
+        first_sink = out.sink(0)
+        later = [_job(engine, PROMPTS[i], out.sink(i), budget=8) for i in (1, 2, 3)]
+
+        def first(event: tuple) -> None:  # one arrival after each of the first three tokens
+            first_sink(event)
+            pieces = len([e for e in out.events[0] if e[0] == "piece"])
+            if event[0] == "piece" and pieces <= 3:
+                scheduler.submit(later[pieces - 1])
+
+        scheduler.submit(_job(engine, PROMPTS[0], first, budget=64))
+        out.wait([0, 1, 2, 3])
+    finally:
+        scheduler.stop()
+    starts = metrics.COHORTS_STARTED._value.get() - started_before
+    assert starts == (2 if hold else 4)  # the first request's cohort, then one or three more
+    for i in range(4):
+        assert out.result(i).completion_tokens > 0

@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "batch before the first starts (default %(default)g: it starts at once, and "
                         "later arrivals join its batch at the next step; a window ends sooner once no "
                         f"request came for {limits.batch_gap_s * 1000:g} ms)")  # fmt: skip
+    parser.add_argument("--merge-hold-ms", type=float, default=limits.merge_hold_s * 1000,
+                        help="while requests run, the longest a burst of new ones is held so it joins "
+                        "their batch in one restart (default %(default)g)")  # fmt: skip
     parser.add_argument(
         "--api-key-env", default="SLMOPS_PREDICTOR_API_KEY",
         help="environment variable holding the API key clients must send as a bearer token "
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         request_timeout_s=args.request_timeout,
         batch_window_s=max(0.0, args.batch_window_ms) / 1000,
+        merge_hold_s=max(0.0, args.merge_hold_ms) / 1000,
     )
     try:
         engine = load_engine(model_dir, threads=args.threads, adapters=adapters)
