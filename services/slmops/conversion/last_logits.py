@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.core.model_files import prefill_graph_name
+
 PREFIX = "/slmops/last_logits"
-SUFFIX = ".last-logits.onnx"
 MAX_GRAPH_BYTES = 64 << 20  # a graph file past this holds its weights: a second copy would double them
 _LM_HEADS = {("", "MatMul"), ("com.microsoft", "MatMulNBits")}
 
@@ -144,11 +145,6 @@ def keep_last_logits(
     finally:
         Path(scratch).unlink(missing_ok=True)
     return True
-
-
-def prefill_graph_name(graph_file: str) -> str:
-    """The rewritten graph's file name beside the builder's: model.onnx -> model.last-logits.onnx."""
-    return graph_file.removesuffix(".onnx") + SUFFIX
 
 
 def keep_last_logits_in(folder: str | Path) -> bool:

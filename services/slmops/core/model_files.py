@@ -53,3 +53,9 @@ def usable_cores() -> int:
     if quota == "max":
         return cores
     return max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
+def prefill_graph_name(graph_file: str) -> str:
+    """The decoder graph conversion writes beside the builder's, with the LM head on each sequence's
+    last token only (conversion/last_logits.py): model.onnx -> model.last-logits.onnx."""
+    return graph_file.removesuffix(".onnx") + ".last-logits.onnx"

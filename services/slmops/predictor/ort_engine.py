@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.conversion.last_logits import prefill_graph_name
 from slmops.core import chat_template
 from slmops.core.errors import InvalidSpec
-from slmops.core.model_files import find_adapters, usable_cores
+from slmops.core.model_files import find_adapters, prefill_graph_name, usable_cores
 from slmops.core.vocab import table_from_tokenizer_json
 from slmops.predictor.engines import DecodingEngine, Sampling
 
