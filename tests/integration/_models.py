@@ -145,3 +145,24 @@ def tiny_onnx_with_adapters(factory: pytest.TempPathFactory, precision: str = "f
         build_onnx_with_adapters(checkpoint, adapters, out, precision=precision)
 
     return _cached(factory, f"qwen2-tiny-adapters-{precision}", build)
+
+
+def chatml_checkpoint(root: Path, texts: list[str], **model_options: object) -> Path:
+    """A 2-layer Qwen2 under root/checkpoint with a ChatML tokenizer trained on texts; generation stops
+    at the end of a turn too. model_options go to `tiny.build_model` (e.g. initializer_range)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from slmops.core.chat_template import CHATML, SHIPPED_TOKENS
+    from slmops.testing import tiny
+
+    tokenizer_dir = tiny.train_tokenizer(texts, root / "tokenizer", 300)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SHIPPED_TOKENS["chatml"])})
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(tokenizer_dir)
+    folder = tiny.build_model(root / "checkpoint", tokenizer_dir, hidden_size=64, num_hidden_layers=2,
+                              max_position_embeddings=128, seed=0, **model_options)  # fmt: skip
+    generation = GenerationConfig.from_pretrained(folder)
+    generation.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    generation.save_pretrained(folder)
+    return folder

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from slmops.core import chat_template, predictor_key
-from slmops.core.chat_template import CHATML, SHIPPED_TOKENS
+from slmops.core.chat_template import CHATML
+from tests.integration._models import chatml_checkpoint
 from tests.integration._recording_predictor import RecordingPredictor
 
 pytestmark = pytest.mark.integration
@@ -41,22 +42,7 @@ TEXTS = ["user: hi there\nassistant: hello, how can I help?", "what is 2+3? it i
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A 2-layer Qwen2 with a ChatML tokenizer; generation stops at the end of a turn too."""
-    from transformers import AutoTokenizer, GenerationConfig
-
-    from slmops.testing import tiny
-
-    root = tmp_path_factory.mktemp("chat-model")
-    tokenizer_dir = tiny.train_tokenizer(TEXTS, root / "tokenizer", 300)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(SHIPPED_TOKENS["chatml"])})
-    tokenizer.chat_template = CHATML
-    tokenizer.save_pretrained(tokenizer_dir)
-    folder = tiny.build_model(root / "checkpoint", tokenizer_dir, hidden_size=64, num_hidden_layers=2,
-                              max_position_embeddings=128, seed=0)  # fmt: skip
-    generation = GenerationConfig.from_pretrained(folder)
-    generation.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    generation.save_pretrained(folder)
-    return folder
+    return chatml_checkpoint(tmp_path_factory.mktemp("chat-model"), TEXTS)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.integration._models import chatml_checkpoint
 from tests.integration.test_predictor_server import Predictor
 
 pytestmark = pytest.mark.integration
@@ -54,23 +55,7 @@ Entry = tuple[int, float, list[tuple[int, float]]]  # chosen id, its logprob, to
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A 2-layer Qwen2 with a ChatML tokenizer, initialised with std 0.5 (varied greedy tokens)."""
-    from transformers import AutoTokenizer, GenerationConfig
-
-    from slmops.core.chat_template import CHATML, SHIPPED_TOKENS
-    from slmops.testing import tiny
-
-    root = tmp_path_factory.mktemp("logprobs-model")
-    tokenizer_dir = tiny.train_tokenizer(TEXTS, root / "tokenizer", 300)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(SHIPPED_TOKENS["chatml"])})
-    tokenizer.chat_template = CHATML
-    tokenizer.save_pretrained(tokenizer_dir)
-    folder = tiny.build_model(root / "checkpoint", tokenizer_dir, hidden_size=64, num_hidden_layers=2,
-                              max_position_embeddings=128, seed=0, initializer_range=0.5)  # fmt: skip
-    generation = GenerationConfig.from_pretrained(folder)
-    generation.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    generation.save_pretrained(folder)
-    return folder
+    return chatml_checkpoint(tmp_path_factory.mktemp("logprobs-model"), TEXTS, initializer_range=0.5)
 
 
 @pytest.fixture(scope="module")
