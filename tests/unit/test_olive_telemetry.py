@@ -47,3 +47,28 @@ def test_without_the_switch_olive_would_send_one(monkeypatch):
     monkeypatch.setattr(telemetry.Telemetry, "disable_telemetry", lambda self: None)
     telemetry.Telemetry()
     assert beats == [1]
+
+
+def test_no_logger_is_made_so_no_event_is_queued_for_exit(monkeypatch):
+    """Olive logs an event per workflow run; with its logger made (even disabled) they were posted at
+    exit. Once telemetry is off there is no logger at all, also for an instance made before."""
+    monkeypatch.setattr(telemetry.Telemetry, "_instance", None)
+    monkeypatch.setattr(telemetry.Telemetry, "_create_logger", telemetry.Telemetry.__dict__["_create_logger"])
+    monkeypatch.setattr(
+        telemetry.Telemetry, "_is_ci_environment", telemetry.Telemetry.__dict__["_is_ci_environment"]
+    )
+
+    class Logger:
+        disabled = False
+
+        def disable_telemetry(self) -> None:
+            self.disabled = True
+
+    earlier = telemetry.Telemetry.__new__(telemetry.Telemetry)
+    earlier._logger, earlier._initialized = Logger(), True
+    monkeypatch.setattr(telemetry.Telemetry, "_instance", earlier)
+    logger = earlier._logger
+    olive_compat.no_telemetry()
+    assert logger.disabled and earlier._logger is None
+    monkeypatch.setattr(telemetry.Telemetry, "_instance", None)
+    assert telemetry.Telemetry()._logger is None

@@ -38,6 +38,14 @@ def no_telemetry() -> None:
         return
     if hasattr(telemetry.Telemetry, "_is_ci_environment"):  # the check that skips the heartbeat
         telemetry.Telemetry._is_ci_environment = staticmethod(lambda: True)
+    # A disabled logger still queued each run's "OliveAction" events and posted them at exit: with no
+    # logger at all, `Telemetry.log` returns at once.
+    if hasattr(telemetry.Telemetry, "_create_logger"):
+        telemetry.Telemetry._create_logger = lambda self: None
+    made = getattr(telemetry.Telemetry, "_instance", None)
+    if made is not None and getattr(made, "_logger", None) is not None:
+        made.disable_telemetry()
+        made._logger = None
 
 
 def keep_builder_embeddings() -> None:
