@@ -25,3 +25,17 @@ def ray_local():
              runtime_env={"env_vars": {"TEST_TEACHER_API_KEY": TEST_TEACHER_KEY}})  # fmt: skip
     yield workers_data_dir
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Ray for the module's training jobs: the one this process already runs, else one started here
+    (and stopped after the module)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    if started:
+        ray.shutdown()

@@ -28,18 +28,6 @@ def _record(a: int, b: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A base checkpoint whose tokenizer has no chat template, and a dataset of messages records."""
     root = tmp_path_factory.mktemp("chat-training")

@@ -25,18 +25,6 @@ HPARAMS = {"learning_rate": 1e-2, "epochs": 2, "batch_size": 16, "max_seq_length
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A pretrained-looking base (random weights), two addition datasets and a top-k dataset."""
     root = tmp_path_factory.mktemp("recipes")

@@ -17,19 +17,6 @@ from slmops.synthesis.token_table import TokenTable, load_token_table
 from slmops.testing.standin import StandinServer
 
 
-@pytest.fixture(scope="module")
-def server():
-    with StandinServer() as s:
-        yield s
-
-
-@pytest.fixture
-def standin(server):
-    server.requests.clear()
-    server._failures.clear()
-    return server
-
-
 def _teacher(server, sampling=None, **overrides) -> EndpointTeacher:
     config = EndpointTeacherConfig(**{"base_url": server.base_url, "model": "t", "backoff_s": 0.001,
                                       "max_attempts": 3, **overrides})  # fmt: skip

@@ -18,19 +18,6 @@ from slmops.testing.standin import StandinServer
 from tests.unit.test_synthesis_teacher import _teacher
 
 
-@pytest.fixture(scope="module")
-def server():
-    with StandinServer() as s:
-        yield s
-
-
-@pytest.fixture
-def standin(server):
-    server.requests.clear()
-    server._failures.clear()
-    return server
-
-
 def test_retry_after_is_honoured_up_to_its_bound():
     with StandinServer(faults={429: 1.0}, retry_after="0.4") as server:
         server.faults = {}
